@@ -1,0 +1,335 @@
+//! The server HTTP API: `POST /api/<method>` with a JSON body, Centrifugo-compatible.
+//!
+//! Replies are `{"result": {...}}` or `{"error": {"code": N, "message": "..."}}`. Method-level errors
+//! answer HTTP 200 with an error object (as Centrifugo does, so existing API clients work); transport
+//! problems use HTTP statuses: 400 unparsable body, 401 missing or wrong key, 404 unknown method,
+//! 413 body too large.
+
+use crate::broker::Control;
+use crate::history::HistoryQuery;
+use crate::metrics::MethodLabel;
+use crate::node::{broker_error, Node};
+use crate::session::history_limit;
+use herald_protocol::{ErrorCode, StreamPosition};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// An API error: a protocol code with a message that says what was wrong.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(code: ErrorCode) -> ApiError {
+        ApiError { code, message: code.message().to_string() }
+    }
+
+    fn bad(detail: impl std::fmt::Display) -> ApiError {
+        ApiError { code: ErrorCode::BadRequest, message: format!("bad request: {detail}") }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({"error": {"code": self.code.code(), "message": self.message}})
+    }
+}
+
+impl From<ErrorCode> for ApiError {
+    fn from(code: ErrorCode) -> Self {
+        ApiError::new(code)
+    }
+}
+
+pub const METHODS: &[&str] = &[
+    "publish",
+    "broadcast",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "presence",
+    "presence_stats",
+    "history",
+    "history_remove",
+    "channels",
+    "info",
+    "batch",
+];
+
+fn params<T: DeserializeOwned>(raw: &RawValue) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::bad(inner)
+        } else {
+            ApiError::bad(format!("{path}: {inner}"))
+        }
+    })
+}
+
+fn require_channel(channel: &str) -> Result<(), ApiError> {
+    if channel.is_empty() {
+        return Err(ApiError::bad("field \"channel\" is required"));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct PublishParams {
+    #[serde(default)]
+    channel: String,
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastParams {
+    #[serde(default)]
+    channels: Vec<String>,
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct UserChannelParams {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    client: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DisconnectParams {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    client: Option<String>,
+    disconnect: Option<DisconnectSpec>,
+}
+
+#[derive(Deserialize)]
+struct DisconnectSpec {
+    code: u16,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+struct ChannelParams {
+    #[serde(default)]
+    channel: String,
+}
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    limit: i32,
+    since: Option<StreamPosition>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+struct ChannelsParams {
+    #[serde(default)]
+    pattern: String,
+}
+
+#[derive(Deserialize)]
+struct BatchParams {
+    commands: Vec<BTreeMap<String, Box<RawValue>>>,
+}
+
+/// Runs one API method. `Err(None)` is an unknown method.
+pub async fn call(node: &Node, method: &str, raw: &RawValue) -> Result<Value, Option<ApiError>> {
+    node.metrics
+        .api_requests
+        .get_or_create(&MethodLabel { method: METHODS.iter().find(|m| **m == method).copied().unwrap_or("unknown") })
+        .inc();
+    let result = match method {
+        "publish" => publish(node, params(raw)?).await,
+        "broadcast" => broadcast(node, params(raw)?).await,
+        "subscribe" => control(node, params(raw)?, true).await,
+        "unsubscribe" => control(node, params(raw)?, false).await,
+        "disconnect" => disconnect(node, params(raw)?).await,
+        "presence" => presence(node, params(raw)?).await,
+        "presence_stats" => presence_stats(node, params(raw)?).await,
+        "history" => history(node, params(raw)?).await,
+        "history_remove" => history_remove(node, params(raw)?).await,
+        "channels" => Ok(channels(node, params(raw)?)),
+        "info" => Ok(info(node)),
+        "batch" => Box::pin(batch(node, params(raw)?)).await,
+        _ => return Err(None),
+    };
+    result.map_err(Some)
+}
+
+async fn publish(node: &Node, p: PublishParams) -> Result<Value, ApiError> {
+    require_channel(&p.channel)?;
+    let data = p.data.ok_or_else(|| ApiError::bad("field \"data\" is required"))?;
+    let position = node.publish(&p.channel, data, None, p.tags, "api").await?;
+    Ok(position_json(&position))
+}
+
+fn position_json(position: &StreamPosition) -> Value {
+    let mut out = serde_json::Map::new();
+    if position.offset > 0 {
+        out.insert("offset".into(), json!(position.offset));
+        out.insert("epoch".into(), json!(position.epoch));
+    }
+    Value::Object(out)
+}
+
+async fn broadcast(node: &Node, p: BroadcastParams) -> Result<Value, ApiError> {
+    if p.channels.is_empty() {
+        return Err(ApiError::bad("field \"channels\" must list at least one channel"));
+    }
+    let data = p.data.ok_or_else(|| ApiError::bad("field \"data\" is required"))?;
+    let mut responses = Vec::with_capacity(p.channels.len());
+    for channel in &p.channels {
+        let response = match node.publish(channel, data.clone(), None, p.tags.clone(), "api").await {
+            Ok(position) => json!({"result": position_json(&position)}),
+            Err(code) => ApiError::new(code).to_json(),
+        };
+        responses.push(response);
+    }
+    Ok(json!({"responses": responses}))
+}
+
+async fn control(node: &Node, p: UserChannelParams, subscribe: bool) -> Result<Value, ApiError> {
+    if p.user.is_empty() && p.client.is_none() {
+        return Err(ApiError::bad("field \"user\" (or \"client\") is required"));
+    }
+    require_channel(&p.channel)?;
+    node.namespaces.resolve(&p.channel)?;
+    let control = if subscribe {
+        Control::Subscribe { user: p.user, client: p.client, channel: p.channel }
+    } else {
+        Control::Unsubscribe { user: p.user, client: p.client, channel: p.channel }
+    };
+    node.broker.publish_control(control).await.map_err(broker_error)?;
+    Ok(json!({}))
+}
+
+async fn disconnect(node: &Node, p: DisconnectParams) -> Result<Value, ApiError> {
+    if p.user.is_empty() && p.client.is_none() {
+        return Err(ApiError::bad("field \"user\" (or \"client\") is required"));
+    }
+    let (code, reason) = match p.disconnect {
+        Some(spec) => {
+            if !(3000..=4999).contains(&spec.code) {
+                return Err(ApiError::bad("disconnect.code must be within 3000..=4999"));
+            }
+            if spec.reason.len() > 100 {
+                return Err(ApiError::bad("disconnect.reason must be at most 100 bytes"));
+            }
+            (spec.code, spec.reason)
+        }
+        None => {
+            let d = herald_protocol::Disconnect::FORCE_NO_RECONNECT;
+            (d.code, d.reason.to_string())
+        }
+    };
+    node.broker
+        .publish_control(Control::Disconnect { user: p.user, client: p.client, code, reason })
+        .await
+        .map_err(broker_error)?;
+    Ok(json!({}))
+}
+
+fn presence_namespace(node: &Node, channel: &str) -> Result<(), ApiError> {
+    require_channel(channel)?;
+    if !node.namespaces.resolve(channel)?.presence {
+        return Err(ApiError { code: ErrorCode::NotAvailable, message: "presence is not enabled for this channel".into() });
+    }
+    Ok(())
+}
+
+async fn presence(node: &Node, p: ChannelParams) -> Result<Value, ApiError> {
+    presence_namespace(node, &p.channel)?;
+    let presence = node.presence.get(&p.channel).await.map_err(broker_error)?;
+    Ok(json!({"presence": presence}))
+}
+
+async fn presence_stats(node: &Node, p: ChannelParams) -> Result<Value, ApiError> {
+    presence_namespace(node, &p.channel)?;
+    let (num_clients, num_users) = node.presence.stats(&p.channel).await.map_err(broker_error)?;
+    Ok(json!({"num_clients": num_clients, "num_users": num_users}))
+}
+
+async fn history(node: &Node, p: HistoryParams) -> Result<Value, ApiError> {
+    require_channel(&p.channel)?;
+    let ns = node.namespaces.resolve(&p.channel)?;
+    let options = node.history_options(ns).ok_or(ApiError {
+        code: ErrorCode::NotAvailable,
+        message: "history is not enabled for this channel".into(),
+    })?;
+    let query = HistoryQuery { since: p.since, limit: history_limit(p.limit), reverse: p.reverse };
+    let page = node.broker.history(&p.channel, &query, options).await.map_err(broker_error)?;
+    let mut out = json!({"publications": page.publications, "offset": page.position.offset, "epoch": page.position.epoch});
+    if page.publications.is_empty() {
+        out["publications"] = json!([]);
+    }
+    Ok(out)
+}
+
+async fn history_remove(node: &Node, p: ChannelParams) -> Result<Value, ApiError> {
+    require_channel(&p.channel)?;
+    node.namespaces.resolve(&p.channel)?;
+    node.broker.remove_history(&p.channel).await.map_err(broker_error)?;
+    Ok(json!({}))
+}
+
+fn channels(node: &Node, p: ChannelsParams) -> Value {
+    let channels: serde_json::Map<String, Value> = node
+        .hub
+        .channels(&p.pattern)
+        .into_iter()
+        .map(|(name, count)| (name, json!({"num_clients": count})))
+        .collect();
+    json!({"channels": channels})
+}
+
+pub fn info(node: &Node) -> Value {
+    json!({"nodes": [{
+        "uid": node.uid,
+        "name": node.name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "num_clients": node.hub.num_clients(),
+        "num_users": node.hub.num_users(),
+        "num_channels": node.hub.num_channels(),
+        "num_subs": node.hub.num_subscriptions(),
+        "uptime": node.started.elapsed().as_secs(),
+    }]})
+}
+
+async fn batch(node: &Node, p: BatchParams) -> Result<Value, ApiError> {
+    let mut replies = Vec::with_capacity(p.commands.len());
+    for (i, command) in p.commands.iter().enumerate() {
+        if command.len() != 1 {
+            return Err(ApiError::bad(format!("commands[{i}] must have exactly one method key")));
+        }
+        let Some((method, raw)) = command.iter().next() else { continue };
+        if method == "batch" {
+            return Err(ApiError::bad(format!("commands[{i}]: batch cannot be nested")));
+        }
+        let reply = match Box::pin(call(node, method, raw)).await {
+            Ok(result) => json!({ method.as_str(): result }),
+            Err(Some(e)) => e.to_json(),
+            Err(None) => ApiError { code: ErrorCode::MethodNotFound, message: format!("unknown method {method:?}") }.to_json(),
+        };
+        replies.push(reply);
+    }
+    Ok(json!({"replies": replies}))
+}

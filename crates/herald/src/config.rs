@@ -1,0 +1,460 @@
+//! One typed configuration: TOML file, then `HERALD_…` environment variables, then `--set` flags.
+//!
+//! Every error names the field it is about (`client.ping_interval: …`), so a user can fix a file
+//! without reading code.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub client: ClientConfig,
+    pub api: ApiConfig,
+    pub channel: ChannelConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Name shown by the `info` API; empty means `<hostname>-<pid>`.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Public listener: WebSocket endpoint, health, and (unless `internal_listen` is set) API and metrics.
+    pub listen: String,
+    /// When set, the server API and `/metrics` are served only here.
+    pub internal_listen: String,
+    /// Bind with SO_REUSEPORT so several Herald processes share one port.
+    pub reuse_port: bool,
+    /// How long a graceful shutdown waits for clients to leave.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Allowed `Origin` values for WebSocket handshakes (`*` or exact origins); empty allows all.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:8000".into(),
+            internal_listen: String::new(),
+            reuse_port: false,
+            shutdown_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as `herald=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: "text".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// A connection must complete `connect` within this time.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Interval between server pings.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long the server waits for the pong before closing with `no pong`.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Connections above this are refused at the handshake with HTTP 503.
+    pub max_connections: usize,
+    /// Largest accepted WebSocket message in bytes (larger: close 1009).
+    pub max_message_size: usize,
+    /// Most commands one frame may carry.
+    pub max_commands_per_frame: usize,
+    /// Most channels one connection may subscribe to.
+    pub max_channels: usize,
+    /// Bytes queued for one connection before it is disconnected as a slow consumer.
+    pub max_outbox_bytes: usize,
+    /// Sustained commands per second per connection (token bucket); 0 disables the limit.
+    pub command_rate: u32,
+    /// Burst of commands allowed above the sustained rate.
+    pub command_burst: u32,
+    /// Allow `connect` without a token (user is empty).
+    pub allow_anonymous: bool,
+    pub token: TokenConfig,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(8),
+            max_connections: 100_000,
+            max_message_size: 65_536,
+            max_commands_per_frame: 100,
+            max_channels: 128,
+            max_outbox_bytes: 1 << 20,
+            command_rate: 100,
+            command_burst: 200,
+            allow_anonymous: false,
+            token: TokenConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// Secret for HS256/384/512 tokens.
+    pub hmac_secret: String,
+    /// Path of a PEM RSA public key (RS256/384/512).
+    pub rsa_public_key: String,
+    /// Path of a PEM ECDSA public key (ES256/384).
+    pub ecdsa_public_key: String,
+    /// Path of a JWKS file; the key is chosen by the token's `kid`.
+    pub jwks_file: String,
+    /// When set, tokens must carry this audience.
+    pub audience: String,
+    /// When set, tokens must carry this issuer.
+    pub issuer: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Key for `X-API-Key` / `Authorization: apikey …`. Empty: the API answers loopback clients only.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelConfig {
+    /// Longest channel name accepted.
+    pub max_length: usize,
+    /// How long a channel's stream position (epoch, offset) outlives its last publication.
+    #[serde(with = "humantime_serde")]
+    pub history_meta_ttl: Duration,
+    /// Options of channels without a `ns:` prefix.
+    pub without_namespace: NamespaceOptions,
+    /// Named namespaces: a channel `chat:room1` uses the namespace named `chat`.
+    pub namespaces: Vec<NamespaceOptions>,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            max_length: 255,
+            history_meta_ttl: Duration::from_secs(30 * 24 * 3600),
+            without_namespace: NamespaceOptions::default(),
+            namespaces: Vec::new(),
+        }
+    }
+}
+
+/// Per-namespace rules, named as in Centrifugo so existing configs translate directly.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceOptions {
+    /// Namespace name (only in `channel.namespaces`).
+    pub name: String,
+    /// Keep presence (who is subscribed).
+    pub presence: bool,
+    /// Send join/leave pushes to subscribers that ask for them.
+    pub join_leave: bool,
+    /// Send join/leave pushes to every subscriber.
+    pub force_push_join_leave: bool,
+    /// Publications kept per channel (0: no history).
+    pub history_size: usize,
+    /// How long publications stay in history.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Recover missed publications for every subscriber, even if it did not ask.
+    pub force_recovery: bool,
+    /// Clients may subscribe without a subscription token.
+    pub allow_subscribe_for_client: bool,
+    /// Anonymous clients may subscribe without a subscription token.
+    pub allow_subscribe_for_anonymous: bool,
+    pub allow_publish_for_subscriber: bool,
+    pub allow_publish_for_client: bool,
+    pub allow_publish_for_anonymous: bool,
+    pub allow_presence_for_subscriber: bool,
+    pub allow_presence_for_client: bool,
+    pub allow_presence_for_anonymous: bool,
+    pub allow_history_for_subscriber: bool,
+    pub allow_history_for_client: bool,
+    pub allow_history_for_anonymous: bool,
+    /// Channels `name#user1,user2` may be subscribed to by the listed users only.
+    pub allow_user_limited_channels: bool,
+}
+
+impl Default for NamespaceOptions {
+    fn default() -> Self {
+        NamespaceOptions {
+            name: String::new(),
+            presence: false,
+            join_leave: false,
+            force_push_join_leave: false,
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+            force_recovery: false,
+            allow_subscribe_for_client: false,
+            allow_subscribe_for_anonymous: false,
+            allow_publish_for_subscriber: false,
+            allow_publish_for_client: false,
+            allow_publish_for_anonymous: false,
+            allow_presence_for_subscriber: false,
+            allow_presence_for_client: false,
+            allow_presence_for_anonymous: false,
+            allow_history_for_subscriber: false,
+            allow_history_for_client: false,
+            allow_history_for_anonymous: false,
+            allow_user_limited_channels: false,
+        }
+    }
+}
+
+impl NamespaceOptions {
+    pub fn history_enabled(&self) -> bool {
+        self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+}
+
+/// A configuration problem, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: invalid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{field}: {message}")]
+    Field { field: String, message: String },
+}
+
+fn field(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field { field: field.into(), message: message.into() }
+}
+
+/// Environment variables that override the file: `HERALD_CLIENT__PING_INTERVAL=10s` sets
+/// `client.ping_interval` (sections separated by a double underscore).
+pub const ENV_PREFIX: &str = "HERALD_";
+
+impl Config {
+    /// Loads the optional file, then environment overrides, then `key.path=value` overrides.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Config, ConfigError> {
+        let mut root = match file {
+            Some(path) => {
+                let display = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: display.clone(), source })?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| ConfigError::Syntax { path: display, message: e.to_string() })?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+            // HERALD_CONFIG and other single-word variables belong to the command line, not the file.
+            if !rest.contains("__") {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            set_path(&mut root, &path, &value).map_err(|m| field(path.join("."), m))?;
+        }
+        for set in sets {
+            let (key, value) = set
+                .split_once('=')
+                .ok_or_else(|| field(set.clone(), "--set expects key.path=value"))?;
+            let path: Vec<String> = key.trim().split('.').map(str::to_string).collect();
+            set_path(&mut root, &path, value.trim()).map_err(|m| field(key.trim(), m))?;
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
+            let path = e.path().to_string();
+            field(path, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr(&self.http.listen).map_err(|m| field("http.listen", m))?;
+        if !self.http.internal_listen.is_empty() {
+            parse_addr(&self.http.internal_listen).map_err(|m| field("http.internal_listen", m))?;
+        }
+        match self.log.format.as_str() {
+            "text" | "json" => {}
+            other => return Err(field("log.format", format!("expected \"text\" or \"json\", got {other:?}"))),
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| field("log.level", e.to_string()))?;
+        let c = &self.client;
+        for (name, value) in [
+            ("client.connect_timeout", c.connect_timeout),
+            ("client.ping_interval", c.ping_interval),
+            ("client.pong_timeout", c.pong_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(field(name, "must be greater than zero"));
+            }
+        }
+        for (name, value) in [
+            ("client.max_connections", c.max_connections),
+            ("client.max_message_size", c.max_message_size),
+            ("client.max_commands_per_frame", c.max_commands_per_frame),
+            ("client.max_channels", c.max_channels),
+            ("client.max_outbox_bytes", c.max_outbox_bytes),
+            ("channel.max_length", self.channel.max_length),
+        ] {
+            if value == 0 {
+                return Err(field(name, "must be greater than zero"));
+            }
+        }
+        if c.command_rate > 0 && c.command_burst == 0 {
+            return Err(field("client.command_burst", "must be greater than zero when command_rate is set"));
+        }
+        if !self.channel.without_namespace.name.is_empty() {
+            return Err(field("channel.without_namespace.name", "must be empty"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, ns) in self.channel.namespaces.iter().enumerate() {
+            let prefix = format!("channel.namespaces[{i}]");
+            if ns.name.is_empty()
+                || !ns.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.')
+            {
+                return Err(field(
+                    format!("{prefix}.name"),
+                    format!("{:?} is not a valid namespace name (letters, digits, _ - .)", ns.name),
+                ));
+            }
+            if !seen.insert(ns.name.as_str()) {
+                return Err(field(format!("{prefix}.name"), format!("namespace {:?} defined twice", ns.name)));
+            }
+            validate_namespace(&prefix, ns)?;
+        }
+        validate_namespace("channel.without_namespace", &self.channel.without_namespace)?;
+        Ok(())
+    }
+
+    /// Public listener address.
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        parse_addr(&self.http.listen).unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 8000)))
+    }
+
+    /// Internal listener address, when configured.
+    pub fn internal_addr(&self) -> Option<std::net::SocketAddr> {
+        if self.http.internal_listen.is_empty() {
+            return None;
+        }
+        parse_addr(&self.http.internal_listen).ok()
+    }
+}
+
+fn validate_namespace(prefix: &str, ns: &NamespaceOptions) -> Result<(), ConfigError> {
+    if ns.history_size > 0 && ns.history_ttl.is_zero() {
+        return Err(field(format!("{prefix}.history_ttl"), "must be set when history_size > 0"));
+    }
+    if ns.history_size > 1_000_000 {
+        return Err(field(format!("{prefix}.history_size"), "at most 1000000"));
+    }
+    if ns.force_recovery && !ns.history_enabled() {
+        return Err(field(format!("{prefix}.force_recovery"), "needs history_size and history_ttl"));
+    }
+    Ok(())
+}
+
+fn parse_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse().map_err(|_| format!("{text:?} is not an address like 0.0.0.0:8000"))
+}
+
+/// Sets `path` in the table to `raw`, typed like TOML would type it (number, bool, array) or as a string.
+fn set_path(root: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut table = root;
+    for part in parents {
+        let entry = table.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| format!("{part} is not a section"))?;
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)], sets: &[&str]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("herald-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("herald.toml");
+        std::fs::write(&path, text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let result = Config::load(Some(&path), env, &sets);
+        std::fs::remove_dir_all(&dir).ok();
+        result
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = load_str("", &[], &[]).unwrap();
+        assert_eq!(c.http.listen, "0.0.0.0:8000");
+        assert_eq!(c.client.ping_interval, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = load_str("[client]\nping_interval = \"soon\"\n", &[], &[]).unwrap_err().to_string();
+        assert!(e.starts_with("client.ping_interval:"), "{e}");
+        let e = load_str("[client]\npingg = 1\n", &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("pingg"), "{e}");
+        let e = load_str("[http]\nlisten = \"nowhere\"\n", &[], &[]).unwrap_err().to_string();
+        assert!(e.starts_with("http.listen:"), "{e}");
+        let e = load_str("[[channel.namespaces]]\nname = \"bad name\"\n", &[], &[]).unwrap_err().to_string();
+        assert!(e.starts_with("channel.namespaces[0].name:"), "{e}");
+        let e = load_str("[channel.without_namespace]\nhistory_size = 10\n", &[], &[]).unwrap_err().to_string();
+        assert!(e.starts_with("channel.without_namespace.history_ttl:"), "{e}");
+        let e = load_str("[client\n", &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("invalid TOML"), "{e}");
+    }
+
+    #[test]
+    fn env_then_flags_override_the_file() {
+        let c = load_str(
+            "[client]\nping_interval = \"5s\"\nmax_channels = 3\n",
+            &[("HERALD_CLIENT__PING_INTERVAL", "7s"), ("HERALD_HTTP__LISTEN", "127.0.0.1:9000"), ("HOME", "/x")],
+            &["client.max_channels=9"],
+        )
+        .unwrap();
+        assert_eq!(c.client.ping_interval, Duration::from_secs(7));
+        assert_eq!(c.client.max_channels, 9);
+        assert_eq!(c.http.listen, "127.0.0.1:9000");
+        let e = load_str("", &[("HERALD_CLIENT__MAX_CHANNELS", "many")], &[]).unwrap_err().to_string();
+        assert!(e.starts_with("client.max_channels:"), "{e}");
+    }
+}

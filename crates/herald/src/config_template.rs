@@ -1,0 +1,162 @@
+//! The commented configuration written by `herald genconfig`. Every value shown is the default,
+//! except the freshly generated secrets; a test keeps the two in agreement.
+
+const TEMPLATE: &str = r#"# Herald configuration. Every value shown is the default unless marked otherwise.
+# Environment variables override this file: HERALD_<SECTION>__<KEY>, e.g. HERALD_CLIENT__PING_INTERVAL=10s.
+# Flags override both: herald serve --config herald.toml --set client.max_channels=256
+# Durations are written like "10s", "5m", "1h 30m".
+
+[node]
+# Name shown by the info API; empty means <hostname>-<pid>.
+name = ""
+
+[http]
+# Public listener: WebSocket endpoint /connection/websocket, /health, /ready, and (unless
+# internal_listen is set) the server API /api/<method> and /metrics.
+listen = "0.0.0.0:8000"
+# When set, the server API and /metrics move to this listener, e.g. "127.0.0.1:9000".
+internal_listen = ""
+# SO_REUSEPORT: several Herald processes on one host share one port.
+reuse_port = false
+# Graceful shutdown waits this long for clients to leave after telling them to reconnect elsewhere.
+shutdown_timeout = "10s"
+# Allowed Origin values for WebSocket handshakes from browsers; empty allows all.
+allowed_origins = []
+
+[log]
+# error, warn, info, debug, trace, or a filter such as "herald=debug,info".
+level = "info"
+# "text" or "json".
+format = "text"
+
+[client]
+# A connection must send connect within this time, or it is closed (3502 stale).
+connect_timeout = "10s"
+# The server pings every ping_interval; a client that does not answer within pong_timeout is
+# closed (3012 no pong). This also finds peers that vanished without closing their socket.
+ping_interval = "25s"
+pong_timeout = "8s"
+# Connections above this are refused at the handshake with HTTP 503.
+max_connections = 100000
+# Largest WebSocket message accepted from a client, bytes (larger: close 1009).
+max_message_size = 65536
+# Most commands one frame may carry.
+max_commands_per_frame = 100
+# Most channels one connection may subscribe to (more: error 106 limit exceeded).
+max_channels = 128
+# Bytes queued for one connection before it is closed as a slow consumer (3008 slow).
+max_outbox_bytes = 1048576
+# Sustained commands per second per connection and the burst above it (excess: error 111);
+# command_rate = 0 disables the limit.
+command_rate = 100
+command_burst = 200
+# Allow connect without a token (the user is empty).
+allow_anonymous = false
+
+[client.token]
+# Connection and subscription tokens are JWTs. Configure at least one key source.
+# HS256/384/512 secret (generated for this file by herald genconfig).
+hmac_secret = "{{hmac_secret}}"
+# Path of a PEM RSA public key (RS256/384/512).
+rsa_public_key = ""
+# Path of a PEM ECDSA public key (ES256/384).
+ecdsa_public_key = ""
+# Path of a JWKS file; the key is chosen by the token's kid. When set, it is the only key source.
+jwks_file = ""
+# When set, tokens must carry this aud / iss.
+audience = ""
+issuer = ""
+
+[api]
+# Key for X-API-Key or "Authorization: apikey <key>" (generated for this file by herald genconfig).
+# Empty: the API answers loopback clients only.
+key = "{{api_key}}"
+
+[channel]
+# Longest channel name accepted.
+max_length = 255
+# A channel's stream position (epoch, offset) outlives its last publication this long.
+history_meta_ttl = "30days"
+
+# Options of channels without a namespace prefix. Namespaces below take the same options.
+[channel.without_namespace]
+# Keep presence information (who is subscribed).
+presence = false
+# Send join/leave pushes to subscribers that ask for them (force_push_join_leave: to all).
+join_leave = false
+force_push_join_leave = false
+# Publications kept per channel and for how long (both needed for history and recovery).
+history_size = 0
+history_ttl = "0s"
+# Recover missed publications for every subscriber on reconnect.
+force_recovery = false
+# Who may subscribe without a subscription token ("$" channels always need one).
+allow_subscribe_for_client = false
+allow_subscribe_for_anonymous = false
+# Who may publish, read presence and read history from the client side.
+allow_publish_for_subscriber = false
+allow_publish_for_client = false
+allow_publish_for_anonymous = false
+allow_presence_for_subscriber = false
+allow_presence_for_client = false
+allow_presence_for_anonymous = false
+allow_history_for_subscriber = false
+allow_history_for_client = false
+allow_history_for_anonymous = false
+# Channels "name#alice,bob" may be subscribed to by the listed users only.
+allow_user_limited_channels = false
+
+# A namespace: channels named "chat:<anything>" use these options. Copy the block per namespace.
+# [[channel.namespaces]]
+# name = "chat"
+# presence = true
+# join_leave = true
+# history_size = 100
+# history_ttl = "5m"
+# force_recovery = true
+# allow_subscribe_for_client = true
+# allow_publish_for_subscriber = true
+# allow_presence_for_subscriber = true
+# allow_history_for_subscriber = true
+"#;
+
+/// The template with placeholders replaced by the given secrets.
+pub fn render(hmac_secret: &str, api_key: &str) -> String {
+    TEMPLATE.replace("{{hmac_secret}}", hmac_secret).replace("{{api_key}}", api_key)
+}
+
+/// A random URL-safe secret of 32 bytes.
+pub fn random_secret() -> String {
+    use base64::Engine as _;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn template_states_the_real_defaults() {
+        let rendered = render("s3cret", "k3y");
+        let dir = std::env::temp_dir().join(format!("herald-template-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("herald.toml");
+        std::fs::write(&path, &rendered).unwrap();
+        let parsed = Config::load(Some(&path), std::iter::empty(), &[]).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let mut expected = Config::default();
+        expected.client.token.hmac_secret = "s3cret".into();
+        expected.api.key = "k3y".into();
+        assert_eq!(toml::to_string(&parsed).unwrap(), toml::to_string(&expected).unwrap());
+    }
+
+    #[test]
+    fn secrets_are_random() {
+        assert_ne!(random_secret(), random_secret());
+        assert!(random_secret().len() >= 43);
+    }
+}

@@ -1,0 +1,240 @@
+//! In-memory history: per channel a stream position (epoch, offset) and the most recent publications.
+//!
+//! Offsets grow by one per publication in a channel. The epoch identifies one life of the stream: when
+//! a stream is forgotten (no publication for `history_meta_ttl`, or removed through the API) it starts
+//! again under a new epoch, so clients holding an old position learn that they cannot recover.
+
+use herald_protocol::{Publication, StreamPosition};
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How a channel keeps history.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryOptions {
+    pub size: usize,
+    pub ttl: Duration,
+    pub meta_ttl: Duration,
+}
+
+/// A history read: everything after `since` (or the whole retained history), oldest first unless
+/// `reverse`, at most `limit` items (`None`: no limit, `Some(0)`: only the stream position).
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub since: Option<StreamPosition>,
+    pub limit: Option<usize>,
+    pub reverse: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub publications: Vec<Arc<Publication>>,
+    pub position: StreamPosition,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HistoryError {
+    /// The requested position is from another epoch, or older than what history retains.
+    #[error("unrecoverable position")]
+    Unrecoverable,
+}
+
+struct Stream {
+    epoch: String,
+    offset: u64,
+    items: VecDeque<(Instant, Arc<Publication>)>,
+    touched: Instant,
+}
+
+impl Stream {
+    fn new(now: Instant) -> Stream {
+        Stream { epoch: new_epoch(), offset: 0, items: VecDeque::new(), touched: now }
+    }
+
+    fn trim(&mut self, size: usize, ttl: Duration, now: Instant) {
+        while self.items.len() > size {
+            self.items.pop_front();
+        }
+        while self.items.front().is_some_and(|(at, _)| now.duration_since(*at) >= ttl) {
+            self.items.pop_front();
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition { offset: self.offset, epoch: self.epoch.clone() }
+    }
+}
+
+fn new_epoch() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..8).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])).collect()
+}
+
+const SHARDS: usize = 64;
+
+pub struct MemoryHistory {
+    shards: Vec<Mutex<HashMap<String, Arc<Mutex<Stream>>>>>,
+    hasher: RandomState,
+}
+
+impl Default for MemoryHistory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryHistory {
+    pub fn new() -> MemoryHistory {
+        MemoryHistory { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: RandomState::new() }
+    }
+
+    fn shard(&self, channel: &str) -> &Mutex<HashMap<String, Arc<Mutex<Stream>>>> {
+        &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
+    }
+
+    fn stream(&self, channel: &str, now: Instant) -> Arc<Mutex<Stream>> {
+        let mut shard = self.shard(channel).lock();
+        shard.entry(channel.to_string()).or_insert_with(|| Arc::new(Mutex::new(Stream::new(now)))).clone()
+    }
+
+    /// Appends a publication, assigning the next offset, and calls `deliver` while the stream is still
+    /// locked so concurrent publishers of one channel deliver in offset order.
+    pub fn append<R>(
+        &self,
+        channel: &str,
+        mut publication: Publication,
+        options: HistoryOptions,
+        deliver: impl FnOnce(Arc<Publication>) -> R,
+    ) -> (StreamPosition, R) {
+        let now = Instant::now();
+        let stream = self.stream(channel, now);
+        let mut stream = stream.lock();
+        stream.offset += 1;
+        stream.touched = now;
+        publication.offset = stream.offset;
+        let publication = Arc::new(publication);
+        stream.items.push_back((now, publication.clone()));
+        stream.trim(options.size, options.ttl, now);
+        let position = stream.position();
+        let delivered = deliver(publication);
+        (position, delivered)
+    }
+
+    /// Reads history. A `since` position that cannot be continued exactly returns `Unrecoverable`.
+    pub fn read(&self, channel: &str, query: &HistoryQuery, options: HistoryOptions) -> Result<HistoryPage, HistoryError> {
+        let now = Instant::now();
+        let stream = self.stream(channel, now);
+        let mut stream = stream.lock();
+        stream.trim(options.size, options.ttl, now);
+        let position = stream.position();
+        let mut publications: Vec<Arc<Publication>> = match &query.since {
+            Some(since) => {
+                if since.epoch != stream.epoch || since.offset > stream.offset {
+                    return Err(HistoryError::Unrecoverable);
+                }
+                if since.offset == stream.offset {
+                    Vec::new()
+                } else {
+                    let first_kept = stream.items.front().map(|(_, p)| p.offset).unwrap_or(stream.offset + 1);
+                    if first_kept > since.offset + 1 {
+                        return Err(HistoryError::Unrecoverable);
+                    }
+                    stream.items.iter().filter(|(_, p)| p.offset > since.offset).map(|(_, p)| p.clone()).collect()
+                }
+            }
+            None => stream.items.iter().map(|(_, p)| p.clone()).collect(),
+        };
+        if query.reverse {
+            publications.reverse();
+        }
+        if let Some(limit) = query.limit {
+            publications.truncate(limit);
+        }
+        Ok(HistoryPage { publications, position })
+    }
+
+    /// Forgets a channel's publications; the stream continues under a new epoch.
+    pub fn remove(&self, channel: &str) {
+        self.shard(channel).lock().remove(channel);
+    }
+
+    /// Drops streams idle for longer than `meta_ttl` (run periodically).
+    pub fn sweep(&self, meta_ttl: Duration) {
+        let now = Instant::now();
+        for shard in &self.shards {
+            shard.lock().retain(|_, stream| now.duration_since(stream.lock().touched) < meta_ttl);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn publication(n: u32) -> Publication {
+        Publication {
+            data: RawValue::from_string(n.to_string()).unwrap(),
+            info: None,
+            offset: 0,
+            tags: Default::default(),
+            time: 0,
+        }
+    }
+
+    const OPTS: HistoryOptions =
+        HistoryOptions { size: 3, ttl: Duration::from_secs(60), meta_ttl: Duration::from_secs(600) };
+
+    #[test]
+    fn offsets_grow_and_history_is_bounded() {
+        let h = MemoryHistory::new();
+        let mut last = StreamPosition::default();
+        for n in 1..=5 {
+            let (pos, offset) = h.append("c", publication(n), OPTS, |p| p.offset);
+            assert_eq!(pos.offset, u64::from(n));
+            assert_eq!(offset, u64::from(n));
+            last = pos;
+        }
+        let page = h.read("c", &HistoryQuery::default(), OPTS).unwrap();
+        assert_eq!(page.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(page.position, last);
+    }
+
+    #[test]
+    fn recovery_from_a_position() {
+        let h = MemoryHistory::new();
+        for n in 1..=5 {
+            h.append("c", publication(n), OPTS, |_| ());
+        }
+        let epoch = h.read("c", &HistoryQuery::default(), OPTS).unwrap().position.epoch;
+        let since = |offset| HistoryQuery {
+            since: Some(StreamPosition { offset, epoch: epoch.clone() }),
+            ..Default::default()
+        };
+        let page = h.read("c", &since(3), OPTS).unwrap();
+        assert_eq!(page.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![4, 5]);
+        assert!(h.read("c", &since(5), OPTS).unwrap().publications.is_empty());
+        assert_eq!(h.read("c", &since(1), OPTS).unwrap_err(), HistoryError::Unrecoverable);
+        assert_eq!(h.read("c", &since(9), OPTS).unwrap_err(), HistoryError::Unrecoverable);
+        let wrong_epoch = HistoryQuery { since: Some(StreamPosition { offset: 4, epoch: "x".into() }), ..Default::default() };
+        assert_eq!(h.read("c", &wrong_epoch, OPTS).unwrap_err(), HistoryError::Unrecoverable);
+    }
+
+    #[test]
+    fn removal_starts_a_new_epoch_and_ttl_expires_items() {
+        let h = MemoryHistory::new();
+        let (first, _) = h.append("c", publication(1), OPTS, |_| ());
+        h.remove("c");
+        let (second, _) = h.append("c", publication(2), OPTS, |_| ());
+        assert_ne!(first.epoch, second.epoch);
+        assert_eq!(second.offset, 1);
+        let short = HistoryOptions { ttl: Duration::from_millis(1), ..OPTS };
+        std::thread::sleep(Duration::from_millis(5));
+        let page = h.read("c", &HistoryQuery::default(), short).unwrap();
+        assert!(page.publications.is_empty());
+        assert_eq!(page.position.offset, 1, "the position survives item expiry");
+    }
+}

@@ -1,0 +1,22 @@
+//! Herald: a real-time push gateway that speaks the Centrifugo client protocol and server API.
+//!
+//! The flow of one publication: a client command, an API call (and later a device or feed) calls
+//! [`node::Node::publish`]; the [`broker`] assigns its stream position and delivers it to every node's
+//! [`hub`]; the hub encodes it once and queues the shared bytes on each subscriber's [`outbox`]; each
+//! [`session`] task drains its outbox into batched WebSocket frames.
+
+pub mod api;
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod config_template;
+pub mod history;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod presence;
+pub mod rate;
+pub mod server;
+pub mod session;
+pub mod transport;

@@ -1,0 +1,217 @@
+//! The `herald` binary: serve, write and check configuration, mint tokens for trying things out.
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use herald::config::Config;
+use herald::server::Server;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Real-time push gateway (Centrifugo-compatible protocol and API)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded defaults when no config file is given).
+    Serve {
+        /// TOML configuration file.
+        #[arg(short, long, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Public listen address (overrides http.listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Override any setting: --set client.max_channels=256 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Write a commented default configuration with fresh secrets.
+    Genconfig {
+        /// Output file (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate a configuration file; errors name the field.
+    Checkconfig { file: PathBuf },
+    /// Print a signed HS256 connection token (uses client.token.hmac_secret of the config).
+    Token {
+        /// User id (`sub` claim).
+        #[arg(long)]
+        user: String,
+        /// Server-side channels (`channels` claim), comma separated.
+        #[arg(long, value_delimiter = ',')]
+        channels: Vec<String>,
+        /// Lifetime, e.g. 1h, 30m; 0 for a token that never expires.
+        #[arg(long, default_value = "24h")]
+        ttl: humantime::Duration,
+        /// Sign a subscription token for this channel instead of a connection token.
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(short, long, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Override any setting (same as serve).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+}
+
+fn load(config: Option<&PathBuf>, sets: &[String]) -> anyhow::Result<Config> {
+    Ok(Config::load(config.map(|p| p.as_path()), std::env::vars(), sets)?)
+}
+
+fn init_logging(config: &Config) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one and warns when it is still below max_connections.
+fn check_fd_limit(max_connections: usize) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    let needed = max_connections as u64 + 64;
+    if (limit.rlim_cur as u64) < needed {
+        tracing::warn!(
+            fd_limit = limit.rlim_cur,
+            max_connections,
+            "file-descriptor limit is below client.max_connections: connections beyond it will be refused \
+             at accept; raise the limit (ulimit -n, LimitNOFILE=) or run several nodes with http.reuse_port"
+        );
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    check_fd_limit(config.client.max_connections);
+    if config.client.token.hmac_secret.is_empty()
+        && config.client.token.rsa_public_key.is_empty()
+        && config.client.token.ecdsa_public_key.is_empty()
+        && config.client.token.jwks_file.is_empty()
+    {
+        tracing::warn!(
+            "client.token: no key configured, so connection tokens cannot be verified; \
+             run `herald genconfig -o herald.toml` and `herald serve -c herald.toml`"
+        );
+    }
+    let server = Server::start(config).await?;
+    let node = server.node.clone();
+    let api_where = server.internal_addr.unwrap_or(server.addr);
+    tracing::info!(node = %node.name, version = env!("CARGO_PKG_VERSION"), "herald started");
+    tracing::info!("websocket: ws://{}/connection/websocket", server.addr);
+    tracing::info!("server api: http://{api_where}/api/<method>, metrics: http://{api_where}/metrics");
+    tracing::info!("health: http://{}/health, readiness: http://{}/ready", server.addr, server.addr);
+    if node.config.api.key.is_empty() {
+        tracing::warn!("api.key is empty: the server API answers loopback clients only");
+    }
+    tracing::info!("broker: memory (single node), history and presence: memory");
+    wait_for_signal().await;
+    tracing::info!(connections = node.connections.load(std::sync::atomic::Ordering::Relaxed), "shutting down");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn token(
+    user: String,
+    channels: Vec<String>,
+    ttl: Duration,
+    channel: Option<String>,
+    config: &Config,
+) -> anyhow::Result<String> {
+    let secret = &config.client.token.hmac_secret;
+    if secret.is_empty() {
+        bail!("client.token.hmac_secret is empty: give --config with a secret (see herald genconfig)");
+    }
+    let mut claims = serde_json::json!({ "sub": user });
+    if !ttl.is_zero() {
+        claims["exp"] = serde_json::json!(herald::node::unix_secs() + ttl.as_secs() as i64);
+    }
+    if let Some(channel) = channel {
+        claims["channel"] = serde_json::json!(channel);
+    } else if !channels.is_empty() {
+        claims["channels"] = serde_json::json!(channels);
+    }
+    if !config.client.token.audience.is_empty() {
+        claims["aud"] = serde_json::json!(config.client.token.audience);
+    }
+    if !config.client.token.issuer.is_empty() {
+        claims["iss"] = serde_json::json!(config.client.token.issuer);
+    }
+    Ok(herald_auth::sign_hs256(&claims, secret)?)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, listen, mut sets } => {
+            if let Some(listen) = listen {
+                sets.push(format!("http.listen=\"{listen}\""));
+            }
+            let config = load(config.as_ref(), &sets)?;
+            init_logging(&config);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve(config))
+        }
+        Command::Genconfig { output, force } => {
+            let text = herald::config_template::render(
+                &herald::config_template::random_secret(),
+                &herald::config_template::random_secret(),
+            );
+            match output {
+                Some(path) => {
+                    if path.exists() && !force {
+                        bail!("{} exists; use --force to overwrite", path.display());
+                    }
+                    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        Command::Checkconfig { file } => {
+            let config = Config::load(Some(&file), std::env::vars(), &[])?;
+            herald::server::verifier(&config)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Token { user, channels, ttl, channel, config, sets } => {
+            let config = load(config.as_ref(), &sets)?;
+            println!("{}", token(user, channels, ttl.into(), channel, &config)?);
+            Ok(())
+        }
+    }
+}

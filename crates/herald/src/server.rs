@@ -1,0 +1,103 @@
+//! Assembles a node from its configuration, binds its listeners and runs it until shutdown.
+
+use crate::broker::MemoryBroker;
+use crate::config::Config;
+use crate::node::Node;
+use crate::presence::MemoryPresence;
+use crate::transport::{accept_loop, bind, Role};
+use anyhow::Context as _;
+use herald_auth::{Verifier, VerifierConfig};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+pub struct Server {
+    pub node: Arc<Node>,
+    pub addr: SocketAddr,
+    pub internal_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn optional(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn read_key(field: &str, path: &str) -> anyhow::Result<Option<String>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    std::fs::read_to_string(path).map(Some).with_context(|| format!("{field}: cannot read {path:?}"))
+}
+
+/// Builds the token verifier; errors name the config field.
+pub fn verifier(config: &Config) -> anyhow::Result<Verifier> {
+    let t = &config.client.token;
+    let cfg = VerifierConfig {
+        hmac_secret: optional(&t.hmac_secret),
+        rsa_public_key_pem: read_key("client.token.rsa_public_key", &t.rsa_public_key)?,
+        ecdsa_public_key_pem: read_key("client.token.ecdsa_public_key", &t.ecdsa_public_key)?,
+        jwks_json: read_key("client.token.jwks_file", &t.jwks_file)?,
+        audience: optional(&t.audience),
+        issuer: optional(&t.issuer),
+    };
+    Ok(Verifier::new(&cfg)?)
+}
+
+impl Server {
+    /// Binds and starts serving. Port 0 picks a free port (see `addr`).
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let verifier = verifier(&config)?;
+        let node = Node::new(config, verifier, Arc::new(MemoryBroker::default()), Arc::new(MemoryPresence::new()));
+        let config = &node.config;
+        let public = bind(config.listen_addr(), config.http.reuse_port)
+            .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
+        let addr = public.local_addr()?;
+        let mut tasks = Vec::new();
+        let mut internal_addr = None;
+        let public_role = match config.internal_addr() {
+            Some(internal) => {
+                let listener = bind(internal, config.http.reuse_port)
+                    .with_context(|| format!("http.internal_listen: cannot listen on {internal}"))?;
+                internal_addr = Some(listener.local_addr()?);
+                tasks.push(tokio::spawn(accept_loop(node.clone(), listener, Role::Internal)));
+                Role::Public
+            }
+            None => Role::Everything,
+        };
+        tasks.push(tokio::spawn(accept_loop(node.clone(), public, public_role)));
+        tasks.push(tokio::spawn(sweeper(node.clone())));
+        Ok(Server { node, addr, internal_addr, tasks })
+    }
+
+    /// Graceful stop: refuse new connections, tell clients to reconnect elsewhere (`shutdown`, 3001),
+    /// and wait for them to leave, at most `http.shutdown_timeout`.
+    pub async fn shutdown(self) {
+        let node = self.node.clone();
+        node.ready.store(false, Ordering::Relaxed);
+        node.shutdown.cancel();
+        let deadline = Instant::now() + node.config.http.shutdown_timeout;
+        while node.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = node.connections.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!(left, "shutdown timeout reached with connections still open");
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Periodic housekeeping: forget idle history streams.
+async fn sweeper(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => node.broker.sweep(node.config.channel.history_meta_ttl),
+        }
+    }
+}

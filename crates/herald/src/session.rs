@@ -1,0 +1,818 @@
+//! One client connection: a single task that reads commands, answers them, drains the connection's
+//! outbox into batched frames, pings the client and enforces every per-connection limit.
+
+use crate::broker::Control;
+use crate::channel::{is_private, personal_channel, user_allowed};
+use crate::config::NamespaceOptions;
+use crate::history::HistoryQuery;
+use crate::hub::SessionHandle;
+use crate::metrics::MethodLabel;
+use crate::node::{broker_error, unix_secs, Node};
+use crate::outbox::{OutItem, Outbox};
+use crate::rate::TokenBucket;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use herald_auth::TokenError;
+use herald_protocol::command::{
+    ChannelRequest, ConnectRequest, HistoryRequest, PublishRequest, RefreshRequest, SubRefreshRequest,
+    SubscribeRequest,
+};
+use herald_protocol::{
+    decode_frame, encode_push, encode_reply, ClientInfo, ConnectResult, Disconnect, ErrorCode, HistoryResult,
+    Method, PresenceResult, PresenceStatsResult, PushBody, RefreshResult, ReplyBody, SubRefreshResult,
+    SubscribeResult, UnsubscribeCode, PING,
+};
+use serde_json::value::RawValue;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{sleep_until, timeout};
+use tokio_websockets::{CloseCode, Message, WebSocketStream};
+
+/// Largest frame the server builds when it merges several messages into one.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// A client that rejects this many commands in a row for rate is disconnected.
+const MAX_RATE_REJECTIONS: u32 = 100;
+
+/// Why the session ends, sent as the WebSocket close code and reason.
+#[derive(Debug, Clone)]
+pub struct Close {
+    pub code: u16,
+    pub reason: String,
+    /// The socket is unusable or the peer is gone: do not try to write a close frame.
+    pub silent: bool,
+    pub label: &'static str,
+}
+
+impl From<Disconnect> for Close {
+    fn from(d: Disconnect) -> Self {
+        Close { code: d.code, reason: d.reason.to_string(), silent: false, label: d.label() }
+    }
+}
+
+impl Close {
+    fn gone(label: &'static str) -> Close {
+        Close { code: 3000, reason: String::new(), silent: true, label }
+    }
+}
+
+struct Subscription {
+    slot: u32,
+    ns: Arc<NamespaceOptions>,
+    server_side: bool,
+    info: ClientInfo,
+    expires_at: Option<Instant>,
+}
+
+/// Recovery and positioning wishes of a subscribe, from the client or from the server.
+#[derive(Default)]
+struct SubscribeParams {
+    recover: bool,
+    recoverable: bool,
+    positioned: bool,
+    join_leave: bool,
+    offset: u64,
+    epoch: String,
+    chan_info: Option<Box<RawValue>>,
+    data: Option<Box<RawValue>>,
+    expires_at: Option<i64>,
+}
+
+impl From<&SubscribeRequest> for SubscribeParams {
+    fn from(r: &SubscribeRequest) -> Self {
+        SubscribeParams {
+            recover: r.recover,
+            recoverable: r.recoverable || r.recover,
+            positioned: r.positioned,
+            join_leave: r.join_leave,
+            offset: r.offset,
+            epoch: r.epoch.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+pub struct Session<S> {
+    node: Arc<Node>,
+    ws: WebSocketStream<S>,
+    handle: Option<Arc<SessionHandle>>,
+    user: String,
+    conn_info: Option<Box<RawValue>>,
+    subs: HashMap<String, Subscription>,
+    /// Live subscription slots → highest offset already delivered in a subscribe reply.
+    slots: HashMap<u32, u64>,
+    next_slot: u32,
+    bucket: TokenBucket,
+    rate_rejections: u32,
+    connect_deadline: Instant,
+    expires_at: Option<Instant>,
+    next_ping: Instant,
+    pong_deadline: Option<Instant>,
+    /// Messages waiting to be written, merged into frames by `flush`.
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
+    drained: VecDeque<OutItem>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub fn new(node: Arc<Node>, ws: WebSocketStream<S>) -> Session<S> {
+        let now = Instant::now();
+        let c = &node.config.client;
+        Session {
+            bucket: TokenBucket::new(c.command_rate, c.command_burst, now),
+            connect_deadline: now + c.connect_timeout,
+            next_ping: now + c.ping_interval,
+            node,
+            ws,
+            handle: None,
+            user: String::new(),
+            conn_info: None,
+            subs: HashMap::new(),
+            slots: HashMap::new(),
+            next_slot: 1,
+            rate_rejections: 0,
+            expires_at: None,
+            pong_deadline: None,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            drained: VecDeque::new(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        let close = self.serve().await;
+        self.node.metrics.disconnect(close.label);
+        if !close.silent {
+            self.pending.clear();
+            let code = CloseCode::try_from(close.code).unwrap_or(CloseCode::NORMAL_CLOSURE);
+            let write_timeout = self.node.config.client.pong_timeout;
+            let _ = timeout(write_timeout, self.ws.send(Message::close(Some(code), &close.reason))).await;
+            // Give the peer a moment to acknowledge so the close frame is not lost in a reset.
+            let _ = timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = self.ws.next().await {} })
+                .await;
+        }
+        self.cleanup().await;
+    }
+
+    async fn serve(&mut self) -> Close {
+        loop {
+            if let Err(close) = self.flush().await {
+                return close;
+            }
+            let deadline = self.next_deadline();
+            let node = self.node.clone();
+            let outbox_wait = wait_outbox(self.handle.as_deref().map(|h| &h.outbox));
+            tokio::select! {
+                biased;
+                _ = node.shutdown.cancelled() => return Disconnect::SHUTDOWN.into(),
+                _ = outbox_wait => {
+                    if let Err(close) = self.drain_outbox().await {
+                        return close;
+                    }
+                }
+                message = self.ws.next() => {
+                    let message = match message {
+                        None => return Close::gone("connection closed"),
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "websocket read failed");
+                            return Close::gone("read error");
+                        }
+                        Some(Ok(m)) => m,
+                    };
+                    self.pong_deadline = None;
+                    if message.is_close() {
+                        return Close::gone("connection closed");
+                    }
+                    if message.is_text() || message.is_binary() {
+                        let payload = message.into_payload();
+                        self.node.metrics.bytes_in.inc_by(payload.len() as u64);
+                        if let Err(close) = self.handle_frame(&payload).await {
+                            return close;
+                        }
+                    }
+                }
+                _ = sleep_until(deadline.into()) => {
+                    if let Err(close) = self.on_timer() {
+                        return close;
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut deadline = if self.handle.is_none() { self.connect_deadline } else { self.next_ping };
+        for candidate in [self.pong_deadline, self.expires_at].into_iter().flatten() {
+            deadline = deadline.min(candidate);
+        }
+        for sub in self.subs.values() {
+            if let Some(at) = sub.expires_at {
+                deadline = deadline.min(at);
+            }
+        }
+        deadline
+    }
+
+    fn on_timer(&mut self) -> Result<(), Close> {
+        let now = Instant::now();
+        if self.handle.is_none() {
+            if now >= self.connect_deadline {
+                return Err(Disconnect::STALE.into());
+            }
+            return Ok(());
+        }
+        if self.pong_deadline.is_some_and(|d| now >= d) {
+            return Err(Disconnect::NO_PONG.into());
+        }
+        if self.expires_at.is_some_and(|at| now >= at) {
+            return Err(Disconnect::EXPIRED.into());
+        }
+        if self.subs.values().any(|s| s.expires_at.is_some_and(|at| now >= at)) {
+            return Err(Disconnect::SUB_EXPIRED.into());
+        }
+        if now >= self.next_ping {
+            self.queue(Bytes::from_static(PING));
+            self.next_ping = now + self.node.config.client.ping_interval;
+            self.pong_deadline = Some(now + self.node.config.client.pong_timeout);
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, message: Bytes) {
+        self.pending_bytes += message.len();
+        self.pending.push(message);
+    }
+
+    /// Writes pending messages: one message as is, several merged with newlines, one flush.
+    async fn flush(&mut self) -> Result<(), Close> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let messages = std::mem::take(&mut self.pending);
+        let total = std::mem::take(&mut self.pending_bytes);
+        let mut frames = 0u64;
+        let write_timeout = self.node.config.client.pong_timeout;
+        let result = timeout(write_timeout, async {
+            if messages.len() == 1 {
+                frames += 1;
+                return self.ws.send(Message::text(messages[0].clone())).await;
+            }
+            let mut buf = Vec::with_capacity(total.min(MAX_BATCH_BYTES) + messages.len());
+            for message in &messages {
+                if !buf.is_empty() && buf.len() + message.len() > MAX_BATCH_BYTES {
+                    frames += 1;
+                    self.ws.feed(Message::text(Bytes::from(std::mem::take(&mut buf)))).await?;
+                }
+                if !buf.is_empty() {
+                    buf.push(b'\n');
+                }
+                buf.extend_from_slice(message);
+            }
+            if !buf.is_empty() {
+                frames += 1;
+                self.ws.feed(Message::text(Bytes::from(buf))).await?;
+            }
+            self.ws.flush().await
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {
+                self.node.metrics.bytes_out.inc_by(total as u64);
+                self.node.metrics.frames_out.inc_by(frames);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "websocket write failed");
+                Err(Close::gone("write error"))
+            }
+            // The client does not read: it is a slow consumer.
+            Err(_) => Err(Close { silent: true, ..Disconnect::SLOW.into() }),
+        }
+    }
+
+    async fn drain_outbox(&mut self) -> Result<(), Close> {
+        let Some(handle) = self.handle.clone() else { return Ok(()) };
+        let mut items = std::mem::take(&mut self.drained);
+        let (_, overflowed) = handle.outbox.drain(&mut items);
+        if overflowed {
+            return Err(Disconnect::SLOW.into());
+        }
+        let mut result = Ok(());
+        while let Some(item) = items.pop_front() {
+            match item {
+                OutItem::Publication { slot, offset, bytes } => match self.slots.get(&slot) {
+                    Some(&seen) if offset == 0 || offset > seen => self.queue(bytes),
+                    _ => {}
+                },
+                OutItem::Push { slot, bytes } => {
+                    if self.slots.contains_key(&slot) {
+                        self.queue(bytes);
+                    }
+                }
+                OutItem::Control(control) => {
+                    if let Err(close) = self.handle_control(control).await {
+                        result = Err(close);
+                        break;
+                    }
+                }
+            }
+        }
+        items.clear();
+        self.drained = items;
+        result
+    }
+
+    async fn handle_control(&mut self, control: Control) -> Result<(), Close> {
+        match control {
+            Control::Disconnect { code, reason, .. } => {
+                Err(Close { code, reason, silent: false, label: "server disconnect" })
+            }
+            Control::Subscribe { channel, .. } => {
+                if self.subs.contains_key(&channel) {
+                    return Ok(());
+                }
+                match self.subscribe_channel(&channel, SubscribeParams::default(), true).await {
+                    Ok(result) => {
+                        let mut out = Vec::new();
+                        encode_push(&channel, &PushBody::Subscribe(&result), &mut out);
+                        self.queue(Bytes::from(out));
+                    }
+                    Err(code) => tracing::debug!(%channel, %code, "server-side subscribe refused"),
+                }
+                Ok(())
+            }
+            Control::Unsubscribe { channel, .. } => {
+                if self.unsubscribe_channel(&channel).await {
+                    let code = UnsubscribeCode::SERVER;
+                    let mut out = Vec::new();
+                    encode_push(&channel, &PushBody::Unsubscribe { code: code.code, reason: code.reason }, &mut out);
+                    self.queue(Bytes::from(out));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn handle_frame(&mut self, frame: &[u8]) -> Result<(), Close> {
+        let commands = match decode_frame(frame, self.node.config.client.max_commands_per_frame) {
+            Ok(commands) => commands,
+            Err(e) => {
+                tracing::debug!(error = %e, "bad client frame");
+                return Err(Disconnect::BAD_REQUEST.into());
+            }
+        };
+        for (id, method) in commands {
+            let name = method.name();
+            if matches!(method, Method::Pong) {
+                continue;
+            }
+            self.node.metrics.command(name);
+            if self.handle.is_none() && !matches!(method, Method::Connect(_)) {
+                return Err(Disconnect::BAD_REQUEST.into());
+            }
+            if !self.bucket.take(Instant::now()) {
+                self.rate_rejections += 1;
+                if self.rate_rejections >= MAX_RATE_REJECTIONS {
+                    return Err(Disconnect::TOO_MANY_REQUESTS.into());
+                }
+                self.reply_error(id, name, ErrorCode::TooManyRequests);
+                continue;
+            }
+            self.rate_rejections = 0;
+            let body = match method {
+                Method::Pong => continue,
+                Method::Connect(req) => self.connect(req).await?,
+                Method::Subscribe(req) => self.subscribe(req).await?,
+                Method::Unsubscribe(req) => self.unsubscribe(req).await,
+                Method::Publish(req) => self.publish(req).await,
+                Method::Presence(req) => self.presence(req).await,
+                Method::PresenceStats(req) => self.presence_stats(req).await,
+                Method::History(req) => self.history(req).await,
+                Method::Ping => Ok(ReplyBody::Ping),
+                // Asynchronous messages go to backend hooks, which this node does not have: dropped.
+                Method::Send(_) => continue,
+                Method::Rpc(_) => Err(ErrorCode::NotAvailable),
+                Method::Refresh(req) => self.refresh(req)?,
+                Method::SubRefresh(req) => self.sub_refresh(req)?,
+                Method::Unknown => Err(ErrorCode::MethodNotFound),
+            };
+            match body {
+                Ok(body) => self.reply(id, &body),
+                Err(code) => self.reply_error(id, name, code),
+            }
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, id: u32, body: &ReplyBody) {
+        if id == 0 {
+            return;
+        }
+        let mut out = Vec::new();
+        encode_reply(id, body, &mut out);
+        self.queue(Bytes::from(out));
+    }
+
+    fn reply_error(&mut self, id: u32, method: &'static str, code: ErrorCode) {
+        self.node.metrics.command_errors.get_or_create(&MethodLabel { method }).inc();
+        self.reply(id, &ReplyBody::Error(code.into()));
+    }
+
+    fn info(&self, chan_info: Option<Box<RawValue>>) -> ClientInfo {
+        ClientInfo {
+            user: self.user.clone(),
+            client: self.handle.as_ref().map(|h| h.client.clone()).unwrap_or_default(),
+            conn_info: self.conn_info.clone(),
+            chan_info,
+        }
+    }
+
+    async fn connect(&mut self, req: ConnectRequest) -> Result<Result<ReplyBody, ErrorCode>, Close> {
+        if self.handle.is_some() {
+            return Err(Disconnect::BAD_REQUEST.into());
+        }
+        let node = self.node.clone();
+        let client_config = &node.config.client;
+        let mut server_channels: Vec<(String, SubscribeParams)> = Vec::new();
+        let mut expires_at = None;
+        if req.token.is_empty() {
+            if !client_config.allow_anonymous {
+                return Err(Disconnect::INVALID_TOKEN.into());
+            }
+        } else {
+            let claims = match node.verifier.verify_connect(&req.token) {
+                Ok(claims) => claims,
+                Err(TokenError::Expired) => return Ok(Err(ErrorCode::TokenExpired)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection token refused");
+                    return Err(Disconnect::INVALID_TOKEN.into());
+                }
+            };
+            self.user = claims.sub.clone();
+            self.conn_info = claims.info.clone();
+            expires_at = claims.connection_expires_at();
+            if claims.subs.is_empty() {
+                for channel in &claims.channels {
+                    server_channels.push((channel.clone(), SubscribeParams::default()));
+                }
+            } else {
+                for (channel, options) in &claims.subs {
+                    let params = SubscribeParams {
+                        chan_info: options.info.clone(),
+                        data: options.data.clone(),
+                        ..Default::default()
+                    };
+                    server_channels.push((channel.clone(), params));
+                }
+            }
+        }
+        if self.user.is_empty() && req.token.is_empty() && !client_config.allow_anonymous {
+            return Err(Disconnect::INVALID_TOKEN.into());
+        }
+        let now_secs = unix_secs();
+        let ttl = match expires_at {
+            Some(at) if at <= now_secs => return Ok(Err(ErrorCode::TokenExpired)),
+            Some(at) => Some((at - now_secs) as u64),
+            None => None,
+        };
+        self.expires_at = ttl.map(|secs| Instant::now() + Duration::from_secs(secs));
+        if !self.user.is_empty() {
+            server_channels.insert(0, (personal_channel(&self.user), SubscribeParams::default()));
+        }
+        let handle = Arc::new(SessionHandle {
+            seq: node.next_seq(),
+            client: uuid::Uuid::new_v4().to_string(),
+            user: self.user.clone(),
+            outbox: Outbox::new(client_config.max_outbox_bytes, node.metrics.outbox_bytes.clone()),
+        });
+        node.hub.add_session(handle.clone());
+        self.handle = Some(handle.clone());
+        self.next_ping = Instant::now() + client_config.ping_interval;
+
+        let mut subs = BTreeMap::new();
+        for (channel, mut params) in server_channels {
+            // A reconnecting SDK sends the positions of its server-side subscriptions.
+            if let Some(previous) = req.subs.get(&channel) {
+                params.recover = previous.recover;
+                params.recoverable = previous.recover;
+                params.offset = previous.offset;
+                params.epoch = previous.epoch.clone();
+            }
+            match self.subscribe_channel(&channel, params, true).await {
+                Ok(result) => {
+                    subs.insert(channel, result);
+                }
+                Err(code) => tracing::warn!(%channel, %code, user = %self.user, "server-side subscription refused"),
+            }
+        }
+        Ok(Ok(ReplyBody::Connect(ConnectResult {
+            client: handle.client.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            expires: ttl.is_some(),
+            ttl: ttl.unwrap_or(0).min(u64::from(u32::MAX)) as u32,
+            data: None,
+            subs,
+            ping: node.config.client.ping_interval.as_secs().max(1) as u32,
+            pong: true,
+            node: node.name.clone(),
+            time: 0,
+        })))
+    }
+
+    fn may(&self, for_anonymous: bool, for_client: bool, for_subscriber: bool, channel: &str) -> bool {
+        if self.user.is_empty() && !for_anonymous && !(for_subscriber && self.subs.contains_key(channel)) {
+            return false;
+        }
+        for_client || (for_subscriber && self.subs.contains_key(channel))
+    }
+
+    async fn subscribe(&mut self, req: SubscribeRequest) -> Result<Result<ReplyBody, ErrorCode>, Close> {
+        let ns = match self.node.namespaces.resolve(&req.channel) {
+            Ok(ns) => ns.clone(),
+            Err(code) => return Ok(Err(code)),
+        };
+        let mut params = SubscribeParams::from(&req);
+        if !req.token.is_empty() {
+            let claims = match self.node.verifier.verify_subscribe(&req.token) {
+                Ok(claims) => claims,
+                Err(TokenError::Expired) => return Ok(Err(ErrorCode::TokenExpired)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "subscription token refused");
+                    return Err(Disconnect::INVALID_TOKEN.into());
+                }
+            };
+            if claims.channel != req.channel || claims.sub != self.user {
+                return Err(Disconnect::INVALID_TOKEN.into());
+            }
+            if let Some(at) = claims.subscription_expires_at() {
+                if at <= unix_secs() {
+                    return Ok(Err(ErrorCode::TokenExpired));
+                }
+                params.expires_at = Some(at);
+            }
+            params.chan_info = claims.info;
+            params.data = claims.data;
+        } else {
+            let own_personal = !self.user.is_empty() && req.channel == personal_channel(&self.user);
+            let limited_ok = ns.allow_user_limited_channels && user_allowed(&req.channel, &self.user);
+            let open = if self.user.is_empty() {
+                ns.allow_subscribe_for_anonymous
+            } else {
+                ns.allow_subscribe_for_client
+            };
+            if is_private(&req.channel) || !(own_personal || limited_ok || open) {
+                return Ok(Err(ErrorCode::PermissionDenied));
+            }
+        }
+        Ok(self.subscribe_channel(&req.channel, params, false).await.map(ReplyBody::Subscribe))
+    }
+
+    /// Subscribes this connection; shared by client, token and server-side subscriptions.
+    async fn subscribe_channel(
+        &mut self,
+        channel: &str,
+        params: SubscribeParams,
+        server_side: bool,
+    ) -> Result<SubscribeResult, ErrorCode> {
+        let node = self.node.clone();
+        let ns = node.namespaces.resolve(channel)?.clone();
+        let Some(handle) = self.handle.clone() else { return Err(ErrorCode::Internal) };
+        if self.subs.contains_key(channel) {
+            return Err(ErrorCode::AlreadySubscribed);
+        }
+        if self.subs.len() >= node.config.client.max_channels {
+            return Err(ErrorCode::LimitExceeded);
+        }
+        let slot = self.next_slot;
+        self.next_slot = self.next_slot.wrapping_add(1);
+        self.slots.insert(slot, 0);
+        let join_leave = ns.join_leave && (ns.force_push_join_leave || params.join_leave || server_side);
+        // Register before reading history: whatever is published meanwhile arrives through the outbox,
+        // and what the reply already carries is skipped there by offset.
+        node.hub.add_subscriber(channel, &handle, slot, join_leave);
+        let mut result = SubscribeResult { data: params.data, ..Default::default() };
+        if let Some(history) = node.history_options(&ns) {
+            let recoverable = ns.force_recovery || params.recoverable;
+            let positioned = recoverable || params.positioned;
+            if positioned {
+                let since = (params.recover && recoverable)
+                    .then(|| herald_protocol::StreamPosition { offset: params.offset, epoch: params.epoch.clone() });
+                let query = HistoryQuery { since: since.clone(), limit: if since.is_some() { None } else { Some(0) }, reverse: false };
+                let page = match node.broker.history(channel, &query, history).await {
+                    Ok(page) => {
+                        result.recovered = since.is_some();
+                        page
+                    }
+                    Err(crate::broker::BrokerError::Unrecoverable) => {
+                        let query = HistoryQuery { limit: Some(0), ..Default::default() };
+                        match node.broker.history(channel, &query, history).await {
+                            Ok(page) => page,
+                            Err(e) => {
+                                self.rollback_subscribe(channel, slot);
+                                return Err(broker_error(e));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.rollback_subscribe(channel, slot);
+                        return Err(broker_error(e));
+                    }
+                };
+                self.slots.insert(slot, page.position.offset);
+                result.was_recovering = since.is_some();
+                result.recoverable = recoverable;
+                result.positioned = positioned;
+                result.offset = page.position.offset;
+                result.epoch = page.position.epoch;
+                result.publications = page.publications;
+            }
+        }
+        let info = self.info(params.chan_info);
+        if ns.presence {
+            if let Err(e) = node.presence.add(channel, info.clone()).await {
+                self.rollback_subscribe(channel, slot);
+                return Err(broker_error(e));
+            }
+        }
+        if ns.join_leave {
+            if let Err(e) = node.broker.publish_join(channel, &info).await {
+                tracing::warn!(%channel, error = %e, "join event not published");
+            }
+        }
+        let expires_at = params.expires_at.map(|at| Instant::now() + Duration::from_secs((at - unix_secs()).max(0) as u64));
+        if let Some(at) = params.expires_at {
+            result.expires = true;
+            result.ttl = (at - unix_secs()).clamp(0, i64::from(u32::MAX)) as u32;
+        }
+        self.subs.insert(channel.to_string(), Subscription { slot, ns, server_side, info, expires_at });
+        Ok(result)
+    }
+
+    fn rollback_subscribe(&mut self, channel: &str, slot: u32) {
+        self.slots.remove(&slot);
+        if let Some(handle) = &self.handle {
+            self.node.hub.remove_subscriber(channel, handle.seq);
+        }
+    }
+
+    /// Removes a subscription; returns false when there was none.
+    async fn unsubscribe_channel(&mut self, channel: &str) -> bool {
+        let Some(sub) = self.subs.remove(channel) else { return false };
+        self.slots.remove(&sub.slot);
+        let node = self.node.clone();
+        if let Some(handle) = &self.handle {
+            node.hub.remove_subscriber(channel, handle.seq);
+        }
+        if sub.ns.presence {
+            if let Err(e) = node.presence.remove(channel, &sub.info.client).await {
+                tracing::warn!(%channel, error = %e, "presence not removed");
+            }
+        }
+        if sub.ns.join_leave {
+            if let Err(e) = node.broker.publish_leave(channel, &sub.info).await {
+                tracing::warn!(%channel, error = %e, "leave event not published");
+            }
+        }
+        true
+    }
+
+    async fn unsubscribe(&mut self, req: ChannelRequest) -> Result<ReplyBody, ErrorCode> {
+        // Unsubscribing from a channel one is not subscribed to is not an error (idempotent, as in Centrifugo).
+        self.unsubscribe_channel(&req.channel).await;
+        Ok(ReplyBody::Unsubscribe)
+    }
+
+    async fn publish(&mut self, req: PublishRequest) -> Result<ReplyBody, ErrorCode> {
+        let ns = self.node.namespaces.resolve(&req.channel)?.clone();
+        let Some(data) = req.data else { return Err(ErrorCode::BadRequest) };
+        if is_private(&req.channel) && !self.subs.contains_key(&req.channel) {
+            return Err(ErrorCode::PermissionDenied);
+        }
+        if !self.may(
+            ns.allow_publish_for_anonymous,
+            ns.allow_publish_for_client,
+            ns.allow_publish_for_subscriber,
+            &req.channel,
+        ) {
+            return Err(ErrorCode::PermissionDenied);
+        }
+        let chan_info = self.subs.get(&req.channel).and_then(|s| s.info.chan_info.clone());
+        let info = self.info(chan_info);
+        self.node.publish(&req.channel, data, Some(info), BTreeMap::new(), "client").await?;
+        Ok(ReplyBody::Publish)
+    }
+
+    fn check_presence(&self, channel: &str) -> Result<(), ErrorCode> {
+        let ns = self.node.namespaces.resolve(channel)?;
+        if !ns.presence {
+            return Err(ErrorCode::NotAvailable);
+        }
+        if !self.may(ns.allow_presence_for_anonymous, ns.allow_presence_for_client, ns.allow_presence_for_subscriber, channel)
+        {
+            return Err(ErrorCode::PermissionDenied);
+        }
+        Ok(())
+    }
+
+    async fn presence(&mut self, req: ChannelRequest) -> Result<ReplyBody, ErrorCode> {
+        self.check_presence(&req.channel)?;
+        let presence = self.node.presence.get(&req.channel).await.map_err(broker_error)?;
+        Ok(ReplyBody::Presence(PresenceResult { presence }))
+    }
+
+    async fn presence_stats(&mut self, req: ChannelRequest) -> Result<ReplyBody, ErrorCode> {
+        self.check_presence(&req.channel)?;
+        let (num_clients, num_users) = self.node.presence.stats(&req.channel).await.map_err(broker_error)?;
+        Ok(ReplyBody::PresenceStats(PresenceStatsResult { num_clients, num_users }))
+    }
+
+    async fn history(&mut self, req: HistoryRequest) -> Result<ReplyBody, ErrorCode> {
+        let ns = self.node.namespaces.resolve(&req.channel)?.clone();
+        let Some(options) = self.node.history_options(&ns) else { return Err(ErrorCode::NotAvailable) };
+        if !self.may(ns.allow_history_for_anonymous, ns.allow_history_for_client, ns.allow_history_for_subscriber, &req.channel) {
+            return Err(ErrorCode::PermissionDenied);
+        }
+        let query = HistoryQuery { since: req.since, limit: history_limit(req.limit), reverse: req.reverse };
+        let page = self.node.broker.history(&req.channel, &query, options).await.map_err(broker_error)?;
+        Ok(ReplyBody::History(HistoryResult {
+            publications: page.publications,
+            epoch: page.position.epoch,
+            offset: page.position.offset,
+        }))
+    }
+
+    fn refresh(&mut self, req: RefreshRequest) -> Result<Result<ReplyBody, ErrorCode>, Close> {
+        let claims = match self.node.verifier.verify_connect(&req.token) {
+            Ok(claims) => claims,
+            Err(TokenError::Expired) => return Err(Disconnect::EXPIRED.into()),
+            Err(_) => return Err(Disconnect::INVALID_TOKEN.into()),
+        };
+        if claims.sub != self.user {
+            return Err(Disconnect::INVALID_TOKEN.into());
+        }
+        let now = unix_secs();
+        let ttl = claims.connection_expires_at().map(|at| (at - now).max(0) as u64);
+        self.expires_at = ttl.map(|secs| Instant::now() + Duration::from_secs(secs));
+        Ok(Ok(ReplyBody::Refresh(RefreshResult {
+            client: self.handle.as_ref().map(|h| h.client.clone()).unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            expires: ttl.is_some(),
+            ttl: ttl.unwrap_or(0).min(u64::from(u32::MAX)) as u32,
+        })))
+    }
+
+    fn sub_refresh(&mut self, req: SubRefreshRequest) -> Result<Result<ReplyBody, ErrorCode>, Close> {
+        if !self.subs.contains_key(&req.channel) {
+            return Ok(Err(ErrorCode::PermissionDenied));
+        }
+        let claims = match self.node.verifier.verify_subscribe(&req.token) {
+            Ok(claims) => claims,
+            Err(TokenError::Expired) => return Err(Disconnect::SUB_EXPIRED.into()),
+            Err(_) => return Err(Disconnect::INVALID_TOKEN.into()),
+        };
+        if claims.channel != req.channel || claims.sub != self.user {
+            return Err(Disconnect::INVALID_TOKEN.into());
+        }
+        let now = unix_secs();
+        let ttl = claims.subscription_expires_at().map(|at| (at - now).max(0) as u64);
+        if let Some(sub) = self.subs.get_mut(&req.channel) {
+            sub.expires_at = ttl.map(|secs| Instant::now() + Duration::from_secs(secs));
+        }
+        Ok(Ok(ReplyBody::SubRefresh(SubRefreshResult {
+            expires: ttl.is_some(),
+            ttl: ttl.unwrap_or(0).min(u64::from(u32::MAX)) as u32,
+        })))
+    }
+
+    async fn cleanup(&mut self) {
+        let Some(handle) = self.handle.clone() else { return };
+        handle.outbox.close();
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for channel in channels {
+            self.unsubscribe_channel(&channel).await;
+        }
+        self.node.hub.remove_session(&handle);
+    }
+
+    /// Channels this connection was subscribed to by the server (for tests and introspection).
+    pub fn server_side_channels(&self) -> Vec<&str> {
+        self.subs.iter().filter(|(_, s)| s.server_side).map(|(c, _)| c.as_str()).collect()
+    }
+}
+
+/// History `limit` as Centrifugo reads it: 0 means only the stream position, negative means all.
+pub fn history_limit(limit: i32) -> Option<usize> {
+    if limit < 0 {
+        None
+    } else {
+        Some(limit as usize)
+    }
+}
+
+async fn wait_outbox(outbox: Option<&Outbox>) {
+    match outbox {
+        Some(outbox) => outbox.wait().await,
+        None => std::future::pending().await,
+    }
+}
