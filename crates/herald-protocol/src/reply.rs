@@ -372,3 +372,28 @@ mod tests {
         assert_eq!(String::from_utf8(out).unwrap(), r#"{"push":{"message":{"data":"hi"}}}"#);
     }
 }
+
+/// Makes embedded JSON safe for newline-delimited framing: SDKs split frames on `\n` before parsing,
+/// so JSON that arrived pretty-printed must not keep its line breaks. Raw line breaks can only be
+/// whitespace in valid JSON (strings escape them), so removing them keeps the value identical.
+pub fn single_line(raw: Json) -> Json {
+    if !raw.get().contains(['\n', '\r']) {
+        return raw;
+    }
+    let text: String = raw.get().chars().filter(|c| *c != '\n' && *c != '\r').collect();
+    RawValue::from_string(text).unwrap_or(raw)
+}
+
+#[cfg(test)]
+mod single_line_tests {
+    use super::*;
+
+    #[test]
+    fn removes_line_breaks_but_keeps_the_value() {
+        let raw = RawValue::from_string("{\r\n  \"a\": \"x\\ny\",\n  \"b\": [1,\n 2]\n}".to_string()).unwrap();
+        let line = single_line(raw);
+        assert!(!line.get().contains('\n'));
+        let value: serde_json::Value = serde_json::from_str(line.get()).unwrap();
+        assert_eq!(value, serde_json::json!({"a": "x\ny", "b": [1, 2]}));
+    }
+}

@@ -7,7 +7,7 @@ use crate::history::HistoryOptions;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, SourceLabel};
 use herald_auth::Verifier;
-use herald_protocol::{ClientInfo, ErrorCode, Publication, StreamPosition};
+use herald_protocol::{single_line, ClientInfo, ErrorCode, Publication, StreamPosition};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -89,7 +89,7 @@ impl Node {
     ) -> Result<StreamPosition, ErrorCode> {
         let ns = self.namespaces.resolve(channel)?;
         let history = self.history_options(ns);
-        let publication = Publication { data, info, offset: 0, tags, time: unix_millis() };
+        let publication = Publication { data: single_line(data), info, offset: 0, tags, time: unix_millis() };
         let position = self.broker.publish(channel, publication, history).await.map_err(broker_error)?;
         self.metrics.publications.get_or_create(&SourceLabel { source }).inc();
         Ok(position)

@@ -18,7 +18,7 @@ use herald_protocol::command::{
     SubscribeRequest,
 };
 use herald_protocol::{
-    decode_frame, encode_push, encode_reply, ClientInfo, ConnectResult, Disconnect, ErrorCode, HistoryResult,
+    decode_frame, encode_push, encode_reply, single_line, ClientInfo, ConnectResult, Disconnect, ErrorCode, HistoryResult,
     Method, PresenceResult, PresenceStatsResult, PushBody, RefreshResult, ReplyBody, SubRefreshResult,
     SubscribeResult, UnsubscribeCode, PING,
 };
@@ -450,7 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             };
             self.user = claims.sub.clone();
-            self.conn_info = claims.info.clone();
+            self.conn_info = claims.info.clone().map(single_line);
             expires_at = claims.connection_expires_at();
             if claims.subs.is_empty() {
                 for channel in &claims.channels {
@@ -459,8 +459,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             } else {
                 for (channel, options) in &claims.subs {
                     let params = SubscribeParams {
-                        chan_info: options.info.clone(),
-                        data: options.data.clone(),
+                        chan_info: options.info.clone().map(single_line),
+                        data: options.data.clone().map(single_line),
                         ..Default::default()
                     };
                     server_channels.push((channel.clone(), params));
@@ -551,8 +551,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 params.expires_at = Some(at);
             }
-            params.chan_info = claims.info;
-            params.data = claims.data;
+            params.chan_info = claims.info.map(single_line);
+            params.data = claims.data.map(single_line);
         } else {
             let own_personal = !self.user.is_empty() && req.channel == personal_channel(&self.user);
             let limited_ok = ns.allow_user_limited_channels && user_allowed(&req.channel, &self.user);

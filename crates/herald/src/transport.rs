@@ -22,7 +22,7 @@ use tokio_websockets::Limits;
 
 pub const WEBSOCKET_PATH: &str = "/connection/websocket";
 const MAX_API_BODY: usize = 4 << 20;
-const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC11B65";
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,297 @@
+//! Test support: an in-process server on port 0, a real WebSocket client, a raw HTTP client for the
+//! server API, token minting, and a fault-injecting TCP proxy.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use futures_util::{SinkExt, StreamExt};
+use herald::config::{Config, NamespaceOptions};
+use herald::server::Server;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret";
+pub const API_KEY: &str = "test-api-key";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Namespace options used by most tests: everything on.
+pub fn open_namespace(name: &str) -> NamespaceOptions {
+    NamespaceOptions {
+        name: name.into(),
+        presence: true,
+        join_leave: true,
+        force_push_join_leave: true,
+        history_size: 100,
+        history_ttl: Duration::from_secs(300),
+        force_recovery: true,
+        allow_subscribe_for_client: true,
+        allow_publish_for_subscriber: true,
+        allow_presence_for_subscriber: true,
+        allow_history_for_subscriber: true,
+        ..Default::default()
+    }
+}
+
+/// A config for tests: loopback port 0, known secrets, a `chat` namespace with everything on, and a
+/// `locked` namespace where clients may do nothing without tokens.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".into();
+    config.http.shutdown_timeout = Duration::from_secs(3);
+    config.client.token.hmac_secret = SECRET.into();
+    config.api.key = API_KEY.into();
+    config.channel.without_namespace = NamespaceOptions { name: String::new(), ..open_namespace("") };
+    config.channel.namespaces.push(open_namespace("chat"));
+    config.channel.namespaces.push(NamespaceOptions { name: "locked".into(), ..Default::default() });
+    config
+}
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(change: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = test_config();
+        change(&mut config);
+        config.validate().expect("test config is valid");
+        let server = Server::start(config).await.expect("server starts");
+        let addr = server.addr;
+        TestServer { server: Some(server), addr }
+    }
+
+    pub fn node(&self) -> &std::sync::Arc<herald::node::Node> {
+        &self.server.as_ref().expect("server running").node
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    /// Calls a server API method with the API key; returns (HTTP status, JSON body).
+    pub async fn api(&self, method: &str, body: Value) -> (u16, Value) {
+        http_request(self.addr, "POST", &format!("/api/{method}"), &[("X-API-Key", API_KEY)], &body.to_string()).await
+    }
+
+    /// Calls the API and returns `result`, panicking on an error reply.
+    pub async fn api_ok(&self, method: &str, body: Value) -> Value {
+        let (status, reply) = self.api(method, body).await;
+        assert_eq!(status, 200, "{method}: {reply}");
+        assert!(reply.get("error").is_none(), "{method}: {reply}");
+        reply["result"].clone()
+    }
+
+    pub async fn client(&self, user: &str) -> Client {
+        let mut client = Client::open(&self.ws_url()).await;
+        client.connect(&token(user)).await;
+        client
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.node.shutdown.cancel();
+        }
+    }
+}
+
+/// A connection token for `user`, valid for an hour.
+pub fn token(user: &str) -> String {
+    token_with(json!({"sub": user, "exp": now() + 3600}))
+}
+
+pub fn token_with(claims: Value) -> String {
+    herald_auth::sign_hs256(&claims, SECRET).expect("sign")
+}
+
+pub fn now() -> i64 {
+    herald::node::unix_secs()
+}
+
+/// Minimal HTTP/1.1 client (one request per connection) so API tests see real status codes.
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
+    let (status, text) = http_raw(addr, method, path, headers, body).await;
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+pub async fn http_raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect http");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.expect("write http");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("http response in time").expect("read http");
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// A real WebSocket client speaking the JSON protocol, like an SDK does.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Messages received but not yet consumed (a frame may carry several).
+    inbox: VecDeque<Value>,
+    next_id: u32,
+    pub client_id: String,
+    /// Reply to a server ping automatically.
+    pub auto_pong: bool,
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    Code(u16, String),
+    /// The TCP connection ended without a close frame.
+    Abrupt,
+}
+
+impl Client {
+    pub async fn open(url: &str) -> Client {
+        let uri = http::Uri::try_from(url).expect("url");
+        let (ws, _) = ClientBuilder::from_uri(uri).connect().await.expect("websocket connects");
+        Client { ws, inbox: VecDeque::new(), next_id: 1, client_id: String::new(), auto_pong: true }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_string())).await.expect("send");
+    }
+
+    pub async fn send(&mut self, command: Value) {
+        self.send_text(&command.to_string()).await;
+    }
+
+    /// Sends a command with a fresh id and waits for its reply.
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(json!({"id": id, method: params})).await;
+        self.reply(id).await
+    }
+
+    pub async fn connect(&mut self, token: &str) -> Value {
+        let reply = self.call("connect", json!({"token": token, "name": "herald-test"})).await;
+        let result = reply.get("connect").unwrap_or_else(|| panic!("connect failed: {reply}")).clone();
+        self.client_id = result["client"].as_str().unwrap_or_default().to_string();
+        result
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        let reply = self.call("subscribe", json!({"channel": channel})).await;
+        reply.get("subscribe").unwrap_or_else(|| panic!("subscribe {channel} failed: {reply}")).clone()
+    }
+
+    /// The next message from the server (skipping pings if auto_pong), within WAIT.
+    pub async fn next(&mut self) -> Value {
+        self.next_within(WAIT).await.unwrap_or_else(|| panic!("no message within {WAIT:?}"))
+    }
+
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(v) = self.inbox.pop_front() {
+                if self.auto_pong && v.as_object().is_some_and(|o| o.is_empty()) {
+                    self.send_text("{}").await;
+                    continue;
+                }
+                return Some(v);
+            }
+            let message = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            let message = message.ok()?;
+            if let Some(text) = message.as_text() {
+                for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
+                    self.inbox.push_back(serde_json::from_str(line).expect("server sends JSON"));
+                }
+            } else if message.is_close() {
+                return None;
+            }
+        }
+    }
+
+    /// Waits for the reply with `id`, keeping pushes that arrive first.
+    pub async fn reply(&mut self, id: u32) -> Value {
+        let mut skipped = Vec::new();
+        loop {
+            let v = self.next().await;
+            if v["id"].as_u64() == Some(u64::from(id)) {
+                for s in skipped.into_iter().rev() {
+                    self.inbox.push_front(s);
+                }
+                return v;
+            }
+            skipped.push(v);
+        }
+    }
+
+    /// The next push (ignores replies).
+    pub async fn push(&mut self) -> Value {
+        loop {
+            let v = self.next().await;
+            if let Some(push) = v.get("push") {
+                return push.clone();
+            }
+        }
+    }
+
+    /// Next publication push on `channel`: returns the `pub` object.
+    pub async fn publication(&mut self, channel: &str) -> Value {
+        loop {
+            let push = self.push().await;
+            if push["channel"] == channel && push.get("pub").is_some() {
+                return push["pub"].clone();
+            }
+        }
+    }
+
+    /// Asserts that no push arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(v) = self.next_within(wait).await {
+            panic!("expected nothing, got {v}");
+        }
+    }
+
+    /// Reads until the connection ends; returns the close code and reason.
+    pub async fn closed(&mut self) -> Closed {
+        self.closed_within(WAIT).await.unwrap_or_else(|| panic!("connection not closed within {WAIT:?}"))
+    }
+
+    pub async fn closed_within(&mut self, wait: Duration) -> Option<Closed> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None) | Ok(Some(Err(_))) => return Some(Closed::Abrupt),
+                Ok(Some(Ok(message))) => {
+                    if let Some((code, reason)) = message.as_close() {
+                        return Some(Closed::Code(u16::from(code), reason.to_string()));
+                    }
+                    if message.is_close() {
+                        return Some(Closed::Code(1005, String::new()));
+                    }
+                }
+            }
+        }
+    }
+}
