@@ -92,7 +92,7 @@ fn check_fd_limit(max_connections: usize) {
         }
     }
     let needed = max_connections as u64 + 64;
-    if (limit.rlim_cur as u64) < needed {
+    if limit.rlim_cur < needed {
         tracing::warn!(
             fd_limit = limit.rlim_cur,
             max_connections,
@@ -102,18 +102,26 @@ fn check_fd_limit(max_connections: usize) {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
     check_fd_limit(config.client.max_connections);
-    if config.client.token.hmac_secret.is_empty()
-        && config.client.token.rsa_public_key.is_empty()
-        && config.client.token.ecdsa_public_key.is_empty()
-        && config.client.token.jwks_file.is_empty()
-    {
+    let t = &config.client.token;
+    let ephemeral_secret = t.hmac_secret.is_empty()
+        && t.rsa_public_key.is_empty()
+        && t.ecdsa_public_key.is_empty()
+        && t.jwks_file.is_empty();
+    if ephemeral_secret {
+        // Zero-config runs must be usable: sign tokens with a secret that lives as long as this process.
+        config.client.token.hmac_secret = herald::config_template::random_secret();
         tracing::warn!(
-            "client.token: no key configured, so connection tokens cannot be verified; \
-             run `herald genconfig -o herald.toml` and `herald serve -c herald.toml`"
+            "client.token: no key configured; using an ephemeral HMAC secret for this run only \
+             (run `herald genconfig -o herald.toml` and `herald serve -c herald.toml` for a stable one)"
         );
     }
+    let demo_token = if ephemeral_secret {
+        Some(token("demo".into(), Vec::new(), Duration::from_secs(24 * 3600), None, &config)?)
+    } else {
+        None
+    };
     let server = Server::start(config).await?;
     let node = server.node.clone();
     let api_where = server.internal_addr.unwrap_or(server.addr);
@@ -125,6 +133,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("api.key is empty: the server API answers loopback clients only");
     }
     tracing::info!("broker: memory (single node), history and presence: memory");
+    if let Some(demo_token) = demo_token {
+        tracing::info!("try it: connect with token {demo_token} (user \"demo\", valid 24h), then");
+        tracing::info!(
+            "  curl -s -X POST http://{api_where}/api/publish -d '{{\"channel\": \"#demo\", \"data\": {{\"text\": \"hello\"}}}}'"
+        );
+    }
     wait_for_signal().await;
     tracing::info!(connections = node.connections.load(std::sync::atomic::Ordering::Relaxed), "shutting down");
     server.shutdown().await;

@@ -1,0 +1,149 @@
+//! The server HTTP API through real HTTP: every method's success path, batch, the internal listener,
+//! health, readiness and metrics.
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn broadcast_reaches_every_channel_and_reports_each_position() {
+    let server = TestServer::start().await;
+    let mut a = server.client("alice").await;
+    let mut b = server.client("bob").await;
+    a.subscribe("chat:one").await;
+    b.subscribe("chat:two").await;
+    let result = server.api_ok("broadcast", json!({"channels": ["chat:one", "chat:two", "nope:x"], "data": {"all": true}})).await;
+    let responses = result["responses"].as_array().unwrap();
+    assert_eq!(responses.len(), 3);
+    assert_eq!(responses[0]["result"]["offset"], 1);
+    assert_eq!(responses[1]["result"]["offset"], 1);
+    assert_eq!(responses[2]["error"]["code"], 102, "unknown namespace reported per channel");
+    assert_eq!(a.publication("chat:one").await["data"], json!({"all": true}));
+    assert_eq!(b.publication("chat:two").await["data"], json!({"all": true}));
+}
+
+#[tokio::test]
+async fn presence_history_and_history_remove() {
+    let server = TestServer::start().await;
+    let mut alice = server.client("alice").await;
+    alice.subscribe("chat:room").await;
+    let presence = server.api_ok("presence", json!({"channel": "chat:room"})).await;
+    let entry = &presence["presence"][alice.client_id.as_str()];
+    assert_eq!(entry["user"], "alice");
+    assert_eq!(entry["client"], alice.client_id.as_str());
+    for n in 1..=3 {
+        server.api_ok("publish", json!({"channel": "chat:room", "data": n, "tags": {"k": "v"}})).await;
+    }
+    let history = server.api_ok("history", json!({"channel": "chat:room", "limit": -1})).await;
+    let pubs = history["publications"].as_array().unwrap();
+    assert_eq!(pubs.len(), 3);
+    assert_eq!(pubs[0]["tags"], json!({"k": "v"}));
+    let epoch = history["epoch"].as_str().unwrap().to_string();
+    server.api_ok("history_remove", json!({"channel": "chat:room"})).await;
+    let after = server.api_ok("history", json!({"channel": "chat:room", "limit": -1})).await;
+    assert_eq!(after["publications"], json!([]));
+    assert_ne!(after["epoch"].as_str().unwrap(), epoch, "a removed stream restarts under a new epoch");
+}
+
+#[tokio::test]
+async fn channels_lists_active_channels_with_pattern() {
+    let server = TestServer::start().await;
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    alice.subscribe("chat:x1").await;
+    bob.subscribe("chat:x1").await;
+    bob.subscribe("news").await;
+    let all = server.api_ok("channels", json!({})).await;
+    assert_eq!(all["channels"]["chat:x1"]["num_clients"], 2);
+    assert_eq!(all["channels"]["news"]["num_clients"], 1);
+    assert!(all["channels"].get("#alice").is_some(), "personal channels are active channels too");
+    let filtered = server.api_ok("channels", json!({"pattern": "chat:*"})).await;
+    assert_eq!(filtered["channels"].as_object().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn info_describes_the_node() {
+    let server = TestServer::start().await;
+    let mut alice = server.client("alice").await;
+    alice.subscribe("chat:i").await;
+    let info = server.api_ok("info", json!({})).await;
+    let node = &info["nodes"][0];
+    assert_eq!(node["num_clients"], 1);
+    assert_eq!(node["num_users"], 1);
+    assert_eq!(node["num_subs"], 2, "personal channel + chat:i");
+    assert_eq!(node["version"], env!("CARGO_PKG_VERSION"));
+    assert!(!node["uid"].as_str().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn batch_runs_commands_in_order_with_per_command_errors() {
+    let server = TestServer::start().await;
+    let mut alice = server.client("alice").await;
+    alice.subscribe("chat:b").await;
+    let result = server
+        .api_ok(
+            "batch",
+            json!({"commands": [
+                {"publish": {"channel": "chat:b", "data": 1}},
+                {"publish": {"channel": "chat:b"}},
+                {"teleport": {}},
+                {"publish": {"channel": "chat:b", "data": 2}},
+                {"presence_stats": {"channel": "chat:b"}}
+            ]}),
+        )
+        .await;
+    let replies = result["replies"].as_array().unwrap();
+    assert_eq!(replies[0]["publish"]["offset"], 1);
+    assert_eq!(replies[1]["error"]["code"], 107);
+    assert!(replies[1]["error"]["message"].as_str().unwrap().contains("data"), "{}", replies[1]);
+    assert_eq!(replies[2]["error"]["code"], 104);
+    assert_eq!(replies[3]["publish"]["offset"], 2);
+    assert_eq!(replies[4]["presence_stats"]["num_clients"], 1);
+    assert_eq!(alice.publication("chat:b").await["data"], 1);
+    assert_eq!(alice.publication("chat:b").await["data"], 2);
+}
+
+#[tokio::test]
+async fn internal_listener_takes_the_api_and_metrics_away_from_the_public_port() {
+    let server = TestServer::with(|c| c.http.internal_listen = "127.0.0.1:0".into()).await;
+    let internal = server.server.as_ref().unwrap().internal_addr.expect("internal listener bound");
+    let (status, _) = http_request(server.addr, "POST", "/api/info", &[("X-API-Key", API_KEY)], "{}").await;
+    assert_eq!(status, 404, "no API on the public port");
+    let (status, _) = http_raw(server.addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 404, "no metrics on the public port");
+    let (status, body) = http_request(internal, "POST", "/api/info", &[("X-API-Key", API_KEY)], "{}").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, text) = http_raw(internal, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("herald_connections"), "{text}");
+    let mut client = Client::open(&server.ws_url()).await;
+    client.connect(&token("alice")).await;
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics_count_what_happened() {
+    let server = TestServer::start().await;
+    let (status, _) = http_raw(server.addr, "GET", "/health", &[], "").await;
+    assert_eq!(status, 200);
+    let (status, _) = http_raw(server.addr, "GET", "/ready", &[], "").await;
+    assert_eq!(status, 200);
+    let mut alice = server.client("alice").await;
+    alice.subscribe("chat:m").await;
+    server.api_ok("publish", json!({"channel": "chat:m", "data": "x"})).await;
+    alice.publication("chat:m").await;
+    let (_, text) = http_raw(server.addr, "GET", "/metrics", &[], "").await;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
+    };
+    assert_eq!(value("herald_connections "), 1.0);
+    assert_eq!(value("herald_subscriptions "), 2.0);
+    assert!(value("herald_deliveries_total ") >= 1.0);
+    assert_eq!(value("herald_publications_total{source=\"api\"} "), 1.0);
+    assert_eq!(value("herald_commands_total{method=\"subscribe\"} "), 1.0);
+    assert!(value("herald_bytes_out_total ") > 0.0);
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs Herald's whole test suite: every crate's unit and black-box tests, then the SDK
+# compatibility tests (centrifuge-python and centrifuge-js against the real binary).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+cargo build --workspace --bins
+cargo test --workspace
+HERALD_BIN="$PWD/target/debug/herald" bash tests/sdk/run.sh
