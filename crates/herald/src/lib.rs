@@ -20,3 +20,4 @@ pub mod rate;
 pub mod server;
 pub mod session;
 pub mod transport;
+pub mod ws;

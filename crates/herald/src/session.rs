@@ -11,7 +11,6 @@ use crate::node::{broker_error, unix_secs, Node};
 use crate::outbox::{OutItem, Outbox};
 use crate::rate::TokenBucket;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use herald_auth::TokenError;
 use herald_protocol::command::{
     ChannelRequest, ConnectRequest, HistoryRequest, PublishRequest, RefreshRequest, SubRefreshRequest,
@@ -26,9 +25,8 @@ use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite};
+use crate::ws::{Incoming, WsConn, WsError};
 use tokio::time::{sleep_until, timeout};
-use tokio_websockets::{CloseCode, Message, WebSocketStream};
 
 /// Largest frame the server builds when it merges several messages into one.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -93,9 +91,9 @@ impl From<&SubscribeRequest> for SubscribeParams {
     }
 }
 
-pub struct Session<S> {
+pub struct Session {
     node: Arc<Node>,
-    ws: WebSocketStream<S>,
+    ws: WsConn,
     handle: Option<Arc<SessionHandle>>,
     user: String,
     conn_info: Option<Box<RawValue>>,
@@ -115,8 +113,8 @@ pub struct Session<S> {
     drained: VecDeque<OutItem>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub fn new(node: Arc<Node>, ws: WebSocketStream<S>) -> Session<S> {
+impl Session {
+    pub fn new(node: Arc<Node>, ws: WsConn) -> Session {
         let now = Instant::now();
         let c = &node.config.client;
         Session {
@@ -145,60 +143,79 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.node.metrics.disconnect(close.label);
         if !close.silent {
             self.pending.clear();
-            let code = CloseCode::try_from(close.code).unwrap_or(CloseCode::NORMAL_CLOSURE);
             let write_timeout = self.node.config.client.pong_timeout;
-            let _ = timeout(write_timeout, self.ws.send(Message::close(Some(code), &close.reason))).await;
-            // Give the peer a moment to acknowledge so the close frame is not lost in a reset.
-            let _ = timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = self.ws.next().await {} })
-                .await;
+            if let Ok(Ok(())) = timeout(write_timeout, self.ws.send_close(close.code, &close.reason)).await {
+                // Give the peer a moment to acknowledge so the close frame is not lost in a reset.
+                self.ws.drain_until_closed(Duration::from_secs(1)).await;
+            }
         }
         self.cleanup().await;
     }
 
+    /// The connection's loop. The idle state is small on purpose (one task per connection, many
+    /// thousands idle): the work done on each wake-up runs in boxed futures.
     async fn serve(&mut self) -> Close {
+        if self.ws.has_buffered() {
+            if let Err(close) = Box::pin(self.read_input()).await {
+                return close;
+            }
+        }
         loop {
-            if let Err(close) = self.flush().await {
+            if let Err(close) = Box::pin(self.flush()).await {
                 return close;
             }
             let deadline = self.next_deadline();
             let node = self.node.clone();
             let outbox_wait = wait_outbox(self.handle.as_deref().map(|h| &h.outbox));
-            tokio::select! {
+            let wake = tokio::select! {
                 biased;
                 _ = node.shutdown.cancelled() => return Disconnect::SHUTDOWN.into(),
-                _ = outbox_wait => {
-                    if let Err(close) = self.drain_outbox().await {
-                        return close;
-                    }
-                }
-                message = self.ws.next() => {
-                    let message = match message {
-                        None => return Close::gone("connection closed"),
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "websocket read failed");
-                            return Close::gone("read error");
-                        }
-                        Some(Ok(m)) => m,
-                    };
-                    self.pong_deadline = None;
-                    if message.is_close() {
-                        return Close::gone("connection closed");
-                    }
-                    if message.is_text() || message.is_binary() {
-                        let payload = message.into_payload();
-                        self.node.metrics.bytes_in.inc_by(payload.len() as u64);
-                        if let Err(close) = self.handle_frame(&payload).await {
-                            return close;
-                        }
-                    }
-                }
-                _ = sleep_until(deadline.into()) => {
-                    if let Err(close) = self.on_timer() {
-                        return close;
-                    }
+                _ = outbox_wait => Wake::Outbox,
+                readable = self.ws.readable() => match readable {
+                    Ok(()) => Wake::Readable,
+                    Err(_) => return Close::gone("read error"),
+                },
+                _ = sleep_until(deadline.into()) => Wake::Timer,
+            };
+            let result = match wake {
+                Wake::Outbox => Box::pin(self.drain_outbox()).await,
+                Wake::Readable => Box::pin(self.read_input()).await,
+                Wake::Timer => self.on_timer(),
+            };
+            if let Err(close) = result {
+                return close;
+            }
+        }
+    }
+
+    async fn read_input(&mut self) -> Result<(), Close> {
+        let mut incoming = Vec::new();
+        let read = match self.ws.read_available(&mut incoming) {
+            Ok(read) => read,
+            Err(WsError::Eof) => return Err(Close::gone("connection closed")),
+            Err(WsError::Io(e)) => {
+                tracing::debug!(error = %e, "websocket read failed");
+                return Err(Close::gone("read error"));
+            }
+            Err(WsError::Violation(v)) => {
+                let label = if v.code == crate::ws::CLOSE_TOO_BIG { "message too big" } else { "protocol error" };
+                return Err(Close { code: v.code, reason: v.reason.to_string(), silent: false, label });
+            }
+        };
+        if read > 0 {
+            // Any input proves the peer is alive, including WebSocket-level pings.
+            self.pong_deadline = None;
+            self.node.metrics.bytes_in.inc_by(read as u64);
+        }
+        for item in incoming {
+            match item {
+                Incoming::Message(payload) => self.handle_frame(&payload).await?,
+                Incoming::Close(_) => {
+                    return Err(Close { code: 1000, reason: String::new(), silent: false, label: "connection closed" })
                 }
             }
         }
+        Ok(())
     }
 
     fn next_deadline(&self) -> Instant {
@@ -244,42 +261,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.pending.push(message);
     }
 
-    /// Writes pending messages: one message as is, several merged with newlines, one flush.
+    /// Writes pending messages, merged with newlines into as few frames as possible, in one write.
     async fn flush(&mut self) -> Result<(), Close> {
         if self.pending.is_empty() {
-            return Ok(());
+            return match self.ws.flush_control().await {
+                Ok(()) => Ok(()),
+                Err(_) => Err(Close::gone("write error")),
+            };
         }
         let messages = std::mem::take(&mut self.pending);
-        let total = std::mem::take(&mut self.pending_bytes);
-        let mut frames = 0u64;
+        self.pending_bytes = 0;
         let write_timeout = self.node.config.client.pong_timeout;
-        let result = timeout(write_timeout, async {
-            if messages.len() == 1 {
-                frames += 1;
-                return self.ws.send(Message::text(messages[0].clone())).await;
-            }
-            let mut buf = Vec::with_capacity(total.min(MAX_BATCH_BYTES) + messages.len());
-            for message in &messages {
-                if !buf.is_empty() && buf.len() + message.len() > MAX_BATCH_BYTES {
-                    frames += 1;
-                    self.ws.feed(Message::text(Bytes::from(std::mem::take(&mut buf)))).await?;
-                }
-                if !buf.is_empty() {
-                    buf.push(b'\n');
-                }
-                buf.extend_from_slice(message);
-            }
-            if !buf.is_empty() {
-                frames += 1;
-                self.ws.feed(Message::text(Bytes::from(buf))).await?;
-            }
-            self.ws.flush().await
-        })
-        .await;
-        match result {
-            Ok(Ok(())) => {
-                self.node.metrics.bytes_out.inc_by(total as u64);
-                self.node.metrics.frames_out.inc_by(frames);
+        match timeout(write_timeout, self.ws.send_text(&messages, MAX_BATCH_BYTES)).await {
+            Ok(Ok((bytes, frames))) => {
+                self.node.metrics.bytes_out.inc_by(bytes as u64);
+                self.node.metrics.frames_out.inc_by(frames as u64);
                 Ok(())
             }
             Ok(Err(e)) => {
@@ -808,6 +804,12 @@ pub fn history_limit(limit: i32) -> Option<usize> {
     } else {
         Some(limit as usize)
     }
+}
+
+enum Wake {
+    Outbox,
+    Readable,
+    Timer,
 }
 
 async fn wait_outbox(outbox: Option<&Outbox>) {

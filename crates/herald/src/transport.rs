@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tokio_websockets::Limits;
+use crate::ws::WsConn;
 
 pub const WEBSOCKET_PATH: &str = "/connection/websocket";
 const MAX_API_BODY: usize = 4 << 20;
@@ -255,11 +255,17 @@ fn websocket(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     tokio::spawn(async move {
         let _slot = slot;
         match upgrade.await {
-            Ok(upgraded) => {
-                let limits = Limits::default().max_payload_len(Some(node.config.client.max_message_size));
-                let ws = tokio_websockets::ServerBuilder::new().limits(limits).serve(TokioIo::new(upgraded));
-                Session::new(node, ws).run().await;
-            }
+            // Take the TCP stream back from hyper so the session owns the socket directly.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                Ok(parts) => {
+                    let max = node.config.client.max_message_size;
+                    let ws = WsConn::new(parts.io.into_inner(), &parts.read_buf, max);
+                    // hyper's read buffer (8 KiB) must not live as long as the connection.
+                    drop(parts.read_buf);
+                    Session::new(node, ws).run().await;
+                }
+                Err(_) => tracing::warn!("websocket upgrade over an unexpected transport"),
+            },
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });

@@ -1,0 +1,398 @@
+//! Server side of RFC 6455 framing, written for many idle connections.
+//!
+//! A general WebSocket library keeps a read buffer per connection (8 KiB in tokio-util's framing),
+//! which alone is twice Herald's budget for an idle connection. Here nothing is buffered while a
+//! connection is idle: the session waits for readiness, then [`WsConn::read_available`] reads what
+//! the kernel has into a stack buffer and keeps only an incomplete frame's bytes. Writes are built
+//! into one buffer per flush (frames for several messages) and written with one call.
+//!
+//! The parser ([`parse_frame`]) is pure so it is tested and fuzzed directly.
+
+use bytes::Bytes;
+use std::io;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// Close codes of RFC 6455 that the framing layer itself sends.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// A framing violation: the connection must be closed with `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Violation {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+const fn violation(code: u16, reason: &'static str) -> Violation {
+    Violation { code, reason }
+}
+
+/// One parsed frame, payload already unmasked.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Parses one client frame from the start of `buf`. `Ok(None)`: more bytes are needed.
+/// `max_payload` bounds a single frame (a message is bounded by the caller across fragments).
+pub fn parse_frame(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usize)>, Violation> {
+    let [b0, b1, ..] = *buf else { return Ok(None) };
+    if b0 & 0x70 != 0 {
+        return Err(violation(CLOSE_PROTOCOL_ERROR, "reserved bits set"));
+    }
+    let fin = b0 & 0x80 != 0;
+    let opcode = b0 & 0x0f;
+    if b1 & 0x80 == 0 {
+        return Err(violation(CLOSE_PROTOCOL_ERROR, "client frames must be masked"));
+    }
+    let (len, mut pos) = match b1 & 0x7f {
+        126 => match buf.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => {
+                let mut eight = [0u8; 8];
+                eight.copy_from_slice(b);
+                (u64::from_be_bytes(eight), 10)
+            }
+            None => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    };
+    if opcode >= 0x8 {
+        if !fin || len > 125 {
+            return Err(violation(CLOSE_PROTOCOL_ERROR, "invalid control frame"));
+        }
+        if !matches!(opcode, OP_CLOSE | OP_PING | OP_PONG) {
+            return Err(violation(CLOSE_PROTOCOL_ERROR, "unknown opcode"));
+        }
+    } else if opcode > OP_BINARY {
+        return Err(violation(CLOSE_PROTOCOL_ERROR, "unknown opcode"));
+    }
+    if len > max_payload as u64 {
+        return Err(violation(CLOSE_TOO_BIG, "message too big"));
+    }
+    let len = len as usize;
+    let Some(mask) = buf.get(pos..pos + 4) else { return Ok(None) };
+    let mask = [mask[0], mask[1], mask[2], mask[3]];
+    pos += 4;
+    let Some(data) = buf.get(pos..pos + len) else { return Ok(None) };
+    let payload = data.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]).collect();
+    Ok(Some((Frame { fin, opcode, payload }, pos + len)))
+}
+
+/// Appends a server frame header (servers do not mask).
+pub fn write_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+/// What a read produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A complete text or binary message (text already checked to be UTF-8).
+    Message(Vec<u8>),
+    /// The peer sent a close frame (its code, if any).
+    Close(Option<u16>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WsError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("peer closed the connection")]
+    Eof,
+    #[error("protocol violation {}: {}", .0.code, .0.reason)]
+    Violation(Violation),
+}
+
+/// A server-side WebSocket connection over a TCP stream.
+pub struct WsConn {
+    io: TcpStream,
+    /// Bytes of an incomplete frame; empty (no allocation) while idle.
+    partial: Vec<u8>,
+    /// Fragments of an incomplete message.
+    message: Vec<u8>,
+    /// Opcode of the message being assembled (text messages are checked for UTF-8).
+    message_opcode: u8,
+    in_message: bool,
+    max_message: usize,
+    /// Control frames (pongs) to write with the next flush.
+    control: Vec<u8>,
+}
+
+/// Upper bound of one read burst, so one busy client cannot monopolize its task.
+const READ_BURST: usize = 256 * 1024;
+
+impl WsConn {
+    /// `preread`: bytes the HTTP layer read past the handshake.
+    pub fn new(io: TcpStream, preread: &[u8], max_message: usize) -> WsConn {
+        WsConn { io, partial: preread.to_vec(), message: Vec::new(), message_opcode: OP_TEXT, in_message: false, max_message, control: Vec::new() }
+    }
+
+    /// Waits until the socket is readable. Cancel-safe and holds no buffer.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.io.readable().await
+    }
+
+    /// Whether bytes read earlier may still hold a complete frame.
+    pub fn has_buffered(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
+    /// Reads whatever the kernel has (without waiting) and appends complete messages to `out`.
+    /// Pings are answered (queued for the next flush); pongs are ignored.
+    pub fn read_available(&mut self, out: &mut Vec<Incoming>) -> Result<usize, WsError> {
+        let mut stack = [0u8; 8192];
+        let mut total = 0;
+        while total < READ_BURST {
+            match self.io.try_read(&mut stack) {
+                Ok(0) => {
+                    if total == 0 && self.partial.is_empty() {
+                        return Err(WsError::Eof);
+                    }
+                    break;
+                }
+                Ok(n) => {
+                    total += n;
+                    self.partial.extend_from_slice(&stack[..n]);
+                    if n < stack.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(WsError::Io(e)),
+            }
+        }
+        self.parse_buffered(out).map_err(WsError::Violation)?;
+        Ok(total)
+    }
+
+    fn parse_buffered(&mut self, out: &mut Vec<Incoming>) -> Result<(), Violation> {
+        let mut consumed = 0;
+        while let Some((frame, used)) = parse_frame(&self.partial[consumed..], self.max_message)? {
+            consumed += used;
+            match frame.opcode {
+                OP_PING => {
+                    write_header(&mut self.control, OP_PONG, frame.payload.len());
+                    self.control.extend_from_slice(&frame.payload);
+                }
+                OP_PONG => {}
+                OP_CLOSE => {
+                    let code = frame.payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    out.push(Incoming::Close(code));
+                    break;
+                }
+                opcode => {
+                    let continuation = opcode == OP_CONTINUATION;
+                    if continuation != self.in_message {
+                        return Err(violation(CLOSE_PROTOCOL_ERROR, "unexpected continuation state"));
+                    }
+                    if self.message.len() + frame.payload.len() > self.max_message {
+                        return Err(violation(CLOSE_TOO_BIG, "message too big"));
+                    }
+                    if !continuation {
+                        self.message_opcode = opcode;
+                    }
+                    let whole = if frame.fin && !continuation {
+                        frame.payload
+                    } else {
+                        self.message.extend_from_slice(&frame.payload);
+                        self.in_message = !frame.fin;
+                        if !frame.fin {
+                            continue;
+                        }
+                        std::mem::take(&mut self.message)
+                    };
+                    if self.message_opcode == OP_TEXT && std::str::from_utf8(&whole).is_err() {
+                        return Err(violation(CLOSE_INVALID_PAYLOAD, "invalid UTF-8"));
+                    }
+                    out.push(Incoming::Message(whole));
+                }
+            }
+        }
+        self.partial.drain(..consumed);
+        if self.partial.is_empty() && self.partial.capacity() > 0 {
+            self.partial = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Writes `messages` as text frames: merged with newlines into frames of at most `max_frame`
+    /// bytes (a single larger message keeps its own frame), with one write call.
+    /// Returns (bytes of payload, frames written).
+    pub async fn send_text(&mut self, messages: &[Bytes], max_frame: usize) -> io::Result<(usize, usize)> {
+        let total: usize = messages.iter().map(|m| m.len() + 1).sum();
+        let mut out = std::mem::take(&mut self.control);
+        out.reserve(total + 10 * (1 + total / max_frame.max(1)));
+        let mut frames = 0;
+        let mut i = 0;
+        while i < messages.len() {
+            // Take as many messages as fit in one frame (at least one).
+            let mut len = messages[i].len();
+            let mut j = i + 1;
+            while j < messages.len() && len + 1 + messages[j].len() <= max_frame {
+                len += 1 + messages[j].len();
+                j += 1;
+            }
+            write_header(&mut out, OP_TEXT, len);
+            for (k, message) in messages[i..j].iter().enumerate() {
+                if k > 0 {
+                    out.push(b'\n');
+                }
+                out.extend_from_slice(message);
+            }
+            frames += 1;
+            i = j;
+        }
+        self.io.write_all(&out).await?;
+        Ok((total.saturating_sub(messages.len()), frames))
+    }
+
+    /// Writes queued control frames (pongs), if any.
+    pub async fn flush_control(&mut self) -> io::Result<()> {
+        if self.control.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.control);
+        self.io.write_all(&out).await
+    }
+
+    /// Sends a close frame with `code` and `reason` (truncated to fit a control frame).
+    pub async fn send_close(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        let mut reason_bytes = reason.as_bytes();
+        if reason_bytes.len() > 123 {
+            let mut cut = 123;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason_bytes = &reason_bytes[..cut];
+        }
+        let mut out = std::mem::take(&mut self.control);
+        write_header(&mut out, OP_CLOSE, 2 + reason_bytes.len());
+        out.extend_from_slice(&code.to_be_bytes());
+        out.extend_from_slice(reason_bytes);
+        self.io.write_all(&out).await?;
+        self.io.flush().await
+    }
+
+    /// Reads and discards input until the peer closes or `wait` passes, so closing our side does not
+    /// turn unread input into a reset that could destroy the close frame before the peer reads it.
+    pub async fn drain_until_closed(&mut self, wait: std::time::Duration) {
+        let _ = self.io.shutdown().await;
+        let _ = tokio::time::timeout(wait, async {
+            loop {
+                if self.io.readable().await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                match self.io.try_read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let len = payload.len();
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else if len <= 65535 {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    #[test]
+    fn parses_masked_frames_of_every_length_form() {
+        for len in [0usize, 5, 125, 126, 1000, 65535, 65536, 70000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let bytes = client_frame(true, OP_TEXT, &payload);
+            let (frame, used) = parse_frame(&bytes, 1 << 20).unwrap().unwrap();
+            assert_eq!(used, bytes.len());
+            assert_eq!(frame.payload, payload);
+            assert!(frame.fin);
+            for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+                if cut < bytes.len() {
+                    assert_eq!(parse_frame(&bytes[..cut], 1 << 20).unwrap(), None, "len {len} cut {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_protocol_violations() {
+        let mut unmasked = client_frame(true, OP_TEXT, b"hi");
+        unmasked[1] &= 0x7f;
+        assert_eq!(parse_frame(&unmasked, 100).unwrap_err().code, CLOSE_PROTOCOL_ERROR);
+        let mut rsv = client_frame(true, OP_TEXT, b"hi");
+        rsv[0] |= 0x40;
+        assert_eq!(parse_frame(&rsv, 100).unwrap_err().code, CLOSE_PROTOCOL_ERROR);
+        assert_eq!(parse_frame(&client_frame(true, 0x3, b""), 100).unwrap_err().code, CLOSE_PROTOCOL_ERROR);
+        assert_eq!(parse_frame(&client_frame(false, OP_PING, b""), 100).unwrap_err().code, CLOSE_PROTOCOL_ERROR);
+        assert_eq!(parse_frame(&client_frame(true, OP_PING, &[0; 126]), 1000).unwrap_err().code, CLOSE_PROTOCOL_ERROR);
+        let big = client_frame(true, OP_TEXT, &[b'a'; 101]);
+        assert_eq!(parse_frame(&big[..4], 100).unwrap_err().code, CLOSE_TOO_BIG, "rejected from the header alone");
+    }
+
+    #[test]
+    fn server_headers_use_the_shortest_length_form() {
+        for (len, expected) in [(5usize, 2usize), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+            let mut out = Vec::new();
+            write_header(&mut out, OP_TEXT, len);
+            assert_eq!(out.len(), expected);
+            assert_eq!(out[0], 0x81);
+        }
+    }
+
+    #[test]
+    fn never_panics_on_arbitrary_bytes() {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 40) as usize;
+            let bytes: Vec<u8> = (0..len).map(|i| (state >> (i % 8 * 8)) as u8).collect();
+            let _ = parse_frame(&bytes, 64);
+        }
+    }
+}
