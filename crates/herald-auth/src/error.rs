@@ -42,10 +42,10 @@ impl ConfigField {
     /// there is one), used after the prefix in [`ConfigError`]'s message.
     pub fn config_name(self) -> &'static str {
         match self {
-            ConfigField::HmacSecret => "hmac_secret_key",
+            ConfigField::HmacSecret => "hmac_secret",
             ConfigField::RsaPublicKey => "rsa_public_key",
             ConfigField::EcdsaPublicKey => "ecdsa_public_key",
-            ConfigField::Jwks => "jwks",
+            ConfigField::Jwks => "jwks_file",
         }
     }
 }

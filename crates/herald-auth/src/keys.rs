@@ -91,7 +91,7 @@ fn pem_precheck(pem: &str, expected: &str) -> Result<(), String> {
     if !pem.contains("-----BEGIN ") {
         return Err(format!(
             "not a valid {expected} PEM: expected PEM text starting with \"-----BEGIN PUBLIC KEY-----\" \
-             (pass the key file's contents, not its path)"
+             (the file holds no PEM block)"
         ));
     }
     if pem.contains("PRIVATE KEY-----") {
@@ -307,62 +307,63 @@ fn parse_jwk(jwk: &Value) -> Result<Option<KeyEntry>, String> {
         .get("kty")
         .and_then(Value::as_str)
         .ok_or("missing string member \"kty\"")?;
-    let (kind, key) = match kty {
-        "RSA" => {
-            let n = jwk_b64(obj, "n")?;
-            let e = jwk_b64(obj, "e")?;
-            check_rsa_components(&n, &e)?;
-            (KeyKind::Rsa, DecodingKey::from_rsa_raw_components(&n, &e))
-        }
-        "EC" => {
-            let crv = obj.get("crv").and_then(Value::as_str).unwrap_or("");
-            let (curve_alg, size) = match crv {
-                "P-256" => (Algorithm::ES256, 32),
-                "P-384" => (Algorithm::ES384, 48),
-                other => {
-                    return Err(format!(
-                        "unsupported EC curve {other:?}: only P-256 and P-384 are supported"
-                    ))
+    let (kind, key) =
+        match kty {
+            "RSA" => {
+                let n = jwk_b64(obj, "n")?;
+                let e = jwk_b64(obj, "e")?;
+                check_rsa_components(&n, &e)?;
+                (KeyKind::Rsa, DecodingKey::from_rsa_raw_components(&n, &e))
+            }
+            "EC" => {
+                let crv = obj.get("crv").and_then(Value::as_str).unwrap_or("");
+                let (curve_alg, size) = match crv {
+                    "P-256" => (Algorithm::ES256, 32),
+                    "P-384" => (Algorithm::ES384, 48),
+                    other => {
+                        return Err(format!(
+                            "unsupported EC curve {other:?}: only P-256 and P-384 are supported"
+                        ))
+                    }
+                };
+                let x = jwk_b64(obj, "x")?;
+                let y = jwk_b64(obj, "y")?;
+                if x.len() != size || y.len() != size {
+                    return Err(format!("coordinates must be {size} bytes for {crv}"));
                 }
-            };
-            let x = jwk_b64(obj, "x")?;
-            let y = jwk_b64(obj, "y")?;
-            if x.len() != size || y.len() != size {
-                return Err(format!("coordinates must be {size} bytes for {crv}"));
+                let mut point = Vec::with_capacity(1 + 2 * size);
+                point.push(0x04);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                let key = DecodingKey::from_ec_der(&point);
+                if !backend_accepts(&key, curve_alg) {
+                    return Err(format!("not a valid point on {crv}"));
+                }
+                (KeyKind::Ec(curve_alg), key)
             }
-            let mut point = Vec::with_capacity(1 + 2 * size);
-            point.push(0x04);
-            point.extend_from_slice(&x);
-            point.extend_from_slice(&y);
-            let key = DecodingKey::from_ec_der(&point);
-            if !backend_accepts(&key, curve_alg) {
-                return Err(format!("not a valid point on {crv}"));
+            "OKP" => {
+                let crv = obj.get("crv").and_then(Value::as_str).unwrap_or("");
+                if crv != "Ed25519" {
+                    return Err(format!(
+                        "unsupported OKP curve {crv:?}: only Ed25519 is supported"
+                    ));
+                }
+                let x = jwk_b64(obj, "x")?;
+                if x.len() != 32 {
+                    return Err("Ed25519 public key must be 32 bytes".to_owned());
+                }
+                let key = DecodingKey::from_ed_der(&x);
+                if !backend_accepts(&key, Algorithm::EdDSA) {
+                    return Err("not a valid Ed25519 public key".to_owned());
+                }
+                (KeyKind::Ed, key)
             }
-            (KeyKind::Ec(curve_alg), key)
-        }
-        "OKP" => {
-            let crv = obj.get("crv").and_then(Value::as_str).unwrap_or("");
-            if crv != "Ed25519" {
-                return Err(format!(
-                    "unsupported OKP curve {crv:?}: only Ed25519 is supported"
-                ));
-            }
-            let x = jwk_b64(obj, "x")?;
-            if x.len() != 32 {
-                return Err("Ed25519 public key must be 32 bytes".to_owned());
-            }
-            let key = DecodingKey::from_ed_der(&x);
-            if !backend_accepts(&key, Algorithm::EdDSA) {
-                return Err("not a valid Ed25519 public key".to_owned());
-            }
-            (KeyKind::Ed, key)
-        }
-        "oct" => return Err(
-            "symmetric (oct) keys are not accepted in a JWKS; configure hmac_secret_key instead"
-                .to_owned(),
-        ),
-        other => return Err(format!("unsupported key type {other:?}")),
-    };
+            "oct" => return Err(
+                "symmetric (oct) keys are not accepted in a JWKS; configure hmac_secret instead"
+                    .to_owned(),
+            ),
+            other => return Err(format!("unsupported key type {other:?}")),
+        };
     let entry = KeyEntry {
         kid,
         alg: None,

@@ -881,7 +881,7 @@ fn config_errors_name_the_field() {
             .starts_with("client.token.rsa_public_key: not a valid RSA public key PEM"),
         "{err}"
     );
-    assert!(err.to_string().contains("not its path"));
+    assert!(err.to_string().contains("holds no PEM block"), "{err}");
 
     let err = Verifier::new(&rsa(key("rsa_private.pem"))).unwrap_err();
     assert!(err.to_string().contains("private key"), "{err}");
@@ -919,7 +919,7 @@ fn config_errors_name_the_field() {
     assert_eq!(err.field, ConfigField::Jwks);
     assert!(
         err.to_string()
-            .starts_with("client.token.jwks: not valid JSON"),
+            .starts_with("client.token.jwks_file: not valid JSON"),
         "{err}"
     );
     let doc = key("jwks.json").replace("\"rsa-2\"", "\"rsa-1\"");

@@ -66,27 +66,87 @@ pub struct Disconnect {
 }
 
 impl Disconnect {
-    pub const SHUTDOWN: Disconnect = Disconnect { code: 3001, reason: "shutdown" };
-    pub const SERVER_ERROR: Disconnect = Disconnect { code: 3004, reason: "internal server error" };
-    pub const EXPIRED: Disconnect = Disconnect { code: 3005, reason: "connection expired" };
-    pub const SUB_EXPIRED: Disconnect = Disconnect { code: 3006, reason: "subscription expired" };
-    pub const SLOW: Disconnect = Disconnect { code: 3008, reason: "slow" };
-    pub const WRITE_ERROR: Disconnect = Disconnect { code: 3009, reason: "write error" };
-    pub const INSUFFICIENT_STATE: Disconnect = Disconnect { code: 3010, reason: "insufficient state" };
-    pub const FORCE_RECONNECT: Disconnect = Disconnect { code: 3011, reason: "force reconnect" };
-    pub const NO_PONG: Disconnect = Disconnect { code: 3012, reason: "no pong" };
-    pub const TOO_MANY_REQUESTS: Disconnect = Disconnect { code: 3013, reason: "too many requests" };
-    pub const INVALID_TOKEN: Disconnect = Disconnect { code: 3500, reason: "invalid token" };
-    pub const BAD_REQUEST: Disconnect = Disconnect { code: 3501, reason: "bad request" };
-    pub const STALE: Disconnect = Disconnect { code: 3502, reason: "stale" };
-    pub const FORCE_NO_RECONNECT: Disconnect = Disconnect { code: 3503, reason: "force disconnect" };
-    pub const CONNECTION_LIMIT: Disconnect = Disconnect { code: 3504, reason: "connection limit" };
-    pub const CHANNEL_LIMIT: Disconnect = Disconnect { code: 3505, reason: "channel limit" };
-    pub const PERMISSION_DENIED: Disconnect = Disconnect { code: 3507, reason: "permission denied" };
-    pub const NOT_AVAILABLE: Disconnect = Disconnect { code: 3508, reason: "not available" };
-    pub const TOO_MANY_ERRORS: Disconnect = Disconnect { code: 3509, reason: "too many errors" };
+    pub const SHUTDOWN: Disconnect = Disconnect {
+        code: 3001,
+        reason: "shutdown",
+    };
+    pub const SERVER_ERROR: Disconnect = Disconnect {
+        code: 3004,
+        reason: "internal server error",
+    };
+    pub const EXPIRED: Disconnect = Disconnect {
+        code: 3005,
+        reason: "connection expired",
+    };
+    pub const SUB_EXPIRED: Disconnect = Disconnect {
+        code: 3006,
+        reason: "subscription expired",
+    };
+    pub const SLOW: Disconnect = Disconnect {
+        code: 3008,
+        reason: "slow",
+    };
+    pub const WRITE_ERROR: Disconnect = Disconnect {
+        code: 3009,
+        reason: "write error",
+    };
+    pub const INSUFFICIENT_STATE: Disconnect = Disconnect {
+        code: 3010,
+        reason: "insufficient state",
+    };
+    pub const FORCE_RECONNECT: Disconnect = Disconnect {
+        code: 3011,
+        reason: "force reconnect",
+    };
+    pub const NO_PONG: Disconnect = Disconnect {
+        code: 3012,
+        reason: "no pong",
+    };
+    pub const TOO_MANY_REQUESTS: Disconnect = Disconnect {
+        code: 3013,
+        reason: "too many requests",
+    };
+    pub const INVALID_TOKEN: Disconnect = Disconnect {
+        code: 3500,
+        reason: "invalid token",
+    };
+    pub const BAD_REQUEST: Disconnect = Disconnect {
+        code: 3501,
+        reason: "bad request",
+    };
+    pub const STALE: Disconnect = Disconnect {
+        code: 3502,
+        reason: "stale",
+    };
+    pub const FORCE_NO_RECONNECT: Disconnect = Disconnect {
+        code: 3503,
+        reason: "force disconnect",
+    };
+    pub const CONNECTION_LIMIT: Disconnect = Disconnect {
+        code: 3504,
+        reason: "connection limit",
+    };
+    pub const CHANNEL_LIMIT: Disconnect = Disconnect {
+        code: 3505,
+        reason: "channel limit",
+    };
+    pub const PERMISSION_DENIED: Disconnect = Disconnect {
+        code: 3507,
+        reason: "permission denied",
+    };
+    pub const NOT_AVAILABLE: Disconnect = Disconnect {
+        code: 3508,
+        reason: "not available",
+    };
+    pub const TOO_MANY_ERRORS: Disconnect = Disconnect {
+        code: 3509,
+        reason: "too many errors",
+    };
     /// WebSocket's own code for a message larger than the server accepts.
-    pub const MESSAGE_TOO_BIG: Disconnect = Disconnect { code: 1009, reason: "message too big" };
+    pub const MESSAGE_TOO_BIG: Disconnect = Disconnect {
+        code: 1009,
+        reason: "message too big",
+    };
 
     pub fn reconnect(self) -> bool {
         matches!(self.code, 3000..=3499 | 4000..=4499)
@@ -106,10 +166,19 @@ pub struct UnsubscribeCode {
 }
 
 impl UnsubscribeCode {
-    pub const SERVER: UnsubscribeCode = UnsubscribeCode { code: 2000, reason: "server unsubscribe" };
+    pub const SERVER: UnsubscribeCode = UnsubscribeCode {
+        code: 2000,
+        reason: "server unsubscribe",
+    };
     /// Tells the SDK to resubscribe (2500..=2999 resubscribe).
-    pub const INSUFFICIENT: UnsubscribeCode = UnsubscribeCode { code: 2500, reason: "insufficient state" };
-    pub const EXPIRED: UnsubscribeCode = UnsubscribeCode { code: 2501, reason: "subscription expired" };
+    pub const INSUFFICIENT: UnsubscribeCode = UnsubscribeCode {
+        code: 2500,
+        reason: "insufficient state",
+    };
+    pub const EXPIRED: UnsubscribeCode = UnsubscribeCode {
+        code: 2501,
+        reason: "subscription expired",
+    };
 }
 
 #[cfg(test)]

@@ -267,25 +267,46 @@ mod tests {
 
     #[test]
     fn publish_keeps_data_verbatim() {
-        let cmds = decode_frame(br#"{"id":3,"publish":{"channel":"c","data":{"a": [1, 2]}}}"#, 10).unwrap();
+        let cmds = decode_frame(
+            br#"{"id":3,"publish":{"channel":"c","data":{"a": [1, 2]}}}"#,
+            10,
+        )
+        .unwrap();
         match &cmds[0] {
-            (3, Method::Publish(p)) => assert_eq!(p.data.as_ref().unwrap().get(), r#"{"a": [1, 2]}"#),
+            (3, Method::Publish(p)) => {
+                assert_eq!(p.data.as_ref().unwrap().get(), r#"{"a": [1, 2]}"#)
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
 
     #[test]
     fn rejects_bad_input_with_typed_errors() {
-        assert_eq!(decode_frame(b"\xff\xfe", 10).unwrap_err(), DecodeError::InvalidUtf8);
-        assert!(matches!(decode_frame(b"{not json", 10), Err(DecodeError::InvalidJson(_))));
-        assert!(matches!(decode_frame(b"[1,2]", 10), Err(DecodeError::InvalidJson(_))));
-        assert!(matches!(decode_frame(br#"{"id":"x"}"#, 10), Err(DecodeError::InvalidJson(_))));
+        assert_eq!(
+            decode_frame(b"\xff\xfe", 10).unwrap_err(),
+            DecodeError::InvalidUtf8
+        );
+        assert!(matches!(
+            decode_frame(b"{not json", 10),
+            Err(DecodeError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            decode_frame(b"[1,2]", 10),
+            Err(DecodeError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            decode_frame(br#"{"id":"x"}"#, 10),
+            Err(DecodeError::InvalidJson(_))
+        ));
         assert_eq!(decode_frame(b"  ", 10).unwrap_err(), DecodeError::Empty);
         assert_eq!(
             decode_frame(br#"{"id":1,"ping":{},"presence":{"channel":"a"}}"#, 10).unwrap_err(),
             DecodeError::SeveralRequests
         );
-        assert_eq!(decode_frame(b"{}\n{}\n{}", 2).unwrap_err(), DecodeError::TooManyCommands(2));
+        assert_eq!(
+            decode_frame(b"{}\n{}\n{}", 2).unwrap_err(),
+            DecodeError::TooManyCommands(2)
+        );
     }
 
     #[test]

@@ -61,7 +61,11 @@ pub struct ReplyError {
 
 impl From<ErrorCode> for ReplyError {
     fn from(code: ErrorCode) -> Self {
-        ReplyError { code: code.code(), message: code.message().to_string(), temporary: code.temporary() }
+        ReplyError {
+            code: code.code(),
+            message: code.message().to_string(),
+            temporary: code.temporary(),
+        }
     }
 }
 
@@ -255,10 +259,22 @@ pub fn encode_push(channel: &str, body: &PushBody<'_>, out: &mut Vec<u8>) {
         PushBody::Publication(p) => ("pub", *p),
         PushBody::Join(info) => ("join", &InfoWrap { info }),
         PushBody::Leave(info) => ("leave", &InfoWrap { info }),
-        PushBody::Unsubscribe { code, reason } => ("unsubscribe", &UnsubscribeWrap { code: *code, reason }),
+        PushBody::Unsubscribe { code, reason } => (
+            "unsubscribe",
+            &UnsubscribeWrap {
+                code: *code,
+                reason,
+            },
+        ),
         PushBody::Subscribe(r) => ("subscribe", *r),
         PushBody::Message(data) => ("message", &MessageWrap { data }),
-        PushBody::Refresh { expires, ttl } => ("refresh", &RefreshWrap { expires: *expires, ttl: *ttl }),
+        PushBody::Refresh { expires, ttl } => (
+            "refresh",
+            &RefreshWrap {
+                expires: *expires,
+                ttl: *ttl,
+            },
+        ),
     };
     out.push(b'"');
     out.extend_from_slice(key.as_bytes());
@@ -325,7 +341,11 @@ mod tests {
     #[test]
     fn error_and_empty_replies() {
         let mut out = Vec::new();
-        encode_reply(9, &ReplyBody::Error(ErrorCode::TooManyRequests.into()), &mut out);
+        encode_reply(
+            9,
+            &ReplyBody::Error(ErrorCode::TooManyRequests.into()),
+            &mut out,
+        );
         assert_eq!(
             text(out),
             serde_json::json!({"id":9,"error":{"code":111,"message":"too many requests","temporary":true}})
@@ -339,7 +359,12 @@ mod tests {
     fn publication_push_embeds_data_verbatim() {
         let publication = Publication {
             data: raw(r#"{"price":1.5}"#),
-            info: Some(ClientInfo { user: "u".into(), client: "c".into(), conn_info: None, chan_info: None }),
+            info: Some(ClientInfo {
+                user: "u".into(),
+                client: "c".into(),
+                conn_info: None,
+                chan_info: None,
+            }),
             offset: 42,
             tags: BTreeMap::new(),
             time: 0,
@@ -353,7 +378,12 @@ mod tests {
 
     #[test]
     fn pushes_for_join_unsubscribe_and_message() {
-        let info = ClientInfo { user: "u".into(), client: "c".into(), conn_info: Some(raw("[1]")), chan_info: None };
+        let info = ClientInfo {
+            user: "u".into(),
+            client: "c".into(),
+            conn_info: Some(raw("[1]")),
+            chan_info: None,
+        };
         let mut out = Vec::new();
         encode_push("room", &PushBody::Join(&info), &mut out);
         assert_eq!(
@@ -361,7 +391,14 @@ mod tests {
             serde_json::json!({"push":{"channel":"room","join":{"info":{"user":"u","client":"c","conn_info":[1]}}}})
         );
         let mut out = Vec::new();
-        encode_push("room", &PushBody::Unsubscribe { code: 2000, reason: "server unsubscribe" }, &mut out);
+        encode_push(
+            "room",
+            &PushBody::Unsubscribe {
+                code: 2000,
+                reason: "server unsubscribe",
+            },
+            &mut out,
+        );
         assert_eq!(
             text(out),
             serde_json::json!({"push":{"channel":"room","unsubscribe":{"code":2000,"reason":"server unsubscribe"}}})
@@ -369,7 +406,10 @@ mod tests {
         let data = raw(r#""hi""#);
         let mut out = Vec::new();
         encode_push("", &PushBody::Message(&data), &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), r#"{"push":{"message":{"data":"hi"}}}"#);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"push":{"message":{"data":"hi"}}}"#
+        );
     }
 }
 
@@ -380,7 +420,11 @@ pub fn single_line(raw: Json) -> Json {
     if !raw.get().contains(['\n', '\r']) {
         return raw;
     }
-    let text: String = raw.get().chars().filter(|c| *c != '\n' && *c != '\r').collect();
+    let text: String = raw
+        .get()
+        .chars()
+        .filter(|c| *c != '\n' && *c != '\r')
+        .collect();
     RawValue::from_string(text).unwrap_or(raw)
 }
 
@@ -390,7 +434,9 @@ mod single_line_tests {
 
     #[test]
     fn removes_line_breaks_but_keeps_the_value() {
-        let raw = RawValue::from_string("{\r\n  \"a\": \"x\\ny\",\n  \"b\": [1,\n 2]\n}".to_string()).unwrap();
+        let raw =
+            RawValue::from_string("{\r\n  \"a\": \"x\\ny\",\n  \"b\": [1,\n 2]\n}".to_string())
+                .unwrap();
         let line = single_line(raw);
         assert!(!line.get().contains('\n'));
         let value: serde_json::Value = serde_json::from_str(line.get()).unwrap();

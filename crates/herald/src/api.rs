@@ -26,11 +26,17 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(code: ErrorCode) -> ApiError {
-        ApiError { code, message: code.message().to_string() }
+        ApiError {
+            code,
+            message: code.message().to_string(),
+        }
     }
 
     fn bad(detail: impl std::fmt::Display) -> ApiError {
-        ApiError { code: ErrorCode::BadRequest, message: format!("bad request: {detail}") }
+        ApiError {
+            code: ErrorCode::BadRequest,
+            message: format!("bad request: {detail}"),
+        }
     }
 
     pub fn to_json(&self) -> Value {
@@ -155,7 +161,13 @@ struct BatchParams {
 pub async fn call(node: &Node, method: &str, raw: &RawValue) -> Result<Value, Option<ApiError>> {
     node.metrics
         .api_requests
-        .get_or_create(&MethodLabel { method: METHODS.iter().find(|m| **m == method).copied().unwrap_or("unknown") })
+        .get_or_create(&MethodLabel {
+            method: METHODS
+                .iter()
+                .find(|m| **m == method)
+                .copied()
+                .unwrap_or("unknown"),
+        })
         .inc();
     let result = match method {
         "publish" => publish(node, params(raw)?).await,
@@ -177,7 +189,9 @@ pub async fn call(node: &Node, method: &str, raw: &RawValue) -> Result<Value, Op
 
 async fn publish(node: &Node, p: PublishParams) -> Result<Value, ApiError> {
     require_channel(&p.channel)?;
-    let data = p.data.ok_or_else(|| ApiError::bad("field \"data\" is required"))?;
+    let data = p
+        .data
+        .ok_or_else(|| ApiError::bad("field \"data\" is required"))?;
     let position = node.publish(&p.channel, data, None, p.tags, "api").await?;
     Ok(position_json(&position))
 }
@@ -193,12 +207,19 @@ fn position_json(position: &StreamPosition) -> Value {
 
 async fn broadcast(node: &Node, p: BroadcastParams) -> Result<Value, ApiError> {
     if p.channels.is_empty() {
-        return Err(ApiError::bad("field \"channels\" must list at least one channel"));
+        return Err(ApiError::bad(
+            "field \"channels\" must list at least one channel",
+        ));
     }
-    let data = p.data.ok_or_else(|| ApiError::bad("field \"data\" is required"))?;
+    let data = p
+        .data
+        .ok_or_else(|| ApiError::bad("field \"data\" is required"))?;
     let mut responses = Vec::with_capacity(p.channels.len());
     for channel in &p.channels {
-        let response = match node.publish(channel, data.clone(), None, p.tags.clone(), "api").await {
+        let response = match node
+            .publish(channel, data.clone(), None, p.tags.clone(), "api")
+            .await
+        {
             Ok(position) => json!({"result": position_json(&position)}),
             Err(code) => ApiError::new(code).to_json(),
         };
@@ -214,11 +235,22 @@ async fn control(node: &Node, p: UserChannelParams, subscribe: bool) -> Result<V
     require_channel(&p.channel)?;
     node.namespaces.resolve(&p.channel)?;
     let control = if subscribe {
-        Control::Subscribe { user: p.user, client: p.client, channel: p.channel }
+        Control::Subscribe {
+            user: p.user,
+            client: p.client,
+            channel: p.channel,
+        }
     } else {
-        Control::Unsubscribe { user: p.user, client: p.client, channel: p.channel }
+        Control::Unsubscribe {
+            user: p.user,
+            client: p.client,
+            channel: p.channel,
+        }
     };
-    node.broker.publish_control(control).await.map_err(broker_error)?;
+    node.broker
+        .publish_control(control)
+        .await
+        .map_err(broker_error)?;
     Ok(json!({}))
 }
 
@@ -242,7 +274,12 @@ async fn disconnect(node: &Node, p: DisconnectParams) -> Result<Value, ApiError>
         }
     };
     node.broker
-        .publish_control(Control::Disconnect { user: p.user, client: p.client, code, reason })
+        .publish_control(Control::Disconnect {
+            user: p.user,
+            client: p.client,
+            code,
+            reason,
+        })
         .await
         .map_err(broker_error)?;
     Ok(json!({}))
@@ -251,7 +288,10 @@ async fn disconnect(node: &Node, p: DisconnectParams) -> Result<Value, ApiError>
 fn presence_namespace(node: &Node, channel: &str) -> Result<(), ApiError> {
     require_channel(channel)?;
     if !node.namespaces.resolve(channel)?.presence {
-        return Err(ApiError { code: ErrorCode::NotAvailable, message: "presence is not enabled for this channel".into() });
+        return Err(ApiError {
+            code: ErrorCode::NotAvailable,
+            message: "presence is not enabled for this channel".into(),
+        });
     }
     Ok(())
 }
@@ -264,7 +304,11 @@ async fn presence(node: &Node, p: ChannelParams) -> Result<Value, ApiError> {
 
 async fn presence_stats(node: &Node, p: ChannelParams) -> Result<Value, ApiError> {
     presence_namespace(node, &p.channel)?;
-    let (num_clients, num_users) = node.presence.stats(&p.channel).await.map_err(broker_error)?;
+    let (num_clients, num_users) = node
+        .presence
+        .stats(&p.channel)
+        .await
+        .map_err(broker_error)?;
     Ok(json!({"num_clients": num_clients, "num_users": num_users}))
 }
 
@@ -275,8 +319,16 @@ async fn history(node: &Node, p: HistoryParams) -> Result<Value, ApiError> {
         code: ErrorCode::NotAvailable,
         message: "history is not enabled for this channel".into(),
     })?;
-    let query = HistoryQuery { since: p.since, limit: history_limit(p.limit), reverse: p.reverse };
-    let page = node.broker.history(&p.channel, &query, options).await.map_err(broker_error)?;
+    let query = HistoryQuery {
+        since: p.since,
+        limit: history_limit(p.limit),
+        reverse: p.reverse,
+    };
+    let page = node
+        .broker
+        .history(&p.channel, &query, options)
+        .await
+        .map_err(broker_error)?;
     let mut out = json!({"publications": page.publications, "offset": page.position.offset, "epoch": page.position.epoch});
     if page.publications.is_empty() {
         out["publications"] = json!([]);
@@ -287,7 +339,10 @@ async fn history(node: &Node, p: HistoryParams) -> Result<Value, ApiError> {
 async fn history_remove(node: &Node, p: ChannelParams) -> Result<Value, ApiError> {
     require_channel(&p.channel)?;
     node.namespaces.resolve(&p.channel)?;
-    node.broker.remove_history(&p.channel).await.map_err(broker_error)?;
+    node.broker
+        .remove_history(&p.channel)
+        .await
+        .map_err(broker_error)?;
     Ok(json!({}))
 }
 
@@ -318,16 +373,26 @@ async fn batch(node: &Node, p: BatchParams) -> Result<Value, ApiError> {
     let mut replies = Vec::with_capacity(p.commands.len());
     for (i, command) in p.commands.iter().enumerate() {
         if command.len() != 1 {
-            return Err(ApiError::bad(format!("commands[{i}] must have exactly one method key")));
+            return Err(ApiError::bad(format!(
+                "commands[{i}] must have exactly one method key"
+            )));
         }
-        let Some((method, raw)) = command.iter().next() else { continue };
+        let Some((method, raw)) = command.iter().next() else {
+            continue;
+        };
         if method == "batch" {
-            return Err(ApiError::bad(format!("commands[{i}]: batch cannot be nested")));
+            return Err(ApiError::bad(format!(
+                "commands[{i}]: batch cannot be nested"
+            )));
         }
         let reply = match Box::pin(call(node, method, raw)).await {
             Ok(result) => json!({ method.as_str(): result }),
             Err(Some(e)) => e.to_json(),
-            Err(None) => ApiError { code: ErrorCode::MethodNotFound, message: format!("unknown method {method:?}") }.to_json(),
+            Err(None) => ApiError {
+                code: ErrorCode::MethodNotFound,
+                message: format!("unknown method {method:?}"),
+            }
+            .to_json(),
         };
         replies.push(reply);
     }

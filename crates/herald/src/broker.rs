@@ -30,9 +30,22 @@ impl From<HistoryError> for BrokerError {
 /// Node-wide commands that must reach the connections of a user wherever they are.
 #[derive(Debug, Clone)]
 pub enum Control {
-    Subscribe { user: String, client: Option<String>, channel: String },
-    Unsubscribe { user: String, client: Option<String>, channel: String },
-    Disconnect { user: String, client: Option<String>, code: u16, reason: String },
+    Subscribe {
+        user: String,
+        client: Option<String>,
+        channel: String,
+    },
+    Unsubscribe {
+        user: String,
+        client: Option<String>,
+        channel: String,
+    },
+    Disconnect {
+        user: String,
+        client: Option<String>,
+        code: u16,
+        reason: String,
+    },
 }
 
 /// What a node does with what the broker delivers.
@@ -86,7 +99,9 @@ pub struct MemoryBroker {
 
 impl MemoryBroker {
     fn handler(&self) -> Result<&Arc<dyn BrokerHandler>, BrokerError> {
-        self.handler.get().ok_or_else(|| BrokerError::Unavailable("no handler registered".into()))
+        self.handler
+            .get()
+            .ok_or_else(|| BrokerError::Unavailable("no handler registered".into()))
     }
 }
 
@@ -105,9 +120,9 @@ impl Broker for MemoryBroker {
         let handler = self.handler()?;
         match history {
             Some(options) => {
-                let (position, ()) = self
-                    .history
-                    .append(channel, publication, options, |p| handler.handle_publication(channel, p));
+                let (position, ()) = self.history.append(channel, publication, options, |p| {
+                    handler.handle_publication(channel, p)
+                });
                 Ok(position)
             }
             None => {

@@ -30,7 +30,11 @@ impl Namespaces {
     pub fn new(config: &ChannelConfig) -> Namespaces {
         Namespaces {
             default: Arc::new(config.without_namespace.clone()),
-            named: config.namespaces.iter().map(|ns| (ns.name.clone(), Arc::new(ns.clone()))).collect(),
+            named: config
+                .namespaces
+                .iter()
+                .map(|ns| (ns.name.clone(), Arc::new(ns.clone())))
+                .collect(),
             max_length: config.max_length,
         }
     }
@@ -39,6 +43,10 @@ impl Namespaces {
     pub fn resolve(&self, channel: &str) -> Result<&Arc<NamespaceOptions>, ErrorCode> {
         validate_name(channel, self.max_length)?;
         let name = channel.strip_prefix(PRIVATE_PREFIX).unwrap_or(channel);
+        // Personal channels (`#user`) have no namespace, whatever characters the user id holds.
+        if name.starts_with(USER_BOUNDARY) {
+            return Ok(&self.default);
+        }
         match name.split_once(NAMESPACE_BOUNDARY) {
             Some((ns, _)) => self.named.get(ns).ok_or(ErrorCode::UnknownChannel),
             None => Ok(&self.default),
@@ -104,7 +112,11 @@ mod tests {
 
     fn namespaces() -> Namespaces {
         let mut config = ChannelConfig::default();
-        config.namespaces.push(NamespaceOptions { name: "chat".into(), presence: true, ..Default::default() });
+        config.namespaces.push(NamespaceOptions {
+            name: "chat".into(),
+            presence: true,
+            ..Default::default()
+        });
         Namespaces::new(&config)
     }
 
@@ -114,10 +126,20 @@ mod tests {
         assert!(ns.resolve("chat:room").unwrap().presence);
         assert!(ns.resolve("$chat:secret").unwrap().presence);
         assert!(!ns.resolve("room").unwrap().presence);
-        assert_eq!(ns.resolve("nope:room").unwrap_err(), ErrorCode::UnknownChannel);
+        assert!(
+            !ns.resolve("#user:with:colons").unwrap().presence,
+            "personal channels have no namespace"
+        );
+        assert_eq!(
+            ns.resolve("nope:room").unwrap_err(),
+            ErrorCode::UnknownChannel
+        );
         assert_eq!(ns.resolve("").unwrap_err(), ErrorCode::BadRequest);
         assert_eq!(ns.resolve("a\nb").unwrap_err(), ErrorCode::BadRequest);
-        assert_eq!(ns.resolve(&"x".repeat(256)).unwrap_err(), ErrorCode::BadRequest);
+        assert_eq!(
+            ns.resolve(&"x".repeat(256)).unwrap_err(),
+            ErrorCode::BadRequest
+        );
     }
 
     #[test]

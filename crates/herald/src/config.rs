@@ -64,7 +64,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: "text".into() }
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
@@ -239,7 +242,10 @@ impl NamespaceOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: invalid TOML: {message}")]
     Syntax { path: String, message: String },
     #[error("{field}: {message}")]
@@ -247,7 +253,10 @@ pub enum ConfigError {
 }
 
 fn field(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Field { field: field.into(), message: message.into() }
+    ConfigError::Field {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// Environment variables that override the file: `HERALD_CLIENT__PING_INTERVAL=10s` sets
@@ -264,33 +273,43 @@ impl Config {
         let mut root = match file {
             Some(path) => {
                 let display = path.display().to_string();
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: display.clone(), source })?;
-                toml::from_str::<toml::Table>(&text)
-                    .map_err(|e| ConfigError::Syntax { path: display, message: e.to_string() })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: display.clone(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Syntax {
+                    path: display,
+                    message: e.to_string(),
+                })?
             }
             None => toml::Table::new(),
         };
+        let defaults = toml::Value::try_from(Config::default())
+            .unwrap_or(toml::Value::Table(toml::Table::new()));
         for (key, value) in env {
-            let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             // HERALD_CONFIG and other single-word variables belong to the command line, not the file.
             if !rest.contains("__") {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-            set_path(&mut root, &path, &value).map_err(|m| field(path.join("."), m))?;
+            set_path(&mut root, &defaults, &path, &value).map_err(|m| field(path.join("."), m))?;
         }
         for set in sets {
             let (key, value) = set
                 .split_once('=')
                 .ok_or_else(|| field(set.clone(), "--set expects key.path=value"))?;
             let path: Vec<String> = key.trim().split('.').map(str::to_string).collect();
-            set_path(&mut root, &path, value.trim()).map_err(|m| field(key.trim(), m))?;
+            set_path(&mut root, &defaults, &path, value.trim())
+                .map_err(|m| field(key.trim(), m))?;
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
-            let path = e.path().to_string();
-            field(path, e.into_inner().to_string())
-        })?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
+                let path = e.path().to_string();
+                field(path, e.into_inner().to_string())
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -303,10 +322,23 @@ impl Config {
         }
         match self.log.format.as_str() {
             "text" | "json" => {}
-            other => return Err(field("log.format", format!("expected \"text\" or \"json\", got {other:?}"))),
+            other => {
+                return Err(field(
+                    "log.format",
+                    format!("expected \"text\" or \"json\", got {other:?}"),
+                ))
+            }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| field("log.level", e.to_string()))?;
+        // A bare word is read as a target name by tracing, so a typo would silently disable logs.
+        let level = self.log.level.trim();
+        if !level.contains(['=', ','])
+            && !["error", "warn", "info", "debug", "trace", "off"]
+                .contains(&level.to_ascii_lowercase().as_str())
+        {
+            return Err(field("log.level", format!("{level:?} is not a level (error, warn, info, debug, trace, off) or a filter like \"herald=debug\"")));
+        }
         let c = &self.client;
         for (name, value) in [
             ("client.connect_timeout", c.connect_timeout),
@@ -330,7 +362,10 @@ impl Config {
             }
         }
         if c.command_rate > 0 && c.command_burst == 0 {
-            return Err(field("client.command_burst", "must be greater than zero when command_rate is set"));
+            return Err(field(
+                "client.command_burst",
+                "must be greater than zero when command_rate is set",
+            ));
         }
         if !self.channel.without_namespace.name.is_empty() {
             return Err(field("channel.without_namespace.name", "must be empty"));
@@ -339,15 +374,24 @@ impl Config {
         for (i, ns) in self.channel.namespaces.iter().enumerate() {
             let prefix = format!("channel.namespaces[{i}]");
             if ns.name.is_empty()
-                || !ns.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.')
+                || !ns
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.')
             {
                 return Err(field(
                     format!("{prefix}.name"),
-                    format!("{:?} is not a valid namespace name (letters, digits, _ - .)", ns.name),
+                    format!(
+                        "{:?} is not a valid namespace name (letters, digits, _ - .)",
+                        ns.name
+                    ),
                 ));
             }
             if !seen.insert(ns.name.as_str()) {
-                return Err(field(format!("{prefix}.name"), format!("namespace {:?} defined twice", ns.name)));
+                return Err(field(
+                    format!("{prefix}.name"),
+                    format!("namespace {:?} defined twice", ns.name),
+                ));
             }
             validate_namespace(&prefix, ns)?;
         }
@@ -357,7 +401,8 @@ impl Config {
 
     /// Public listener address.
     pub fn listen_addr(&self) -> std::net::SocketAddr {
-        parse_addr(&self.http.listen).unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 8000)))
+        parse_addr(&self.http.listen)
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 8000)))
     }
 
     /// Internal listener address, when configured.
@@ -371,35 +416,64 @@ impl Config {
 
 fn validate_namespace(prefix: &str, ns: &NamespaceOptions) -> Result<(), ConfigError> {
     if ns.history_size > 0 && ns.history_ttl.is_zero() {
-        return Err(field(format!("{prefix}.history_ttl"), "must be set when history_size > 0"));
+        return Err(field(
+            format!("{prefix}.history_ttl"),
+            "must be set when history_size > 0",
+        ));
     }
     if ns.history_size > 1_000_000 {
         return Err(field(format!("{prefix}.history_size"), "at most 1000000"));
     }
     if ns.force_recovery && !ns.history_enabled() {
-        return Err(field(format!("{prefix}.force_recovery"), "needs history_size and history_ttl"));
+        return Err(field(
+            format!("{prefix}.force_recovery"),
+            "needs history_size and history_ttl",
+        ));
     }
     Ok(())
 }
 
 fn parse_addr(text: &str) -> Result<std::net::SocketAddr, String> {
-    text.parse().map_err(|_| format!("{text:?} is not an address like 0.0.0.0:8000"))
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an address like 0.0.0.0:8000"))
 }
 
-/// Sets `path` in the table to `raw`, typed like TOML would type it (number, bool, array) or as a string.
-fn set_path(root: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
+/// Sets `path` in the table to `raw`. Where the setting is a string, `raw` is taken as is (a key
+/// `12345` stays a string); otherwise it is typed like TOML would type it (number, bool, array,
+/// quoted string), falling back to a string.
+fn set_path(
+    root: &mut toml::Table,
+    defaults: &toml::Value,
+    path: &[String],
+    raw: &str,
+) -> Result<(), String> {
     let Some((last, parents)) = path.split_last() else {
         return Err("empty key".into());
     };
     let mut table = root;
     for part in parents {
-        let entry = table.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry.as_table_mut().ok_or_else(|| format!("{part} is not a section"))?;
+        let entry = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{part} is not a section"))?;
     }
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let default = path
+        .iter()
+        .try_fold(defaults, |v, part| v.get(part.as_str()));
+    let as_typed = || {
+        toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+    };
+    let value = match default {
+        Some(toml::Value::String(_)) => match as_typed() {
+            Some(quoted @ toml::Value::String(_)) => quoted,
+            _ => toml::Value::String(raw.to_string()),
+        },
+        _ => as_typed().unwrap_or_else(|| toml::Value::String(raw.to_string())),
+    };
     table.insert(last.clone(), value);
     Ok(())
 }
@@ -429,16 +503,29 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = load_str("[client]\nping_interval = \"soon\"\n", &[], &[]).unwrap_err().to_string();
+        let e = load_str("[client]\nping_interval = \"soon\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("client.ping_interval:"), "{e}");
-        let e = load_str("[client]\npingg = 1\n", &[], &[]).unwrap_err().to_string();
+        let e = load_str("[client]\npingg = 1\n", &[], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("pingg"), "{e}");
-        let e = load_str("[http]\nlisten = \"nowhere\"\n", &[], &[]).unwrap_err().to_string();
+        let e = load_str("[http]\nlisten = \"nowhere\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("http.listen:"), "{e}");
-        let e = load_str("[[channel.namespaces]]\nname = \"bad name\"\n", &[], &[]).unwrap_err().to_string();
+        let e = load_str("[[channel.namespaces]]\nname = \"bad name\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("channel.namespaces[0].name:"), "{e}");
-        let e = load_str("[channel.without_namespace]\nhistory_size = 10\n", &[], &[]).unwrap_err().to_string();
-        assert!(e.starts_with("channel.without_namespace.history_ttl:"), "{e}");
+        let e = load_str("[channel.without_namespace]\nhistory_size = 10\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("channel.without_namespace.history_ttl:"),
+            "{e}"
+        );
         let e = load_str("[client\n", &[], &[]).unwrap_err().to_string();
         assert!(e.contains("invalid TOML"), "{e}");
     }
@@ -447,14 +534,50 @@ mod tests {
     fn env_then_flags_override_the_file() {
         let c = load_str(
             "[client]\nping_interval = \"5s\"\nmax_channels = 3\n",
-            &[("HERALD_CLIENT__PING_INTERVAL", "7s"), ("HERALD_HTTP__LISTEN", "127.0.0.1:9000"), ("HOME", "/x")],
+            &[
+                ("HERALD_CLIENT__PING_INTERVAL", "7s"),
+                ("HERALD_HTTP__LISTEN", "127.0.0.1:9000"),
+                ("HOME", "/x"),
+            ],
             &["client.max_channels=9"],
         )
         .unwrap();
         assert_eq!(c.client.ping_interval, Duration::from_secs(7));
         assert_eq!(c.client.max_channels, 9);
         assert_eq!(c.http.listen, "127.0.0.1:9000");
-        let e = load_str("", &[("HERALD_CLIENT__MAX_CHANNELS", "many")], &[]).unwrap_err().to_string();
+        let e = load_str("", &[("HERALD_CLIENT__MAX_CHANNELS", "many")], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("client.max_channels:"), "{e}");
+        let c = load_str(
+            "",
+            &[("HERALD_API__KEY", "12345")],
+            &["client.token.hmac_secret=true"],
+        )
+        .unwrap();
+        assert_eq!(
+            c.api.key, "12345",
+            "string settings keep numeric-looking values as text"
+        );
+        assert_eq!(c.client.token.hmac_secret, "true");
+        let c = load_str(
+            "",
+            &[],
+            &[
+                "http.allowed_origins=[\"https://a.example\"]",
+                "log.level=\"debug\"",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.http.allowed_origins,
+            vec!["https://a.example".to_string()]
+        );
+        assert_eq!(c.log.level, "debug");
+        let e = load_str("[log]\nlevel = \"debugg\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("log.level:"), "{e}");
+        assert!(load_str("[log]\nlevel = \"herald=debug,info\"\n", &[], &[]).is_ok());
     }
 }

@@ -122,7 +122,9 @@ allow_user_limited_channels = false
 
 /// The template with placeholders replaced by the given secrets.
 pub fn render(hmac_secret: &str, api_key: &str) -> String {
-    TEMPLATE.replace("{{hmac_secret}}", hmac_secret).replace("{{api_key}}", api_key)
+    TEMPLATE
+        .replace("{{hmac_secret}}", hmac_secret)
+        .replace("{{api_key}}", api_key)
 }
 
 /// A random URL-safe secret of 32 bytes.
@@ -151,7 +153,10 @@ mod tests {
         let mut expected = Config::default();
         expected.client.token.hmac_secret = "s3cret".into();
         expected.api.key = "k3y".into();
-        assert_eq!(toml::to_string(&parsed).unwrap(), toml::to_string(&expected).unwrap());
+        assert_eq!(
+            toml::to_string(&parsed).unwrap(),
+            toml::to_string(&expected).unwrap()
+        );
     }
 
     #[test]

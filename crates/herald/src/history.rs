@@ -50,27 +50,41 @@ struct Stream {
 
 impl Stream {
     fn new(now: Instant) -> Stream {
-        Stream { epoch: new_epoch(), offset: 0, items: VecDeque::new(), touched: now }
+        Stream {
+            epoch: new_epoch(),
+            offset: 0,
+            items: VecDeque::new(),
+            touched: now,
+        }
     }
 
     fn trim(&mut self, size: usize, ttl: Duration, now: Instant) {
         while self.items.len() > size {
             self.items.pop_front();
         }
-        while self.items.front().is_some_and(|(at, _)| now.duration_since(*at) >= ttl) {
+        while self
+            .items
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= ttl)
+        {
             self.items.pop_front();
         }
     }
 
     fn position(&self) -> StreamPosition {
-        StreamPosition { offset: self.offset, epoch: self.epoch.clone() }
+        StreamPosition {
+            offset: self.offset,
+            epoch: self.epoch.clone(),
+        }
     }
 }
 
 fn new_epoch() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..8).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])).collect()
+    (0..8)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+        .collect()
 }
 
 const SHARDS: usize = 64;
@@ -88,7 +102,10 @@ impl Default for MemoryHistory {
 
 impl MemoryHistory {
     pub fn new() -> MemoryHistory {
-        MemoryHistory { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: RandomState::new() }
+        MemoryHistory {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
     }
 
     fn shard(&self, channel: &str) -> &Mutex<HashMap<String, Arc<Mutex<Stream>>>> {
@@ -97,7 +114,10 @@ impl MemoryHistory {
 
     fn stream(&self, channel: &str, now: Instant) -> Arc<Mutex<Stream>> {
         let mut shard = self.shard(channel).lock();
-        shard.entry(channel.to_string()).or_insert_with(|| Arc::new(Mutex::new(Stream::new(now)))).clone()
+        shard
+            .entry(channel.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(Stream::new(now))))
+            .clone()
     }
 
     /// Appends a publication, assigning the next offset, and calls `deliver` while the stream is still
@@ -124,7 +144,12 @@ impl MemoryHistory {
     }
 
     /// Reads history. A `since` position that cannot be continued exactly returns `Unrecoverable`.
-    pub fn read(&self, channel: &str, query: &HistoryQuery, options: HistoryOptions) -> Result<HistoryPage, HistoryError> {
+    pub fn read(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+        options: HistoryOptions,
+    ) -> Result<HistoryPage, HistoryError> {
         let now = Instant::now();
         let stream = self.stream(channel, now);
         let mut stream = stream.lock();
@@ -138,11 +163,20 @@ impl MemoryHistory {
                 if since.offset == stream.offset {
                     Vec::new()
                 } else {
-                    let first_kept = stream.items.front().map(|(_, p)| p.offset).unwrap_or(stream.offset + 1);
+                    let first_kept = stream
+                        .items
+                        .front()
+                        .map(|(_, p)| p.offset)
+                        .unwrap_or(stream.offset + 1);
                     if first_kept > since.offset + 1 {
                         return Err(HistoryError::Unrecoverable);
                     }
-                    stream.items.iter().filter(|(_, p)| p.offset > since.offset).map(|(_, p)| p.clone()).collect()
+                    stream
+                        .items
+                        .iter()
+                        .filter(|(_, p)| p.offset > since.offset)
+                        .map(|(_, p)| p.clone())
+                        .collect()
                 }
             }
             None => stream.items.iter().map(|(_, p)| p.clone()).collect(),
@@ -153,7 +187,10 @@ impl MemoryHistory {
         if let Some(limit) = query.limit {
             publications.truncate(limit);
         }
-        Ok(HistoryPage { publications, position })
+        Ok(HistoryPage {
+            publications,
+            position,
+        })
     }
 
     /// Forgets a channel's publications; the stream continues under a new epoch.
@@ -165,7 +202,9 @@ impl MemoryHistory {
     pub fn sweep(&self, meta_ttl: Duration) {
         let now = Instant::now();
         for shard in &self.shards {
-            shard.lock().retain(|_, stream| now.duration_since(stream.lock().touched) < meta_ttl);
+            shard
+                .lock()
+                .retain(|_, stream| now.duration_since(stream.lock().touched) < meta_ttl);
         }
     }
 }
@@ -185,8 +224,11 @@ mod tests {
         }
     }
 
-    const OPTS: HistoryOptions =
-        HistoryOptions { size: 3, ttl: Duration::from_secs(60), meta_ttl: Duration::from_secs(600) };
+    const OPTS: HistoryOptions = HistoryOptions {
+        size: 3,
+        ttl: Duration::from_secs(60),
+        meta_ttl: Duration::from_secs(600),
+    };
 
     #[test]
     fn offsets_grow_and_history_is_bounded() {
@@ -199,7 +241,13 @@ mod tests {
             last = pos;
         }
         let page = h.read("c", &HistoryQuery::default(), OPTS).unwrap();
-        assert_eq!(page.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            page.publications
+                .iter()
+                .map(|p| p.offset)
+                .collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         assert_eq!(page.position, last);
     }
 
@@ -209,18 +257,50 @@ mod tests {
         for n in 1..=5 {
             h.append("c", publication(n), OPTS, |_| ());
         }
-        let epoch = h.read("c", &HistoryQuery::default(), OPTS).unwrap().position.epoch;
+        let epoch = h
+            .read("c", &HistoryQuery::default(), OPTS)
+            .unwrap()
+            .position
+            .epoch;
         let since = |offset| HistoryQuery {
-            since: Some(StreamPosition { offset, epoch: epoch.clone() }),
+            since: Some(StreamPosition {
+                offset,
+                epoch: epoch.clone(),
+            }),
             ..Default::default()
         };
         let page = h.read("c", &since(3), OPTS).unwrap();
-        assert_eq!(page.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![4, 5]);
-        assert!(h.read("c", &since(5), OPTS).unwrap().publications.is_empty());
-        assert_eq!(h.read("c", &since(1), OPTS).unwrap_err(), HistoryError::Unrecoverable);
-        assert_eq!(h.read("c", &since(9), OPTS).unwrap_err(), HistoryError::Unrecoverable);
-        let wrong_epoch = HistoryQuery { since: Some(StreamPosition { offset: 4, epoch: "x".into() }), ..Default::default() };
-        assert_eq!(h.read("c", &wrong_epoch, OPTS).unwrap_err(), HistoryError::Unrecoverable);
+        assert_eq!(
+            page.publications
+                .iter()
+                .map(|p| p.offset)
+                .collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        assert!(h
+            .read("c", &since(5), OPTS)
+            .unwrap()
+            .publications
+            .is_empty());
+        assert_eq!(
+            h.read("c", &since(1), OPTS).unwrap_err(),
+            HistoryError::Unrecoverable
+        );
+        assert_eq!(
+            h.read("c", &since(9), OPTS).unwrap_err(),
+            HistoryError::Unrecoverable
+        );
+        let wrong_epoch = HistoryQuery {
+            since: Some(StreamPosition {
+                offset: 4,
+                epoch: "x".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            h.read("c", &wrong_epoch, OPTS).unwrap_err(),
+            HistoryError::Unrecoverable
+        );
     }
 
     #[test]
@@ -231,7 +311,10 @@ mod tests {
         let (second, _) = h.append("c", publication(2), OPTS, |_| ());
         assert_ne!(first.epoch, second.epoch);
         assert_eq!(second.offset, 1);
-        let short = HistoryOptions { ttl: Duration::from_millis(1), ..OPTS };
+        let short = HistoryOptions {
+            ttl: Duration::from_millis(1),
+            ..OPTS
+        };
         std::thread::sleep(Duration::from_millis(5));
         let page = h.read("c", &HistoryQuery::default(), short).unwrap();
         assert!(page.publications.is_empty());

@@ -55,8 +55,14 @@ impl Hub {
     }
 
     pub fn add_session(&self, handle: Arc<SessionHandle>) {
-        self.sessions.write().insert(handle.client.clone(), handle.clone());
-        self.users.write().entry(handle.user.clone()).or_default().push(handle);
+        self.sessions
+            .write()
+            .insert(handle.client.clone(), handle.clone());
+        self.users
+            .write()
+            .entry(handle.user.clone())
+            .or_default()
+            .push(handle);
     }
 
     pub fn remove_session(&self, handle: &SessionHandle) {
@@ -71,11 +77,24 @@ impl Hub {
     }
 
     /// Registers a subscriber; returns true when it is the channel's first on this node.
-    pub fn add_subscriber(&self, channel: &str, handle: &Arc<SessionHandle>, slot: u32, join_leave: bool) -> bool {
+    pub fn add_subscriber(
+        &self,
+        channel: &str,
+        handle: &Arc<SessionHandle>,
+        slot: u32,
+        join_leave: bool,
+    ) -> bool {
         let mut shard = self.shard(channel).write();
         let first = !shard.contains_key(channel);
         let subs = shard.entry(channel.to_string()).or_default();
-        subs.insert(handle.seq, Subscriber { handle: handle.clone(), slot, join_leave });
+        subs.insert(
+            handle.seq,
+            Subscriber {
+                handle: handle.clone(),
+                slot,
+                join_leave,
+            },
+        );
         self.metrics.subscriptions.inc();
         if first {
             self.metrics.channels.inc();
@@ -86,7 +105,9 @@ impl Hub {
     /// Unregisters a subscriber; returns true when the channel has no subscriber left on this node.
     pub fn remove_subscriber(&self, channel: &str, seq: u64) -> bool {
         let mut shard = self.shard(channel).write();
-        let Some(subs) = shard.get_mut(channel) else { return false };
+        let Some(subs) = shard.get_mut(channel) else {
+            return false;
+        };
         if subs.swap_remove(&seq).is_some() {
             self.metrics.subscriptions.dec();
         }
@@ -100,7 +121,9 @@ impl Hub {
 
     fn fan_out(&self, channel: &str, make: impl Fn(&Subscriber) -> Option<OutItem>) {
         let shard = self.shard(channel).read();
-        let Some(subs) = shard.get(channel) else { return };
+        let Some(subs) = shard.get(channel) else {
+            return;
+        };
         let mut delivered = 0u64;
         let mut overflowed = 0u64;
         for sub in subs.values() {
@@ -123,8 +146,13 @@ impl Hub {
     /// Connections of a user (all of them, or the one with `client` id).
     pub fn user_sessions(&self, user: &str, client: Option<&str>) -> Vec<Arc<SessionHandle>> {
         let users = self.users.read();
-        let Some(list) = users.get(user) else { return Vec::new() };
-        list.iter().filter(|h| client.is_none_or(|c| h.client == c)).cloned().collect()
+        let Some(list) = users.get(user) else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter(|h| client.is_none_or(|c| h.client == c))
+            .cloned()
+            .collect()
     }
 
     pub fn num_clients(&self) -> usize {
@@ -154,7 +182,10 @@ impl Hub {
     }
 
     pub fn num_subscriptions(&self) -> usize {
-        self.channels.iter().map(|s| s.read().values().map(|subs| subs.len()).sum::<usize>()).sum()
+        self.channels
+            .iter()
+            .map(|s| s.read().values().map(|subs| subs.len()).sum::<usize>())
+            .sum()
     }
 }
 
@@ -162,21 +193,37 @@ impl BrokerHandler for Hub {
     fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
         let bytes = encode_publication_push(channel, &publication);
         let offset = publication.offset;
-        self.fan_out(channel, |sub| Some(OutItem::Publication { slot: sub.slot, offset, bytes: bytes.clone() }));
+        self.fan_out(channel, |sub| {
+            Some(OutItem::Publication {
+                slot: sub.slot,
+                offset,
+                bytes: bytes.clone(),
+            })
+        });
     }
 
     fn handle_join(&self, channel: &str, info: &ClientInfo) {
         let mut out = Vec::new();
         encode_push(channel, &PushBody::Join(info), &mut out);
         let bytes = bytes::Bytes::from(out);
-        self.fan_out(channel, |sub| sub.join_leave.then(|| OutItem::Push { slot: sub.slot, bytes: bytes.clone() }));
+        self.fan_out(channel, |sub| {
+            sub.join_leave.then(|| OutItem::Push {
+                slot: sub.slot,
+                bytes: bytes.clone(),
+            })
+        });
     }
 
     fn handle_leave(&self, channel: &str, info: &ClientInfo) {
         let mut out = Vec::new();
         encode_push(channel, &PushBody::Leave(info), &mut out);
         let bytes = bytes::Bytes::from(out);
-        self.fan_out(channel, |sub| sub.join_leave.then(|| OutItem::Push { slot: sub.slot, bytes: bytes.clone() }));
+        self.fan_out(channel, |sub| {
+            sub.join_leave.then(|| OutItem::Push {
+                slot: sub.slot,
+                bytes: bytes.clone(),
+            })
+        });
     }
 
     fn handle_control(&self, control: &Control) {

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Real-time push gateway (Centrifugo-compatible protocol and API)")]
+#[command(
+    name = "herald",
+    version,
+    about = "Real-time push gateway (Centrifugo-compatible protocol and API)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,13 +66,19 @@ enum Command {
 }
 
 fn load(config: Option<&PathBuf>, sets: &[String]) -> anyhow::Result<Config> {
-    Ok(Config::load(config.map(|p| p.as_path()), std::env::vars(), sets)?)
+    Ok(Config::load(
+        config.map(|p| p.as_path()),
+        std::env::vars(),
+        sets,
+    )?)
 }
 
 fn init_logging(config: &Config) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
     } else {
@@ -78,14 +88,20 @@ fn init_logging(config: &Config) {
 
 /// Raises the soft descriptor limit to the hard one and warns when it is still below max_connections.
 fn check_fd_limit(max_connections: usize) {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return;
         }
         if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                 limit = raised;
             }
@@ -97,7 +113,7 @@ fn check_fd_limit(max_connections: usize) {
             fd_limit = limit.rlim_cur,
             max_connections,
             "file-descriptor limit is below client.max_connections: connections beyond it will be refused \
-             at accept; raise the limit (ulimit -n, LimitNOFILE=) or run several nodes with http.reuse_port"
+             at accept; raise the limit (ulimit -n, LimitNOFILE=) or lower client.max_connections"
         );
     }
 }
@@ -118,7 +134,13 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         );
     }
     let demo_token = if ephemeral_secret {
-        Some(token("demo".into(), Vec::new(), Duration::from_secs(24 * 3600), None, &config)?)
+        Some(token(
+            "demo".into(),
+            Vec::new(),
+            Duration::from_secs(24 * 3600),
+            None,
+            &config,
+        )?)
     } else {
         None
     };
@@ -127,8 +149,14 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let api_where = server.internal_addr.unwrap_or(server.addr);
     tracing::info!(node = %node.name, version = env!("CARGO_PKG_VERSION"), "herald started");
     tracing::info!("websocket: ws://{}/connection/websocket", server.addr);
-    tracing::info!("server api: http://{api_where}/api/<method>, metrics: http://{api_where}/metrics");
-    tracing::info!("health: http://{}/health, readiness: http://{}/ready", server.addr, server.addr);
+    tracing::info!(
+        "server api: http://{api_where}/api/<method>, metrics: http://{api_where}/metrics"
+    );
+    tracing::info!(
+        "health: http://{}/health, readiness: http://{}/ready",
+        server.addr,
+        server.addr
+    );
     if node.config.api.key.is_empty() {
         tracing::warn!("api.key is empty: the server API answers loopback clients only");
     }
@@ -140,7 +168,10 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         );
     }
     wait_for_signal().await;
-    tracing::info!(connections = node.connections.load(std::sync::atomic::Ordering::Relaxed), "shutting down");
+    tracing::info!(
+        connections = node.connections.load(std::sync::atomic::Ordering::Relaxed),
+        "shutting down"
+    );
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
@@ -148,7 +179,10 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };
@@ -167,7 +201,9 @@ fn token(
 ) -> anyhow::Result<String> {
     let secret = &config.client.token.hmac_secret;
     if secret.is_empty() {
-        bail!("client.token.hmac_secret is empty: give --config with a secret (see herald genconfig)");
+        bail!(
+            "client.token.hmac_secret is empty: give --config with a secret (see herald genconfig)"
+        );
     }
     let mut claims = serde_json::json!({ "sub": user });
     if !ttl.is_zero() {
@@ -190,13 +226,19 @@ fn token(
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, listen, mut sets } => {
+        Command::Serve {
+            config,
+            listen,
+            mut sets,
+        } => {
             if let Some(listen) = listen {
                 sets.push(format!("http.listen=\"{listen}\""));
             }
             let config = load(config.as_ref(), &sets)?;
             init_logging(&config);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(serve(config))
         }
         Command::Genconfig { output, force } => {
@@ -209,7 +251,8 @@ fn main() -> anyhow::Result<()> {
                     if path.exists() && !force {
                         bail!("{} exists; use --force to overwrite", path.display());
                     }
-                    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
                     eprintln!("wrote {}", path.display());
                 }
                 None => print!("{text}"),
@@ -222,7 +265,14 @@ fn main() -> anyhow::Result<()> {
             println!("{}: ok", file.display());
             Ok(())
         }
-        Command::Token { user, channels, ttl, channel, config, sets } => {
+        Command::Token {
+            user,
+            channels,
+            ttl,
+            channel,
+            config,
+            sets,
+        } => {
             let config = load(config.as_ref(), &sets)?;
             println!("{}", token(user, channels, ttl.into(), channel, &config)?);
             Ok(())

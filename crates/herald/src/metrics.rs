@@ -70,30 +70,78 @@ impl Metrics {
             api_requests: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("connections", "Open client connections", m.connections.clone());
-        registry.register("connections_accepted", "Client connections accepted", m.connections_accepted.clone());
+        registry.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted",
+            m.connections_accepted.clone(),
+        );
         registry.register(
             "connections_refused",
             "Connections refused at the handshake, by reason",
             m.connections_refused.clone(),
         );
-        registry.register("subscriptions", "Client subscriptions on this node", m.subscriptions.clone());
-        registry.register("channels", "Channels with at least one local subscriber", m.channels.clone());
-        registry.register("commands", "Client commands received, by method", m.commands.clone());
-        registry.register("command_errors", "Client commands answered with an error", m.command_errors.clone());
-        registry.register("publications", "Publications accepted, by source", m.publications.clone());
-        registry.register("deliveries", "Publications and events queued to local clients", m.deliveries.clone());
+        registry.register(
+            "subscriptions",
+            "Client subscriptions on this node",
+            m.subscriptions.clone(),
+        );
+        registry.register(
+            "channels",
+            "Channels with at least one local subscriber",
+            m.channels.clone(),
+        );
+        registry.register(
+            "commands",
+            "Client commands received, by method",
+            m.commands.clone(),
+        );
+        registry.register(
+            "command_errors",
+            "Client commands answered with an error",
+            m.command_errors.clone(),
+        );
+        registry.register(
+            "publications",
+            "Publications accepted, by source",
+            m.publications.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Publications and events queued to local clients",
+            m.deliveries.clone(),
+        );
         registry.register("bytes_out", "Bytes written to clients", m.bytes_out.clone());
         registry.register("bytes_in", "Bytes read from clients", m.bytes_in.clone());
-        registry.register("frames_out", "WebSocket frames written to clients", m.frames_out.clone());
-        registry.register("disconnects", "Connections closed, by reason", m.disconnects.clone());
+        registry.register(
+            "frames_out",
+            "WebSocket frames written to clients",
+            m.frames_out.clone(),
+        );
+        registry.register(
+            "disconnects",
+            "Connections closed, by reason",
+            m.disconnects.clone(),
+        );
         registry.register(
             "outbox_drops",
             "Messages dropped because a client's outbox was full",
             m.outbox_drops.clone(),
         );
-        registry.register("outbox_bytes", "Bytes queued in all client outboxes", m.outbox_bytes.clone());
-        registry.register("api_requests", "Server API calls, by method", m.api_requests.clone());
+        registry.register(
+            "outbox_bytes",
+            "Bytes queued in all client outboxes",
+            m.outbox_bytes.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Server API calls, by method",
+            m.api_requests.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -102,7 +150,9 @@ impl Metrics {
     }
 
     pub fn disconnect(&self, reason: &'static str) {
-        self.disconnects.get_or_create(&ReasonLabel { reason }).inc();
+        self.disconnects
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Prometheus text exposition.

@@ -89,9 +89,22 @@ impl Node {
     ) -> Result<StreamPosition, ErrorCode> {
         let ns = self.namespaces.resolve(channel)?;
         let history = self.history_options(ns);
-        let publication = Publication { data: single_line(data), info, offset: 0, tags, time: unix_millis() };
-        let position = self.broker.publish(channel, publication, history).await.map_err(broker_error)?;
-        self.metrics.publications.get_or_create(&SourceLabel { source }).inc();
+        let publication = Publication {
+            data: single_line(data),
+            info,
+            offset: 0,
+            tags,
+            time: unix_millis(),
+        };
+        let position = self
+            .broker
+            .publish(channel, publication, history)
+            .await
+            .map_err(broker_error)?;
+        self.metrics
+            .publications
+            .get_or_create(&SourceLabel { source })
+            .inc();
         Ok(position)
     }
 }

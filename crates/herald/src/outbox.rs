@@ -15,7 +15,11 @@ use tokio::sync::Notify;
 pub enum OutItem {
     /// A publication push for subscription `slot`. Dropped at drain time when the slot was unsubscribed
     /// or when the client already received this offset in a subscribe reply.
-    Publication { slot: u32, offset: u64, bytes: Bytes },
+    Publication {
+        slot: u32,
+        offset: u64,
+        bytes: Bytes,
+    },
     /// Another channel push (join, leave) for subscription `slot`.
     Push { slot: u32, bytes: Bytes },
     /// A server-side command for this connection.
@@ -58,7 +62,12 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(max_bytes: usize, gauge: Gauge) -> Outbox {
-        Outbox { state: Mutex::new(State::default()), notify: Notify::new(), max_bytes, gauge }
+        Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            max_bytes,
+            gauge,
+        }
     }
 
     pub fn push(&self, item: OutItem) -> Pushed {
@@ -119,7 +128,11 @@ mod tests {
     use super::*;
 
     fn publication(len: usize) -> OutItem {
-        OutItem::Publication { slot: 0, offset: 0, bytes: Bytes::from(vec![b'x'; len]) }
+        OutItem::Publication {
+            slot: 0,
+            offset: 0,
+            bytes: Bytes::from(vec![b'x'; len]),
+        }
     }
 
     #[test]

@@ -20,7 +20,10 @@ impl Default for MemoryPresence {
 
 impl MemoryPresence {
     pub fn new() -> MemoryPresence {
-        MemoryPresence { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: RandomState::new() }
+        MemoryPresence {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
     }
 
     fn shard(&self, channel: &str) -> &Mutex<HashMap<String, BTreeMap<String, ClientInfo>>> {
@@ -28,7 +31,11 @@ impl MemoryPresence {
     }
 
     pub fn add(&self, channel: &str, info: ClientInfo) {
-        self.shard(channel).lock().entry(channel.to_string()).or_default().insert(info.client.clone(), info);
+        self.shard(channel)
+            .lock()
+            .entry(channel.to_string())
+            .or_default()
+            .insert(info.client.clone(), info);
     }
 
     pub fn remove(&self, channel: &str, client: &str) {
@@ -42,13 +49,19 @@ impl MemoryPresence {
     }
 
     pub fn get(&self, channel: &str) -> BTreeMap<String, ClientInfo> {
-        self.shard(channel).lock().get(channel).cloned().unwrap_or_default()
+        self.shard(channel)
+            .lock()
+            .get(channel)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// (clients, unique users)
     pub fn stats(&self, channel: &str) -> (u32, u32) {
         let shard = self.shard(channel).lock();
-        let Some(clients) = shard.get(channel) else { return (0, 0) };
+        let Some(clients) = shard.get(channel) else {
+            return (0, 0);
+        };
         let users: HashSet<&str> = clients.values().map(|c| c.user.as_str()).collect();
         (clients.len() as u32, users.len() as u32)
     }
@@ -59,7 +72,12 @@ mod tests {
     use super::*;
 
     fn info(user: &str, client: &str) -> ClientInfo {
-        ClientInfo { user: user.into(), client: client.into(), conn_info: None, chan_info: None }
+        ClientInfo {
+            user: user.into(),
+            client: client.into(),
+            conn_info: None,
+            chan_info: None,
+        }
     }
 
     #[test]
@@ -71,7 +89,10 @@ mod tests {
         assert_eq!(p.stats("c"), (3, 2));
         p.remove("c", "2");
         assert_eq!(p.stats("c"), (2, 2));
-        assert_eq!(p.get("c").keys().cloned().collect::<Vec<_>>(), vec!["1", "3"]);
+        assert_eq!(
+            p.get("c").keys().cloned().collect::<Vec<_>>(),
+            vec!["1", "3"]
+        );
         p.remove("c", "1");
         p.remove("c", "3");
         assert_eq!(p.stats("c"), (0, 0));

@@ -12,7 +12,12 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// `rate` tokens per second, at most `burst` saved; a rate of 0 never limits.
     pub fn new(rate: u32, burst: u32, now: Instant) -> TokenBucket {
-        TokenBucket { rate: f64::from(rate), burst: f64::from(burst), tokens: f64::from(burst), last: now }
+        TokenBucket {
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: now,
+        }
     }
 
     pub fn take(&mut self, now: Instant) -> bool {

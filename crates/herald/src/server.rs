@@ -28,7 +28,9 @@ fn read_key(field: &str, path: &str) -> anyhow::Result<Option<String>> {
     if path.is_empty() {
         return Ok(None);
     }
-    std::fs::read_to_string(path).map(Some).with_context(|| format!("{field}: cannot read {path:?}"))
+    std::fs::read_to_string(path)
+        .map(Some)
+        .with_context(|| format!("{field}: cannot read {path:?}"))
 }
 
 /// Builds the token verifier; errors name the config field.
@@ -49,7 +51,12 @@ impl Server {
     /// Binds and starts serving. Port 0 picks a free port (see `addr`).
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let verifier = verifier(&config)?;
-        let node = Node::new(config, verifier, Arc::new(MemoryBroker::default()), Arc::new(MemoryPresence::new()));
+        let node = Node::new(
+            config,
+            verifier,
+            Arc::new(MemoryBroker::default()),
+            Arc::new(MemoryPresence::new()),
+        );
         let config = &node.config;
         let public = bind(config.listen_addr(), config.http.reuse_port)
             .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
@@ -58,17 +65,27 @@ impl Server {
         let mut internal_addr = None;
         let public_role = match config.internal_addr() {
             Some(internal) => {
-                let listener = bind(internal, config.http.reuse_port)
-                    .with_context(|| format!("http.internal_listen: cannot listen on {internal}"))?;
+                let listener = bind(internal, config.http.reuse_port).with_context(|| {
+                    format!("http.internal_listen: cannot listen on {internal}")
+                })?;
                 internal_addr = Some(listener.local_addr()?);
-                tasks.push(tokio::spawn(accept_loop(node.clone(), listener, Role::Internal)));
+                tasks.push(tokio::spawn(accept_loop(
+                    node.clone(),
+                    listener,
+                    Role::Internal,
+                )));
                 Role::Public
             }
             None => Role::Everything,
         };
         tasks.push(tokio::spawn(accept_loop(node.clone(), public, public_role)));
         tasks.push(tokio::spawn(sweeper(node.clone())));
-        Ok(Server { node, addr, internal_addr, tasks })
+        Ok(Server {
+            node,
+            addr,
+            internal_addr,
+            tasks,
+        })
     }
 
     /// Graceful stop: refuse new connections, tell clients to reconnect elsewhere (`shutdown`, 3001),

@@ -10,22 +10,22 @@ use crate::metrics::MethodLabel;
 use crate::node::{broker_error, unix_secs, Node};
 use crate::outbox::{OutItem, Outbox};
 use crate::rate::TokenBucket;
+use crate::ws::{Incoming, WsConn, WsError};
 use bytes::Bytes;
 use herald_auth::TokenError;
 use herald_protocol::command::{
-    ChannelRequest, ConnectRequest, HistoryRequest, PublishRequest, RefreshRequest, SubRefreshRequest,
-    SubscribeRequest,
+    ChannelRequest, ConnectRequest, HistoryRequest, PublishRequest, RefreshRequest,
+    SubRefreshRequest, SubscribeRequest,
 };
 use herald_protocol::{
-    decode_frame, encode_push, encode_reply, single_line, ClientInfo, ConnectResult, Disconnect, ErrorCode, HistoryResult,
-    Method, PresenceResult, PresenceStatsResult, PushBody, RefreshResult, ReplyBody, SubRefreshResult,
-    SubscribeResult, UnsubscribeCode, PING,
+    decode_frame, encode_push, encode_reply, single_line, ClientInfo, ConnectResult, Disconnect,
+    ErrorCode, HistoryResult, Method, PresenceResult, PresenceStatsResult, PushBody, RefreshResult,
+    ReplyBody, SubRefreshResult, SubscribeResult, UnsubscribeCode, PING,
 };
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use crate::ws::{Incoming, WsConn, WsError};
 use tokio::time::{sleep_until, timeout};
 
 /// Largest frame the server builds when it merges several messages into one.
@@ -45,13 +45,23 @@ pub struct Close {
 
 impl From<Disconnect> for Close {
     fn from(d: Disconnect) -> Self {
-        Close { code: d.code, reason: d.reason.to_string(), silent: false, label: d.label() }
+        Close {
+            code: d.code,
+            reason: d.reason.to_string(),
+            silent: false,
+            label: d.label(),
+        }
     }
 }
 
 impl Close {
     fn gone(label: &'static str) -> Close {
-        Close { code: 3000, reason: String::new(), silent: true, label }
+        Close {
+            code: 3000,
+            reason: String::new(),
+            silent: true,
+            label,
+        }
     }
 }
 
@@ -142,9 +152,15 @@ impl Session {
         let close = self.serve().await;
         self.node.metrics.disconnect(close.label);
         if !close.silent {
-            self.pending.clear();
+            // Replies to the commands before the one that ended the session still go out first.
+            if self.flush().await.is_err() {
+                self.cleanup().await;
+                return;
+            }
             let write_timeout = self.node.config.client.pong_timeout;
-            if let Ok(Ok(())) = timeout(write_timeout, self.ws.send_close(close.code, &close.reason)).await {
+            if let Ok(Ok(())) =
+                timeout(write_timeout, self.ws.send_close(close.code, &close.reason)).await
+            {
                 // Give the peer a moment to acknowledge so the close frame is not lost in a reset.
                 self.ws.drain_until_closed(Duration::from_secs(1)).await;
             }
@@ -180,7 +196,10 @@ impl Session {
             let result = match wake {
                 Wake::Outbox => Box::pin(self.drain_outbox()).await,
                 Wake::Readable => Box::pin(self.read_input()).await,
-                Wake::Timer => self.on_timer(),
+                Wake::Timer => match self.on_timer() {
+                    Ok(()) => Box::pin(self.expire_subscriptions()).await,
+                    Err(close) => Err(close),
+                },
             };
             if let Err(close) = result {
                 return close;
@@ -198,8 +217,17 @@ impl Session {
                 return Err(Close::gone("read error"));
             }
             Err(WsError::Violation(v)) => {
-                let label = if v.code == crate::ws::CLOSE_TOO_BIG { "message too big" } else { "protocol error" };
-                return Err(Close { code: v.code, reason: v.reason.to_string(), silent: false, label });
+                let label = if v.code == crate::ws::CLOSE_TOO_BIG {
+                    "message too big"
+                } else {
+                    "protocol error"
+                };
+                return Err(Close {
+                    code: v.code,
+                    reason: v.reason.to_string(),
+                    silent: false,
+                    label,
+                });
             }
         };
         if read > 0 {
@@ -211,7 +239,12 @@ impl Session {
             match item {
                 Incoming::Message(payload) => self.handle_frame(&payload).await?,
                 Incoming::Close(_) => {
-                    return Err(Close { code: 1000, reason: String::new(), silent: false, label: "connection closed" })
+                    return Err(Close {
+                        code: 1000,
+                        reason: String::new(),
+                        silent: false,
+                        label: "connection closed",
+                    })
                 }
             }
         }
@@ -219,7 +252,11 @@ impl Session {
     }
 
     fn next_deadline(&self) -> Instant {
-        let mut deadline = if self.handle.is_none() { self.connect_deadline } else { self.next_ping };
+        let mut deadline = if self.handle.is_none() {
+            self.connect_deadline
+        } else {
+            self.next_ping
+        };
         for candidate in [self.pong_deadline, self.expires_at].into_iter().flatten() {
             deadline = deadline.min(candidate);
         }
@@ -245,13 +282,37 @@ impl Session {
         if self.expires_at.is_some_and(|at| now >= at) {
             return Err(Disconnect::EXPIRED.into());
         }
-        if self.subs.values().any(|s| s.expires_at.is_some_and(|at| now >= at)) {
-            return Err(Disconnect::SUB_EXPIRED.into());
-        }
         if now >= self.next_ping {
             self.queue(Bytes::from_static(PING));
             self.next_ping = now + self.node.config.client.ping_interval;
             self.pong_deadline = Some(now + self.node.config.client.pong_timeout);
+        }
+        Ok(())
+    }
+
+    /// Ends subscriptions whose token expired without a `sub_refresh`: the client gets an unsubscribe
+    /// push with code 2501, on which SDKs fetch a new subscription token and resubscribe.
+    async fn expire_subscriptions(&mut self) -> Result<(), Close> {
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.expires_at.is_some_and(|at| now >= at))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in expired {
+            self.unsubscribe_channel(&channel).await;
+            let code = UnsubscribeCode::EXPIRED;
+            let mut out = Vec::new();
+            encode_push(
+                &channel,
+                &PushBody::Unsubscribe {
+                    code: code.code,
+                    reason: code.reason,
+                },
+                &mut out,
+            );
+            self.queue(Bytes::from(out));
         }
         Ok(())
     }
@@ -283,12 +344,17 @@ impl Session {
                 Err(Close::gone("write error"))
             }
             // The client does not read: it is a slow consumer.
-            Err(_) => Err(Close { silent: true, ..Disconnect::SLOW.into() }),
+            Err(_) => Err(Close {
+                silent: true,
+                ..Disconnect::SLOW.into()
+            }),
         }
     }
 
     async fn drain_outbox(&mut self) -> Result<(), Close> {
-        let Some(handle) = self.handle.clone() else { return Ok(()) };
+        let Some(handle) = self.handle.clone() else {
+            return Ok(());
+        };
         let mut items = std::mem::take(&mut self.drained);
         let (_, overflowed) = handle.outbox.drain(&mut items);
         if overflowed {
@@ -297,7 +363,11 @@ impl Session {
         let mut result = Ok(());
         while let Some(item) = items.pop_front() {
             match item {
-                OutItem::Publication { slot, offset, bytes } => match self.slots.get(&slot) {
+                OutItem::Publication {
+                    slot,
+                    offset,
+                    bytes,
+                } => match self.slots.get(&slot) {
                     Some(&seen) if offset == 0 || offset > seen => self.queue(bytes),
                     _ => {}
                 },
@@ -321,14 +391,20 @@ impl Session {
 
     async fn handle_control(&mut self, control: Control) -> Result<(), Close> {
         match control {
-            Control::Disconnect { code, reason, .. } => {
-                Err(Close { code, reason, silent: false, label: "server disconnect" })
-            }
+            Control::Disconnect { code, reason, .. } => Err(Close {
+                code,
+                reason,
+                silent: false,
+                label: "server disconnect",
+            }),
             Control::Subscribe { channel, .. } => {
                 if self.subs.contains_key(&channel) {
                     return Ok(());
                 }
-                match self.subscribe_channel(&channel, SubscribeParams::default(), true).await {
+                match self
+                    .subscribe_channel(&channel, SubscribeParams::default(), true)
+                    .await
+                {
                     Ok(result) => {
                         let mut out = Vec::new();
                         encode_push(&channel, &PushBody::Subscribe(&result), &mut out);
@@ -342,7 +418,14 @@ impl Session {
                 if self.unsubscribe_channel(&channel).await {
                     let code = UnsubscribeCode::SERVER;
                     let mut out = Vec::new();
-                    encode_push(&channel, &PushBody::Unsubscribe { code: code.code, reason: code.reason }, &mut out);
+                    encode_push(
+                        &channel,
+                        &PushBody::Unsubscribe {
+                            code: code.code,
+                            reason: code.reason,
+                        },
+                        &mut out,
+                    );
                     self.queue(Bytes::from(out));
                 }
                 Ok(())
@@ -411,20 +494,31 @@ impl Session {
     }
 
     fn reply_error(&mut self, id: u32, method: &'static str, code: ErrorCode) {
-        self.node.metrics.command_errors.get_or_create(&MethodLabel { method }).inc();
+        self.node
+            .metrics
+            .command_errors
+            .get_or_create(&MethodLabel { method })
+            .inc();
         self.reply(id, &ReplyBody::Error(code.into()));
     }
 
     fn info(&self, chan_info: Option<Box<RawValue>>) -> ClientInfo {
         ClientInfo {
             user: self.user.clone(),
-            client: self.handle.as_ref().map(|h| h.client.clone()).unwrap_or_default(),
+            client: self
+                .handle
+                .as_ref()
+                .map(|h| h.client.clone())
+                .unwrap_or_default(),
             conn_info: self.conn_info.clone(),
             chan_info,
         }
     }
 
-    async fn connect(&mut self, req: ConnectRequest) -> Result<Result<ReplyBody, ErrorCode>, Close> {
+    async fn connect(
+        &mut self,
+        req: ConnectRequest,
+    ) -> Result<Result<ReplyBody, ErrorCode>, Close> {
         if self.handle.is_some() {
             return Err(Disconnect::BAD_REQUEST.into());
         }
@@ -474,13 +568,19 @@ impl Session {
         };
         self.expires_at = ttl.map(|secs| Instant::now() + Duration::from_secs(secs));
         if !self.user.is_empty() {
-            server_channels.insert(0, (personal_channel(&self.user), SubscribeParams::default()));
+            server_channels.insert(
+                0,
+                (personal_channel(&self.user), SubscribeParams::default()),
+            );
         }
         let handle = Arc::new(SessionHandle {
             seq: node.next_seq(),
             client: uuid::Uuid::new_v4().to_string(),
             user: self.user.clone(),
-            outbox: Outbox::new(client_config.max_outbox_bytes, node.metrics.outbox_bytes.clone()),
+            outbox: Outbox::new(
+                client_config.max_outbox_bytes,
+                node.metrics.outbox_bytes.clone(),
+            ),
         });
         node.hub.add_session(handle.clone());
         self.handle = Some(handle.clone());
@@ -499,7 +599,9 @@ impl Session {
                 Ok(result) => {
                     subs.insert(channel, result);
                 }
-                Err(code) => tracing::warn!(%channel, %code, user = %self.user, "server-side subscription refused"),
+                Err(code) => {
+                    tracing::warn!(%channel, %code, user = %self.user, "server-side subscription refused")
+                }
             }
         }
         Ok(Ok(ReplyBody::Connect(ConnectResult {
@@ -516,14 +618,46 @@ impl Session {
         })))
     }
 
-    fn may(&self, for_anonymous: bool, for_client: bool, for_subscriber: bool, channel: &str) -> bool {
-        if self.user.is_empty() && !for_anonymous && !(for_subscriber && self.subs.contains_key(channel)) {
+    /// Client-side permission for publish, presence and history: open to every client, or to
+    /// subscribers of the channel; anonymous clients need the namespace's `_for_anonymous` as well.
+    /// Private (`$`) channels are open to their subscribers only.
+    fn may(
+        &self,
+        for_anonymous: bool,
+        for_client: bool,
+        for_subscriber: bool,
+        channel: &str,
+    ) -> bool {
+        let subscribed = self.subs.contains_key(channel);
+        if self.user.is_empty() && !for_anonymous {
             return false;
         }
-        for_client || (for_subscriber && self.subs.contains_key(channel))
+        if is_private(channel) {
+            return subscribed && (for_client || for_subscriber);
+        }
+        for_client || (for_subscriber && subscribed)
     }
 
-    async fn subscribe(&mut self, req: SubscribeRequest) -> Result<Result<ReplyBody, ErrorCode>, Close> {
+    /// Subscribe permission without a token. A channel limited to users (`name#alice,bob`, and
+    /// personal channels `#alice`) admits exactly its listed users; other channels follow the
+    /// namespace's `allow_subscribe_for_client` (plus `_for_anonymous` for anonymous clients).
+    fn may_subscribe(&self, ns: &NamespaceOptions, channel: &str) -> bool {
+        if is_private(channel) {
+            return false;
+        }
+        let personal_form = channel.starts_with(crate::channel::USER_BOUNDARY);
+        if personal_form
+            || (ns.allow_user_limited_channels && channel.contains(crate::channel::USER_BOUNDARY))
+        {
+            return user_allowed(channel, &self.user);
+        }
+        ns.allow_subscribe_for_client && (!self.user.is_empty() || ns.allow_subscribe_for_anonymous)
+    }
+
+    async fn subscribe(
+        &mut self,
+        req: SubscribeRequest,
+    ) -> Result<Result<ReplyBody, ErrorCode>, Close> {
         let ns = match self.node.namespaces.resolve(&req.channel) {
             Ok(ns) => ns.clone(),
             Err(code) => return Ok(Err(code)),
@@ -549,19 +683,13 @@ impl Session {
             }
             params.chan_info = claims.info.map(single_line);
             params.data = claims.data.map(single_line);
-        } else {
-            let own_personal = !self.user.is_empty() && req.channel == personal_channel(&self.user);
-            let limited_ok = ns.allow_user_limited_channels && user_allowed(&req.channel, &self.user);
-            let open = if self.user.is_empty() {
-                ns.allow_subscribe_for_anonymous
-            } else {
-                ns.allow_subscribe_for_client
-            };
-            if is_private(&req.channel) || !(own_personal || limited_ok || open) {
-                return Ok(Err(ErrorCode::PermissionDenied));
-            }
+        } else if !self.may_subscribe(&ns, &req.channel) {
+            return Ok(Err(ErrorCode::PermissionDenied));
         }
-        Ok(self.subscribe_channel(&req.channel, params, false).await.map(ReplyBody::Subscribe))
+        Ok(self
+            .subscribe_channel(&req.channel, params, false)
+            .await
+            .map(ReplyBody::Subscribe))
     }
 
     /// Subscribes this connection; shared by client, token and server-side subscriptions.
@@ -573,7 +701,9 @@ impl Session {
     ) -> Result<SubscribeResult, ErrorCode> {
         let node = self.node.clone();
         let ns = node.namespaces.resolve(channel)?.clone();
-        let Some(handle) = self.handle.clone() else { return Err(ErrorCode::Internal) };
+        let Some(handle) = self.handle.clone() else {
+            return Err(ErrorCode::Internal);
+        };
         if self.subs.contains_key(channel) {
             return Err(ErrorCode::AlreadySubscribed);
         }
@@ -583,25 +713,39 @@ impl Session {
         let slot = self.next_slot;
         self.next_slot = self.next_slot.wrapping_add(1);
         self.slots.insert(slot, 0);
-        let join_leave = ns.join_leave && (ns.force_push_join_leave || params.join_leave || server_side);
+        let join_leave =
+            ns.join_leave && (ns.force_push_join_leave || params.join_leave || server_side);
         // Register before reading history: whatever is published meanwhile arrives through the outbox,
         // and what the reply already carries is skipped there by offset.
         node.hub.add_subscriber(channel, &handle, slot, join_leave);
-        let mut result = SubscribeResult { data: params.data, ..Default::default() };
+        let mut result = SubscribeResult {
+            data: params.data,
+            ..Default::default()
+        };
         if let Some(history) = node.history_options(&ns) {
             let recoverable = ns.force_recovery || params.recoverable;
             let positioned = recoverable || params.positioned;
             if positioned {
-                let since = (params.recover && recoverable)
-                    .then(|| herald_protocol::StreamPosition { offset: params.offset, epoch: params.epoch.clone() });
-                let query = HistoryQuery { since: since.clone(), limit: if since.is_some() { None } else { Some(0) }, reverse: false };
+                let since =
+                    (params.recover && recoverable).then(|| herald_protocol::StreamPosition {
+                        offset: params.offset,
+                        epoch: params.epoch.clone(),
+                    });
+                let query = HistoryQuery {
+                    since: since.clone(),
+                    limit: if since.is_some() { None } else { Some(0) },
+                    reverse: false,
+                };
                 let page = match node.broker.history(channel, &query, history).await {
                     Ok(page) => {
                         result.recovered = since.is_some();
                         page
                     }
                     Err(crate::broker::BrokerError::Unrecoverable) => {
-                        let query = HistoryQuery { limit: Some(0), ..Default::default() };
+                        let query = HistoryQuery {
+                            limit: Some(0),
+                            ..Default::default()
+                        };
                         match node.broker.history(channel, &query, history).await {
                             Ok(page) => page,
                             Err(e) => {
@@ -636,12 +780,23 @@ impl Session {
                 tracing::warn!(%channel, error = %e, "join event not published");
             }
         }
-        let expires_at = params.expires_at.map(|at| Instant::now() + Duration::from_secs((at - unix_secs()).max(0) as u64));
+        let expires_at = params
+            .expires_at
+            .map(|at| Instant::now() + Duration::from_secs((at - unix_secs()).max(0) as u64));
         if let Some(at) = params.expires_at {
             result.expires = true;
             result.ttl = (at - unix_secs()).clamp(0, i64::from(u32::MAX)) as u32;
         }
-        self.subs.insert(channel.to_string(), Subscription { slot, ns, server_side, info, expires_at });
+        self.subs.insert(
+            channel.to_string(),
+            Subscription {
+                slot,
+                ns,
+                server_side,
+                info,
+                expires_at,
+            },
+        );
         Ok(result)
     }
 
@@ -654,7 +809,9 @@ impl Session {
 
     /// Removes a subscription; returns false when there was none.
     async fn unsubscribe_channel(&mut self, channel: &str) -> bool {
-        let Some(sub) = self.subs.remove(channel) else { return false };
+        let Some(sub) = self.subs.remove(channel) else {
+            return false;
+        };
         self.slots.remove(&sub.slot);
         let node = self.node.clone();
         if let Some(handle) = &self.handle {
@@ -681,10 +838,9 @@ impl Session {
 
     async fn publish(&mut self, req: PublishRequest) -> Result<ReplyBody, ErrorCode> {
         let ns = self.node.namespaces.resolve(&req.channel)?.clone();
-        let Some(data) = req.data else { return Err(ErrorCode::BadRequest) };
-        if is_private(&req.channel) && !self.subs.contains_key(&req.channel) {
-            return Err(ErrorCode::PermissionDenied);
-        }
+        let Some(data) = req.data else {
+            return Err(ErrorCode::BadRequest);
+        };
         if !self.may(
             ns.allow_publish_for_anonymous,
             ns.allow_publish_for_client,
@@ -693,9 +849,14 @@ impl Session {
         ) {
             return Err(ErrorCode::PermissionDenied);
         }
-        let chan_info = self.subs.get(&req.channel).and_then(|s| s.info.chan_info.clone());
+        let chan_info = self
+            .subs
+            .get(&req.channel)
+            .and_then(|s| s.info.chan_info.clone());
         let info = self.info(chan_info);
-        self.node.publish(&req.channel, data, Some(info), BTreeMap::new(), "client").await?;
+        self.node
+            .publish(&req.channel, data, Some(info), BTreeMap::new(), "client")
+            .await?;
         Ok(ReplyBody::Publish)
     }
 
@@ -704,8 +865,12 @@ impl Session {
         if !ns.presence {
             return Err(ErrorCode::NotAvailable);
         }
-        if !self.may(ns.allow_presence_for_anonymous, ns.allow_presence_for_client, ns.allow_presence_for_subscriber, channel)
-        {
+        if !self.may(
+            ns.allow_presence_for_anonymous,
+            ns.allow_presence_for_client,
+            ns.allow_presence_for_subscriber,
+            channel,
+        ) {
             return Err(ErrorCode::PermissionDenied);
         }
         Ok(())
@@ -713,24 +878,53 @@ impl Session {
 
     async fn presence(&mut self, req: ChannelRequest) -> Result<ReplyBody, ErrorCode> {
         self.check_presence(&req.channel)?;
-        let presence = self.node.presence.get(&req.channel).await.map_err(broker_error)?;
+        let presence = self
+            .node
+            .presence
+            .get(&req.channel)
+            .await
+            .map_err(broker_error)?;
         Ok(ReplyBody::Presence(PresenceResult { presence }))
     }
 
     async fn presence_stats(&mut self, req: ChannelRequest) -> Result<ReplyBody, ErrorCode> {
         self.check_presence(&req.channel)?;
-        let (num_clients, num_users) = self.node.presence.stats(&req.channel).await.map_err(broker_error)?;
-        Ok(ReplyBody::PresenceStats(PresenceStatsResult { num_clients, num_users }))
+        let (num_clients, num_users) = self
+            .node
+            .presence
+            .stats(&req.channel)
+            .await
+            .map_err(broker_error)?;
+        Ok(ReplyBody::PresenceStats(PresenceStatsResult {
+            num_clients,
+            num_users,
+        }))
     }
 
     async fn history(&mut self, req: HistoryRequest) -> Result<ReplyBody, ErrorCode> {
         let ns = self.node.namespaces.resolve(&req.channel)?.clone();
-        let Some(options) = self.node.history_options(&ns) else { return Err(ErrorCode::NotAvailable) };
-        if !self.may(ns.allow_history_for_anonymous, ns.allow_history_for_client, ns.allow_history_for_subscriber, &req.channel) {
+        let Some(options) = self.node.history_options(&ns) else {
+            return Err(ErrorCode::NotAvailable);
+        };
+        if !self.may(
+            ns.allow_history_for_anonymous,
+            ns.allow_history_for_client,
+            ns.allow_history_for_subscriber,
+            &req.channel,
+        ) {
             return Err(ErrorCode::PermissionDenied);
         }
-        let query = HistoryQuery { since: req.since, limit: history_limit(req.limit), reverse: req.reverse };
-        let page = self.node.broker.history(&req.channel, &query, options).await.map_err(broker_error)?;
+        let query = HistoryQuery {
+            since: req.since,
+            limit: history_limit(req.limit),
+            reverse: req.reverse,
+        };
+        let page = self
+            .node
+            .broker
+            .history(&req.channel, &query, options)
+            .await
+            .map_err(broker_error)?;
         Ok(ReplyBody::History(HistoryResult {
             publications: page.publications,
             epoch: page.position.epoch,
@@ -748,17 +942,26 @@ impl Session {
             return Err(Disconnect::INVALID_TOKEN.into());
         }
         let now = unix_secs();
-        let ttl = claims.connection_expires_at().map(|at| (at - now).max(0) as u64);
+        let ttl = claims
+            .connection_expires_at()
+            .map(|at| (at - now).max(0) as u64);
         self.expires_at = ttl.map(|secs| Instant::now() + Duration::from_secs(secs));
         Ok(Ok(ReplyBody::Refresh(RefreshResult {
-            client: self.handle.as_ref().map(|h| h.client.clone()).unwrap_or_default(),
+            client: self
+                .handle
+                .as_ref()
+                .map(|h| h.client.clone())
+                .unwrap_or_default(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             expires: ttl.is_some(),
             ttl: ttl.unwrap_or(0).min(u64::from(u32::MAX)) as u32,
         })))
     }
 
-    fn sub_refresh(&mut self, req: SubRefreshRequest) -> Result<Result<ReplyBody, ErrorCode>, Close> {
+    fn sub_refresh(
+        &mut self,
+        req: SubRefreshRequest,
+    ) -> Result<Result<ReplyBody, ErrorCode>, Close> {
         if !self.subs.contains_key(&req.channel) {
             return Ok(Err(ErrorCode::PermissionDenied));
         }
@@ -771,7 +974,9 @@ impl Session {
             return Err(Disconnect::INVALID_TOKEN.into());
         }
         let now = unix_secs();
-        let ttl = claims.subscription_expires_at().map(|at| (at - now).max(0) as u64);
+        let ttl = claims
+            .subscription_expires_at()
+            .map(|at| (at - now).max(0) as u64);
         if let Some(sub) = self.subs.get_mut(&req.channel) {
             sub.expires_at = ttl.map(|secs| Instant::now() + Duration::from_secs(secs));
         }
@@ -782,7 +987,9 @@ impl Session {
     }
 
     async fn cleanup(&mut self) {
-        let Some(handle) = self.handle.clone() else { return };
+        let Some(handle) = self.handle.clone() else {
+            return;
+        };
         handle.outbox.close();
         let channels: Vec<String> = self.subs.keys().cloned().collect();
         for channel in channels {
@@ -793,7 +1000,11 @@ impl Session {
 
     /// Channels this connection was subscribed to by the server (for tests and introspection).
     pub fn server_side_channels(&self) -> Vec<&str> {
-        self.subs.iter().filter(|(_, s)| s.server_side).map(|(c, _)| c.as_str()).collect()
+        self.subs
+            .iter()
+            .filter(|(_, s)| s.server_side)
+            .map(|(c, _)| c.as_str())
+            .collect()
     }
 }
 

@@ -5,6 +5,7 @@
 
 use crate::node::Node;
 use crate::session::Session;
+use crate::ws::WsConn;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use crate::ws::WsConn;
 
 pub const WEBSOCKET_PATH: &str = "/connection/websocket";
 const MAX_API_BODY: usize = 4 << 20;
@@ -36,7 +36,11 @@ pub enum Role {
 }
 
 pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_reuse_address(true)?;
     if reuse_port {
         socket.set_reuse_port(true)?;
@@ -62,22 +66,31 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, role: Role) {
                 tokio::spawn(serve_connection(node, stream, peer, role));
             }
             Err(e) => {
-                let out_of_files = matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
+                let out_of_files =
+                    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
                 if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
                     tracing::warn!(error = %e, out_of_files, "accept failed; pausing");
                     last_warning = Some(Instant::now());
                 }
                 node.metrics
                     .connections_refused
-                    .get_or_create(&crate::metrics::ReasonLabel { reason: "accept error" })
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: "accept error",
+                    })
                     .inc();
-                tokio::time::sleep(Duration::from_millis(if out_of_files { 100 } else { 10 })).await;
+                tokio::time::sleep(Duration::from_millis(if out_of_files { 100 } else { 10 }))
+                    .await;
             }
         }
     }
 }
 
-async fn serve_connection(node: Arc<Node>, stream: tokio::net::TcpStream, peer: SocketAddr, role: Role) {
+async fn serve_connection(
+    node: Arc<Node>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    role: Role,
+) {
     let service = hyper::service::service_fn(move |req| {
         let node = node.clone();
         async move { Ok::<_, std::convert::Infallible>(route(node, req, peer, role).await) }
@@ -94,22 +107,40 @@ async fn serve_connection(node: Arc<Node>, stream: tokio::net::TcpStream, peer: 
 
 type Body = Full<Bytes>;
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    respond(status, "application/json", serde_json::to_vec(value).unwrap_or_default())
+    respond(
+        status,
+        "application/json",
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
 }
 
 fn api_error(status: StatusCode, code: u32, message: &str) -> Response<Body> {
-    json_response(status, &json!({"error": {"code": code, "message": message}}))
+    json_response(
+        status,
+        &json!({"error": {"code": code, "message": message}}),
+    )
 }
 
-async fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr, role: Role) -> Response<Body> {
+async fn route(
+    node: Arc<Node>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    role: Role,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let api_here = role != Role::Public;
     let clients_here = role != Role::Internal;
@@ -120,34 +151,58 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr, role: 
             if node.ready.load(Ordering::Relaxed) && !node.shutdown.is_cancelled() {
                 json_response(StatusCode::OK, &json!({"status": "ready"}))
             } else {
-                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "not ready"}))
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "not ready"}),
+                )
             }
         }
-        (&Method::GET, "/metrics") if api_here => {
-            respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", node.metrics.render())
-        }
-        (&Method::GET, "/") if clients_here => {
-            respond(StatusCode::OK, "text/plain; charset=utf-8", format!("Herald {}\n", env!("CARGO_PKG_VERSION")))
-        }
+        (&Method::GET, "/metrics") if api_here => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            node.metrics.render(),
+        ),
+        (&Method::GET, "/") if clients_here => respond(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            format!("Herald {}\n", env!("CARGO_PKG_VERSION")),
+        ),
         (_, p) if api_here && p.starts_with("/api/") => {
             if req.method() != Method::POST {
-                return api_error(StatusCode::METHOD_NOT_ALLOWED, 107, "the API takes POST requests");
+                return api_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    107,
+                    "the API takes POST requests",
+                );
             }
             let method = p.trim_start_matches("/api/").to_string();
             api(node, req, peer, &method).await
         }
-        _ => respond(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n"),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found\n",
+        ),
     }
 }
 
 /// With a key configured, every caller must present it; without one, only loopback callers may call.
-fn api_authorized(node: &Node, req: &Request<Incoming>, peer: SocketAddr) -> Result<(), &'static str> {
+fn api_authorized(
+    node: &Node,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<(), &'static str> {
     let key = &node.config.api.key;
     if key.is_empty() {
-        return if peer.ip().is_loopback() {
+        // A reverse proxy on the same host makes every caller look local; its forwarding headers
+        // give it away, and then a key is required.
+        let proxied = ["x-forwarded-for", "forwarded", "x-real-ip"]
+            .iter()
+            .any(|h| req.headers().contains_key(*h));
+        return if peer.ip().is_loopback() && !proxied {
             Ok(())
         } else {
-            Err("no api.key configured: the API answers loopback clients only")
+            Err("no api.key configured: the API answers direct loopback clients only")
         };
     }
     let headers = req.headers();
@@ -158,7 +213,10 @@ fn api_authorized(node: &Node, req: &Request<Incoming>, peer: SocketAddr) -> Res
             headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("apikey ").or_else(|| v.strip_prefix("Apikey ")))
+                .and_then(|v| {
+                    v.strip_prefix("apikey ")
+                        .or_else(|| v.strip_prefix("Apikey "))
+                })
         })
         .unwrap_or("");
     if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
@@ -168,23 +226,44 @@ fn api_authorized(node: &Node, req: &Request<Incoming>, peer: SocketAddr) -> Res
     }
 }
 
-async fn api(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr, method: &str) -> Response<Body> {
+async fn api(
+    node: Arc<Node>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    method: &str,
+) -> Response<Body> {
     if let Err(message) = api_authorized(&node, &req, peer) {
         return api_error(StatusCode::UNAUTHORIZED, 101, message);
     }
     if !crate::api::METHODS.contains(&method) {
-        return api_error(StatusCode::NOT_FOUND, 104, &format!("unknown method {method:?}"));
+        return api_error(
+            StatusCode::NOT_FOUND,
+            104,
+            &format!("unknown method {method:?}"),
+        );
     }
     let body = match Limited::new(req.into_body(), MAX_API_BODY).collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                return api_error(StatusCode::PAYLOAD_TOO_LARGE, 107, "request body larger than 4 MiB");
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return api_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    107,
+                    "request body larger than 4 MiB",
+                );
             }
-            return api_error(StatusCode::BAD_REQUEST, 107, "could not read the request body");
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                107,
+                "could not read the request body",
+            );
         }
     };
-    let text = if body.iter().all(|b| b.is_ascii_whitespace()) { "{}" } else {
+    let text = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        "{}"
+    } else {
         match std::str::from_utf8(&body) {
             Ok(text) => text,
             Err(_) => return api_error(StatusCode::BAD_REQUEST, 107, "request body is not UTF-8"),
@@ -192,15 +271,29 @@ async fn api(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr, method: 
     };
     let raw: Box<serde_json::value::RawValue> = match serde_json::from_str(text) {
         Ok(raw) => raw,
-        Err(e) => return api_error(StatusCode::BAD_REQUEST, 107, &format!("request body is not JSON: {e}")),
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                107,
+                &format!("request body is not JSON: {e}"),
+            )
+        }
     };
     if !raw.get().trim_start().starts_with('{') {
-        return api_error(StatusCode::BAD_REQUEST, 107, "request body must be a JSON object");
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            107,
+            "request body must be a JSON object",
+        );
     }
     match crate::api::call(&node, method, &raw).await {
         Ok(result) => json_response(StatusCode::OK, &json!({"result": result})),
         Err(Some(e)) => json_response(StatusCode::OK, &e.to_json()),
-        Err(None) => api_error(StatusCode::NOT_FOUND, 104, &format!("unknown method {method:?}")),
+        Err(None) => api_error(
+            StatusCode::NOT_FOUND,
+            104,
+            &format!("unknown method {method:?}"),
+        ),
     }
 }
 
@@ -216,9 +309,15 @@ impl Drop for ConnectionSlot {
 
 fn websocket(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     let headers = req.headers();
-    let upgrade = headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
-    let version = headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let version = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let (true, Some(key), "13") = (upgrade.eq_ignore_ascii_case("websocket"), key, version) else {
         return respond(
             StatusCode::BAD_REQUEST,
@@ -228,21 +327,35 @@ fn websocket(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     };
     let allowed = &node.config.http.allowed_origins;
     if !allowed.is_empty() && !allowed.iter().any(|o| o == "*") {
-        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !allowed.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+        // Only browsers send Origin, and the check exists to stop other sites' pages; apps and
+        // server-side SDKs send none and are not refused for it.
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        if origin.is_some_and(|origin| !allowed.iter().any(|o| o.eq_ignore_ascii_case(origin))) {
             refused(&node, "origin");
-            return respond(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", "origin not allowed\n");
+            return respond(
+                StatusCode::FORBIDDEN,
+                "text/plain; charset=utf-8",
+                "origin not allowed\n",
+            );
         }
     }
     if node.shutdown.is_cancelled() {
         refused(&node, "shutdown");
-        return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "shutting down\n");
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "shutting down\n",
+        );
     }
     let max = node.config.client.max_connections;
     if node.connections.fetch_add(1, Ordering::AcqRel) >= max {
         node.connections.fetch_sub(1, Ordering::AcqRel);
         refused(&node, "max connections");
-        return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "connection limit reached\n");
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "connection limit reached\n",
+        );
     }
     node.metrics.connections.inc();
     node.metrics.connections_accepted.inc();
@@ -281,5 +394,8 @@ fn websocket(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
 }
 
 fn refused(node: &Node, reason: &'static str) {
-    node.metrics.connections_refused.get_or_create(&crate::metrics::ReasonLabel { reason }).inc();
+    node.metrics
+        .connections_refused
+        .get_or_create(&crate::metrics::ReasonLabel { reason })
+        .inc();
 }

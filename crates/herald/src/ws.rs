@@ -54,7 +54,10 @@ pub fn parse_frame(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usiz
     let fin = b0 & 0x80 != 0;
     let opcode = b0 & 0x0f;
     if b1 & 0x80 == 0 {
-        return Err(violation(CLOSE_PROTOCOL_ERROR, "client frames must be masked"));
+        return Err(violation(
+            CLOSE_PROTOCOL_ERROR,
+            "client frames must be masked",
+        ));
     }
     let (len, mut pos) = match b1 & 0x7f {
         126 => match buf.get(2..4) {
@@ -85,12 +88,27 @@ pub fn parse_frame(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usiz
         return Err(violation(CLOSE_TOO_BIG, "message too big"));
     }
     let len = len as usize;
-    let Some(mask) = buf.get(pos..pos + 4) else { return Ok(None) };
+    let Some(mask) = buf.get(pos..pos + 4) else {
+        return Ok(None);
+    };
     let mask = [mask[0], mask[1], mask[2], mask[3]];
     pos += 4;
-    let Some(data) = buf.get(pos..pos + len) else { return Ok(None) };
-    let payload = data.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]).collect();
-    Ok(Some((Frame { fin, opcode, payload }, pos + len)))
+    let Some(data) = buf.get(pos..pos + len) else {
+        return Ok(None);
+    };
+    let payload = data
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ mask[i & 3])
+        .collect();
+    Ok(Some((
+        Frame {
+            fin,
+            opcode,
+            payload,
+        },
+        pos + len,
+    )))
 }
 
 /// Appends a server frame header (servers do not mask).
@@ -147,7 +165,15 @@ const READ_BURST: usize = 256 * 1024;
 impl WsConn {
     /// `preread`: bytes the HTTP layer read past the handshake.
     pub fn new(io: TcpStream, preread: &[u8], max_message: usize) -> WsConn {
-        WsConn { io, partial: preread.to_vec(), message: Vec::new(), message_opcode: OP_TEXT, in_message: false, max_message, control: Vec::new() }
+        WsConn {
+            io,
+            partial: preread.to_vec(),
+            message: Vec::new(),
+            message_opcode: OP_TEXT,
+            in_message: false,
+            max_message,
+            control: Vec::new(),
+        }
     }
 
     /// Waits until the socket is readable. Cancel-safe and holds no buffer.
@@ -200,14 +226,20 @@ impl WsConn {
                 }
                 OP_PONG => {}
                 OP_CLOSE => {
-                    let code = frame.payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    let code = frame
+                        .payload
+                        .get(..2)
+                        .map(|c| u16::from_be_bytes([c[0], c[1]]));
                     out.push(Incoming::Close(code));
                     break;
                 }
                 opcode => {
                     let continuation = opcode == OP_CONTINUATION;
                     if continuation != self.in_message {
-                        return Err(violation(CLOSE_PROTOCOL_ERROR, "unexpected continuation state"));
+                        return Err(violation(
+                            CLOSE_PROTOCOL_ERROR,
+                            "unexpected continuation state",
+                        ));
                     }
                     if self.message.len() + frame.payload.len() > self.max_message {
                         return Err(violation(CLOSE_TOO_BIG, "message too big"));
@@ -242,7 +274,11 @@ impl WsConn {
     /// Writes `messages` as text frames: merged with newlines into frames of at most `max_frame`
     /// bytes (a single larger message keeps its own frame), with one write call.
     /// Returns (bytes of payload, frames written).
-    pub async fn send_text(&mut self, messages: &[Bytes], max_frame: usize) -> io::Result<(usize, usize)> {
+    pub async fn send_text(
+        &mut self,
+        messages: &[Bytes],
+        max_frame: usize,
+    ) -> io::Result<(usize, usize)> {
         let total: usize = messages.iter().map(|m| m.len() + 1).sum();
         let mut out = std::mem::take(&mut self.control);
         out.reserve(total + 10 * (1 + total / max_frame.max(1)));
@@ -352,7 +388,11 @@ mod tests {
             assert!(frame.fin);
             for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
                 if cut < bytes.len() {
-                    assert_eq!(parse_frame(&bytes[..cut], 1 << 20).unwrap(), None, "len {len} cut {cut}");
+                    assert_eq!(
+                        parse_frame(&bytes[..cut], 1 << 20).unwrap(),
+                        None,
+                        "len {len} cut {cut}"
+                    );
                 }
             }
         }
@@ -362,20 +402,51 @@ mod tests {
     fn rejects_protocol_violations() {
         let mut unmasked = client_frame(true, OP_TEXT, b"hi");
         unmasked[1] &= 0x7f;
-        assert_eq!(parse_frame(&unmasked, 100).unwrap_err().code, CLOSE_PROTOCOL_ERROR);
+        assert_eq!(
+            parse_frame(&unmasked, 100).unwrap_err().code,
+            CLOSE_PROTOCOL_ERROR
+        );
         let mut rsv = client_frame(true, OP_TEXT, b"hi");
         rsv[0] |= 0x40;
-        assert_eq!(parse_frame(&rsv, 100).unwrap_err().code, CLOSE_PROTOCOL_ERROR);
-        assert_eq!(parse_frame(&client_frame(true, 0x3, b""), 100).unwrap_err().code, CLOSE_PROTOCOL_ERROR);
-        assert_eq!(parse_frame(&client_frame(false, OP_PING, b""), 100).unwrap_err().code, CLOSE_PROTOCOL_ERROR);
-        assert_eq!(parse_frame(&client_frame(true, OP_PING, &[0; 126]), 1000).unwrap_err().code, CLOSE_PROTOCOL_ERROR);
+        assert_eq!(
+            parse_frame(&rsv, 100).unwrap_err().code,
+            CLOSE_PROTOCOL_ERROR
+        );
+        assert_eq!(
+            parse_frame(&client_frame(true, 0x3, b""), 100)
+                .unwrap_err()
+                .code,
+            CLOSE_PROTOCOL_ERROR
+        );
+        assert_eq!(
+            parse_frame(&client_frame(false, OP_PING, b""), 100)
+                .unwrap_err()
+                .code,
+            CLOSE_PROTOCOL_ERROR
+        );
+        assert_eq!(
+            parse_frame(&client_frame(true, OP_PING, &[0; 126]), 1000)
+                .unwrap_err()
+                .code,
+            CLOSE_PROTOCOL_ERROR
+        );
         let big = client_frame(true, OP_TEXT, &[b'a'; 101]);
-        assert_eq!(parse_frame(&big[..4], 100).unwrap_err().code, CLOSE_TOO_BIG, "rejected from the header alone");
+        assert_eq!(
+            parse_frame(&big[..4], 100).unwrap_err().code,
+            CLOSE_TOO_BIG,
+            "rejected from the header alone"
+        );
     }
 
     #[test]
     fn server_headers_use_the_shortest_length_form() {
-        for (len, expected) in [(5usize, 2usize), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+        for (len, expected) in [
+            (5usize, 2usize),
+            (125, 2),
+            (126, 4),
+            (65535, 4),
+            (65536, 10),
+        ] {
             let mut out = Vec::new();
             write_header(&mut out, OP_TEXT, len);
             assert_eq!(out.len(), expected);

@@ -13,14 +13,28 @@ async fn broadcast_reaches_every_channel_and_reports_each_position() {
     let mut b = server.client("bob").await;
     a.subscribe("chat:one").await;
     b.subscribe("chat:two").await;
-    let result = server.api_ok("broadcast", json!({"channels": ["chat:one", "chat:two", "nope:x"], "data": {"all": true}})).await;
+    let result = server
+        .api_ok(
+            "broadcast",
+            json!({"channels": ["chat:one", "chat:two", "nope:x"], "data": {"all": true}}),
+        )
+        .await;
     let responses = result["responses"].as_array().unwrap();
     assert_eq!(responses.len(), 3);
     assert_eq!(responses[0]["result"]["offset"], 1);
     assert_eq!(responses[1]["result"]["offset"], 1);
-    assert_eq!(responses[2]["error"]["code"], 102, "unknown namespace reported per channel");
-    assert_eq!(a.publication("chat:one").await["data"], json!({"all": true}));
-    assert_eq!(b.publication("chat:two").await["data"], json!({"all": true}));
+    assert_eq!(
+        responses[2]["error"]["code"], 102,
+        "unknown namespace reported per channel"
+    );
+    assert_eq!(
+        a.publication("chat:one").await["data"],
+        json!({"all": true})
+    );
+    assert_eq!(
+        b.publication("chat:two").await["data"],
+        json!({"all": true})
+    );
 }
 
 #[tokio::test]
@@ -28,22 +42,39 @@ async fn presence_history_and_history_remove() {
     let server = TestServer::start().await;
     let mut alice = server.client("alice").await;
     alice.subscribe("chat:room").await;
-    let presence = server.api_ok("presence", json!({"channel": "chat:room"})).await;
+    let presence = server
+        .api_ok("presence", json!({"channel": "chat:room"}))
+        .await;
     let entry = &presence["presence"][alice.client_id.as_str()];
     assert_eq!(entry["user"], "alice");
     assert_eq!(entry["client"], alice.client_id.as_str());
     for n in 1..=3 {
-        server.api_ok("publish", json!({"channel": "chat:room", "data": n, "tags": {"k": "v"}})).await;
+        server
+            .api_ok(
+                "publish",
+                json!({"channel": "chat:room", "data": n, "tags": {"k": "v"}}),
+            )
+            .await;
     }
-    let history = server.api_ok("history", json!({"channel": "chat:room", "limit": -1})).await;
+    let history = server
+        .api_ok("history", json!({"channel": "chat:room", "limit": -1}))
+        .await;
     let pubs = history["publications"].as_array().unwrap();
     assert_eq!(pubs.len(), 3);
     assert_eq!(pubs[0]["tags"], json!({"k": "v"}));
     let epoch = history["epoch"].as_str().unwrap().to_string();
-    server.api_ok("history_remove", json!({"channel": "chat:room"})).await;
-    let after = server.api_ok("history", json!({"channel": "chat:room", "limit": -1})).await;
+    server
+        .api_ok("history_remove", json!({"channel": "chat:room"}))
+        .await;
+    let after = server
+        .api_ok("history", json!({"channel": "chat:room", "limit": -1}))
+        .await;
     assert_eq!(after["publications"], json!([]));
-    assert_ne!(after["epoch"].as_str().unwrap(), epoch, "a removed stream restarts under a new epoch");
+    assert_ne!(
+        after["epoch"].as_str().unwrap(),
+        epoch,
+        "a removed stream restarts under a new epoch"
+    );
 }
 
 #[tokio::test]
@@ -57,8 +88,13 @@ async fn channels_lists_active_channels_with_pattern() {
     let all = server.api_ok("channels", json!({})).await;
     assert_eq!(all["channels"]["chat:x1"]["num_clients"], 2);
     assert_eq!(all["channels"]["news"]["num_clients"], 1);
-    assert!(all["channels"].get("#alice").is_some(), "personal channels are active channels too");
-    let filtered = server.api_ok("channels", json!({"pattern": "chat:*"})).await;
+    assert!(
+        all["channels"].get("#alice").is_some(),
+        "personal channels are active channels too"
+    );
+    let filtered = server
+        .api_ok("channels", json!({"pattern": "chat:*"}))
+        .await;
     assert_eq!(filtered["channels"].as_object().unwrap().len(), 1);
 }
 
@@ -96,7 +132,14 @@ async fn batch_runs_commands_in_order_with_per_command_errors() {
     let replies = result["replies"].as_array().unwrap();
     assert_eq!(replies[0]["publish"]["offset"], 1);
     assert_eq!(replies[1]["error"]["code"], 107);
-    assert!(replies[1]["error"]["message"].as_str().unwrap().contains("data"), "{}", replies[1]);
+    assert!(
+        replies[1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("data"),
+        "{}",
+        replies[1]
+    );
     assert_eq!(replies[2]["error"]["code"], 104);
     assert_eq!(replies[3]["publish"]["offset"], 2);
     assert_eq!(replies[4]["presence_stats"]["num_clients"], 1);
@@ -107,12 +150,31 @@ async fn batch_runs_commands_in_order_with_per_command_errors() {
 #[tokio::test]
 async fn internal_listener_takes_the_api_and_metrics_away_from_the_public_port() {
     let server = TestServer::with(|c| c.http.internal_listen = "127.0.0.1:0".into()).await;
-    let internal = server.server.as_ref().unwrap().internal_addr.expect("internal listener bound");
-    let (status, _) = http_request(server.addr, "POST", "/api/info", &[("X-API-Key", API_KEY)], "{}").await;
+    let internal = server
+        .server
+        .as_ref()
+        .unwrap()
+        .internal_addr
+        .expect("internal listener bound");
+    let (status, _) = http_request(
+        server.addr,
+        "POST",
+        "/api/info",
+        &[("X-API-Key", API_KEY)],
+        "{}",
+    )
+    .await;
     assert_eq!(status, 404, "no API on the public port");
     let (status, _) = http_raw(server.addr, "GET", "/metrics", &[], "").await;
     assert_eq!(status, 404, "no metrics on the public port");
-    let (status, body) = http_request(internal, "POST", "/api/info", &[("X-API-Key", API_KEY)], "{}").await;
+    let (status, body) = http_request(
+        internal,
+        "POST",
+        "/api/info",
+        &[("X-API-Key", API_KEY)],
+        "{}",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let (status, text) = http_raw(internal, "GET", "/metrics", &[], "").await;
     assert_eq!(status, 200);
@@ -130,7 +192,9 @@ async fn health_ready_and_metrics_count_what_happened() {
     assert_eq!(status, 200);
     let mut alice = server.client("alice").await;
     alice.subscribe("chat:m").await;
-    server.api_ok("publish", json!({"channel": "chat:m", "data": "x"})).await;
+    server
+        .api_ok("publish", json!({"channel": "chat:m", "data": "x"}))
+        .await;
     alice.publication("chat:m").await;
     let (_, text) = http_raw(server.addr, "GET", "/metrics", &[], "").await;
     let value = |name: &str| -> f64 {
@@ -146,4 +210,65 @@ async fn health_ready_and_metrics_count_what_happened() {
     assert_eq!(value("herald_publications_total{source=\"api\"} "), 1.0);
     assert_eq!(value("herald_commands_total{method=\"subscribe\"} "), 1.0);
     assert!(value("herald_bytes_out_total ") > 0.0);
+}
+
+#[tokio::test]
+async fn without_a_key_the_api_refuses_callers_behind_a_local_proxy() {
+    let server = TestServer::with(|c| c.api.key.clear()).await;
+    let (status, _) = http_request(server.addr, "POST", "/api/info", &[], "{}").await;
+    assert_eq!(status, 200, "direct loopback caller");
+    let (status, body) = http_request(
+        server.addr,
+        "POST",
+        "/api/info",
+        &[("X-Forwarded-For", "203.0.113.9")],
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+}
+
+#[tokio::test]
+async fn allowed_origins_stop_foreign_pages_but_not_apps() {
+    let server =
+        TestServer::with(|c| c.http.allowed_origins = vec!["https://app.example".into()]).await;
+    let upgrade = |origin: Option<&'static str>| {
+        let mut headers = vec![
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ];
+        if let Some(origin) = origin {
+            headers.push(("Origin", origin));
+        }
+        headers
+    };
+    let status = |headers: Vec<(&'static str, &'static str)>| async move {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let mut request = format!(
+            "GET /connection/websocket HTTP/1.1\r\nHost: {}\r\n",
+            server.addr
+        );
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n])
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status(upgrade(Some("https://evil.example"))).await, "403");
+    assert_eq!(status(upgrade(Some("https://app.example"))).await, "101");
+    assert_eq!(
+        status(upgrade(None)).await,
+        "101",
+        "non-browser clients send no Origin"
+    );
 }

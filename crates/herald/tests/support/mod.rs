@@ -45,9 +45,15 @@ pub fn test_config() -> Config {
     config.http.shutdown_timeout = Duration::from_secs(3);
     config.client.token.hmac_secret = SECRET.into();
     config.api.key = API_KEY.into();
-    config.channel.without_namespace = NamespaceOptions { name: String::new(), ..open_namespace("") };
+    config.channel.without_namespace = NamespaceOptions {
+        name: String::new(),
+        ..open_namespace("")
+    };
     config.channel.namespaces.push(open_namespace("chat"));
-    config.channel.namespaces.push(NamespaceOptions { name: "locked".into(), ..Default::default() });
+    config.channel.namespaces.push(NamespaceOptions {
+        name: "locked".into(),
+        ..Default::default()
+    });
     config
 }
 
@@ -67,7 +73,10 @@ impl TestServer {
         config.validate().expect("test config is valid");
         let server = Server::start(config).await.expect("server starts");
         let addr = server.addr;
-        TestServer { server: Some(server), addr }
+        TestServer {
+            server: Some(server),
+            addr,
+        }
     }
 
     pub fn node(&self) -> &std::sync::Arc<herald::node::Node> {
@@ -86,7 +95,14 @@ impl TestServer {
 
     /// Calls a server API method with the API key; returns (HTTP status, JSON body).
     pub async fn api(&self, method: &str, body: Value) -> (u16, Value) {
-        http_request(self.addr, "POST", &format!("/api/{method}"), &[("X-API-Key", API_KEY)], &body.to_string()).await
+        http_request(
+            self.addr,
+            "POST",
+            &format!("/api/{method}"),
+            &[("X-API-Key", API_KEY)],
+            &body.to_string(),
+        )
+        .await
     }
 
     /// Calls the API and returns `result`, panicking on an error reply.
@@ -126,26 +142,54 @@ pub fn now() -> i64 {
 }
 
 /// Minimal HTTP/1.1 client (one request per connection) so API tests see real status codes.
-pub async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
     let (status, text) = http_raw(addr, method, path, headers, body).await;
     let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, value)
 }
 
-pub async fn http_raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect http");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
     request.push_str(body);
-    stream.write_all(request.as_bytes()).await.expect("write http");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write http");
     let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("http response in time").expect("read http");
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("http response in time")
+        .expect("read http");
     let text = String::from_utf8_lossy(&response).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -171,12 +215,24 @@ pub enum Closed {
 impl Client {
     pub async fn open(url: &str) -> Client {
         let uri = http::Uri::try_from(url).expect("url");
-        let (ws, _) = ClientBuilder::from_uri(uri).connect().await.expect("websocket connects");
-        Client { ws, inbox: VecDeque::new(), next_id: 1, client_id: String::new(), auto_pong: true }
+        let (ws, _) = ClientBuilder::from_uri(uri)
+            .connect()
+            .await
+            .expect("websocket connects");
+        Client {
+            ws,
+            inbox: VecDeque::new(),
+            next_id: 1,
+            client_id: String::new(),
+            auto_pong: true,
+        }
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::text(text.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(text.to_string()))
+            .await
+            .expect("send");
     }
 
     pub async fn send(&mut self, command: Value) {
@@ -192,20 +248,30 @@ impl Client {
     }
 
     pub async fn connect(&mut self, token: &str) -> Value {
-        let reply = self.call("connect", json!({"token": token, "name": "herald-test"})).await;
-        let result = reply.get("connect").unwrap_or_else(|| panic!("connect failed: {reply}")).clone();
+        let reply = self
+            .call("connect", json!({"token": token, "name": "herald-test"}))
+            .await;
+        let result = reply
+            .get("connect")
+            .unwrap_or_else(|| panic!("connect failed: {reply}"))
+            .clone();
         self.client_id = result["client"].as_str().unwrap_or_default().to_string();
         result
     }
 
     pub async fn subscribe(&mut self, channel: &str) -> Value {
         let reply = self.call("subscribe", json!({"channel": channel})).await;
-        reply.get("subscribe").unwrap_or_else(|| panic!("subscribe {channel} failed: {reply}")).clone()
+        reply
+            .get("subscribe")
+            .unwrap_or_else(|| panic!("subscribe {channel} failed: {reply}"))
+            .clone()
     }
 
     /// The next message from the server (skipping pings if auto_pong), within WAIT.
     pub async fn next(&mut self) -> Value {
-        self.next_within(WAIT).await.unwrap_or_else(|| panic!("no message within {WAIT:?}"))
+        self.next_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no message within {WAIT:?}"))
     }
 
     pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
@@ -218,11 +284,14 @@ impl Client {
                 }
                 return Some(v);
             }
-            let message = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             let message = message.ok()?;
             if let Some(text) = message.as_text() {
                 for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
-                    self.inbox.push_back(serde_json::from_str(line).expect("server sends JSON"));
+                    self.inbox
+                        .push_back(serde_json::from_str(line).expect("server sends JSON"));
                 }
             } else if message.is_close() {
                 return None;
@@ -274,7 +343,9 @@ impl Client {
 
     /// Reads until the connection ends; returns the close code and reason.
     pub async fn closed(&mut self) -> Closed {
-        self.closed_within(WAIT).await.unwrap_or_else(|| panic!("connection not closed within {WAIT:?}"))
+        self.closed_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("connection not closed within {WAIT:?}"))
     }
 
     pub async fn closed_within(&mut self, wait: Duration) -> Option<Closed> {
@@ -293,5 +364,136 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+impl Client {
+    /// Like `open`, with a client-side tokio-websockets configuration (e.g. a small frame size, so
+    /// large messages go out fragmented).
+    pub async fn open_with(url: &str, config: tokio_websockets::Config) -> Client {
+        let uri = http::Uri::try_from(url).expect("url");
+        let (ws, _) = ClientBuilder::from_uri(uri)
+            .config(config)
+            .connect()
+            .await
+            .expect("websocket connects");
+        Client {
+            ws,
+            inbox: VecDeque::new(),
+            next_id: 1,
+            client_id: String::new(),
+            auto_pong: true,
+        }
+    }
+
+    /// Asserts that the connection still answers commands.
+    pub async fn assert_alive(&mut self) {
+        let reply = self.call("ping", json!({})).await;
+        assert!(
+            reply.get("ping").is_some(),
+            "connection should still answer: {reply}"
+        );
+    }
+
+    /// Reads everything until the connection ends: the JSON messages received (pings included) and
+    /// how it closed (`None` if it did not close within `wait`).
+    pub async fn read_until_closed(&mut self, wait: Duration) -> (Vec<Value>, Option<Closed>) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut messages: Vec<Value> = self.inbox.drain(..).collect();
+        loop {
+            let message = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return (messages, None),
+                Ok(None) | Ok(Some(Err(_))) => return (messages, Some(Closed::Abrupt)),
+                Ok(Some(Ok(message))) => message,
+            };
+            if let Some((code, reason)) = message.as_close() {
+                return (
+                    messages,
+                    Some(Closed::Code(u16::from(code), reason.to_string())),
+                );
+            }
+            if let Some(text) = message.as_text() {
+                for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
+                    messages.push(serde_json::from_str(line).expect("server sends JSON"));
+                }
+            }
+        }
+    }
+
+    /// The underlying TCP socket (plain ws:// only), e.g. to shrink its kernel buffers.
+    pub fn tcp(&self) -> &TcpStream {
+        match self.ws.get_ref() {
+            MaybeTlsStream::Plain(stream) => stream,
+            #[allow(unreachable_patterns)]
+            _ => panic!("tests use plain ws://"),
+        }
+    }
+}
+
+/// Sends a WebSocket upgrade request by hand and reads the response head; returns the HTTP status and
+/// the socket (still open when the upgrade succeeded).
+pub async fn ws_handshake(addr: SocketAddr) -> (u16, TcpStream) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET /connection/websocket HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("handshake reply in time")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line: {text:?}"));
+    (status, stream)
+}
+
+/// The sum of every sample of a Prometheus metric (`name` or `name{labels}` prefix) in `/metrics` text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                return None;
+            }
+            line.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+impl TestServer {
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        http_raw(self.addr, "GET", "/metrics", &[], "").await.1
+    }
+}
+
+/// Polls `check` every 10 ms until it holds or `wait` passes; returns whether it held.
+pub async fn eventually(wait: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

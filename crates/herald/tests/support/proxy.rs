@@ -21,14 +21,20 @@ impl Proxy {
         let flag = blackhole.clone();
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                let Ok(outbound) = TcpStream::connect(target).await else { continue };
+                let Ok(outbound) = TcpStream::connect(target).await else {
+                    continue;
+                };
                 let (ri, wi) = inbound.into_split();
                 let (ro, wo) = outbound.into_split();
                 tokio::spawn(pipe(ri, wo, flag.clone()));
                 tokio::spawn(pipe(ro, wi, flag.clone()));
             }
         });
-        Proxy { addr, blackhole, task }
+        Proxy {
+            addr,
+            blackhole,
+            task,
+        }
     }
 
     /// From now on, traffic in both directions is swallowed; connections stay open.
@@ -43,7 +49,11 @@ impl Drop for Proxy {
     }
 }
 
-async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, blackhole: Arc<AtomicBool>) {
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    blackhole: Arc<AtomicBool>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
