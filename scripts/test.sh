@@ -6,4 +6,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo build --workspace --bins
 cargo test --workspace
-HERALD_BIN="$PWD/target/debug/herald" bash tests/sdk/run.sh
+HERALD_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/herald" bash tests/sdk/run.sh
