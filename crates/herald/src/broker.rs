@@ -50,7 +50,8 @@ pub enum Control {
 
 /// What a node does with what the broker delivers.
 pub trait BrokerHandler: Send + Sync {
-    fn handle_publication(&self, channel: &str, publication: Arc<Publication>);
+    /// `key`: the publication's conflation key, for channels that conflate.
+    fn handle_publication(&self, channel: &str, publication: Arc<Publication>, key: Option<&str>);
     fn handle_join(&self, channel: &str, info: &ClientInfo);
     fn handle_leave(&self, channel: &str, info: &ClientInfo);
     fn handle_control(&self, control: &Control);
@@ -61,10 +62,12 @@ pub trait Broker: Send + Sync {
     /// Registers the node's handler; called once at start.
     fn set_handler(&self, handler: Arc<dyn BrokerHandler>);
     /// Stores (when `history` is set) and delivers a publication; returns its stream position.
+    /// `key` is its conflation key on conflated channels.
     async fn publish(
         &self,
         channel: &str,
         publication: Publication,
+        key: Option<&str>,
         history: Option<HistoryOptions>,
     ) -> Result<StreamPosition, BrokerError>;
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError>;
@@ -77,6 +80,11 @@ pub trait Broker: Send + Sync {
         options: HistoryOptions,
     ) -> Result<HistoryPage, BrokerError>;
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError>;
+    /// The latest publication of every key of a conflated channel (oldest first) and its position.
+    async fn latest(
+        &self,
+        channel: &str,
+    ) -> Result<(Vec<Arc<Publication>>, StreamPosition), BrokerError>;
     /// Periodic housekeeping (expired streams).
     fn sweep(&self, meta_ttl: std::time::Duration);
 }
@@ -115,18 +123,21 @@ impl Broker for MemoryBroker {
         &self,
         channel: &str,
         publication: Publication,
+        key: Option<&str>,
         history: Option<HistoryOptions>,
     ) -> Result<StreamPosition, BrokerError> {
         let handler = self.handler()?;
         match history {
             Some(options) => {
-                let (position, ()) = self.history.append(channel, publication, options, |p| {
-                    handler.handle_publication(channel, p)
-                });
+                let (position, ()) = self
+                    .history
+                    .append(channel, publication, key, options, |p| {
+                        handler.handle_publication(channel, p, key)
+                    });
                 Ok(position)
             }
             None => {
-                handler.handle_publication(channel, Arc::new(publication));
+                handler.handle_publication(channel, Arc::new(publication), key);
                 Ok(StreamPosition::default())
             }
         }
@@ -159,6 +170,13 @@ impl Broker for MemoryBroker {
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         self.history.remove(channel);
         Ok(())
+    }
+
+    async fn latest(
+        &self,
+        channel: &str,
+    ) -> Result<(Vec<Arc<Publication>>, StreamPosition), BrokerError> {
+        Ok(self.history.latest(channel))
     }
 
     fn sweep(&self, meta_ttl: std::time::Duration) {

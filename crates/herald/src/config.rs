@@ -99,6 +99,18 @@ pub struct ClientConfig {
     pub command_burst: u32,
     /// Allow `connect` without a token (user is empty).
     pub allow_anonymous: bool,
+    /// Most simultaneous connections of one user on this node (more: 3504); 0 is unlimited.
+    pub connections_per_user: usize,
+    /// New connections per second from one IP address (token bucket; more: HTTP 429); 0 is unlimited.
+    pub connection_rate_per_ip: u32,
+    /// Burst of new connections from one IP address above the sustained rate.
+    pub connection_burst_per_ip: u32,
+    /// Bytes queued in all outboxes of this node together; above it the connections with the
+    /// largest outboxes are closed as slow first. 0 disables the node-wide budget.
+    pub outbox_budget: usize,
+    /// Kernel send buffer per client socket in bytes (SO_SNDBUF); 0 keeps the kernel's autotuning.
+    /// A fixed size bounds the kernel memory a stalled client can hold.
+    pub send_buffer: usize,
     pub token: TokenConfig,
 }
 
@@ -116,6 +128,11 @@ impl Default for ClientConfig {
             command_rate: 100,
             command_burst: 200,
             allow_anonymous: false,
+            connections_per_user: 0,
+            connection_rate_per_ip: 0,
+            connection_burst_per_ip: 50,
+            outbox_budget: 1 << 30,
+            send_buffer: 0,
             token: TokenConfig::default(),
         }
     }
@@ -204,6 +221,21 @@ pub struct NamespaceOptions {
     pub allow_history_for_anonymous: bool,
     /// Channels `name#user1,user2` may be subscribed to by the listed users only.
     pub allow_user_limited_channels: bool,
+    /// Deliver a channel's publications together once per window (one frame per subscriber per
+    /// window) instead of one by one. 0s delivers at once.
+    #[serde(with = "humantime_serde")]
+    pub batch_window: Duration,
+    /// At most this many deliveries (frames) per second per subscriber of a channel; excess waits
+    /// for the next slot, merged (or conflated when a key is set). 0 is unlimited.
+    pub max_rate: u32,
+    /// Latest-value conflation: a JSON pointer into the publication data (`/symbol`) or a
+    /// publication tag (`tag:symbol`) naming the key. Within a window only the latest value per key
+    /// is delivered; subscribers get the latest value of every key on subscribe.
+    pub conflation_key: String,
+    /// Most keys remembered per conflated channel (least recently updated are forgotten first).
+    pub conflation_max_keys: usize,
+    /// Most bytes buffered per channel within one window; a fuller window is delivered early.
+    pub window_max_bytes: usize,
 }
 
 impl Default for NamespaceOptions {
@@ -228,6 +260,11 @@ impl Default for NamespaceOptions {
             allow_history_for_client: false,
             allow_history_for_anonymous: false,
             allow_user_limited_channels: false,
+            batch_window: Duration::ZERO,
+            max_rate: 0,
+            conflation_key: String::new(),
+            conflation_max_keys: 100_000,
+            window_max_bytes: 1 << 20,
         }
     }
 }
@@ -235,6 +272,21 @@ impl Default for NamespaceOptions {
 impl NamespaceOptions {
     pub fn history_enabled(&self) -> bool {
         self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+
+    /// The interval between two deliveries of a channel: the batch window, stretched to respect
+    /// `max_rate`. Zero: publications are delivered as they come.
+    pub fn delivery_interval(&self) -> Duration {
+        let rate_interval = if self.max_rate > 0 {
+            Duration::from_secs_f64(1.0 / f64::from(self.max_rate))
+        } else {
+            Duration::ZERO
+        };
+        self.batch_window.max(rate_interval)
+    }
+
+    pub fn conflated(&self) -> bool {
+        !self.conflation_key.is_empty()
     }
 }
 
@@ -429,6 +481,37 @@ fn validate_namespace(prefix: &str, ns: &NamespaceOptions) -> Result<(), ConfigE
             format!("{prefix}.force_recovery"),
             "needs history_size and history_ttl",
         ));
+    }
+    if ns.conflated() {
+        let key = &ns.conflation_key;
+        let valid = key.starts_with('/') || key.strip_prefix("tag:").is_some_and(|t| !t.is_empty());
+        if !valid {
+            return Err(field(
+                format!("{prefix}.conflation_key"),
+                format!("{key:?} is neither a JSON pointer (\"/id\") nor a tag (\"tag:symbol\")"),
+            ));
+        }
+        if !ns.history_enabled() {
+            return Err(field(
+                format!("{prefix}.conflation_key"),
+                "needs history_size and history_ttl (latest values and recovery live in the stream)",
+            ));
+        }
+        if ns.conflation_max_keys == 0 {
+            return Err(field(
+                format!("{prefix}.conflation_max_keys"),
+                "must be greater than zero",
+            ));
+        }
+    }
+    if ns.window_max_bytes == 0 {
+        return Err(field(
+            format!("{prefix}.window_max_bytes"),
+            "must be greater than zero",
+        ));
+    }
+    if ns.batch_window > Duration::from_secs(60) {
+        return Err(field(format!("{prefix}.batch_window"), "at most 60s"));
     }
     Ok(())
 }

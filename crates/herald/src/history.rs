@@ -17,6 +17,8 @@ pub struct HistoryOptions {
     pub size: usize,
     pub ttl: Duration,
     pub meta_ttl: Duration,
+    /// For conflated channels: how many keys' latest values to remember (0: not conflated).
+    pub max_keys: usize,
 }
 
 /// A history read: everything after `since` (or the whole retained history), oldest first unless
@@ -46,6 +48,8 @@ struct Stream {
     offset: u64,
     items: VecDeque<(Instant, Arc<Publication>)>,
     touched: Instant,
+    /// Conflated channels: the latest publication of each key (bounded by `max_keys`).
+    latest: HashMap<String, Arc<Publication>>,
 }
 
 impl Stream {
@@ -55,6 +59,7 @@ impl Stream {
             offset: 0,
             items: VecDeque::new(),
             touched: now,
+            latest: HashMap::new(),
         }
     }
 
@@ -69,6 +74,22 @@ impl Stream {
         {
             self.items.pop_front();
         }
+    }
+
+    /// Remembers `publication` as the latest of `key`, forgetting the least recently updated key
+    /// when the map is full.
+    fn remember(&mut self, key: &str, publication: &Arc<Publication>, max_keys: usize) {
+        if !self.latest.contains_key(key) && self.latest.len() >= max_keys {
+            let oldest = self
+                .latest
+                .iter()
+                .min_by_key(|(_, p)| p.offset)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.latest.remove(&oldest);
+            }
+        }
+        self.latest.insert(key.to_string(), publication.clone());
     }
 
     fn position(&self) -> StreamPosition {
@@ -126,6 +147,7 @@ impl MemoryHistory {
         &self,
         channel: &str,
         mut publication: Publication,
+        key: Option<&str>,
         options: HistoryOptions,
         deliver: impl FnOnce(Arc<Publication>) -> R,
     ) -> (StreamPosition, R) {
@@ -137,6 +159,9 @@ impl MemoryHistory {
         publication.offset = stream.offset;
         let publication = Arc::new(publication);
         stream.items.push_back((now, publication.clone()));
+        if let (Some(key), true) = (key, options.max_keys > 0) {
+            stream.remember(key, &publication, options.max_keys);
+        }
         stream.trim(options.size, options.ttl, now);
         let position = stream.position();
         let delivered = deliver(publication);
@@ -193,6 +218,16 @@ impl MemoryHistory {
         })
     }
 
+    /// The latest publication of every key of a conflated channel, oldest first, and the position.
+    pub fn latest(&self, channel: &str) -> (Vec<Arc<Publication>>, StreamPosition) {
+        let now = Instant::now();
+        let stream = self.stream(channel, now);
+        let stream = stream.lock();
+        let mut latest: Vec<Arc<Publication>> = stream.latest.values().cloned().collect();
+        latest.sort_by_key(|p| p.offset);
+        (latest, stream.position())
+    }
+
     /// Forgets a channel's publications; the stream continues under a new epoch.
     pub fn remove(&self, channel: &str) {
         self.shard(channel).lock().remove(channel);
@@ -228,6 +263,7 @@ mod tests {
         size: 3,
         ttl: Duration::from_secs(60),
         meta_ttl: Duration::from_secs(600),
+        max_keys: 0,
     };
 
     #[test]
@@ -235,7 +271,7 @@ mod tests {
         let h = MemoryHistory::new();
         let mut last = StreamPosition::default();
         for n in 1..=5 {
-            let (pos, offset) = h.append("c", publication(n), OPTS, |p| p.offset);
+            let (pos, offset) = h.append("c", publication(n), None, OPTS, |p| p.offset);
             assert_eq!(pos.offset, u64::from(n));
             assert_eq!(offset, u64::from(n));
             last = pos;
@@ -255,7 +291,7 @@ mod tests {
     fn recovery_from_a_position() {
         let h = MemoryHistory::new();
         for n in 1..=5 {
-            h.append("c", publication(n), OPTS, |_| ());
+            h.append("c", publication(n), None, OPTS, |_| ());
         }
         let epoch = h
             .read("c", &HistoryQuery::default(), OPTS)
@@ -306,9 +342,9 @@ mod tests {
     #[test]
     fn removal_starts_a_new_epoch_and_ttl_expires_items() {
         let h = MemoryHistory::new();
-        let (first, _) = h.append("c", publication(1), OPTS, |_| ());
+        let (first, _) = h.append("c", publication(1), None, OPTS, |_| ());
         h.remove("c");
-        let (second, _) = h.append("c", publication(2), OPTS, |_| ());
+        let (second, _) = h.append("c", publication(2), None, OPTS, |_| ());
         assert_ne!(first.epoch, second.epoch);
         assert_eq!(second.offset, 1);
         let short = HistoryOptions {
@@ -319,5 +355,23 @@ mod tests {
         let page = h.read("c", &HistoryQuery::default(), short).unwrap();
         assert!(page.publications.is_empty());
         assert_eq!(page.position.offset, 1, "the position survives item expiry");
+    }
+
+    #[test]
+    fn latest_value_per_key_is_bounded() {
+        let h = MemoryHistory::new();
+        let opts = HistoryOptions {
+            size: 100,
+            max_keys: 2,
+            ..OPTS
+        };
+        for (n, key) in [(1, "a"), (2, "b"), (3, "a"), (4, "c")] {
+            h.append("q", publication(n), Some(key), opts, |_| ());
+        }
+        let (latest, position) = h.latest("q");
+        // "b" (offset 2) was the least recently updated when "c" arrived.
+        let offsets: Vec<u64> = latest.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![3, 4]);
+        assert_eq!(position.offset, 4);
     }
 }

@@ -19,7 +19,7 @@ pub struct Node {
     pub uid: String,
     pub name: String,
     pub started: Instant,
-    pub namespaces: Namespaces,
+    pub namespaces: Arc<Namespaces>,
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn PresenceStore>,
@@ -30,6 +30,9 @@ pub struct Node {
     /// Open WebSocket connections (including those still in `connect`).
     pub connections: AtomicUsize,
     pub ready: AtomicBool,
+    /// New-connection token buckets per client IP (`client.connection_rate_per_ip`).
+    pub ip_buckets:
+        parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, crate::rate::TokenBucket>>,
     seq: AtomicU64,
 }
 
@@ -41,7 +44,8 @@ impl Node {
         presence: Arc<dyn PresenceStore>,
     ) -> Arc<Node> {
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(metrics.clone()));
+        let namespaces = Arc::new(Namespaces::new(&config.channel));
+        let hub = Hub::new(metrics.clone(), namespaces.clone());
         broker.set_handler(hub.clone());
         let name = if config.node.name.is_empty() {
             format!("{}-{}", hostname(), std::process::id())
@@ -49,7 +53,7 @@ impl Node {
             config.node.name.clone()
         };
         Arc::new(Node {
-            namespaces: Namespaces::new(&config.channel),
+            namespaces,
             uid: uuid::Uuid::new_v4().to_string(),
             name,
             started: Instant::now(),
@@ -61,9 +65,35 @@ impl Node {
             shutdown: CancellationToken::new(),
             connections: AtomicUsize::new(0),
             ready: AtomicBool::new(true),
+            ip_buckets: parking_lot::Mutex::new(std::collections::HashMap::new()),
             seq: AtomicU64::new(1),
             config,
         })
+    }
+
+    /// Whether a new connection from `ip` fits its rate limit.
+    pub fn admit_ip(&self, ip: std::net::IpAddr) -> bool {
+        let c = &self.config.client;
+        if c.connection_rate_per_ip == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut buckets = self.ip_buckets.lock();
+        // Bounded: full buckets carry no information and are dropped by the sweeper; a flood of
+        // distinct addresses is capped here.
+        if buckets.len() >= 100_000 && !buckets.contains_key(&ip) {
+            buckets.retain(|_, b| !b.is_full(now));
+        }
+        buckets
+            .entry(ip)
+            .or_insert_with(|| {
+                crate::rate::TokenBucket::new(
+                    c.connection_rate_per_ip,
+                    c.connection_burst_per_ip.max(1),
+                    now,
+                )
+            })
+            .take(now)
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -75,6 +105,11 @@ impl Node {
             size: ns.history_size,
             ttl: ns.history_ttl,
             meta_ttl: self.config.channel.history_meta_ttl,
+            max_keys: if ns.conflated() {
+                ns.conflation_max_keys
+            } else {
+                0
+            },
         })
     }
 
@@ -96,9 +131,10 @@ impl Node {
             tags,
             time: unix_millis(),
         };
+        let key = conflation_key(ns, &publication);
         let position = self
             .broker
-            .publish(channel, publication, history)
+            .publish(channel, publication, key.as_deref(), history)
             .await
             .map_err(broker_error)?;
         self.metrics
@@ -106,6 +142,24 @@ impl Node {
             .get_or_create(&SourceLabel { source })
             .inc();
         Ok(position)
+    }
+}
+
+/// The conflation key of a publication in a conflated namespace: the value at the JSON pointer in
+/// its data (strings as they are, other values as JSON text) or the named tag. `None` when the
+/// namespace does not conflate or the publication has no such key (it is then never superseded).
+pub fn conflation_key(ns: &NamespaceOptions, publication: &Publication) -> Option<String> {
+    if !ns.conflated() {
+        return None;
+    }
+    if let Some(tag) = ns.conflation_key.strip_prefix("tag:") {
+        return publication.tags.get(tag).cloned();
+    }
+    let data: serde_json::Value = serde_json::from_str(publication.data.get()).ok()?;
+    match data.pointer(&ns.conflation_key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
     }
 }
 

@@ -1,8 +1,14 @@
 //! A connection's outbox: what other tasks queue for it, drained by the connection's own task.
 //!
-//! Bounded in bytes. Overflow policy: the connection is a slow consumer — the item is dropped, the
-//! outbox is marked overflowed and the connection closes with the protocol's `slow` code (3008), after
-//! which the client reconnects and recovers from history. Nothing grows without limit.
+//! Bounded in bytes, with an overflow policy per kind of item:
+//! - conflated publications (latest-value channels) are superseded: the subscription's queued
+//!   publications are dropped and the subscription is marked for a resync, after which the
+//!   connection receives the latest value of every key instead of the values it missed;
+//! - anything else makes the connection a slow consumer: the item is dropped, the outbox is marked
+//!   overflowed and the connection closes with `slow` (3008); the client reconnects and recovers
+//!   from history.
+//!
+//! Nothing grows without limit.
 
 use crate::broker::Control;
 use bytes::Bytes;
@@ -13,12 +19,14 @@ use tokio::sync::Notify;
 
 #[derive(Debug)]
 pub enum OutItem {
-    /// A publication push for subscription `slot`. Dropped at drain time when the slot was unsubscribed
-    /// or when the client already received this offset in a subscribe reply.
+    /// Publication pushes for subscription `slot` (one, or a window's worth); `offset` is the
+    /// highest offset they carry. Dropped at drain time when the slot was unsubscribed or when the
+    /// client already received this offset in a subscribe reply.
     Publication {
         slot: u32,
         offset: u64,
         bytes: Bytes,
+        conflated: bool,
     },
     /// Another channel push (join, leave) for subscription `slot`.
     Push { slot: u32, bytes: Bytes },
@@ -38,10 +46,21 @@ impl OutItem {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
+    /// Queued after dropping this many superseded publications of the same conflated subscription.
+    Superseded(usize),
     /// This push overflowed the bound: the connection must be closed as slow.
     Overflowed,
     /// Already overflowed or closed; the item was dropped.
     Dropped,
+}
+
+/// What one drain hands to the connection task.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    pub bytes: usize,
+    pub overflowed: bool,
+    /// Conflated subscriptions that lost values and need the latest value of every key.
+    pub resync: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -50,6 +69,7 @@ struct State {
     bytes: usize,
     overflowed: bool,
     closed: bool,
+    resync: Vec<u32>,
 }
 
 pub struct Outbox {
@@ -58,16 +78,26 @@ pub struct Outbox {
     max_bytes: usize,
     /// Node-wide gauge of queued bytes.
     gauge: Gauge,
+    /// Node-wide budget (0: none). The sweeper sheds the largest outboxes above it; as a backstop
+    /// between sweeps, an outbox that is already behind cannot take the node past twice the budget.
+    budget: usize,
 }
 
 impl Outbox {
-    pub fn new(max_bytes: usize, gauge: Gauge) -> Outbox {
+    pub fn new(max_bytes: usize, gauge: Gauge, budget: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             max_bytes,
             gauge,
+            budget,
         }
+    }
+
+    fn over_node_budget(&self, queued: usize, cost: usize) -> bool {
+        self.budget > 0
+            && queued > 0
+            && self.gauge.get().max(0) as usize + cost > self.budget.saturating_mul(2)
     }
 
     pub fn push(&self, item: OutItem) -> Pushed {
@@ -76,9 +106,33 @@ impl Outbox {
         if state.overflowed || state.closed {
             return Pushed::Dropped;
         }
+        let mut superseded = 0;
         // Control commands always fit: they must reach the connection even when it is full.
-        if !matches!(item, OutItem::Control(_)) && state.bytes + cost > self.max_bytes {
-            state.overflowed = true;
+        let is_control = matches!(item, OutItem::Control(_));
+        if !is_control && state.bytes + cost > self.max_bytes {
+            if let OutItem::Publication {
+                slot,
+                conflated: true,
+                ..
+            } = &item
+            {
+                let slot = *slot;
+                let before = state.items.len();
+                state.items.retain(|queued| {
+                    !matches!(queued, OutItem::Publication { slot: s, conflated: true, .. } if *s == slot)
+                });
+                superseded = before - state.items.len();
+                let remaining: usize = state.items.iter().map(OutItem::cost).sum();
+                self.gauge.dec_by((state.bytes - remaining) as i64);
+                state.bytes = remaining;
+                if !state.resync.contains(&slot) {
+                    state.resync.push(slot);
+                }
+            }
+        }
+        let over_connection = state.bytes + cost > self.max_bytes;
+        if !is_control && (over_connection || self.over_node_budget(state.bytes, cost)) {
+            self.mark_slow(&mut state);
             drop(state);
             self.notify.notify_one();
             return Pushed::Overflowed;
@@ -89,14 +143,18 @@ impl Outbox {
         state.items.push_back(item);
         drop(state);
         // The connection task drains everything on one wake-up, so later pushes need no extra wake.
-        if was_empty {
+        if was_empty || superseded > 0 {
             self.notify.notify_one();
         }
-        Pushed::Queued
+        if superseded > 0 {
+            Pushed::Superseded(superseded)
+        } else {
+            Pushed::Queued
+        }
     }
 
-    /// Moves everything queued into `into`; returns the drained byte count and whether the outbox overflowed.
-    pub fn drain(&self, into: &mut VecDeque<OutItem>) -> (usize, bool) {
+    /// Moves everything queued into `into`.
+    pub fn drain(&self, into: &mut VecDeque<OutItem>) -> Drained {
         let mut state = self.state.lock();
         let bytes = std::mem::take(&mut state.bytes);
         self.gauge.dec_by(bytes as i64);
@@ -105,7 +163,31 @@ impl Outbox {
         } else {
             into.extend(state.items.drain(..));
         }
-        (bytes, state.overflowed)
+        Drained {
+            bytes,
+            overflowed: state.overflowed,
+            resync: std::mem::take(&mut state.resync),
+        }
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+
+    /// Marks the connection as a slow consumer (node-wide budget exceeded); its task closes it.
+    pub fn force_slow(&self) {
+        let mut state = self.state.lock();
+        self.mark_slow(&mut state);
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// A slow connection will be closed: what it queued will never be sent, so the memory is
+    /// released now rather than when its task (possibly stuck in a write) gets to run.
+    fn mark_slow(&self, state: &mut State) {
+        state.overflowed = true;
+        state.items = VecDeque::new();
+        self.gauge.dec_by(std::mem::take(&mut state.bytes) as i64);
     }
 
     /// Stops accepting items (the connection is going away) and returns the bytes still queued.
@@ -132,31 +214,70 @@ mod tests {
             slot: 0,
             offset: 0,
             bytes: Bytes::from(vec![b'x'; len]),
+            conflated: false,
+        }
+    }
+
+    fn conflated(slot: u32, len: usize) -> OutItem {
+        OutItem::Publication {
+            slot,
+            offset: 0,
+            bytes: Bytes::from(vec![b'x'; len]),
+            conflated: true,
         }
     }
 
     #[test]
     fn overflow_marks_slow_and_drops_after() {
-        let outbox = Outbox::new(100, Gauge::default());
+        let gauge = Gauge::default();
+        let outbox = Outbox::new(100, gauge.clone(), 0);
         assert_eq!(outbox.push(publication(60)), Pushed::Queued);
         assert_eq!(outbox.push(publication(60)), Pushed::Overflowed);
         assert_eq!(outbox.push(publication(1)), Pushed::Dropped);
+        assert_eq!(
+            gauge.get(),
+            0,
+            "a slow connection's queue is released at once"
+        );
         let mut items = VecDeque::new();
-        let (bytes, overflowed) = outbox.drain(&mut items);
-        assert_eq!((bytes, overflowed, items.len()), (60, true, 1));
+        let drained = outbox.drain(&mut items);
+        assert_eq!(
+            (drained.bytes, drained.overflowed, items.len()),
+            (0, true, 0)
+        );
     }
 
     #[test]
     fn drain_empties_and_resets_the_byte_count() {
-        let outbox = Outbox::new(100, Gauge::default());
+        let outbox = Outbox::new(100, Gauge::default(), 0);
         for _ in 0..3 {
             outbox.push(publication(30));
         }
         let mut items = VecDeque::new();
-        assert_eq!(outbox.drain(&mut items), (90, false));
+        assert_eq!(outbox.drain(&mut items).bytes, 90);
         assert_eq!(items.len(), 3);
         assert_eq!(outbox.push(publication(90)), Pushed::Queued);
         assert_eq!(outbox.close(), 90);
         assert_eq!(outbox.push(publication(1)), Pushed::Dropped);
+    }
+
+    #[test]
+    fn conflated_overflow_supersedes_instead_of_disconnecting() {
+        let gauge = Gauge::default();
+        let outbox = Outbox::new(100, gauge.clone(), 0);
+        assert_eq!(outbox.push(conflated(1, 40)), Pushed::Queued);
+        assert_eq!(outbox.push(conflated(2, 20)), Pushed::Queued);
+        assert_eq!(outbox.push(conflated(1, 40)), Pushed::Queued);
+        // Slot 1's two queued values are superseded; slot 2's value stays.
+        assert_eq!(outbox.push(conflated(1, 40)), Pushed::Superseded(2));
+        assert_eq!(gauge.get(), 60);
+        let mut items = VecDeque::new();
+        let drained = outbox.drain(&mut items);
+        assert!(!drained.overflowed);
+        assert_eq!(drained.resync, vec![1]);
+        assert_eq!(items.len(), 2);
+        // A plain item that cannot fit still overflows.
+        outbox.push(conflated(1, 90));
+        assert_eq!(outbox.push(publication(20)), Pushed::Overflowed);
     }
 }

@@ -20,6 +20,13 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket has refilled completely (it then remembers nothing worth keeping).
+    pub fn is_full(&self, now: Instant) -> bool {
+        self.rate == 0.0
+            || self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * self.rate
+                >= self.burst
+    }
+
     pub fn take(&mut self, now: Instant) -> bool {
         if self.rate == 0.0 {
             return true;

@@ -108,13 +108,24 @@ impl Server {
     }
 }
 
-/// Periodic housekeeping: forget idle history streams.
+/// Periodic housekeeping: enforce the node-wide outbox budget (often), forget idle history streams
+/// and full per-IP buckets (every minute).
 async fn sweeper(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = node.shutdown.cancelled() => return,
-            _ = tick.tick() => node.broker.sweep(node.config.channel.history_meta_ttl),
+            _ = tick.tick() => {}
+        }
+        node.hub.shed_slowest(node.config.client.outbox_budget);
+        ticks += 1;
+        if ticks % 600 == 0 {
+            node.broker.sweep(node.config.channel.history_meta_ttl);
+            let now = Instant::now();
+            node.ip_buckets
+                .lock()
+                .retain(|_, bucket| !bucket.is_full(now));
         }
     }
 }

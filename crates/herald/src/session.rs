@@ -151,6 +151,10 @@ impl Session {
     pub async fn run(mut self) {
         let close = self.serve().await;
         self.node.metrics.disconnect(close.label);
+        if close.code == Disconnect::SLOW.code {
+            // Nothing more is written to a peer that does not read, apart from the close frame.
+            self.pending.clear();
+        }
         if !close.silent {
             // Replies to the commands before the one that ended the session still go out first.
             if self.flush().await.is_err() {
@@ -356,8 +360,8 @@ impl Session {
             return Ok(());
         };
         let mut items = std::mem::take(&mut self.drained);
-        let (_, overflowed) = handle.outbox.drain(&mut items);
-        if overflowed {
+        let drained = handle.outbox.drain(&mut items);
+        if drained.overflowed {
             return Err(Disconnect::SLOW.into());
         }
         let mut result = Ok(());
@@ -367,6 +371,7 @@ impl Session {
                     slot,
                     offset,
                     bytes,
+                    ..
                 } => match self.slots.get(&slot) {
                     Some(&seen) if offset == 0 || offset > seen => self.queue(bytes),
                     _ => {}
@@ -386,7 +391,39 @@ impl Session {
         }
         items.clear();
         self.drained = items;
+        if result.is_ok() {
+            // After what was still queued: the snapshot is newer than any of it.
+            for slot in drained.resync {
+                self.resync(slot).await;
+            }
+        }
         result
+    }
+
+    /// A conflated subscription lost superseded values to its full outbox: send the latest value of
+    /// every key instead, so the client ends up with the current state.
+    async fn resync(&mut self, slot: u32) {
+        let Some(channel) = self
+            .subs
+            .iter()
+            .find(|(_, s)| s.slot == slot)
+            .map(|(c, _)| c.clone())
+        else {
+            return;
+        };
+        match self.node.broker.latest(&channel).await {
+            Ok((latest, _)) => {
+                for publication in latest {
+                    self.queue(herald_protocol::encode_publication_push(
+                        &channel,
+                        &publication,
+                    ));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%channel, error = %e, "resync of a conflated subscription failed")
+            }
+        }
     }
 
     async fn handle_control(&mut self, control: Control) -> Result<(), Close> {
@@ -573,6 +610,13 @@ impl Session {
                 (personal_channel(&self.user), SubscribeParams::default()),
             );
         }
+        let per_user = client_config.connections_per_user;
+        if per_user > 0
+            && !self.user.is_empty()
+            && node.hub.user_connection_count(&self.user) >= per_user
+        {
+            return Err(Disconnect::CONNECTION_LIMIT.into());
+        }
         let handle = Arc::new(SessionHandle {
             seq: node.next_seq(),
             client: uuid::Uuid::new_v4().to_string(),
@@ -580,6 +624,7 @@ impl Session {
             outbox: Outbox::new(
                 client_config.max_outbox_bytes,
                 node.metrics.outbox_bytes.clone(),
+                client_config.outbox_budget,
             ),
         });
         node.hub.add_session(handle.clone());
@@ -724,48 +769,34 @@ impl Session {
         };
         if let Some(history) = node.history_options(&ns) {
             let recoverable = ns.force_recovery || params.recoverable;
-            let positioned = recoverable || params.positioned;
+            let positioned = recoverable || params.positioned || ns.conflated();
             if positioned {
                 let since =
                     (params.recover && recoverable).then(|| herald_protocol::StreamPosition {
                         offset: params.offset,
                         epoch: params.epoch.clone(),
                     });
-                let query = HistoryQuery {
-                    since: since.clone(),
-                    limit: if since.is_some() { None } else { Some(0) },
-                    reverse: false,
+                let read = if ns.conflated() {
+                    self.conflated_start(channel, &ns, since.clone(), history)
+                        .await
+                } else {
+                    self.history_start(channel, since.clone(), history).await
                 };
-                let page = match node.broker.history(channel, &query, history).await {
-                    Ok(page) => {
-                        result.recovered = since.is_some();
-                        page
-                    }
-                    Err(crate::broker::BrokerError::Unrecoverable) => {
-                        let query = HistoryQuery {
-                            limit: Some(0),
-                            ..Default::default()
-                        };
-                        match node.broker.history(channel, &query, history).await {
-                            Ok(page) => page,
-                            Err(e) => {
-                                self.rollback_subscribe(channel, slot);
-                                return Err(broker_error(e));
-                            }
-                        }
-                    }
+                let (publications, position, recovered) = match read {
+                    Ok(read) => read,
                     Err(e) => {
                         self.rollback_subscribe(channel, slot);
                         return Err(broker_error(e));
                     }
                 };
-                self.slots.insert(slot, page.position.offset);
+                self.slots.insert(slot, position.offset);
+                result.recovered = recovered;
                 result.was_recovering = since.is_some();
                 result.recoverable = recoverable;
                 result.positioned = positioned;
-                result.offset = page.position.offset;
-                result.epoch = page.position.epoch;
-                result.publications = page.publications;
+                result.offset = position.offset;
+                result.epoch = position.epoch;
+                result.publications = publications;
             }
         }
         let info = self.info(params.chan_info);
@@ -798,6 +829,94 @@ impl Session {
             },
         );
         Ok(result)
+    }
+
+    /// Where a subscriber of a plain channel starts: the publications after `since` (recovery) or
+    /// just the stream position. Returns (publications, position, recovered).
+    async fn history_start(
+        &self,
+        channel: &str,
+        since: Option<herald_protocol::StreamPosition>,
+        history: crate::history::HistoryOptions,
+    ) -> Result<
+        (
+            Vec<Arc<herald_protocol::Publication>>,
+            herald_protocol::StreamPosition,
+            bool,
+        ),
+        crate::broker::BrokerError,
+    > {
+        let broker = &self.node.broker;
+        let recovering = since.is_some();
+        let query = HistoryQuery {
+            limit: if recovering { None } else { Some(0) },
+            since,
+            reverse: false,
+        };
+        match broker.history(channel, &query, history).await {
+            Ok(page) => Ok((page.publications, page.position, recovering)),
+            Err(crate::broker::BrokerError::Unrecoverable) => {
+                let query = HistoryQuery {
+                    limit: Some(0),
+                    ..Default::default()
+                };
+                let page = broker.history(channel, &query, history).await?;
+                Ok((Vec::new(), page.position, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Where a subscriber of a conflated channel starts: the latest value of every key — on a fresh
+    /// subscribe, and on recovery when history no longer covers the gap — or, when it does, only the
+    /// latest value of each key changed since `since`. Superseded values are never replayed, and the
+    /// state the client ends with is complete either way (so `recovered` is true when recovering).
+    async fn conflated_start(
+        &self,
+        channel: &str,
+        ns: &NamespaceOptions,
+        since: Option<herald_protocol::StreamPosition>,
+        history: crate::history::HistoryOptions,
+    ) -> Result<
+        (
+            Vec<Arc<herald_protocol::Publication>>,
+            herald_protocol::StreamPosition,
+            bool,
+        ),
+        crate::broker::BrokerError,
+    > {
+        let broker = &self.node.broker;
+        let recovering = since.is_some();
+        if recovering {
+            let query = HistoryQuery {
+                since,
+                limit: None,
+                reverse: false,
+            };
+            match broker.history(channel, &query, history).await {
+                Ok(page) => {
+                    let mut latest: indexmap::IndexMap<String, Arc<herald_protocol::Publication>> =
+                        indexmap::IndexMap::new();
+                    let mut unkeyed = Vec::new();
+                    for publication in page.publications {
+                        match crate::node::conflation_key(ns, &publication) {
+                            Some(key) => {
+                                latest.shift_remove(&key);
+                                latest.insert(key, publication);
+                            }
+                            None => unkeyed.push(publication),
+                        }
+                    }
+                    let mut publications: Vec<_> = latest.into_values().chain(unkeyed).collect();
+                    publications.sort_by_key(|p| p.offset);
+                    return Ok((publications, page.position, true));
+                }
+                Err(crate::broker::BrokerError::Unrecoverable) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let (latest, position) = broker.latest(channel).await?;
+        Ok((latest, position, recovering))
     }
 
     fn rollback_subscribe(&mut self, channel: &str, slot: u32) {

@@ -62,6 +62,10 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, role: Role) {
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                let send_buffer = node.config.client.send_buffer;
+                if send_buffer > 0 {
+                    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
+                }
                 let node = node.clone();
                 tokio::spawn(serve_connection(node, stream, peer, role));
             }
@@ -145,7 +149,7 @@ async fn route(
     let api_here = role != Role::Public;
     let clients_here = role != Role::Internal;
     match (req.method(), path.as_str()) {
-        (&Method::GET, WEBSOCKET_PATH) if clients_here => websocket(node, req),
+        (&Method::GET, WEBSOCKET_PATH) if clients_here => websocket(node, req, peer),
         (&Method::GET, "/health") => json_response(StatusCode::OK, &json!({})),
         (&Method::GET, "/ready") => {
             if node.ready.load(Ordering::Relaxed) && !node.shutdown.is_cancelled() {
@@ -307,7 +311,7 @@ impl Drop for ConnectionSlot {
     }
 }
 
-fn websocket(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
+fn websocket(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let headers = req.headers();
     let upgrade = headers
         .get(header::UPGRADE)
@@ -345,6 +349,14 @@ fn websocket(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain; charset=utf-8",
             "shutting down\n",
+        );
+    }
+    if !node.admit_ip(peer.ip()) {
+        refused(&node, "ip rate");
+        return respond(
+            StatusCode::TOO_MANY_REQUESTS,
+            "text/plain; charset=utf-8",
+            "too many new connections from this address (client.connection_rate_per_ip)\n",
         );
     }
     let max = node.config.client.max_connections;

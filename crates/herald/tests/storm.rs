@@ -1,0 +1,458 @@
+//! Storm control through real sockets: per-channel windows and conflation (frames counted), max
+//! rate, snapshot on subscribe, conflated recovery, slow consumers, the node-wide outbox budget,
+//! and inbound connection limits.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::*;
+use tokio_websockets::Message;
+
+/// A namespace for storm tests: history (needed by conflation), client subscribe, no join/leave noise.
+fn storm_namespace(name: &str) -> herald::config::NamespaceOptions {
+    herald::config::NamespaceOptions {
+        name: name.into(),
+        history_size: 1000,
+        history_ttl: Duration::from_secs(300),
+        allow_subscribe_for_client: true,
+        ..Default::default()
+    }
+}
+
+async fn quiet_server(change: impl FnOnce(&mut herald::config::Config)) -> TestServer {
+    TestServer::with(|c| {
+        c.channel.without_namespace.join_leave = false;
+        c.channel.without_namespace.force_push_join_leave = false;
+        change(c);
+    })
+    .await
+}
+
+/// Reads one WebSocket frame and returns the messages it carries (answers pings on the way).
+async fn next_frame(client: &mut Client, wait: Duration) -> Option<Vec<Value>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let message = tokio::time::timeout_at(deadline, client.ws.next())
+            .await
+            .ok()??
+            .ok()?;
+        let text = message.as_text()?.to_string();
+        if text == "{}" {
+            client.ws.send(Message::text("{}")).await.ok()?;
+            continue;
+        }
+        return Some(
+            text.split('\n')
+                .map(|l| serde_json::from_str(l).expect("JSON line"))
+                .collect(),
+        );
+    }
+}
+
+async fn publish(server: &TestServer, channel: &str, data: Value) {
+    let raw = serde_json::value::RawValue::from_string(data.to_string()).unwrap();
+    server
+        .node()
+        .publish(channel, raw, None, Default::default(), "test")
+        .await
+        .unwrap();
+}
+
+fn pub_data(message: &Value) -> &Value {
+    &message["push"]["pub"]["data"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_map_100_devices_to_100_viewers_costs_one_frame_per_window() {
+    let server = quiet_server(|c| {
+        c.channel.namespaces.push(herald::config::NamespaceOptions {
+            batch_window: Duration::from_secs(1),
+            conflation_key: "/device".into(),
+            ..storm_namespace("fleet")
+        })
+    })
+    .await;
+    let mut viewers = Vec::new();
+    for i in 0..100 {
+        let mut viewer = server.client(&format!("viewer{i}")).await;
+        viewer.subscribe("fleet:positions").await;
+        viewers.push(viewer);
+    }
+    let frames_before = metric(&server.metrics().await, "herald_frames_out_total");
+    // 100 devices at 1 Hz for 3 seconds, spread evenly over each second.
+    let node_server = &server;
+    let rounds = 3;
+    for round in 0..rounds {
+        for device in 0..100 {
+            publish(
+                node_server,
+                "fleet:positions",
+                json!({"device": format!("d{device}"), "lat": round, "lon": device}),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let frames = metric(&server.metrics().await, "herald_frames_out_total") - frames_before;
+    // Without windows: 300 publications x 100 viewers = 30,000 frames. With a 1 s window: about one
+    // frame per viewer per second (plus the first, sent at once).
+    assert!(
+        frames <= 100.0 * 6.0,
+        "{frames} frames for 100 viewers over ~4 s"
+    );
+    assert!(
+        frames >= 100.0 * 3.0,
+        "{frames} frames: every viewer got every window"
+    );
+    // Every viewer ends with the last position of every device.
+    for viewer in viewers.iter_mut().take(5) {
+        let mut last = std::collections::HashMap::new();
+        while let Some(frame) = next_frame(viewer, Duration::from_millis(200)).await {
+            for message in frame {
+                let data = pub_data(&message);
+                last.insert(
+                    data["device"].as_str().unwrap().to_string(),
+                    data["lat"].as_i64().unwrap(),
+                );
+            }
+        }
+        assert_eq!(last.len(), 100);
+        assert!(
+            last.values().all(|lat| *lat == rounds - 1),
+            "latest round for every device"
+        );
+    }
+}
+
+#[tokio::test]
+async fn conflation_delivers_only_the_latest_value_per_key_in_a_window() {
+    let server = quiet_server(|c| {
+        c.channel.namespaces.push(herald::config::NamespaceOptions {
+            batch_window: Duration::from_millis(300),
+            conflation_key: "/sym".into(),
+            ..storm_namespace("quotes")
+        })
+    })
+    .await;
+    let mut client = server.client("alice").await;
+    client.subscribe("quotes:all").await;
+    publish(&server, "quotes:all", json!({"sym": "W", "px": 0})).await;
+    let first = next_frame(&mut client, WAIT).await.unwrap();
+    assert_eq!(
+        first.len(),
+        1,
+        "the first publication after a quiet period goes out at once"
+    );
+    for (sym, px) in [("A", 1), ("B", 1), ("A", 2), ("A", 3), ("B", 2)] {
+        publish(&server, "quotes:all", json!({"sym": sym, "px": px})).await;
+    }
+    let frame = next_frame(&mut client, WAIT).await.unwrap();
+    let values: Vec<(String, i64)> = frame
+        .iter()
+        .map(|m| {
+            (
+                pub_data(m)["sym"].as_str().unwrap().to_string(),
+                pub_data(m)["px"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        values,
+        vec![("A".to_string(), 3), ("B".to_string(), 2)],
+        "one frame, latest per key, in offset order"
+    );
+    assert!(next_frame(&mut client, Duration::from_millis(500))
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn max_rate_defers_without_losing_in_order() {
+    let server = quiet_server(|c| {
+        c.channel.namespaces.push(herald::config::NamespaceOptions {
+            max_rate: 5,
+            ..storm_namespace("feed")
+        })
+    })
+    .await;
+    let mut client = server.client("alice").await;
+    client.subscribe("feed:x").await;
+    let started = Instant::now();
+    for n in 0..50 {
+        publish(&server, "feed:x", json!({"n": n})).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut seen = Vec::new();
+    let mut frames = 0;
+    while seen.len() < 50 {
+        let frame = next_frame(&mut client, WAIT)
+            .await
+            .expect("all publications arrive");
+        frames += 1;
+        seen.extend(frame.iter().map(|m| pub_data(m)["n"].as_i64().unwrap()));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(
+        seen,
+        (0..50).collect::<Vec<_>>(),
+        "deferred in order, nothing lost"
+    );
+    assert!(
+        f64::from(frames) <= elapsed * 5.0 + 2.0,
+        "{frames} frames in {elapsed:.2}s at max_rate 5"
+    );
+}
+
+#[tokio::test]
+async fn subscribe_snapshot_then_conflated_recovery() {
+    let server = quiet_server(|c| {
+        c.channel.namespaces.push(herald::config::NamespaceOptions {
+            conflation_key: "tag:symbol".into(),
+            force_recovery: true,
+            history_size: 5,
+            ..storm_namespace("md")
+        })
+    })
+    .await;
+    let tagged = |symbol: &str, px: i64| json!({"channel": "md:ticks", "data": {"px": px}, "tags": {"symbol": symbol}});
+    for (symbol, px) in [("AAPL", 1), ("MSFT", 1), ("AAPL", 2), ("GOOG", 1)] {
+        server.api_ok("publish", tagged(symbol, px)).await;
+    }
+    let mut client = server.client("alice").await;
+    let sub = client.subscribe("md:ticks").await;
+    let snapshot: Vec<(String, i64)> = sub["publications"]
+        .as_array()
+        .expect("snapshot in the subscribe reply")
+        .iter()
+        .map(|p| {
+            (
+                p["tags"]["symbol"].as_str().unwrap().to_string(),
+                p["data"]["px"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        snapshot,
+        vec![("MSFT".into(), 1), ("AAPL".into(), 2), ("GOOG".into(), 1)]
+    );
+    let (offset, epoch) = (
+        sub["offset"].as_u64().unwrap(),
+        sub["epoch"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(offset, 4);
+    drop(client);
+
+    // Missed while away: only the latest value of each changed key comes back.
+    for (symbol, px) in [("AAPL", 3), ("AAPL", 4), ("MSFT", 2)] {
+        server.api_ok("publish", tagged(symbol, px)).await;
+    }
+    let mut client = server.client("alice").await;
+    let reply = client
+        .call(
+            "subscribe",
+            json!({"channel": "md:ticks", "recover": true, "offset": offset, "epoch": epoch}),
+        )
+        .await;
+    let sub = &reply["subscribe"];
+    assert_eq!(sub["recovered"], true, "{reply}");
+    let recovered: Vec<i64> = sub["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"]["px"].as_i64().unwrap())
+        .collect();
+    assert_eq!(recovered, vec![4, 2], "AAPL 4 and MSFT 2, not AAPL 3");
+    let offset = sub["offset"].as_u64().unwrap();
+    drop(client);
+
+    // A gap larger than history (5): the whole snapshot instead, still a complete state.
+    for px in 10..20 {
+        server.api_ok("publish", tagged("GOOG", px)).await;
+    }
+    let mut client = server.client("alice").await;
+    let reply = client
+        .call(
+            "subscribe",
+            json!({"channel": "md:ticks", "recover": true, "offset": offset, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(reply["subscribe"]["recovered"], true, "{reply}");
+    let state: Vec<(String, i64)> = reply["subscribe"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["tags"]["symbol"].as_str().unwrap().to_string(),
+                p["data"]["px"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        state,
+        vec![("AAPL".into(), 4), ("MSFT".into(), 2), ("GOOG".into(), 19)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_of_a_conflated_channel_is_resynced_not_disconnected() {
+    let server = quiet_server(|c| {
+        c.client.max_outbox_bytes = 64 * 1024;
+        c.client.send_buffer = 16 * 1024;
+        c.client.pong_timeout = Duration::from_secs(30);
+        c.channel.namespaces.push(herald::config::NamespaceOptions {
+            conflation_key: "/key".into(),
+            ..storm_namespace("state")
+        })
+    })
+    .await;
+    let mut slow = server.client("slow").await;
+    slow.subscribe("state:big").await;
+    // The client reads nothing while 2,000 values of 10 KB (20 MB) are published over 5 keys.
+    let padding = "x".repeat(10_000);
+    for n in 0..2000 {
+        publish(
+            &server,
+            "state:big",
+            json!({"key": n % 5, "n": n, "pad": padding}),
+        )
+        .await;
+        if n % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let metrics = server.metrics().await;
+    assert!(
+        metric(&metrics, "herald_outbox_drops_total") > 0.0,
+        "superseded values were dropped"
+    );
+    // Now it reads: it must end with the latest value of every key, connected.
+    let mut last = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && !(0..5).all(|k| last.get(&k) == Some(&(1995 + k))) {
+        let Some(frame) = next_frame(&mut slow, Duration::from_secs(2)).await else {
+            break;
+        };
+        for message in frame {
+            let data = pub_data(&message);
+            last.insert(data["key"].as_i64().unwrap(), data["n"].as_i64().unwrap());
+        }
+    }
+    assert!(
+        (0..5).all(|k| last.get(&k) == Some(&(1995 + k))),
+        "latest value of every key: {last:?}"
+    );
+    slow.assert_alive().await;
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(&metrics, "herald_disconnects_total{reason=\"slow\"}"),
+        0.0
+    );
+}
+
+fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_stalled_clients_stay_within_the_node_budget() {
+    const CLIENTS: usize = 1000;
+    const BUDGET: usize = 16 << 20;
+    const SIZE: usize = 10_000;
+    let server = quiet_server(|c| {
+        c.client.max_outbox_bytes = 1 << 20;
+        c.client.outbox_budget = BUDGET;
+        c.client.send_buffer = 16 * 1024;
+        c.client.pong_timeout = Duration::from_secs(30);
+        c.channel.namespaces.push(storm_namespace("busy"));
+    })
+    .await;
+    let mut stalled = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let mut client = server.client(&format!("u{i}")).await;
+        client.subscribe("busy:room").await;
+        stalled.push(client);
+    }
+    let rss_before = vm_rss_kib();
+    let node = server.node().clone();
+    let padding = "x".repeat(SIZE);
+    let mut peak = 0i64;
+    // Unbounded, this would queue 1,000 x 3 MB of outbox.
+    for n in 0..300 {
+        publish(&server, "busy:room", json!({"n": n, "pad": padding})).await;
+        peak = peak.max(node.metrics.outbox_bytes.get());
+        if n % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bound = 2 * BUDGET + CLIENTS * (SIZE + 200);
+    assert!(
+        peak as usize <= bound,
+        "peak outbox bytes {peak} above {bound}"
+    );
+    assert!(
+        node.metrics.outbox_bytes.get() as usize <= BUDGET,
+        "after a sweep the node is within its budget"
+    );
+    let shed = metric(
+        &server.metrics().await,
+        "herald_disconnects_total{reason=\"slow\"}",
+    );
+    assert!(shed > 0.0, "the slowest connections were shed");
+    let rss_after = vm_rss_kib();
+    // Publications are shared between outboxes, so memory stays far below the logical queue size.
+    assert!(
+        rss_after.saturating_sub(rss_before) < 200 * 1024,
+        "RSS grew {} KiB",
+        rss_after.saturating_sub(rss_before)
+    );
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn connection_rate_per_ip_and_connections_per_user() {
+    let server = quiet_server(|c| {
+        c.client.connection_rate_per_ip = 1;
+        c.client.connection_burst_per_ip = 3;
+        c.client.connections_per_user = 2;
+    })
+    .await;
+    let mut alice1 = server.client("alice").await;
+    let mut alice2 = server.client("alice").await;
+    let mut alice3 = Client::open(&server.ws_url()).await;
+    alice3
+        .send(json!({"id": 1, "connect": {"token": token("alice")}}))
+        .await;
+    assert_eq!(
+        alice3.closed().await,
+        Closed::Code(3504, "connection limit".into())
+    );
+    alice1.assert_alive().await;
+    alice2.assert_alive().await;
+    let (status, _) = ws_handshake(server.addr).await;
+    assert_eq!(
+        status, 429,
+        "the fourth new connection within a second from one address"
+    );
+    let text = server.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "herald_connections_refused_total{reason=\"ip rate\"}"
+        ),
+        1.0
+    );
+}
