@@ -613,3 +613,27 @@ async def test_ping_pong_keeps_connection_alive(herald, sdk, channel_name, monke
     assert sub_events.count("subscribing") == 1, sub_events.history()
     await herald.publish(channel, {"still": "here"})
     assert (await sub_events.next("publication")).pub.data == {"still": "here"}
+
+
+# --------------------------------------------------------------------------------------------
+# storm control: a conflated channel's snapshot reaches the application through the real SDK
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.herald_config({"channel.namespaces.chat.conflation_key": "/sym", "channel.namespaces.chat.batch_window": "200ms"})
+async def test_conflated_channel_snapshot_and_windowed_updates(herald, sdk, channel_name):
+    channel = channel_name("quotes", ns="chat")
+    for sym, px in [("A", 1), ("B", 1), ("A", 2)]:
+        await herald.publish(channel, {"sym": sym, "px": px})
+    client, _ = await sdk("alice")
+    _, events, subscribed = await subscribe(client, channel)
+    snapshot = await events.take("publication", 2)
+    assert [ctx.pub.data for ctx in snapshot] == [{"sym": "B", "px": 1}, {"sym": "A", "px": 2}]
+    # Updates within one window are conflated: A's latest value only.
+    for sym, px in [("A", 3), ("A", 4), ("B", 2)]:
+        await herald.publish(channel, {"sym": sym, "px": px})
+    live = []
+    while len(live) < 2 or live[-1] != {"sym": "B", "px": 2}:
+        live.append((await events.next("publication")).pub.data)
+        assert len(live) <= 3, f"superseded values delivered: {live}"
+    assert {"sym": "A", "px": 4} in live and {"sym": "A", "px": 3} not in live[1:], live

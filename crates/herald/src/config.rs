@@ -264,7 +264,7 @@ impl Default for NamespaceOptions {
             max_rate: 0,
             conflation_key: String::new(),
             conflation_max_keys: 100_000,
-            window_max_bytes: 1 << 20,
+            window_max_bytes: 256 << 10,
         }
     }
 }
@@ -413,6 +413,12 @@ impl Config {
                 return Err(field(name, "must be greater than zero"));
             }
         }
+        if c.connection_rate_per_ip > 0 && c.connection_burst_per_ip == 0 {
+            return Err(field(
+                "client.connection_burst_per_ip",
+                "must be greater than zero when connection_rate_per_ip is set",
+            ));
+        }
         if c.command_rate > 0 && c.command_burst == 0 {
             return Err(field(
                 "client.command_burst",
@@ -446,8 +452,14 @@ impl Config {
                 ));
             }
             validate_namespace(&prefix, ns)?;
+            validate_window(&prefix, ns, c.max_outbox_bytes)?;
         }
         validate_namespace("channel.without_namespace", &self.channel.without_namespace)?;
+        validate_window(
+            "channel.without_namespace",
+            &self.channel.without_namespace,
+            c.max_outbox_bytes,
+        )?;
         Ok(())
     }
 
@@ -512,6 +524,24 @@ fn validate_namespace(prefix: &str, ns: &NamespaceOptions) -> Result<(), ConfigE
     }
     if ns.batch_window > Duration::from_secs(60) {
         return Err(field(format!("{prefix}.batch_window"), "at most 60s"));
+    }
+    Ok(())
+}
+
+/// A window is delivered to every subscriber at once, so it must fit an outbox with room to spare.
+fn validate_window(
+    prefix: &str,
+    ns: &NamespaceOptions,
+    max_outbox_bytes: usize,
+) -> Result<(), ConfigError> {
+    if !ns.delivery_interval().is_zero() && ns.window_max_bytes > max_outbox_bytes / 2 {
+        return Err(field(
+            format!("{prefix}.window_max_bytes"),
+            format!(
+                "{} is more than half of client.max_outbox_bytes ({max_outbox_bytes}): a full window would overflow every subscriber",
+                ns.window_max_bytes
+            ),
+        ));
     }
     Ok(())
 }

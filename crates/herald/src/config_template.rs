@@ -52,6 +52,18 @@ command_rate = 100
 command_burst = 200
 # Allow connect without a token (the user is empty).
 allow_anonymous = false
+# Most simultaneous connections of one user on this node; one more connect is closed with
+# 3504 connection limit (SDKs do not reconnect). Anonymous connections are not counted. 0: unlimited.
+connections_per_user = 0
+# New WebSocket connections per second from one IP address, and the burst above it (excess: HTTP
+# 429). The address is the TCP peer's: behind a reverse proxy, leave it at 0. 0: unlimited.
+connection_rate_per_ip = 0
+connection_burst_per_ip = 50
+# Bytes queued in all outboxes of this node together (1 GiB). Every 100 ms, above it, the
+# connections with the largest outboxes are closed as slow (3008) until the rest fits. 0: no budget.
+outbox_budget = 1073741824
+# Kernel send buffer per client socket in bytes (SO_SNDBUF); 0 keeps the kernel's autotuning.
+send_buffer = 0
 
 [client.token]
 # Connection and subscription tokens are JWTs. Configure at least one key source.
@@ -105,6 +117,20 @@ allow_history_for_client = false
 allow_history_for_anonymous = false
 # Channels "name#alice,bob" may be subscribed to by the listed users only.
 allow_user_limited_channels = false
+# Storm control (docs/storm-control.md). Deliver each channel's publications in windows: one frame
+# per interval, encoded once for all its subscribers on this node. The interval is the larger of
+# batch_window (at most "60s") and 1/max_rate (deliveries per second); "0s" and 0: one by one.
+batch_window = "0s"
+max_rate = 0
+# Latest-value conflation: a JSON pointer into the data ("/device") or a tag ("tag:symbol"); empty:
+# off. Needs history. Only the latest value per key is delivered per window, a subscribe gets the
+# latest value of every key, and a slow subscriber is resynced instead of disconnected.
+conflation_key = ""
+# Most keys remembered per conflated channel (the least recently updated is forgotten first).
+conflation_max_keys = 100000
+# A window whose estimated size reaches this many bytes is delivered early. On windowed channels
+# without conflation, keep it well below client.max_outbox_bytes.
+window_max_bytes = 262144
 
 # A namespace: channels named "chat:<anything>" use these options. Copy the block per namespace.
 # [[channel.namespaces]]
@@ -118,6 +144,15 @@ allow_user_limited_channels = false
 # allow_publish_for_subscriber = true
 # allow_presence_for_subscriber = true
 # allow_history_for_subscriber = true
+#
+# A live map: at most one frame per second, with the latest position of each device.
+# [[channel.namespaces]]
+# name = "fleet"
+# history_size = 1000
+# history_ttl = "1m"
+# allow_subscribe_for_client = true
+# batch_window = "1s"
+# conflation_key = "/device"
 "#;
 
 /// The template with placeholders replaced by the given secrets.

@@ -12,7 +12,7 @@ use crate::broker::{BrokerHandler, Control};
 use crate::channel::Namespaces;
 use crate::config::NamespaceOptions;
 use crate::metrics::Metrics;
-use crate::outbox::{OutItem, Outbox, Pushed};
+use crate::outbox::{OutItem, Outbox, Pushed, Segment};
 use bytes::Bytes;
 use herald_protocol::{encode_publication_push, encode_push, ClientInfo, Publication, PushBody};
 use indexmap::IndexMap;
@@ -58,14 +58,37 @@ struct WindowState {
 }
 
 impl WindowState {
-    fn take(&mut self) -> Vec<Arc<Publication>> {
+    /// The window's publications in offset order, and whether all of them are keyed (only then
+    /// may an overflowing outbox supersede them).
+    fn take(&mut self) -> (Vec<Arc<Publication>>, bool) {
+        let all_keyed = self.plain.is_empty();
         let mut batch = std::mem::take(&mut self.plain);
         batch.extend(std::mem::take(&mut self.keyed).into_values());
         batch.sort_by_key(|p| p.offset);
         self.bytes = 0;
-        batch
+        (batch, all_keyed)
     }
 }
+
+/// Estimated size of a publication's encoded push in a window.
+fn window_cost(channel: &str, publication: &Publication) -> usize {
+    let info = publication.info.as_ref().map_or(0, |i| {
+        i.user.len()
+            + i.client.len()
+            + i.conn_info.as_ref().map_or(0, |v| v.get().len())
+            + i.chan_info.as_ref().map_or(0, |v| v.get().len())
+            + 64
+    });
+    let tags: usize = publication
+        .tags
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 6)
+        .sum();
+    publication.data.get().len() + channel.len() + info + tags + 96
+}
+
+/// Largest item a window is cut into, so no single item outgrows an outbox.
+const MAX_WINDOW_ITEM: usize = 64 * 1024;
 
 struct ChannelEntry {
     subscribers: IndexMap<u64, Subscriber>,
@@ -214,30 +237,69 @@ impl Hub {
 
     /// Queues pre-encoded publication pushes (one publication, or a window's worth) for every
     /// subscriber. `offset` is the highest offset in `bytes`.
-    fn deliver(&self, channel: &str, offset: u64, bytes: Bytes, conflated: bool) {
+    fn deliver(
+        &self,
+        channel: &str,
+        offset: u64,
+        bytes: Bytes,
+        conflated: bool,
+        segments: Option<Arc<[Segment]>>,
+    ) {
         self.fan_out(channel, |sub| {
             Some(OutItem::Publication {
                 slot: sub.slot,
                 offset,
                 bytes: bytes.clone(),
                 conflated,
+                segments: segments.clone(),
             })
         });
     }
 
-    /// Encodes a window's publications once, newline-separated, and delivers them as one frame.
+    /// Encodes a window's publications once, newline-separated, and delivers them as shared items
+    /// of at most `MAX_WINDOW_ITEM` bytes (one frame each, unless a single publication is larger).
+    /// Each item records where every publication starts, so a subscriber that already has some of
+    /// them (from its subscribe reply) receives only the rest.
     fn deliver_batch(&self, channel: &str, batch: Vec<Arc<Publication>>, conflated: bool) {
-        let Some(offset) = batch.iter().map(|p| p.offset).max() else {
-            return;
-        };
-        let mut out = Vec::with_capacity(batch.iter().map(|p| p.data.get().len() + 96).sum());
+        let mut out: Vec<u8> = Vec::new();
+        let mut segments: Vec<Segment> = Vec::new();
         for publication in &batch {
+            let encoded = encode_publication_push(channel, publication);
+            if !out.is_empty() && out.len() + 1 + encoded.len() > MAX_WINDOW_ITEM {
+                let (full, parts) = (std::mem::take(&mut out), std::mem::take(&mut segments));
+                self.deliver_segments(channel, full, parts, conflated);
+            }
             if !out.is_empty() {
                 out.push(b'\n');
             }
-            out.extend_from_slice(&encode_publication_push(channel, publication));
+            let start = out.len() as u32;
+            out.extend_from_slice(&encoded);
+            segments.push(Segment {
+                offset: publication.offset,
+                start,
+                end: out.len() as u32,
+            });
         }
-        self.deliver(channel, offset, Bytes::from(out), conflated);
+        if !out.is_empty() {
+            self.deliver_segments(channel, out, segments, conflated);
+        }
+    }
+
+    fn deliver_segments(
+        &self,
+        channel: &str,
+        out: Vec<u8>,
+        segments: Vec<Segment>,
+        conflated: bool,
+    ) {
+        let offset = segments.iter().map(|s| s.offset).max().unwrap_or(0);
+        self.deliver(
+            channel,
+            offset,
+            Bytes::from(out),
+            conflated,
+            Some(segments.into()),
+        );
     }
 
     fn window_of(&self, channel: &str) -> Option<Option<Arc<Window>>> {
@@ -248,7 +310,8 @@ impl Hub {
     }
 
     /// Adds a publication to a channel's window; delivers early when the window is full, and
-    /// otherwise makes sure a flush is scheduled for the window's end.
+    /// otherwise makes sure a flush is scheduled for the window's end. Deliveries happen under the
+    /// window's lock, so an early and a scheduled delivery of one channel never overtake each other.
     fn add_to_window(
         &self,
         channel: &str,
@@ -258,19 +321,20 @@ impl Hub {
     ) {
         let now = Instant::now();
         let mut state = window.state.lock();
-        state.bytes += publication.data.get().len() + 96;
+        state.bytes += window_cost(channel, &publication);
         match key.filter(|_| window.conflated) {
             Some(key) => {
-                state.keyed.insert(key.to_string(), publication);
+                if let Some(replaced) = state.keyed.insert(key.to_string(), publication) {
+                    state.bytes -= window_cost(channel, &replaced);
+                }
             }
             None => state.plain.push(publication),
         }
         let due = state.last_flush.map_or(now, |at| at + window.interval);
         if state.bytes >= window.max_bytes || (due <= now && !state.scheduled) {
-            let batch = state.take();
+            let (batch, all_keyed) = state.take();
             state.last_flush = Some(now);
-            drop(state);
-            self.deliver_batch(channel, batch, window.conflated);
+            self.deliver_batch(channel, batch, window.conflated && all_keyed);
             return;
         }
         if !state.scheduled {
@@ -281,14 +345,12 @@ impl Hub {
             };
             tokio::spawn(async move {
                 tokio::time::sleep_until(due.into()).await;
-                let batch = {
-                    let mut state = window.state.lock();
-                    state.scheduled = false;
-                    state.last_flush = Some(Instant::now());
-                    state.take()
-                };
+                let mut state = window.state.lock();
+                state.scheduled = false;
+                state.last_flush = Some(Instant::now());
+                let (batch, all_keyed) = state.take();
                 if !batch.is_empty() {
-                    hub.deliver_batch(&channel, batch, window.conflated);
+                    hub.deliver_batch(&channel, batch, window.conflated && all_keyed);
                 }
             });
         }
@@ -367,7 +429,7 @@ impl Hub {
             .map(|h| (h.outbox.queued_bytes(), h.clone()))
             .filter(|(bytes, _)| *bytes > 0)
             .collect();
-        sizes.sort_by(|a, b| b.0.cmp(&a.0));
+        sizes.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
         let mut excess = total - budget;
         let mut shed = 0;
         for (bytes, handle) in sizes {
@@ -398,7 +460,7 @@ impl BrokerHandler for Hub {
             Some(Some(window)) => self.add_to_window(channel, window, publication, key),
             Some(None) => {
                 let bytes = encode_publication_push(channel, &publication);
-                self.deliver(channel, publication.offset, bytes, key.is_some());
+                self.deliver(channel, publication.offset, bytes, key.is_some(), None);
             }
         }
     }

@@ -83,6 +83,11 @@ impl Node {
         // distinct addresses is capped here.
         if buckets.len() >= 100_000 && !buckets.contains_key(&ip) {
             buckets.retain(|_, b| !b.is_full(now));
+            if buckets.len() >= 100_000 {
+                // Hard cap on the map: beyond it new addresses are admitted untracked (fail open),
+                // since refusing every new address would let a flood lock out everyone.
+                return true;
+            }
         }
         buckets
             .entry(ip)

@@ -27,6 +27,8 @@ pub enum OutItem {
         offset: u64,
         bytes: Bytes,
         conflated: bool,
+        /// For a window's worth: where each publication's push sits in `bytes`, in offset order.
+        segments: Option<std::sync::Arc<[Segment]>>,
     },
     /// Another channel push (join, leave) for subscription `slot`.
     Push { slot: u32, bytes: Bytes },
@@ -41,6 +43,14 @@ impl OutItem {
             OutItem::Control(_) => 64,
         }
     }
+}
+
+/// One publication push inside a window item: its offset and byte range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub offset: u64,
+    pub start: u32,
+    pub end: u32,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -75,6 +85,9 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
+    /// Signalled once when the connection is marked slow, so a write blocked on a full socket is
+    /// abandoned at once instead of at its timeout.
+    slow: Notify,
     max_bytes: usize,
     /// Node-wide gauge of queued bytes.
     gauge: Gauge,
@@ -88,6 +101,7 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            slow: Notify::new(),
             max_bytes,
             gauge,
             budget,
@@ -185,6 +199,7 @@ impl Outbox {
     /// A slow connection will be closed: what it queued will never be sent, so the memory is
     /// released now rather than when its task (possibly stuck in a write) gets to run.
     fn mark_slow(&self, state: &mut State) {
+        self.slow.notify_one();
         state.overflowed = true;
         state.items = VecDeque::new();
         self.gauge.dec_by(std::mem::take(&mut state.bytes) as i64);
@@ -203,6 +218,11 @@ impl Outbox {
     pub async fn wait(&self) {
         self.notify.notified().await
     }
+
+    /// Completes when the connection has been marked slow.
+    pub async fn slowed(&self) {
+        self.slow.notified().await
+    }
 }
 
 #[cfg(test)]
@@ -215,6 +235,7 @@ mod tests {
             offset: 0,
             bytes: Bytes::from(vec![b'x'; len]),
             conflated: false,
+            segments: None,
         }
     }
 
@@ -224,6 +245,7 @@ mod tests {
             offset: 0,
             bytes: Bytes::from(vec![b'x'; len]),
             conflated: true,
+            segments: None,
         }
     }
 

@@ -120,7 +120,7 @@ async fn sweeper(node: Arc<Node>) {
         }
         node.hub.shed_slowest(node.config.client.outbox_budget);
         ticks += 1;
-        if ticks % 600 == 0 {
+        if ticks.is_multiple_of(600) {
             node.broker.sweep(node.config.channel.history_meta_ttl);
             let now = Instant::now();
             node.ip_buckets

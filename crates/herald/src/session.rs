@@ -337,7 +337,17 @@ impl Session {
         let messages = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         let write_timeout = self.node.config.client.pong_timeout;
-        match timeout(write_timeout, self.ws.send_text(&messages, MAX_BATCH_BYTES)).await {
+        let handle = self.handle.clone();
+        let write = timeout(write_timeout, self.ws.send_text(&messages, MAX_BATCH_BYTES));
+        let written = tokio::select! {
+            written = write => written,
+            // Marked slow while this write waits on a full socket: give up now (the frame may be
+            // cut, so nothing more is written, not even a close frame).
+            _ = wait_slowed(handle.as_deref()) => {
+                return Err(Close { silent: true, ..Disconnect::SLOW.into() });
+            }
+        };
+        match written {
             Ok(Ok((bytes, frames))) => {
                 self.node.metrics.bytes_out.inc_by(bytes as u64);
                 self.node.metrics.frames_out.inc_by(frames as u64);
@@ -371,9 +381,25 @@ impl Session {
                     slot,
                     offset,
                     bytes,
+                    segments,
                     ..
                 } => match self.slots.get(&slot) {
-                    Some(&seen) if offset == 0 || offset > seen => self.queue(bytes),
+                    Some(&seen) if offset == 0 || offset > seen => match segments {
+                        // A window item that straddles what the subscribe reply already carried:
+                        // only the newer publications (zero-copy slices of the shared bytes).
+                        Some(segments)
+                            if segments
+                                .first()
+                                .is_some_and(|s| s.offset != 0 && s.offset <= seen) =>
+                        {
+                            for segment in segments.iter().filter(|s| s.offset > seen) {
+                                self.queue(
+                                    bytes.slice(segment.start as usize..segment.end as usize),
+                                );
+                            }
+                        }
+                        _ => self.queue(bytes),
+                    },
                     _ => {}
                 },
                 OutItem::Push { slot, bytes } => {
@@ -412,7 +438,11 @@ impl Session {
             return;
         };
         match self.node.broker.latest(&channel).await {
-            Ok((latest, _)) => {
+            Ok((latest, position)) => {
+                // Window items queued before this snapshot are older than it: skip them.
+                if let Some(seen) = self.slots.get_mut(&slot) {
+                    *seen = (*seen).max(position.offset);
+                }
                 for publication in latest {
                     self.queue(herald_protocol::encode_publication_push(
                         &channel,
@@ -887,6 +917,7 @@ impl Session {
     > {
         let broker = &self.node.broker;
         let recovering = since.is_some();
+        let since_epoch = since.as_ref().map(|s| s.epoch.clone());
         if recovering {
             let query = HistoryQuery {
                 since,
@@ -916,7 +947,10 @@ impl Session {
             }
         }
         let (latest, position) = broker.latest(channel).await?;
-        Ok((latest, position, recovering))
+        // The snapshot is a complete state of this stream; across an epoch change (history removed,
+        // streams restarted) the client's state may hold keys the stream no longer knows.
+        let same_stream = since_epoch.is_some_and(|epoch| epoch == position.epoch);
+        Ok((latest, position, recovering && same_stream))
     }
 
     fn rollback_subscribe(&mut self, channel: &str, slot: u32) {
@@ -1140,6 +1174,13 @@ enum Wake {
     Outbox,
     Readable,
     Timer,
+}
+
+async fn wait_slowed(handle: Option<&SessionHandle>) {
+    match handle {
+        Some(handle) => handle.outbox.slowed().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn wait_outbox(outbox: Option<&Outbox>) {

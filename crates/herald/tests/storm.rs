@@ -353,6 +353,9 @@ async fn slow_reader_of_a_conflated_channel_is_resynced_not_disconnected() {
     );
 }
 
+/// Tests that measure the process's RSS run one at a time, so they do not count each other.
+static MEMORY_MEASURED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn vm_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
@@ -368,6 +371,7 @@ fn vm_rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_stalled_clients_stay_within_the_node_budget() {
+    let _serial = MEMORY_MEASURED.lock().await;
     const CLIENTS: usize = 1000;
     const BUDGET: usize = 16 << 20;
     const SIZE: usize = 10_000;
@@ -455,4 +459,139 @@ async fn connection_rate_per_ip_and_connections_per_user() {
         ),
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_reader_on_a_busy_channel_is_closed_and_memory_stays_flat() {
+    let _serial = MEMORY_MEASURED.lock().await;
+    let server = quiet_server(|c| {
+        c.client.max_outbox_bytes = 1 << 20;
+        c.client.send_buffer = 16 * 1024;
+        c.channel.namespaces.push(herald::config::NamespaceOptions {
+            history_size: 10,
+            ..storm_namespace("busy")
+        })
+    })
+    .await;
+    let mut stuck = server.client("stuck").await;
+    stuck.subscribe("busy:feed").await;
+    let mut reader = server.client("reader").await;
+    reader.subscribe("busy:feed").await;
+    let padding = "x".repeat(10_000);
+    let rss_before = vm_rss_kib();
+    let mut rss_peak = rss_before;
+    // 30 MB through the channel while `stuck` reads nothing and `reader` keeps up.
+    for n in 0..3000 {
+        publish(&server, "busy:feed", json!({"n": n, "pad": padding})).await;
+        let publication = reader.publication("busy:feed").await;
+        assert_eq!(publication["data"]["n"], n);
+        if n % 250 == 0 {
+            rss_peak = rss_peak.max(vm_rss_kib());
+        }
+    }
+    let grown = rss_peak.saturating_sub(rss_before);
+    eprintln!("stuck reader: RSS before {rss_before} KiB, peak {rss_peak} KiB (+{grown} KiB)");
+    // Measured here: a few MB (outbox bound 1 MiB, history 10 x 10 KB, allocator slack).
+    assert!(
+        grown < 32 * 1024,
+        "RSS grew {grown} KiB while 30 MB passed a stuck client"
+    );
+    let text = server.metrics().await;
+    assert_eq!(
+        metric(&text, "herald_disconnects_total{reason=\"slow\"}"),
+        1.0,
+        "the stuck client was closed as slow"
+    );
+    assert_eq!(
+        server.node().hub.num_clients(),
+        1,
+        "only the reader is left"
+    );
+    drop(stuck);
+}
+
+#[tokio::test]
+async fn a_window_bigger_than_one_frame_reaches_a_reading_client_whole() {
+    let server = quiet_server(|c| {
+        c.client.max_outbox_bytes = 256 * 1024;
+        c.channel.namespaces.push(herald::config::NamespaceOptions {
+            batch_window: Duration::from_millis(500),
+            window_max_bytes: 128 * 1024,
+            ..storm_namespace("bulk")
+        })
+    })
+    .await;
+    let mut client = server.client("alice").await;
+    client
+        .subscribe("bulk:a-rather-long-channel-name-for-the-size-estimate")
+        .await;
+    let padding = "x".repeat(10_000);
+    // The first goes out at once; the next 20 (200 KB) fill one window beyond a 64 KiB frame.
+    for n in 0..21 {
+        publish(
+            &server,
+            "bulk:a-rather-long-channel-name-for-the-size-estimate",
+            json!({"n": n, "pad": padding}),
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 21 {
+        let frame = next_frame(&mut client, WAIT)
+            .await
+            .expect("the whole window arrives");
+        seen.extend(frame.iter().map(|m| pub_data(m)["n"].as_i64().unwrap()));
+    }
+    assert_eq!(seen, (0..21).collect::<Vec<_>>());
+    client.assert_alive().await;
+    let e = herald::config::Config::load(
+        None,
+        std::iter::empty(),
+        &[
+            "client.max_outbox_bytes=100000".into(),
+            "channel.without_namespace.batch_window=\"1s\"".into(),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("channel.without_namespace.window_max_bytes:"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_joining_mid_window_gets_only_what_its_reply_lacked() {
+    let server = quiet_server(|c| {
+        c.channel.namespaces.push(herald::config::NamespaceOptions {
+            batch_window: Duration::from_millis(400),
+            force_recovery: true,
+            ..storm_namespace("win")
+        })
+    })
+    .await;
+    let mut early = server.client("early").await;
+    early.subscribe("win:c").await;
+    publish(&server, "win:c", json!({"n": 1})).await; // goes out at once
+    publish(&server, "win:c", json!({"n": 2})).await; // waits in the window
+    publish(&server, "win:c", json!({"n": 3})).await;
+    let mut late = server.client("late").await;
+    let sub = late.subscribe("win:c").await;
+    assert_eq!(
+        sub["offset"], 3,
+        "the reply's position already covers 2 and 3"
+    );
+    publish(&server, "win:c", json!({"n": 4})).await; // same window as 2 and 3
+    let frame = next_frame(&mut late, WAIT).await.unwrap();
+    let got: Vec<i64> = frame
+        .iter()
+        .map(|m| pub_data(m)["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, vec![4], "no duplicates of 2 and 3");
+    let mut all = Vec::new();
+    while all.len() < 4 {
+        let frame = next_frame(&mut early, WAIT).await.unwrap();
+        all.extend(frame.iter().map(|m| pub_data(m)["n"].as_i64().unwrap()));
+    }
+    assert_eq!(all, vec![1, 2, 3, 4]);
 }
