@@ -93,6 +93,9 @@ pub struct ClientConfig {
     pub max_channels: usize,
     /// Bytes queued for one connection before it is disconnected as a slow consumer.
     pub max_outbox_bytes: usize,
+    /// Items queued for one connection before the same overflow policy applies (many tiny
+    /// messages cost more than their bytes).
+    pub max_outbox_messages: usize,
     /// Sustained commands per second per connection (token bucket); 0 disables the limit.
     pub command_rate: u32,
     /// Burst of commands allowed above the sustained rate.
@@ -125,6 +128,7 @@ impl Default for ClientConfig {
             max_commands_per_frame: 100,
             max_channels: 128,
             max_outbox_bytes: 1 << 20,
+            max_outbox_messages: 10_000,
             command_rate: 100,
             command_burst: 200,
             allow_anonymous: false,
@@ -407,6 +411,7 @@ impl Config {
             ("client.max_commands_per_frame", c.max_commands_per_frame),
             ("client.max_channels", c.max_channels),
             ("client.max_outbox_bytes", c.max_outbox_bytes),
+            ("client.max_outbox_messages", c.max_outbox_messages),
             ("channel.max_length", self.channel.max_length),
         ] {
             if value == 0 {

@@ -46,6 +46,8 @@ max_commands_per_frame = 100
 max_channels = 128
 # Bytes queued for one connection before it is closed as a slow consumer (3008 slow).
 max_outbox_bytes = 1048576
+# Items queued for one connection before the same overflow policy applies.
+max_outbox_messages = 10000
 # Sustained commands per second per connection and the burst above it (excess: error 111);
 # command_rate = 0 disables the limit.
 command_rate = 100

@@ -84,6 +84,7 @@ struct State {
 
 pub struct Outbox {
     state: Mutex<State>,
+    max_items: usize,
     notify: Notify,
     /// Signalled once when the connection is marked slow, so a write blocked on a full socket is
     /// abandoned at once instead of at its timeout.
@@ -97,9 +98,10 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(max_bytes: usize, gauge: Gauge, budget: usize) -> Outbox {
+    pub fn new(max_bytes: usize, max_items: usize, gauge: Gauge, budget: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
+            max_items,
             notify: Notify::new(),
             slow: Notify::new(),
             max_bytes,
@@ -123,7 +125,10 @@ impl Outbox {
         let mut superseded = 0;
         // Control commands always fit: they must reach the connection even when it is full.
         let is_control = matches!(item, OutItem::Control(_));
-        if !is_control && state.bytes + cost > self.max_bytes {
+        let full = |state: &State| {
+            state.bytes + cost > self.max_bytes || state.items.len() >= self.max_items
+        };
+        if !is_control && full(&state) {
             if let OutItem::Publication {
                 slot,
                 conflated: true,
@@ -144,7 +149,7 @@ impl Outbox {
                 }
             }
         }
-        let over_connection = state.bytes + cost > self.max_bytes;
+        let over_connection = full(&state);
         if !is_control && (over_connection || self.over_node_budget(state.bytes, cost)) {
             self.mark_slow(&mut state);
             drop(state);
@@ -252,7 +257,7 @@ mod tests {
     #[test]
     fn overflow_marks_slow_and_drops_after() {
         let gauge = Gauge::default();
-        let outbox = Outbox::new(100, gauge.clone(), 0);
+        let outbox = Outbox::new(100, 1000, gauge.clone(), 0);
         assert_eq!(outbox.push(publication(60)), Pushed::Queued);
         assert_eq!(outbox.push(publication(60)), Pushed::Overflowed);
         assert_eq!(outbox.push(publication(1)), Pushed::Dropped);
@@ -271,7 +276,7 @@ mod tests {
 
     #[test]
     fn drain_empties_and_resets_the_byte_count() {
-        let outbox = Outbox::new(100, Gauge::default(), 0);
+        let outbox = Outbox::new(100, 1000, Gauge::default(), 0);
         for _ in 0..3 {
             outbox.push(publication(30));
         }
@@ -286,7 +291,7 @@ mod tests {
     #[test]
     fn conflated_overflow_supersedes_instead_of_disconnecting() {
         let gauge = Gauge::default();
-        let outbox = Outbox::new(100, gauge.clone(), 0);
+        let outbox = Outbox::new(100, 1000, gauge.clone(), 0);
         assert_eq!(outbox.push(conflated(1, 40)), Pushed::Queued);
         assert_eq!(outbox.push(conflated(2, 20)), Pushed::Queued);
         assert_eq!(outbox.push(conflated(1, 40)), Pushed::Queued);
@@ -301,5 +306,14 @@ mod tests {
         // A plain item that cannot fit still overflows.
         outbox.push(conflated(1, 90));
         assert_eq!(outbox.push(publication(20)), Pushed::Overflowed);
+    }
+
+    #[test]
+    fn the_item_count_is_bounded_too() {
+        let outbox = Outbox::new(1 << 20, 3, Gauge::default(), 0);
+        for _ in 0..3 {
+            assert_eq!(outbox.push(publication(1)), Pushed::Queued);
+        }
+        assert_eq!(outbox.push(publication(1)), Pushed::Overflowed);
     }
 }

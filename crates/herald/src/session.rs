@@ -653,6 +653,7 @@ impl Session {
             user: self.user.clone(),
             outbox: Outbox::new(
                 client_config.max_outbox_bytes,
+                client_config.max_outbox_messages,
                 node.metrics.outbox_bytes.clone(),
                 client_config.outbox_budget,
             ),
