@@ -306,19 +306,20 @@ impl Session {
             .collect();
         for channel in expired {
             self.unsubscribe_channel(&channel).await;
-            let code = UnsubscribeCode::EXPIRED;
-            let mut out = Vec::new();
-            encode_push(
-                &channel,
-                &PushBody::Unsubscribe {
-                    code: code.code,
-                    reason: code.reason,
-                },
-                &mut out,
-            );
-            self.queue(Bytes::from(out));
+            self.queue_unsubscribe(&channel, UnsubscribeCode::EXPIRED);
         }
         Ok(())
+    }
+
+    /// Tells the client the server ended its subscription to `channel`.
+    fn queue_unsubscribe(&mut self, channel: &str, code: UnsubscribeCode) {
+        let mut out = Vec::new();
+        let body = PushBody::Unsubscribe {
+            code: code.code,
+            reason: code.reason,
+        };
+        encode_push(channel, &body, &mut out);
+        self.queue(Bytes::from(out));
     }
 
     fn queue(&mut self, message: Bytes) {
@@ -483,17 +484,7 @@ impl Session {
             }
             Control::Unsubscribe { channel, .. } => {
                 if self.unsubscribe_channel(&channel).await {
-                    let code = UnsubscribeCode::SERVER;
-                    let mut out = Vec::new();
-                    encode_push(
-                        &channel,
-                        &PushBody::Unsubscribe {
-                            code: code.code,
-                            reason: code.reason,
-                        },
-                        &mut out,
-                    );
-                    self.queue(Bytes::from(out));
+                    self.queue_unsubscribe(&channel, UnsubscribeCode::SERVER);
                 }
                 Ok(())
             }

@@ -60,6 +60,19 @@ async fn publish(server: &TestServer, channel: &str, data: Value) {
         .unwrap();
 }
 
+/// (symbol tag, price) of each publication, in order.
+fn symbol_prices(publications: &[Value]) -> Vec<(String, i64)> {
+    publications
+        .iter()
+        .map(|p| {
+            (
+                p["tags"]["symbol"].as_str().unwrap().to_string(),
+                p["data"]["px"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 fn pub_data(message: &Value) -> &Value {
     &message["push"]["pub"]["data"]
 }
@@ -225,15 +238,8 @@ async fn subscribe_snapshot_then_conflated_recovery() {
     let sub = client.subscribe("md:ticks").await;
     let snapshot: Vec<(String, i64)> = sub["publications"]
         .as_array()
-        .expect("snapshot in the subscribe reply")
-        .iter()
-        .map(|p| {
-            (
-                p["tags"]["symbol"].as_str().unwrap().to_string(),
-                p["data"]["px"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+        .map(|pubs| symbol_prices(pubs))
+        .expect("publications in the subscribe reply");
     assert_eq!(
         snapshot,
         vec![("MSFT".into(), 1), ("AAPL".into(), 2), ("GOOG".into(), 1)]
@@ -282,15 +288,8 @@ async fn subscribe_snapshot_then_conflated_recovery() {
     assert_eq!(reply["subscribe"]["recovered"], true, "{reply}");
     let state: Vec<(String, i64)> = reply["subscribe"]["publications"]
         .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["tags"]["symbol"].as_str().unwrap().to_string(),
-                p["data"]["px"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+        .map(|pubs| symbol_prices(pubs))
+        .expect("publications in the subscribe reply");
     assert_eq!(
         state,
         vec![("AAPL".into(), 4), ("MSFT".into(), 2), ("GOOG".into(), 19)]
