@@ -505,3 +505,57 @@ impl BrokerHandler for Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ChannelConfig;
+    use bytes::Bytes;
+
+    fn session(hub: &Hub, metrics: &Metrics, seq: u64, queued: usize) -> Arc<SessionHandle> {
+        let handle = Arc::new(SessionHandle {
+            seq,
+            client: format!("c{seq}"),
+            user: format!("u{seq}"),
+            outbox: Outbox::new(1 << 20, 10_000, metrics.outbox_bytes.clone(), 0),
+        });
+        let item = OutItem::Push {
+            slot: 1,
+            bytes: Bytes::from(vec![b'x'; queued]),
+        };
+        assert_eq!(handle.outbox.push(item), Pushed::Queued);
+        hub.add_session(handle.clone());
+        handle
+    }
+
+    #[test]
+    fn the_budget_sheds_the_largest_outboxes_first() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(
+            metrics.clone(),
+            Arc::new(Namespaces::new(&ChannelConfig::default())),
+        );
+        let small = session(&hub, &metrics, 1, 10_000);
+        let medium = session(&hub, &metrics, 2, 50_000);
+        let large = session(&hub, &metrics, 3, 100_000);
+        // 160,000 queued against a budget of 100,000: shedding the largest is enough.
+        assert_eq!(hub.shed_slowest(100_000), 1);
+        let probe = || OutItem::Push {
+            slot: 1,
+            bytes: Bytes::from_static(b"x"),
+        };
+        assert_eq!(
+            large.outbox.push(probe()),
+            Pushed::Dropped,
+            "the largest was closed as slow"
+        );
+        assert_eq!(medium.outbox.push(probe()), Pushed::Queued);
+        assert_eq!(small.outbox.push(probe()), Pushed::Queued);
+        assert_eq!(
+            metrics.outbox_bytes.get(),
+            60_002,
+            "the shed outbox's bytes were released"
+        );
+        assert_eq!(hub.shed_slowest(100_000), 0, "within budget now");
+    }
+}

@@ -561,3 +561,48 @@ async fn replies_before_a_fatal_command_are_still_delivered() {
         Closed::Code(3501, "bad request".into())
     );
 }
+
+#[tokio::test]
+async fn sub_refresh_extends_then_rejects_bad_and_expired_tokens() {
+    let server = TestServer::start().await;
+    let sub_token =
+        |exp: i64| token_with(json!({"sub": "alice", "channel": "locked:s", "exp": exp}));
+    let mut client = server.client("alice").await;
+    let reply = client
+        .call(
+            "subscribe",
+            json!({"channel": "locked:s", "token": sub_token(now() + 60)}),
+        )
+        .await;
+    assert!(reply["subscribe"]["ttl"].as_u64().unwrap() <= 60, "{reply}");
+    let refreshed = client
+        .call(
+            "sub_refresh",
+            json!({"channel": "locked:s", "token": sub_token(now() + 3600)}),
+        )
+        .await;
+    assert_eq!(refreshed["sub_refresh"]["expires"], true, "{refreshed}");
+    assert!(refreshed["sub_refresh"]["ttl"].as_u64().unwrap() > 3500);
+    // A token for another channel is invalid: the connection is closed (3500).
+    let other = token_with(json!({"sub": "alice", "channel": "locked:other", "exp": now() + 60}));
+    client
+        .send(json!({"id": 50, "sub_refresh": {"channel": "locked:s", "token": other}}))
+        .await;
+    assert_eq!(
+        client.closed().await,
+        Closed::Code(3500, "invalid token".into())
+    );
+    // An expired one ends the connection as "subscription expired" (3006, the SDK reconnects).
+    let mut client = server.client("alice").await;
+    client
+        .call(
+            "subscribe",
+            json!({"channel": "locked:s", "token": sub_token(now() + 60)}),
+        )
+        .await;
+    client.send(json!({"id": 51, "sub_refresh": {"channel": "locked:s", "token": sub_token(now() - 10)}})).await;
+    assert_eq!(
+        client.closed().await,
+        Closed::Code(3006, "subscription expired".into())
+    );
+}
