@@ -606,3 +606,97 @@ async fn sub_refresh_extends_then_rejects_bad_and_expired_tokens() {
         Closed::Code(3006, "subscription expired".into())
     );
 }
+
+#[tokio::test]
+async fn rs256_tokens_with_audience_through_the_server() {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../herald-auth/tests/keys");
+    let server = TestServer::with(|c| {
+        c.client.token.hmac_secret.clear();
+        c.client.token.rsa_public_key = format!("{keys}/rsa_public.pem");
+        c.client.token.audience = "herald-test".into();
+    })
+    .await;
+    let private = std::fs::read_to_string(format!("{keys}/rsa_private.pem")).unwrap();
+    let sign =
+        |claims: serde_json::Value| herald_auth::sign(&claims, "RS256", &private, None).unwrap();
+    let mut client = Client::open(&server.ws_url()).await;
+    let ok = client
+        .call(
+            "connect",
+            json!({"token": sign(json!({"sub": "rita", "aud": "herald-test"}))}),
+        )
+        .await;
+    assert!(ok.get("connect").is_some(), "{ok}");
+    let mut wrong_aud = Client::open(&server.ws_url()).await;
+    wrong_aud
+        .send(json!({"id": 1, "connect": {"token": sign(json!({"sub": "rita", "aud": "other"}))}}))
+        .await;
+    assert_eq!(
+        wrong_aud.closed().await,
+        Closed::Code(3500, "invalid token".into())
+    );
+    let mut hmac = Client::open(&server.ws_url()).await;
+    hmac.send(json!({"id": 1, "connect": {"token": token("rita")}}))
+        .await;
+    assert_eq!(
+        hmac.closed().await,
+        Closed::Code(3500, "invalid token".into()),
+        "HS256 is not accepted by an RSA key"
+    );
+}
+
+#[tokio::test]
+async fn history_ttl_expires_publications_through_the_server() {
+    let server =
+        TestServer::with(|c| c.channel.namespaces[0].history_ttl = Duration::from_millis(300))
+            .await;
+    server
+        .api_ok("publish", json!({"channel": "chat:ttl", "data": 1}))
+        .await;
+    let fresh = server
+        .api_ok("history", json!({"channel": "chat:ttl", "limit": -1}))
+        .await;
+    assert_eq!(fresh["publications"].as_array().unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let expired = server
+        .api_ok("history", json!({"channel": "chat:ttl", "limit": -1}))
+        .await;
+    assert_eq!(expired["publications"], json!([]));
+    assert_eq!(
+        expired["offset"], 1,
+        "the stream position outlives the publications"
+    );
+}
+
+#[tokio::test]
+async fn positioned_subscription_reports_the_stream_position() {
+    let server = TestServer::with(|c| c.channel.namespaces[0].force_recovery = false).await;
+    server
+        .api_ok("publish", json!({"channel": "chat:pos", "data": 1}))
+        .await;
+    server
+        .api_ok("publish", json!({"channel": "chat:pos", "data": 2}))
+        .await;
+    let mut client = server.client("alice").await;
+    let plain = client
+        .call("subscribe", json!({"channel": "chat:pos"}))
+        .await;
+    assert!(plain["subscribe"].get("positioned").is_none(), "{plain}");
+    client
+        .call("unsubscribe", json!({"channel": "chat:pos"}))
+        .await;
+    let positioned = client
+        .call(
+            "subscribe",
+            json!({"channel": "chat:pos", "positioned": true}),
+        )
+        .await;
+    let sub = &positioned["subscribe"];
+    assert_eq!(sub["positioned"], true, "{positioned}");
+    assert_eq!(sub["offset"], 2);
+    assert!(!sub["epoch"].as_str().unwrap().is_empty());
+    assert!(
+        sub.get("recoverable").is_none(),
+        "positioned only, not recoverable"
+    );
+}
