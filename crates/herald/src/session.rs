@@ -68,7 +68,6 @@ impl Close {
 struct Subscription {
     slot: u32,
     ns: Arc<NamespaceOptions>,
-    server_side: bool,
     info: ClientInfo,
     expires_at: Option<Instant>,
 }
@@ -615,9 +614,6 @@ impl Session {
                 }
             }
         }
-        if self.user.is_empty() && req.token.is_empty() && !client_config.allow_anonymous {
-            return Err(Disconnect::INVALID_TOKEN.into());
-        }
         let now_secs = unix_secs();
         let ttl = match expires_at {
             Some(at) if at <= now_secs => return Ok(Err(ErrorCode::TokenExpired)),
@@ -845,7 +841,6 @@ impl Session {
             Subscription {
                 slot,
                 ns,
-                server_side,
                 info,
                 expires_at,
             },
@@ -1141,15 +1136,6 @@ impl Session {
             self.unsubscribe_channel(&channel).await;
         }
         self.node.hub.remove_session(&handle);
-    }
-
-    /// Channels this connection was subscribed to by the server (for tests and introspection).
-    pub fn server_side_channels(&self) -> Vec<&str> {
-        self.subs
-            .iter()
-            .filter(|(_, s)| s.server_side)
-            .map(|(c, _)| c.as_str())
-            .collect()
     }
 }
 
