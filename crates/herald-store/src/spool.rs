@@ -1,0 +1,741 @@
+//! A local, bounded, append-only spool of positions on disk.
+//!
+//! The spool is a directory of segment files named after the sequence number of their first
+//! record (`00000000000000000001.seg`), plus a `cursor` file holding the last committed
+//! sequence number. Each record is framed as `len:u32 LE | crc32(payload):u32 LE | payload`
+//! (payload: [`crate::record`]). Sequence numbers start at 1 and are implicit: record `i` of a
+//! segment has `first_seq + i`.
+//!
+//! * [`Spool::append`] writes a whole batch with one `write` and then fsyncs per [`FsyncPolicy`].
+//!   When the batch would take the spool past `max_bytes` it fails with [`SpoolError::Full`] and
+//!   writes nothing: the caller stops reading devices (TCP backpressure).
+//! * [`Spool::read_batch`] reads from the committed cursor; [`Spool::commit`] persists the cursor
+//!   (write-temp, fsync, rename) and then deletes segments that are entirely consumed.
+//! * [`Spool::open`] validates the last segment and truncates a torn tail (an incomplete record
+//!   or one whose CRC does not match, as left by kill -9 or power loss mid-write). Complete
+//!   records are never dropped. Reading resumes after the committed cursor, so records read but
+//!   not committed before a crash are read again (at-least-once).
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_devices::Position;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::record;
+
+/// Frame header: length and CRC32, both u32 LE.
+const HEADER: u64 = 8;
+/// Largest accepted record payload.
+pub const MAX_RECORD_BYTES: u32 = 16 * 1024 * 1024;
+const CURSOR_FILE: &str = "cursor";
+const CURSOR_TMP: &str = "cursor.tmp";
+const SEGMENT_EXT: &str = "seg";
+
+/// Sequence number of a record in the spool (starts at 1; 0 means "none").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SpoolSeq(pub u64);
+
+/// When appended records are flushed to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// `fdatasync` before every `append` returns: an accepted record survives power loss.
+    Always,
+    /// `fdatasync` on an append when at least this many milliseconds passed since the last one,
+    /// and from [`Spool::sync_if_due`]. Survives a process crash; power loss may lose the last
+    /// interval.
+    EveryMillis(u64),
+    /// Leave flushing to the OS. Survives a process crash only.
+    Never,
+}
+
+/// Spool settings.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    /// Directory of the segment files (created if missing).
+    pub dir: PathBuf,
+    /// Upper bound of the bytes of all segment files.
+    pub max_bytes: u64,
+    /// A new segment is started when the active one reaches this size.
+    pub segment_bytes: u64,
+    /// Flush policy for appends.
+    pub fsync: FsyncPolicy,
+}
+
+impl SpoolConfig {
+    /// Defaults: 1 GiB bound, 16 MiB segments, fsync every 100 ms.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SpoolConfig {
+            dir: dir.into(),
+            max_bytes: 1 << 30,
+            segment_bytes: 16 << 20,
+            fsync: FsyncPolicy::EveryMillis(100),
+        }
+    }
+}
+
+/// Errors of the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool i/o: {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("spool full: {used} of {max} bytes used, batch needs {needed}")]
+    Full { used: u64, needed: u64, max: u64 },
+    #[error("record of {0} bytes exceeds the {MAX_RECORD_BYTES} byte limit")]
+    RecordTooLarge(usize),
+    #[error("cannot encode position: {0}")]
+    Encode(#[from] record::EncodeError),
+    #[error("commit of seq {seq} beyond the last appended seq {last}")]
+    CommitBeyondEnd { seq: u64, last: u64 },
+    #[error("spool task failed: {0}")]
+    Task(String),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
+    move |source| SpoolError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpoolStats {
+    /// Bytes of all segment files.
+    pub disk_bytes: u64,
+    /// Bytes of records not yet committed.
+    pub pending_bytes: u64,
+    /// Records not yet committed.
+    pub pending_records: u64,
+    /// Number of segment files.
+    pub segments: usize,
+    /// Last committed seq.
+    pub committed: u64,
+    /// Last appended seq.
+    pub last_seq: u64,
+}
+
+/// A batch already framed for the spool (encoding is CPU work that need not hold the lock).
+#[derive(Debug, Default)]
+pub struct EncodedBatch {
+    bytes: Vec<u8>,
+    count: u64,
+}
+
+impl EncodedBatch {
+    /// Frame `positions`.
+    pub fn encode(positions: &[Position]) -> Result<Self, SpoolError> {
+        let mut bytes = Vec::with_capacity(positions.len() * 128);
+        let mut payload = Vec::with_capacity(256);
+        for p in positions {
+            payload.clear();
+            record::encode(p, &mut payload)?;
+            let len = u32::try_from(payload.len())
+                .ok()
+                .filter(|l| *l <= MAX_RECORD_BYTES)
+                .ok_or(SpoolError::RecordTooLarge(payload.len()))?;
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            bytes.extend_from_slice(&payload);
+        }
+        Ok(EncodedBatch {
+            bytes,
+            count: positions.len() as u64,
+        })
+    }
+
+    /// Bytes the batch takes on disk.
+    pub fn len_bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+}
+
+#[derive(Debug)]
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    len: u64,
+}
+
+/// A read position: the record at `offset` of segment `seg_first` has sequence `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pos {
+    seg_first: u64,
+    offset: u64,
+    seq: u64,
+}
+
+impl Pos {
+    fn start(first_seq: u64) -> Self {
+        Pos {
+            seg_first: first_seq,
+            offset: 0,
+            seq: first_seq,
+        }
+    }
+}
+
+/// The spool. Blocking file I/O: call it from a blocking context, or use [`SpoolHandle`].
+#[derive(Debug)]
+pub struct Spool {
+    cfg: SpoolConfig,
+    segments: VecDeque<Segment>,
+    active: Option<File>,
+    reader: Option<(u64, File)>,
+    next_seq: u64,
+    committed: u64,
+    read_pos: Pos,
+    last_read: Vec<(u64, Pos)>,
+    disk_bytes: u64,
+    last_sync: Instant,
+    dirty: bool,
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.{SEGMENT_EXT}")
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync dir", dir))
+}
+
+/// Result of checking a frame header and payload.
+enum Frame {
+    Ok(Vec<u8>),
+    /// Incomplete or corrupt: everything from here on is a torn tail.
+    Bad,
+}
+
+fn read_frame(r: &mut impl Read, remaining: u64) -> io::Result<Frame> {
+    if remaining < HEADER {
+        return Ok(Frame::Bad);
+    }
+    let mut h = [0u8; HEADER as usize];
+    r.read_exact(&mut h)?;
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    if len > MAX_RECORD_BYTES || HEADER + u64::from(len) > remaining {
+        return Ok(Frame::Bad);
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload)?;
+    if crc32fast::hash(&payload) != crc {
+        return Ok(Frame::Bad);
+    }
+    Ok(Frame::Ok(payload))
+}
+
+/// Length of the valid prefix of a segment and its record count.
+fn valid_prefix(path: &Path) -> Result<(u64, u64), SpoolError> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let total = file.metadata().map_err(io_err("stat", path))?.len();
+    let mut r = BufReader::with_capacity(256 * 1024, file);
+    let (mut offset, mut count) = (0u64, 0u64);
+    while offset < total {
+        match read_frame(&mut r, total - offset).map_err(io_err("read", path))? {
+            Frame::Ok(p) => {
+                offset += HEADER + p.len() as u64;
+                count += 1;
+            }
+            Frame::Bad => break,
+        }
+    }
+    Ok((offset, count))
+}
+
+impl Spool {
+    /// Open (or create) the spool in `cfg.dir`, truncating a torn tail.
+    pub fn open(cfg: SpoolConfig) -> Result<Self, SpoolError> {
+        let dir = cfg.dir.clone();
+        fs::create_dir_all(&dir).map_err(io_err("create dir", &dir))?;
+        let committed = read_cursor(&dir)?;
+
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("read dir", &dir))? {
+            let entry = entry.map_err(io_err("read dir", &dir))?;
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(SEGMENT_EXT) {
+                continue;
+            }
+            let Some(first) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
+                tracing::warn!(path = %path.display(), "ignoring a spool file with a bad name");
+                continue;
+            };
+            let len = entry.metadata().map_err(io_err("stat", &path))?.len();
+            found.push(Segment {
+                first_seq: first,
+                path,
+                len,
+            });
+        }
+        found.sort_by_key(|s| s.first_seq);
+        let mut segments: VecDeque<Segment> = found.into();
+
+        // Segments consumed before a crash that hit between cursor write and deletion.
+        while segments.len() >= 2 && segments[1].first_seq <= committed + 1 {
+            if let Some(s) = segments.pop_front() {
+                fs::remove_file(&s.path).map_err(io_err("remove", &s.path))?;
+            }
+        }
+
+        let mut next_seq = committed + 1;
+        if let Some(last) = segments.back_mut() {
+            let (valid, count) = valid_prefix(&last.path)?;
+            if valid < last.len {
+                tracing::warn!(
+                    path = %last.path.display(),
+                    dropped = last.len - valid,
+                    "truncating a torn tail in the spool"
+                );
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&last.path)
+                    .map_err(io_err("open", &last.path))?;
+                f.set_len(valid).map_err(io_err("truncate", &last.path))?;
+                f.sync_all().map_err(io_err("fsync", &last.path))?;
+                last.len = valid;
+            }
+            next_seq = next_seq.max(last.first_seq + count);
+        }
+        let active = match segments.back() {
+            Some(last) => Some(
+                OpenOptions::new()
+                    .append(true)
+                    .open(&last.path)
+                    .map_err(io_err("open", &last.path))?,
+            ),
+            None => None,
+        };
+        let disk_bytes = segments.iter().map(|s| s.len).sum();
+        let start = segments.front().map_or(next_seq, |s| s.first_seq);
+        let mut spool = Spool {
+            cfg,
+            segments,
+            active,
+            reader: None,
+            next_seq,
+            committed,
+            read_pos: Pos::start(start),
+            last_read: Vec::new(),
+            disk_bytes,
+            last_sync: Instant::now(),
+            dirty: false,
+        };
+        // Skip to the first record after the committed cursor.
+        let mut pos = spool.read_pos;
+        loop {
+            let before = pos;
+            match spool.next_record(&mut pos, false)? {
+                Some((seq, _)) if seq <= committed => continue,
+                Some(_) => {
+                    pos = before;
+                    break;
+                }
+                None => break,
+            }
+        }
+        spool.read_pos = pos;
+        spool.delete_consumed()?;
+        Ok(spool)
+    }
+
+    /// Configuration in use.
+    pub fn config(&self) -> &SpoolConfig {
+        &self.cfg
+    }
+
+    /// Append `positions`; see [`Spool::append_encoded`].
+    pub fn append(&mut self, positions: &[Position]) -> Result<SpoolSeq, SpoolError> {
+        let batch = EncodedBatch::encode(positions)?;
+        self.append_encoded(batch)
+    }
+
+    /// Append a framed batch. Returns the seq of its last record once it is written and, per
+    /// the fsync policy, flushed. Either the whole batch is appended or (on error) none of it.
+    pub fn append_encoded(&mut self, batch: EncodedBatch) -> Result<SpoolSeq, SpoolError> {
+        if batch.count == 0 {
+            return Ok(SpoolSeq(self.next_seq - 1));
+        }
+        let needed = batch.len_bytes();
+        if self.disk_bytes.saturating_add(needed) > self.cfg.max_bytes {
+            return Err(SpoolError::Full {
+                used: self.disk_bytes,
+                needed,
+                max: self.cfg.max_bytes,
+            });
+        }
+        let rotate = match (self.segments.back(), &self.active) {
+            (Some(s), Some(_)) => s.len >= self.cfg.segment_bytes,
+            _ => true,
+        };
+        if rotate {
+            self.start_segment()?;
+        }
+        let (Some(seg), Some(file)) = (self.segments.back_mut(), self.active.as_mut()) else {
+            return Err(SpoolError::Task("no active segment".into()));
+        };
+        if let Err(e) = file.write_all(&batch.bytes) {
+            // Take back a partial write so the segment stays record-aligned.
+            let _ = file.set_len(seg.len);
+            return Err(SpoolError::Io {
+                op: "write",
+                path: seg.path.clone(),
+                source: e,
+            });
+        }
+        seg.len += needed;
+        self.disk_bytes += needed;
+        self.next_seq += batch.count;
+        self.dirty = true;
+        match self.cfg.fsync {
+            FsyncPolicy::Always => self.sync()?,
+            FsyncPolicy::EveryMillis(ms) => {
+                if self.last_sync.elapsed() >= Duration::from_millis(ms) {
+                    self.sync()?;
+                }
+            }
+            FsyncPolicy::Never => {}
+        }
+        Ok(SpoolSeq(self.next_seq - 1))
+    }
+
+    fn start_segment(&mut self) -> Result<(), SpoolError> {
+        if self.dirty {
+            self.sync()?;
+        }
+        let path = self.cfg.dir.join(segment_name(self.next_seq));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        if self.cfg.fsync != FsyncPolicy::Never {
+            sync_dir(&self.cfg.dir)?;
+        }
+        // A stale empty segment with the same name (possible only after a crash) is replaced.
+        if let Some(last) = self.segments.back() {
+            if last.first_seq == self.next_seq {
+                self.disk_bytes -= last.len;
+                self.segments.pop_back();
+            }
+        }
+        self.segments.push_back(Segment {
+            first_seq: self.next_seq,
+            path,
+            len: 0,
+        });
+        self.active = Some(file);
+        Ok(())
+    }
+
+    /// Flush appended records to stable storage now.
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if let (Some(f), Some(s)) = (&self.active, self.segments.back()) {
+            f.sync_data().map_err(io_err("fsync", &s.path))?;
+        }
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// With [`FsyncPolicy::EveryMillis`], flush if unflushed records are older than the interval.
+    pub fn sync_if_due(&mut self) -> Result<(), SpoolError> {
+        if let FsyncPolicy::EveryMillis(ms) = self.cfg.fsync {
+            if self.dirty && self.last_sync.elapsed() >= Duration::from_millis(ms) {
+                self.sync()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Read up to `max` records after the committed cursor. Calling it again without a commit
+    /// returns the same records. A record that passes its CRC but cannot be decoded is logged
+    /// and skipped.
+    pub fn read_batch(&mut self, max: usize) -> Result<Vec<(SpoolSeq, Position)>, SpoolError> {
+        self.last_read.clear();
+        let mut out = Vec::with_capacity(max.min(4096));
+        let mut pos = self.read_pos;
+        while out.len() < max {
+            match self.next_record(&mut pos, true)? {
+                Some((seq, Some(p))) => {
+                    out.push((SpoolSeq(seq), p));
+                    self.last_read.push((seq, pos));
+                }
+                Some((_, None)) => {
+                    if out.is_empty() {
+                        // Nothing to lose by stepping over it for good.
+                        self.read_pos = pos;
+                    }
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Mark every record up to and including `seq` consumed: persist the cursor, then delete the
+    /// segments that are entirely consumed.
+    pub fn commit(&mut self, seq: SpoolSeq) -> Result<(), SpoolError> {
+        let seq = seq.0;
+        if seq <= self.committed {
+            return Ok(());
+        }
+        if seq >= self.next_seq {
+            return Err(SpoolError::CommitBeyondEnd {
+                seq,
+                last: self.next_seq - 1,
+            });
+        }
+        let after = match self.last_read.iter().find(|(s, _)| *s == seq) {
+            Some((_, p)) => *p,
+            None => {
+                let mut pos = self.read_pos;
+                let mut after = pos;
+                while let Some((s, _)) = self.next_record(&mut pos, false)? {
+                    if s > seq {
+                        break;
+                    }
+                    after = pos;
+                }
+                after
+            }
+        };
+        write_cursor(&self.cfg.dir, seq, self.cfg.fsync != FsyncPolicy::Never)?;
+        self.committed = seq;
+        self.read_pos = after;
+        self.last_read.retain(|(s, _)| *s > seq);
+        self.delete_consumed()
+    }
+
+    fn delete_consumed(&mut self) -> Result<(), SpoolError> {
+        while let Some(front) = self.segments.front() {
+            let is_last = self.segments.len() == 1;
+            let consumed = if self.read_pos.seg_first > front.first_seq {
+                true
+            } else {
+                self.read_pos.seg_first == front.first_seq && self.read_pos.offset >= front.len
+            };
+            if !consumed {
+                break;
+            }
+            if !is_last && self.read_pos.seg_first == front.first_seq {
+                self.read_pos = Pos::start(self.segments[1].first_seq);
+            }
+            if is_last {
+                self.active = None;
+                self.read_pos = Pos::start(self.next_seq);
+            }
+            if self.reader.as_ref().map(|r| r.0) == Some(front.first_seq) {
+                self.reader = None;
+            }
+            fs::remove_file(&front.path).map_err(io_err("remove", &front.path))?;
+            self.disk_bytes -= front.len;
+            self.segments.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Read the record at `pos` and advance `pos` past it. Moves across segment ends; a corrupt
+    /// frame ends its segment. `Some((seq, None))`: the record exists but was not decoded (not
+    /// wanted, or undecodable).
+    #[allow(clippy::type_complexity)]
+    fn next_record(
+        &mut self,
+        pos: &mut Pos,
+        decode: bool,
+    ) -> Result<Option<(u64, Option<Position>)>, SpoolError> {
+        loop {
+            let idx = match self
+                .segments
+                .iter()
+                .position(|s| s.first_seq == pos.seg_first)
+            {
+                Some(i) => i,
+                None => match self.segments.iter().find(|s| s.first_seq > pos.seg_first) {
+                    Some(s) => {
+                        *pos = Pos::start(s.first_seq);
+                        continue;
+                    }
+                    None => return Ok(None),
+                },
+            };
+            let (seg_len, path) = (self.segments[idx].len, self.segments[idx].path.clone());
+            if pos.offset >= seg_len {
+                match self.segments.get(idx + 1) {
+                    Some(next) => {
+                        *pos = Pos::start(next.first_seq);
+                        continue;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            let file = match &mut self.reader {
+                Some((first, f)) if *first == pos.seg_first => f,
+                _ => {
+                    let f = File::open(&path).map_err(io_err("open", &path))?;
+                    &mut self.reader.insert((pos.seg_first, f)).1
+                }
+            };
+            file.seek(SeekFrom::Start(pos.offset))
+                .map_err(io_err("seek", &path))?;
+            match read_frame(file, seg_len - pos.offset).map_err(io_err("read", &path))? {
+                Frame::Bad => {
+                    tracing::warn!(path = %path.display(), offset = pos.offset, "corrupt spool record; skipping the rest of the segment");
+                    pos.offset = seg_len;
+                }
+                Frame::Ok(payload) => {
+                    let seq = pos.seq;
+                    pos.offset += HEADER + payload.len() as u64;
+                    pos.seq += 1;
+                    let p = if decode {
+                        match record::decode(&payload) {
+                            Ok(p) => Some(p),
+                            Err(e) => {
+                                tracing::warn!(seq, error = %e, "undecodable spool record skipped");
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    return Ok(Some((seq, p)));
+                }
+            }
+        }
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> SpoolStats {
+        let consumed_in_head = match self.segments.front() {
+            Some(s) if s.first_seq == self.read_pos.seg_first => self.read_pos.offset,
+            _ => 0,
+        };
+        SpoolStats {
+            disk_bytes: self.disk_bytes,
+            pending_bytes: self.disk_bytes.saturating_sub(consumed_in_head),
+            pending_records: (self.next_seq - 1).saturating_sub(self.committed),
+            segments: self.segments.len(),
+            committed: self.committed,
+            last_seq: self.next_seq - 1,
+        }
+    }
+}
+
+fn read_cursor(dir: &Path) -> Result<u64, SpoolError> {
+    let path = dir.join(CURSOR_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err("read", &path)(e)),
+    };
+    if bytes.len() == 12 {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&bytes[..8]);
+        let mut c = [0u8; 4];
+        c.copy_from_slice(&bytes[8..]);
+        if crc32fast::hash(&v) == u32::from_le_bytes(c) {
+            return Ok(u64::from_le_bytes(v));
+        }
+    }
+    // Replaying from the start is safe: the database ignores duplicates.
+    tracing::warn!(path = %path.display(), "corrupt spool cursor; replaying from the start");
+    Ok(0)
+}
+
+fn write_cursor(dir: &Path, seq: u64, durable: bool) -> Result<(), SpoolError> {
+    let tmp = dir.join(CURSOR_TMP);
+    let path = dir.join(CURSOR_FILE);
+    let v = seq.to_le_bytes();
+    let mut bytes = v.to_vec();
+    bytes.extend_from_slice(&crc32fast::hash(&v).to_le_bytes());
+    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    f.write_all(&bytes).map_err(io_err("write", &tmp))?;
+    if durable {
+        f.sync_all().map_err(io_err("fsync", &tmp))?;
+    }
+    drop(f);
+    fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// A shareable, async face of a [`Spool`]: file I/O runs on tokio's blocking pool, and appends
+/// wake the writer.
+#[derive(Debug, Clone)]
+pub struct SpoolHandle {
+    inner: Arc<Mutex<Spool>>,
+    appended: Arc<Notify>,
+}
+
+impl SpoolHandle {
+    /// Wrap an open spool.
+    pub fn new(spool: Spool) -> Self {
+        SpoolHandle {
+            inner: Arc::new(Mutex::new(spool)),
+            appended: Arc::new(Notify::new()),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Spool) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&mut inner.lock()))
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))?
+    }
+
+    /// Append (see [`Spool::append_encoded`]); resolves once the batch is accepted.
+    pub async fn append(&self, positions: &[Position]) -> Result<SpoolSeq, SpoolError> {
+        let batch = EncodedBatch::encode(positions)?;
+        let seq = self.blocking(move |s| s.append_encoded(batch)).await?;
+        self.appended.notify_one();
+        Ok(seq)
+    }
+
+    /// See [`Spool::read_batch`].
+    pub async fn read_batch(&self, max: usize) -> Result<Vec<(SpoolSeq, Position)>, SpoolError> {
+        self.blocking(move |s| s.read_batch(max)).await
+    }
+
+    /// See [`Spool::commit`].
+    pub async fn commit(&self, seq: SpoolSeq) -> Result<(), SpoolError> {
+        self.blocking(move |s| s.commit(seq)).await
+    }
+
+    /// See [`Spool::sync_if_due`].
+    pub async fn sync_if_due(&self) -> Result<(), SpoolError> {
+        self.blocking(|s| s.sync_if_due()).await
+    }
+
+    /// Counters for metrics (takes the lock briefly; no I/O).
+    pub fn stats(&self) -> SpoolStats {
+        self.inner.lock().stats()
+    }
+
+    /// Resolves after the next append (or at once if one happened since the last wait).
+    pub async fn appended(&self) {
+        self.appended.notified().await
+    }
+}

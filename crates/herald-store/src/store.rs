@@ -1,0 +1,103 @@
+//! The [`Store`] trait shared by the SQLite and PostgreSQL backends.
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use herald_devices::Position;
+
+/// Errors of a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("stored row is invalid: {0}")]
+    BadRow(String),
+    #[error("invalid track cursor {0:?}")]
+    BadCursor(String),
+    #[error("store task failed: {0}")]
+    Task(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Keyset cursor of a track page: the last row of the previous page. Renders as `time_ms:id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackCursor {
+    pub time_ms: i64,
+    pub id: i64,
+}
+
+impl fmt::Display for TrackCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.time_ms, self.id)
+    }
+}
+
+impl FromStr for TrackCursor {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        let bad = || StoreError::BadCursor(s.to_owned());
+        let (t, i) = s.split_once(':').ok_or_else(bad)?;
+        Ok(TrackCursor {
+            time_ms: t.parse().map_err(|_| bad())?,
+            id: i.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// One page of a device's track, in (time, storage order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub device_id: String,
+    pub positions: Vec<Position>,
+    /// Cursor for the next page; `None` on the last page.
+    pub next: Option<TrackCursor>,
+}
+
+/// Durable position storage.
+///
+/// Semantics every backend keeps:
+/// * `insert_batch` is atomic and idempotent: a position whose [`crate::IdempotencyKey`] is already
+///   stored is ignored. Returns how many positions were new.
+/// * The latest position of a device is the one with the greatest `time_ms` (on a tie, the first
+///   stored). An out-of-order older position is stored but never replaces it.
+/// * `track` returns positions with `from_ms <= time_ms <= to_ms`, ordered by time then storage
+///   order, at most `limit` per page, after `after` if given.
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn insert_batch(&self, positions: &[Position]) -> Result<u64, StoreError>;
+    async fn latest_positions(&self) -> Result<Vec<Position>, StoreError>;
+    async fn track(
+        &self,
+        device_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: u32,
+        after: Option<TrackCursor>,
+    ) -> Result<Page, StoreError>;
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    async fn insert_batch(&self, positions: &[Position]) -> Result<u64, StoreError> {
+        (**self).insert_batch(positions).await
+    }
+    async fn latest_positions(&self) -> Result<Vec<Position>, StoreError> {
+        (**self).latest_positions().await
+    }
+    async fn track(
+        &self,
+        device_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: u32,
+        after: Option<TrackCursor>,
+    ) -> Result<Page, StoreError> {
+        (**self)
+            .track(device_id, from_ms, to_ms, limit, after)
+            .await
+    }
+}
