@@ -65,6 +65,14 @@ impl Close {
     }
 }
 
+/// Where a new subscriber starts: publications for its reply, the stream position, and whether
+/// a requested recovery succeeded.
+type StartPoint = (
+    Vec<Arc<herald_protocol::Publication>>,
+    herald_protocol::StreamPosition,
+    bool,
+);
+
 struct Subscription {
     slot: u32,
     ns: Arc<NamespaceOptions>,
@@ -855,14 +863,7 @@ impl Session {
         channel: &str,
         since: Option<herald_protocol::StreamPosition>,
         history: crate::history::HistoryOptions,
-    ) -> Result<
-        (
-            Vec<Arc<herald_protocol::Publication>>,
-            herald_protocol::StreamPosition,
-            bool,
-        ),
-        crate::broker::BrokerError,
-    > {
+    ) -> Result<StartPoint, crate::broker::BrokerError> {
         let broker = &self.node.broker;
         let recovering = since.is_some();
         let query = HistoryQuery {
@@ -887,21 +888,15 @@ impl Session {
     /// Where a subscriber of a conflated channel starts: the latest value of every key — on a fresh
     /// subscribe, and on recovery when history no longer covers the gap — or, when it does, only the
     /// latest value of each key changed since `since`. Superseded values are never replayed, and the
-    /// state the client ends with is complete either way (so `recovered` is true when recovering).
+    /// state the client ends with is complete either way (so `recovered` is true when recovering
+    /// within the same epoch).
     async fn conflated_start(
         &self,
         channel: &str,
         ns: &NamespaceOptions,
         since: Option<herald_protocol::StreamPosition>,
         history: crate::history::HistoryOptions,
-    ) -> Result<
-        (
-            Vec<Arc<herald_protocol::Publication>>,
-            herald_protocol::StreamPosition,
-            bool,
-        ),
-        crate::broker::BrokerError,
-    > {
+    ) -> Result<StartPoint, crate::broker::BrokerError> {
         let broker = &self.node.broker;
         let recovering = since.is_some();
         let since_epoch = since.as_ref().map(|s| s.epoch.clone());

@@ -73,6 +73,19 @@ fn symbol_prices(publications: &[Value]) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// (data[key], data[value]) of each publication push in a frame, in order.
+fn key_values(frame: &[Value], key: &str, value: &str) -> Vec<(String, i64)> {
+    frame
+        .iter()
+        .map(|m| {
+            (
+                pub_data(m)[key].as_str().unwrap().to_string(),
+                pub_data(m)[value].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 fn pub_data(message: &Value) -> &Value {
     &message["push"]["pub"]["data"]
 }
@@ -163,15 +176,7 @@ async fn conflation_delivers_only_the_latest_value_per_key_in_a_window() {
         publish(&server, "quotes:all", json!({"sym": sym, "px": px})).await;
     }
     let frame = next_frame(&mut client, WAIT).await.unwrap();
-    let values: Vec<(String, i64)> = frame
-        .iter()
-        .map(|m| {
-            (
-                pub_data(m)["sym"].as_str().unwrap().to_string(),
-                pub_data(m)["px"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let values = key_values(&frame, "sym", "px");
     assert_eq!(
         values,
         vec![("A".to_string(), 3), ("B".to_string(), 2)],
@@ -659,15 +664,7 @@ async fn max_rate_with_a_key_conflates_the_excess() {
         .await;
     }
     let frame = next_frame(&mut client, WAIT).await.unwrap();
-    let values: Vec<(String, i64)> = frame
-        .iter()
-        .map(|m| {
-            (
-                pub_data(m)["k"].as_str().unwrap().to_string(),
-                pub_data(m)["v"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let values = key_values(&frame, "k", "v");
     assert_eq!(
         values,
         vec![("b".to_string(), 19), ("a".to_string(), 20)],
