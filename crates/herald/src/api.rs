@@ -6,11 +6,14 @@
 //! 413 body too large.
 
 use crate::broker::Control;
+use crate::devices::{position_json as device_position_json, DeviceIngest};
 use crate::history::HistoryQuery;
 use crate::metrics::MethodLabel;
 use crate::node::{broker_error, Node};
 use crate::session::history_limit;
 use herald_protocol::{ErrorCode, StreamPosition};
+use herald_store::geojson::page_to_geojson;
+use herald_store::TrackCursor;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -63,6 +66,9 @@ pub const METHODS: &[&str] = &[
     "channels",
     "info",
     "batch",
+    "devices",
+    "device_positions",
+    "device_track",
 ];
 
 fn params<T: DeserializeOwned>(raw: &RawValue) -> Result<T, ApiError> {
@@ -153,6 +159,34 @@ struct ChannelsParams {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceTrackParams {
+    #[serde(default)]
+    device: String,
+    #[serde(default)]
+    from: i64,
+    #[serde(default = "far_future")]
+    to: i64,
+    #[serde(default = "default_track_limit")]
+    limit: u32,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+fn far_future() -> i64 {
+    i64::MAX
+}
+
+fn default_track_limit() -> u32 {
+    100
+}
+
+/// Most positions one `device_track` page may hold.
+pub const MAX_TRACK_LIMIT: u32 = 10_000;
+
+#[derive(Deserialize)]
 struct BatchParams {
     commands: Vec<BTreeMap<String, Box<RawValue>>>,
 }
@@ -182,6 +216,9 @@ pub async fn call(node: &Node, method: &str, raw: &RawValue) -> Result<Value, Op
         "channels" => Ok(channels(node, params(raw)?)),
         "info" => Ok(info(node)),
         "batch" => Box::pin(batch(node, params(raw)?)).await,
+        "devices" => devices(node),
+        "device_positions" => device_positions(node).await,
+        "device_track" => device_track(node, params(raw)?).await,
         _ => return Err(None),
     };
     result.map_err(Some)
@@ -367,6 +404,79 @@ pub fn info(node: &Node) -> Value {
         "num_subs": node.hub.num_subscriptions(),
         "uptime": node.started.elapsed().as_secs(),
     }]})
+}
+
+fn device_ingest(node: &Node) -> Result<std::sync::Arc<DeviceIngest>, ApiError> {
+    DeviceIngest::for_node(node).ok_or(ApiError {
+        code: ErrorCode::NotAvailable,
+        message: "device ingest is not enabled (devices.enabled = false)".into(),
+    })
+}
+
+fn store_error(e: herald_store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "position store query failed");
+    ApiError {
+        code: ErrorCode::Internal,
+        message: format!("position store: {e}"),
+    }
+}
+
+fn devices(node: &Node) -> Result<Value, ApiError> {
+    let ingest = device_ingest(node)?;
+    Ok(json!({"devices": ingest.registry.list(), "stats": ingest.stats()}))
+}
+
+async fn device_positions(node: &Node) -> Result<Value, ApiError> {
+    let ingest = device_ingest(node)?;
+    let positions = ingest.store.latest_positions().await.map_err(store_error)?;
+    let positions: Vec<Value> = positions.iter().map(device_position_json).collect();
+    Ok(json!({"positions": positions}))
+}
+
+async fn device_track(node: &Node, p: DeviceTrackParams) -> Result<Value, ApiError> {
+    let ingest = device_ingest(node)?;
+    if p.device.is_empty() {
+        return Err(ApiError::bad("field \"device\" is required"));
+    }
+    if p.to < p.from {
+        return Err(ApiError::bad("field \"to\" must not be before \"from\""));
+    }
+    if p.limit == 0 || p.limit > MAX_TRACK_LIMIT {
+        return Err(ApiError::bad(format!(
+            "field \"limit\" must be within 1..={MAX_TRACK_LIMIT}"
+        )));
+    }
+    let geojson = match p.format.as_deref() {
+        None | Some("json") => false,
+        Some("geojson") => true,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "field \"format\" must be \"json\" or \"geojson\", got {other:?}"
+            )))
+        }
+    };
+    let after = match p.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(c.parse::<TrackCursor>().map_err(|_| {
+            ApiError::bad(format!(
+                "field \"cursor\": {c:?} is not a cursor from a previous page"
+            ))
+        })?),
+    };
+    let page = ingest
+        .store
+        .track(&p.device, p.from, p.to, p.limit, after)
+        .await
+        .map_err(store_error)?;
+    if geojson {
+        return Ok(page_to_geojson(&page));
+    }
+    let positions: Vec<Value> = page.positions.iter().map(device_position_json).collect();
+    Ok(json!({
+        "device": page.device_id,
+        "positions": positions,
+        "next_cursor": page.next.map(|c| c.to_string()),
+    }))
 }
 
 async fn batch(node: &Node, p: BatchParams) -> Result<Value, ApiError> {

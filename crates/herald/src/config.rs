@@ -16,6 +16,7 @@ pub struct Config {
     pub client: ClientConfig,
     pub api: ApiConfig,
     pub channel: ChannelConfig,
+    pub devices: DevicesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -188,6 +189,189 @@ impl Default for ChannelConfig {
             without_namespace: NamespaceOptions::default(),
             namespaces: Vec::new(),
         }
+    }
+}
+
+/// GPS device ingest (`[devices]`), see docs/devices.md.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Start the device listeners, the spool and the database writer.
+    pub enabled: bool,
+    /// Listen address per protocol (Traccar's ports by default); "" disables that protocol.
+    pub listen: DeviceListenConfig,
+    /// Accept devices not in `allowed`.
+    pub accept_unknown: bool,
+    /// IMEIs (device ids) accepted when `accept_unknown` is false.
+    pub allowed: Vec<String>,
+    /// Each position is published to `<device_channel_prefix><imei>`.
+    pub device_channel_prefix: String,
+    /// ... and to this channel ("" disables it).
+    pub fleet_channel: String,
+    /// Directory of the on-disk spool (positions accepted but not yet in the database).
+    pub spool_dir: String,
+    /// Upper bound of the spool on disk; when full, devices are not read (TCP backpressure).
+    pub spool_max_bytes: u64,
+    /// When accepted positions are flushed to disk: "always", "never" or "every <duration>".
+    pub fsync: String,
+    /// "sqlite:<path>" or a PostgreSQL conninfo "postgres://user:pass@host/db".
+    pub store: String,
+}
+
+/// Listen addresses of the device protocols.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceListenConfig {
+    pub gt06: String,
+    pub h02: String,
+    pub teltonika: String,
+    /// OsmAnd / Traccar Client (HTTP).
+    pub osmand: String,
+    /// Herald JSON lines.
+    pub jsonl: String,
+}
+
+impl Default for DeviceListenConfig {
+    fn default() -> Self {
+        DeviceListenConfig {
+            gt06: "0.0.0.0:5023".into(),
+            h02: "0.0.0.0:5013".into(),
+            teltonika: "0.0.0.0:5027".into(),
+            osmand: "0.0.0.0:5055".into(),
+            jsonl: "0.0.0.0:5099".into(),
+        }
+    }
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            enabled: false,
+            listen: DeviceListenConfig::default(),
+            accept_unknown: true,
+            allowed: Vec::new(),
+            device_channel_prefix: "devices:".into(),
+            fleet_channel: "devices:fleet".into(),
+            spool_dir: "data/spool".into(),
+            spool_max_bytes: 1 << 30,
+            fsync: "every 100ms".into(),
+            store: "sqlite:data/herald.db".into(),
+        }
+    }
+}
+
+/// A parsed `devices.fsync` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncSetting {
+    Always,
+    Never,
+    Every(Duration),
+}
+
+/// A parsed `devices.store` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSetting {
+    Sqlite(String),
+    Postgres(String),
+}
+
+impl DevicesConfig {
+    /// Parses `fsync`: "always", "never" or "every <duration>" ("every 100ms", "every 1s").
+    pub fn fsync_setting(&self) -> Result<FsyncSetting, String> {
+        let text = self.fsync.trim();
+        match text {
+            "always" => return Ok(FsyncSetting::Always),
+            "never" => return Ok(FsyncSetting::Never),
+            _ => {}
+        }
+        let bad = || {
+            format!("{text:?} is not \"always\", \"never\" or \"every <duration>\" (e.g. \"every 100ms\")")
+        };
+        let rest = text.strip_prefix("every").ok_or_else(bad)?.trim();
+        let d = humantime::parse_duration(rest).map_err(|_| bad())?;
+        if d.is_zero() {
+            return Err(format!(
+                "{text:?}: the interval must be greater than zero (or use \"always\")"
+            ));
+        }
+        Ok(FsyncSetting::Every(d))
+    }
+
+    /// Parses `store`.
+    pub fn store_setting(&self) -> Result<StoreSetting, String> {
+        let s = self.store.trim();
+        if let Some(path) = s.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err("\"sqlite:\" needs a file path, e.g. \"sqlite:data/herald.db\"".into());
+            }
+            return Ok(StoreSetting::Sqlite(path.to_string()));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(StoreSetting::Postgres(s.to_string()));
+        }
+        Err("expected \"sqlite:<path>\" or \"postgres://user:password@host/database\"".into())
+    }
+
+    /// (protocol name, field name, address) of every enabled listener.
+    pub fn listeners(&self) -> Vec<(&'static str, std::net::SocketAddr)> {
+        let l = &self.listen;
+        [
+            ("gt06", &l.gt06),
+            ("h02", &l.h02),
+            ("teltonika", &l.teltonika),
+            ("osmand", &l.osmand),
+            ("jsonl", &l.jsonl),
+        ]
+        .into_iter()
+        .filter(|(_, a)| !a.is_empty())
+        .filter_map(|(name, a)| parse_addr(a).ok().map(|addr| (name, addr)))
+        .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.listen;
+        for (name, value) in [
+            ("devices.listen.gt06", &l.gt06),
+            ("devices.listen.h02", &l.h02),
+            ("devices.listen.teltonika", &l.teltonika),
+            ("devices.listen.osmand", &l.osmand),
+            ("devices.listen.jsonl", &l.jsonl),
+        ] {
+            if !value.is_empty() {
+                parse_addr(value).map_err(|m| field(name, format!("{m} (or \"\" to disable)")))?;
+            }
+        }
+        self.fsync_setting()
+            .map_err(|m| field("devices.fsync", m))?;
+        self.store_setting()
+            .map_err(|m| field("devices.store", m))?;
+        if self.spool_max_bytes == 0 {
+            return Err(field(
+                "devices.spool_max_bytes",
+                "must be greater than zero",
+            ));
+        }
+        if self.spool_dir.trim().is_empty() {
+            return Err(field("devices.spool_dir", "must not be empty"));
+        }
+        if self.device_channel_prefix.is_empty() {
+            return Err(field("devices.device_channel_prefix", "must not be empty"));
+        }
+        for (i, id) in self.allowed.iter().enumerate() {
+            if id.trim().is_empty() || id.trim() != id {
+                return Err(field(
+                    format!("devices.allowed[{i}]"),
+                    format!("{id:?} is not a device id (no spaces, not empty)"),
+                ));
+            }
+        }
+        if self.enabled && !self.accept_unknown && self.allowed.is_empty() {
+            return Err(field(
+                "devices.allowed",
+                "is empty while accept_unknown = false: no device could connect",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -465,6 +649,7 @@ impl Config {
             &self.channel.without_namespace,
             c.max_outbox_bytes,
         )?;
+        self.devices.validate()?;
         Ok(())
     }
 
@@ -697,5 +882,60 @@ mod tests {
             .to_string();
         assert!(e.starts_with("log.level:"), "{e}");
         assert!(load_str("[log]\nlevel = \"herald=debug,info\"\n", &[], &[]).is_ok());
+    }
+
+    #[test]
+    fn devices_settings_are_validated() {
+        let c = load_str("", &[], &[]).unwrap();
+        assert_eq!(
+            c.devices.fsync_setting(),
+            Ok(FsyncSetting::Every(Duration::from_millis(100)))
+        );
+        assert_eq!(
+            c.devices.store_setting(),
+            Ok(StoreSetting::Sqlite("data/herald.db".into()))
+        );
+        assert_eq!(c.devices.listeners().len(), 5);
+        for (text, want) in [
+            ("always", FsyncSetting::Always),
+            ("never", FsyncSetting::Never),
+            ("every 1s", FsyncSetting::Every(Duration::from_secs(1))),
+        ] {
+            let c = load_str(&format!("[devices]\nfsync = \"{text}\"\n"), &[], &[]).unwrap();
+            assert_eq!(c.devices.fsync_setting(), Ok(want));
+        }
+        for bad in ["sometimes", "every", "every 0s", "100ms"] {
+            let e = load_str(&format!("[devices]\nfsync = \"{bad}\"\n"), &[], &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("devices.fsync:"), "{e}");
+        }
+        let e = load_str("[devices]\nstore = \"mysql://x\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("devices.store:"), "{e}");
+        let c = load_str("[devices]\nstore = \"postgres://u@h/db\"\n", &[], &[]).unwrap();
+        assert_eq!(
+            c.devices.store_setting(),
+            Ok(StoreSetting::Postgres("postgres://u@h/db".into()))
+        );
+        let e = load_str("[devices.listen]\ngt06 = \"port 5023\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("devices.listen.gt06:"), "{e}");
+        let c = load_str("[devices.listen]\ngt06 = \"\"\n", &[], &[]).unwrap();
+        assert_eq!(c.devices.listeners().len(), 4);
+        let e = load_str("[devices]\nspool_max_bytes = 0\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("devices.spool_max_bytes:"), "{e}");
+        let e = load_str(
+            "[devices]\nenabled = true\naccept_unknown = false\n",
+            &[],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("devices.allowed:"), "{e}");
     }
 }

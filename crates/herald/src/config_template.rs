@@ -155,6 +155,35 @@ window_max_bytes = 262144
 # allow_subscribe_for_client = true
 # batch_window = "1s"
 # conflation_key = "/device"
+
+[devices]
+# GPS device ingest (docs/devices.md): tracker listeners, an on-disk spool and a database writer.
+enabled = false
+# Accept any device; when false only the ids in allowed may connect (others are disconnected).
+accept_unknown = true
+allowed = []
+# Each position is published to <device_channel_prefix><imei> and to fleet_channel ("" disables it).
+# Configure a namespace for them (e.g. "devices", batch_window and conflation_key = "/device").
+device_channel_prefix = "devices:"
+fleet_channel = "devices:fleet"
+# Accepted positions go to this spool first; devices are acknowledged only after that.
+spool_dir = "data/spool"
+# When the spool reaches this size, devices are no longer read (TCP backpressure).
+spool_max_bytes = 1073741824
+# "always" (fsync before every acknowledgement), "every <duration>" or "never".
+fsync = "every 100ms"
+# "sqlite:<path>" or "postgres://user:password@host/database".
+store = "sqlite:data/herald.db"
+
+[devices.listen]
+# Traccar's ports; "" disables a protocol.
+gt06 = "0.0.0.0:5023"
+h02 = "0.0.0.0:5013"
+teltonika = "0.0.0.0:5027"
+# OsmAnd / Traccar Client, HTTP.
+osmand = "0.0.0.0:5055"
+# Herald JSON lines.
+jsonl = "0.0.0.0:5099"
 "#;
 
 /// The template with placeholders replaced by the given secrets.

@@ -30,6 +30,8 @@ pub struct Node {
     /// Open WebSocket connections (including those still in `connect`).
     pub connections: AtomicUsize,
     pub ready: AtomicBool,
+    /// The device ingest, when `devices.enabled` (weak: the ingest itself holds the node).
+    pub devices: std::sync::OnceLock<std::sync::Weak<crate::devices::DeviceIngest>>,
     /// New-connection token buckets per client IP (`client.connection_rate_per_ip`).
     pub ip_buckets:
         parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, crate::rate::TokenBucket>>,
@@ -66,6 +68,7 @@ impl Node {
             connections: AtomicUsize::new(0),
             ready: AtomicBool::new(true),
             ip_buckets: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            devices: std::sync::OnceLock::new(),
             seq: AtomicU64::new(1),
             config,
         })

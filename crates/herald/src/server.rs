@@ -2,6 +2,7 @@
 
 use crate::broker::MemoryBroker;
 use crate::config::Config;
+use crate::devices::{DeviceAddrs, DeviceIngest};
 use crate::node::Node;
 use crate::presence::MemoryPresence;
 use crate::transport::{accept_loop, bind, Role};
@@ -17,6 +18,10 @@ pub struct Server {
     pub node: Arc<Node>,
     pub addr: SocketAddr,
     pub internal_addr: Option<SocketAddr>,
+    /// The device ingest, when `devices.enabled`.
+    pub devices: Option<Arc<DeviceIngest>>,
+    /// Bound addresses of the device listeners (all `None` when device ingest is off).
+    pub device_addrs: DeviceAddrs,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -79,11 +84,28 @@ impl Server {
             None => Role::Everything,
         };
         tasks.push(tokio::spawn(accept_loop(node.clone(), public, public_role)));
+        let devices = if config.devices.enabled {
+            match DeviceIngest::start(node.clone()).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    node.shutdown.cancel();
+                    for task in &tasks {
+                        task.abort();
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let device_addrs = devices.as_ref().map(|d| d.addrs).unwrap_or_default();
         tasks.push(tokio::spawn(sweeper(node.clone())));
         Ok(Server {
             node,
             addr,
             internal_addr,
+            devices,
+            device_addrs,
             tasks,
         })
     }
@@ -101,6 +123,9 @@ impl Server {
         let left = node.connections.load(Ordering::Acquire);
         if left > 0 {
             tracing::warn!(left, "shutdown timeout reached with connections still open");
+        }
+        if let Some(devices) = &self.devices {
+            devices.shutdown().await;
         }
         for task in self.tasks {
             task.abort();
