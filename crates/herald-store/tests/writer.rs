@@ -94,7 +94,12 @@ async fn failures_lose_nothing_and_commit_only_after_success() {
         spool.append(c).await.unwrap();
     }
     let writer = Writer::spawn(spool.clone(), store.clone(), cfg());
-    wait_for(|| writer.stats().pending_records == 0).await;
+    // The spool empties at commit, just before the writer counts the batch: wait for both.
+    wait_for(|| {
+        let s = writer.stats();
+        s.pending_records == 0 && s.positions_new == 120
+    })
+    .await;
     let s = writer.stats();
     assert_eq!(s.errors, 3);
     assert_eq!(s.consecutive_errors, 0);

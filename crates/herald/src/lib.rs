@@ -20,5 +20,6 @@ pub mod presence;
 pub mod rate;
 pub mod server;
 pub mod session;
+pub mod simulate;
 pub mod transport;
 pub mod ws;

@@ -41,6 +41,11 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Simulate clients of Herald over the real protocols (loopback targets only).
+    Simulate {
+        #[command(subcommand)]
+        what: SimulateWhat,
+    },
     /// Validate a configuration file; errors name the field.
     Checkconfig { file: PathBuf },
     /// Print a signed HS256 connection token (uses client.token.hmac_secret of the config).
@@ -63,6 +68,52 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum SimulateWhat {
+    /// GPS trackers driving plausible routes, sending positions at a fixed interval.
+    Devices {
+        #[arg(long, value_enum, default_value = "gt06")]
+        protocol: herald::simulate::SimProtocol,
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        #[arg(long, default_value = "1s")]
+        interval: humantime::Duration,
+        /// Device listener to send to (default: 127.0.0.1 and the protocol's default port).
+        #[arg(long)]
+        target: Option<std::net::SocketAddr>,
+        /// Stop after this long (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<humantime::Duration>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// First device id (15 digits, counting up per device).
+        #[arg(long, default_value_t = 860_000_000_000_000)]
+        first_id: u64,
+    },
+}
+
+async fn simulate_devices(options: herald::simulate::SimulateOptions) -> anyhow::Result<()> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_signal.cancel();
+    });
+    eprintln!(
+        "simulating {} {:?} devices to {} every {:?}",
+        options.count, options.protocol, options.target, options.interval
+    );
+    let report = herald::simulate::run(options, stop).await?;
+    println!(
+        "devices {} positions sent {} acknowledged {} errors {}",
+        report.devices, report.positions_sent, report.acknowledged, report.errors
+    );
+    if report.errors > 0 {
+        bail!("{} simulated devices failed (see the log)", report.errors);
+    }
+    Ok(())
 }
 
 fn load(config: Option<&PathBuf>, sets: &[String]) -> anyhow::Result<Config> {
@@ -261,6 +312,38 @@ fn main() -> anyhow::Result<()> {
                 None => print!("{text}"),
             }
             Ok(())
+        }
+        Command::Simulate {
+            what:
+                SimulateWhat::Devices {
+                    protocol,
+                    count,
+                    interval,
+                    target,
+                    duration,
+                    seed,
+                    first_id,
+                },
+        } => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .init();
+            let target = target.unwrap_or_else(|| {
+                std::net::SocketAddr::from(([127, 0, 0, 1], protocol.default_port()))
+            });
+            let options = herald::simulate::SimulateOptions {
+                protocol,
+                target,
+                count,
+                interval: interval.into(),
+                duration: duration.map(Into::into),
+                seed,
+                first_id,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(simulate_devices(options))
         }
         Command::Checkconfig { file } => {
             let config = Config::load(Some(&file), std::env::vars(), &[])?;
