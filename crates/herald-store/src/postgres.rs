@@ -141,16 +141,10 @@ fn row_to_position(row: &Row) -> Result<(i64, Position), StoreError> {
     p.course = row.try_get(6)?;
     p.altitude_m = row.try_get(7)?;
     p.valid = row.try_get(8)?;
-    p.satellites = match row.try_get::<_, Option<i64>>(9)? {
-        Some(s) => {
-            Some(u32::try_from(s).map_err(|_| StoreError::BadRow(format!("satellites {s}")))?)
-        }
-        None => None,
-    };
+    p.satellites = crate::store::satellites_from_db(row.try_get(9)?)?;
     p.accuracy_m = row.try_get(10)?;
     let attrs: String = row.try_get(11)?;
-    p.attributes =
-        serde_json::from_str(&attrs).map_err(|e| StoreError::BadRow(format!("attributes: {e}")))?;
+    p.attributes = crate::store::attributes_from_db(&attrs)?;
     Ok((row.try_get(0)?, p))
 }
 

@@ -105,16 +105,10 @@ fn row_to_position(row: &Row<'_>) -> Result<(i64, Position), StoreError> {
     p.course = nan_if_null(row.get(6)?);
     p.altitude_m = row.get(7)?;
     p.valid = row.get::<_, i64>(8)? != 0;
-    p.satellites = match row.get::<_, Option<i64>>(9)? {
-        Some(s) => {
-            Some(u32::try_from(s).map_err(|_| StoreError::BadRow(format!("satellites {s}")))?)
-        }
-        None => None,
-    };
+    p.satellites = crate::store::satellites_from_db(row.get(9)?)?;
     p.accuracy_m = row.get(10)?;
     let attrs: String = row.get(11)?;
-    p.attributes =
-        serde_json::from_str(&attrs).map_err(|e| StoreError::BadRow(format!("attributes: {e}")))?;
+    p.attributes = crate::store::attributes_from_db(&attrs)?;
     Ok((row.get(0)?, p))
 }
 

@@ -101,3 +101,17 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
             .await
     }
 }
+
+/// Satellites as stored (a nullable integer) back to the position field; out of range is a bad row.
+pub(crate) fn satellites_from_db(stored: Option<i64>) -> Result<Option<u32>, StoreError> {
+    stored
+        .map(|s| u32::try_from(s).map_err(|_| StoreError::BadRow(format!("satellites {s}"))))
+        .transpose()
+}
+
+/// Attributes as stored (JSON text) back to the position field.
+pub(crate) fn attributes_from_db(
+    stored: &str,
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>, StoreError> {
+    serde_json::from_str(stored).map_err(|e| StoreError::BadRow(format!("attributes: {e}")))
+}

@@ -214,18 +214,7 @@ pub enum Closed {
 
 impl Client {
     pub async fn open(url: &str) -> Client {
-        let uri = http::Uri::try_from(url).expect("url");
-        let (ws, _) = ClientBuilder::from_uri(uri)
-            .connect()
-            .await
-            .expect("websocket connects");
-        Client {
-            ws,
-            inbox: VecDeque::new(),
-            next_id: 1,
-            client_id: String::new(),
-            auto_pong: true,
-        }
+        Client::open_with(url, tokio_websockets::Config::default()).await
     }
 
     pub async fn send_text(&mut self, text: &str) {
