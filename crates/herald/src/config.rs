@@ -17,6 +17,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub channel: ChannelConfig,
     pub devices: DevicesConfig,
+    /// Upstream WebSocket feeds (`[[feeds]]`), see docs/feeds.md.
+    pub feeds: Vec<FeedConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -257,6 +259,145 @@ impl Default for DevicesConfig {
             fsync: "every 100ms".into(),
             store: "sqlite:data/herald.db".into(),
         }
+    }
+}
+
+/// One upstream WebSocket feed (`[[feeds]]`): exactly one node of the cluster consumes it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedConfig {
+    /// Unique name: names the lease, the metrics and the logs.
+    pub name: String,
+    /// `ws://` or `wss://` URL of the upstream.
+    pub url: String,
+    /// Text messages sent after each connect (subscribe requests).
+    pub send: Vec<String>,
+    /// JSON pointer to an array whose elements are published one by one ("" = the message).
+    pub items: String,
+    /// Only messages whose JSON pointers equal these strings are published.
+    #[serde(rename = "match")]
+    pub matches: std::collections::BTreeMap<String, String>,
+    /// Channel template: text with `{/json/pointer}` parts, e.g. `market:{/s}`.
+    pub channel: String,
+    /// JSON pointer to the published part ("" = the whole message).
+    pub data: String,
+    /// Publication tags, as templates (`{ symbol = "{/s}" }` feeds `conflation_key = "tag:symbol"`).
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// WebSocket ping sent upstream this often.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// No message from upstream for this long: reconnect.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Reconnect backoff, doubling from min to max, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Leadership lease; another node takes over within about this long after the leader dies.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// Larger upstream messages close the connection (and are counted).
+    pub max_message_bytes: usize,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            name: String::new(),
+            url: String::new(),
+            send: Vec::new(),
+            items: String::new(),
+            matches: Default::default(),
+            channel: String::new(),
+            data: String::new(),
+            tags: Default::default(),
+            heartbeat_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(2),
+            max_message_bytes: 1 << 20,
+        }
+    }
+}
+
+impl FeedConfig {
+    fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        let f = |name: &str| format!("{prefix}.{name}");
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(field(
+                f("name"),
+                format!(
+                    "{:?} is not a valid feed name (letters, digits, _ - .)",
+                    self.name
+                ),
+            ));
+        }
+        let uri: Result<http::Uri, _> = self.url.parse();
+        match uri.as_ref().map(|u| (u.scheme_str(), u.host())) {
+            Ok((Some("ws" | "wss"), Some(_))) => {}
+            _ => {
+                return Err(field(
+                    f("url"),
+                    format!("{:?} is not a ws:// or wss:// URL", self.url),
+                ))
+            }
+        }
+        crate::feeds::mapping::Template::parse(&self.channel)
+            .map_err(|e| field(f("channel"), e.to_string()))?;
+        for (name, template) in &self.tags {
+            crate::feeds::mapping::Template::parse(template)
+                .map_err(|e| field(f(&format!("tags.{name}")), e.to_string()))?;
+        }
+        for pointer in self.matches.keys() {
+            if !pointer.starts_with('/') {
+                return Err(field(
+                    f("match"),
+                    format!("{pointer:?} is not a JSON pointer (it must start with '/')"),
+                ));
+            }
+        }
+        for (name, pointer) in [("items", &self.items), ("data", &self.data)] {
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                return Err(field(
+                    f(name),
+                    format!("{pointer:?} is not a JSON pointer (it must start with '/')"),
+                ));
+            }
+        }
+        for (name, value) in [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("idle_timeout", self.idle_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("reconnect_min", self.reconnect_min),
+            ("reconnect_max", self.reconnect_max),
+        ] {
+            if value.is_zero() {
+                return Err(field(f(name), "must be greater than zero"));
+            }
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Err(field(
+                f("reconnect_max"),
+                "must not be less than reconnect_min",
+            ));
+        }
+        if self.lease_ttl < Duration::from_millis(300) {
+            return Err(field(f("lease_ttl"), "must be at least 300ms"));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(field(f("max_message_bytes"), "must be at least 1024"));
+        }
+        Ok(())
     }
 }
 
@@ -650,6 +791,17 @@ impl Config {
             c.max_outbox_bytes,
         )?;
         self.devices.validate()?;
+        let mut names = std::collections::HashSet::new();
+        for (i, feed) in self.feeds.iter().enumerate() {
+            let prefix = format!("feeds[{i}]");
+            feed.validate(&prefix)?;
+            if !names.insert(feed.name.as_str()) {
+                return Err(field(
+                    format!("{prefix}.name"),
+                    format!("feed {:?} defined twice", feed.name),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -882,6 +1034,37 @@ mod tests {
             .to_string();
         assert!(e.starts_with("log.level:"), "{e}");
         assert!(load_str("[log]\nlevel = \"herald=debug,info\"\n", &[], &[]).is_ok());
+    }
+
+    #[test]
+    fn feeds_are_validated_with_their_field_named() {
+        let ok = "[[feeds]]\nname = \"t\"\nurl = \"wss://x.example/ws\"\nchannel = \"m:{/s}\"\n";
+        let c = load_str(ok, &[], &[]).unwrap();
+        assert_eq!(c.feeds[0].lease_ttl, Duration::from_secs(2));
+        for (key, value, field) in [
+            ("url", "\"http://x/\"", "feeds[0].url"),
+            ("channel", "\"m:{s}\"", "feeds[0].channel"),
+            ("tags", "{ k = \"{/a\" }", "feeds[0].tags.k"),
+            ("match", "{ e = \"x\" }", "feeds[0].match"),
+            ("data", "\"p\"", "feeds[0].data"),
+            ("lease_ttl", "\"10ms\"", "feeds[0].lease_ttl"),
+            ("reconnect_max", "\"1ms\"", "feeds[0].reconnect_max"),
+        ] {
+            let mut entry: Vec<(&str, &str)> = vec![
+                ("name", "\"t\""),
+                ("url", "\"ws://x/\""),
+                ("channel", "\"c\""),
+            ];
+            entry.retain(|(k, _)| *k != key);
+            entry.push((key, value));
+            let body: Vec<String> = entry.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            let text = format!("[[feeds]]\n{}\n", body.join("\n"));
+            let err = load_str(&text, &[], &[]).unwrap_err().to_string();
+            assert!(err.contains(field), "{key}: {err}");
+        }
+        let twice = format!("{ok}{ok}");
+        let err = load_str(&twice, &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("feeds[1].name"), "{err}");
     }
 
     #[test]

@@ -184,6 +184,23 @@ teltonika = "0.0.0.0:5027"
 osmand = "0.0.0.0:5055"
 # Herald JSON lines.
 jsonl = "0.0.0.0:5099"
+
+# Upstream WebSocket feeds (none by default), each consumed by exactly one node; see docs/feeds.md.
+# [[feeds]]
+# name = "trades"
+# url = "wss://stream.example.com/ws"
+# send = ['{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}']
+# match = { "/e" = "trade" }
+# channel = "market:{/s}"
+# data = ""
+# tags = { symbol = "{/s}" }
+# heartbeat_interval = "15s"
+# idle_timeout = "60s"
+# connect_timeout = "10s"
+# reconnect_min = "200ms"
+# reconnect_max = "10s"
+# lease_ttl = "2s"
+# max_message_bytes = 1048576
 "#;
 
 /// The template with placeholders replaced by the given secrets.

@@ -23,7 +23,8 @@ pub struct SourceLabel {
 }
 
 pub struct Metrics {
-    registry: Registry,
+    /// Behind a lock so subsystems (feeds, hooks) register their own metrics after start.
+    registry: parking_lot::Mutex<Registry>,
     pub connections: Gauge,
     pub connections_accepted: Counter,
     pub connections_refused: Family<ReasonLabel, Counter>,
@@ -68,7 +69,7 @@ impl Metrics {
             outbox_drops: Counter::default(),
             outbox_bytes: Gauge::default(),
             api_requests: Family::default(),
-            registry: Registry::default(),
+            registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
             "connections",
@@ -142,7 +143,10 @@ impl Metrics {
             "Server API calls, by method",
             m.api_requests.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: parking_lot::Mutex::new(registry),
+            ..m
+        }
     }
 
     pub fn command(&self, method: &'static str) {
@@ -155,10 +159,20 @@ impl Metrics {
             .inc();
     }
 
+    /// Registers a subsystem's metric (named `herald_<name>`).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry.lock().register(name, help, metric);
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry.lock()).is_err() {
             out.clear();
         }
         out

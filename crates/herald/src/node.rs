@@ -23,6 +23,8 @@ pub struct Node {
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn PresenceStore>,
+    /// Leases of singleton work (feed consumers), shared through the broker in a cluster.
+    pub leases: Arc<dyn crate::lease::LeaseStore>,
     pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the node starts shutting down: connections close with `shutdown`.
@@ -62,6 +64,7 @@ impl Node {
             hub,
             broker,
             presence,
+            leases: Arc::new(crate::lease::MemoryLeases::default()),
             verifier,
             metrics,
             shutdown: CancellationToken::new(),
@@ -150,6 +153,30 @@ impl Node {
             .get_or_create(&SourceLabel { source })
             .inc();
         Ok(position)
+    }
+}
+
+impl Node {
+    /// [`Node::publish`] for a lease holder (a feed's leader): refused once a newer holder of
+    /// `lease` exists, so a leader that stalled past its lease cannot publish what it still holds.
+    pub async fn publish_fenced(
+        &self,
+        lease: &str,
+        token: u64,
+        channel: &str,
+        data: Box<serde_json::value::RawValue>,
+        tags: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), crate::feeds::FeedPublishError> {
+        use crate::feeds::FeedPublishError;
+        match self.leases.is_current(lease, token).await {
+            Ok(true) => {}
+            Ok(false) => return Err(FeedPublishError::Fenced),
+            Err(e) => return Err(FeedPublishError::Failed(e.to_string())),
+        }
+        self.publish(channel, data, None, tags, "feed")
+            .await
+            .map(|_| ())
+            .map_err(|code| FeedPublishError::Failed(format!("{code:?}")))
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Server {
     pub devices: Option<Arc<DeviceIngest>>,
     /// Bound addresses of the device listeners (all `None` when device ingest is off).
     pub device_addrs: DeviceAddrs,
+    /// Feed runners; they release their leases when the node shuts down.
+    feeds: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -100,7 +102,9 @@ impl Server {
         };
         let device_addrs = devices.as_ref().map(|d| d.addrs).unwrap_or_default();
         tasks.push(tokio::spawn(sweeper(node.clone())));
+        let feeds = crate::feeds::start(&node);
         Ok(Server {
+            feeds,
             node,
             addr,
             internal_addr,
@@ -126,6 +130,16 @@ impl Server {
         }
         if let Some(devices) = &self.devices {
             devices.shutdown().await;
+        }
+        for feed in self.feeds {
+            // Bounded: a lease release that hangs on a dead broker must not hold the exit.
+            let abort = feed.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), feed)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
         for task in self.tasks {
             task.abort();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod upstream;
 
 use futures_util::{SinkExt, StreamExt};
 use herald::config::{Config, NamespaceOptions};

@@ -1,0 +1,256 @@
+//! How an upstream message becomes publications: pure functions, no I/O, so they can be tested
+//! and fuzzed on their own.
+//!
+//! A template is literal text with `{/json/pointer}` parts, e.g. `market:{/s}` turns
+//! `{"s":"BTCUSDT","p":"1.5"}` into the channel `market:BTCUSDT`. `{{` and `}}` are literal braces.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TemplateError {
+    #[error("unclosed '{{' at byte {0}")]
+    Unclosed(usize),
+    #[error("unmatched '}}' at byte {0}")]
+    Unmatched(usize),
+    #[error("{0:?} is not a JSON pointer (it must start with '/')")]
+    NotPointer(String),
+    #[error("the template is empty")]
+    Empty,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Pointer(String),
+}
+
+/// A parsed `{/pointer}` template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Template, TemplateError> {
+        if text.is_empty() {
+            return Err(TemplateError::Empty);
+        }
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'{' if bytes.get(i + 1) == Some(&b'{') => {
+                    literal.push('{');
+                    i += 2;
+                }
+                b'}' if bytes.get(i + 1) == Some(&b'}') => {
+                    literal.push('}');
+                    i += 2;
+                }
+                b'{' => {
+                    let end = text[i..].find('}').ok_or(TemplateError::Unclosed(i))? + i;
+                    let pointer = &text[i + 1..end];
+                    if !pointer.starts_with('/') {
+                        return Err(TemplateError::NotPointer(pointer.to_string()));
+                    }
+                    if !literal.is_empty() {
+                        parts.push(Part::Text(std::mem::take(&mut literal)));
+                    }
+                    parts.push(Part::Pointer(pointer.to_string()));
+                    i = end + 1;
+                }
+                b'}' => return Err(TemplateError::Unmatched(i)),
+                _ => {
+                    // Copy one whole UTF-8 character.
+                    let ch = text[i..].chars().next().unwrap_or('\u{fffd}');
+                    literal.push(ch);
+                    i += ch.len_utf8();
+                }
+            }
+        }
+        if !literal.is_empty() {
+            parts.push(Part::Text(literal));
+        }
+        Ok(Template { parts })
+    }
+
+    /// The rendered text, or `None` when a pointer is missing or points at an object, array or null.
+    pub fn render(&self, message: &Value) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Pointer(p) => match message.pointer(p)? {
+                    Value::String(s) => out.push_str(s),
+                    Value::Number(n) => out.push_str(&n.to_string()),
+                    Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+                    _ => return None,
+                },
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Why a message produced no publication (counted per feed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Not JSON.
+    NotJson,
+    /// Filtered out by `match` (e.g. subscription acknowledgements).
+    Unmatched,
+    /// The channel template or `data` pointer did not resolve.
+    Unmapped,
+}
+
+/// One publication to make.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapped {
+    pub channel: String,
+    pub data: Value,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A feed's whole mapping from upstream text to publications.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    /// Pointer to an array whose elements are mapped one by one ("" = the message itself).
+    pub items: String,
+    /// Only items where every pointer equals its string are published.
+    pub matches: Vec<(String, String)>,
+    pub channel: Template,
+    /// Pointer to the part of the item that is published ("" = the whole item).
+    pub data: String,
+    pub tags: Vec<(String, Template)>,
+}
+
+impl Mapping {
+    /// Maps one upstream text message.
+    pub fn apply(&self, text: &str) -> Result<Vec<Mapped>, Skip> {
+        let message: Value = serde_json::from_str(text).map_err(|_| Skip::NotJson)?;
+        if self.items.is_empty() {
+            return self.apply_item(&message).map(|m| vec![m]);
+        }
+        let Some(Value::Array(items)) = message.pointer(&self.items) else {
+            return Err(Skip::Unmapped);
+        };
+        let mapped: Vec<Mapped> = items
+            .iter()
+            .filter_map(|item| self.apply_item(item).ok())
+            .collect();
+        if mapped.is_empty() {
+            return Err(Skip::Unmatched);
+        }
+        Ok(mapped)
+    }
+
+    fn apply_item(&self, item: &Value) -> Result<Mapped, Skip> {
+        for (pointer, expected) in &self.matches {
+            let matched = match item.pointer(pointer) {
+                Some(Value::String(s)) => s == expected,
+                Some(other) => serde_json::from_str::<Value>(expected).is_ok_and(|e| &e == other),
+                None => false,
+            };
+            if !matched {
+                return Err(Skip::Unmatched);
+            }
+        }
+        let channel = self.channel.render(item).ok_or(Skip::Unmapped)?;
+        let data = if self.data.is_empty() {
+            item.clone()
+        } else {
+            item.pointer(&self.data).cloned().ok_or(Skip::Unmapped)?
+        };
+        let mut tags = BTreeMap::new();
+        for (name, template) in &self.tags {
+            tags.insert(name.clone(), template.render(item).ok_or(Skip::Unmapped)?);
+        }
+        Ok(Mapped {
+            channel,
+            data,
+            tags,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mapping(channel: &str) -> Mapping {
+        Mapping {
+            items: String::new(),
+            matches: Vec::new(),
+            channel: Template::parse(channel).unwrap(),
+            data: String::new(),
+            tags: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn templates_render_pointers_and_literals() {
+        let t = Template::parse("market:{/s}.{/k/i}{{x}}").unwrap();
+        let v = json!({"s": "BTC", "k": {"i": 5}});
+        assert_eq!(t.render(&v).as_deref(), Some("market:BTC.5{x}"));
+        assert_eq!(t.render(&json!({"s": "BTC"})), None);
+        assert_eq!(t.render(&json!({"s": {"a": 1}, "k": {"i": 1}})), None);
+        assert_eq!(
+            Template::parse("κανάλι:{/s}")
+                .unwrap()
+                .render(&v)
+                .as_deref(),
+            Some("κανάλι:BTC")
+        );
+    }
+
+    #[test]
+    fn bad_templates_are_named() {
+        assert_eq!(Template::parse("a{/b"), Err(TemplateError::Unclosed(1)));
+        assert_eq!(Template::parse("a}b"), Err(TemplateError::Unmatched(1)));
+        assert_eq!(
+            Template::parse("a{b}"),
+            Err(TemplateError::NotPointer("b".into()))
+        );
+        assert_eq!(Template::parse(""), Err(TemplateError::Empty));
+    }
+
+    #[test]
+    fn messages_map_filter_and_split() {
+        let mut m = mapping("trades:{/s}");
+        m.matches = vec![("/e".into(), "trade".into())];
+        m.data = "/p".into();
+        m.tags = vec![("symbol".into(), Template::parse("{/s}").unwrap())];
+        let out = m.apply(r#"{"e":"trade","s":"ETH","p":"3.5"}"#).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].channel, "trades:ETH");
+        assert_eq!(out[0].data, json!("3.5"));
+        assert_eq!(out[0].tags.get("symbol").map(String::as_str), Some("ETH"));
+        assert_eq!(m.apply(r#"{"result":null,"id":1}"#), Err(Skip::Unmatched));
+        assert_eq!(m.apply("not json"), Err(Skip::NotJson));
+        assert_eq!(m.apply(r#"{"e":"trade","p":"1"}"#), Err(Skip::Unmapped));
+
+        let mut batch = mapping("q:{/s}");
+        batch.items = "/data".into();
+        let out = batch
+            .apply(r#"{"data":[{"s":"A"},{"x":1},{"s":"B"}]}"#)
+            .unwrap();
+        let channels: Vec<_> = out.iter().map(|m| m.channel.as_str()).collect();
+        assert_eq!(channels, ["q:A", "q:B"]);
+        assert_eq!(batch.apply(r#"{"data":{}}"#), Err(Skip::Unmapped));
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics() {
+        let m = mapping("c:{/a}");
+        for text in ["", "{", "[]", "null", "\"\\u0000\"", "{\"a\":[1]}", "1e999"] {
+            let _ = m.apply(text);
+        }
+        for text in ["{", "}", "{{", "}}", "{/", "{}", "é{/é}", "{/a}}"] {
+            let _ = Template::parse(text);
+        }
+    }
+}
