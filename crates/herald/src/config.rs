@@ -268,8 +268,15 @@ impl Default for DevicesConfig {
 pub struct FeedConfig {
     /// Unique name: names the lease, the metrics and the logs.
     pub name: String,
-    /// `ws://` or `wss://` URL of the upstream.
+    /// `websocket` (an upstream WebSocket), `redis` (pattern subscriptions on a Redis server) or
+    /// `nats` (NATS subjects).
+    pub kind: String,
+    /// `ws://`/`wss://` URL of the upstream, `redis://host:port/`, or `nats://host:port`.
     pub url: String,
+    /// Redis channel patterns to PSUBSCRIBE (`ticker:*`) or NATS subjects (`ticks.>`).
+    pub subscribe: Vec<String>,
+    /// `json`: messages are JSON (others are skipped); `text`: any text, published as a JSON string.
+    pub payload: String,
     /// Text messages sent after each connect (subscribe requests).
     pub send: Vec<String>,
     /// JSON pointer to an array whose elements are published one by one ("" = the message).
@@ -307,7 +314,10 @@ impl Default for FeedConfig {
     fn default() -> Self {
         FeedConfig {
             name: String::new(),
+            kind: "websocket".into(),
             url: String::new(),
+            subscribe: Vec::new(),
+            payload: "json".into(),
             send: Vec::new(),
             items: String::new(),
             matches: Default::default(),
@@ -343,14 +353,58 @@ impl FeedConfig {
             ));
         }
         let uri: Result<http::Uri, _> = self.url.parse();
-        match uri.as_ref().map(|u| (u.scheme_str(), u.host())) {
-            Ok((Some("ws" | "wss"), Some(_))) => {}
-            _ => {
+        let scheme = uri.as_ref().ok().and_then(|u| u.host().and(u.scheme_str()));
+        match (self.kind.as_str(), scheme) {
+            ("websocket", Some("ws" | "wss")) => {
+                if !self.subscribe.is_empty() {
+                    return Err(field(
+                        f("subscribe"),
+                        "is for kind = \"redis\" or \"nats\"; a websocket feed subscribes with `send`",
+                    ));
+                }
+            }
+            ("websocket", _) => {
                 return Err(field(
                     f("url"),
                     format!("{:?} is not a ws:// or wss:// URL", self.url),
                 ))
             }
+            ("nats", _) => {
+                if !self.url.starts_with("nats://") && !self.url.starts_with("tls://") {
+                    return Err(field(
+                        f("url"),
+                        format!("{:?} is not a nats:// or tls:// URL", self.url),
+                    ));
+                }
+                if self.subscribe.is_empty() {
+                    return Err(field(f("subscribe"), "needs at least one subject"));
+                }
+                if !self.send.is_empty() {
+                    return Err(field(f("send"), "is for kind = \"websocket\""));
+                }
+            }
+            ("redis", _) => {
+                redis::Client::open(self.url.as_str())
+                    .map_err(|e| field(f("url"), format!("{:?}: {e}", self.url)))?;
+                if self.subscribe.is_empty() {
+                    return Err(field(f("subscribe"), "needs at least one channel pattern"));
+                }
+                if !self.send.is_empty() {
+                    return Err(field(f("send"), "is for kind = \"websocket\""));
+                }
+            }
+            (other, _) => {
+                return Err(field(
+                    f("kind"),
+                    format!("{other:?} is not one of \"websocket\", \"redis\", \"nats\""),
+                ))
+            }
+        }
+        if !matches!(self.payload.as_str(), "json" | "text") {
+            return Err(field(
+                f("payload"),
+                format!("{:?} is not one of \"json\", \"text\"", self.payload),
+            ));
         }
         crate::feeds::mapping::Template::parse(&self.channel)
             .map_err(|e| field(f("channel"), e.to_string()))?;

@@ -188,7 +188,10 @@ jsonl = "0.0.0.0:5099"
 # Upstream WebSocket feeds (none by default), each consumed by exactly one node; see docs/feeds.md.
 # [[feeds]]
 # name = "trades"
+# kind = "websocket"             # or "redis" (PSUBSCRIBE patterns) or "nats" (subjects)
 # url = "wss://stream.example.com/ws"
+# subscribe = []                 # redis patterns ["ticker:*"] or nats subjects ["ticks.>"]
+# payload = "json"               # or "text": any text, published as a JSON string
 # send = ['{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}']
 # match = { "/e" = "trade" }
 # channel = "market:{/s}"

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::proxy;
 use support::upstream::FakeUpstream;
 use support::*;
 use tokio_util::sync::CancellationToken;
@@ -332,5 +333,151 @@ async fn the_node_refuses_publications_with_a_stale_fencing_token() {
         .publish_fenced("feed:x", old, "fenced", data(), Default::default())
         .await;
     assert_eq!(refused, Err(FeedPublishError::Fenced));
+    client.expect_silence(Duration::from_millis(200)).await;
+}
+
+fn redis_addr() -> std::net::SocketAddr {
+    std::env::var("HERALD_TEST_REDIS")
+        .unwrap_or_else(|_| "127.0.0.1:6379".into())
+        .parse()
+        .expect("HERALD_TEST_REDIS is host:port")
+}
+
+async fn redis_publish(channel: &str, payload: &str) {
+    let client = redis::Client::open(format!("redis://{}/", redis_addr())).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+fn redis_feed(url: String, prefix: &str) -> FeedConfig {
+    FeedConfig {
+        name: "stocks".into(),
+        kind: "redis".into(),
+        url,
+        subscribe: vec![format!("{prefix}:ticker:*")],
+        channel: "market:{$source[2]}".into(),
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(200),
+        heartbeat_interval: Duration::from_millis(250),
+        connect_timeout: Duration::from_secs(1),
+        ..FeedConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_redis_pattern_feed_reaches_subscribers_and_survives_a_stalled_redis() {
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let proxy = proxy::Proxy::start(redis_addr()).await;
+    let server = TestServer::with(|c| {
+        c.channel.namespaces.push(open_namespace("market"));
+        c.channel.namespaces.push(open_namespace("quotes"));
+        c.feeds
+            .push(redis_feed(format!("redis://{}/", proxy.addr), &prefix));
+        let mut text = redis_feed(format!("redis://{}/", redis_addr()), &prefix);
+        text.name = "text".into();
+        text.subscribe = vec![format!("{prefix}:raw:*")];
+        text.channel = "quotes:{$source[2]}".into();
+        text.payload = "text".into();
+        c.feeds.push(text);
+    })
+    .await;
+    let mut client = server.client("alice").await;
+    client.subscribe("market:AAPL").await;
+    let mut quotes = server.client("bob").await;
+    quotes.subscribe("quotes:MSFT").await;
+    let leaders = || async {
+        let m = server.metrics().await;
+        metric(&m, r#"herald_feed_connects_total{feed="stocks"}"#) >= 1.0
+            && metric(&m, r#"herald_feed_connects_total{feed="text"}"#) >= 1.0
+    };
+    let deadline = Instant::now() + WAIT;
+    while !leaders().await {
+        assert!(Instant::now() < deadline, "feeds never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Subscriptions are confirmed before `connects` is counted, so these cannot be missed.
+    redis_publish(&format!("{prefix}:ticker:AAPL"), r#"{"p":231.5}"#).await;
+    redis_publish(&format!("{prefix}:ticker:GOOG"), r#"{"p":180}"#).await;
+    redis_publish(&format!("{prefix}:raw:MSFT"), "512.25").await;
+    assert_eq!(client.publication("market:AAPL").await["data"]["p"], 231.5);
+    assert_eq!(quotes.publication("quotes:MSFT").await["data"], "512.25");
+    client.expect_silence(Duration::from_millis(200)).await;
+
+    // Redis stops answering: the PING goes unanswered, the feed drops the connection and keeps
+    // trying; when Redis answers again the patterns are subscribed anew.
+    proxy.blackhole();
+    let disconnected = || async {
+        let m = server.metrics().await;
+        metric(&m, r#"herald_feed_disconnects_total{feed="stocks"}"#)
+    };
+    let deadline = Instant::now() + WAIT;
+    while disconnected().await < 1.0 {
+        assert!(Instant::now() < deadline, "a stalled Redis went unnoticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.restore();
+    let connects = || async {
+        let m = server.metrics().await;
+        metric(&m, r#"herald_feed_connects_total{feed="stocks"}"#)
+    };
+    let deadline = Instant::now() + WAIT;
+    while connects().await < 2.0 {
+        assert!(Instant::now() < deadline, "the feed never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Pub/sub is at-most-once: a message published while a (loaded) machine makes the feed
+    // reconnect once more is gone, so publish until one arrives.
+    for attempt in 0.. {
+        redis_publish(&format!("{prefix}:ticker:AAPL"), r#"{"p":232}"#).await;
+        if let Some(v) = client.next_within(Duration::from_millis(500)).await {
+            assert_eq!(v["push"]["pub"]["data"]["p"], 232, "{v}");
+            break;
+        }
+        assert!(attempt < 10, "no publication after the feed came back");
+    }
+}
+
+#[tokio::test]
+async fn a_nats_subject_feed_reaches_subscribers() {
+    let nats_url =
+        std::env::var("HERALD_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let server = TestServer::with(|c| {
+        c.channel.namespaces.push(open_namespace("ticks"));
+        c.feeds.push(FeedConfig {
+            name: "ticks".into(),
+            kind: "nats".into(),
+            url: nats_url.clone(),
+            subscribe: vec![format!("{prefix}.ticks.>")],
+            channel: "ticks:{$source[2]}.{$source[3]}".into(),
+            ..FeedConfig::default()
+        });
+    })
+    .await;
+    let mut client = server.client("alice").await;
+    client.subscribe("ticks:eu.AIR").await;
+    let deadline = Instant::now() + WAIT;
+    while metric(
+        &server.metrics().await,
+        r#"herald_feed_connects_total{feed="ticks"}"#,
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "feed never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let nats = async_nats::connect(nats_url.as_str()).await.unwrap();
+    nats.publish(format!("{prefix}.ticks.us.AAPL"), r#"{"p":1}"#.into())
+        .await
+        .unwrap();
+    nats.publish(format!("{prefix}.ticks.eu.AIR"), r#"{"p":150.2}"#.into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    assert_eq!(client.publication("ticks:eu.AIR").await["data"]["p"], 150.2);
     client.expect_silence(Duration::from_millis(200)).await;
 }

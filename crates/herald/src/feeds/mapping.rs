@@ -2,7 +2,9 @@
 //! and fuzzed on their own.
 //!
 //! A template is literal text with `{/json/pointer}` parts, e.g. `market:{/s}` turns
-//! `{"s":"BTCUSDT","p":"1.5"}` into the channel `market:BTCUSDT`. `{{` and `}}` are literal braces.
+//! `{"s":"BTCUSDT","p":"1.5"}` into the channel `market:BTCUSDT`. `{$source}` is the name the
+//! message arrived on (Redis channel, NATS subject) and `{$source[N]}` its N-th segment, split
+//! on `.` and `:` (`ticker:BTC` → `{$source[1]}` = `BTC`). `{{` and `}}` are literal braces.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -13,7 +15,7 @@ pub enum TemplateError {
     Unclosed(usize),
     #[error("unmatched '}}' at byte {0}")]
     Unmatched(usize),
-    #[error("{0:?} is not a JSON pointer (it must start with '/')")]
+    #[error("{0:?} is neither a JSON pointer (\"/s\") nor $source / $source[N]")]
     NotPointer(String),
     #[error("the template is empty")]
     Empty,
@@ -23,6 +25,16 @@ pub enum TemplateError {
 enum Part {
     Text(String),
     Pointer(String),
+    Source,
+    SourceSegment(usize),
+}
+
+fn source_part(inner: &str) -> Option<Part> {
+    if inner == "$source" {
+        return Some(Part::Source);
+    }
+    let index = inner.strip_prefix("$source[")?.strip_suffix(']')?;
+    index.parse().ok().map(Part::SourceSegment)
 }
 
 /// A parsed `{/pointer}` template.
@@ -52,14 +64,17 @@ impl Template {
                 }
                 b'{' => {
                     let end = text[i..].find('}').ok_or(TemplateError::Unclosed(i))? + i;
-                    let pointer = &text[i + 1..end];
-                    if !pointer.starts_with('/') {
-                        return Err(TemplateError::NotPointer(pointer.to_string()));
-                    }
+                    let inner = &text[i + 1..end];
+                    let part = if inner.starts_with('/') {
+                        Part::Pointer(inner.to_string())
+                    } else {
+                        source_part(inner)
+                            .ok_or_else(|| TemplateError::NotPointer(inner.to_string()))?
+                    };
                     if !literal.is_empty() {
                         parts.push(Part::Text(std::mem::take(&mut literal)));
                     }
-                    parts.push(Part::Pointer(pointer.to_string()));
+                    parts.push(part);
                     i = end + 1;
                 }
                 b'}' => return Err(TemplateError::Unmatched(i)),
@@ -77,12 +92,15 @@ impl Template {
         Ok(Template { parts })
     }
 
-    /// The rendered text, or `None` when a pointer is missing or points at an object, array or null.
-    pub fn render(&self, message: &Value) -> Option<String> {
+    /// The rendered text, or `None` when a pointer is missing or points at an object, array or
+    /// null, or the source has no such segment.
+    pub fn render(&self, message: &Value, source: &str) -> Option<String> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
+                Part::Source => out.push_str(source),
+                Part::SourceSegment(n) => out.push_str(source.split(['.', ':']).nth(*n)?),
                 Part::Pointer(p) => match message.pointer(p)? {
                     Value::String(s) => out.push_str(s),
                     Value::Number(n) => out.push_str(&n.to_string()),
@@ -117,6 +135,8 @@ pub struct Mapped {
 /// A feed's whole mapping from upstream text to publications.
 #[derive(Debug, Clone)]
 pub struct Mapping {
+    /// Messages are any text, published as a JSON string (else they must be JSON).
+    pub text_payload: bool,
     /// Pointer to an array whose elements are mapped one by one ("" = the message itself).
     pub items: String,
     /// Only items where every pointer equals its string are published.
@@ -128,18 +148,22 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    /// Maps one upstream text message.
-    pub fn apply(&self, text: &str) -> Result<Vec<Mapped>, Skip> {
-        let message: Value = serde_json::from_str(text).map_err(|_| Skip::NotJson)?;
+    /// Maps one upstream message that arrived on `source`.
+    pub fn apply(&self, text: &str, source: &str) -> Result<Vec<Mapped>, Skip> {
+        let message: Value = if self.text_payload {
+            Value::String(text.to_string())
+        } else {
+            serde_json::from_str(text).map_err(|_| Skip::NotJson)?
+        };
         if self.items.is_empty() {
-            return self.apply_item(&message).map(|m| vec![m]);
+            return self.apply_item(&message, source).map(|m| vec![m]);
         }
         let Some(Value::Array(items)) = message.pointer(&self.items) else {
             return Err(Skip::Unmapped);
         };
         let mapped: Vec<Mapped> = items
             .iter()
-            .filter_map(|item| self.apply_item(item).ok())
+            .filter_map(|item| self.apply_item(item, source).ok())
             .collect();
         if mapped.is_empty() {
             return Err(Skip::Unmatched);
@@ -147,7 +171,7 @@ impl Mapping {
         Ok(mapped)
     }
 
-    fn apply_item(&self, item: &Value) -> Result<Mapped, Skip> {
+    fn apply_item(&self, item: &Value, source: &str) -> Result<Mapped, Skip> {
         for (pointer, expected) in &self.matches {
             let matched = match item.pointer(pointer) {
                 Some(Value::String(s)) => s == expected,
@@ -158,7 +182,7 @@ impl Mapping {
                 return Err(Skip::Unmatched);
             }
         }
-        let channel = self.channel.render(item).ok_or(Skip::Unmapped)?;
+        let channel = self.channel.render(item, source).ok_or(Skip::Unmapped)?;
         let data = if self.data.is_empty() {
             item.clone()
         } else {
@@ -166,7 +190,10 @@ impl Mapping {
         };
         let mut tags = BTreeMap::new();
         for (name, template) in &self.tags {
-            tags.insert(name.clone(), template.render(item).ok_or(Skip::Unmapped)?);
+            tags.insert(
+                name.clone(),
+                template.render(item, source).ok_or(Skip::Unmapped)?,
+            );
         }
         Ok(Mapped {
             channel,
@@ -183,6 +210,7 @@ mod tests {
 
     fn mapping(channel: &str) -> Mapping {
         Mapping {
+            text_payload: false,
             items: String::new(),
             matches: Vec::new(),
             channel: Template::parse(channel).unwrap(),
@@ -195,16 +223,19 @@ mod tests {
     fn templates_render_pointers_and_literals() {
         let t = Template::parse("market:{/s}.{/k/i}{{x}}").unwrap();
         let v = json!({"s": "BTC", "k": {"i": 5}});
-        assert_eq!(t.render(&v).as_deref(), Some("market:BTC.5{x}"));
-        assert_eq!(t.render(&json!({"s": "BTC"})), None);
-        assert_eq!(t.render(&json!({"s": {"a": 1}, "k": {"i": 1}})), None);
+        assert_eq!(t.render(&v, "").as_deref(), Some("market:BTC.5{x}"));
+        assert_eq!(t.render(&json!({"s": "BTC"}), ""), None);
+        assert_eq!(t.render(&json!({"s": {"a": 1}, "k": {"i": 1}}), ""), None);
+        let greek = Template::parse("κανάλι:{/s}").unwrap();
+        assert_eq!(greek.render(&v, "").as_deref(), Some("κανάλι:BTC"));
+        let t = Template::parse("q:{$source[1]}/{$source}").unwrap();
         assert_eq!(
-            Template::parse("κανάλι:{/s}")
-                .unwrap()
-                .render(&v)
-                .as_deref(),
-            Some("κανάλι:BTC")
+            t.render(&v, "ticker:ETH").as_deref(),
+            Some("q:ETH/ticker:ETH")
         );
+        assert_eq!(t.render(&v, "ticker"), None);
+        assert!(Template::parse("{$source[x]}").is_err());
+        assert!(Template::parse("{$other}").is_err());
     }
 
     #[test]
@@ -224,32 +255,54 @@ mod tests {
         m.matches = vec![("/e".into(), "trade".into())];
         m.data = "/p".into();
         m.tags = vec![("symbol".into(), Template::parse("{/s}").unwrap())];
-        let out = m.apply(r#"{"e":"trade","s":"ETH","p":"3.5"}"#).unwrap();
+        let out = m.apply(r#"{"e":"trade","s":"ETH","p":"3.5"}"#, "").unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].channel, "trades:ETH");
         assert_eq!(out[0].data, json!("3.5"));
         assert_eq!(out[0].tags.get("symbol").map(String::as_str), Some("ETH"));
-        assert_eq!(m.apply(r#"{"result":null,"id":1}"#), Err(Skip::Unmatched));
-        assert_eq!(m.apply("not json"), Err(Skip::NotJson));
-        assert_eq!(m.apply(r#"{"e":"trade","p":"1"}"#), Err(Skip::Unmapped));
+        assert_eq!(
+            m.apply(r#"{"result":null,"id":1}"#, ""),
+            Err(Skip::Unmatched)
+        );
+        assert_eq!(m.apply("not json", ""), Err(Skip::NotJson));
+        assert_eq!(m.apply(r#"{"e":"trade","p":"1"}"#, ""), Err(Skip::Unmapped));
 
         let mut batch = mapping("q:{/s}");
         batch.items = "/data".into();
         let out = batch
-            .apply(r#"{"data":[{"s":"A"},{"x":1},{"s":"B"}]}"#)
+            .apply(r#"{"data":[{"s":"A"},{"x":1},{"s":"B"}]}"#, "")
             .unwrap();
         let channels: Vec<_> = out.iter().map(|m| m.channel.as_str()).collect();
         assert_eq!(channels, ["q:A", "q:B"]);
-        assert_eq!(batch.apply(r#"{"data":{}}"#), Err(Skip::Unmapped));
+        assert_eq!(batch.apply(r#"{"data":{}}"#, ""), Err(Skip::Unmapped));
+    }
+
+    #[test]
+    fn text_payloads_are_published_as_strings() {
+        let mut m = mapping("prices:{$source[1]}");
+        m.text_payload = true;
+        let out = m.apply("97000.5", "ticker:BTC").unwrap();
+        assert_eq!(out[0].channel, "prices:BTC");
+        assert_eq!(out[0].data, json!("97000.5"));
     }
 
     #[test]
     fn arbitrary_text_never_panics() {
         let m = mapping("c:{/a}");
         for text in ["", "{", "[]", "null", "\"\\u0000\"", "{\"a\":[1]}", "1e999"] {
-            let _ = m.apply(text);
+            let _ = m.apply(text, "a.b:c");
         }
-        for text in ["{", "}", "{{", "}}", "{/", "{}", "é{/é}", "{/a}}"] {
+        for text in [
+            "{",
+            "}",
+            "{{",
+            "}}",
+            "{/",
+            "{}",
+            "é{/é}",
+            "{/a}}",
+            "{$source[99999999999999999999]}",
+        ] {
             let _ = Template::parse(text);
         }
     }

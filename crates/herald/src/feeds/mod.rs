@@ -8,6 +8,7 @@
 //! SIGSTOP) and wakes up with messages in hand cannot publish them.
 
 pub mod mapping;
+pub mod source;
 pub mod upstream;
 
 use crate::config::FeedConfig;
@@ -127,6 +128,7 @@ impl FeedMetrics {
 /// Builds a feed's mapping from its (validated) configuration.
 pub fn mapping_of(cfg: &FeedConfig) -> Result<Mapping, mapping::TemplateError> {
     Ok(Mapping {
+        text_payload: cfg.payload == "text",
         items: cfg.items.clone(),
         matches: cfg
             .matches
@@ -276,14 +278,14 @@ impl FeedRunner {
         let label = self.label();
         let mut conn = tokio::select! {
             _ = lost.cancelled() => return Ok(()),
-            c = upstream::connect(&self.cfg) => c?,
+            c = source::open(&self.cfg) => c?,
         };
         self.metrics.connects.get_or_create(&label).inc();
-        tracing::info!(feed = %self.cfg.name, url = %self.cfg.url, "feed connected");
+        tracing::info!(feed = %self.cfg.name, kind = %self.cfg.kind, "feed connected");
         loop {
-            let text = tokio::select! {
+            let message = tokio::select! {
                 _ = lost.cancelled() => break,
-                text = conn.next_text() => text?,
+                message = conn.next() => message?,
             };
             if Instant::now() >= *deadline.lock() {
                 // The lease may have lapsed while this process was not running (frozen, paused):
@@ -292,7 +294,7 @@ impl FeedRunner {
                 break;
             }
             self.metrics.messages.get_or_create(&label).inc();
-            match self.mapping.apply(&text) {
+            match self.mapping.apply(&message.payload, &message.source) {
                 Err(skip) => self.skipped(skip),
                 Ok(list) => {
                     if !self.publish_all(lease, token, list, lost).await {

@@ -41,6 +41,11 @@ impl Proxy {
     pub fn blackhole(&self) {
         self.blackhole.store(true, Ordering::SeqCst);
     }
+
+    /// Forwards again (new connections, and old ones that are still open).
+    pub fn restore(&self) {
+        self.blackhole.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Proxy {
