@@ -1,6 +1,8 @@
 // Herald's live map in real headless Chromium: the real `herald` binary on loopback port 0, the
 // page at /map#token=…, positions fed over the JSON-lines device protocol; checks the device list,
 // the drawn trail (debug counts and canvas pixels), the tile fallback and the track replay.
+// The servers' logs and the page's errors go to <target>/map-test.log, a screenshot to
+// <target>/map-test.png.
 //
 //   HERALD_BIN=target/debug/herald CHROMIUM=/usr/bin/chromium node --test map_test.mjs
 
@@ -10,6 +12,7 @@ import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import net from "node:net";
+import http from "node:http";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -23,14 +26,15 @@ const DEVICE = "map-test-7";
 const POINTS = 12;
 const WAIT = 30_000;
 
-let dir, server, logs = "", base, jsonlAddr, token, otherToken, browser, page;
+const servers = [];
+let dir, logs = "", base, jsonlAddr, token, otherToken, browser, page;
 
-/** Resolves with the first capture of `pattern` in the server's log. */
-function fromLog(pattern) {
+/** Resolves with the first capture of `pattern` in a server's log (`read()`). */
+function fromLog(pattern, read) {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${pattern} in the log:\n${logs}`)), WAIT);
+    const timer = setTimeout(() => reject(new Error(`no ${pattern} in the log:\n${read()}`)), WAIT);
     const check = () => {
-      const m = logs.match(pattern);
+      const m = read().match(pattern);
       if (m) { clearTimeout(timer); resolve(m[1]); } else setTimeout(check, 50);
     };
     check();
@@ -48,9 +52,10 @@ async function eventually(what, check) {
   throw new Error(`timed out waiting for ${what}`);
 }
 
-before(async () => {
-  dir = mkdtempSync(path.join(tmpdir(), "herald-map-test-"));
-  const config = path.join(dir, "herald.toml");
+/** Starts `herald serve` with a config whose tiles come from `tileUrl`; resolves with its process
+ * and addresses once it logged them. */
+async function startHerald(name, tileUrl) {
+  const config = path.join(dir, `${name}.toml`);
   writeFileSync(config, `
 [http]
 listen = "127.0.0.1:0"
@@ -61,8 +66,8 @@ hmac_secret = "map-test-secret-map-test-secret-map-test"
 key = "map-test-api-key"
 [devices]
 enabled = true
-spool_dir = "${path.join(dir, "spool")}"
-store = "sqlite:${path.join(dir, "herald.db")}"
+spool_dir = "${path.join(dir, name, "spool")}"
+store = "sqlite:${path.join(dir, name, "herald.db")}"
 fsync = "never"
 [devices.listen]
 gt06 = ""
@@ -71,24 +76,34 @@ teltonika = ""
 osmand = ""
 jsonl = "127.0.0.1:0"
 [map]
-# Nothing listens on the discard port: every tile fails, so the page must fall back.
-tile_url = "http://127.0.0.1:9/{z}/{x}/{y}.png"
+tile_url = "${tileUrl}"
 [[channel.namespaces]]
 name = "devices"
 history_size = 100
 history_ttl = "5m"
 `);
-  token = execFileSync(BIN, ["token", "-c", config, "--user", "map-test", "--channels", "devices:fleet"],
-    { encoding: "utf8" }).trim();
-  otherToken = execFileSync(BIN, ["token", "-c", config, "--user", "nobody"], { encoding: "utf8" }).trim();
-  server = spawn(BIN, ["serve", "-c", config], {
+  const proc = spawn(BIN, ["serve", "-c", config], {
     env: { ...process.env, RUST_LOG: "info", HERALD_CONFIG: "" },
     stdio: ["ignore", "ignore", "pipe"],
   });
-  server.stderr.setEncoding("utf8");
-  server.stderr.on("data", (chunk) => { logs += chunk; });
-  base = "http://" + await fromLog(/websocket: ws:\/\/([0-9.:]+)\//);
-  jsonlAddr = await fromLog(/protocol="jsonl" addr=([0-9.:]+)/);
+  servers.push(proc);
+  let own = "";
+  proc.stderr.setEncoding("utf8");
+  proc.stderr.on("data", (chunk) => { own += chunk; logs += chunk; });
+  const wsAt = await fromLog(/websocket: ws:\/\/([0-9.:]+)\//, () => own);
+  const jsonlAt = await fromLog(/protocol="jsonl" addr=([0-9.:]+)/, () => own);
+  return { proc, config, base: "http://" + wsAt, jsonl: jsonlAt };
+}
+
+before(async () => {
+  dir = mkdtempSync(path.join(tmpdir(), "herald-map-test-"));
+  // Nothing listens on the discard port: every tile fails, so the page must fall back.
+  const main = await startHerald("main", "http://127.0.0.1:9/{z}/{x}/{y}.png");
+  base = main.base;
+  jsonlAddr = main.jsonl;
+  token = execFileSync(BIN, ["token", "-c", main.config, "--user", "map-test", "--channels", "devices:fleet"],
+    { encoding: "utf8" }).trim();
+  otherToken = execFileSync(BIN, ["token", "-c", main.config, "--user", "nobody"], { encoding: "utf8" }).trim();
 
   const profile = path.join(dir, "chromium-profile");
   mkdirSync(profile);
@@ -105,16 +120,19 @@ history_ttl = "5m"
 
 after(async () => {
   if (browser) await browser.close();
-  if (server) {
-    server.kill("SIGTERM");
-    await new Promise((r) => { server.once("exit", r); setTimeout(r, 5000); });
+  mkdirSync(TARGET, { recursive: true });
+  writeFileSync(path.join(TARGET, "map-test.log"), logs);
+  for (const proc of servers) {
+    proc.kill("SIGTERM");
+    await new Promise((r) => { proc.once("exit", r); setTimeout(r, 5000); });
   }
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
 /** Sends positions as JSON lines over one TCP connection, like a device would. */
-function feed(lines) {
-  const [host, port] = [jsonlAddr.slice(0, jsonlAddr.lastIndexOf(":")), Number(jsonlAddr.slice(jsonlAddr.lastIndexOf(":") + 1))];
+function feed(lines, at = jsonlAddr) {
+  const split = at.lastIndexOf(":");
+  const [host, port] = [at.slice(0, split), Number(at.slice(split + 1))];
   return new Promise((resolve, reject) => {
     const socket = net.connect(port, host, () => {
       socket.end(lines.map((l) => JSON.stringify(l)).join("\n") + "\n");
@@ -227,5 +245,32 @@ test("a token the server refuses asks for another one in the page", async () => 
     assert.match(await fresh.locator("#token-reason").innerText(), /may not subscribe/);
   } finally {
     await fresh.close();
+  }
+});
+
+test("tiles from a reachable tile server are drawn and no fallback note is shown", async () => {
+  // A tile server on loopback answering every tile with a small PNG.
+  const png = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "base64");
+  let requests = 0;
+  const tileServer = http.createServer((req, res) => {
+    requests++;
+    res.writeHead(200, { "Content-Type": "image/png" });
+    res.end(png);
+  });
+  await new Promise((r) => tileServer.listen(0, "127.0.0.1", r));
+  const other = await startHerald("tiles", `http://127.0.0.1:${tileServer.address().port}/{z}/{x}/{y}.png`);
+  const tileToken = execFileSync(BIN, ["token", "-c", other.config, "--user", "map-test", "--channels", "devices:fleet"],
+    { encoding: "utf8" }).trim();
+  const fresh = await browser.newPage();
+  try {
+    await fresh.goto(`${other.base}/map#token=${tileToken}`);
+    await feed([{ id: "tile-test", lat: 48.85, lon: 2.35 }], other.jsonl);
+    await fresh.waitForFunction(() => window.heraldMap && window.heraldMap.tiles().loaded > 0, null, { timeout: WAIT });
+    assert.equal(await fresh.locator("#tiles-note").isVisible(), false);
+    assert.equal((await fresh.evaluate(() => window.heraldMap.tiles())).failed, 0);
+    assert.ok(requests > 0);
+  } finally {
+    await fresh.close();
+    tileServer.close();
   }
 });

@@ -41,6 +41,6 @@ fi
 
 log "running the map test in $("$CHROMIUM" --version 2>/dev/null | head -n 1)"
 if ! (cd "$HERE" && node --test map_test.mjs); then
-    log "map test FAILED (server log and page errors are in the failure message)"
+    log "map test FAILED (server logs and page errors: $TARGET/map-test.log)"
     exit 1
 fi
