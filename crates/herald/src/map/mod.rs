@@ -107,7 +107,7 @@ fn page(node: &Node) -> Response<Body> {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("strict-origin"),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
