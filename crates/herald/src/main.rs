@@ -226,7 +226,20 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let server = Server::start(config).await?;
+    let server = if demo.is_some() && config.http.listen == herald::demo::DEFAULT_LISTEN {
+        // A newcomer's port 8000 may be taken (another Herald, a dev server): any port will do.
+        let mut fallback = config.clone();
+        match Server::start(config).await {
+            Ok(server) => server,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "demo: {} is not available; using a free port", herald::demo::DEFAULT_LISTEN);
+                fallback.http.listen = "127.0.0.1:0".into();
+                Server::start(fallback).await?
+            }
+        }
+    } else {
+        Server::start(config).await?
+    };
     let node = server.node.clone();
     let api_where = server.internal_addr.unwrap_or(server.addr);
     tracing::info!(node = %node.name, version = env!("CARGO_PKG_VERSION"), "herald started");
