@@ -52,6 +52,15 @@ async function eventually(what, check) {
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** A loopback port that was free a moment ago and is closed now. */
+async function closedPort() {
+  const probe = net.createServer();
+  await new Promise((r) => probe.listen(0, "127.0.0.1", r));
+  const { port } = probe.address();
+  await new Promise((r) => probe.close(r));
+  return port;
+}
+
 /** Starts `herald serve` with a config whose tiles come from `tileUrl`; resolves with its process
  * and addresses once it logged them. */
 async function startHerald(name, tileUrl) {
@@ -97,8 +106,8 @@ history_ttl = "5m"
 
 before(async () => {
   dir = mkdtempSync(path.join(tmpdir(), "herald-map-test-"));
-  // Nothing listens on the discard port: every tile fails, so the page must fall back.
-  const main = await startHerald("main", "http://127.0.0.1:9/{z}/{x}/{y}.png");
+  // A loopback port nobody listens on any more: every tile fails, so the page must fall back.
+  const main = await startHerald("main", `http://127.0.0.1:${await closedPort()}/{z}/{x}/{y}.png`);
   base = main.base;
   jsonlAddr = main.jsonl;
   token = execFileSync(BIN, ["token", "-c", main.config, "--user", "map-test", "--channels", "devices:fleet"],
@@ -227,6 +236,24 @@ test("the map shows live positions, trails, the tile fallback and a replayed tra
   const shot = path.join(TARGET, "map-test.png");
   await page.screenshot({ path: shot });
   console.log(`screenshot: ${shot}`);
+});
+
+test("the page reconnects after a server disconnect, and stops when told not to", async () => {
+  const api = (body) => fetch(`${base}/api/disconnect`, {
+    method: "POST", headers: { "X-API-Key": "map-test-api-key" }, body: JSON.stringify(body),
+  }).then((r) => r.json());
+  const before = await page.evaluate(() => window.heraldMap.connects());
+  assert.deepEqual(await api({ user: "map-test", disconnect: { code: 3005, reason: "go away briefly" } }), { result: {} });
+  await page.waitForFunction((n) => window.heraldMap.connects() > n && window.heraldMap.connection() === "live",
+    before, { timeout: WAIT });
+  // Live again: a new position extends the trail.
+  await feed([{ id: DEVICE, time: new Date().toISOString(), lat: 52.52, lon: 13.43 }]);
+  await page.waitForFunction((id) => window.heraldMap.devices().find((x) => x.id === id)?.trailPoints === 13,
+    DEVICE, { timeout: WAIT });
+  // The API's default disconnect says "do not reconnect".
+  assert.deepEqual(await api({ user: "map-test" }), { result: {} });
+  await page.waitForFunction(() => window.heraldMap.connection() === "stopped", null, { timeout: WAIT });
+  assert.match(await page.locator("#status").innerText(), /not reconnecting/);
 });
 
 test("the data endpoints refuse a missing token and a user who may not see the fleet", async () => {
