@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs Herald's whole test suite: every crate's unit and black-box tests, then the SDK
-# compatibility tests (centrifuge-python and centrifuge-js against the real binary).
+# compatibility tests (centrifuge-python and centrifuge-js against the real binary), then the live
+# map in headless Chromium.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo build --workspace --bins
 cargo test --workspace
 HERALD_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/herald" bash tests/sdk/run.sh
+HERALD_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/herald" bash tests/map/run.sh

@@ -158,28 +158,29 @@ struct ChannelsParams {
     pattern: String,
 }
 
+/// Parameters of `device_track` (also built by the map's track endpoint).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeviceTrackParams {
+pub struct DeviceTrackParams {
     #[serde(default)]
-    device: String,
+    pub device: String,
     #[serde(default)]
-    from: i64,
+    pub from: i64,
     #[serde(default = "far_future")]
-    to: i64,
+    pub to: i64,
     #[serde(default = "default_track_limit")]
-    limit: u32,
+    pub limit: u32,
     #[serde(default)]
-    cursor: Option<String>,
+    pub cursor: Option<String>,
     #[serde(default)]
-    format: Option<String>,
+    pub format: Option<String>,
 }
 
-fn far_future() -> i64 {
+pub fn far_future() -> i64 {
     i64::MAX
 }
 
-fn default_track_limit() -> u32 {
+pub fn default_track_limit() -> u32 {
     100
 }
 
@@ -426,14 +427,16 @@ fn devices(node: &Node) -> Result<Value, ApiError> {
     Ok(json!({"devices": ingest.registry.list(), "stats": ingest.stats()}))
 }
 
-async fn device_positions(node: &Node) -> Result<Value, ApiError> {
+/// The latest stored position of every device.
+pub async fn device_positions(node: &Node) -> Result<Value, ApiError> {
     let ingest = device_ingest(node)?;
     let positions = ingest.store.latest_positions().await.map_err(store_error)?;
     let positions: Vec<Value> = positions.iter().map(device_position_json).collect();
     Ok(json!({"positions": positions}))
 }
 
-async fn device_track(node: &Node, p: DeviceTrackParams) -> Result<Value, ApiError> {
+/// One page of a device's stored track.
+pub async fn device_track(node: &Node, p: DeviceTrackParams) -> Result<Value, ApiError> {
     let ingest = device_ingest(node)?;
     if p.device.is_empty() {
         return Err(ApiError::bad("field \"device\" is required"));

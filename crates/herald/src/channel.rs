@@ -66,6 +66,21 @@ pub fn is_private(channel: &str) -> bool {
     channel.starts_with(PRIVATE_PREFIX)
 }
 
+/// Subscribe permission without a token. A channel limited to users (`name#alice,bob`, and
+/// personal channels `#alice`) admits exactly its listed users; other channels follow the
+/// namespace's `allow_subscribe_for_client` (plus `_for_anonymous` for anonymous users).
+/// Private (`$`) channels need a subscription token.
+pub fn may_subscribe_without_token(ns: &NamespaceOptions, channel: &str, user: &str) -> bool {
+    if is_private(channel) {
+        return false;
+    }
+    let personal_form = channel.starts_with(USER_BOUNDARY);
+    if personal_form || (ns.allow_user_limited_channels && channel.contains(USER_BOUNDARY)) {
+        return user_allowed(channel, user);
+    }
+    ns.allow_subscribe_for_client && (!user.is_empty() || ns.allow_subscribe_for_anonymous)
+}
+
 /// Users allowed on a user-limited channel (`news#alice,bob` → alice, bob), if the name has a list.
 pub fn limited_users(channel: &str) -> Option<impl Iterator<Item = &str>> {
     channel

@@ -19,6 +19,7 @@ pub struct Config {
     pub devices: DevicesConfig,
     /// Upstream WebSocket feeds (`[[feeds]]`), see docs/feeds.md.
     pub feeds: Vec<FeedConfig>,
+    pub map: MapConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -455,6 +456,70 @@ impl FeedConfig {
     }
 }
 
+/// The live map page at `/map` (`[map]`), see docs/map.md.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapConfig {
+    /// Serve `/map` and its data endpoints on the public listener.
+    pub enabled: bool,
+    /// Tile URL template with `{z}`, `{x}` and `{y}`; "" draws a plain grid (no tiles).
+    pub tile_url: String,
+    /// Attribution shown in the map's corner (required by most tile providers).
+    pub attribution: String,
+}
+
+impl Default for MapConfig {
+    fn default() -> Self {
+        MapConfig {
+            enabled: true,
+            tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
+            attribution: "© OpenStreetMap contributors".into(),
+        }
+    }
+}
+
+impl MapConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.tile_url.trim();
+        if url.is_empty() {
+            return Ok(());
+        }
+        if url != self.tile_url {
+            return Err(field("map.tile_url", "must not start or end with spaces"));
+        }
+        if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/')) {
+            return Err(field(
+                "map.tile_url",
+                format!("{url:?} must start with https://, http:// or / (or be \"\" for no tiles)"),
+            ));
+        }
+        for placeholder in ["{z}", "{x}", "{y}"] {
+            if !url.contains(placeholder) {
+                return Err(field(
+                    "map.tile_url",
+                    format!("{url:?} lacks {placeholder} (a template like https://tile.example/{{z}}/{{x}}/{{y}}.png)"),
+                ));
+            }
+        }
+        if url
+            .chars()
+            .any(|c| c.is_control() || c == '"' || c == '\\' || c == ' ')
+        {
+            return Err(field(
+                "map.tile_url",
+                "must not contain spaces, quotes, backslashes or control characters",
+            ));
+        }
+        if self.attribution.chars().any(char::is_control) {
+            return Err(field(
+                "map.attribution",
+                "must not contain control characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A parsed `devices.fsync` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncSetting {
@@ -845,6 +910,7 @@ impl Config {
             c.max_outbox_bytes,
         )?;
         self.devices.validate()?;
+        self.map.validate()?;
         let mut names = std::collections::HashSet::new();
         for (i, feed) in self.feeds.iter().enumerate() {
             let prefix = format!("feeds[{i}]");
@@ -1174,5 +1240,35 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("devices.allowed:"), "{e}");
+    }
+
+    #[test]
+    fn map_settings_are_validated() {
+        let c = load_str("", &[], &[]).unwrap();
+        assert!(c.map.enabled);
+        assert_eq!(
+            c.map.tile_url,
+            "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+        );
+        let c = load_str("[map]\ntile_url = \"\"\nenabled = false\n", &[], &[]).unwrap();
+        assert!(!c.map.enabled);
+        assert!(c.map.tile_url.is_empty());
+        for bad in [
+            "ftp://tiles/{z}/{x}/{y}.png",
+            "https://tiles.example/{z}/{x}.png",
+            "https://tiles.example/{z}/{x}/{y}.png\\\"",
+        ] {
+            let text = format!("[map]\ntile_url = {}\n", toml::Value::String(bad.into()));
+            let e = load_str(&text, &[], &[]).unwrap_err().to_string();
+            assert!(e.starts_with("map.tile_url:"), "{bad}: {e}");
+        }
+        let e = load_str("", &[], &["map.enabled=maybe"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("map.enabled:"), "{e}");
+        let e = load_str("[map]\nattribution = \"a\\nb\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("map.attribution:"), "{e}");
     }
 }

@@ -185,6 +185,16 @@ osmand = "0.0.0.0:5055"
 # Herald JSON lines.
 jsonl = "0.0.0.0:5099"
 
+[map]
+# The live map page at /map (docs/map.md): device positions, trails and track replay. It reads
+# the fleet channel, so it needs [devices] and a token allowed to see devices.fleet_channel.
+enabled = true
+# Tile URL template with {z}, {x} and {y}; "" draws a plain grid without tiles. The browser
+# fetches the tiles, so it needs access to this server, not Herald.
+tile_url = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+# Shown in the corner of the map; most tile providers require it.
+attribution = "© OpenStreetMap contributors"
+
 # Upstream WebSocket feeds (none by default), each consumed by exactly one node; see docs/feeds.md.
 # [[feeds]]
 # name = "trades"

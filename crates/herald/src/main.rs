@@ -31,6 +31,12 @@ enum Command {
         /// Override any setting: --set client.max_channels=256 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Demo: device ingest on loopback, simulated GT06 trackers, and the map URL with a token.
+        #[arg(long)]
+        demo: bool,
+        /// Number of simulated trackers with --demo.
+        #[arg(long, default_value_t = 20, requires = "demo")]
+        demo_devices: usize,
     },
     /// Write a commented default configuration with fresh secrets.
     Genconfig {
@@ -172,7 +178,15 @@ fn check_fd_limit(max_connections: usize) {
     }
 }
 
-async fn serve(mut config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
+    let demo_dir = match demo {
+        Some(_) => {
+            let dir = herald::demo::DemoDir::create()?;
+            herald::demo::configure(&mut config, dir.path())?;
+            Some(dir)
+        }
+        None => None,
+    };
     check_fd_limit(config.client.max_connections);
     let t = &config.client.token;
     let ephemeral_secret = t.hmac_secret.is_empty()
@@ -198,7 +212,34 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let server = Server::start(config).await?;
+    // The demo's map token lists the fleet channel, so it works whatever the namespace allows.
+    let map_token = match demo {
+        Some(_) => Some(
+            token(
+                "demo".into(),
+                vec![config.devices.fleet_channel.clone()],
+                Duration::from_secs(24 * 3600),
+                None,
+                &config,
+            )
+            .context("--demo signs a map token with client.token.hmac_secret")?,
+        ),
+        None => None,
+    };
+    let server = if demo.is_some() && config.http.listen == herald::demo::DEFAULT_LISTEN {
+        // A newcomer's port 8000 may be taken (another Herald, a dev server): any port will do.
+        let mut fallback = config.clone();
+        match Server::start(config).await {
+            Ok(server) => server,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "demo: {} is not available; using a free port", herald::demo::DEFAULT_LISTEN);
+                fallback.http.listen = "127.0.0.1:0".into();
+                Server::start(fallback).await?
+            }
+        }
+    } else {
+        Server::start(config).await?
+    };
     let node = server.node.clone();
     let api_where = server.internal_addr.unwrap_or(server.addr);
     tracing::info!(node = %node.name, version = env!("CARGO_PKG_VERSION"), "herald started");
@@ -221,12 +262,48 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             "  curl -s -X POST http://{api_where}/api/publish -d '{{\"channel\": \"#demo\", \"data\": {{\"text\": \"hello\"}}}}'"
         );
     }
+    if node.config.map.enabled && node.config.devices.enabled {
+        tracing::info!(
+            "map: http://{}/map (token in the fragment: /map#token=…)",
+            server.addr
+        );
+    }
+    let stop_devices = tokio_util::sync::CancellationToken::new();
+    let simulation = match (demo, &map_token, &demo_dir) {
+        (Some(count), Some(map_token), Some(dir)) => {
+            let task = herald::demo::start_devices(&server, count, stop_devices.clone())?;
+            println!(
+                "Herald demo: {count} simulated GT06 trackers near Berlin, one position per second \
+                 (data in {}, removed on exit)",
+                dir.path().display()
+            );
+            println!(
+                "open the map: {}",
+                herald::demo::map_url(&server, map_token)
+            );
+            Some(task)
+        }
+        _ => None,
+    };
     wait_for_signal().await;
+    stop_devices.cancel();
+    if let Some(task) = simulation {
+        match task.await {
+            Ok(Ok(report)) => tracing::info!(
+                positions = report.positions_sent,
+                acknowledged = report.acknowledged,
+                "simulated devices stopped"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "simulated devices failed"),
+            Err(e) => tracing::warn!(error = %e, "simulated devices panicked"),
+        }
+    }
     tracing::info!(
         connections = node.connections.load(std::sync::atomic::Ordering::Relaxed),
         "shutting down"
     );
     server.shutdown().await;
+    drop(demo_dir);
     tracing::info!("stopped");
     Ok(())
 }
@@ -284,6 +361,8 @@ fn main() -> anyhow::Result<()> {
             config,
             listen,
             mut sets,
+            demo,
+            demo_devices,
         } => {
             if let Some(listen) = listen {
                 sets.push(format!("http.listen=\"{listen}\""));
@@ -293,7 +372,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve(config))
+            runtime.block_on(serve(config, demo.then_some(demo_devices)))
         }
         Command::Genconfig { output, force } => {
             let text = herald::config_template::render(

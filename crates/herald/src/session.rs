@@ -2,7 +2,7 @@
 //! outbox into batched frames, pings the client and enforces every per-connection limit.
 
 use crate::broker::Control;
-use crate::channel::{is_private, personal_channel, user_allowed};
+use crate::channel::{is_private, personal_channel};
 use crate::config::NamespaceOptions;
 use crate::history::HistoryQuery;
 use crate::hub::SessionHandle;
@@ -709,20 +709,8 @@ impl Session {
         for_client || (for_subscriber && subscribed)
     }
 
-    /// Subscribe permission without a token. A channel limited to users (`name#alice,bob`, and
-    /// personal channels `#alice`) admits exactly its listed users; other channels follow the
-    /// namespace's `allow_subscribe_for_client` (plus `_for_anonymous` for anonymous clients).
     fn may_subscribe(&self, ns: &NamespaceOptions, channel: &str) -> bool {
-        if is_private(channel) {
-            return false;
-        }
-        let personal_form = channel.starts_with(crate::channel::USER_BOUNDARY);
-        if personal_form
-            || (ns.allow_user_limited_channels && channel.contains(crate::channel::USER_BOUNDARY))
-        {
-            return user_allowed(channel, &self.user);
-        }
-        ns.allow_subscribe_for_client && (!self.user.is_empty() || ns.allow_subscribe_for_anonymous)
+        crate::channel::may_subscribe_without_token(ns, channel, &self.user)
     }
 
     async fn subscribe(

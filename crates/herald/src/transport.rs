@@ -109,9 +109,9 @@ async fn serve_connection(
     }
 }
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
-fn respond(
+pub(crate) fn respond(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
@@ -124,7 +124,7 @@ fn respond(
     response
 }
 
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     respond(
         status,
         "application/json",
@@ -171,6 +171,9 @@ async fn route(
             "text/plain; charset=utf-8",
             format!("Herald {}\n", env!("CARGO_PKG_VERSION")),
         ),
+        (_, p) if clients_here && node.config.map.enabled && crate::map::handles(p) => {
+            crate::map::serve(&node, &req).await
+        }
         (_, p) if api_here && p.starts_with("/api/") => {
             if req.method() != Method::POST {
                 return api_error(
