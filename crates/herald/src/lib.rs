@@ -10,6 +10,7 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod config_template;
+pub mod datadir;
 pub mod demo;
 pub mod devices;
 pub mod feeds;

@@ -22,6 +22,8 @@ pub struct Server {
     pub devices: Option<Arc<DeviceIngest>>,
     /// Bound addresses of the device listeners (all `None` when device ingest is off).
     pub device_addrs: DeviceAddrs,
+    /// This node's hold on its data directory (device spool), released when the server goes.
+    _data_lock: Option<crate::datadir::DirLock>,
     /// Feed runners; they release their leases when the node shuts down.
     feeds: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
@@ -86,6 +88,21 @@ impl Server {
             None => Role::Everything,
         };
         tasks.push(tokio::spawn(accept_loop(node.clone(), public, public_role)));
+        let data_lock = if config.devices.enabled {
+            let dir = std::path::Path::new(&config.devices.spool_dir);
+            match crate::datadir::lock(dir) {
+                Ok(lock) => Some(lock),
+                Err(e) => {
+                    node.shutdown.cancel();
+                    for task in &tasks {
+                        task.abort();
+                    }
+                    return Err(anyhow::anyhow!("devices.spool_dir: {e}"));
+                }
+            }
+        } else {
+            None
+        };
         let devices = if config.devices.enabled {
             match DeviceIngest::start(node.clone()).await {
                 Ok(d) => Some(d),
@@ -104,6 +121,7 @@ impl Server {
         tasks.push(tokio::spawn(sweeper(node.clone())));
         let feeds = crate::feeds::start(&node);
         Ok(Server {
+            _data_lock: data_lock,
             feeds,
             node,
             addr,

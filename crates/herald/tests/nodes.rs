@@ -1,0 +1,370 @@
+//! Several real `herald` processes on one host: a data directory refuses a second process,
+//! SO_REUSEPORT lets nodes share one port, and the nginx configuration of docs/operations.md
+//! spreads clients over two nodes and moves them to the survivor when one dies.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+/// A child process killed when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn kill9(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+struct Node {
+    proc: Proc,
+    addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A node config: known secrets, an open `chat` namespace with history, extra TOML appended.
+fn node_config(dir: &Path, name: &str, listen: &str, extra: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        r#"[node]
+name = "{name}"
+[http]
+listen = "{listen}"
+shutdown_timeout = "1s"
+[api]
+key = "{API_KEY}"
+[client.token]
+hmac_secret = "{SECRET}"
+[[channel.namespaces]]
+name = "chat"
+allow_subscribe_for_client = true
+history_size = 100
+history_ttl = "5m"
+force_recovery = true
+{extra}
+"#
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Starts `herald serve -c config`; returns once it logs its WebSocket address.
+fn start_node(config: &Path) -> Result<Node, String> {
+    let mut child = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(config)
+        .env_remove("HERALD_CONFIG")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                if let Some(rest) = line.split("websocket: ws://").nth(1) {
+                    let addr = rest
+                        .trim_end_matches("/connection/websocket")
+                        .trim()
+                        .trim_end_matches("/connection/websocket")
+                        .parse()
+                        .map_err(|e| format!("{e}: {line}"))?;
+                    return Ok(Node { proc, addr, lines });
+                }
+                seen.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(status)) = proc.0.try_wait() {
+                    return Err(format!("exited with {status}:\n{}", seen.join("\n")));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = proc.0.wait();
+                return Err(seen.join("\n"));
+            }
+        }
+    }
+    proc.kill9();
+    Err(format!("never started:\n{}", seen.join("\n")))
+}
+
+async fn api(addr: SocketAddr, method: &str, body: Value) -> Value {
+    let (status, reply) = http_request(
+        addr,
+        "POST",
+        &format!("/api/{method}"),
+        &[("X-API-Key", API_KEY)],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{method}: {reply}");
+    reply
+}
+
+async fn clients_on(addr: SocketAddr) -> u64 {
+    api(addr, "info", json!({})).await["result"]["nodes"][0]["num_clients"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_data_directory_refuses_a_second_node_and_names_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = format!(
+        r#"[devices]
+enabled = true
+spool_dir = "{spool}"
+store = "sqlite:{db}"
+[devices.listen]
+gt06 = "127.0.0.1:0"
+h02 = ""
+teltonika = ""
+osmand = ""
+jsonl = ""
+"#,
+        spool = dir.path().join("spool").display(),
+        db = dir.path().join("herald.db").display()
+    );
+    let first = start_node(&node_config(dir.path(), "a", "127.0.0.1:0", &devices))
+        .expect("first node starts");
+    let err = match start_node(&node_config(dir.path(), "b", "127.0.0.1:0", &devices)) {
+        Ok(_) => panic!("a second node started on the same data directory"),
+        Err(e) => e,
+    };
+    let pid = first.proc.0.id();
+    assert!(
+        err.contains("devices.spool_dir") && err.contains(&format!("pid {pid}")),
+        "the error names the setting and the holder: {err}"
+    );
+    // Once the holder is gone (even by SIGKILL) the directory is free again.
+    let mut first = first;
+    first.proc.kill9();
+    start_node(&node_config(dir.path(), "c", "127.0.0.1:0", &devices))
+        .expect("a node starts after the holder died");
+}
+
+#[tokio::test]
+async fn nodes_share_one_port_with_reuse_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let extra = "";
+    let config = |name: &str| {
+        let path = node_config(dir.path(), name, &listen, extra);
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("[http]\n", "[http]\nreuse_port = true\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let a = start_node(&config("a")).expect("node a");
+    let b = start_node(&config("b")).expect("node b");
+    assert_eq!(a.addr, b.addr);
+    let url = format!("ws://{listen}/connection/websocket");
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        let mut c = Client::open(&url).await;
+        c.connect(&token(&format!("u{i}"))).await;
+        clients.push(c);
+    }
+    // The kernel spreads connections over both processes; which node answers an API call is
+    // the kernel's choice too, so ask until both names were seen.
+    let mut counts = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + WAIT;
+    while counts.len() < 2 && Instant::now() < deadline {
+        let info = api(a.addr, "info", json!({})).await;
+        let node = &info["result"]["nodes"][0];
+        counts.insert(
+            node["name"].as_str().unwrap_or("").to_string(),
+            node["num_clients"].as_u64().unwrap_or(0),
+        );
+    }
+    assert_eq!(counts.len(), 2, "both nodes answered: {counts:?}");
+    assert!(
+        counts.values().all(|&n| n > 0),
+        "both hold clients: {counts:?}"
+    );
+    assert_eq!(counts.values().sum::<u64>(), 40, "{counts:?}");
+    drop((a.lines, b.lines));
+}
+
+/// The fenced block of docs/operations.md that starts with `# herald-cluster`.
+fn documented_nginx_block() -> String {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/operations.md"
+    ))
+    .expect("docs/operations.md");
+    let start = doc
+        .find("```nginx\n# herald-cluster")
+        .expect("docs/operations.md has the herald-cluster nginx block");
+    let body = &doc[start + "```nginx\n".len()..];
+    body[..body.find("```").expect("block ends")].to_string()
+}
+
+struct Nginx {
+    proc: Proc,
+    port: u16,
+}
+
+fn start_nginx(dir: &Path, block: &str) -> Nginx {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("nginx is installed (Debian package nginx-light; .ci/run installs it)");
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    std::fs::create_dir_all(prefix.join("tmp")).unwrap();
+    // Workers may run as nobody when the test runs as root.
+    let _ = Command::new("chmod")
+        .arg("-R")
+        .arg("0777")
+        .arg(&prefix)
+        .status();
+    let port = free_port();
+    let conf = format!(
+        r#"daemon off;
+master_process on;
+worker_processes 1;
+pid {p}/nginx.pid;
+error_log {p}/logs/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {p}/tmp/body;
+    proxy_temp_path {p}/tmp/proxy;
+    fastcgi_temp_path {p}/tmp/fastcgi;
+    uwsgi_temp_path {p}/tmp/uwsgi;
+    scgi_temp_path {p}/tmp/scgi;
+{block}
+}}
+"#,
+        p = prefix.display(),
+        block = block.replace("listen 8080;", &format!("listen 127.0.0.1:{port};")),
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("nginx starts");
+    Nginx {
+        proc: Proc(child),
+        port,
+    }
+}
+
+#[tokio::test]
+async fn nginx_spreads_clients_over_two_nodes_and_moves_them_when_one_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let block = documented_nginx_block()
+        .replace("127.0.0.1:8001", &format!("127.0.0.1:{}", ports[0]))
+        .replace("127.0.0.1:8002", &format!("127.0.0.1:{}", ports[1]));
+    let a = start_node(&node_config(
+        dir.path(),
+        "a",
+        &format!("127.0.0.1:{}", ports[0]),
+        "",
+    ))
+    .expect("node a");
+    let mut b = start_node(&node_config(
+        dir.path(),
+        "b",
+        &format!("127.0.0.1:{}", ports[1]),
+        "",
+    ))
+    .expect("node b");
+    let nginx = start_nginx(dir.path(), &block);
+    let front: SocketAddr = format!("127.0.0.1:{}", nginx.port).parse().unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if tokio::net::TcpStream::connect(front).await.is_ok() {
+            let (status, body) = http_request(front, "GET", "/health", &[], "").await;
+            assert_eq!(status, 200, "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "nginx never answered /health");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The API is not exposed through nginx.
+    let (status, _) =
+        http_request(front, "POST", "/api/info", &[("X-API-Key", API_KEY)], "{}").await;
+    assert_eq!(status, 404);
+
+    let url = format!("ws://{front}/connection/websocket");
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let mut c = Client::open(&url).await;
+        c.connect(&token(&format!("u{i}"))).await;
+        c.subscribe("chat:room").await;
+        clients.push(c);
+    }
+    let (on_a, on_b) = (clients_on(a.addr).await, clients_on(b.addr).await);
+    assert_eq!((on_a, on_b), (5, 5), "least_conn spreads evenly");
+
+    // Node b dies without a word: nginx drops its clients, and their reconnects land on a.
+    b.proc.kill9();
+    let mut dropped = 0;
+    for c in clients.iter_mut() {
+        if c.closed_within(Duration::from_millis(300)).await.is_some() {
+            dropped += 1;
+        }
+    }
+    assert_eq!(dropped, 5, "the dead node's clients were disconnected");
+    let started = Instant::now();
+    for i in 0..5 {
+        let mut c = Client::open(&url).await;
+        let reply = c.connect(&token(&format!("r{i}"))).await;
+        assert!(reply.get("client").is_some(), "{reply}");
+        c.subscribe("chat:room").await;
+        clients.push(c);
+    }
+    eprintln!(
+        "5 reconnects through nginx after a node died: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(clients_on(a.addr).await, 10);
+    drop(nginx.proc);
+}
