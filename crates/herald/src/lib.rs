@@ -12,6 +12,7 @@ pub mod config;
 pub mod config_template;
 pub mod devices;
 pub mod history;
+pub mod hooks;
 pub mod hub;
 pub mod metrics;
 pub mod node;

@@ -1,0 +1,547 @@
+//! Proxy hooks in Centrifugo's HTTP proxy format, so backends written for Centrifugo work unchanged:
+//! every call is a POST of a JSON object describing the client and its request, answered with
+//! `{"result": {...}}`, `{"error": {"code", "message"}}` or `{"disconnect": {"code", "reason"}}`.
+//!
+//! Calls are bounded per node by a semaphore (`proxy.max_concurrent`): a call over the limit fails at
+//! once instead of queueing, so a slow backend cannot pile up waiting sessions.
+
+use super::http::HttpClient;
+use super::HookError;
+use crate::config::{parse_http_url, ProxyConfig};
+use crate::metrics::{HookErrorLabel, HookLabel, Metrics};
+use base64::Engine as _;
+use bytes::Bytes;
+use herald_protocol::ReplyError;
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+type Json = Box<RawValue>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Connect,
+    Refresh,
+    Subscribe,
+    Publish,
+    Rpc,
+    Send,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Connect => "connect",
+            Hook::Refresh => "refresh",
+            Hook::Subscribe => "subscribe",
+            Hook::Publish => "publish",
+            Hook::Rpc => "rpc",
+            Hook::Send => "send",
+        }
+    }
+}
+
+/// Who is asking: the connection's identity and the handshake headers to forward.
+pub struct HookCtx<'a> {
+    pub client: &'a str,
+    pub user: &'a str,
+    pub meta: Option<&'a RawValue>,
+    pub headers: &'a [(HeaderName, HeaderValue)],
+}
+
+/// The request body; which fields are present depends on the hook, as in Centrifugo.
+#[derive(Serialize)]
+struct Request<'a> {
+    client: &'a str,
+    transport: &'static str,
+    protocol: &'static str,
+    encoding: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<&'a RawValue>,
+}
+
+impl<'a> Request<'a> {
+    fn new(ctx: &HookCtx<'a>, with_user: bool) -> Request<'a> {
+        Request {
+            client: ctx.client,
+            transport: "websocket",
+            protocol: "json",
+            encoding: "json",
+            user: with_user.then_some(ctx.user),
+            name: None,
+            version: None,
+            channel: None,
+            method: None,
+            data: None,
+            meta: ctx.meta,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(bound = "T: DeserializeOwned + Default")]
+struct Response<T> {
+    #[serde(default)]
+    result: Option<T>,
+    #[serde(default)]
+    error: Option<BackendError>,
+    #[serde(default)]
+    disconnect: Option<BackendDisconnect>,
+}
+
+#[derive(Deserialize)]
+struct BackendError {
+    code: u32,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    temporary: bool,
+}
+
+#[derive(Deserialize)]
+struct BackendDisconnect {
+    code: u16,
+    #[serde(default)]
+    reason: String,
+}
+
+/// What the backend decided.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    /// Allowed, with the (possibly empty) result.
+    Ok(T),
+    /// Refused: this error goes to the client as the command's reply.
+    Error(ReplyError),
+    /// The connection is closed with this code and reason.
+    Disconnect(u16, String),
+}
+
+/// The backend's `result` for connect.
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectResult {
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub expire_at: i64,
+    pub info: Option<Json>,
+    pub b64info: Option<String>,
+    pub data: Option<Json>,
+    pub b64data: Option<String>,
+    #[serde(default)]
+    pub channels: Vec<String>,
+    #[serde(default)]
+    pub subs: BTreeMap<String, SubOptions>,
+    pub meta: Option<Json>,
+}
+
+/// Per-channel options of a connect result's `subs`. `override` is accepted and ignored.
+#[derive(Debug, Default, Deserialize)]
+pub struct SubOptions {
+    pub info: Option<Json>,
+    pub b64info: Option<String>,
+    pub data: Option<Json>,
+    pub b64data: Option<String>,
+}
+
+/// The backend's `result` for subscribe. `override` is accepted and ignored.
+#[derive(Debug, Default, Deserialize)]
+pub struct SubscribeResult {
+    pub info: Option<Json>,
+    pub b64info: Option<String>,
+    pub data: Option<Json>,
+    pub b64data: Option<String>,
+    #[serde(default)]
+    pub expire_at: i64,
+}
+
+/// The backend's `result` for publish: `data` replaces what the client sent.
+#[derive(Debug, Default, Deserialize)]
+pub struct PublishResult {
+    pub data: Option<Json>,
+    pub b64data: Option<String>,
+    #[serde(default)]
+    pub skip_history: bool,
+}
+
+/// The backend's `result` for rpc: `data` is the reply to the client.
+#[derive(Debug, Default, Deserialize)]
+pub struct RpcResult {
+    pub data: Option<Json>,
+    pub b64data: Option<String>,
+}
+
+/// The backend's `result` for refresh.
+#[derive(Debug, Default, Deserialize)]
+pub struct RefreshResult {
+    #[serde(default)]
+    pub expired: bool,
+    #[serde(default)]
+    pub expire_at: i64,
+    pub info: Option<Json>,
+    pub b64info: Option<String>,
+}
+
+/// Embedded JSON from `info`/`data` or their base64 forms. The client protocol here is JSON, so a
+/// base64 value must decode to JSON text.
+pub fn embedded(
+    json: Option<Json>,
+    b64: Option<String>,
+    field: &str,
+) -> Result<Option<Json>, HookError> {
+    if let Some(json) = json {
+        return Ok(Some(herald_protocol::single_line(json)));
+    }
+    let Some(b64) = b64 else {
+        return Ok(None);
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map_err(|_| HookError::BadResponse(format!("b64{field} is not base64")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| HookError::BadResponse(format!("b64{field} is not UTF-8 JSON")))?;
+    RawValue::from_string(text)
+        .map(|v| Some(herald_protocol::single_line(v)))
+        .map_err(|_| {
+            HookError::BadResponse(format!(
+                "b64{field} is not JSON (the client protocol is JSON)"
+            ))
+        })
+}
+
+struct Endpoints {
+    connect: Option<Uri>,
+    refresh: Option<Uri>,
+    subscribe: Option<Uri>,
+    publish: Option<Uri>,
+    rpc: Option<Uri>,
+    send: Option<Uri>,
+}
+
+pub struct Proxy {
+    client: HttpClient,
+    endpoints: Endpoints,
+    timeout: Duration,
+    permits: Arc<Semaphore>,
+    forward: Vec<HeaderName>,
+    metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    /// `None` when no endpoint is configured.
+    pub fn new(config: &ProxyConfig, client: HttpClient, metrics: Arc<Metrics>) -> Option<Proxy> {
+        let uri = |s: &str| (!s.is_empty()).then(|| parse_http_url(s).ok()).flatten();
+        let endpoints = Endpoints {
+            connect: uri(&config.connect_endpoint),
+            refresh: uri(&config.refresh_endpoint),
+            subscribe: uri(&config.subscribe_endpoint),
+            publish: uri(&config.publish_endpoint),
+            rpc: uri(&config.rpc_endpoint),
+            send: uri(&config.send_endpoint),
+        };
+        let any = [
+            &endpoints.connect,
+            &endpoints.refresh,
+            &endpoints.subscribe,
+            &endpoints.publish,
+            &endpoints.rpc,
+            &endpoints.send,
+        ]
+        .iter()
+        .any(|e| e.is_some());
+        any.then(|| Proxy {
+            client,
+            endpoints,
+            timeout: config.timeout,
+            permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            forward: config
+                .forward_headers
+                .iter()
+                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect(),
+            metrics,
+        })
+    }
+
+    fn endpoint(&self, hook: Hook) -> Option<&Uri> {
+        let e = &self.endpoints;
+        match hook {
+            Hook::Connect => e.connect.as_ref(),
+            Hook::Refresh => e.refresh.as_ref(),
+            Hook::Subscribe => e.subscribe.as_ref(),
+            Hook::Publish => e.publish.as_ref(),
+            Hook::Rpc => e.rpc.as_ref(),
+            Hook::Send => e.send.as_ref(),
+        }
+    }
+
+    pub fn has(&self, hook: Hook) -> bool {
+        self.endpoint(hook).is_some()
+    }
+
+    /// The handshake headers this proxy forwards, captured once per connection.
+    pub fn capture_headers(&self, headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+        self.forward
+            .iter()
+            .flat_map(|name| {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .map(move |v| (name.clone(), v.clone()))
+            })
+            .collect()
+    }
+
+    /// One backend call: permit, POST, decode. Every failure is counted and returned, never panics.
+    async fn call<T: DeserializeOwned + Default>(
+        &self,
+        hook: Hook,
+        ctx: &HookCtx<'_>,
+        request: &Request<'_>,
+    ) -> Result<Outcome<T>, HookError> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| HookError::BadResponse(format!("encoding the request: {e}")))?;
+        self.call_encoded(hook, ctx, body).await
+    }
+
+    async fn call_encoded<T: DeserializeOwned + Default>(
+        &self,
+        hook: Hook,
+        ctx: &HookCtx<'_>,
+        body: Vec<u8>,
+    ) -> Result<Outcome<T>, HookError> {
+        let label = HookLabel { hook: hook.name() };
+        self.metrics.proxy_calls.get_or_create(&label).inc();
+        let started = Instant::now();
+        let result = self.call_inner(hook, ctx, body).await;
+        self.metrics
+            .proxy_duration
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            self.metrics
+                .proxy_errors
+                .get_or_create(&HookErrorLabel {
+                    hook: hook.name(),
+                    reason: e.reason(),
+                })
+                .inc();
+            tracing::warn!(hook = hook.name(), client = ctx.client, error = %e, "proxy call failed");
+        }
+        result
+    }
+
+    async fn call_inner<T: DeserializeOwned + Default>(
+        &self,
+        hook: Hook,
+        ctx: &HookCtx<'_>,
+        body: Vec<u8>,
+    ) -> Result<Outcome<T>, HookError> {
+        let Some(uri) = self.endpoint(hook) else {
+            return Err(HookError::Unavailable("hook not configured".into()));
+        };
+        let _permit = self.permits.try_acquire().map_err(|_| HookError::Busy)?;
+        let answer = self
+            .client
+            .post_json(uri, ctx.headers, Bytes::from(body), self.timeout)
+            .await?;
+        decode(&answer)
+    }
+
+    pub async fn connect(
+        &self,
+        ctx: &HookCtx<'_>,
+        name: &str,
+        version: &str,
+        data: Option<&RawValue>,
+    ) -> Result<Outcome<ConnectResult>, HookError> {
+        let request = Request {
+            name: Some(name),
+            version: Some(version),
+            data,
+            ..Request::new(ctx, false)
+        };
+        self.call(Hook::Connect, ctx, &request).await
+    }
+
+    pub async fn refresh(&self, ctx: &HookCtx<'_>) -> Result<Outcome<RefreshResult>, HookError> {
+        let request = Request::new(ctx, true);
+        self.call(Hook::Refresh, ctx, &request).await
+    }
+
+    pub async fn subscribe(
+        &self,
+        ctx: &HookCtx<'_>,
+        channel: &str,
+        data: Option<&RawValue>,
+    ) -> Result<Outcome<SubscribeResult>, HookError> {
+        let request = Request {
+            channel: Some(channel),
+            data,
+            ..Request::new(ctx, true)
+        };
+        self.call(Hook::Subscribe, ctx, &request).await
+    }
+
+    pub async fn publish(
+        &self,
+        ctx: &HookCtx<'_>,
+        channel: &str,
+        data: &RawValue,
+    ) -> Result<Outcome<PublishResult>, HookError> {
+        let request = Request {
+            channel: Some(channel),
+            data: Some(data),
+            ..Request::new(ctx, true)
+        };
+        self.call(Hook::Publish, ctx, &request).await
+    }
+
+    pub async fn rpc(
+        &self,
+        ctx: &HookCtx<'_>,
+        method: &str,
+        data: Option<&RawValue>,
+    ) -> Result<Outcome<RpcResult>, HookError> {
+        let request = Request {
+            method: Some(method),
+            data,
+            ..Request::new(ctx, true)
+        };
+        self.call(Hook::Rpc, ctx, &request).await
+    }
+
+    /// Fire-and-forget: the call runs in its own task and its answer is ignored. Over the concurrency
+    /// limit the message is dropped (and counted as `busy`), like any other call.
+    pub fn send(self: &Arc<Self>, ctx: &HookCtx<'_>, data: Option<&RawValue>) {
+        let request = Request {
+            data,
+            ..Request::new(ctx, true)
+        };
+        let Ok(body) = serde_json::to_vec(&request) else {
+            return;
+        };
+        let client = ctx.client.to_string();
+        let headers = ctx.headers.to_vec();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let ctx = HookCtx {
+                client: &client,
+                user: "",
+                meta: None,
+                headers: &headers,
+            };
+            // Failures are already counted and logged by the call; there is nobody to tell.
+            let _ = this
+                .call_encoded::<serde_json::Value>(Hook::Send, &ctx, body)
+                .await;
+        });
+    }
+}
+
+/// Decodes an answer: exactly what Centrifugo backends send. A body that is not a JSON object is a
+/// bad response; an object without `result`, `error` or `disconnect` allows with an empty result.
+fn decode<T: DeserializeOwned + Default>(answer: &[u8]) -> Result<Outcome<T>, HookError> {
+    let response: Response<T> = serde_json::from_slice(answer)
+        .map_err(|e| HookError::BadResponse(format!("not the expected JSON: {e}")))?;
+    if let Some(d) = response.disconnect {
+        if !(3000..=4999).contains(&d.code) {
+            return Err(HookError::BadResponse(format!(
+                "disconnect code {} is outside 3000..=4999",
+                d.code
+            )));
+        }
+        return Ok(Outcome::Disconnect(d.code, d.reason));
+    }
+    if let Some(e) = response.error {
+        return Ok(Outcome::Error(ReplyError {
+            code: e.code,
+            message: e.message,
+            temporary: e.temporary,
+        }));
+    }
+    Ok(Outcome::Ok(response.result.unwrap_or_default()))
+}
+
+/// A connection as the connect hook described it, with embedded JSON decoded.
+#[derive(Debug, Default)]
+pub struct Identity {
+    pub user: String,
+    pub info: Option<Json>,
+    pub data: Option<Json>,
+    pub expire_at: Option<i64>,
+    /// Server-side subscriptions: (channel, channel info, subscribe data).
+    pub channels: Vec<(String, Option<Json>, Option<Json>)>,
+    pub meta: Option<Json>,
+}
+
+impl ConnectResult {
+    pub fn into_identity(self) -> Result<Identity, HookError> {
+        let mut channels: Vec<(String, Option<Json>, Option<Json>)> =
+            self.channels.into_iter().map(|c| (c, None, None)).collect();
+        for (channel, options) in self.subs {
+            let info = embedded(options.info, options.b64info, "info")?;
+            let data = embedded(options.data, options.b64data, "data")?;
+            channels.retain(|(c, _, _)| *c != channel);
+            channels.push((channel, info, data));
+        }
+        Ok(Identity {
+            user: self.user,
+            info: embedded(self.info, self.b64info, "info")?,
+            data: embedded(self.data, self.b64data, "data")?,
+            expire_at: (self.expire_at > 0).then_some(self.expire_at),
+            channels,
+            meta: self.meta.map(herald_protocol::single_line),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_every_answer_shape() {
+        let ok: Outcome<ConnectResult> = decode(
+            br#"{"result":{"user":"42","expire_at":1700000000,"b64info":"eyJhIjoxfQ==","channels":["a"],"subs":{"b":{"data":{"x":1}}}}}"#,
+        )
+        .unwrap();
+        let Outcome::Ok(result) = ok else {
+            panic!("{ok:?}")
+        };
+        let id = result.into_identity().unwrap();
+        assert_eq!(id.user, "42");
+        assert_eq!(id.info.unwrap().get(), r#"{"a":1}"#);
+        assert_eq!(id.channels.len(), 2);
+        let err: Outcome<RpcResult> =
+            decode(br#"{"error":{"code":1000,"message":"nope"}}"#).unwrap();
+        assert!(matches!(err, Outcome::Error(ReplyError { code: 1000, .. })));
+        let d: Outcome<RpcResult> =
+            decode(br#"{"disconnect":{"code":4501,"reason":"bye"}}"#).unwrap();
+        assert!(matches!(d, Outcome::Disconnect(4501, _)));
+        assert!(decode::<RpcResult>(br#"{"disconnect":{"code":1,"reason":"x"}}"#).is_err());
+        assert!(decode::<RpcResult>(b"<html>").is_err());
+        assert!(decode::<RpcResult>(b"[1]").is_err());
+        let empty: Outcome<PublishResult> = decode(b"{}").unwrap();
+        assert!(matches!(
+            empty,
+            Outcome::Ok(PublishResult { data: None, .. })
+        ));
+    }
+}
