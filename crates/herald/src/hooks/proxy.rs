@@ -96,10 +96,10 @@ impl<'a> Request<'a> {
 }
 
 #[derive(Deserialize)]
-#[serde(bound = "T: DeserializeOwned + Default")]
-struct Response<T> {
+struct Response {
+    /// Decoded per hook in `decode`, after the empty-array check.
     #[serde(default)]
-    result: Option<T>,
+    result: Option<Json>,
     #[serde(default)]
     error: Option<BackendError>,
     #[serde(default)]
@@ -458,7 +458,7 @@ impl Proxy {
 /// Decodes an answer: exactly what Centrifugo backends send. A body that is not a JSON object is a
 /// bad response; an object without `result`, `error` or `disconnect` allows with an empty result.
 fn decode<T: DeserializeOwned + Default>(answer: &[u8]) -> Result<Outcome<T>, HookError> {
-    let response: Response<T> = serde_json::from_slice(answer)
+    let response: Response = serde_json::from_slice(answer)
         .map_err(|e| HookError::BadResponse(format!("not the expected JSON: {e}")))?;
     if let Some(d) = response.disconnect {
         if !(3000..=4999).contains(&d.code) {
@@ -476,7 +476,15 @@ fn decode<T: DeserializeOwned + Default>(answer: &[u8]) -> Result<Outcome<T>, Ho
             temporary: e.temporary,
         }));
     }
-    Ok(Outcome::Ok(response.result.unwrap_or_default()))
+    let result = match response.result {
+        // PHP's json_encode writes an empty array for `['result' => []]`: read it as `{}`.
+        Some(raw) if raw.get().trim() != "[]" && raw.get().trim() != "null" => {
+            serde_json::from_str(raw.get())
+                .map_err(|e| HookError::BadResponse(format!("result: {e}")))?
+        }
+        _ => T::default(),
+    };
+    Ok(Outcome::Ok(result))
 }
 
 /// A connection as the connect hook described it, with embedded JSON decoded.
@@ -538,6 +546,12 @@ mod tests {
         assert!(decode::<RpcResult>(br#"{"disconnect":{"code":1,"reason":"x"}}"#).is_err());
         assert!(decode::<RpcResult>(b"<html>").is_err());
         assert!(decode::<RpcResult>(b"[1]").is_err());
+        let php_empty: Outcome<SubscribeResult> = decode(br#"{"result":[]}"#).unwrap();
+        assert!(matches!(
+            php_empty,
+            Outcome::Ok(SubscribeResult { info: None, .. })
+        ));
+        assert!(decode::<SubscribeResult>(br#"{"result":[1]}"#).is_err());
         let empty: Outcome<PublishResult> = decode(b"{}").unwrap();
         assert!(matches!(
             empty,
