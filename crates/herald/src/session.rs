@@ -206,8 +206,14 @@ impl Session {
         let close = self.serve().await;
         self.node.metrics.disconnect(close.label);
         if let Some(handle) = &self.handle {
+            // A peer that vanished has no close reason: the label says what happened instead.
+            let reason = if close.reason.is_empty() {
+                close.label
+            } else {
+                &close.reason
+            };
             let hooks = &self.node.hooks;
-            hooks.disconnect(&handle.client, &self.user, close.code, &close.reason);
+            hooks.disconnect(&handle.client, &self.user, close.code, reason);
         }
         if close.code == Disconnect::SLOW.code {
             // Nothing more is written to a peer that does not read, apart from the close frame.
