@@ -5,6 +5,7 @@ use crate::broker::Control;
 use crate::channel::{is_private, personal_channel, user_allowed};
 use crate::config::NamespaceOptions;
 use crate::history::HistoryQuery;
+use crate::hooks::proxy::Hook;
 use crate::hooks::{HookCtx, HookError, Outcome};
 use crate::hub::SessionHandle;
 use crate::metrics::MethodLabel;
@@ -655,11 +656,7 @@ impl Session {
         let mut expires_at = None;
         let mut connect_data = None;
         let client_id = uuid::Uuid::new_v4().to_string();
-        let connect_proxy = node
-            .hooks
-            .proxy
-            .clone()
-            .filter(|p| p.has(crate::hooks::proxy::Hook::Connect));
+        let connect_proxy = node.hooks.proxy_for(Hook::Connect);
         if let (true, Some(proxy)) = (req.token.is_empty(), connect_proxy) {
             let ctx = HookCtx {
                 client: &client_id,
@@ -669,12 +666,7 @@ impl Session {
             };
             let answer = proxy
                 .connect(&ctx, &req.name, &req.version, req.data.as_deref())
-                .await
-                .and_then(|outcome| match outcome {
-                    Outcome::Ok(result) => result.into_identity().map(Outcome::Ok),
-                    Outcome::Error(e) => Ok(Outcome::Error(e)),
-                    Outcome::Disconnect(code, reason) => Ok(Outcome::Disconnect(code, reason)),
-                });
+                .await;
             let identity = match answer {
                 // Without an identity there is no connection to keep: close so the SDK reconnects
                 // with backoff (3004 is in the reconnect range).
@@ -876,23 +868,14 @@ impl Session {
             }
             let answer = proxy
                 .subscribe(&self.hook_ctx(), &req.channel, req.data.as_deref())
-                .await
-                .and_then(|outcome| match outcome {
-                    Outcome::Ok(r) => Ok(Outcome::Ok((
-                        crate::hooks::proxy::embedded(r.info, r.b64info, "info")?,
-                        crate::hooks::proxy::embedded(r.data, r.b64data, "data")?,
-                        r.expire_at,
-                    ))),
-                    Outcome::Error(e) => Ok(Outcome::Error(e)),
-                    Outcome::Disconnect(code, reason) => Ok(Outcome::Disconnect(code, reason)),
-                });
-            let (chan_info, data, expire_at) = match backend(answer)? {
-                Ok(allowed) => allowed,
+                .await;
+            let granted = match backend(answer)? {
+                Ok(granted) => granted,
                 Err(error) => return Ok(Err(error)),
             };
-            params.chan_info = chan_info;
-            params.data = data;
-            params.expires_at = (expire_at > 0).then_some(expire_at);
+            params.chan_info = granted.info;
+            params.data = granted.data;
+            params.expires_at = granted.expire_at;
         } else if !self.may_subscribe(&ns, &req.channel) {
             return Ok(Err(ErrorCode::PermissionDenied.into()));
         }
@@ -1137,23 +1120,13 @@ impl Session {
         let mut skip_history = false;
         if let Some(proxy) = self.node.hooks.proxy.clone().filter(|_| ns.proxy_publish) {
             // The backend decides instead of the namespace's allow_publish_* rules.
-            let answer = proxy
-                .publish(&self.hook_ctx(), &req.channel, &data)
-                .await
-                .and_then(|outcome| match outcome {
-                    Outcome::Ok(r) => Ok(Outcome::Ok((
-                        crate::hooks::proxy::embedded(r.data, r.b64data, "data")?,
-                        r.skip_history,
-                    ))),
-                    Outcome::Error(e) => Ok(Outcome::Error(e)),
-                    Outcome::Disconnect(code, reason) => Ok(Outcome::Disconnect(code, reason)),
-                });
+            let answer = proxy.publish(&self.hook_ctx(), &req.channel, &data).await;
             match backend(answer)? {
-                Ok((rewritten, skip)) => {
-                    if let Some(rewritten) = rewritten {
+                Ok(allowed) => {
+                    if let Some(rewritten) = allowed.data {
                         data = rewritten;
                     }
-                    skip_history = skip;
+                    skip_history = allowed.skip_history;
                 }
                 Err(error) => return Ok(Err(error)),
             }
@@ -1186,37 +1159,18 @@ impl Session {
 
     /// `rpc` goes to the backend's rpc hook; without one it is not available (108).
     async fn rpc(&mut self, req: RpcRequest) -> Result<Result<ReplyBody, ReplyError>, Close> {
-        let Some(proxy) = self
-            .node
-            .hooks
-            .proxy
-            .clone()
-            .filter(|p| p.has(crate::hooks::proxy::Hook::Rpc))
-        else {
+        let Some(proxy) = self.node.hooks.proxy_for(Hook::Rpc) else {
             return Ok(Err(ErrorCode::NotAvailable.into()));
         };
         let answer = proxy
             .rpc(&self.hook_ctx(), &req.method, req.data.as_deref())
-            .await
-            .and_then(|outcome| match outcome {
-                Outcome::Ok(r) => Ok(Outcome::Ok(crate::hooks::proxy::embedded(
-                    r.data, r.b64data, "data",
-                )?)),
-                Outcome::Error(e) => Ok(Outcome::Error(e)),
-                Outcome::Disconnect(code, reason) => Ok(Outcome::Disconnect(code, reason)),
-            });
+            .await;
         Ok(backend(answer)?.map(|data| ReplyBody::Rpc(RpcResult { data })))
     }
 
     /// `send` goes to the backend's send hook without waiting; without one it is dropped.
     fn send(&mut self, req: SendRequest) {
-        if let Some(proxy) = self
-            .node
-            .hooks
-            .proxy
-            .clone()
-            .filter(|p| p.has(crate::hooks::proxy::Hook::Send))
-        {
+        if let Some(proxy) = self.node.hooks.proxy_for(Hook::Send) {
             proxy.send(&self.hook_ctx(), req.data.as_deref());
         }
     }
@@ -1226,12 +1180,7 @@ impl Session {
     /// the connection for `REFRESH_RETRY` and asks again, so a backend outage does not drop everyone.
     async fn refresh_by_backend(&mut self) -> Result<(), Close> {
         let due = self.expires_at.is_some_and(|at| Instant::now() >= at);
-        let proxy = self
-            .node
-            .hooks
-            .proxy
-            .clone()
-            .filter(|p| p.has(crate::hooks::proxy::Hook::Refresh));
+        let proxy = self.node.hooks.proxy_for(Hook::Refresh);
         let (true, true, Some(proxy)) = (due, self.backend_auth, proxy) else {
             return Ok(());
         };
@@ -1248,12 +1197,13 @@ impl Session {
         if result.expired {
             return Err(Disconnect::EXPIRED.into());
         }
-        if let Ok(Some(info)) = crate::hooks::proxy::embedded(result.info, result.b64info, "info") {
+        if let Some(info) = result.info {
             self.conn_info = Some(info);
         }
         let now = unix_secs();
-        self.expires_at = (result.expire_at > 0)
-            .then(|| Instant::now() + Duration::from_secs((result.expire_at - now).max(0) as u64));
+        self.expires_at = result
+            .expire_at
+            .map(|at| Instant::now() + Duration::from_secs((at - now).max(0) as u64));
         Ok(())
     }
 

@@ -88,6 +88,11 @@ impl Hooks {
         }
     }
 
+    /// The proxy, when this hook is configured.
+    pub fn proxy_for(&self, hook: proxy::Hook) -> Option<Arc<Proxy>> {
+        self.proxy.clone().filter(|p| p.has(hook))
+    }
+
     /// The webhook delivery task, for the server to spawn (once).
     pub fn take_worker(&self) -> Option<WebhookWorker> {
         self.worker.lock().take()

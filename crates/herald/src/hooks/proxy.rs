@@ -198,6 +198,90 @@ pub struct RefreshResult {
     pub b64info: Option<String>,
 }
 
+/// A hook's `result` type and what the session gets from it: embedded JSON decoded and checked
+/// here, so a bad `b64info` counts as a failed call like any other bad answer.
+pub trait Answer: DeserializeOwned + Default {
+    type Out;
+    fn finish(self) -> Result<Self::Out, HookError>;
+}
+
+/// What a subscribe hook granted.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    pub info: Option<Json>,
+    pub data: Option<Json>,
+    pub expire_at: Option<i64>,
+}
+
+/// What a publish hook allowed: replacement data, and whether to keep it out of history.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub data: Option<Json>,
+    pub skip_history: bool,
+}
+
+/// What a refresh hook decided.
+#[derive(Debug, Default)]
+pub struct Refreshed {
+    pub expired: bool,
+    pub expire_at: Option<i64>,
+    pub info: Option<Json>,
+}
+
+impl Answer for ConnectResult {
+    type Out = Identity;
+    fn finish(self) -> Result<Identity, HookError> {
+        self.into_identity()
+    }
+}
+
+impl Answer for SubscribeResult {
+    type Out = Subscribed;
+    fn finish(self) -> Result<Subscribed, HookError> {
+        Ok(Subscribed {
+            info: embedded(self.info, self.b64info, "info")?,
+            data: embedded(self.data, self.b64data, "data")?,
+            expire_at: (self.expire_at > 0).then_some(self.expire_at),
+        })
+    }
+}
+
+impl Answer for PublishResult {
+    type Out = Published;
+    fn finish(self) -> Result<Published, HookError> {
+        Ok(Published {
+            data: embedded(self.data, self.b64data, "data")?,
+            skip_history: self.skip_history,
+        })
+    }
+}
+
+impl Answer for RpcResult {
+    type Out = Option<Json>;
+    fn finish(self) -> Result<Option<Json>, HookError> {
+        embedded(self.data, self.b64data, "data")
+    }
+}
+
+impl Answer for RefreshResult {
+    type Out = Refreshed;
+    fn finish(self) -> Result<Refreshed, HookError> {
+        Ok(Refreshed {
+            expired: self.expired,
+            expire_at: (self.expire_at > 0).then_some(self.expire_at),
+            info: embedded(self.info, self.b64info, "info")?,
+        })
+    }
+}
+
+/// `send` answers are read (so the connection can be reused) and ignored.
+impl Answer for serde_json::Value {
+    type Out = ();
+    fn finish(self) -> Result<(), HookError> {
+        Ok(())
+    }
+}
+
 /// Embedded JSON from `info`/`data` or their base64 forms. The client protocol here is JSON, so a
 /// base64 value must decode to JSON text.
 pub fn embedded(
@@ -309,27 +393,27 @@ impl Proxy {
     }
 
     /// One backend call: permit, POST, decode. Every failure is counted and returned, never panics.
-    async fn call<T: DeserializeOwned + Default>(
+    async fn call<T: Answer>(
         &self,
         hook: Hook,
         ctx: &HookCtx<'_>,
         request: &Request<'_>,
-    ) -> Result<Outcome<T>, HookError> {
+    ) -> Result<Outcome<T::Out>, HookError> {
         let body = serde_json::to_vec(request)
             .map_err(|e| HookError::BadResponse(format!("encoding the request: {e}")))?;
-        self.call_encoded(hook, ctx, body).await
+        self.call_encoded::<T>(hook, ctx, body).await
     }
 
-    async fn call_encoded<T: DeserializeOwned + Default>(
+    async fn call_encoded<T: Answer>(
         &self,
         hook: Hook,
         ctx: &HookCtx<'_>,
         body: Vec<u8>,
-    ) -> Result<Outcome<T>, HookError> {
+    ) -> Result<Outcome<T::Out>, HookError> {
         let label = HookLabel { hook: hook.name() };
         self.metrics.proxy_calls.get_or_create(&label).inc();
         let started = Instant::now();
-        let result = self.call_inner(hook, ctx, body).await;
+        let result = self.call_inner::<T>(hook, ctx, body).await;
         self.metrics
             .proxy_duration
             .get_or_create(&label)
@@ -347,12 +431,12 @@ impl Proxy {
         result
     }
 
-    async fn call_inner<T: DeserializeOwned + Default>(
+    async fn call_inner<T: Answer>(
         &self,
         hook: Hook,
         ctx: &HookCtx<'_>,
         body: Vec<u8>,
-    ) -> Result<Outcome<T>, HookError> {
+    ) -> Result<Outcome<T::Out>, HookError> {
         let Some(uri) = self.endpoint(hook) else {
             return Err(HookError::Unavailable("hook not configured".into()));
         };
@@ -361,7 +445,7 @@ impl Proxy {
             .client
             .post_json(uri, ctx.headers, Bytes::from(body), self.timeout)
             .await?;
-        decode(&answer)
+        decode::<T>(&answer)
     }
 
     pub async fn connect(
@@ -370,19 +454,21 @@ impl Proxy {
         name: &str,
         version: &str,
         data: Option<&RawValue>,
-    ) -> Result<Outcome<ConnectResult>, HookError> {
+    ) -> Result<Outcome<Identity>, HookError> {
         let request = Request {
             name: Some(name),
             version: Some(version),
             data,
             ..Request::new(ctx, false)
         };
-        self.call(Hook::Connect, ctx, &request).await
+        self.call::<ConnectResult>(Hook::Connect, ctx, &request)
+            .await
     }
 
-    pub async fn refresh(&self, ctx: &HookCtx<'_>) -> Result<Outcome<RefreshResult>, HookError> {
+    pub async fn refresh(&self, ctx: &HookCtx<'_>) -> Result<Outcome<Refreshed>, HookError> {
         let request = Request::new(ctx, true);
-        self.call(Hook::Refresh, ctx, &request).await
+        self.call::<RefreshResult>(Hook::Refresh, ctx, &request)
+            .await
     }
 
     pub async fn subscribe(
@@ -390,13 +476,14 @@ impl Proxy {
         ctx: &HookCtx<'_>,
         channel: &str,
         data: Option<&RawValue>,
-    ) -> Result<Outcome<SubscribeResult>, HookError> {
+    ) -> Result<Outcome<Subscribed>, HookError> {
         let request = Request {
             channel: Some(channel),
             data,
             ..Request::new(ctx, true)
         };
-        self.call(Hook::Subscribe, ctx, &request).await
+        self.call::<SubscribeResult>(Hook::Subscribe, ctx, &request)
+            .await
     }
 
     pub async fn publish(
@@ -404,13 +491,14 @@ impl Proxy {
         ctx: &HookCtx<'_>,
         channel: &str,
         data: &RawValue,
-    ) -> Result<Outcome<PublishResult>, HookError> {
+    ) -> Result<Outcome<Published>, HookError> {
         let request = Request {
             channel: Some(channel),
             data: Some(data),
             ..Request::new(ctx, true)
         };
-        self.call(Hook::Publish, ctx, &request).await
+        self.call::<PublishResult>(Hook::Publish, ctx, &request)
+            .await
     }
 
     pub async fn rpc(
@@ -418,13 +506,13 @@ impl Proxy {
         ctx: &HookCtx<'_>,
         method: &str,
         data: Option<&RawValue>,
-    ) -> Result<Outcome<RpcResult>, HookError> {
+    ) -> Result<Outcome<Option<Json>>, HookError> {
         let request = Request {
             method: Some(method),
             data,
             ..Request::new(ctx, true)
         };
-        self.call(Hook::Rpc, ctx, &request).await
+        self.call::<RpcResult>(Hook::Rpc, ctx, &request).await
     }
 
     /// Fire-and-forget: the call runs in its own task and its answer is ignored. Over the concurrency
@@ -457,7 +545,7 @@ impl Proxy {
 
 /// Decodes an answer: exactly what Centrifugo backends send. A body that is not a JSON object is a
 /// bad response; an object without `result`, `error` or `disconnect` allows with an empty result.
-fn decode<T: DeserializeOwned + Default>(answer: &[u8]) -> Result<Outcome<T>, HookError> {
+fn decode<T: Answer>(answer: &[u8]) -> Result<Outcome<T::Out>, HookError> {
     let response: Response = serde_json::from_slice(answer)
         .map_err(|e| HookError::BadResponse(format!("not the expected JSON: {e}")))?;
     if let Some(d) = response.disconnect {
@@ -479,12 +567,12 @@ fn decode<T: DeserializeOwned + Default>(answer: &[u8]) -> Result<Outcome<T>, Ho
     let result = match response.result {
         // PHP's json_encode writes an empty array for `['result' => []]`: read it as `{}`.
         Some(raw) if raw.get().trim() != "[]" && raw.get().trim() != "null" => {
-            serde_json::from_str(raw.get())
+            serde_json::from_str::<T>(raw.get())
                 .map_err(|e| HookError::BadResponse(format!("result: {e}")))?
         }
         _ => T::default(),
     };
-    Ok(Outcome::Ok(result))
+    Ok(Outcome::Ok(result.finish()?))
 }
 
 /// A connection as the connect hook described it, with embedded JSON decoded.
@@ -526,36 +614,33 @@ mod tests {
 
     #[test]
     fn decodes_every_answer_shape() {
-        let ok: Outcome<ConnectResult> = decode(
+        let ok = decode::<ConnectResult>(
             br#"{"result":{"user":"42","expire_at":1700000000,"b64info":"eyJhIjoxfQ==","channels":["a"],"subs":{"b":{"data":{"x":1}}}}}"#,
         )
         .unwrap();
-        let Outcome::Ok(result) = ok else {
+        let Outcome::Ok(id) = ok else {
             panic!("{ok:?}")
         };
-        let id = result.into_identity().unwrap();
         assert_eq!(id.user, "42");
+        assert_eq!(id.expire_at, Some(1700000000));
         assert_eq!(id.info.unwrap().get(), r#"{"a":1}"#);
         assert_eq!(id.channels.len(), 2);
-        let err: Outcome<RpcResult> =
-            decode(br#"{"error":{"code":1000,"message":"nope"}}"#).unwrap();
+        let err = decode::<RpcResult>(br#"{"error":{"code":1000,"message":"nope"}}"#).unwrap();
         assert!(matches!(err, Outcome::Error(ReplyError { code: 1000, .. })));
-        let d: Outcome<RpcResult> =
-            decode(br#"{"disconnect":{"code":4501,"reason":"bye"}}"#).unwrap();
+        let d = decode::<RpcResult>(br#"{"disconnect":{"code":4501,"reason":"bye"}}"#).unwrap();
         assert!(matches!(d, Outcome::Disconnect(4501, _)));
         assert!(decode::<RpcResult>(br#"{"disconnect":{"code":1,"reason":"x"}}"#).is_err());
         assert!(decode::<RpcResult>(b"<html>").is_err());
         assert!(decode::<RpcResult>(b"[1]").is_err());
-        let php_empty: Outcome<SubscribeResult> = decode(br#"{"result":[]}"#).unwrap();
+        assert!(decode::<RpcResult>(br#"{"result":{"b64data":"%%%"}}"#).is_err());
+        assert!(decode::<RpcResult>(br#"{"result":{"b64data":"bm90IGpzb24="}}"#).is_err());
+        let php_empty = decode::<SubscribeResult>(br#"{"result":[]}"#).unwrap();
         assert!(matches!(
             php_empty,
-            Outcome::Ok(SubscribeResult { info: None, .. })
+            Outcome::Ok(Subscribed { info: None, .. })
         ));
         assert!(decode::<SubscribeResult>(br#"{"result":[1]}"#).is_err());
-        let empty: Outcome<PublishResult> = decode(b"{}").unwrap();
-        assert!(matches!(
-            empty,
-            Outcome::Ok(PublishResult { data: None, .. })
-        ));
+        let empty = decode::<PublishResult>(b"{}").unwrap();
+        assert!(matches!(empty, Outcome::Ok(Published { data: None, .. })));
     }
 }
