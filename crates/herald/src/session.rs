@@ -5,8 +5,10 @@ use crate::broker::Control;
 use crate::channel::{is_private, personal_channel, user_allowed};
 use crate::config::NamespaceOptions;
 use crate::history::HistoryQuery;
+
+mod backend;
 use crate::hooks::proxy::Hook;
-use crate::hooks::{HookCtx, HookError, Outcome};
+use crate::hooks::HookCtx;
 use crate::hub::SessionHandle;
 use crate::metrics::MethodLabel;
 use crate::node::{broker_error, unix_secs, Node};
@@ -16,13 +18,13 @@ use crate::ws::{Incoming, WsConn, WsError};
 use bytes::Bytes;
 use herald_auth::TokenError;
 use herald_protocol::command::{
-    ChannelRequest, ConnectRequest, HistoryRequest, PublishRequest, RefreshRequest, RpcRequest,
-    SendRequest, SubRefreshRequest, SubscribeRequest,
+    ChannelRequest, ConnectRequest, HistoryRequest, PublishRequest, RefreshRequest,
+    SubRefreshRequest, SubscribeRequest,
 };
 use herald_protocol::{
     decode_frame, encode_push, encode_reply, single_line, ClientInfo, ConnectResult, Disconnect,
     ErrorCode, HistoryResult, Method, PresenceResult, PresenceStatsResult, PushBody, RefreshResult,
-    ReplyBody, ReplyError, RpcResult, SubRefreshResult, SubscribeResult, UnsubscribeCode, PING,
+    ReplyBody, ReplyError, SubRefreshResult, SubscribeResult, UnsubscribeCode, PING,
 };
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -147,20 +149,6 @@ pub struct Session {
     /// Authenticated by the connect hook: its expiry is extended by the refresh hook.
     backend_auth: bool,
 }
-
-/// Maps a backend answer to the session's outcomes: the result, an error reply for the command, or
-/// a close. A failed call (down, slow, garbage, busy) is an error reply, never a close.
-fn backend<T>(answer: Result<Outcome<T>, HookError>) -> Result<Result<T, ReplyError>, Close> {
-    match answer {
-        Ok(Outcome::Ok(result)) => Ok(Ok(result)),
-        Ok(Outcome::Error(error)) => Ok(Err(error)),
-        Ok(Outcome::Disconnect(code, reason)) => Err(Close::backend(code, reason)),
-        Err(e) => Ok(Err(e.reply_error())),
-    }
-}
-
-/// How long a connection authenticated by the backend keeps going when the refresh hook fails.
-const REFRESH_RETRY: Duration = Duration::from_secs(10);
 
 impl Session {
     pub fn new(
@@ -658,37 +646,13 @@ impl Session {
         let client_id = uuid::Uuid::new_v4().to_string();
         let connect_proxy = node.hooks.proxy_for(Hook::Connect);
         if let (true, Some(proxy)) = (req.token.is_empty(), connect_proxy) {
-            let ctx = HookCtx {
-                client: &client_id,
-                user: "",
-                meta: None,
-                headers: &self.forwarded,
+            let identity = match self.connect_by_backend(&proxy, &req, &client_id).await? {
+                Ok(identity) => identity,
+                Err(error) => return Ok(Err(error)),
             };
-            let answer = proxy
-                .connect(&ctx, &req.name, &req.version, req.data.as_deref())
-                .await;
-            let identity = match answer {
-                // Without an identity there is no connection to keep: close so the SDK reconnects
-                // with backoff (3004 is in the reconnect range).
-                Err(e) => {
-                    return Err(Close {
-                        reason: e.client_message().to_string(),
-                        label: "backend error",
-                        ..Disconnect::SERVER_ERROR.into()
-                    })
-                }
-                Ok(outcome) => match backend(Ok(outcome))? {
-                    Ok(identity) => identity,
-                    Err(error) => return Ok(Err(error)),
-                },
-            };
-            if identity.user.is_empty() && !client_config.allow_anonymous {
-                return Err(Disconnect::INVALID_TOKEN.into());
-            }
             self.user = identity.user;
             self.conn_info = identity.info;
             self.meta = identity.meta;
-            self.backend_auth = true;
             expires_at = identity.expire_at;
             connect_data = identity.data;
             for (channel, chan_info, data) in identity.channels {
@@ -863,19 +827,9 @@ impl Session {
             params.chan_info = claims.info.map(single_line);
             params.data = claims.data.map(single_line);
         } else if let Some(proxy) = self.node.hooks.proxy.clone().filter(|_| ns.proxy_subscribe) {
-            if self.subs.contains_key(&req.channel) {
-                return Ok(Err(ErrorCode::AlreadySubscribed.into()));
+            if let Err(error) = self.subscribe_by_backend(&proxy, &req, &mut params).await? {
+                return Ok(Err(error));
             }
-            let answer = proxy
-                .subscribe(&self.hook_ctx(), &req.channel, req.data.as_deref())
-                .await;
-            let granted = match backend(answer)? {
-                Ok(granted) => granted,
-                Err(error) => return Ok(Err(error)),
-            };
-            params.chan_info = granted.info;
-            params.data = granted.data;
-            params.expires_at = granted.expire_at;
         } else if !self.may_subscribe(&ns, &req.channel) {
             return Ok(Err(ErrorCode::PermissionDenied.into()));
         }
@@ -1120,14 +1074,11 @@ impl Session {
         let mut skip_history = false;
         if let Some(proxy) = self.node.hooks.proxy.clone().filter(|_| ns.proxy_publish) {
             // The backend decides instead of the namespace's allow_publish_* rules.
-            let answer = proxy.publish(&self.hook_ctx(), &req.channel, &data).await;
-            match backend(answer)? {
-                Ok(allowed) => {
-                    if let Some(rewritten) = allowed.data {
-                        data = rewritten;
-                    }
-                    skip_history = allowed.skip_history;
-                }
+            match self
+                .publish_by_backend(&proxy, &req.channel, &mut data)
+                .await?
+            {
+                Ok(skip) => skip_history = skip,
                 Err(error) => return Ok(Err(error)),
             }
         } else if !self.may(
@@ -1155,56 +1106,6 @@ impl Session {
             )
             .await;
         Ok(published.map(|_| ReplyBody::Publish).map_err(Into::into))
-    }
-
-    /// `rpc` goes to the backend's rpc hook; without one it is not available (108).
-    async fn rpc(&mut self, req: RpcRequest) -> Result<Result<ReplyBody, ReplyError>, Close> {
-        let Some(proxy) = self.node.hooks.proxy_for(Hook::Rpc) else {
-            return Ok(Err(ErrorCode::NotAvailable.into()));
-        };
-        let answer = proxy
-            .rpc(&self.hook_ctx(), &req.method, req.data.as_deref())
-            .await;
-        Ok(backend(answer)?.map(|data| ReplyBody::Rpc(RpcResult { data })))
-    }
-
-    /// `send` goes to the backend's send hook without waiting; without one it is dropped.
-    fn send(&mut self, req: SendRequest) {
-        if let Some(proxy) = self.node.hooks.proxy_for(Hook::Send) {
-            proxy.send(&self.hook_ctx(), req.data.as_deref());
-        }
-    }
-
-    /// A connection the backend authenticated reaches its expiry: ask the refresh hook whether it
-    /// goes on. Expired (or no refresh hook): the timer closes it with 3005. A failed call keeps
-    /// the connection for `REFRESH_RETRY` and asks again, so a backend outage does not drop everyone.
-    async fn refresh_by_backend(&mut self) -> Result<(), Close> {
-        let due = self.expires_at.is_some_and(|at| Instant::now() >= at);
-        let proxy = self.node.hooks.proxy_for(Hook::Refresh);
-        let (true, true, Some(proxy)) = (due, self.backend_auth, proxy) else {
-            return Ok(());
-        };
-        let answer = proxy.refresh(&self.hook_ctx()).await;
-        let result = match answer {
-            Err(_) => {
-                self.expires_at = Some(Instant::now() + REFRESH_RETRY);
-                return Ok(());
-            }
-            Ok(Outcome::Disconnect(code, reason)) => return Err(Close::backend(code, reason)),
-            Ok(Outcome::Error(_)) => return Err(Disconnect::EXPIRED.into()),
-            Ok(Outcome::Ok(result)) => result,
-        };
-        if result.expired {
-            return Err(Disconnect::EXPIRED.into());
-        }
-        if let Some(info) = result.info {
-            self.conn_info = Some(info);
-        }
-        let now = unix_secs();
-        self.expires_at = result
-            .expire_at
-            .map(|at| Instant::now() + Duration::from_secs((at - now).max(0) as u64));
-        Ok(())
     }
 
     fn check_presence(&self, channel: &str) -> Result<(), ErrorCode> {
