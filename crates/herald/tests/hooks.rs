@@ -12,6 +12,14 @@ use std::time::Duration;
 use support::backend::{down_url, Backend, Recorded, Reply};
 use support::*;
 
+/// The sum of the samples whose line starts with `prefix` (e.g. some of a metric's labels).
+fn metric_prefix(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Every proxy endpoint at `base`, a short timeout, and a `hooked` namespace decided by the backend.
 fn with_proxy(config: &mut Config, base: &str) {
     let p = &mut config.proxy;
@@ -373,6 +381,45 @@ async fn refresh_hook_extends_then_expires_a_backend_session() {
     assert_eq!(refreshes[0].json()["user"], "alice");
 }
 
+/// A refresh hook that fails must not close sessions: it is asked again later.
+#[tokio::test]
+async fn a_failing_refresh_hook_keeps_the_connection() {
+    async fn case(failure: Failure) {
+        let slow = matches!(failure, Failure::Slow);
+        let backend = Backend::start(move |r| match r.path.as_str() {
+            "/connect" => Reply::Json(json!({"result": {"user": "alice", "expire_at": now() + 1}})),
+            _ if slow => Reply::Slow(Duration::from_secs(2), Box::new(Reply::Json(json!({})))),
+            _ => Reply::Raw("not json"),
+        })
+        .await;
+        let base = backend.url("");
+        let down = down_url("/refresh").await;
+        let server = TestServer::with(|c| {
+            with_proxy(c, &base);
+            c.proxy.timeout = Duration::from_millis(300);
+            if matches!(failure, Failure::Down) {
+                c.proxy.refresh_endpoint = down;
+            }
+        })
+        .await;
+        let mut client = Client::open(&server.ws_url()).await;
+        let reply = client.call("connect", json!({})).await;
+        assert_eq!(reply["connect"]["expires"], true, "{reply}");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        client.assert_alive().await;
+        let metrics = server.metrics().await;
+        assert!(
+            metric_prefix(&metrics, "herald_proxy_errors_total{hook=\"refresh\"") >= 1.0,
+            "{metrics}"
+        );
+    }
+    tokio::join!(
+        case(Failure::Down),
+        case(Failure::Slow),
+        case(Failure::Garbage)
+    );
+}
+
 /// A backend in one of the ways backends fail.
 enum Failure {
     Down,
@@ -433,6 +480,18 @@ async fn a_failing_backend_gives_clear_errors_and_the_node_stays_fine() {
             assert_eq!(reply["error"]["message"], message, "{method}: {reply}");
             assert_eq!(reply["error"]["temporary"], true, "{method}: {reply}");
         }
+        // send: nobody to tell, but the failure is counted.
+        alice.send(json!({"send": {"data": 1}})).await;
+        let mut send_errors = 0.0;
+        for _ in 0..200 {
+            let metrics = server.metrics().await;
+            send_errors = metric_prefix(&metrics, "herald_proxy_errors_total{hook=\"send\"");
+            if send_errors >= 1.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(send_errors, 1.0, "send failure counted");
         alice.assert_alive().await;
         server
             .api_ok("publish", json!({"channel": "chat:ok", "data": 1}))
