@@ -782,3 +782,25 @@ async fn webhook_config_is_validated() {
     let e = config.validate().unwrap_err().to_string();
     assert!(e.starts_with("channel.namespaces[0].proxy_publish:"), "{e}");
 }
+
+/// The configuration snippets of docs/hooks.md and the PHP example's README load and validate.
+#[test]
+fn documented_hook_configs_are_valid() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut checked = 0;
+    for doc in ["docs/hooks.md", "examples/php-backend/README.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).expect("read doc");
+        for block in text.split("```toml\n").skip(1) {
+            let toml = block.split("```").next().unwrap_or_default();
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("herald.toml");
+            std::fs::write(&path, toml).expect("write");
+            let config = Config::load(Some(&path), std::iter::empty(), &[])
+                .unwrap_or_else(|e| panic!("{doc}: {e}\n{toml}"));
+            assert!(!config.proxy.connect_endpoint.is_empty(), "{doc}");
+            assert!(config.webhooks.enabled(), "{doc}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2);
+}
