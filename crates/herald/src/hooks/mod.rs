@@ -8,14 +8,16 @@ pub mod http;
 pub mod proxy;
 pub mod sign;
 pub mod webhook;
+pub mod wire;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use herald_protocol::{ClientInfo, ReplyError};
 use std::sync::Arc;
 
-pub use proxy::{HookCtx, Outcome, Proxy};
+pub use proxy::{HookCtx, Proxy};
 pub use webhook::{WebhookWorker, Webhooks};
+pub use wire::Outcome;
 
 /// Why a backend call gave no usable answer. The client sees `client_message`; logs and metrics see
 /// the detail and `reason`.

@@ -3,7 +3,8 @@
 //! readable; the wire format lives in `crate::hooks`.
 
 use super::{Close, Session, SubscribeParams};
-use crate::hooks::proxy::{Hook, Identity, Proxy};
+use crate::hooks::proxy::{Hook, Proxy};
+use crate::hooks::wire::Identity;
 use crate::hooks::{HookCtx, HookError, Outcome};
 use crate::node::unix_secs;
 use herald_protocol::command::{ConnectRequest, RpcRequest, SendRequest, SubscribeRequest};
