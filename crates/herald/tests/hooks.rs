@@ -354,11 +354,12 @@ async fn refresh_hook_extends_then_expires_a_backend_session() {
     let expire_in = Arc::new(AtomicUsize::new(1));
     let refreshes = expire_in.clone();
     let backend = Backend::start(move |r| match r.path.as_str() {
-        "/connect" => Reply::Json(json!({"result": {"user": "alice", "expire_at": now() + 1}})),
+        "/connect" => Reply::Json(json!({"result": {"user": "alice", "expire_at": now() + 2}})),
         "/refresh" => {
-            // First refresh: one more second; then expired.
+            // First refresh: a little longer (whole seconds: +2 so it is never already past); then
+            // expired.
             if refreshes.fetch_add(1, Ordering::SeqCst) == 1 {
-                Reply::Json(json!({"result": {"expire_at": now() + 1}}))
+                Reply::Json(json!({"result": {"expire_at": now() + 2}}))
             } else {
                 Reply::Json(json!({"result": {"expired": true}}))
             }
@@ -371,7 +372,7 @@ async fn refresh_hook_extends_then_expires_a_backend_session() {
     let mut client = Client::open(&server.ws_url()).await;
     let reply = client.call("connect", json!({})).await;
     assert_eq!(reply["connect"]["expires"], true, "{reply}");
-    let (_, closed) = client.read_until_closed(Duration::from_secs(6)).await;
+    let (_, closed) = client.read_until_closed(Duration::from_secs(8)).await;
     assert_eq!(
         closed,
         Some(Closed::Code(3005, "connection expired".into()))
@@ -387,7 +388,7 @@ async fn a_failing_refresh_hook_keeps_the_connection() {
     async fn case(failure: Failure) {
         let slow = matches!(failure, Failure::Slow);
         let backend = Backend::start(move |r| match r.path.as_str() {
-            "/connect" => Reply::Json(json!({"result": {"user": "alice", "expire_at": now() + 1}})),
+            "/connect" => Reply::Json(json!({"result": {"user": "alice", "expire_at": now() + 2}})),
             _ if slow => Reply::Slow(Duration::from_secs(2), Box::new(Reply::Json(json!({})))),
             _ => Reply::Raw("not json"),
         })
@@ -405,7 +406,8 @@ async fn a_failing_refresh_hook_keeps_the_connection() {
         let mut client = Client::open(&server.ws_url()).await;
         let reply = client.call("connect", json!({})).await;
         assert_eq!(reply["connect"]["expires"], true, "{reply}");
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // Past the expiry (at most 2 s away) and the failed refresh, well before its 10 s retry.
+        tokio::time::sleep(Duration::from_millis(3200)).await;
         client.assert_alive().await;
         let metrics = server.metrics().await;
         assert!(
