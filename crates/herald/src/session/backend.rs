@@ -141,13 +141,14 @@ impl Session {
             Ok(Outcome::Error(_)) => return Err(Disconnect::EXPIRED.into()),
             Ok(Outcome::Ok(result)) => result,
         };
-        if result.expired {
+        let now = unix_secs();
+        // An expiry already past would wake the timer at once and ask again in a loop: expired.
+        if result.expired || result.expire_at.is_some_and(|at| at <= now) {
             return Err(Disconnect::EXPIRED.into());
         }
         if let Some(info) = result.info {
             self.conn_info = Some(info);
         }
-        let now = unix_secs();
         self.expires_at = result
             .expire_at
             .map(|at| Instant::now() + Duration::from_secs((at - now).max(0) as u64));
