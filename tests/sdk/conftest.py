@@ -94,7 +94,9 @@ def render_config(port: int, overrides: Optional[Dict[str, Any]] = None) -> str:
     api = {"key": API_KEY}
     without_ns = dict(CHANNEL_OPTIONS)
     chat = {"name": "chat", **CHANNEL_OPTIONS}
+    proxy: Dict[str, Any] = {}  # backend hooks (docs/hooks.md), written only when set
     tables = {
+        "proxy": proxy,
         "http": http,
         "client": client,
         "client.token": token,
@@ -118,6 +120,8 @@ def render_config(port: int, overrides: Optional[Dict[str, Any]] = None) -> str:
     lines += _toml_table("api", api) + [""]
     lines += _toml_table("channel.without_namespace", without_ns) + [""]
     lines += _toml_table("channel.namespaces", chat, header="[[{}]]") + [""]
+    if proxy:
+        lines += _toml_table("proxy", proxy) + [""]
     return "\n".join(lines)
 
 

@@ -20,6 +20,8 @@ pub struct Config {
     /// Upstream WebSocket feeds (`[[feeds]]`), see docs/feeds.md.
     pub feeds: Vec<FeedConfig>,
     pub map: MapConfig,
+    pub proxy: ProxyConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -192,6 +194,190 @@ impl Default for ChannelConfig {
             without_namespace: NamespaceOptions::default(),
             namespaces: Vec::new(),
         }
+    }
+}
+
+/// Calls to the application backend (`[proxy]`), in Centrifugo's HTTP proxy format; see docs/hooks.md.
+/// An empty endpoint turns that hook off.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Called for a `connect` without a token: the backend authenticates the client.
+    pub connect_endpoint: String,
+    /// Called when a connection authenticated by the backend reaches its `expire_at`.
+    pub refresh_endpoint: String,
+    /// Called for subscribes in namespaces with `proxy_subscribe = true`.
+    pub subscribe_endpoint: String,
+    /// Called for client publishes in namespaces with `proxy_publish = true`.
+    pub publish_endpoint: String,
+    /// Called for every client `rpc`.
+    pub rpc_endpoint: String,
+    /// Called, without waiting for an answer, for every client `send`.
+    pub send_endpoint: String,
+    /// Whole-call deadline (connect, request, response body).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most backend calls in flight per node; a call over it fails at once.
+    pub max_concurrent: usize,
+    /// WebSocket handshake headers copied to every proxy request (e.g. Cookie, Authorization).
+    pub forward_headers: Vec<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_endpoint: String::new(),
+            refresh_endpoint: String::new(),
+            subscribe_endpoint: String::new(),
+            publish_endpoint: String::new(),
+            rpc_endpoint: String::new(),
+            send_endpoint: String::new(),
+            timeout: Duration::from_secs(3),
+            max_concurrent: 256,
+            forward_headers: vec!["Cookie".into(), "Authorization".into()],
+        }
+    }
+}
+
+/// Event names a webhook may carry.
+pub const WEBHOOK_EVENTS: [&str; 5] = [
+    "disconnect",
+    "channel_occupied",
+    "channel_vacated",
+    "join",
+    "leave",
+];
+
+/// Signed event notifications to the backend (`[webhooks]`); see docs/hooks.md.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Where events are POSTed; empty turns webhooks off.
+    pub url: String,
+    /// HMAC-SHA256 key of the `X-Herald-Signature` header; required with `url`.
+    pub secret: String,
+    /// Events to send, among `WEBHOOK_EVENTS`.
+    pub events: Vec<String>,
+    /// Events waiting for delivery; when full, new events are dropped and counted.
+    pub queue_size: usize,
+    /// Further attempts after a failed delivery.
+    pub retries: u32,
+    /// Wait before the first retry, doubled for each further one.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Deadline of one delivery attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            url: String::new(),
+            secret: String::new(),
+            events: WEBHOOK_EVENTS.iter().map(|e| e.to_string()).collect(),
+            queue_size: 10_000,
+            retries: 3,
+            retry_backoff: Duration::from_millis(500),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Checks that `url` is an absolute `http://` URL with a host; returns it parsed.
+pub fn parse_http_url(url: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("{url:?} is not a URL like http://127.0.0.1:9000/path"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{url:?}: https is not supported; reach the backend over http on a private network or through a local TLS-terminating proxy"
+            ))
+        }
+        _ => return Err(format!("{url:?} must start with http://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(uri)
+}
+
+impl ProxyConfig {
+    /// (hook name, endpoint) of every hook, configured or not.
+    pub fn endpoints(&self) -> [(&'static str, &str); 6] {
+        [
+            ("connect", &self.connect_endpoint),
+            ("refresh", &self.refresh_endpoint),
+            ("subscribe", &self.subscribe_endpoint),
+            ("publish", &self.publish_endpoint),
+            ("rpc", &self.rpc_endpoint),
+            ("send", &self.send_endpoint),
+        ]
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (hook, endpoint) in self.endpoints() {
+            if !endpoint.is_empty() {
+                parse_http_url(endpoint).map_err(|m| field(format!("proxy.{hook}_endpoint"), m))?;
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(field("proxy.timeout", "must be greater than zero"));
+        }
+        if self.max_concurrent == 0 {
+            return Err(field("proxy.max_concurrent", "must be greater than zero"));
+        }
+        for (i, name) in self.forward_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(field(
+                    format!("proxy.forward_headers[{i}]"),
+                    format!("{name:?} is not a header name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WebhooksConfig {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, event) in self.events.iter().enumerate() {
+            if !WEBHOOK_EVENTS.contains(&event.as_str()) {
+                return Err(field(
+                    format!("webhooks.events[{i}]"),
+                    format!("{event:?} is not one of {}", WEBHOOK_EVENTS.join(", ")),
+                ));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(field("webhooks.timeout", "must be greater than zero"));
+        }
+        if self.queue_size == 0 {
+            return Err(field("webhooks.queue_size", "must be greater than zero"));
+        }
+        if self.retries > 0 && self.retry_backoff.is_zero() {
+            return Err(field(
+                "webhooks.retry_backoff",
+                "must be greater than zero when retries > 0",
+            ));
+        }
+        if !self.enabled() {
+            return Ok(());
+        }
+        parse_http_url(&self.url).map_err(|m| field("webhooks.url", m))?;
+        if self.secret.is_empty() {
+            return Err(field(
+                "webhooks.secret",
+                "must be set when webhooks.url is set (receivers verify the signature with it)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -684,6 +870,10 @@ pub struct NamespaceOptions {
     pub conflation_max_keys: usize,
     /// Most bytes buffered per channel within one window; a fuller window is delivered early.
     pub window_max_bytes: usize,
+    /// Subscribes without a subscription token are decided by the backend (`proxy.subscribe_endpoint`).
+    pub proxy_subscribe: bool,
+    /// Client publishes are checked (and may be rewritten) by the backend (`proxy.publish_endpoint`).
+    pub proxy_publish: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -713,6 +903,8 @@ impl Default for NamespaceOptions {
             conflation_key: String::new(),
             conflation_max_keys: 100_000,
             window_max_bytes: 256 << 10,
+            proxy_subscribe: false,
+            proxy_publish: false,
         }
     }
 }
@@ -911,6 +1103,33 @@ impl Config {
         )?;
         self.devices.validate()?;
         self.map.validate()?;
+        self.proxy.validate()?;
+        self.webhooks.validate()?;
+        let all = std::iter::once((
+            "channel.without_namespace".to_string(),
+            &self.channel.without_namespace,
+        ))
+        .chain(
+            self.channel
+                .namespaces
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| (format!("channel.namespaces[{i}]"), ns)),
+        );
+        for (prefix, ns) in all {
+            if ns.proxy_subscribe && self.proxy.subscribe_endpoint.is_empty() {
+                return Err(field(
+                    format!("{prefix}.proxy_subscribe"),
+                    "needs proxy.subscribe_endpoint",
+                ));
+            }
+            if ns.proxy_publish && self.proxy.publish_endpoint.is_empty() {
+                return Err(field(
+                    format!("{prefix}.proxy_publish"),
+                    "needs proxy.publish_endpoint",
+                ));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, feed) in self.feeds.iter().enumerate() {
             let prefix = format!("feeds[{i}]");

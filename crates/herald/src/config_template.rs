@@ -133,6 +133,10 @@ conflation_max_keys = 100000
 # A window whose estimated size reaches this many bytes is delivered early. On windowed channels
 # without conflation, keep it well below client.max_outbox_bytes.
 window_max_bytes = 262144
+# Backend hooks (docs/hooks.md): the backend decides subscribes without a subscription token
+# (needs proxy.subscribe_endpoint) and checks or rewrites client publishes (proxy.publish_endpoint).
+proxy_subscribe = false
+proxy_publish = false
 
 # A namespace: channels named "chat:<anything>" use these options. Copy the block per namespace.
 # [[channel.namespaces]]
@@ -155,6 +159,42 @@ window_max_bytes = 262144
 # allow_subscribe_for_client = true
 # batch_window = "1s"
 # conflation_key = "/device"
+
+[proxy]
+# Calls to your application backend in Centrifugo's HTTP proxy format (docs/hooks.md). Each hook is
+# off while its endpoint is empty. Endpoints are http:// URLs (https is not supported).
+# connect: a client connecting without a token is authenticated by the backend.
+connect_endpoint = ""
+# refresh: called when a connection the backend authenticated reaches its expire_at.
+refresh_endpoint = ""
+# subscribe / publish: for namespaces with proxy_subscribe / proxy_publish = true.
+subscribe_endpoint = ""
+publish_endpoint = ""
+# rpc: every client rpc (without it: error 108). send: every client send, not waited for.
+rpc_endpoint = ""
+send_endpoint = ""
+# Deadline of one call, connect to last byte. A late backend gives the client error 100
+# "backend timeout" (connect: close 3004).
+timeout = "3s"
+# Most calls in flight per node; one more fails at once with "backend busy".
+max_concurrent = 256
+# WebSocket handshake headers copied to every call.
+forward_headers = ["Cookie", "Authorization"]
+
+[webhooks]
+# Signed event notifications POSTed to url (docs/hooks.md); empty url: off.
+url = ""
+# HMAC-SHA256 key of the X-Herald-Signature header; required when url is set.
+secret = ""
+# Any of disconnect, channel_occupied, channel_vacated, join, leave.
+events = ["disconnect", "channel_occupied", "channel_vacated", "join", "leave"]
+# Events waiting for delivery; when full, new events are dropped (herald_webhooks_dropped).
+queue_size = 10000
+# Further attempts after a failure (non-2xx, timeout, refused), waiting retry_backoff, then doubling.
+retries = 3
+retry_backoff = "500ms"
+# Deadline of one attempt.
+timeout = "5s"
 
 [devices]
 # GPS device ingest (docs/devices.md): tracker listeners, an on-disk spool and a database writer.

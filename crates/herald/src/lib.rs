@@ -15,6 +15,7 @@ pub mod demo;
 pub mod devices;
 pub mod feeds;
 pub mod history;
+pub mod hooks;
 pub mod hub;
 pub mod lease;
 pub mod map;

@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,6 +21,29 @@ pub struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabel {
+    pub hook: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookErrorLabel {
+    pub hook: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~16 s: backend calls are bounded by proxy.timeout.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
 pub struct Metrics {
@@ -41,6 +65,14 @@ pub struct Metrics {
     pub outbox_drops: Counter,
     pub outbox_bytes: Gauge,
     pub api_requests: Family<MethodLabel, Counter>,
+    pub proxy_calls: Family<HookLabel, Counter>,
+    pub proxy_errors: Family<HookErrorLabel, Counter>,
+    pub proxy_duration: HistogramFamily<HookLabel>,
+    pub webhooks_queued: Family<EventLabel, Counter>,
+    pub webhooks_delivered: Family<EventLabel, Counter>,
+    pub webhooks_retried: Family<EventLabel, Counter>,
+    pub webhooks_dropped: Family<ReasonLabel, Counter>,
+    pub webhook_queue_length: Gauge,
 }
 
 impl Default for Metrics {
@@ -69,6 +101,14 @@ impl Metrics {
             outbox_drops: Counter::default(),
             outbox_bytes: Gauge::default(),
             api_requests: Family::default(),
+            proxy_calls: Family::default(),
+            proxy_errors: Family::default(),
+            proxy_duration: Family::new_with_constructor(duration_histogram),
+            webhooks_queued: Family::default(),
+            webhooks_delivered: Family::default(),
+            webhooks_retried: Family::default(),
+            webhooks_dropped: Family::default(),
+            webhook_queue_length: Gauge::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
@@ -142,6 +182,46 @@ impl Metrics {
             "api_requests",
             "Server API calls, by method",
             m.api_requests.clone(),
+        );
+        registry.register(
+            "proxy_calls",
+            "Backend proxy calls, by hook",
+            m.proxy_calls.clone(),
+        );
+        registry.register(
+            "proxy_errors",
+            "Backend proxy calls that failed, by hook and reason (unavailable, timeout, status, bad_response, busy)",
+            m.proxy_errors.clone(),
+        );
+        registry.register(
+            "proxy_duration_seconds",
+            "Duration of backend proxy calls, by hook",
+            m.proxy_duration.clone(),
+        );
+        registry.register(
+            "webhooks_queued",
+            "Webhook events queued for delivery, by event",
+            m.webhooks_queued.clone(),
+        );
+        registry.register(
+            "webhooks_delivered",
+            "Webhook events delivered (2xx from the receiver), by event",
+            m.webhooks_delivered.clone(),
+        );
+        registry.register(
+            "webhooks_retried",
+            "Webhook delivery retries, by event",
+            m.webhooks_retried.clone(),
+        );
+        registry.register(
+            "webhooks_dropped",
+            "Webhook events dropped, by reason (queue_full, failed)",
+            m.webhooks_dropped.clone(),
+        );
+        registry.register(
+            "webhook_queue_length",
+            "Webhook events waiting for delivery",
+            m.webhook_queue_length.clone(),
         );
         Metrics {
             registry: parking_lot::Mutex::new(registry),

@@ -27,6 +27,8 @@ pub struct Node {
     pub leases: Arc<dyn crate::lease::LeaseStore>,
     pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
+    /// Backend proxy hooks and webhooks (docs/hooks.md).
+    pub hooks: crate::hooks::Hooks,
     /// Cancelled when the node starts shutting down: connections close with `shutdown`.
     pub shutdown: CancellationToken,
     /// Open WebSocket connections (including those still in `connect`).
@@ -56,7 +58,9 @@ impl Node {
         } else {
             config.node.name.clone()
         };
+        let hooks = crate::hooks::Hooks::new(&config, metrics.clone(), &name);
         Arc::new(Node {
+            hooks,
             namespaces,
             uid: uuid::Uuid::new_v4().to_string(),
             name,
@@ -133,8 +137,27 @@ impl Node {
         tags: std::collections::BTreeMap<String, String>,
         source: &'static str,
     ) -> Result<StreamPosition, ErrorCode> {
+        self.publish_with(channel, data, info, tags, source, false)
+            .await
+    }
+
+    /// `publish`, optionally keeping the publication out of history (a publish proxy's
+    /// `skip_history`).
+    pub async fn publish_with(
+        &self,
+        channel: &str,
+        data: Box<serde_json::value::RawValue>,
+        info: Option<ClientInfo>,
+        tags: std::collections::BTreeMap<String, String>,
+        source: &'static str,
+        skip_history: bool,
+    ) -> Result<StreamPosition, ErrorCode> {
         let ns = self.namespaces.resolve(channel)?;
-        let history = self.history_options(ns);
+        let history = if skip_history {
+            None
+        } else {
+            self.history_options(ns)
+        };
         let publication = Publication {
             data: single_line(data),
             info,

@@ -119,6 +119,9 @@ impl Server {
         };
         let device_addrs = devices.as_ref().map(|d| d.addrs).unwrap_or_default();
         tasks.push(tokio::spawn(sweeper(node.clone())));
+        if let Some(worker) = node.hooks.take_worker() {
+            tasks.push(tokio::spawn(worker.run(node.shutdown.clone())));
+        }
         let feeds = crate::feeds::start(&node);
         Ok(Server {
             _data_lock: data_lock,

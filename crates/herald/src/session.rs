@@ -5,6 +5,10 @@ use crate::broker::Control;
 use crate::channel::{is_private, personal_channel};
 use crate::config::NamespaceOptions;
 use crate::history::HistoryQuery;
+
+mod backend;
+use crate::hooks::proxy::Hook;
+use crate::hooks::HookCtx;
 use crate::hub::SessionHandle;
 use crate::metrics::MethodLabel;
 use crate::node::{broker_error, unix_secs, Node};
@@ -20,7 +24,7 @@ use herald_protocol::command::{
 use herald_protocol::{
     decode_frame, encode_push, encode_reply, single_line, ClientInfo, ConnectResult, Disconnect,
     ErrorCode, HistoryResult, Method, PresenceResult, PresenceStatsResult, PushBody, RefreshResult,
-    ReplyBody, SubRefreshResult, SubscribeResult, UnsubscribeCode, PING,
+    ReplyBody, ReplyError, SubRefreshResult, SubscribeResult, UnsubscribeCode, PING,
 };
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -55,6 +59,16 @@ impl From<Disconnect> for Close {
 }
 
 impl Close {
+    /// The backend asked for this connection to be closed.
+    fn backend(code: u16, reason: String) -> Close {
+        Close {
+            code,
+            reason,
+            silent: false,
+            label: "backend disconnect",
+        }
+    }
+
     fn gone(label: &'static str) -> Close {
         Close {
             code: 3000,
@@ -128,10 +142,20 @@ pub struct Session {
     pending: Vec<Bytes>,
     pending_bytes: usize,
     drained: VecDeque<OutItem>,
+    /// Handshake headers forwarded to proxy hooks (only those in `proxy.forward_headers`).
+    forwarded: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// `meta` from the connect hook: sent back to the backend with every later hook call.
+    meta: Option<Box<RawValue>>,
+    /// Authenticated by the connect hook: its expiry is extended by the refresh hook.
+    backend_auth: bool,
 }
 
 impl Session {
-    pub fn new(node: Arc<Node>, ws: WsConn) -> Session {
+    pub fn new(
+        node: Arc<Node>,
+        ws: WsConn,
+        forwarded: Vec<(http::HeaderName, http::HeaderValue)>,
+    ) -> Session {
         let now = Instant::now();
         let c = &node.config.client;
         Session {
@@ -152,12 +176,34 @@ impl Session {
             pending: Vec::new(),
             pending_bytes: 0,
             drained: VecDeque::new(),
+            forwarded,
+            meta: None,
+            backend_auth: false,
+        }
+    }
+
+    fn hook_ctx(&self) -> HookCtx<'_> {
+        HookCtx {
+            client: self.handle.as_ref().map_or("", |h| h.client.as_str()),
+            user: &self.user,
+            meta: self.meta.as_deref(),
+            headers: &self.forwarded,
         }
     }
 
     pub async fn run(mut self) {
         let close = self.serve().await;
         self.node.metrics.disconnect(close.label);
+        if let Some(handle) = &self.handle {
+            // A peer that vanished has no close reason: the label says what happened instead.
+            let reason = if close.reason.is_empty() {
+                close.label
+            } else {
+                &close.reason
+            };
+            let hooks = &self.node.hooks;
+            hooks.disconnect(&handle.client, &self.user, close.code, reason);
+        }
         if close.code == Disconnect::SLOW.code {
             // Nothing more is written to a peer that does not read, apart from the close frame.
             self.pending.clear();
@@ -207,7 +253,10 @@ impl Session {
             let result = match wake {
                 Wake::Outbox => Box::pin(self.drain_outbox()).await,
                 Wake::Readable => Box::pin(self.read_input()).await,
-                Wake::Timer => match self.on_timer() {
+                Wake::Timer => match Box::pin(self.refresh_by_backend())
+                    .await
+                    .and_then(|()| self.on_timer())
+                {
                     Ok(()) => Box::pin(self.expire_subscriptions()).await,
                     Err(close) => Err(close),
                 },
@@ -520,26 +569,28 @@ impl Session {
                 if self.rate_rejections >= MAX_RATE_REJECTIONS {
                     return Err(Disconnect::TOO_MANY_REQUESTS.into());
                 }
-                self.reply_error(id, name, ErrorCode::TooManyRequests);
+                self.reply_error(id, name, ErrorCode::TooManyRequests.into());
                 continue;
             }
             self.rate_rejections = 0;
-            let body = match method {
+            let body: Result<ReplyBody, ReplyError> = match method {
                 Method::Pong => continue,
                 Method::Connect(req) => self.connect(req).await?,
                 Method::Subscribe(req) => self.subscribe(req).await?,
-                Method::Unsubscribe(req) => self.unsubscribe(req).await,
-                Method::Publish(req) => self.publish(req).await,
-                Method::Presence(req) => self.presence(req).await,
-                Method::PresenceStats(req) => self.presence_stats(req).await,
-                Method::History(req) => self.history(req).await,
+                Method::Unsubscribe(req) => self.unsubscribe(req).await.map_err(Into::into),
+                Method::Publish(req) => self.publish(req).await?,
+                Method::Presence(req) => self.presence(req).await.map_err(Into::into),
+                Method::PresenceStats(req) => self.presence_stats(req).await.map_err(Into::into),
+                Method::History(req) => self.history(req).await.map_err(Into::into),
                 Method::Ping => Ok(ReplyBody::Ping),
-                // Asynchronous messages go to backend hooks, which this node does not have: dropped.
-                Method::Send(_) => continue,
-                Method::Rpc(_) => Err(ErrorCode::NotAvailable),
-                Method::Refresh(req) => self.refresh(req)?,
-                Method::SubRefresh(req) => self.sub_refresh(req)?,
-                Method::Unknown => Err(ErrorCode::MethodNotFound),
+                Method::Send(req) => {
+                    self.send(req);
+                    continue;
+                }
+                Method::Rpc(req) => self.rpc(req).await?,
+                Method::Refresh(req) => self.refresh(req)?.map_err(Into::into),
+                Method::SubRefresh(req) => self.sub_refresh(req)?.map_err(Into::into),
+                Method::Unknown => Err(ErrorCode::MethodNotFound.into()),
             };
             match body {
                 Ok(body) => self.reply(id, &body),
@@ -558,13 +609,13 @@ impl Session {
         self.queue(Bytes::from(out));
     }
 
-    fn reply_error(&mut self, id: u32, method: &'static str, code: ErrorCode) {
+    fn reply_error(&mut self, id: u32, method: &'static str, error: ReplyError) {
         self.node
             .metrics
             .command_errors
             .get_or_create(&MethodLabel { method })
             .inc();
-        self.reply(id, &ReplyBody::Error(code.into()));
+        self.reply(id, &ReplyBody::Error(error));
     }
 
     fn info(&self, chan_info: Option<Box<RawValue>>) -> ClientInfo {
@@ -583,7 +634,7 @@ impl Session {
     async fn connect(
         &mut self,
         req: ConnectRequest,
-    ) -> Result<Result<ReplyBody, ErrorCode>, Close> {
+    ) -> Result<Result<ReplyBody, ReplyError>, Close> {
         if self.handle.is_some() {
             return Err(Disconnect::BAD_REQUEST.into());
         }
@@ -591,14 +642,35 @@ impl Session {
         let client_config = &node.config.client;
         let mut server_channels: Vec<(String, SubscribeParams)> = Vec::new();
         let mut expires_at = None;
-        if req.token.is_empty() {
+        let mut connect_data = None;
+        let client_id = uuid::Uuid::new_v4().to_string();
+        let connect_proxy = node.hooks.proxy_for(Hook::Connect);
+        if let (true, Some(proxy)) = (req.token.is_empty(), connect_proxy) {
+            let identity = match self.connect_by_backend(&proxy, &req, &client_id).await? {
+                Ok(identity) => identity,
+                Err(error) => return Ok(Err(error)),
+            };
+            self.user = identity.user;
+            self.conn_info = identity.info;
+            self.meta = identity.meta;
+            expires_at = identity.expire_at;
+            connect_data = identity.data;
+            for (channel, chan_info, data) in identity.channels {
+                let params = SubscribeParams {
+                    chan_info,
+                    data,
+                    ..Default::default()
+                };
+                server_channels.push((channel, params));
+            }
+        } else if req.token.is_empty() {
             if !client_config.allow_anonymous {
                 return Err(Disconnect::INVALID_TOKEN.into());
             }
         } else {
             let claims = match node.verifier.verify_connect(&req.token) {
                 Ok(claims) => claims,
-                Err(TokenError::Expired) => return Ok(Err(ErrorCode::TokenExpired)),
+                Err(TokenError::Expired) => return Ok(Err(ErrorCode::TokenExpired.into())),
                 Err(e) => {
                     tracing::debug!(error = %e, "connection token refused");
                     return Err(Disconnect::INVALID_TOKEN.into());
@@ -624,7 +696,7 @@ impl Session {
         }
         let now_secs = unix_secs();
         let ttl = match expires_at {
-            Some(at) if at <= now_secs => return Ok(Err(ErrorCode::TokenExpired)),
+            Some(at) if at <= now_secs => return Ok(Err(ErrorCode::TokenExpired.into())),
             Some(at) => Some((at - now_secs) as u64),
             None => None,
         };
@@ -644,7 +716,7 @@ impl Session {
         }
         let handle = Arc::new(SessionHandle {
             seq: node.next_seq(),
-            client: uuid::Uuid::new_v4().to_string(),
+            client: client_id,
             user: self.user.clone(),
             outbox: Outbox::new(
                 client_config.max_outbox_bytes,
@@ -680,7 +752,7 @@ impl Session {
             version: env!("CARGO_PKG_VERSION").to_string(),
             expires: ttl.is_some(),
             ttl: ttl.unwrap_or(0).min(u64::from(u32::MAX)) as u32,
-            data: None,
+            data: connect_data,
             subs,
             ping: node.config.client.ping_interval.as_secs().max(1) as u32,
             pong: true,
@@ -716,16 +788,16 @@ impl Session {
     async fn subscribe(
         &mut self,
         req: SubscribeRequest,
-    ) -> Result<Result<ReplyBody, ErrorCode>, Close> {
+    ) -> Result<Result<ReplyBody, ReplyError>, Close> {
         let ns = match self.node.namespaces.resolve(&req.channel) {
             Ok(ns) => ns.clone(),
-            Err(code) => return Ok(Err(code)),
+            Err(code) => return Ok(Err(code.into())),
         };
         let mut params = SubscribeParams::from(&req);
         if !req.token.is_empty() {
             let claims = match self.node.verifier.verify_subscribe(&req.token) {
                 Ok(claims) => claims,
-                Err(TokenError::Expired) => return Ok(Err(ErrorCode::TokenExpired)),
+                Err(TokenError::Expired) => return Ok(Err(ErrorCode::TokenExpired.into())),
                 Err(e) => {
                     tracing::debug!(error = %e, "subscription token refused");
                     return Err(Disconnect::INVALID_TOKEN.into());
@@ -736,19 +808,24 @@ impl Session {
             }
             if let Some(at) = claims.subscription_expires_at() {
                 if at <= unix_secs() {
-                    return Ok(Err(ErrorCode::TokenExpired));
+                    return Ok(Err(ErrorCode::TokenExpired.into()));
                 }
                 params.expires_at = Some(at);
             }
             params.chan_info = claims.info.map(single_line);
             params.data = claims.data.map(single_line);
+        } else if let Some(proxy) = self.node.hooks.proxy.clone().filter(|_| ns.proxy_subscribe) {
+            if let Err(error) = self.subscribe_by_backend(&proxy, &req, &mut params).await? {
+                return Ok(Err(error));
+            }
         } else if !self.may_subscribe(&ns, &req.channel) {
-            return Ok(Err(ErrorCode::PermissionDenied));
+            return Ok(Err(ErrorCode::PermissionDenied.into()));
         }
         Ok(self
             .subscribe_channel(&req.channel, params, false)
             .await
-            .map(ReplyBody::Subscribe))
+            .map(ReplyBody::Subscribe)
+            .map_err(Into::into))
     }
 
     /// Subscribes this connection; shared by client, token and server-side subscriptions.
@@ -776,7 +853,9 @@ impl Session {
             ns.join_leave && (ns.force_push_join_leave || params.join_leave || server_side);
         // Register before reading history: whatever is published meanwhile arrives through the outbox,
         // and what the reply already carries is skipped there by offset.
-        node.hub.add_subscriber(channel, &handle, slot, join_leave);
+        if node.hub.add_subscriber(channel, &handle, slot, join_leave) {
+            node.hooks.channel_occupied(channel);
+        }
         let mut result = SubscribeResult {
             data: params.data,
             ..Default::default()
@@ -824,6 +903,9 @@ impl Session {
             if let Err(e) = node.broker.publish_join(channel, &info).await {
                 tracing::warn!(%channel, error = %e, "join event not published");
             }
+        }
+        if ns.presence || ns.join_leave {
+            node.hooks.join(channel, &info);
         }
         let expires_at = params
             .expires_at
@@ -926,7 +1008,9 @@ impl Session {
     fn rollback_subscribe(&mut self, channel: &str, slot: u32) {
         self.slots.remove(&slot);
         if let Some(handle) = &self.handle {
-            self.node.hub.remove_subscriber(channel, handle.seq);
+            if self.node.hub.remove_subscriber(channel, handle.seq) {
+                self.node.hooks.channel_vacated(channel);
+            }
         }
     }
 
@@ -938,7 +1022,12 @@ impl Session {
         self.slots.remove(&sub.slot);
         let node = self.node.clone();
         if let Some(handle) = &self.handle {
-            node.hub.remove_subscriber(channel, handle.seq);
+            if node.hub.remove_subscriber(channel, handle.seq) {
+                node.hooks.channel_vacated(channel);
+            }
+        }
+        if sub.ns.presence || sub.ns.join_leave {
+            node.hooks.leave(channel, &sub.info);
         }
         if sub.ns.presence {
             if let Err(e) = node.presence.remove(channel, &sub.info.client).await {
@@ -959,28 +1048,52 @@ impl Session {
         Ok(ReplyBody::Unsubscribe)
     }
 
-    async fn publish(&mut self, req: PublishRequest) -> Result<ReplyBody, ErrorCode> {
-        let ns = self.node.namespaces.resolve(&req.channel)?.clone();
-        let Some(data) = req.data else {
-            return Err(ErrorCode::BadRequest);
+    async fn publish(
+        &mut self,
+        req: PublishRequest,
+    ) -> Result<Result<ReplyBody, ReplyError>, Close> {
+        let ns = match self.node.namespaces.resolve(&req.channel) {
+            Ok(ns) => ns.clone(),
+            Err(code) => return Ok(Err(code.into())),
         };
-        if !self.may(
+        let Some(mut data) = req.data else {
+            return Ok(Err(ErrorCode::BadRequest.into()));
+        };
+        let mut skip_history = false;
+        if let Some(proxy) = self.node.hooks.proxy.clone().filter(|_| ns.proxy_publish) {
+            // The backend decides instead of the namespace's allow_publish_* rules.
+            match self
+                .publish_by_backend(&proxy, &req.channel, &mut data)
+                .await?
+            {
+                Ok(skip) => skip_history = skip,
+                Err(error) => return Ok(Err(error)),
+            }
+        } else if !self.may(
             ns.allow_publish_for_anonymous,
             ns.allow_publish_for_client,
             ns.allow_publish_for_subscriber,
             &req.channel,
         ) {
-            return Err(ErrorCode::PermissionDenied);
+            return Ok(Err(ErrorCode::PermissionDenied.into()));
         }
         let chan_info = self
             .subs
             .get(&req.channel)
             .and_then(|s| s.info.chan_info.clone());
         let info = self.info(chan_info);
-        self.node
-            .publish(&req.channel, data, Some(info), BTreeMap::new(), "client")
-            .await?;
-        Ok(ReplyBody::Publish)
+        let published = self
+            .node
+            .publish_with(
+                &req.channel,
+                data,
+                Some(info),
+                BTreeMap::new(),
+                "client",
+                skip_history,
+            )
+            .await;
+        Ok(published.map(|_| ReplyBody::Publish).map_err(Into::into))
     }
 
     fn check_presence(&self, channel: &str) -> Result<(), ErrorCode> {

@@ -379,6 +379,13 @@ fn websocket(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> R
     sha.update(key.as_bytes());
     sha.update(WS_GUID.as_bytes());
     let accept = base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes());
+    // Captured now: the handshake request is gone once the socket belongs to the session.
+    let forwarded = node
+        .hooks
+        .proxy
+        .as_ref()
+        .map(|p| p.capture_headers(req.headers()))
+        .unwrap_or_default();
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let _slot = slot;
@@ -390,7 +397,7 @@ fn websocket(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> R
                     let ws = WsConn::new(parts.io.into_inner(), &parts.read_buf, max);
                     // hyper's read buffer (8 KiB) must not live as long as the connection.
                     drop(parts.read_buf);
-                    Session::new(node, ws).run().await;
+                    Session::new(node, ws, forwarded).run().await;
                 }
                 Err(_) => tracing::warn!("websocket upgrade over an unexpected transport"),
             },

@@ -2,6 +2,7 @@
 //! server API, token minting, and a fault-injecting TCP proxy.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod proxy;
 pub mod upstream;
 
@@ -367,6 +368,28 @@ impl Client {
             .connect()
             .await
             .expect("websocket connects");
+        Client {
+            ws,
+            inbox: VecDeque::new(),
+            next_id: 1,
+            client_id: String::new(),
+            auto_pong: true,
+        }
+    }
+
+    /// Like `open`, with extra handshake headers (e.g. a Cookie for the connect hook).
+    pub async fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Client {
+        let uri = http::Uri::try_from(url).expect("url");
+        let mut builder = ClientBuilder::from_uri(uri);
+        for (name, value) in headers {
+            builder = builder
+                .add_header(
+                    http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                    http::HeaderValue::from_str(value).expect("header value"),
+                )
+                .expect("allowed header");
+        }
+        let (ws, _) = builder.connect().await.expect("websocket connects");
         Client {
             ws,
             inbox: VecDeque::new(),

@@ -1,0 +1,132 @@
+//! The application backend's part in Herald: proxy hooks (Herald asks the backend and waits for its
+//! answer: connect, refresh, subscribe, publish, rpc, send) and webhooks (Herald tells the backend
+//! what happened, from a bounded queue: disconnect, channel occupied/vacated, join/leave).
+//!
+//! Sessions only call into this module; the wire format, the limits and the error mapping live here.
+
+pub mod http;
+pub mod proxy;
+pub mod sign;
+pub mod webhook;
+pub mod wire;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use herald_protocol::{ClientInfo, ReplyError};
+use std::sync::Arc;
+
+pub use proxy::{HookCtx, Proxy};
+pub use webhook::{WebhookWorker, Webhooks};
+pub use wire::Outcome;
+
+/// Why a backend call gave no usable answer. The client sees `client_message`; logs and metrics see
+/// the detail and `reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("proxy.max_concurrent calls already in flight")]
+    Busy,
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("backend did not answer within the timeout")]
+    Timeout,
+    #[error("backend answered HTTP {0}")]
+    Status(u16),
+    #[error("bad backend response: {0}")]
+    BadResponse(String),
+}
+
+impl HookError {
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HookError::Busy => "busy",
+            HookError::Unavailable(_) => "unavailable",
+            HookError::Timeout => "timeout",
+            HookError::Status(_) => "status",
+            HookError::BadResponse(_) => "bad_response",
+        }
+    }
+
+    /// What the client is told: short, without backend addresses.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            HookError::Busy => "backend busy",
+            HookError::Unavailable(_) | HookError::Status(_) => "backend unavailable",
+            HookError::Timeout => "backend timeout",
+            HookError::BadResponse(_) => "bad backend response",
+        }
+    }
+
+    /// The command's error reply: 100 internal, temporary, so SDKs retry with backoff (the fault is
+    /// the server side's, not the client's).
+    pub fn reply_error(&self) -> ReplyError {
+        ReplyError {
+            code: herald_protocol::ErrorCode::Internal.code(),
+            message: self.client_message().to_string(),
+            temporary: true,
+        }
+    }
+}
+
+/// The node's hooks; each part is `None` when not configured.
+pub struct Hooks {
+    pub proxy: Option<Arc<Proxy>>,
+    pub webhooks: Option<Webhooks>,
+    worker: parking_lot::Mutex<Option<WebhookWorker>>,
+}
+
+impl Hooks {
+    pub fn new(config: &Config, metrics: Arc<Metrics>, node_name: &str) -> Hooks {
+        let client = http::HttpClient::new();
+        let proxy = Proxy::new(&config.proxy, client.clone(), metrics.clone()).map(Arc::new);
+        let (webhooks, worker) = match Webhooks::new(&config.webhooks, client, metrics, node_name) {
+            Some((w, worker)) => (Some(w), Some(worker)),
+            None => (None, None),
+        };
+        Hooks {
+            proxy,
+            webhooks,
+            worker: parking_lot::Mutex::new(worker),
+        }
+    }
+
+    /// The proxy, when this hook is configured.
+    pub fn proxy_for(&self, hook: proxy::Hook) -> Option<Arc<Proxy>> {
+        self.proxy.clone().filter(|p| p.has(hook))
+    }
+
+    /// The webhook delivery task, for the server to spawn (once).
+    pub fn take_worker(&self) -> Option<WebhookWorker> {
+        self.worker.lock().take()
+    }
+
+    pub fn channel_occupied(&self, channel: &str) {
+        if let Some(w) = &self.webhooks {
+            w.channel_event(webhook::Event::ChannelOccupied, channel);
+        }
+    }
+
+    pub fn channel_vacated(&self, channel: &str) {
+        if let Some(w) = &self.webhooks {
+            w.channel_event(webhook::Event::ChannelVacated, channel);
+        }
+    }
+
+    pub fn join(&self, channel: &str, info: &ClientInfo) {
+        if let Some(w) = &self.webhooks {
+            w.presence_event(webhook::Event::Join, channel, info);
+        }
+    }
+
+    pub fn leave(&self, channel: &str, info: &ClientInfo) {
+        if let Some(w) = &self.webhooks {
+            w.presence_event(webhook::Event::Leave, channel, info);
+        }
+    }
+
+    pub fn disconnect(&self, client: &str, user: &str, code: u16, reason: &str) {
+        if let Some(w) = &self.webhooks {
+            w.disconnect_event(client, user, code, reason);
+        }
+    }
+}
