@@ -83,6 +83,110 @@ impl LeaseStore for MemoryLeases {
     }
 }
 
+/// Leases in Redis, shared by every node of a cluster on the same Redis: the lease is a key
+/// `<prefix>lease:<name>` holding `holder|token` with a TTL; tokens come from
+/// `<prefix>lease_token:<name>`, which only ever grows (INCR) and never expires, so a token is
+/// never reused even after every lease lapsed.
+pub struct RedisLeases {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+    acquire: redis::Script,
+    release: redis::Script,
+}
+
+const ACQUIRE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, '|', 1, true)
+  if sep and string.sub(cur, 1, sep - 1) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(string.sub(cur, sep + 1))
+  end
+  return -1
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return token
+"#;
+
+const RELEASE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and string.sub(cur, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '|' then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+impl RedisLeases {
+    pub fn new(conn: redis::aio::ConnectionManager, prefix: &str) -> RedisLeases {
+        RedisLeases {
+            conn,
+            prefix: prefix.to_string(),
+            acquire: redis::Script::new(ACQUIRE),
+            release: redis::Script::new(RELEASE),
+        }
+    }
+
+    fn keys(&self, name: &str) -> (String, String) {
+        (
+            format!("{}lease:{name}", self.prefix),
+            format!("{}lease_token:{name}", self.prefix),
+        )
+    }
+
+    /// The key holding a lease's newest token, for scripts that check fencing atomically.
+    pub fn token_key(&self, name: &str) -> String {
+        self.keys(name).1
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> BrokerError {
+    BrokerError::Unavailable(format!("redis: {e}"))
+}
+
+#[async_trait]
+impl LeaseStore for RedisLeases {
+    async fn acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, BrokerError> {
+        let (lease, token) = self.keys(name);
+        let got: i64 = self
+            .acquire
+            .key(lease)
+            .key(token)
+            .arg(holder)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(got).ok())
+    }
+
+    async fn release(&self, name: &str, holder: &str) -> Result<(), BrokerError> {
+        let (lease, _) = self.keys(name);
+        let _: i64 = self
+            .release
+            .key(lease)
+            .arg(holder)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn is_current(&self, name: &str, token: u64) -> Result<bool, BrokerError> {
+        let current: Option<u64> = redis::cmd("GET")
+            .arg(self.token_key(name))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(current == Some(token))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +208,35 @@ mod tests {
         leases.release("feed", "b").await.unwrap();
         let a2 = leases.acquire("feed", "a", ttl).await.unwrap().unwrap();
         assert!(a2 > b);
+    }
+
+    #[tokio::test]
+    async fn redis_leases_behave_the_same() {
+        let url = std::env::var("HERALD_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into());
+        let client = redis::Client::open(format!("redis://{url}/")).unwrap();
+        let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+        let leases = RedisLeases::new(conn.clone(), &prefix);
+        let ttl = Duration::from_millis(150);
+        let a = leases.acquire("feed", "a", ttl).await.unwrap().unwrap();
+        assert_eq!(leases.acquire("feed", "b", ttl).await.unwrap(), None);
+        assert_eq!(leases.acquire("feed", "a", ttl).await.unwrap(), Some(a));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let b = leases.acquire("feed", "b", ttl).await.unwrap().unwrap();
+        assert!(b > a);
+        assert!(!leases.is_current("feed", a).await.unwrap());
+        assert!(leases.is_current("feed", b).await.unwrap());
+        // Release by someone else is a no-op; by the holder it frees the lease at once.
+        leases.release("feed", "a").await.unwrap();
+        assert_eq!(leases.acquire("feed", "a", ttl).await.unwrap(), None);
+        leases.release("feed", "b").await.unwrap();
+        let a2 = leases.acquire("feed", "a", ttl).await.unwrap().unwrap();
+        assert!(a2 > b);
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{prefix}lease:feed"))
+            .arg(format!("{prefix}lease_token:feed"))
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
     }
 }
