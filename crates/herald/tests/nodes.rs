@@ -4,144 +4,14 @@
 
 mod support;
 
-use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
+use serde_json::json;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_herald");
-
-/// A child process killed when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn kill9(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
-
-struct Node {
-    proc: Proc,
-    addr: SocketAddr,
-    lines: mpsc::Receiver<String>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A node config: known secrets, an open `chat` namespace with history, extra TOML appended.
-fn node_config(dir: &Path, name: &str, listen: &str, extra: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    let text = format!(
-        r#"[node]
-name = "{name}"
-[http]
-listen = "{listen}"
-shutdown_timeout = "1s"
-[api]
-key = "{API_KEY}"
-[client.token]
-hmac_secret = "{SECRET}"
-[[channel.namespaces]]
-name = "chat"
-allow_subscribe_for_client = true
-history_size = 100
-history_ttl = "5m"
-force_recovery = true
-{extra}
-"#
-    );
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-/// Starts `herald serve -c config`; returns once it logs its WebSocket address.
-fn start_node(config: &Path) -> Result<Node, String> {
-    let mut child = Command::new(BIN)
-        .args(["serve", "-c"])
-        .arg(config)
-        .env_remove("HERALD_CONFIG")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut proc = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut seen = Vec::new();
-    while Instant::now() < deadline {
-        match lines.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) => {
-                if let Some(rest) = line.split("websocket: ws://").nth(1) {
-                    let addr = rest
-                        .trim_end_matches("/connection/websocket")
-                        .trim()
-                        .trim_end_matches("/connection/websocket")
-                        .parse()
-                        .map_err(|e| format!("{e}: {line}"))?;
-                    return Ok(Node { proc, addr, lines });
-                }
-                seen.push(line);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Ok(Some(status)) = proc.0.try_wait() {
-                    return Err(format!("exited with {status}:\n{}", seen.join("\n")));
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = proc.0.wait();
-                return Err(seen.join("\n"));
-            }
-        }
-    }
-    proc.kill9();
-    Err(format!("never started:\n{}", seen.join("\n")))
-}
-
-async fn api(addr: SocketAddr, method: &str, body: Value) -> Value {
-    let (status, reply) = http_request(
-        addr,
-        "POST",
-        &format!("/api/{method}"),
-        &[("X-API-Key", API_KEY)],
-        &body.to_string(),
-    )
-    .await;
-    assert_eq!(status, 200, "{method}: {reply}");
-    reply
-}
-
-async fn clients_on(addr: SocketAddr) -> u64 {
-    api(addr, "info", json!({})).await["result"]["nodes"][0]["num_clients"]
-        .as_u64()
-        .unwrap_or(0)
-}
+use support::procs::*;
 
 #[test]
 fn a_data_directory_refuses_a_second_node_and_names_the_holder() {

@@ -1,0 +1,148 @@
+//! Real `herald` processes for tests: start one from a config file, wait for its address, kill it
+//! (SIGKILL, SIGSTOP/SIGCONT) and ask its API.
+
+use super::{http_request, API_KEY, SECRET};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+/// A child process killed when the test ends, however it ends.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+
+    /// Freezes (true) or resumes (false) the process, as a long pause or a VM migration would.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, signal) };
+    }
+}
+
+pub struct Node {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub lines: mpsc::Receiver<String>,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A node config: known secrets, an open `chat` namespace with history, extra TOML appended.
+pub fn node_config(dir: &Path, name: &str, listen: &str, extra: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        r#"[node]
+name = "{name}"
+[http]
+listen = "{listen}"
+shutdown_timeout = "1s"
+[api]
+key = "{API_KEY}"
+[client.token]
+hmac_secret = "{SECRET}"
+[[channel.namespaces]]
+name = "chat"
+allow_subscribe_for_client = true
+history_size = 100
+history_ttl = "5m"
+force_recovery = true
+{extra}
+"#
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Starts `herald serve -c config`; returns once it logs its WebSocket address.
+pub fn start_node(config: &Path) -> Result<Node, String> {
+    let mut child = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(config)
+        .env_remove("HERALD_CONFIG")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                if let Some(rest) = line.split("websocket: ws://").nth(1) {
+                    let addr = rest
+                        .trim_end_matches("/connection/websocket")
+                        .trim()
+                        .trim_end_matches("/connection/websocket")
+                        .parse()
+                        .map_err(|e| format!("{e}: {line}"))?;
+                    return Ok(Node { proc, addr, lines });
+                }
+                seen.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(status)) = proc.0.try_wait() {
+                    return Err(format!("exited with {status}:\n{}", seen.join("\n")));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = proc.0.wait();
+                return Err(seen.join("\n"));
+            }
+        }
+    }
+    proc.kill9();
+    Err(format!("never started:\n{}", seen.join("\n")))
+}
+
+pub async fn api(addr: SocketAddr, method: &str, body: Value) -> Value {
+    let (status, reply) = http_request(
+        addr,
+        "POST",
+        &format!("/api/{method}"),
+        &[("X-API-Key", API_KEY)],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{method}: {reply}");
+    reply
+}
+
+pub async fn clients_on(addr: SocketAddr) -> u64 {
+    api(addr, "info", json!({})).await["result"]["nodes"][0]["num_clients"]
+        .as_u64()
+        .unwrap_or(0)
+}
