@@ -2,6 +2,9 @@
 //! server API, token minting, and a fault-injecting TCP proxy.
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod fleet;
+pub mod pg;
 pub mod proxy;
 
 use futures_util::{SinkExt, StreamExt};
