@@ -206,7 +206,10 @@ async fn run(
                     stats.positions_new.fetch_add(done.new, Ordering::Relaxed);
                 }
                 Err(e) => {
+                    // The batch is replayed (and ignored by the store) once the commit works.
                     fail("spool commit", &e);
+                    sleep_or_stop(backoff, &mut stop).await;
+                    backoff = (backoff * 2).min(cfg.retry_max);
                     continue;
                 }
             }
