@@ -472,6 +472,20 @@ async fn full_spool_stops_reading_the_device_until_postgres_returns() {
         "the device's writes never blocked after {} frames",
         sent.len()
     );
+    // Blocked because the spool is full (not because the server is merely slow): no room for
+    // another record (~110 bytes).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stats = h.device_stats().await;
+        if stats["spool_disk_bytes"].as_u64().unwrap_or(0) + 200 > spool_max {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "spool not full: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let acked_when_blocked = acked();
     assert!(
         (acked_when_blocked as usize) < sent.len(),
