@@ -14,7 +14,8 @@
 //! commits the spool cursor only after the insert succeeded, so delivery to the database is
 //! at-least-once; the database deduplicates by [`IdempotencyKey`] (a hash of every field of the
 //! report), making the stored result exactly-once. A database outage grows the spool on disk,
-//! not memory.
+//! not memory. A record the database rejects (not a transient error) is moved to the
+//! [`quarantine`] file with the reason, so it never blocks the records after it.
 //!
 //! # Schema
 //!
@@ -26,6 +27,7 @@
 pub mod geojson;
 pub mod idempotency;
 pub mod postgres;
+pub mod quarantine;
 pub mod record;
 pub mod spool;
 pub mod sqlite;

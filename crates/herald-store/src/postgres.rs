@@ -18,13 +18,16 @@
 //!   position_id BIGINT NOT NULL, time_ms BIGINT NOT NULL);
 //! ```
 //!
-//! A closed connection is re-established on the next call.
+//! A closed connection is re-established on the next call. An operation holds the connection
+//! taken out of its slot and puts it back only when it ends: a cancelled one (the writer's
+//! timeout against a stalled database) drops the connection, so the next call starts afresh
+//! instead of queueing behind a request that may never be answered.
 
 use std::pin::pin;
 
 use async_trait::async_trait;
 use herald_devices::Position;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
@@ -111,7 +114,7 @@ const COLS: &str = "p.id, p.device_id, p.time_ms, p.latitude, p.longitude, p.spe
 /// A PostgreSQL position store.
 pub struct PgStore {
     conninfo: String,
-    client: Mutex<Client>,
+    client: Mutex<Option<Client>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -154,16 +157,24 @@ impl PgStore {
         let client = open_client(conninfo).await?;
         Ok(PgStore {
             conninfo: conninfo.to_owned(),
-            client: Mutex::new(client),
+            client: Mutex::new(Some(client)),
         })
     }
 
-    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Client>, StoreError> {
-        let mut guard = self.client.lock().await;
-        if guard.is_closed() {
-            *guard = open_client(&self.conninfo).await?;
-        }
-        Ok(guard)
+    /// The connection (opened if there is none or it closed), with its emptied slot.
+    async fn checkout(&self) -> Result<(MutexGuard<'_, Option<Client>>, Client), StoreError> {
+        let mut slot = self.client.lock().await;
+        let client = match slot.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => open_client(&self.conninfo).await?,
+        };
+        Ok((slot, client))
+    }
+}
+
+fn checkin(mut slot: MutexGuard<'_, Option<Client>>, client: Client) {
+    if !client.is_closed() {
+        *slot = Some(client);
     }
 }
 
@@ -173,42 +184,14 @@ impl Store for PgStore {
         if positions.is_empty() {
             return Ok(0);
         }
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let sink = tx.copy_in(COPY).await?;
-        let mut writer = pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
-        for (ord, p) in positions.iter().enumerate() {
-            let ord = ord as i64;
-            let key = IdempotencyKey::of(p).0.to_vec();
-            let attrs = serde_json::to_string(&p.attributes)
-                .map_err(|e| StoreError::Other(format!("attributes: {e}")))?;
-            let satellites = p.satellites.map(i64::from);
-            let row: [&(dyn ToSql + Sync); 13] = [
-                &ord,
-                &key,
-                &p.device_id,
-                &p.time_ms,
-                &p.latitude,
-                &p.longitude,
-                &p.speed_kmh,
-                &p.course,
-                &p.altitude_m,
-                &p.valid,
-                &satellites,
-                &p.accuracy_m,
-                &attrs,
-            ];
-            writer.as_mut().write(&row).await?;
-        }
-        writer.finish().await?;
-        let row = tx.query_one(MERGE, &[]).await?;
-        let inserted: i64 = row.try_get(0)?;
-        tx.commit().await?;
-        Ok(inserted.max(0) as u64)
+        let (slot, mut client) = self.checkout().await?;
+        let result = copy_and_merge(&mut client, positions).await;
+        checkin(slot, client);
+        result
     }
 
     async fn latest_positions(&self) -> Result<Vec<Position>, StoreError> {
-        let client = self.client().await?;
+        let (slot, client) = self.checkout().await?;
         let rows = client
             .query(
                 &format!(
@@ -217,8 +200,10 @@ impl Store for PgStore {
                 ),
                 &[],
             )
-            .await?;
-        rows.iter()
+            .await;
+        checkin(slot, client);
+        rows?
+            .iter()
             .map(|r| row_to_position(r).map(|(_, p)| p))
             .collect()
     }
@@ -233,7 +218,7 @@ impl Store for PgStore {
     ) -> Result<Page, StoreError> {
         let (ct, cid) = after.map_or((i64::MIN, i64::MIN), |c| (c.time_ms, c.id));
         let lim = i64::from(limit) + 1;
-        let client = self.client().await?;
+        let (slot, client) = self.checkout().await?;
         let rows = client
             .query(
                 &format!(
@@ -243,11 +228,47 @@ impl Store for PgStore {
                 ),
                 &[&device_id, &from_ms, &to_ms, &ct, &cid, &lim],
             )
-            .await?;
-        let rows = rows
+            .await;
+        checkin(slot, client);
+        let rows = rows?
             .iter()
             .map(row_to_position)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(page_from_rows(device_id.to_owned(), rows, limit))
     }
+}
+
+/// One batch: binary COPY into the temporary table, then the merge, in one transaction.
+async fn copy_and_merge(client: &mut Client, positions: &[Position]) -> Result<u64, StoreError> {
+    let tx = client.transaction().await?;
+    let sink = tx.copy_in(COPY).await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
+    for (ord, p) in positions.iter().enumerate() {
+        let ord = ord as i64;
+        let key = IdempotencyKey::of(p).0.to_vec();
+        let attrs = serde_json::to_string(&p.attributes)
+            .map_err(|e| StoreError::Rejected(format!("attributes: {e}")))?;
+        let satellites = p.satellites.map(i64::from);
+        let row: [&(dyn ToSql + Sync); 13] = [
+            &ord,
+            &key,
+            &p.device_id,
+            &p.time_ms,
+            &p.latitude,
+            &p.longitude,
+            &p.speed_kmh,
+            &p.course,
+            &p.altitude_m,
+            &p.valid,
+            &satellites,
+            &p.accuracy_m,
+            &attrs,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    let row = tx.query_one(MERGE, &[]).await?;
+    let inserted: i64 = row.try_get(0)?;
+    tx.commit().await?;
+    Ok(inserted.max(0) as u64)
 }

@@ -729,6 +729,11 @@ impl SpoolHandle {
         self.blocking(|s| s.sync_if_due()).await
     }
 
+    /// The spool directory.
+    pub fn dir(&self) -> std::path::PathBuf {
+        self.inner.lock().config().dir.clone()
+    }
+
     /// Counters for metrics (takes the lock briefly; no I/O).
     pub fn stats(&self) -> SpoolStats {
         self.inner.lock().stats()

@@ -118,7 +118,7 @@ impl Store for SqliteStore {
         let mut rows = Vec::with_capacity(positions.len());
         for p in positions {
             let attrs = serde_json::to_string(&p.attributes)
-                .map_err(|e| StoreError::Other(format!("attributes: {e}")))?;
+                .map_err(|e| StoreError::Rejected(format!("attributes: {e}")))?;
             rows.push((IdempotencyKey::of(p), p.clone(), attrs));
         }
         self.with_conn(move |conn| {
@@ -126,9 +126,12 @@ impl Store for SqliteStore {
             let mut inserted = 0u64;
             {
                 let mut ins = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO positions (idem_key, device_id, time_ms, latitude, \
+                    // Not `OR IGNORE`: that would also skip rows failing a CHECK or NOT NULL
+                    // silently; only a replay (same key) is to be ignored.
+                    "INSERT INTO positions (idem_key, device_id, time_ms, latitude, \
                      longitude, speed_kmh, course, altitude_m, valid, satellites, accuracy_m, \
-                     attributes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                     attributes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                     ON CONFLICT (idem_key) DO NOTHING",
                 )?;
                 let mut latest = tx.prepare_cached(
                     "INSERT INTO latest_positions (device_id, position_id, time_ms) \

@@ -11,7 +11,7 @@ use herald_devices::Position;
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("stored row is invalid: {0}")]
     BadRow(String),
@@ -19,8 +19,61 @@ pub enum StoreError {
     BadCursor(String),
     #[error("store task failed: {0}")]
     Task(String),
+    #[error("no answer from the database within {0:?}")]
+    Timeout(std::time::Duration),
+    /// A record that cannot be written at all (retrying it cannot succeed).
+    #[error("record rejected: {0}")]
+    Rejected(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl StoreError {
+    /// Whether the database rejected the data itself, so that retrying the same records cannot
+    /// succeed: a constraint or a value it refuses. Everything else (connection lost, timeout,
+    /// busy, out of disk, a schema or permission problem) is transient: retrying after the cause
+    /// is fixed succeeds, and quarantining the records would lose them for a fault of the
+    /// database, not of the data.
+    pub fn is_rejection(&self) -> bool {
+        match self {
+            StoreError::Rejected(_) => true,
+            StoreError::Sqlite(e) => sqlite_rejects(e),
+            StoreError::Postgres(e) => e.code().is_some_and(|c| postgres_rejects(c.code())),
+            _ => false,
+        }
+    }
+}
+
+/// The server's own words for a database error (tokio-postgres' Display says only "db error").
+fn postgres_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut m = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(c) = db.constraint() {
+                m.push_str(&format!(" (constraint {c})"));
+            }
+            m
+        }
+        None => e.to_string(),
+    }
+}
+
+fn sqlite_rejects(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => matches!(
+            f.code,
+            ErrorCode::ConstraintViolation | ErrorCode::TypeMismatch | ErrorCode::TooBig
+        ),
+        rusqlite::Error::ToSqlConversionFailure(_) => true,
+        _ => false,
+    }
+}
+
+/// SQLSTATE classes that depend on the row: 22 data exception (out of range, invalid text or
+/// JSON, NUL in text), 23 integrity constraint violation; 54000 (an index row too large).
+fn postgres_rejects(sqlstate: &str) -> bool {
+    sqlstate.starts_with("22") || sqlstate.starts_with("23") || sqlstate == "54000"
 }
 
 /// Keyset cursor of a track page: the last row of the previous page. Renders as `time_ms:id`.

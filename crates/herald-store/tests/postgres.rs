@@ -1,47 +1,9 @@
 //! Needs PostgreSQL at 127.0.0.1:5432 (override with HERALD_TEST_PG, a conninfo without dbname).
 //! Fails, not skips, when it is unreachable.
 mod common;
+use common::pg::TempDb;
 use herald_store::postgres::PgStore;
 use herald_store::store::Store;
-use tokio_postgres::NoTls;
-
-fn base() -> String {
-    std::env::var("HERALD_TEST_PG")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".into())
-}
-
-struct TempDb {
-    name: String,
-    admin: tokio_postgres::Client,
-}
-
-impl TempDb {
-    async fn new() -> Self {
-        let conninfo = format!("{} dbname=test", base());
-        let (admin, conn) = tokio_postgres::connect(&conninfo, NoTls).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable at `{conninfo}` ({e}); start it (CI does) or set HERALD_TEST_PG")
-        });
-        tokio::spawn(conn);
-        let name = format!("herald_store_{}", uuid::Uuid::new_v4().simple());
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        TempDb { name, admin }
-    }
-    fn conninfo(&self) -> String {
-        format!("{} dbname={}", base(), self.name)
-    }
-    async fn drop_db(self) {
-        self.admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await
-            .unwrap();
-    }
-}
 
 #[tokio::test]
 async fn postgres_store_semantics() {

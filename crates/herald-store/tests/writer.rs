@@ -48,6 +48,7 @@ fn cfg() -> WriterConfig {
         batch_wait: Duration::from_millis(10),
         retry_initial: Duration::from_millis(5),
         retry_max: Duration::from_millis(20),
+        ..WriterConfig::default()
     }
 }
 

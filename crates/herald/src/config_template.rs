@@ -207,6 +207,7 @@ allowed = []
 device_channel_prefix = "devices:"
 fleet_channel = "devices:fleet"
 # Accepted positions go to this spool first; devices are acknowledged only after that.
+# Positions the database rejects are moved to quarantine.jsonl in this directory.
 spool_dir = "data/spool"
 # When the spool reaches this size, devices are no longer read (TCP backpressure).
 spool_max_bytes = 1073741824

@@ -73,6 +73,21 @@ pub struct Metrics {
     pub webhooks_retried: Family<EventLabel, Counter>,
     pub webhooks_dropped: Family<ReasonLabel, Counter>,
     pub webhook_queue_length: Gauge,
+    device_spool_pending_bytes: Gauge,
+    device_spool_disk_bytes: Gauge,
+    device_positions_stored: Counter,
+    device_positions_quarantined: Counter,
+    device_writer_errors: Counter,
+}
+
+/// Device ingest counters, copied into the registry when metrics are rendered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeviceCounts {
+    pub spool_pending_bytes: u64,
+    pub spool_disk_bytes: u64,
+    pub positions_stored: u64,
+    pub positions_quarantined: u64,
+    pub writer_errors: u64,
 }
 
 impl Default for Metrics {
@@ -109,6 +124,11 @@ impl Metrics {
             webhooks_retried: Family::default(),
             webhooks_dropped: Family::default(),
             webhook_queue_length: Gauge::default(),
+            device_spool_pending_bytes: Gauge::default(),
+            device_spool_disk_bytes: Gauge::default(),
+            device_positions_stored: Counter::default(),
+            device_positions_quarantined: Counter::default(),
+            device_writer_errors: Counter::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
@@ -223,9 +243,48 @@ impl Metrics {
             "Webhook events waiting for delivery",
             m.webhook_queue_length.clone(),
         );
+        registry.register(
+            "device_spool_pending_bytes",
+            "Spooled device position bytes not yet in the database",
+            m.device_spool_pending_bytes.clone(),
+        );
+        registry.register(
+            "device_spool_disk_bytes",
+            "Bytes of the device spool's segment files",
+            m.device_spool_disk_bytes.clone(),
+        );
+        registry.register(
+            "device_positions_stored",
+            "Device positions written to the database (replays included)",
+            m.device_positions_stored.clone(),
+        );
+        registry.register(
+            "device_positions_quarantined",
+            "Device positions the database rejected, moved to the quarantine file",
+            m.device_positions_quarantined.clone(),
+        );
+        registry.register(
+            "device_writer_errors",
+            "Failed database writes of device positions (each retried)",
+            m.device_writer_errors.clone(),
+        );
         Metrics {
             registry: parking_lot::Mutex::new(registry),
             ..m
+        }
+    }
+
+    /// Brings the device metrics up to `c` (counters only ever move forward).
+    pub fn set_devices(&self, c: DeviceCounts) {
+        let gauge = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        gauge(&self.device_spool_pending_bytes, c.spool_pending_bytes);
+        gauge(&self.device_spool_disk_bytes, c.spool_disk_bytes);
+        for (counter, v) in [
+            (&self.device_positions_stored, c.positions_stored),
+            (&self.device_positions_quarantined, c.positions_quarantined),
+            (&self.device_writer_errors, c.writer_errors),
+        ] {
+            counter.inc_by(v.saturating_sub(counter.get()));
         }
     }
 

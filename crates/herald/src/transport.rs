@@ -161,11 +161,16 @@ async fn route(
                 )
             }
         }
-        (&Method::GET, "/metrics") if api_here => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            node.metrics.render(),
-        ),
+        (&Method::GET, "/metrics") if api_here => {
+            if let Some(devices) = crate::devices::DeviceIngest::for_node(&node) {
+                node.metrics.set_devices(devices.metric_counts());
+            }
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                node.metrics.render(),
+            )
+        }
         (&Method::GET, "/") if clients_here => respond(
             StatusCode::OK,
             "text/plain; charset=utf-8",

@@ -1,4 +1,6 @@
 #![allow(dead_code)]
+pub mod pg;
+
 use herald_devices::Position;
 
 pub fn pos(device: &str, time_ms: i64, n: u32) -> Position {

@@ -13,6 +13,7 @@ mod tcp;
 pub use registry::Registry;
 
 use crate::config::{FsyncSetting, StoreSetting};
+use crate::metrics::DeviceCounts;
 use crate::node::{unix_millis, Node};
 use anyhow::Context as _;
 use herald_devices::Position;
@@ -232,6 +233,7 @@ impl DeviceIngest {
             base.positions_written += s.positions_written;
             base.positions_new += s.positions_new;
             base.errors += s.errors;
+            base.quarantined += s.quarantined;
         }
     }
 
@@ -305,15 +307,7 @@ impl DeviceIngest {
     /// The writer's and spool's counters.
     pub fn stats(&self) -> Value {
         let spool = self.spool.stats();
-        let mut s = *self.writer_base.lock();
-        if let Some(w) = self.writer.lock().as_ref() {
-            let c = w.stats();
-            s.batches_written += c.batches_written;
-            s.positions_written += c.positions_written;
-            s.positions_new += c.positions_new;
-            s.errors += c.errors;
-            s.consecutive_errors = c.consecutive_errors;
-        }
+        let s = self.writer_stats();
         json!({
             "spool_pending_bytes": spool.pending_bytes,
             "spool_pending_records": spool.pending_records,
@@ -325,7 +319,36 @@ impl DeviceIngest {
             "positions_new": s.positions_new,
             "errors": s.errors,
             "consecutive_errors": s.consecutive_errors,
+            "quarantined": s.quarantined,
         })
+    }
+
+    /// The counters `/metrics` shows.
+    pub fn metric_counts(&self) -> DeviceCounts {
+        let spool = self.spool.stats();
+        let s = self.writer_stats();
+        DeviceCounts {
+            spool_pending_bytes: spool.pending_bytes,
+            spool_disk_bytes: spool.disk_bytes,
+            positions_stored: s.positions_written,
+            positions_quarantined: s.quarantined,
+            writer_errors: s.errors,
+        }
+    }
+
+    /// Counters of the running writer plus those of writers stopped before.
+    fn writer_stats(&self) -> WriterStatsSnapshot {
+        let mut s = *self.writer_base.lock();
+        if let Some(w) = self.writer.lock().as_ref() {
+            let c = w.stats();
+            s.batches_written += c.batches_written;
+            s.positions_written += c.positions_written;
+            s.positions_new += c.positions_new;
+            s.errors += c.errors;
+            s.consecutive_errors = c.consecutive_errors;
+            s.quarantined += c.quarantined;
+        }
+        s
     }
 
     fn now() -> i64 {

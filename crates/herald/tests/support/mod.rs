@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod binary;
+pub mod fleet;
+pub mod pg;
 pub mod procs;
 pub mod proxy;
 pub mod upstream;

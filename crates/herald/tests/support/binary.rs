@@ -1,0 +1,185 @@
+//! The real `herald` binary as a child process: started from a TOML config with JSON logs on
+//! port 0, its addresses read from its log, its memory read from /proc, and killed with SIGKILL
+//! when a test wants a crash (or when the test ends).
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+pub struct Herald {
+    child: Child,
+    /// Server API and metrics (`/api/<method>`).
+    pub api: SocketAddr,
+    /// Device listeners by protocol name.
+    pub devices: HashMap<String, SocketAddr>,
+    /// Log lines seen so far (for failure messages).
+    pub log: Vec<String>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Herald {
+    /// Starts `herald serve -c <config>` and waits until it listens. `config` is the TOML body;
+    /// `[log]` and `[http]` are added (JSON logs, loopback port 0). Blocks the calling thread:
+    /// in a test whose runtime also serves the binary (a proxy), use a multi-threaded runtime.
+    pub fn start(dir: &Path, config: &str) -> Herald {
+        let file = dir.join("herald.toml");
+        let full = format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{config}"
+        );
+        std::fs::write(&file, full).expect("config written");
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("-c")
+            .arg(&file)
+            .env_remove("HERALD_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("herald starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut h = Herald {
+            child,
+            api: "127.0.0.1:1".parse().expect("addr"),
+            devices: HashMap::new(),
+            log: Vec::new(),
+            lines,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "herald did not start:\n{}",
+                h.log.join("\n")
+            );
+            let Some(line) = h.next_line(Duration::from_millis(100)) else {
+                if let Ok(Some(status)) = h.child.try_wait() {
+                    panic!("herald exited with {status}:\n{}", h.log.join("\n"));
+                }
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let fields = &v["fields"];
+            let message = fields["message"].as_str().unwrap_or_default();
+            if message == "device listener" {
+                if let (Some(p), Some(a)) = (fields["protocol"].as_str(), fields["addr"].as_str()) {
+                    h.devices
+                        .insert(p.to_string(), a.parse().expect("listener addr"));
+                }
+            }
+            if let Some(rest) = message.strip_prefix("server api: http://") {
+                let addr = rest.split('/').next().unwrap_or_default();
+                h.api = addr.parse().expect("api addr");
+                return h;
+            }
+        }
+    }
+
+    fn next_line(&mut self, wait: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(wait).ok()?;
+        self.log.push(line.clone());
+        Some(line)
+    }
+
+    /// Collects the log lines written so far.
+    pub fn drain_log(&mut self) {
+        while self.next_line(Duration::ZERO).is_some() {}
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in KiB (`VmRSS` of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would; waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    /// Calls a server API method; returns `result`, panicking on an error reply.
+    pub async fn api(&self, method: &str, body: Value) -> Value {
+        let (status, reply) = super::http_request(
+            self.api,
+            "POST",
+            &format!("/api/{method}"),
+            &[("X-API-Key", super::API_KEY)],
+            &body.to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{method}: {reply}");
+        assert!(reply.get("error").is_none(), "{method}: {reply}");
+        reply["result"].clone()
+    }
+
+    /// The `devices` API's writer and spool counters.
+    pub async fn device_stats(&self) -> Value {
+        self.api("devices", serde_json::json!({})).await["stats"].clone()
+    }
+
+    /// Waits until the spool is drained into the database (no pending records, none in flight).
+    pub async fn wait_drained(&self, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let stats = self.device_stats().await;
+            if stats["spool_pending_records"] == 0 && stats["consecutive_errors"] == 0 {
+                return stats;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "spool not drained within {within:?}: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Bytes of the spool's segment files in `dir` (what the spool holds on disk).
+pub fn spool_disk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
