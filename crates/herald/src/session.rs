@@ -415,6 +415,17 @@ impl Session {
                         self.queue(bytes);
                     }
                 }
+                OutItem::Gap { slot } => {
+                    let channel = self
+                        .subs
+                        .iter()
+                        .find(|(_, s)| s.slot == slot)
+                        .map(|(c, _)| c.clone());
+                    if let Some(channel) = channel {
+                        self.unsubscribe_channel(&channel).await;
+                        self.queue_unsubscribe(&channel, UnsubscribeCode::INSUFFICIENT);
+                    }
+                }
                 OutItem::Control(control) => {
                     if let Err(close) = self.handle_control(control).await {
                         result = Err(close);
@@ -789,6 +800,11 @@ impl Session {
         // Register before reading history: whatever is published meanwhile arrives through the outbox,
         // and what the reply already carries is skipped there by offset.
         node.hub.add_subscriber(channel, &handle, slot, join_leave);
+        // Listening to the channel (across nodes) must hold before the history read below.
+        if let Err(e) = node.broker.subscribe(channel).await {
+            self.rollback_subscribe(channel, slot).await;
+            return Err(broker_error(e));
+        }
         let mut result = SubscribeResult {
             data: params.data,
             ..Default::default()
@@ -811,7 +827,7 @@ impl Session {
                 let (publications, position, recovered) = match read {
                     Ok(read) => read,
                     Err(e) => {
-                        self.rollback_subscribe(channel, slot);
+                        self.rollback_subscribe(channel, slot).await;
                         return Err(broker_error(e));
                     }
                 };
@@ -828,7 +844,7 @@ impl Session {
         let info = self.info(params.chan_info);
         if ns.presence {
             if let Err(e) = node.presence.add(channel, info.clone()).await {
-                self.rollback_subscribe(channel, slot);
+                self.rollback_subscribe(channel, slot).await;
                 return Err(broker_error(e));
             }
         }
@@ -935,10 +951,12 @@ impl Session {
         Ok((latest, position, recovering && same_stream))
     }
 
-    fn rollback_subscribe(&mut self, channel: &str, slot: u32) {
+    async fn rollback_subscribe(&mut self, channel: &str, slot: u32) {
         self.slots.remove(&slot);
         if let Some(handle) = &self.handle {
-            self.node.hub.remove_subscriber(channel, handle.seq);
+            if self.node.hub.remove_subscriber(channel, handle.seq) {
+                self.node.broker.unsubscribe(channel).await;
+            }
         }
     }
 
@@ -950,7 +968,9 @@ impl Session {
         self.slots.remove(&sub.slot);
         let node = self.node.clone();
         if let Some(handle) = &self.handle {
-            node.hub.remove_subscriber(channel, handle.seq);
+            if node.hub.remove_subscriber(channel, handle.seq) {
+                node.broker.unsubscribe(channel).await;
+            }
         }
         if sub.ns.presence {
             if let Err(e) = node.presence.remove(channel, &sub.info.client).await {
