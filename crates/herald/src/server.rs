@@ -62,7 +62,7 @@ impl Server {
         let (broker, presence, redis): (Arc<dyn Broker>, Arc<dyn PresenceStore>, _) =
             match config.broker.kind.as_str() {
                 "redis" => {
-                    let redis = RedisBroker::new(&config.broker)
+                    let redis = RedisBroker::new(&config.broker, config.channel.history_meta_ttl)
                         .map_err(|e| anyhow::anyhow!("broker: {e}"))?;
                     (
                         Arc::new(redis.clone()),

@@ -37,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 struct Seen {
     /// The last publication delivered from pub/sub (epoch, offset); dedupe and gap detection.
     delivered: Option<(String, u64)>,
-    /// The newest position a history read returned since the node listens to the channel.
+    /// The first position a history read returned since the node listens to the channel (the
+    /// oldest a subscriber may hold while nothing was delivered yet).
     read: Option<(String, u64)>,
 }
 
@@ -95,10 +96,15 @@ struct Scripts {
 
 struct Inner {
     config: BrokerConfig,
+    /// `channel.history_meta_ttl`: how long a stream position outlives its last publication.
+    meta_ttl: Duration,
     keys: Keys,
     clients: Vec<redis::Client>,
     scripts: Scripts,
-    conn: Mutex<Option<MultiplexedConnection>>,
+    /// The command connection with its generation: a late failure of an old connection's command
+    /// must not tear down its successor.
+    conn: Mutex<Option<(u64, MultiplexedConnection)>>,
+    generation: std::sync::atomic::AtomicU64,
     sink: Mutex<Option<PubSubSink>>,
     /// Serializes SUBSCRIBE/UNSUBSCRIBE so an unsubscribe never overtakes a later subscribe.
     subscribe_ops: tokio::sync::Mutex<()>,
@@ -126,7 +132,7 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
-    pub fn new(config: &BrokerConfig) -> Result<RedisBroker, BrokerError> {
+    pub fn new(config: &BrokerConfig, meta_ttl: Duration) -> Result<RedisBroker, BrokerError> {
         let clients = config
             .redis_addresses
             .iter()
@@ -147,6 +153,7 @@ impl RedisBroker {
                     live: redis::Script::new(scripts::LIVE),
                 },
                 conn: Mutex::new(None),
+                generation: std::sync::atomic::AtomicU64::new(0),
                 sink: Mutex::new(None),
                 subscribe_ops: tokio::sync::Mutex::new(()),
                 subscribed: Mutex::new(HashSet::new()),
@@ -160,6 +167,7 @@ impl RedisBroker {
                 stop: CancellationToken::new(),
                 dead: AtomicBool::new(false),
                 config: config.clone(),
+                meta_ttl,
             }),
         })
     }
@@ -201,7 +209,7 @@ impl Inner {
         self.handler.get()
     }
 
-    fn conn(&self) -> Result<MultiplexedConnection, BrokerError> {
+    fn conn(&self) -> Result<(u64, MultiplexedConnection), BrokerError> {
         if self.dead.load(Ordering::Relaxed) {
             return Err(unavailable("node stopped"));
         }
@@ -211,12 +219,17 @@ impl Inner {
             .ok_or_else(|| unavailable("not connected to Redis"))
     }
 
-    /// Marks the connections broken; the supervisor rebuilds them.
-    fn fail(&self, reason: &str) {
+    /// Marks connection `generation` broken; the supervisor rebuilds it.
+    fn fail(&self, generation: u64, reason: &str) {
+        let mut conn = self.conn.lock();
+        if conn.as_ref().is_none_or(|(g, _)| *g != generation) {
+            return;
+        }
+        conn.take();
+        drop(conn);
         if self.ready.swap(false, Ordering::SeqCst) {
             tracing::warn!(%reason, "redis broker: connection lost");
         }
-        self.conn.lock().take();
         self.failed.notify_one();
     }
 
@@ -224,6 +237,7 @@ impl Inner {
     /// down (not ready) until the supervisor reconnects; script or type errors do not.
     async fn timed<T>(
         &self,
+        generation: u64,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BrokerError> {
         match tokio::time::timeout(self.config.command_timeout, fut).await {
@@ -234,12 +248,12 @@ impl Inner {
                     || e.is_unrecoverable_error()
                     || e.is_timeout()
                 {
-                    self.fail(&e.to_string());
+                    self.fail(generation, &e.to_string());
                 }
                 Err(unavailable(e))
             }
             Err(_) => {
-                self.fail("command timed out");
+                self.fail(generation, "command timed out");
                 Err(unavailable("redis command timed out"))
             }
         }
@@ -252,13 +266,13 @@ impl Inner {
         ttl: Duration,
     ) -> Result<(), BrokerError> {
         for chunk in entries.chunks(200) {
-            let mut conn = self.conn()?;
+            let (generation, mut conn) = self.conn()?;
             let mut invocation = self.scripts.touch.prepare_invoke();
             invocation.arg(millis(ttl));
             for (zset, hash, member, value) in chunk {
                 invocation.key(zset).key(hash).arg(member).arg(value);
             }
-            self.timed(invocation.invoke_async::<i64>(&mut conn))
+            self.timed(generation, invocation.invoke_async::<i64>(&mut conn))
                 .await?;
         }
         Ok(())
@@ -266,10 +280,12 @@ impl Inner {
 
     /// The live members of an expiring hash.
     async fn live(&self, zset: &str, hash: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
-        let mut conn = self.conn()?;
+        let (generation, mut conn) = self.conn()?;
         let mut invocation = self.scripts.live.key(zset);
         invocation.key(hash);
-        let flat: Vec<Vec<u8>> = self.timed(invocation.invoke_async(&mut conn)).await?;
+        let flat: Vec<Vec<u8>> = self
+            .timed(generation, invocation.invoke_async(&mut conn))
+            .await?;
         let mut out = Vec::with_capacity(flat.len() / 2);
         let mut it = flat.into_iter();
         while let (Some(member), Some(value)) = (it.next(), it.next()) {
@@ -306,7 +322,7 @@ impl Inner {
         entries: bool,
         meta_ttl: Duration,
     ) -> Result<Positioned, BrokerError> {
-        let mut conn = self.conn()?;
+        let (generation, mut conn) = self.conn()?;
         let mut invocation = self.scripts.history.key(self.keys.stream(channel));
         invocation
             .key(self.keys.meta(channel))
@@ -314,22 +330,24 @@ impl Inner {
             .arg(new_epoch())
             .arg(since.map(|s| s.to_string()).unwrap_or_default())
             .arg(if entries { "1" } else { "0" });
-        let flat: Vec<Vec<u8>> = self.timed(invocation.invoke_async(&mut conn)).await?;
+        let flat: Vec<Vec<u8>> = self
+            .timed(generation, invocation.invoke_async(&mut conn))
+            .await?;
         parse_positioned(flat, |id| id.split('-').next().and_then(|o| o.parse().ok()))
     }
 
-    /// Remembers what a history read returned, for the gap check after a reconnect.
+    /// Remembers the first position a history read returned, for the gap check after a reconnect.
     fn note_read(&self, channel: &str, position: &StreamPosition) {
         if !self.subscribed.lock().contains(channel) {
             return;
         }
         let mut seen = self.seen.lock();
         let entry = seen.entry(channel.to_string()).or_default();
-        let newer = match &entry.read {
-            Some((epoch, offset)) => epoch != &position.epoch || *offset < position.offset,
+        let replace = match &entry.read {
+            Some((epoch, _)) => epoch != &position.epoch,
             None => true,
         };
-        if newer {
+        if replace {
             entry.read = Some((position.epoch.clone(), position.offset));
         }
     }
@@ -413,7 +431,7 @@ impl Inner {
         if channels.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn()?;
+        let (generation, mut conn) = self.conn()?;
         let mut pipe = redis::pipe();
         for channel in channels {
             pipe.cmd("HMGET")
@@ -422,30 +440,26 @@ impl Inner {
                 .arg("o");
         }
         let tops: Vec<(Option<String>, Option<u64>)> =
-            self.timed(pipe.query_async(&mut conn)).await?;
+            self.timed(generation, pipe.query_async(&mut conn)).await?;
         for (channel, (epoch, offset)) in channels.iter().zip(tops) {
-            let evidence = {
-                let seen = self.seen.lock();
-                seen.get(channel).map(|s| {
-                    let mut best: Option<(String, u64)> = None;
-                    for (e, o) in s.delivered.iter().chain(s.read.iter()) {
-                        if Some(e) == epoch.as_ref() && best.as_ref().is_none_or(|b| b.1 < *o) {
-                            best = Some((e.clone(), *o));
-                        }
-                    }
-                    (best, s.delivered.is_some() || s.read.is_some())
-                })
-            };
+            // What every current subscriber is known to have: pub/sub continuity when something
+            // was delivered, else the first position a subscriber read.
+            let known = self
+                .seen
+                .lock()
+                .get(channel)
+                .and_then(|s| s.delivered.clone().or_else(|| s.read.clone()));
             let top = offset.unwrap_or(0);
-            let gap = match (evidence, epoch.is_some()) {
-                // Nothing known and no stream: a channel without history; nothing to recover.
-                (None, false) | (Some((None, false)), false) => false,
-                // A stream exists but the node never learned a position of it: cannot prove.
-                (None, true) | (Some((None, false)), true) => top > 0,
-                // The node knew a position in another epoch (or the stream is gone): lost.
-                (Some((None, true)), _) => true,
-                (Some((Some((_, known)), _)), _) => known < top,
+            let gap = match (known, epoch) {
+                // No stream and nothing known: a channel without history, nothing to recover.
+                (None, None) => false,
+                // A stream the node never learned a position of: it cannot prove anything.
+                (None, Some(_)) => top > 0,
+                // The stream the subscribers hold positions in is gone.
+                (Some(_), None) => true,
+                (Some((known_epoch, known)), Some(epoch)) => known_epoch != epoch || known < top,
             };
+            tracing::trace!(%channel, top, gap, "redis broker: gap check");
             if gap {
                 self.report_gap(channel);
             }
@@ -454,13 +468,14 @@ impl Inner {
     }
 
     async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
-        let mut conn = self.conn()?;
+        let (generation, mut conn) = self.conn()?;
         let mut pipe = redis::pipe();
         pipe.zrem(self.keys.presence_expiry(channel), client)
             .ignore()
             .hdel(self.keys.presence(channel), client)
             .ignore();
-        self.timed(pipe.query_async::<()>(&mut conn)).await
+        self.timed(generation, pipe.query_async::<()>(&mut conn))
+            .await
     }
 }
 
@@ -522,7 +537,8 @@ async fn supervise(inner: Arc<Inner>) {
             Ok((conn, pubsub)) => {
                 delay = Duration::from_millis(50);
                 let (sink, stream) = pubsub.split();
-                *inner.conn.lock() = Some(conn);
+                let generation = inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                *inner.conn.lock() = Some((generation, conn));
                 *inner.sink.lock() = Some(sink.clone());
                 if reconnect {
                     if let Some(metrics) = inner.metrics.get() {
@@ -605,7 +621,7 @@ async fn serve(inner: &Arc<Inner>, mut sink: PubSubSink, mut stream: PubSubStrea
             _ = health_tick.tick() => {
                 // A stalled Redis (or network) answers nothing: both connections are probed, so
                 // a node finds out within the command timeout even when it has no traffic.
-                let Ok(mut conn) = inner.conn() else { return "connection dropped".into() };
+                let Ok((_, mut conn)) = inner.conn() else { return "connection dropped".into() };
                 let probe = async {
                     let a = redis::cmd("PING").query_async::<redis::Value>(&mut conn).await;
                     let b = sink.ping::<redis::Value>().await;
@@ -650,8 +666,9 @@ impl Broker for RedisBroker {
             .lock()
             .clone()
             .ok_or_else(|| unavailable("not connected to Redis"))?;
+        let generation = inner.generation.load(Ordering::SeqCst);
         inner
-            .timed(sink.subscribe(inner.keys.pubsub(channel)))
+            .timed(generation, sink.subscribe(inner.keys.pubsub(channel)))
             .await?;
         inner.subscribed.lock().insert(channel.to_string());
         Ok(())
@@ -675,8 +692,9 @@ impl Broker for RedisBroker {
         let Some(mut sink) = inner.sink.lock().clone() else {
             return;
         };
+        let generation = inner.generation.load(Ordering::SeqCst);
         if let Err(e) = inner
-            .timed(sink.unsubscribe(inner.keys.pubsub(channel)))
+            .timed(generation, sink.unsubscribe(inner.keys.pubsub(channel)))
             .await
         {
             // Messages of the channel keep arriving and are ignored (no local subscriber); the
@@ -699,7 +717,7 @@ impl Broker for RedisBroker {
         let inner = &self.inner;
         // Serialized once, here; the same bytes are stored and published.
         let payload = serde_json::to_vec(&publication).map_err(unavailable)?;
-        let mut conn = inner.conn()?;
+        let (generation, mut conn) = inner.conn()?;
         match history {
             Some(options) => {
                 let mut invocation = inner.scripts.publish.key(inner.keys.stream(channel));
@@ -715,14 +733,16 @@ impl Broker for RedisBroker {
                     .arg(key.unwrap_or(""))
                     .arg(options.max_keys)
                     .arg(new_epoch());
-                let (offset, epoch): (u64, String) =
-                    inner.timed(invocation.invoke_async(&mut conn)).await?;
+                let (offset, epoch): (u64, String) = inner
+                    .timed(generation, invocation.invoke_async(&mut conn))
+                    .await?;
                 Ok(StreamPosition { offset, epoch })
             }
             None => {
                 let frame = wire::publication_frame(0, "", key, &payload);
                 inner
                     .timed(
+                        generation,
                         redis::cmd("PUBLISH")
                             .arg(inner.keys.pubsub(channel))
                             .arg(frame)
@@ -736,35 +756,41 @@ impl Broker for RedisBroker {
 
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let mut conn = inner.conn()?;
+        let (generation, mut conn) = inner.conn()?;
         let cmd = redis::cmd("PUBLISH")
             .arg(inner.keys.pubsub(channel))
             .arg(wire::join_frame(info))
             .to_owned();
-        inner.timed(cmd.query_async::<i64>(&mut conn)).await?;
+        inner
+            .timed(generation, cmd.query_async::<i64>(&mut conn))
+            .await?;
         Ok(())
     }
 
     async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let mut conn = inner.conn()?;
+        let (generation, mut conn) = inner.conn()?;
         let cmd = redis::cmd("PUBLISH")
             .arg(inner.keys.pubsub(channel))
             .arg(wire::leave_frame(info))
             .to_owned();
-        inner.timed(cmd.query_async::<i64>(&mut conn)).await?;
+        inner
+            .timed(generation, cmd.query_async::<i64>(&mut conn))
+            .await?;
         Ok(())
     }
 
     async fn publish_control(&self, control: Control) -> Result<(), BrokerError> {
         let inner = &self.inner;
         let payload = serde_json::to_vec(&control).map_err(unavailable)?;
-        let mut conn = inner.conn()?;
+        let (generation, mut conn) = inner.conn()?;
         let cmd = redis::cmd("PUBLISH")
             .arg(inner.keys.control())
             .arg(payload)
             .to_owned();
-        inner.timed(cmd.query_async::<i64>(&mut conn)).await?;
+        inner
+            .timed(generation, cmd.query_async::<i64>(&mut conn))
+            .await?;
         Ok(())
     }
 
@@ -818,14 +844,16 @@ impl Broker for RedisBroker {
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let mut conn = inner.conn()?;
+        let (generation, mut conn) = inner.conn()?;
         let cmd = redis::cmd("DEL")
             .arg(inner.keys.stream(channel))
             .arg(inner.keys.meta(channel))
             .arg(inner.keys.latest_keys(channel))
             .arg(inner.keys.latest(channel))
             .to_owned();
-        inner.timed(cmd.query_async::<i64>(&mut conn)).await?;
+        inner
+            .timed(generation, cmd.query_async::<i64>(&mut conn))
+            .await?;
         Ok(())
     }
 
@@ -834,14 +862,16 @@ impl Broker for RedisBroker {
         channel: &str,
     ) -> Result<(Vec<Arc<Publication>>, StreamPosition), BrokerError> {
         let inner = &self.inner;
-        let mut conn = inner.conn()?;
+        let (generation, mut conn) = inner.conn()?;
         let mut invocation = inner.scripts.latest.key(inner.keys.meta(channel));
         invocation
             .key(inner.keys.latest_keys(channel))
             .key(inner.keys.latest(channel))
-            .arg(millis(Duration::from_secs(30 * 24 * 3600)))
+            .arg(millis(inner.meta_ttl))
             .arg(new_epoch());
-        let flat: Vec<Vec<u8>> = inner.timed(invocation.invoke_async(&mut conn)).await?;
+        let flat: Vec<Vec<u8>> = inner
+            .timed(generation, invocation.invoke_async(&mut conn))
+            .await?;
         let (position, items) = parse_positioned(flat, |score| score.parse().ok())?;
         inner.note_read(channel, &position);
         let publications = items
@@ -893,13 +923,16 @@ impl Broker for RedisBroker {
             return;
         }
         let uid = inner.node_uid.lock().take();
-        if let (Some(uid), Ok(mut conn)) = (uid, inner.conn()) {
+        if let (Some(uid), Ok((generation, mut conn))) = (uid, inner.conn()) {
             let mut pipe = redis::pipe();
             pipe.zrem(inner.keys.nodes_expiry(), &uid)
                 .ignore()
                 .hdel(inner.keys.nodes(), &uid)
                 .ignore();
-            if let Err(e) = inner.timed(pipe.query_async::<()>(&mut conn)).await {
+            if let Err(e) = inner
+                .timed(generation, pipe.query_async::<()>(&mut conn))
+                .await
+            {
                 tracing::warn!(error = %e, "redis broker: node entry not removed");
             }
         }
