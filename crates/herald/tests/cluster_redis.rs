@@ -225,10 +225,23 @@ async fn info_lists_every_live_node_and_forgets_stopped_ones() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(listed, vec!["node0", "node1", "node2"]);
-    // A graceful stop removes the entry at once (not at its expiry).
+    // A graceful stop removes the entry and the presence of its clients at once (not at expiry).
+    let mut leaving = cluster.nodes[2].client("leaving").await;
+    leaving.subscribe("chat:gs").await;
+    let stats = cluster.nodes[0]
+        .api_ok("presence_stats", json!({"channel": "chat:gs"}))
+        .await;
+    assert_eq!(stats["num_clients"], 1);
     cluster.nodes[2].shutdown().await;
     let info = cluster.nodes[0].api_ok("info", json!({})).await;
     assert_eq!(names(&info), vec!["node0", "node1"]);
+    let stats = cluster.nodes[0]
+        .api_ok("presence_stats", json!({"channel": "chat:gs"}))
+        .await;
+    assert_eq!(
+        stats["num_clients"], 0,
+        "presence removed on a graceful stop"
+    );
 }
 
 #[tokio::test]
@@ -459,4 +472,44 @@ async fn redis_restart_is_survived_without_silent_loss() {
 #[tokio::test]
 async fn redis_stall_is_survived_without_silent_loss() {
     broker_fault(Fault::Stall, "stall").await;
+}
+
+#[tokio::test]
+async fn conflated_channels_snapshot_the_latest_value_per_key_across_nodes() {
+    let redis = test_redis();
+    let cluster = Cluster::start_with(2, "conflated", &redis, |c| {
+        c.channel.namespaces.push(herald::config::NamespaceOptions {
+            name: "live".into(),
+            conflation_key: "/k".into(),
+            conflation_max_keys: 2,
+            ..open_namespace("live")
+        });
+    })
+    .await;
+    for (k, v) in [("a", 1), ("b", 2), ("a", 3), ("c", 4)] {
+        cluster.nodes[0]
+            .api_ok(
+                "publish",
+                json!({"channel": "live:map", "data": {"k": k, "v": v}}),
+            )
+            .await;
+    }
+    // A subscriber on the other node gets the latest value of the two most recent keys.
+    let mut viewer = cluster.nodes[1].client("viewer").await;
+    let sub = viewer.subscribe("live:map").await;
+    let values: Vec<i64> = sub["publications"]
+        .as_array()
+        .expect("snapshot")
+        .iter()
+        .filter_map(|p| p["data"]["v"].as_i64())
+        .collect();
+    assert_eq!(values, vec![3, 4], "{sub}");
+    assert_eq!(sub["offset"], 4);
+    cluster.nodes[0]
+        .api_ok(
+            "publish",
+            json!({"channel": "live:map", "data": {"k": "a", "v": 5}}),
+        )
+        .await;
+    assert_eq!(viewer.publication("live:map").await["data"]["v"], 5);
 }

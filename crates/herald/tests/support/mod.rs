@@ -542,12 +542,23 @@ impl Cluster {
 
     /// Nodes reaching Redis at `address` (e.g. through a proxy).
     pub async fn start_via(n: usize, test: &str, address: &str) -> Cluster {
+        Self::start_with(n, test, address, |_| {}).await
+    }
+
+    /// Nodes with a config change applied to each (after the broker settings).
+    pub async fn start_with(
+        n: usize,
+        test: &str,
+        address: &str,
+        change: impl Fn(&mut Config),
+    ) -> Cluster {
         let prefix = unique_prefix(test);
         let mut nodes = Vec::new();
         for i in 0..n {
             let node = TestServer::with(|c| {
                 redis_broker(c, address, &prefix);
                 c.node.name = format!("node{i}");
+                change(c);
             })
             .await;
             nodes.push(node);
