@@ -989,6 +989,34 @@ mod tests {
     }
 
     #[test]
+    fn broker_settings_are_validated() {
+        let config = load_str("", &[], &[]).unwrap();
+        assert_eq!(config.broker.kind, "memory");
+        let err = |sets: &[&str]| load_str("", &[], sets).unwrap_err().to_string();
+        assert!(err(&["broker.kind=nats"]).starts_with("broker.kind:"));
+        assert!(
+            err(&["broker.kind=redis", "broker.prefix=a b"]).starts_with("broker.prefix:"),
+            "{}",
+            err(&["broker.kind=redis", "broker.prefix=a b"])
+        );
+        let text =
+            "[broker]\nkind = \"redis\"\nredis_addresses = [\"redis://ok:6379\", \"bad://x\"]\n";
+        assert!(load_str(text, &[], &[])
+            .unwrap_err()
+            .to_string()
+            .starts_with("broker.redis_addresses[1]:"));
+        let text = "[broker]\nkind = \"redis\"\nredis_addresses = []\n";
+        assert!(load_str(text, &[], &[])
+            .unwrap_err()
+            .to_string()
+            .starts_with("broker.redis_addresses:"));
+        assert!(err(&["broker.kind=redis", "broker.command_timeout=0s"])
+            .starts_with("broker.command_timeout:"));
+        let ok = load_str("", &[("HERALD_BROKER__KIND", "redis")], &[]).unwrap();
+        assert_eq!(ok.broker.kind, "redis");
+    }
+
+    #[test]
     fn devices_settings_are_validated() {
         let c = load_str("", &[], &[]).unwrap();
         assert_eq!(

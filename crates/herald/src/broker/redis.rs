@@ -957,24 +957,36 @@ impl PresenceStore for RedisBroker {
     async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
         let inner = &self.inner;
         let value = serde_json::to_string(&info).map_err(unavailable)?;
-        // Remembered first: if Redis is down now, the refresh after the reconnect writes it.
+        // Remembered before the write, so a refresh running meanwhile cannot miss it.
         inner
             .local_presence
             .lock()
             .entry(channel.to_string())
             .or_default()
             .insert(info.client.clone(), value.clone());
-        inner
+        let written = inner
             .touch(
                 &[(
                     inner.keys.presence_expiry(channel),
                     inner.keys.presence(channel),
-                    info.client,
+                    info.client.clone(),
                     value,
                 )],
                 inner.config.presence_ttl,
             )
-            .await
+            .await;
+        if written.is_err() {
+            // The subscription is rolled back on this error: forget the entry, or later
+            // refreshes would keep a client present that is not subscribed.
+            let mut local = inner.local_presence.lock();
+            if let Some(clients) = local.get_mut(channel) {
+                clients.remove(&info.client);
+                if clients.is_empty() {
+                    local.remove(channel);
+                }
+            }
+        }
+        written
     }
 
     async fn remove(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
