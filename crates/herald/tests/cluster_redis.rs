@@ -315,6 +315,7 @@ async fn resubscribe(
         )
         .await;
     let sub = &reply["subscribe"];
+    assert!(sub.is_object(), "resubscribe failed: {reply}");
     let offsets = sub["publications"]
         .as_array()
         .map(|a| a.iter().filter_map(|p| p["offset"].as_u64()).collect())

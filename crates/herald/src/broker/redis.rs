@@ -613,7 +613,12 @@ async fn serve(inner: &Arc<Inner>, mut sink: PubSubSink, mut stream: PubSubStrea
     loop {
         tokio::select! {
             _ = inner.stop.cancelled() => return "stopped".into(),
-            _ = inner.failed.notified() => return "a command failed".into(),
+            _ = inner.failed.notified() => {
+                // A wake-up left over from the previous connection's failure is not ours.
+                if inner.conn.lock().is_none() {
+                    return "a command failed".into();
+                }
+            }
             msg = stream.next() => match msg {
                 Some(msg) => inner.on_message(&msg),
                 None => return "pub/sub connection closed".into(),
@@ -661,6 +666,9 @@ impl Broker for RedisBroker {
         if inner.subscribed.lock().contains(channel) {
             return Ok(());
         }
+        if !inner.ready.load(Ordering::SeqCst) {
+            return Err(unavailable("not connected to Redis"));
+        }
         let mut sink = inner
             .sink
             .lock()
@@ -688,6 +696,11 @@ impl Broker for RedisBroker {
                 return;
             }
             inner.seen.lock().remove(channel);
+        }
+        // Not connected (or cut off): the next connection subscribes only to channels with local
+        // subscribers, so there is nothing to undo, and no session waits on a dead connection.
+        if !inner.ready.load(Ordering::SeqCst) {
+            return;
         }
         let Some(mut sink) = inner.sink.lock().clone() else {
             return;
