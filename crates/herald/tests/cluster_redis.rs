@@ -514,3 +514,34 @@ async fn conflated_channels_snapshot_the_latest_value_per_key_across_nodes() {
         .await;
     assert_eq!(viewer.publication("live:map").await["data"]["v"], 5);
 }
+
+#[tokio::test]
+async fn subscribing_on_one_node_while_others_publish_loses_and_repeats_nothing() {
+    let cluster = Cluster::start(3, "race").await;
+    let mut publishers = Vec::new();
+    for node in &cluster.nodes[..2] {
+        let node = node.node().clone();
+        publishers.push(tokio::spawn(async move {
+            for n in 0..500u32 {
+                let data = serde_json::value::RawValue::from_string(n.to_string()).expect("json");
+                node.publish("chat:race", data, None, Default::default(), "test")
+                    .await
+                    .expect("publish");
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut client = cluster.nodes[2].client("racer").await;
+    let sub = client.subscribe("chat:race").await;
+    let mut last = sub["offset"].as_u64().unwrap_or(0);
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    while last < 1000 {
+        let publication = client.publication("chat:race").await;
+        let offset = publication["offset"].as_u64().expect("offset");
+        assert_eq!(offset, last + 1, "gap or duplicate after {last}");
+        last = offset;
+    }
+    client.expect_silence(Duration::from_millis(200)).await;
+}
