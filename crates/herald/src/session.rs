@@ -681,6 +681,12 @@ impl Session {
                 Ok(result) => {
                     subs.insert(channel, result);
                 }
+                // The broker is unreachable: a connection without its server-side channels
+                // would miss their publications silently, so it is told to come back later
+                // (SDKs reconnect after 3010, possibly to another node).
+                Err(ErrorCode::Internal) if !node.broker.is_ready() => {
+                    return Err(Disconnect::INSUFFICIENT_STATE.into());
+                }
                 Err(code) => {
                     tracing::warn!(%channel, %code, user = %self.user, "server-side subscription refused")
                 }

@@ -402,8 +402,17 @@ async fn broker_fault(fault: Fault, test: &str) {
         .call("publish", json!({"channel": "chat:busy", "data": {}}))
         .await;
     assert_eq!(reply["error"]["code"], 100, "{reply}");
-    // ...while its local clients stay connected.
+    // ...while its local clients stay connected. A new connection cannot get its personal
+    // channel, so it is asked to reconnect (3010) rather than left without it.
     alice.assert_alive().await;
+    let mut newcomer = Client::open(&a.ws_url()).await;
+    newcomer
+        .send(json!({"id": 1, "connect": {"token": token("newcomer")}}))
+        .await;
+    assert_eq!(
+        newcomer.closed().await,
+        Closed::Code(3010, "insufficient state".into())
+    );
     // Publications meanwhile, through the node that still reaches Redis.
     for n in 4..=6 {
         publish(direct, "chat:busy", n).await;
