@@ -527,6 +527,8 @@ pub fn redis_broker(config: &mut Config, address: &str, prefix: &str) {
     config.broker.presence_ttl = Duration::from_secs(2);
     config.broker.node_announce_interval = Duration::from_millis(300);
     config.broker.max_reconnect_delay = Duration::from_millis(300);
+    // Stream positions outlive a test run only briefly in the shared Redis.
+    config.channel.history_meta_ttl = Duration::from_secs(600);
 }
 
 /// N in-process nodes sharing one broker config (one Redis, one prefix).
