@@ -4,7 +4,7 @@
 //! ([`encode_publication_push`]) and share the result.
 
 use crate::codes::ErrorCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
@@ -26,28 +26,30 @@ fn is_false(v: &bool) -> bool {
     !*v
 }
 
-/// Who published, joined or left.
-#[derive(Debug, Clone, Serialize)]
+/// Who published, joined or left. Deserializable so brokers can carry it between nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientInfo {
+    #[serde(default)]
     pub user: String,
+    #[serde(default)]
     pub client: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conn_info: Option<Json>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chan_info: Option<Json>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Publication {
     pub data: Json,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<ClientInfo>,
-    #[serde(skip_serializing_if = "is_zero_u64")]
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub offset: u64,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
     /// Milliseconds since the Unix epoch when the server accepted the publication.
-    #[serde(skip_serializing_if = "is_zero_i64")]
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub time: i64,
 }
 

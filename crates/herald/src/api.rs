@@ -215,7 +215,7 @@ pub async fn call(node: &Node, method: &str, raw: &RawValue) -> Result<Value, Op
         "history" => history(node, params(raw)?).await,
         "history_remove" => history_remove(node, params(raw)?).await,
         "channels" => Ok(channels(node, params(raw)?)),
-        "info" => Ok(info(node)),
+        "info" => info(node).await,
         "batch" => Box::pin(batch(node, params(raw)?)).await,
         "devices" => devices(node),
         "device_positions" => device_positions(node).await,
@@ -394,17 +394,15 @@ fn channels(node: &Node, p: ChannelsParams) -> Value {
     json!({"channels": channels})
 }
 
-pub fn info(node: &Node) -> Value {
-    json!({"nodes": [{
-        "uid": node.uid,
-        "name": node.name,
-        "version": env!("CARGO_PKG_VERSION"),
-        "num_clients": node.hub.num_clients(),
-        "num_users": node.hub.num_users(),
-        "num_channels": node.hub.num_channels(),
-        "num_subs": node.hub.num_subscriptions(),
-        "uptime": node.started.elapsed().as_secs(),
-    }]})
+/// Every live node of the cluster (this one with fresh numbers), from the broker's registry.
+pub async fn info(node: &Node) -> Result<Value, ApiError> {
+    let mut nodes = node.broker.nodes().await.map_err(broker_error)?;
+    let this = node.entry();
+    match nodes.iter_mut().find(|n| n.uid == this.uid) {
+        Some(entry) => *entry = this,
+        None => nodes.push(this),
+    }
+    Ok(json!({ "nodes": nodes }))
 }
 
 fn device_ingest(node: &Node) -> Result<std::sync::Arc<DeviceIngest>, ApiError> {

@@ -22,6 +22,7 @@ pub struct Config {
     pub map: MapConfig,
     pub proxy: ProxyConfig,
     pub webhooks: WebhooksConfig,
+    pub broker: BrokerConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -378,6 +379,108 @@ impl WebhooksConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// How nodes share publications, history, presence and the node registry (`[broker]`), see
+/// docs/scaling.md.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `memory` (one node) or `redis` (several nodes sharing one Redis).
+    pub kind: String,
+    /// Redis addresses (`redis://[:password@]host:port[/db]` or `host:port`), tried in order when
+    /// (re)connecting, so a replica promoted by Sentinel or a proxy can be listed after the primary.
+    pub redis_addresses: Vec<String>,
+    /// Prefix of every key and pub/sub channel, so several clusters (or tests) share one Redis.
+    pub prefix: String,
+    /// How long to wait for a TCP connection to Redis.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long one Redis command may take before the broker counts Redis as unreachable.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// A node's presence entries outlive it by at most this long (refreshed every third of it).
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
+    /// How often a node writes its registry entry; the entry lives three intervals.
+    #[serde(with = "humantime_serde")]
+    pub node_announce_interval: Duration,
+    /// Longest pause between reconnection attempts (the backoff starts at 50 ms and doubles).
+    #[serde(with = "humantime_serde")]
+    pub max_reconnect_delay: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            kind: "memory".into(),
+            redis_addresses: vec!["redis://127.0.0.1:6379".into()],
+            prefix: "herald".into(),
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            presence_ttl: Duration::from_secs(60),
+            node_announce_interval: Duration::from_secs(3),
+            max_reconnect_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+impl BrokerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self.kind.as_str() {
+            "memory" => return Ok(()),
+            "redis" => {}
+            other => {
+                return Err(field(
+                    "broker.kind",
+                    format!("expected \"memory\" or \"redis\", got {other:?}"),
+                ))
+            }
+        }
+        if self.redis_addresses.is_empty() {
+            return Err(field(
+                "broker.redis_addresses",
+                "must list at least one address when kind = \"redis\"",
+            ));
+        }
+        for (i, address) in self.redis_addresses.iter().enumerate() {
+            redis::Client::open(redis_url(address).as_str()).map_err(|e| {
+                field(
+                    format!("broker.redis_addresses[{i}]"),
+                    format!("{address:?}: {e}"),
+                )
+            })?;
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}', ' ']) {
+            return Err(field(
+                "broker.prefix",
+                "must be non-empty, without spaces or braces",
+            ));
+        }
+        for (name, value) in [
+            ("broker.connect_timeout", self.connect_timeout),
+            ("broker.command_timeout", self.command_timeout),
+            ("broker.node_announce_interval", self.node_announce_interval),
+            ("broker.max_reconnect_delay", self.max_reconnect_delay),
+        ] {
+            if value.is_zero() {
+                return Err(field(name, "must be greater than zero"));
+            }
+        }
+        if self.presence_ttl < Duration::from_secs(1) {
+            return Err(field("broker.presence_ttl", "must be at least 1s"));
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` is accepted as shorthand for `redis://host:port`.
+pub fn redis_url(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("redis://{address}")
     }
 }
 
@@ -1102,6 +1205,7 @@ impl Config {
             c.max_outbox_bytes,
         )?;
         self.devices.validate()?;
+        self.broker.validate()?;
         self.map.validate()?;
         self.proxy.validate()?;
         self.webhooks.validate()?;
@@ -1404,6 +1508,34 @@ mod tests {
         let twice = format!("{ok}{ok}");
         let err = load_str(&twice, &[], &[]).unwrap_err().to_string();
         assert!(err.contains("feeds[1].name"), "{err}");
+    }
+
+    #[test]
+    fn broker_settings_are_validated() {
+        let config = load_str("", &[], &[]).unwrap();
+        assert_eq!(config.broker.kind, "memory");
+        let err = |sets: &[&str]| load_str("", &[], sets).unwrap_err().to_string();
+        assert!(err(&["broker.kind=nats"]).starts_with("broker.kind:"));
+        assert!(
+            err(&["broker.kind=redis", "broker.prefix=a b"]).starts_with("broker.prefix:"),
+            "{}",
+            err(&["broker.kind=redis", "broker.prefix=a b"])
+        );
+        let text =
+            "[broker]\nkind = \"redis\"\nredis_addresses = [\"redis://ok:6379\", \"bad://x\"]\n";
+        assert!(load_str(text, &[], &[])
+            .unwrap_err()
+            .to_string()
+            .starts_with("broker.redis_addresses[1]:"));
+        let text = "[broker]\nkind = \"redis\"\nredis_addresses = []\n";
+        assert!(load_str(text, &[], &[])
+            .unwrap_err()
+            .to_string()
+            .starts_with("broker.redis_addresses:"));
+        assert!(err(&["broker.kind=redis", "broker.command_timeout=0s"])
+            .starts_with("broker.command_timeout:"));
+        let ok = load_str("", &[("HERALD_BROKER__KIND", "redis")], &[]).unwrap();
+        assert_eq!(ok.broker.kind, "redis");
     }
 
     #[test]

@@ -160,6 +160,24 @@ proxy_publish = false
 # batch_window = "1s"
 # conflation_key = "/device"
 
+[broker]
+# How nodes share publications, history, presence and the node registry (docs/scaling.md).
+# "memory": one node. "redis": every node with the same redis_addresses and prefix is one cluster.
+kind = "memory"
+# Tried in order when (re)connecting: "redis://[:password@]host:port[/db]" or "host:port".
+redis_addresses = ["redis://127.0.0.1:6379"]
+# Prefix of every Redis key and pub/sub channel; give each cluster (or test) its own.
+prefix = "herald"
+connect_timeout = "1s"
+# A command slower than this counts as Redis unreachable: the node reports not ready and reconnects.
+command_timeout = "1s"
+# Presence entries of a node that died vanish within this time.
+presence_ttl = "1m"
+# Each node writes its registry entry (info API) this often; the entry lives three intervals.
+node_announce_interval = "3s"
+# Reconnection backoff starts at 50ms and doubles up to this.
+max_reconnect_delay = "2s"
+
 [proxy]
 # Calls to your application backend in Centrifugo's HTTP proxy format (docs/hooks.md). Each hook is
 # off while its endpoint is empty. Endpoints are http:// URLs (https is not supported).

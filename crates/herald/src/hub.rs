@@ -489,6 +489,21 @@ impl BrokerHandler for Hub {
         });
     }
 
+    fn handle_gap(&self, channel: &str) {
+        self.fan_out(channel, |sub| Some(OutItem::Gap { slot: sub.slot }));
+    }
+
+    fn has_subscribers(&self, channel: &str) -> bool {
+        self.shard(channel).read().contains_key(channel)
+    }
+
+    fn local_channels(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .flat_map(|shard| shard.read().keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
     fn handle_control(&self, control: &Control) {
         let (user, client) = match control {
             Control::Subscribe { user, client, .. }

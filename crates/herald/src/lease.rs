@@ -127,6 +127,24 @@ impl RedisLeases {
         }
     }
 
+    /// Leases on the broker's Redis (its first address and its prefix); connects on first use and
+    /// reconnects by itself, so a Redis that is down at start only delays the feeds.
+    pub fn lazy(cfg: &crate::config::BrokerConfig) -> Result<RedisLeases, BrokerError> {
+        let address = cfg
+            .redis_addresses
+            .first()
+            .ok_or_else(|| BrokerError::Unavailable("no redis address".into()))?;
+        let client =
+            redis::Client::open(crate::config::redis_url(address).as_str()).map_err(unavailable)?;
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.connect_timeout))
+            .set_response_timeout(Some(cfg.command_timeout))
+            .set_max_delay(cfg.max_reconnect_delay);
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, manager)
+            .map_err(unavailable)?;
+        Ok(RedisLeases::new(conn, &format!("{}:", cfg.prefix)))
+    }
+
     fn keys(&self, name: &str) -> (String, String) {
         (
             format!("{}lease:{name}", self.prefix),

@@ -255,7 +255,14 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
     if node.config.api.key.is_empty() {
         tracing::warn!("api.key is empty: the server API answers loopback clients only");
     }
-    tracing::info!("broker: memory (single node), history and presence: memory");
+    match node.config.broker.kind.as_str() {
+        "redis" => tracing::info!(
+            addresses = ?node.config.broker.redis_addresses,
+            prefix = %node.config.broker.prefix,
+            "broker: redis (cluster), history and presence: redis"
+        ),
+        _ => tracing::info!("broker: memory (single node), history and presence: memory"),
+    }
     if let Some(demo_token) = demo_token {
         tracing::info!("try it: connect with token {demo_token} (user \"demo\", valid 24h), then");
         tracing::info!(

@@ -65,6 +65,11 @@ pub struct Metrics {
     pub outbox_drops: Counter,
     pub outbox_bytes: Gauge,
     pub api_requests: Family<MethodLabel, Counter>,
+    /// 1 while the broker is connected and listening (always 1 for the memory broker).
+    pub broker_ready: Gauge,
+    pub broker_reconnects: Counter,
+    /// Channels whose local subscribers were told to recover after a broker outage.
+    pub broker_gaps: Counter,
     pub proxy_calls: Family<HookLabel, Counter>,
     pub proxy_errors: Family<HookErrorLabel, Counter>,
     pub proxy_duration: HistogramFamily<HookLabel>,
@@ -116,6 +121,9 @@ impl Metrics {
             outbox_drops: Counter::default(),
             outbox_bytes: Gauge::default(),
             api_requests: Family::default(),
+            broker_ready: Gauge::default(),
+            broker_reconnects: Counter::default(),
+            broker_gaps: Counter::default(),
             proxy_calls: Family::default(),
             proxy_errors: Family::default(),
             proxy_duration: Family::new_with_constructor(duration_histogram),
@@ -202,6 +210,21 @@ impl Metrics {
             "api_requests",
             "Server API calls, by method",
             m.api_requests.clone(),
+        );
+        registry.register(
+            "broker_ready",
+            "1 while the broker is connected and every channel is listened to",
+            m.broker_ready.clone(),
+        );
+        registry.register(
+            "broker_reconnects",
+            "Reconnections to the broker after a lost connection",
+            m.broker_reconnects.clone(),
+        );
+        registry.register(
+            "broker_gaps",
+            "Channels whose subscribers were told to recover after a broker outage",
+            m.broker_gaps.clone(),
         );
         registry.register(
             "proxy_calls",

@@ -36,6 +36,8 @@ pub struct Node {
     pub ready: AtomicBool,
     /// The device ingest, when `devices.enabled` (weak: the ingest itself holds the node).
     pub devices: std::sync::OnceLock<std::sync::Weak<crate::devices::DeviceIngest>>,
+    /// The public listener's address, shown in the node registry.
+    pub address: std::sync::OnceLock<String>,
     /// New-connection token buckets per client IP (`client.connection_rate_per_ip`).
     pub ip_buckets:
         parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, crate::rate::TokenBucket>>,
@@ -48,11 +50,12 @@ impl Node {
         verifier: Verifier,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceStore>,
+        leases: Arc<dyn crate::lease::LeaseStore>,
     ) -> Arc<Node> {
         let metrics = Arc::new(Metrics::new());
         let namespaces = Arc::new(Namespaces::new(&config.channel));
         let hub = Hub::new(metrics.clone(), namespaces.clone());
-        broker.set_handler(hub.clone());
+        broker.set_handler(hub.clone(), metrics.clone());
         let name = if config.node.name.is_empty() {
             format!("{}-{}", hostname(), std::process::id())
         } else {
@@ -68,7 +71,7 @@ impl Node {
             hub,
             broker,
             presence,
-            leases: Arc::new(crate::lease::MemoryLeases::default()),
+            leases,
             verifier,
             metrics,
             shutdown: CancellationToken::new(),
@@ -76,6 +79,7 @@ impl Node {
             ready: AtomicBool::new(true),
             ip_buckets: parking_lot::Mutex::new(std::collections::HashMap::new()),
             devices: std::sync::OnceLock::new(),
+            address: std::sync::OnceLock::new(),
             seq: AtomicU64::new(1),
             config,
         })
@@ -109,6 +113,28 @@ impl Node {
                 )
             })
             .take(now)
+    }
+
+    /// This node's entry in the cluster registry (the `info` API).
+    pub fn entry(&self) -> crate::broker::NodeEntry {
+        crate::broker::NodeEntry {
+            uid: self.uid.clone(),
+            name: self.name.clone(),
+            address: self.address.get().cloned().unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            num_clients: self.hub.num_clients(),
+            num_users: self.hub.num_users(),
+            num_channels: self.hub.num_channels(),
+            num_subs: self.hub.num_subscriptions(),
+            uptime: self.started.elapsed().as_secs(),
+        }
+    }
+
+    /// Ready to serve: not stopping, and the broker connected.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && !self.shutdown.is_cancelled()
+            && self.broker.is_ready()
     }
 
     pub fn next_seq(&self) -> u64 {

@@ -34,13 +34,17 @@ pub enum OutItem {
     Push { slot: u32, bytes: Bytes },
     /// A server-side command for this connection.
     Control(Control),
+    /// The broker cannot vouch for subscription `slot`'s stream (it lost publications while
+    /// disconnected): the session ends the subscription with `insufficient state` so the SDK
+    /// resubscribes and recovers from history.
+    Gap { slot: u32 },
 }
 
 impl OutItem {
     fn cost(&self) -> usize {
         match self {
             OutItem::Publication { bytes, .. } | OutItem::Push { bytes, .. } => bytes.len(),
-            OutItem::Control(_) => 64,
+            OutItem::Control(_) | OutItem::Gap { .. } => 64,
         }
     }
 }
@@ -124,7 +128,7 @@ impl Outbox {
         }
         let mut superseded = 0;
         // Control commands always fit: they must reach the connection even when it is full.
-        let is_control = matches!(item, OutItem::Control(_));
+        let is_control = matches!(item, OutItem::Control(_) | OutItem::Gap { .. });
         let full = |state: &State| {
             state.bytes + cost > self.max_bytes || state.items.len() >= self.max_items
         };

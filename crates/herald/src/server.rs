@@ -1,6 +1,7 @@
 //! Assembles a node from its configuration, binds its listeners and runs it until shutdown.
 
-use crate::broker::MemoryBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, MemoryBroker, PresenceStore};
 use crate::config::Config;
 use crate::devices::{DeviceAddrs, DeviceIngest};
 use crate::node::Node;
@@ -27,6 +28,8 @@ pub struct Server {
     /// Feed runners; they release their leases when the node shuts down.
     feeds: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
+    /// The Redis broker, when `broker.kind = "redis"` (for the crash hook).
+    redis: Option<RedisBroker>,
 }
 
 fn optional(s: &str) -> Option<String> {
@@ -60,16 +63,41 @@ impl Server {
     /// Binds and starts serving. Port 0 picks a free port (see `addr`).
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let verifier = verifier(&config)?;
-        let node = Node::new(
-            config,
-            verifier,
-            Arc::new(MemoryBroker::default()),
-            Arc::new(MemoryPresence::new()),
-        );
+        let (broker, presence, redis): (Arc<dyn Broker>, Arc<dyn PresenceStore>, _) =
+            match config.broker.kind.as_str() {
+                "redis" => {
+                    let redis = RedisBroker::new(&config.broker, config.channel.history_meta_ttl)
+                        .map_err(|e| anyhow::anyhow!("broker: {e}"))?;
+                    (
+                        Arc::new(redis.clone()),
+                        Arc::new(redis.clone()),
+                        Some(redis),
+                    )
+                }
+                _ => (
+                    Arc::new(MemoryBroker::default()),
+                    Arc::new(MemoryPresence::new()),
+                    None,
+                ),
+            };
+        let leases: Arc<dyn crate::lease::LeaseStore> = match &redis {
+            Some(_) => Arc::new(
+                crate::lease::RedisLeases::lazy(&config.broker)
+                    .map_err(|e| anyhow::anyhow!("broker: {e}"))?,
+            ),
+            None => Arc::new(crate::lease::MemoryLeases::default()),
+        };
+        let node = Node::new(config, verifier, broker, presence, leases);
+        // Connecting happens in the background: a node whose broker is down still serves its
+        // local clients and reports not ready until the broker is back.
+        if let Some(redis) = &redis {
+            redis.start();
+        }
         let config = &node.config;
         let public = bind(config.listen_addr(), config.http.reuse_port)
             .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
         let addr = public.local_addr()?;
+        let _ = node.address.set(addr.to_string());
         let mut tasks = Vec::new();
         let mut internal_addr = None;
         let public_role = match config.internal_addr() {
@@ -119,11 +147,13 @@ impl Server {
         };
         let device_addrs = devices.as_ref().map(|d| d.addrs).unwrap_or_default();
         tasks.push(tokio::spawn(sweeper(node.clone())));
+        tasks.push(tokio::spawn(announcer(node.clone())));
         if let Some(worker) = node.hooks.take_worker() {
             tasks.push(tokio::spawn(worker.run(node.shutdown.clone())));
         }
         let feeds = crate::feeds::start(&node);
         Ok(Server {
+            redis,
             _data_lock: data_lock,
             feeds,
             node,
@@ -165,9 +195,53 @@ impl Server {
         for task in self.tasks {
             task.abort();
         }
+        // After the sessions left (each removed its own presence): the registry entry and
+        // whatever presence is left go now rather than at their expiry.
+        node.broker.close().await;
+    }
+
+    /// Test hook: stops like a killed process. The broker connections drop without any cleanup
+    /// (presence, registry entry stay in the broker until they expire), then connections close.
+    pub async fn crash(self) {
+        if let Some(redis) = &self.redis {
+            redis.abandon();
+        }
+        self.node.ready.store(false, Ordering::Relaxed);
+        self.node.shutdown.cancel();
+        for task in self.tasks {
+            task.abort();
+        }
+        if let Some(devices) = &self.devices {
+            devices.shutdown().await;
+        }
     }
 }
 
+/// Writes this node's registry entry every `broker.node_announce_interval`, and at once when the
+/// broker becomes ready (at start, after an outage), so `info` lists the node without waiting.
+async fn announcer(node: Arc<Node>) {
+    let interval = node.config.broker.node_announce_interval;
+    let mut poll = tokio::time::interval(interval.min(Duration::from_millis(100)));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = poll.tick() => {}
+        }
+        if !node.broker.is_ready() {
+            last = None;
+            continue;
+        }
+        if last.is_some_and(|at| at.elapsed() < interval) {
+            continue;
+        }
+        match node.broker.announce(&node.entry()).await {
+            Ok(()) => last = Some(Instant::now()),
+            Err(e) => tracing::debug!(error = %e, "node entry not announced"),
+        }
+    }
+}
 /// Periodic housekeeping: enforce the node-wide outbox budget (often), forget idle history streams
 /// and full per-IP buckets (every minute).
 async fn sweeper(node: Arc<Node>) {

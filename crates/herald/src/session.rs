@@ -464,6 +464,17 @@ impl Session {
                         self.queue(bytes);
                     }
                 }
+                OutItem::Gap { slot } => {
+                    let channel = self
+                        .subs
+                        .iter()
+                        .find(|(_, s)| s.slot == slot)
+                        .map(|(c, _)| c.clone());
+                    if let Some(channel) = channel {
+                        self.unsubscribe_channel(&channel).await;
+                        self.queue_unsubscribe(&channel, UnsubscribeCode::INSUFFICIENT);
+                    }
+                }
                 OutItem::Control(control) => {
                     if let Err(close) = self.handle_control(control).await {
                         result = Err(close);
@@ -742,6 +753,12 @@ impl Session {
                 Ok(result) => {
                     subs.insert(channel, result);
                 }
+                // The broker is unreachable: a connection without its server-side channels
+                // would miss their publications silently, so it is told to come back later
+                // (SDKs reconnect after 3010, possibly to another node).
+                Err(ErrorCode::Internal) if !node.broker.is_ready() => {
+                    return Err(Disconnect::INSUFFICIENT_STATE.into());
+                }
                 Err(code) => {
                     tracing::warn!(%channel, %code, user = %self.user, "server-side subscription refused")
                 }
@@ -853,7 +870,14 @@ impl Session {
             ns.join_leave && (ns.force_push_join_leave || params.join_leave || server_side);
         // Register before reading history: whatever is published meanwhile arrives through the outbox,
         // and what the reply already carries is skipped there by offset.
-        if node.hub.add_subscriber(channel, &handle, slot, join_leave) {
+        let first = node.hub.add_subscriber(channel, &handle, slot, join_leave);
+        // Listening to the channel (across nodes) must hold before the history read below.
+        if let Err(e) = node.broker.subscribe(channel).await {
+            // Not yet announced as occupied, so no vacated event either.
+            self.rollback_subscribe(channel, slot).await;
+            return Err(broker_error(e));
+        }
+        if first {
             node.hooks.channel_occupied(channel);
         }
         let mut result = SubscribeResult {
@@ -878,7 +902,7 @@ impl Session {
                 let (publications, position, recovered) = match read {
                     Ok(read) => read,
                     Err(e) => {
-                        self.rollback_subscribe(channel, slot);
+                        self.rollback_subscribe(channel, slot).await;
                         return Err(broker_error(e));
                     }
                 };
@@ -895,7 +919,7 @@ impl Session {
         let info = self.info(params.chan_info);
         if ns.presence {
             if let Err(e) = node.presence.add(channel, info.clone()).await {
-                self.rollback_subscribe(channel, slot);
+                self.rollback_subscribe(channel, slot).await;
                 return Err(broker_error(e));
             }
         }
@@ -1005,11 +1029,11 @@ impl Session {
         Ok((latest, position, recovering && same_stream))
     }
 
-    fn rollback_subscribe(&mut self, channel: &str, slot: u32) {
+    async fn rollback_subscribe(&mut self, channel: &str, slot: u32) {
         self.slots.remove(&slot);
         if let Some(handle) = &self.handle {
             if self.node.hub.remove_subscriber(channel, handle.seq) {
-                self.node.hooks.channel_vacated(channel);
+                self.node.broker.unsubscribe(channel).await;
             }
         }
     }
@@ -1024,6 +1048,7 @@ impl Session {
         if let Some(handle) = &self.handle {
             if node.hub.remove_subscriber(channel, handle.seq) {
                 node.hooks.channel_vacated(channel);
+                node.broker.unsubscribe(channel).await;
             }
         }
         if sub.ns.presence || sub.ns.join_leave {

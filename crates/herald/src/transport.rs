@@ -152,7 +152,7 @@ async fn route(
         (&Method::GET, WEBSOCKET_PATH) if clients_here => websocket(node, req, peer),
         (&Method::GET, "/health") => json_response(StatusCode::OK, &json!({})),
         (&Method::GET, "/ready") => {
-            if node.ready.load(Ordering::Relaxed) && !node.shutdown.is_cancelled() {
+            if node.is_ready() {
                 json_response(StatusCode::OK, &json!({"status": "ready"}))
             } else {
                 json_response(

@@ -514,3 +514,132 @@ pub async fn eventually(wait: Duration, mut check: impl FnMut() -> bool) -> bool
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The Redis the cluster tests use: `HERALD_TEST_REDIS` or 127.0.0.1:6379. Tests never stop it;
+/// faults go through [`proxy::Proxy`].
+pub fn test_redis() -> String {
+    std::env::var("HERALD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The socket address of the test Redis (for a proxy in front of it).
+pub fn test_redis_addr() -> SocketAddr {
+    let url = test_redis();
+    let host = url
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    use std::net::ToSocketAddrs;
+    host.to_socket_addrs()
+        .expect("HERALD_TEST_REDIS host:port")
+        .next()
+        .expect("an address")
+}
+
+/// A key prefix no other test (or run) shares.
+pub fn unique_prefix(test: &str) -> String {
+    format!("herald-test.{test}.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Configures `config` to join the Redis cluster at `address` under `prefix`, with short timers.
+pub fn redis_broker(config: &mut Config, address: &str, prefix: &str) {
+    config.broker.kind = "redis".into();
+    config.broker.redis_addresses = vec![address.to_string()];
+    config.broker.prefix = prefix.to_string();
+    config.broker.command_timeout = Duration::from_millis(500);
+    config.broker.connect_timeout = Duration::from_millis(500);
+    config.broker.presence_ttl = Duration::from_secs(2);
+    config.broker.node_announce_interval = Duration::from_millis(300);
+    config.broker.max_reconnect_delay = Duration::from_millis(300);
+    // Stream positions outlive a test run only briefly in the shared Redis.
+    config.channel.history_meta_ttl = Duration::from_secs(600);
+}
+
+/// N in-process nodes sharing one broker config (one Redis, one prefix).
+pub struct Cluster {
+    pub nodes: Vec<TestServer>,
+    pub prefix: String,
+}
+
+impl Cluster {
+    pub async fn start(n: usize, test: &str) -> Cluster {
+        Self::start_via(n, test, &test_redis()).await
+    }
+
+    /// Nodes reaching Redis at `address` (e.g. through a proxy).
+    pub async fn start_via(n: usize, test: &str, address: &str) -> Cluster {
+        Self::start_with(n, test, address, |_| {}).await
+    }
+
+    /// Nodes with a config change applied to each (after the broker settings).
+    pub async fn start_with(
+        n: usize,
+        test: &str,
+        address: &str,
+        change: impl Fn(&mut Config),
+    ) -> Cluster {
+        let prefix = unique_prefix(test);
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let node = TestServer::with(|c| {
+                redis_broker(c, address, &prefix);
+                c.node.name = format!("node{i}");
+                change(c);
+            })
+            .await;
+            nodes.push(node);
+        }
+        for node in &nodes {
+            assert!(node.wait_ready(WAIT).await, "node ready");
+        }
+        Cluster { nodes, prefix }
+    }
+
+    /// Adds a node to the cluster (e.g. a restarted one).
+    pub async fn add(&mut self, name: &str, address: &str) -> &TestServer {
+        let prefix = self.prefix.clone();
+        let node = TestServer::with(|c| {
+            redis_broker(c, address, &prefix);
+            c.node.name = name.to_string();
+        })
+        .await;
+        assert!(node.wait_ready(WAIT).await, "node ready");
+        self.nodes.push(node);
+        self.nodes.last().expect("just added")
+    }
+}
+
+impl TestServer {
+    pub async fn is_ready(&self) -> bool {
+        http_raw(self.addr, "GET", "/ready", &[], "").await.0 == 200
+    }
+
+    pub async fn wait_ready(&self, wait: Duration) -> bool {
+        self.wait_readiness(true, wait).await
+    }
+
+    /// Polls `/ready` until it reports `ready`; returns whether it did within `wait`.
+    pub async fn wait_readiness(&self, ready: bool, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.is_ready().await == ready {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the node like a killed process: no cleanup in the broker.
+    pub async fn crash(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.crash().await;
+        }
+    }
+}

@@ -1,9 +1,10 @@
-//! A fault-injecting TCP proxy: forwards both ways until told to
-//! * blackhole traffic (bytes are read and dropped, nothing is closed), which is how a peer that
-//!   vanished without a FIN looks to the server; or
-//! * stall (nothing is read or forwarded, sockets stay open, so the peers' windows fill up) until
-//!   resumed, which is how a hung or overloaded database looks to its client. New connections
-//!   made while stalled are accepted and stall too.
+//! A fault-injecting TCP proxy. Faults:
+//! - `blackhole` / `restore`: bytes are read and dropped, nothing is closed — a peer that vanished
+//!   without a FIN;
+//! - `stall` / `resume`: forwarding pauses (bytes wait in kernel buffers) and later continues — a
+//!   hung server or network;
+//! - `kill_connections`: every open connection is cut — a server restart;
+//! - `refuse` / `accept`: new connections are closed at once while refusing — a server that is down.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,12 +12,15 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 pub struct Proxy {
     pub addr: SocketAddr,
     blackhole: Arc<AtomicBool>,
+    refusing: Arc<AtomicBool>,
     stalled: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    pipes: Arc<parking_lot::Mutex<Vec<JoinHandle<()>>>>,
+    task: JoinHandle<()>,
 }
 
 impl Proxy {
@@ -24,23 +28,33 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
         let addr = listener.local_addr().expect("proxy addr");
         let blackhole = Arc::new(AtomicBool::new(false));
+        let refusing = Arc::new(AtomicBool::new(false));
         let (stalled, stall_rx) = watch::channel(false);
-        let flag = blackhole.clone();
+        let pipes: Arc<parking_lot::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (flag, refuse, tasks) = (blackhole.clone(), refusing.clone(), pipes.clone());
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
+                if refuse.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
                 let Ok(outbound) = TcpStream::connect(target).await else {
                     continue;
                 };
                 let (ri, wi) = inbound.into_split();
                 let (ro, wo) = outbound.into_split();
-                tokio::spawn(pipe(ri, wo, flag.clone(), stall_rx.clone()));
-                tokio::spawn(pipe(ro, wi, flag.clone(), stall_rx.clone()));
+                let mut tasks = tasks.lock();
+                tasks.retain(|t| !t.is_finished());
+                tasks.push(tokio::spawn(pipe(ri, wo, flag.clone(), stall_rx.clone())));
+                tasks.push(tokio::spawn(pipe(ro, wi, flag.clone(), stall_rx.clone())));
             }
         });
         Proxy {
             addr,
             blackhole,
+            refusing,
             stalled,
+            pipes,
             task,
         }
     }
@@ -50,25 +64,37 @@ impl Proxy {
         self.blackhole.store(true, Ordering::SeqCst);
     }
 
-    /// Forwards again (new connections, and old ones that are still open).
+    /// Pauses forwarding on every connection (new ones too) until `resume`.
+    /// Forwards again after `blackhole` (new connections, and old ones that are still open).
     pub fn restore(&self) {
         self.blackhole.store(false, Ordering::SeqCst);
     }
 
-    /// Stop forwarding (and reading) in both directions; connections stay open.
     pub fn stall(&self) {
         self.stalled.send_replace(true);
     }
 
-    /// Forward again, starting with whatever the peers queued meanwhile.
     pub fn resume(&self) {
         self.stalled.send_replace(false);
+    }
+
+    /// Cuts every open connection (both sides see the socket close).
+    pub fn kill_connections(&self) {
+        for task in self.pipes.lock().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// New connections are closed at once (`true`) or forwarded again (`false`).
+    pub fn refuse(&self, refuse: bool) {
+        self.refusing.store(refuse, Ordering::SeqCst);
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
+        self.kill_connections();
     }
 }
 
@@ -80,15 +106,11 @@ async fn pipe(
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        // Not reading while stalled is what makes the sender's window fill.
+        // While stalled nothing is read, so the sender's bytes wait in the kernel buffers.
         if stalled.wait_for(|s| !*s).await.is_err() {
             return;
         }
-        let n = tokio::select! {
-            r = from.read(&mut buf) => r,
-            _ = stalled.wait_for(|s| *s) => continue,
-        };
-        let n = match n {
+        let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => {
                 if !blackhole.load(Ordering::SeqCst) {
                     let _ = to.shutdown().await;
@@ -102,7 +124,7 @@ async fn pipe(
         if blackhole.load(Ordering::SeqCst) {
             continue;
         }
-        // Bytes read just before a stall are held until it ends.
+        // Bytes read just before a stall are held back until the resume.
         if stalled.wait_for(|s| !*s).await.is_err() {
             return;
         }

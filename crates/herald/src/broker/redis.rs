@@ -1,0 +1,1042 @@
+//! The Redis broker: nodes sharing one Redis (and one `broker.prefix`) are one system.
+//!
+//! - Publications: one Lua script assigns the offset, appends to the channel's stream (trimmed to
+//!   the history size), keeps the latest value per key for conflated channels and PUBLISHes the
+//!   framed payload ([`wire`]) on the channel's pub/sub channel — atomically, so pub/sub order is
+//!   offset order.
+//! - Delivery: one pub/sub connection per node, SUBSCRIBEd to a channel while the node has local
+//!   subscribers of it, plus one control channel for API commands that target users.
+//! - Presence and the node registry: a hash beside a zset of expiry times, refreshed by their
+//!   owner, so entries of a dead node vanish within their TTL.
+//! - Faults: a supervisor task owns both connections. Any failed or timed-out command tears them
+//!   down; the node reports not ready, reconnects with backoff, resubscribes every local channel,
+//!   and then proves for each channel that nothing was missed — or tells its subscribers
+//!   ([`BrokerHandler::handle_gap`]) so they resubscribe and recover from history.
+
+use super::redis_scripts as scripts;
+use super::wire::{self, Message};
+use super::{Broker, BrokerError, BrokerHandler, Control, NodeEntry, PresenceStore};
+use crate::config::{redis_url, BrokerConfig};
+use crate::history::{HistoryOptions, HistoryPage, HistoryQuery};
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use herald_protocol::{ClientInfo, Publication, StreamPosition};
+use parking_lot::Mutex;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What the node knows of a channel's stream from what it delivered and read, to prove after a
+/// reconnect that its subscribers missed nothing.
+#[derive(Default)]
+struct Seen {
+    /// The last publication delivered from pub/sub (epoch, offset); dedupe and gap detection.
+    delivered: Option<(String, u64)>,
+    /// The first position a history read returned since the node listens to the channel (the
+    /// oldest a subscriber may hold while nothing was delivered yet).
+    read: Option<(String, u64)>,
+}
+
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    // Every key of a channel carries the channel as a hash tag, so a Redis Cluster broker can keep
+    // a channel's keys in one slot with the same layout.
+    fn stream(&self, channel: &str) -> String {
+        format!("{}.stream.{{{channel}}}", self.prefix)
+    }
+    fn meta(&self, channel: &str) -> String {
+        format!("{}.meta.{{{channel}}}", self.prefix)
+    }
+    fn latest_keys(&self, channel: &str) -> String {
+        format!("{}.latest_keys.{{{channel}}}", self.prefix)
+    }
+    fn latest(&self, channel: &str) -> String {
+        format!("{}.latest.{{{channel}}}", self.prefix)
+    }
+    fn presence(&self, channel: &str) -> String {
+        format!("{}.presence.{{{channel}}}", self.prefix)
+    }
+    fn presence_expiry(&self, channel: &str) -> String {
+        format!("{}.presence_exp.{{{channel}}}", self.prefix)
+    }
+    fn nodes(&self) -> String {
+        format!("{}.nodes", self.prefix)
+    }
+    fn nodes_expiry(&self) -> String {
+        format!("{}.nodes_exp", self.prefix)
+    }
+    fn pubsub(&self, channel: &str) -> String {
+        format!("{}.ch.{channel}", self.prefix)
+    }
+    fn control(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+    fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
+        pubsub
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".ch.")
+    }
+}
+
+struct Scripts {
+    publish: redis::Script,
+    history: redis::Script,
+    latest: redis::Script,
+    touch: redis::Script,
+    live: redis::Script,
+}
+
+struct Inner {
+    config: BrokerConfig,
+    /// `channel.history_meta_ttl`: how long a stream position outlives its last publication.
+    meta_ttl: Duration,
+    keys: Keys,
+    clients: Vec<redis::Client>,
+    scripts: Scripts,
+    /// The command connection with its generation: a late failure of an old connection's command
+    /// must not tear down its successor.
+    conn: Mutex<Option<(u64, MultiplexedConnection)>>,
+    generation: std::sync::atomic::AtomicU64,
+    sink: Mutex<Option<PubSubSink>>,
+    /// Serializes SUBSCRIBE/UNSUBSCRIBE so an unsubscribe never overtakes a later subscribe.
+    subscribe_ops: tokio::sync::Mutex<()>,
+    /// Channels SUBSCRIBEd on the current pub/sub connection.
+    subscribed: Mutex<HashSet<String>>,
+    seen: Mutex<HashMap<String, Seen>>,
+    ready: AtomicBool,
+    /// Wakes the supervisor when a command failed: the connections are torn down and rebuilt.
+    failed: tokio::sync::Notify,
+    handler: OnceLock<Arc<dyn BrokerHandler>>,
+    metrics: OnceLock<Arc<Metrics>>,
+    /// This node's presence entries (channel → client → info JSON), refreshed while it lives.
+    local_presence: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// This node's registry uid, removed on close.
+    node_uid: Mutex<Option<String>>,
+    stop: CancellationToken,
+    /// Set by [`RedisBroker::abandon`]: behave like a crashed process (no cleanup, no commands).
+    dead: AtomicBool,
+}
+
+/// See the module documentation. Cloning shares the broker.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+impl RedisBroker {
+    pub fn new(config: &BrokerConfig, meta_ttl: Duration) -> Result<RedisBroker, BrokerError> {
+        let clients = config
+            .redis_addresses
+            .iter()
+            .map(|a| redis::Client::open(redis_url(a).as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BrokerError::Unavailable(format!("broker.redis_addresses: {e}")))?;
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                keys: Keys {
+                    prefix: config.prefix.clone(),
+                },
+                clients,
+                scripts: Scripts {
+                    publish: redis::Script::new(scripts::PUBLISH),
+                    history: redis::Script::new(scripts::HISTORY),
+                    latest: redis::Script::new(scripts::LATEST),
+                    touch: redis::Script::new(scripts::TOUCH),
+                    live: redis::Script::new(scripts::LIVE),
+                },
+                conn: Mutex::new(None),
+                generation: std::sync::atomic::AtomicU64::new(0),
+                sink: Mutex::new(None),
+                subscribe_ops: tokio::sync::Mutex::new(()),
+                subscribed: Mutex::new(HashSet::new()),
+                seen: Mutex::new(HashMap::new()),
+                ready: AtomicBool::new(false),
+                failed: tokio::sync::Notify::new(),
+                handler: OnceLock::new(),
+                metrics: OnceLock::new(),
+                local_presence: Mutex::new(HashMap::new()),
+                node_uid: Mutex::new(None),
+                stop: CancellationToken::new(),
+                dead: AtomicBool::new(false),
+                config: config.clone(),
+                meta_ttl,
+            }),
+        })
+    }
+
+    /// Starts the supervisor (connect, listen, reconnect). Call after the handler is set.
+    pub fn start(&self) {
+        tokio::spawn(supervise(self.inner.clone()));
+    }
+
+    /// Test hook: stop like a killed process — connections dropped, nothing cleaned up, every
+    /// later operation fails. What the node left in Redis must expire by itself.
+    pub fn abandon(&self) {
+        self.inner.dead.store(true, Ordering::SeqCst);
+        self.inner.ready.store(false, Ordering::SeqCst);
+        self.inner.stop.cancel();
+        self.inner.conn.lock().take();
+        self.inner.sink.lock().take();
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+fn new_epoch() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+        .collect()
+}
+
+fn millis(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+impl Inner {
+    fn handler(&self) -> Option<&Arc<dyn BrokerHandler>> {
+        self.handler.get()
+    }
+
+    fn conn(&self) -> Result<(u64, MultiplexedConnection), BrokerError> {
+        if self.dead.load(Ordering::Relaxed) {
+            return Err(unavailable("node stopped"));
+        }
+        self.conn
+            .lock()
+            .clone()
+            .ok_or_else(|| unavailable("not connected to Redis"))
+    }
+
+    /// Marks connection `generation` broken; the supervisor rebuilds it.
+    fn fail(&self, generation: u64, reason: &str) {
+        let mut conn = self.conn.lock();
+        if conn.as_ref().is_none_or(|(g, _)| *g != generation) {
+            return;
+        }
+        conn.take();
+        drop(conn);
+        if self.ready.swap(false, Ordering::SeqCst) {
+            tracing::warn!(%reason, "redis broker: connection lost");
+        }
+        self.failed.notify_one();
+    }
+
+    /// Runs one command with the command timeout. Connection errors and timeouts take the broker
+    /// down (not ready) until the supervisor reconnects; script or type errors do not.
+    async fn timed<T>(
+        &self,
+        generation: u64,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BrokerError> {
+        match tokio::time::timeout(self.config.command_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_unrecoverable_error()
+                    || e.is_timeout()
+                {
+                    self.fail(generation, &e.to_string());
+                }
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                self.fail(generation, "command timed out");
+                Err(unavailable("redis command timed out"))
+            }
+        }
+    }
+
+    /// Refreshes `entries` ((zset, hash, member, value)) with `ttl`, in chunks.
+    async fn touch(
+        &self,
+        entries: &[(String, String, String, String)],
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        for chunk in entries.chunks(200) {
+            let (generation, mut conn) = self.conn()?;
+            let mut invocation = self.scripts.touch.prepare_invoke();
+            invocation.arg(millis(ttl));
+            for (zset, hash, member, value) in chunk {
+                invocation.key(zset).key(hash).arg(member).arg(value);
+            }
+            self.timed(generation, invocation.invoke_async::<i64>(&mut conn))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The live members of an expiring hash.
+    async fn live(&self, zset: &str, hash: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
+        let (generation, mut conn) = self.conn()?;
+        let mut invocation = self.scripts.live.key(zset);
+        invocation.key(hash);
+        let flat: Vec<Vec<u8>> = self
+            .timed(generation, invocation.invoke_async(&mut conn))
+            .await?;
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(member), Some(value)) = (it.next(), it.next()) {
+            out.push((String::from_utf8_lossy(&member).into_owned(), value));
+        }
+        Ok(out)
+    }
+
+    async fn refresh_presence(&self) -> Result<(), BrokerError> {
+        let entries: Vec<(String, String, String, String)> = {
+            let local = self.local_presence.lock();
+            local
+                .iter()
+                .flat_map(|(channel, clients)| {
+                    clients.iter().map(move |(client, info)| {
+                        (
+                            self.keys.presence_expiry(channel),
+                            self.keys.presence(channel),
+                            client.clone(),
+                            info.clone(),
+                        )
+                    })
+                })
+                .collect()
+        };
+        self.touch(&entries, self.config.presence_ttl).await
+    }
+
+    /// Reads a stream position and, optionally, its entries after `since`.
+    async fn read_stream(
+        &self,
+        channel: &str,
+        since: Option<u64>,
+        entries: bool,
+        meta_ttl: Duration,
+    ) -> Result<Positioned, BrokerError> {
+        let (generation, mut conn) = self.conn()?;
+        let mut invocation = self.scripts.history.key(self.keys.stream(channel));
+        invocation
+            .key(self.keys.meta(channel))
+            .arg(millis(meta_ttl))
+            .arg(new_epoch())
+            .arg(since.map(|s| s.to_string()).unwrap_or_default())
+            .arg(if entries { "1" } else { "0" });
+        let flat: Vec<Vec<u8>> = self
+            .timed(generation, invocation.invoke_async(&mut conn))
+            .await?;
+        parse_positioned(flat, |id| id.split('-').next().and_then(|o| o.parse().ok()))
+    }
+
+    /// Remembers the first position a history read returned, for the gap check after a reconnect.
+    fn note_read(&self, channel: &str, position: &StreamPosition) {
+        if !self.subscribed.lock().contains(channel) {
+            return;
+        }
+        let mut seen = self.seen.lock();
+        let entry = seen.entry(channel.to_string()).or_default();
+        let replace = match &entry.read {
+            Some((epoch, _)) => epoch != &position.epoch,
+            None => true,
+        };
+        if replace {
+            entry.read = Some((position.epoch.clone(), position.offset));
+        }
+    }
+
+    /// A message from pub/sub.
+    fn on_message(&self, msg: &redis::Msg) {
+        let Some(handler) = self.handler() else {
+            return;
+        };
+        let name = msg.get_channel_name();
+        let payload = msg.get_payload_bytes();
+        if name == self.keys.control() {
+            match serde_json::from_slice::<Control>(payload) {
+                Ok(control) => handler.handle_control(&control),
+                Err(e) => tracing::warn!(error = %e, "redis broker: malformed control message"),
+            }
+            return;
+        }
+        let Some(channel) = self.keys.channel_of(name) else {
+            return;
+        };
+        if !handler.has_subscribers(channel) {
+            return;
+        }
+        match wire::decode(payload) {
+            Ok(Message::Publication {
+                offset,
+                epoch,
+                key,
+                publication,
+            }) => {
+                if offset > 0 && !self.in_sequence(channel, &epoch, offset) {
+                    return;
+                }
+                handler.handle_publication(channel, Arc::new(publication), key.as_deref());
+            }
+            Ok(Message::Join(info)) => handler.handle_join(channel, &info),
+            Ok(Message::Leave(info)) => handler.handle_leave(channel, &info),
+            Err(e) => tracing::warn!(%channel, error = %e, "redis broker: malformed message"),
+        }
+    }
+
+    /// Whether a publication continues what the node delivered: duplicates (after a resubscribe)
+    /// are dropped; a hole (publications lost while the connection was down) is reported to the
+    /// channel's subscribers instead of being delivered over silently.
+    fn in_sequence(&self, channel: &str, epoch: &str, offset: u64) -> bool {
+        let mut seen = self.seen.lock();
+        let entry = seen.entry(channel.to_string()).or_default();
+        if let Some((last_epoch, last)) = &entry.delivered {
+            if last_epoch == epoch {
+                if offset <= *last {
+                    return false;
+                }
+                if offset > *last + 1 {
+                    entry.delivered = Some((epoch.to_string(), offset));
+                    drop(seen);
+                    self.report_gap(channel);
+                    return false;
+                }
+            }
+        }
+        entry.delivered = Some((epoch.to_string(), offset));
+        true
+    }
+
+    fn report_gap(&self, channel: &str) {
+        tracing::info!(%channel, "redis broker: possible gap, telling subscribers to recover");
+        if let Some(metrics) = self.metrics.get() {
+            metrics.broker_gaps.inc();
+        }
+        // Subscribers resubscribe from their own positions; what the node saw no longer matters.
+        self.seen.lock().remove(channel);
+        if let Some(handler) = self.handler() {
+            handler.handle_gap(channel);
+        }
+    }
+
+    /// After a reconnect: for every resubscribed channel, compare the stream's position in Redis
+    /// with what the node delivered or read. Equal proves no gap; anything else is reported.
+    async fn check_gaps(&self, channels: &[String]) -> Result<(), BrokerError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let (generation, mut conn) = self.conn()?;
+        let mut pipe = redis::pipe();
+        for channel in channels {
+            pipe.cmd("HMGET")
+                .arg(self.keys.meta(channel))
+                .arg("e")
+                .arg("o");
+        }
+        let tops: Vec<(Option<String>, Option<u64>)> =
+            self.timed(generation, pipe.query_async(&mut conn)).await?;
+        for (channel, (epoch, offset)) in channels.iter().zip(tops) {
+            // What every current subscriber is known to have: pub/sub continuity when something
+            // was delivered, else the first position a subscriber read.
+            let known = self
+                .seen
+                .lock()
+                .get(channel)
+                .and_then(|s| s.delivered.clone().or_else(|| s.read.clone()));
+            let top = offset.unwrap_or(0);
+            let gap = match (known, epoch) {
+                // No stream and nothing known: a channel without history, nothing to recover.
+                (None, None) => false,
+                // A stream the node never learned a position of: it cannot prove anything.
+                (None, Some(_)) => top > 0,
+                // The stream the subscribers hold positions in is gone.
+                (Some(_), None) => true,
+                (Some((known_epoch, known)), Some(epoch)) => known_epoch != epoch || known < top,
+            };
+            tracing::trace!(%channel, top, gap, "redis broker: gap check");
+            if gap {
+                self.report_gap(channel);
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
+        let (generation, mut conn) = self.conn()?;
+        let mut pipe = redis::pipe();
+        pipe.zrem(self.keys.presence_expiry(channel), client)
+            .ignore()
+            .hdel(self.keys.presence(channel), client)
+            .ignore();
+        self.timed(generation, pipe.query_async::<()>(&mut conn))
+            .await
+    }
+}
+
+/// A stream position and stored payloads with their offsets.
+type Positioned = (StreamPosition, Vec<(u64, Vec<u8>)>);
+
+/// Parses {epoch, offset, id1, payload1, ...}; `offset_of` reads an item's offset from its id.
+fn parse_positioned(
+    flat: Vec<Vec<u8>>,
+    offset_of: impl Fn(&str) -> Option<u64>,
+) -> Result<Positioned, BrokerError> {
+    let mut it = flat.into_iter();
+    let epoch = it
+        .next()
+        .map(|e| String::from_utf8_lossy(&e).into_owned())
+        .ok_or_else(|| unavailable("malformed script reply"))?;
+    let offset = it
+        .next()
+        .and_then(|o| String::from_utf8_lossy(&o).parse::<u64>().ok())
+        .ok_or_else(|| unavailable("malformed script reply"))?;
+    let mut items = Vec::new();
+    while let (Some(id), Some(payload)) = (it.next(), it.next()) {
+        let offset = offset_of(&String::from_utf8_lossy(&id))
+            .ok_or_else(|| unavailable("malformed stream id"))?;
+        items.push((offset, payload));
+    }
+    Ok((StreamPosition { offset, epoch }, items))
+}
+
+/// Connects the command and pub/sub connections to the first address that answers.
+async fn connect(inner: &Inner) -> Result<(MultiplexedConnection, redis::aio::PubSub), String> {
+    let mut errors = Vec::new();
+    for client in &inner.clients {
+        let timeout = inner.config.connect_timeout;
+        let attempt = async {
+            let conn = client.get_multiplexed_async_connection().await?;
+            let pubsub = client.get_async_pubsub().await?;
+            redis::RedisResult::Ok((conn, pubsub))
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(pair)) => return Ok(pair),
+            Ok(Err(e)) => errors.push(e.to_string()),
+            Err(_) => errors.push(format!("connect timed out after {timeout:?}")),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+/// Owns the connections: connect, resubscribe, prove no gaps, listen; on any failure start over
+/// with backoff. Readiness is true only while listening on a fully resubscribed connection.
+async fn supervise(inner: Arc<Inner>) {
+    let mut delay = Duration::from_millis(50);
+    let mut reconnect = false;
+    loop {
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        match connect(&inner).await {
+            Ok((conn, pubsub)) => {
+                delay = Duration::from_millis(50);
+                let (sink, stream) = pubsub.split();
+                let generation = inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                *inner.conn.lock() = Some((generation, conn));
+                *inner.sink.lock() = Some(sink.clone());
+                if reconnect {
+                    if let Some(metrics) = inner.metrics.get() {
+                        metrics.broker_reconnects.inc();
+                    }
+                }
+                let reason = serve(&inner, sink, stream).await;
+                inner.ready.store(false, Ordering::SeqCst);
+                inner.conn.lock().take();
+                inner.sink.lock().take();
+                inner.subscribed.lock().clear();
+                if let Some(metrics) = inner.metrics.get() {
+                    metrics.broker_ready.set(0);
+                }
+                if inner.stop.is_cancelled() {
+                    return;
+                }
+                tracing::warn!(%reason, "redis broker: disconnected, reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "redis broker: cannot connect"),
+        }
+        reconnect = true;
+        let jitter = Duration::from_millis(rand::random::<u64>() % 50);
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            _ = tokio::time::sleep(delay + jitter) => {}
+        }
+        delay = (delay * 2).min(inner.config.max_reconnect_delay);
+    }
+}
+
+/// One connection's life. Returns why it ended.
+async fn serve(inner: &Arc<Inner>, mut sink: PubSubSink, mut stream: PubSubStream) -> String {
+    let timeout = inner.config.command_timeout;
+    // Resubscribe under the subscribe lock, so no subscribe or unsubscribe interleaves.
+    let channels = {
+        let _ops = inner.subscribe_ops.lock().await;
+        let channels = inner
+            .handler()
+            .map(|h| h.local_channels())
+            .unwrap_or_default();
+        let mut names: Vec<String> = channels.iter().map(|c| inner.keys.pubsub(c)).collect();
+        names.push(inner.keys.control());
+        for chunk in names.chunks(500) {
+            match tokio::time::timeout(timeout, sink.subscribe(chunk)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return format!("resubscribe failed: {e}"),
+                Err(_) => return "resubscribe timed out".into(),
+            }
+        }
+        inner.subscribed.lock().extend(channels.iter().cloned());
+        channels
+    };
+    // Publications arriving from here on queue in the stream until the check is done, and the
+    // check's order (subscribe, then read positions) means none can fall between the two.
+    if let Err(e) = inner.check_gaps(&channels).await {
+        return format!("gap check failed: {e}");
+    }
+    // Presence written before the outage may be gone (Redis restarted empty): write it again.
+    if let Err(e) = inner.refresh_presence().await {
+        return format!("presence refresh failed: {e}");
+    }
+    inner.ready.store(true, Ordering::SeqCst);
+    if let Some(metrics) = inner.metrics.get() {
+        metrics.broker_ready.set(1);
+    }
+    tracing::info!(channels = channels.len(), "redis broker: ready");
+    let health = Duration::from_millis(500).min(timeout);
+    let mut health_tick = tokio::time::interval(health);
+    let mut presence_tick = tokio::time::interval(inner.config.presence_ttl / 3);
+    presence_tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = inner.stop.cancelled() => return "stopped".into(),
+            _ = inner.failed.notified() => {
+                // A wake-up left over from the previous connection's failure is not ours.
+                if inner.conn.lock().is_none() {
+                    return "a command failed".into();
+                }
+            }
+            msg = stream.next() => match msg {
+                Some(msg) => inner.on_message(&msg),
+                None => return "pub/sub connection closed".into(),
+            },
+            _ = health_tick.tick() => {
+                // A stalled Redis (or network) answers nothing: both connections are probed, so
+                // a node finds out within the command timeout even when it has no traffic.
+                let Ok((_, mut conn)) = inner.conn() else { return "connection dropped".into() };
+                let probe = async {
+                    let a = redis::cmd("PING").query_async::<redis::Value>(&mut conn).await;
+                    let b = sink.ping::<redis::Value>().await;
+                    a.and(b)
+                };
+                match tokio::time::timeout(timeout, probe).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("ping failed: {e}"),
+                    Err(_) => return "ping timed out".into(),
+                }
+            }
+            _ = presence_tick.tick() => {
+                if let Err(e) = inner.refresh_presence().await {
+                    return format!("presence refresh failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn set_handler(&self, handler: Arc<dyn BrokerHandler>, metrics: Arc<Metrics>) {
+        let _ = self.inner.handler.set(handler);
+        let _ = self.inner.metrics.set(metrics);
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        if !inner.ready.load(Ordering::SeqCst) {
+            return Err(unavailable("not connected to Redis"));
+        }
+        if inner.subscribed.lock().contains(channel) {
+            return Ok(());
+        }
+        let _ops = inner.subscribe_ops.lock().await;
+        if inner.subscribed.lock().contains(channel) {
+            return Ok(());
+        }
+        if !inner.ready.load(Ordering::SeqCst) {
+            return Err(unavailable("not connected to Redis"));
+        }
+        let mut sink = inner
+            .sink
+            .lock()
+            .clone()
+            .ok_or_else(|| unavailable("not connected to Redis"))?;
+        let generation = inner.generation.load(Ordering::SeqCst);
+        inner
+            .timed(generation, sink.subscribe(inner.keys.pubsub(channel)))
+            .await?;
+        inner.subscribed.lock().insert(channel.to_string());
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channel: &str) {
+        let inner = &self.inner;
+        let _ops = inner.subscribe_ops.lock().await;
+        {
+            // Under the set's lock: a subscriber added meanwhile either sees the channel still
+            // subscribed (and is seen here by the hub check) or sees it gone and SUBSCRIBEs after us.
+            let mut subscribed = inner.subscribed.lock();
+            if inner.handler().is_some_and(|h| h.has_subscribers(channel)) {
+                return;
+            }
+            if !subscribed.remove(channel) {
+                return;
+            }
+            inner.seen.lock().remove(channel);
+        }
+        // Not connected (or cut off): the next connection subscribes only to channels with local
+        // subscribers, so there is nothing to undo, and no session waits on a dead connection.
+        if !inner.ready.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(mut sink) = inner.sink.lock().clone() else {
+            return;
+        };
+        let generation = inner.generation.load(Ordering::SeqCst);
+        if let Err(e) = inner
+            .timed(generation, sink.unsubscribe(inner.keys.pubsub(channel)))
+            .await
+        {
+            // Messages of the channel keep arriving and are ignored (no local subscriber); the
+            // reconnect this error triggers resubscribes only what is needed.
+            tracing::debug!(%channel, error = %e, "redis broker: unsubscribe failed");
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        key: Option<&str>,
+        history: Option<HistoryOptions>,
+    ) -> Result<StreamPosition, BrokerError> {
+        let inner = &self.inner;
+        // Serialized once, here; the same bytes are stored and published.
+        let payload = serde_json::to_vec(&publication).map_err(unavailable)?;
+        let (generation, mut conn) = inner.conn()?;
+        match history {
+            Some(options) => {
+                let mut invocation = inner.scripts.publish.key(inner.keys.stream(channel));
+                invocation
+                    .key(inner.keys.meta(channel))
+                    .key(inner.keys.latest_keys(channel))
+                    .key(inner.keys.latest(channel))
+                    .arg(inner.keys.pubsub(channel))
+                    .arg(payload)
+                    .arg(options.size)
+                    .arg(millis(options.ttl))
+                    .arg(millis(options.meta_ttl))
+                    .arg(key.unwrap_or(""))
+                    .arg(options.max_keys)
+                    .arg(new_epoch());
+                let (offset, epoch): (u64, String) = inner
+                    .timed(generation, invocation.invoke_async(&mut conn))
+                    .await?;
+                Ok(StreamPosition { offset, epoch })
+            }
+            None => {
+                let frame = wire::publication_frame(0, "", key, &payload);
+                inner
+                    .timed(
+                        generation,
+                        redis::cmd("PUBLISH")
+                            .arg(inner.keys.pubsub(channel))
+                            .arg(frame)
+                            .query_async::<i64>(&mut conn),
+                    )
+                    .await?;
+                Ok(StreamPosition::default())
+            }
+        }
+    }
+
+    async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let (generation, mut conn) = inner.conn()?;
+        let cmd = redis::cmd("PUBLISH")
+            .arg(inner.keys.pubsub(channel))
+            .arg(wire::join_frame(info))
+            .to_owned();
+        inner
+            .timed(generation, cmd.query_async::<i64>(&mut conn))
+            .await?;
+        Ok(())
+    }
+
+    async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let (generation, mut conn) = inner.conn()?;
+        let cmd = redis::cmd("PUBLISH")
+            .arg(inner.keys.pubsub(channel))
+            .arg(wire::leave_frame(info))
+            .to_owned();
+        inner
+            .timed(generation, cmd.query_async::<i64>(&mut conn))
+            .await?;
+        Ok(())
+    }
+
+    async fn publish_control(&self, control: Control) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let payload = serde_json::to_vec(&control).map_err(unavailable)?;
+        let (generation, mut conn) = inner.conn()?;
+        let cmd = redis::cmd("PUBLISH")
+            .arg(inner.keys.control())
+            .arg(payload)
+            .to_owned();
+        inner
+            .timed(generation, cmd.query_async::<i64>(&mut conn))
+            .await?;
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+        options: HistoryOptions,
+    ) -> Result<HistoryPage, BrokerError> {
+        let inner = &self.inner;
+        let since = query.since.as_ref();
+        // The position alone is enough for a `limit: 0` read without `since`.
+        let entries = since.is_some() || query.limit != Some(0);
+        let (position, items) = inner
+            .read_stream(channel, since.map(|s| s.offset), entries, options.meta_ttl)
+            .await?;
+        inner.note_read(channel, &position);
+        // History items older than `history_ttl` are gone, as in the memory broker (the stream's
+        // own TTL only bounds how long an idle stream is kept).
+        let now = crate::node::unix_millis();
+        let ttl = options.ttl.as_millis() as i64;
+        let mut publications = Vec::with_capacity(items.len());
+        for (offset, payload) in items {
+            let publication = wire::stored(offset, &payload).map_err(unavailable)?;
+            if now - publication.time >= ttl && publication.time > 0 {
+                continue;
+            }
+            publications.push(Arc::new(publication));
+        }
+        if let Some(since) = since {
+            if since.epoch != position.epoch || since.offset > position.offset {
+                return Err(BrokerError::Unrecoverable);
+            }
+            if since.offset < position.offset
+                && publications.first().map(|p| p.offset) != Some(since.offset + 1)
+            {
+                return Err(BrokerError::Unrecoverable);
+            }
+        }
+        if query.reverse {
+            publications.reverse();
+        }
+        if let Some(limit) = query.limit {
+            publications.truncate(limit);
+        }
+        Ok(HistoryPage {
+            publications,
+            position,
+        })
+    }
+
+    async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let (generation, mut conn) = inner.conn()?;
+        let cmd = redis::cmd("DEL")
+            .arg(inner.keys.stream(channel))
+            .arg(inner.keys.meta(channel))
+            .arg(inner.keys.latest_keys(channel))
+            .arg(inner.keys.latest(channel))
+            .to_owned();
+        inner
+            .timed(generation, cmd.query_async::<i64>(&mut conn))
+            .await?;
+        Ok(())
+    }
+
+    async fn latest(
+        &self,
+        channel: &str,
+    ) -> Result<(Vec<Arc<Publication>>, StreamPosition), BrokerError> {
+        let inner = &self.inner;
+        let (generation, mut conn) = inner.conn()?;
+        let mut invocation = inner.scripts.latest.key(inner.keys.meta(channel));
+        invocation
+            .key(inner.keys.latest_keys(channel))
+            .key(inner.keys.latest(channel))
+            .arg(millis(inner.meta_ttl))
+            .arg(new_epoch());
+        let flat: Vec<Vec<u8>> = inner
+            .timed(generation, invocation.invoke_async(&mut conn))
+            .await?;
+        let (position, items) = parse_positioned(flat, |score| score.parse().ok())?;
+        inner.note_read(channel, &position);
+        let publications = items
+            .into_iter()
+            .map(|(offset, payload)| wire::stored(offset, &payload).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        Ok((publications, position))
+    }
+
+    fn sweep(&self, _meta_ttl: Duration) {
+        // Redis expires streams by itself (PEXPIRE on every publication).
+    }
+
+    async fn announce(&self, entry: &NodeEntry) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        *inner.node_uid.lock() = Some(entry.uid.clone());
+        let value = serde_json::to_string(entry).map_err(unavailable)?;
+        let ttl = inner.config.node_announce_interval * 3;
+        inner
+            .touch(
+                &[(
+                    inner.keys.nodes_expiry(),
+                    inner.keys.nodes(),
+                    entry.uid.clone(),
+                    value,
+                )],
+                ttl,
+            )
+            .await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeEntry>, BrokerError> {
+        let inner = &self.inner;
+        let live = inner
+            .live(&inner.keys.nodes_expiry(), &inner.keys.nodes())
+            .await?;
+        let mut nodes: Vec<NodeEntry> = live
+            .into_iter()
+            .filter_map(|(_, value)| serde_json::from_slice(&value).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
+        Ok(nodes)
+    }
+
+    async fn close(&self) {
+        let inner = &self.inner;
+        if inner.dead.load(Ordering::SeqCst) {
+            return;
+        }
+        let uid = inner.node_uid.lock().take();
+        if let (Some(uid), Ok((generation, mut conn))) = (uid, inner.conn()) {
+            let mut pipe = redis::pipe();
+            pipe.zrem(inner.keys.nodes_expiry(), &uid)
+                .ignore()
+                .hdel(inner.keys.nodes(), &uid)
+                .ignore();
+            if let Err(e) = inner
+                .timed(generation, pipe.query_async::<()>(&mut conn))
+                .await
+            {
+                tracing::warn!(error = %e, "redis broker: node entry not removed");
+            }
+        }
+        let left: Vec<(String, String)> = inner
+            .local_presence
+            .lock()
+            .drain()
+            .flat_map(|(channel, clients)| clients.into_keys().map(move |c| (channel.clone(), c)))
+            .collect();
+        for (channel, client) in left {
+            if let Err(e) = inner.remove_presence(&channel, &client).await {
+                tracing::warn!(%channel, error = %e, "redis broker: presence not removed");
+                break;
+            }
+        }
+        inner.stop.cancel();
+    }
+}
+
+#[async_trait]
+impl PresenceStore for RedisBroker {
+    async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let value = serde_json::to_string(&info).map_err(unavailable)?;
+        // Remembered before the write, so a refresh running meanwhile cannot miss it.
+        inner
+            .local_presence
+            .lock()
+            .entry(channel.to_string())
+            .or_default()
+            .insert(info.client.clone(), value.clone());
+        let written = inner
+            .touch(
+                &[(
+                    inner.keys.presence_expiry(channel),
+                    inner.keys.presence(channel),
+                    info.client.clone(),
+                    value,
+                )],
+                inner.config.presence_ttl,
+            )
+            .await;
+        if written.is_err() {
+            // The subscription is rolled back on this error: forget the entry, or later
+            // refreshes would keep a client present that is not subscribed.
+            let mut local = inner.local_presence.lock();
+            if let Some(clients) = local.get_mut(channel) {
+                clients.remove(&info.client);
+                if clients.is_empty() {
+                    local.remove(channel);
+                }
+            }
+        }
+        written
+    }
+
+    async fn remove(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        {
+            let mut local = inner.local_presence.lock();
+            if let Some(clients) = local.get_mut(channel) {
+                clients.remove(client);
+                if clients.is_empty() {
+                    local.remove(channel);
+                }
+            }
+        }
+        inner.remove_presence(channel, client).await
+    }
+
+    async fn get(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, BrokerError> {
+        let inner = &self.inner;
+        let live = inner
+            .live(
+                &inner.keys.presence_expiry(channel),
+                &inner.keys.presence(channel),
+            )
+            .await?;
+        Ok(live
+            .into_iter()
+            .filter_map(|(client, value)| {
+                serde_json::from_slice::<ClientInfo>(&value)
+                    .ok()
+                    .map(|info| (client, info))
+            })
+            .collect())
+    }
+
+    async fn stats(&self, channel: &str) -> Result<(u32, u32), BrokerError> {
+        let presence = PresenceStore::get(self, channel).await?;
+        let users: HashSet<&str> = presence.values().map(|i| i.user.as_str()).collect();
+        Ok((presence.len() as u32, users.len() as u32))
+    }
+}
