@@ -1,6 +1,7 @@
 //! Several real `herald` processes on one host: a data directory refuses a second process,
 //! SO_REUSEPORT lets nodes share one port, and the nginx configuration of docs/operations.md
-//! spreads clients over two nodes and moves them to the survivor when one dies.
+//! spreads clients over two nodes linked by Redis, delivers across them, and moves clients to
+//! the survivor when one dies, where they recover what they missed.
 
 mod support;
 
@@ -169,6 +170,12 @@ http {{
 async fn nginx_spreads_clients_over_two_nodes_and_moves_them_when_one_dies() {
     let dir = tempfile::tempdir().unwrap();
     let ports = [free_port(), free_port()];
+    // Both nodes on one Redis: one system behind nginx.
+    let broker = format!(
+        "[broker]\nkind = \"redis\"\nredis_addresses = [\"{}\"]\nprefix = \"herald-test.nginx-{}\"\n",
+        std::env::var("HERALD_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into()),
+        uuid::Uuid::new_v4().simple()
+    );
     let block = documented_nginx_block()
         .replace("127.0.0.1:8001", &format!("127.0.0.1:{}", ports[0]))
         .replace("127.0.0.1:8002", &format!("127.0.0.1:{}", ports[1]));
@@ -176,14 +183,14 @@ async fn nginx_spreads_clients_over_two_nodes_and_moves_them_when_one_dies() {
         dir.path(),
         "a",
         &format!("127.0.0.1:{}", ports[0]),
-        "",
+        &broker,
     ))
     .expect("node a");
     let mut b = start_node(&node_config(
         dir.path(),
         "b",
         &format!("127.0.0.1:{}", ports[1]),
-        "",
+        &broker,
     ))
     .expect("node b");
     let nginx = start_nginx(dir.path(), &block);
@@ -211,8 +218,28 @@ async fn nginx_spreads_clients_over_two_nodes_and_moves_them_when_one_dies() {
         c.subscribe("chat:room").await;
         clients.push(c);
     }
-    let (on_a, on_b) = (clients_on(a.addr).await, clients_on(b.addr).await);
+    let (on_a, on_b) = (clients_on(a.addr, "a").await, clients_on(b.addr, "b").await);
     assert_eq!((on_a, on_b), (5, 5), "least_conn spreads evenly");
+    // A publication on node a reaches the clients of both nodes.
+    api(
+        a.addr,
+        "publish",
+        json!({"channel": "chat:room", "data": {"n": 1}}),
+    )
+    .await;
+    let mut position = json!(null);
+    for c in clients.iter_mut() {
+        let p = c.publication("chat:room").await;
+        assert_eq!(p["data"]["n"], 1);
+        position = p["offset"].clone();
+    }
+    let epoch = api(
+        a.addr,
+        "history",
+        json!({"channel": "chat:room", "limit": 0}),
+    )
+    .await["result"]["epoch"]
+        .clone();
 
     // Node b dies without a word: nginx drops its clients, and their reconnects land on a.
     b.proc.kill9();
@@ -223,18 +250,38 @@ async fn nginx_spreads_clients_over_two_nodes_and_moves_them_when_one_dies() {
         }
     }
     assert_eq!(dropped, 5, "the dead node's clients were disconnected");
+    // Published while they are away; they recover it from history on the surviving node.
+    for n in 2..=4 {
+        api(
+            a.addr,
+            "publish",
+            json!({"channel": "chat:room", "data": {"n": n}}),
+        )
+        .await;
+    }
     let started = Instant::now();
     for i in 0..5 {
         let mut c = Client::open(&url).await;
         let reply = c.connect(&token(&format!("r{i}"))).await;
         assert!(reply.get("client").is_some(), "{reply}");
-        c.subscribe("chat:room").await;
+        let reply = c
+            .call(
+                "subscribe",
+                json!({"channel": "chat:room", "recover": true, "offset": position, "epoch": epoch}),
+            )
+            .await;
+        assert_eq!(reply["subscribe"]["recovered"], true, "{reply}");
+        let missed: Vec<i64> = reply["subscribe"]["publications"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p["data"]["n"].as_i64()).collect())
+            .unwrap_or_default();
+        assert_eq!(missed, vec![2, 3, 4], "{reply}");
         clients.push(c);
     }
     eprintln!(
         "5 reconnects through nginx after a node died: {:?}",
         started.elapsed()
     );
-    assert_eq!(clients_on(a.addr).await, 10);
+    assert_eq!(clients_on(a.addr, "a").await, 10);
     drop(nginx.proc);
 }

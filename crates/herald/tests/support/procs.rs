@@ -141,8 +141,13 @@ pub async fn api(addr: SocketAddr, method: &str, body: Value) -> Value {
     reply
 }
 
-pub async fn clients_on(addr: SocketAddr) -> u64 {
-    api(addr, "info", json!({})).await["result"]["nodes"][0]["num_clients"]
-        .as_u64()
+/// Clients of the node named `name`, as the `info` API of the node at `addr` lists it (with a
+/// shared broker, every node lists the whole cluster).
+pub async fn clients_on(addr: SocketAddr, name: &str) -> u64 {
+    let info = api(addr, "info", json!({})).await;
+    info["result"]["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["name"] == name))
+        .and_then(|n| n["num_clients"].as_u64())
         .unwrap_or(0)
 }
