@@ -31,6 +31,17 @@ fn ticker(url: String) -> FeedConfig {
     }
 }
 
+/// A fake exchange and a server consuming it with the `ticker` feed into the `market` namespace.
+async fn ticker_server() -> (FakeUpstream, TestServer) {
+    let upstream = FakeUpstream::start().await;
+    let server = TestServer::with(|c| {
+        c.channel.namespaces.push(open_namespace("market"));
+        c.feeds.push(ticker(upstream.url()));
+    })
+    .await;
+    (upstream, server)
+}
+
 async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     assert!(
         eventually(WAIT, &mut check).await,
@@ -40,12 +51,7 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn upstream_messages_reach_exactly_their_channels_subscribers() {
-    let upstream = FakeUpstream::start().await;
-    let server = TestServer::with(|c| {
-        c.channel.namespaces.push(open_namespace("market"));
-        c.feeds.push(ticker(upstream.url()));
-    })
-    .await;
+    let (upstream, server) = ticker_server().await;
     let mut btc = server.client("alice").await;
     btc.subscribe("market:BTC").await;
     let mut eth = server.client("bob").await;
@@ -77,12 +83,7 @@ async fn upstream_messages_reach_exactly_their_channels_subscribers() {
 
 #[tokio::test]
 async fn a_dropped_upstream_is_reconnected_and_resubscribed() {
-    let upstream = FakeUpstream::start().await;
-    let server = TestServer::with(|c| {
-        c.channel.namespaces.push(open_namespace("market"));
-        c.feeds.push(ticker(upstream.url()));
-    })
-    .await;
+    let (upstream, server) = ticker_server().await;
     let mut client = server.client("alice").await;
     client.subscribe("market:BTC").await;
     wait_for("first connection", || upstream.open_now() == 1).await;

@@ -68,6 +68,15 @@ async fn leader(nodes: &[Node], skip: Option<usize>) -> usize {
     }
 }
 
+/// A client of the feed's channel on a node other than the leader (which the test will kill).
+async fn watch_from_another_node(nodes: &[Node], leader: usize) -> Client {
+    let watcher = &nodes[(leader + 1) % nodes.len()];
+    let mut client = Client::open(&format!("ws://{}/connection/websocket", watcher.addr)).await;
+    client.connect(&token("watcher")).await;
+    client.subscribe("chat:seq").await;
+    client
+}
+
 /// Sends `{"seq":n}` every 10 ms.
 fn pump(upstream: &Arc<FakeUpstream>) -> tokio::task::JoinHandle<()> {
     let upstream = upstream.clone();
@@ -120,14 +129,7 @@ async fn a_killed_leader_hands_the_feed_over_within_three_seconds() {
     let upstream = Arc::new(FakeUpstream::start().await);
     let mut nodes = start_cluster(dir.path(), &upstream);
     let first = leader(&nodes, None).await;
-    let watcher = (first + 1) % 3;
-    let mut client = Client::open(&format!(
-        "ws://{}/connection/websocket",
-        nodes[watcher].addr
-    ))
-    .await;
-    client.connect(&token("watcher")).await;
-    client.subscribe("chat:seq").await;
+    let mut client = watch_from_another_node(&nodes, first).await;
     let pump = pump(&upstream);
     let mut got = collect(&mut client, Instant::now() + Duration::from_secs(1)).await;
     assert!(
@@ -154,14 +156,7 @@ async fn a_leader_frozen_past_its_lease_publishes_nothing_when_it_wakes() {
     let upstream = Arc::new(FakeUpstream::start().await);
     let nodes = start_cluster(dir.path(), &upstream);
     let first = leader(&nodes, None).await;
-    let watcher = (first + 1) % 3;
-    let mut client = Client::open(&format!(
-        "ws://{}/connection/websocket",
-        nodes[watcher].addr
-    ))
-    .await;
-    client.connect(&token("watcher")).await;
-    client.subscribe("chat:seq").await;
+    let mut client = watch_from_another_node(&nodes, first).await;
     let pump = pump(&upstream);
     let mut got = collect(&mut client, Instant::now() + Duration::from_millis(500)).await;
 
