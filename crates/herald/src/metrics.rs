@@ -45,6 +45,8 @@ pub struct Metrics {
     pub broker_reconnects: Counter,
     /// Channels whose local subscribers were told to recover after a broker outage.
     pub broker_gaps: Counter,
+    /// Broker messages dropped because a subscription's bounded queue was full (NATS).
+    pub broker_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -76,6 +78,7 @@ impl Metrics {
             broker_ready: Gauge::default(),
             broker_reconnects: Counter::default(),
             broker_gaps: Counter::default(),
+            broker_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -164,6 +167,11 @@ impl Metrics {
             "broker_gaps",
             "Channels whose subscribers were told to recover after a broker outage",
             m.broker_gaps.clone(),
+        );
+        registry.register(
+            "broker_dropped",
+            "Times a broker subscription's bounded queue overflowed and dropped messages",
+            m.broker_dropped.clone(),
         );
         Metrics { registry, ..m }
     }
