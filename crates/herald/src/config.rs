@@ -314,16 +314,14 @@ impl BrokerConfig {
             ));
         }
         for (i, url) in self.nats_urls.iter().enumerate() {
-            url.parse::<async_nats::ServerAddr>().map_err(|e| {
-                field(format!("broker.nats_urls[{i}]"), format!("{url:?}: {e}"))
-            })?;
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| field(format!("broker.nats_urls[{i}]"), format!("{url:?}: {e}")))?;
         }
         // The prefix becomes the first tokens of every subject: tokens must be non-empty and free
         // of wildcards and whitespace.
         let token_ok = |t: &str| {
             !t.is_empty()
-                && t
-                    .chars()
+                && t.chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         };
         if !self.prefix.split('.').all(token_ok) {

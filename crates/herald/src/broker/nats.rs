@@ -184,8 +184,11 @@ impl Inner {
     /// check before).
     async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BrokerError> {
         let client = self.ready_client()?;
-        match tokio::time::timeout(self.config.command_timeout, client.publish(subject, payload))
-            .await
+        match tokio::time::timeout(
+            self.config.command_timeout,
+            client.publish(subject, payload),
+        )
+        .await
         {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(unavailable(e)),
@@ -278,9 +281,9 @@ impl Inner {
             local
                 .iter()
                 .flat_map(|(channel, clients)| {
-                    clients
-                        .iter()
-                        .map(move |(client, info)| (nats_kv::presence_key(channel, client), info.clone()))
+                    clients.iter().map(move |(client, info)| {
+                        (nats_kv::presence_key(channel, client), info.clone())
+                    })
                 })
                 .collect()
         };
@@ -363,7 +366,10 @@ async fn supervise(inner: Arc<Inner>) {
     };
     let _ = inner.client.set(client.clone());
     let control = spawn_reader(&inner, &client, inner.subjects.control(), None).await;
-    let mut probe = client.subscribe(inner.subjects.probe(&inner.uid)).await.ok();
+    let mut probe = client
+        .subscribe(inner.subjects.probe(&inner.uid))
+        .await
+        .ok();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let refresh_every = inner.config.presence_ttl / 3;
     let mut last_refresh = tokio::time::Instant::now();
@@ -379,7 +385,10 @@ async fn supervise(inner: Arc<Inner>) {
             continue;
         }
         if probe.is_none() {
-            probe = client.subscribe(inner.subjects.probe(&inner.uid)).await.ok();
+            probe = client
+                .subscribe(inner.subjects.probe(&inner.uid))
+                .await
+                .ok();
         }
         let Some(sub) = probe.as_mut() else { continue };
         if let Err(e) = probe_once(&inner, &client, sub).await {
@@ -447,10 +456,7 @@ async fn become_ready(inner: &Arc<Inner>, client: &async_nats::Client) -> Result
         inner.refresh_presence().await?;
     }
     inner.set_ready(true);
-    tracing::info!(
-        channels = inner.channels.lock().len(),
-        "nats broker: ready"
-    );
+    tracing::info!(channels = inner.channels.lock().len(), "nats broker: ready");
     Ok(())
 }
 
@@ -528,7 +534,11 @@ impl Broker for NatsBroker {
         // Under the map's lock: a subscriber added meanwhile either sees the channel still
         // subscribed (and is seen here by the hub check) or sees it gone and subscribes after us.
         let mut channels = inner.channels.lock();
-        if inner.handler.get().is_some_and(|h| h.has_subscribers(channel)) {
+        if inner
+            .handler
+            .get()
+            .is_some_and(|h| h.has_subscribers(channel))
+        {
             return;
         }
         if let Some(task) = channels.remove(channel) {

@@ -42,6 +42,7 @@ async fn timed<T, E: std::fmt::Display>(
 
 /// Finds a bucket, creating it when missing. A bucket that exists keeps its own settings.
 async fn open_bucket(
+    client: &async_nats::Client,
     js: &jetstream::Context,
     name: &str,
     max_age: Duration,
@@ -50,18 +51,50 @@ async fn open_bucket(
     if let Ok(Ok(store)) = tokio::time::timeout(timeout, js.get_key_value(name)).await {
         return Ok(store);
     }
-    let config = kv::Config {
-        bucket: name.to_string(),
-        history: 1,
-        max_age,
-        ..Default::default()
-    };
-    match timed(timeout, js.create_key_value(config)).await {
-        Ok(store) => Ok(store),
-        // Another node may have created it meanwhile.
-        Err(e) => timed(timeout, js.get_key_value(name))
-            .await
-            .map_err(|_| unavailable(format!("KV bucket {name:?}: {e}"))),
+    create_bucket_stream(client, name, max_age, timeout).await?;
+    timed(timeout, js.get_key_value(name))
+        .await
+        .map_err(|e| unavailable(format!("KV bucket {name:?}: {e}")))
+}
+
+/// Creates a bucket's stream with a plain JetStream API request. async-nats's own
+/// `create_key_value` first reads the account info, whose reply from 2.9 servers it cannot parse;
+/// the stream request and reply are stable across server versions. The settings are those of a
+/// KV bucket with one value per key.
+async fn create_bucket_stream(
+    client: &async_nats::Client,
+    name: &str,
+    max_age: Duration,
+    timeout: Duration,
+) -> Result<(), BrokerError> {
+    let nanos = |d: Duration| d.as_nanos().min(i64::MAX as u128) as i64;
+    let config = serde_json::json!({
+        "name": format!("KV_{name}"),
+        "subjects": [format!("$KV.{name}.>")],
+        "retention": "limits",
+        "max_consumers": -1,
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "max_msg_size": -1,
+        "max_age": nanos(max_age),
+        "max_msgs_per_subject": 1,
+        "discard": "new",
+        "storage": "file",
+        "num_replicas": 1,
+        "duplicate_window": nanos(max_age.min(Duration::from_secs(120))),
+        "allow_rollup_hdrs": true,
+        "deny_delete": true,
+        "allow_direct": true,
+    });
+    let subject = format!("$JS.API.STREAM.CREATE.KV_{name}");
+    let payload = Bytes::from(config.to_string());
+    let reply = timed(timeout, client.request(subject, payload)).await?;
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).map_err(unavailable)?;
+    match reply.get("error") {
+        None => Ok(()),
+        // 10058: the stream exists already (another node created it meanwhile).
+        Some(error) if error["err_code"] == 10058 => Ok(()),
+        Some(error) => Err(unavailable(format!("creating KV bucket {name:?}: {error}"))),
     }
 }
 
@@ -74,6 +107,7 @@ impl Buckets {
         let timeout = config.command_timeout;
         Ok(Buckets {
             presence: open_bucket(
+                client,
                 &js,
                 &config.nats_presence_bucket,
                 config.presence_ttl,
@@ -81,6 +115,7 @@ impl Buckets {
             )
             .await?,
             nodes: open_bucket(
+                client,
                 &js,
                 &config.nats_nodes_bucket,
                 config.node_announce_interval * 3,
