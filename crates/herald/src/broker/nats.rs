@@ -415,7 +415,7 @@ async fn supervise(inner: Arc<Inner>) {
             }
         }
         // A slow-consumer drop while ready also leaves gaps.
-        if inner.gap.swap(false, Ordering::SeqCst) && inner.ready.load(Ordering::SeqCst) {
+        if inner.ready.load(Ordering::SeqCst) && inner.gap.swap(false, Ordering::SeqCst) {
             inner.report_gaps();
         }
     }
