@@ -478,3 +478,113 @@ async fn nats_restart_is_survived_without_silent_loss() {
 async fn nats_stall_is_survived_without_silent_loss() {
     broker_fault(Fault::Stall, "stall").await;
 }
+
+/// A nats-server process this test owns (killed on drop), on a free port with its own store.
+struct OwnServer {
+    child: std::process::Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl OwnServer {
+    fn binary() -> Option<String> {
+        let path = std::env::var("HERALD_TEST_NATS_SERVER")
+            .unwrap_or_else(|_| "/usr/sbin/nats-server".into());
+        std::path::Path::new(&path).exists().then_some(path)
+    }
+
+    /// Starts on `port` (0: a free one) with an empty store.
+    async fn start(binary: &str, port: u16) -> OwnServer {
+        let port = if port == 0 {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            listener.local_addr().expect("addr").port()
+        } else {
+            port
+        };
+        let store = tempfile::tempdir().expect("store dir");
+        let child = std::process::Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server listens"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        OwnServer {
+            child,
+            port,
+            _store: store,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The NATS server is killed and comes back empty (no store): nodes report not ready meanwhile,
+/// then re-create their buckets, write their presence again, tell their subscribers, and deliver
+/// across nodes again.
+#[tokio::test]
+async fn a_nats_server_restarted_empty_is_rebuilt_from_the_nodes() {
+    let Some(binary) = OwnServer::binary() else {
+        eprintln!("skipped: no nats-server binary (set HERALD_TEST_NATS_SERVER)");
+        return;
+    };
+    let server = OwnServer::start(&binary, 0).await;
+    let url = server.url();
+    let setup = Setup::new("ownserver");
+    let cluster = Cluster::start_with(2, &setup.prefix, setup.configure(&url)).await;
+    let mut alice = cluster.nodes[0].client("alice").await;
+    alice.subscribe("chat:own").await;
+    let stats = cluster.nodes[1]
+        .api_ok("presence_stats", json!({"channel": "chat:own"}))
+        .await;
+    assert_eq!(stats["num_clients"], 1);
+
+    let port = server.port;
+    drop(server);
+    for node in &cluster.nodes {
+        assert!(
+            node.wait_readiness(false, WAIT).await,
+            "not ready while down"
+        );
+    }
+    alice.assert_alive().await;
+    let server = OwnServer::start(&binary, port).await;
+    for node in &cluster.nodes {
+        assert!(
+            node.wait_ready(Duration::from_secs(10)).await,
+            "ready again"
+        );
+    }
+    assert_eq!(unsubscribe_code(&mut alice, "chat:own").await, 2500);
+    alice.subscribe("chat:own").await;
+    // Presence was written again into the re-created bucket.
+    let stats = cluster.nodes[1]
+        .api_ok("presence_stats", json!({"channel": "chat:own"}))
+        .await;
+    assert_eq!(stats["num_clients"], 1, "{stats}");
+    publish(&cluster.nodes[1], "chat:own", 1).await;
+    let numbers = numbers_until_quiet(&mut alice, "chat:own", Duration::from_millis(500)).await;
+    assert_eq!(numbers, vec![1]);
+    drop(cluster);
+    drop(server);
+}
