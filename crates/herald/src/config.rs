@@ -994,6 +994,49 @@ mod tests {
     }
 
     #[test]
+    fn nats_broker_settings_are_validated_naming_the_field() {
+        let nats = "[broker]\nkind = \"nats\"\n";
+        assert!(load_str(nats, &[], &[]).is_ok());
+        for (extra, field) in [
+            ("nats_urls = []\n", "broker.nats_urls"),
+            (
+                "nats_urls = [\"nats://ok:4222\", \"nats://:x:y\"]\n",
+                "broker.nats_urls[1]",
+            ),
+            ("prefix = \"a..b\"\n", "broker.prefix"),
+            ("prefix = \"a*\"\n", "broker.prefix"),
+            (
+                "nats_presence_bucket = \"a.b\"\n",
+                "broker.nats_presence_bucket",
+            ),
+            (
+                "nats_nodes_bucket = \"herald_presence\"\n",
+                "broker.nats_nodes_bucket",
+            ),
+        ] {
+            let error = load_str(&format!("{nats}{extra}"), &[], &[])
+                .expect_err(extra)
+                .to_string();
+            assert!(error.starts_with(field), "{extra}: {error}");
+        }
+        let history = format!(
+            "{nats}[[channel.namespaces]]\nname = \"h\"\nhistory_size = 10\nhistory_ttl = \"1m\"\n"
+        );
+        let error = load_str(&history, &[], &[]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("channel.namespaces[0].history_size"),
+            "{error}"
+        );
+        let presence =
+            format!("{nats}nats_jetstream = false\n[channel.without_namespace]\npresence = true\n");
+        let error = load_str(&presence, &[], &[]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("channel.without_namespace.presence"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let c = load_str("", &[], &[]).unwrap();
         assert_eq!(c.http.listen, "0.0.0.0:8000");
