@@ -701,40 +701,48 @@ impl Broker for NatsBroker {
     }
 }
 
+fn forget_local(inner: &Inner, channel: &str, client: &str) {
+    let mut local = inner.local_presence.lock();
+    if let Some(clients) = local.get_mut(channel) {
+        clients.remove(client);
+        if clients.is_empty() {
+            local.remove(channel);
+        }
+    }
+}
+
 #[async_trait]
 impl PresenceStore for NatsBroker {
     async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
         let inner = &self.inner;
         let value = Bytes::from(serde_json::to_vec(&info).map_err(unavailable)?);
-        // Remembered first: if NATS is down now, the rewrite when it is back stores it.
+        // Remembered first, so a refresh running meanwhile cannot miss it.
         inner
             .local_presence
             .lock()
             .entry(channel.to_string())
             .or_default()
             .insert(info.client.clone(), value.clone());
-        let buckets = inner.buckets()?;
-        buckets
-            .put(
-                &buckets.presence,
-                &nats_kv::presence_key(channel, &info.client),
-                value,
-                inner.config.command_timeout,
-            )
-            .await
+        let key = nats_kv::presence_key(channel, &info.client);
+        let stored = match inner.buckets() {
+            Ok(buckets) => {
+                buckets
+                    .put(&buckets.presence, &key, value, inner.config.command_timeout)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if stored.is_err() {
+            // The session rolls the subscription back on this error: the entry must not be
+            // refreshed later as a ghost.
+            forget_local(inner, channel, &info.client);
+        }
+        stored
     }
 
     async fn remove(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        {
-            let mut local = inner.local_presence.lock();
-            if let Some(clients) = local.get_mut(channel) {
-                clients.remove(client);
-                if clients.is_empty() {
-                    local.remove(channel);
-                }
-            }
-        }
+        forget_local(inner, channel, client);
         let buckets = inner.buckets()?;
         buckets
             .delete(
