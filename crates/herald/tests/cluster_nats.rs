@@ -87,16 +87,31 @@ impl Setup {
     async fn cluster(&self, n: usize) -> Cluster {
         Cluster::start_with(n, &self.prefix, self.configure(&test_nats())).await
     }
+}
 
-    /// Deletes what the test created in NATS (core subjects leave nothing behind).
-    async fn cleanup(self) {
-        let Ok(client) = async_nats::connect(test_nats()).await else {
-            return;
-        };
-        let js = async_nats::jetstream::new(client);
-        for bucket in [&self.presence_bucket, &self.nodes_bucket] {
-            let _ = js.delete_key_value(bucket).await;
-        }
+impl Drop for Setup {
+    /// Deletes what the test created in NATS (core subjects leave nothing behind), also when the
+    /// test failed: on a thread of its own, since the test's runtime may be gone.
+    fn drop(&mut self) {
+        let buckets = [self.presence_bucket.clone(), self.nodes_bucket.clone()];
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let Ok(client) = async_nats::connect(test_nats()).await else {
+                    return;
+                };
+                let js = async_nats::jetstream::new(client);
+                for bucket in &buckets {
+                    let _ = js.delete_key_value(bucket).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 
@@ -164,7 +179,7 @@ async fn publications_reach_subscribers_on_every_node_exactly_once() {
     let numbers = numbers_until_quiet(&mut odd_client, odd, Duration::from_millis(300)).await;
     assert_eq!(numbers, vec![99]);
     drop(cluster);
-    setup.cleanup().await;
+    drop(setup);
 }
 
 #[tokio::test]
@@ -215,7 +230,7 @@ async fn presence_and_join_leave_are_cluster_wide() {
         .await;
     assert_eq!(stats, json!({"num_clients": 1, "num_users": 1}));
     drop(cluster);
-    setup.cleanup().await;
+    drop(setup);
 }
 
 #[tokio::test]
@@ -243,7 +258,7 @@ async fn api_control_commands_reach_users_on_other_nodes() {
         .await;
     assert_eq!(carol.closed().await, Closed::Code(4001, "bye".into()));
     drop(cluster);
-    setup.cleanup().await;
+    drop(setup);
 }
 
 fn node_names(info: &Value) -> Vec<String> {
@@ -286,7 +301,7 @@ async fn info_lists_every_live_node_and_forgets_stopped_ones() {
     let info = cluster.nodes[0].api_ok("info", json!({})).await;
     assert_eq!(node_names(&info), vec!["node0", "node1"]);
     drop(cluster);
-    setup.cleanup().await;
+    drop(setup);
 }
 
 #[tokio::test]
@@ -345,7 +360,7 @@ async fn a_crashed_nodes_presence_and_registry_entry_expire() {
     assert!(!uids.contains(&crashed_uid), "{uids:?}");
     assert_eq!(uids.len(), 3, "{uids:?}");
     drop(cluster);
-    setup.cleanup().await;
+    drop(setup);
 }
 
 #[test]
@@ -476,7 +491,7 @@ async fn broker_fault(fault: Fault, test: &str) {
     );
     assert_eq!(metric(&metrics, "herald_broker_ready"), 1.0);
     drop(cluster);
-    setup.cleanup().await;
+    drop(setup);
 }
 
 #[tokio::test]
