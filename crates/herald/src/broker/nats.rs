@@ -371,6 +371,8 @@ async fn supervise(inner: Arc<Inner>) {
         .await
         .ok();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // A slow probe must not be followed by a burst of catch-up probes.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let refresh_every = inner.config.presence_ttl / 3;
     let mut last_refresh = tokio::time::Instant::now();
     let mut ever_ready = false;
@@ -411,7 +413,12 @@ async fn supervise(inner: Arc<Inner>) {
         } else if last_refresh.elapsed() >= refresh_every {
             last_refresh = tokio::time::Instant::now();
             if let Err(e) = inner.refresh_presence().await {
+                // JetStream (or the bucket) is gone while core NATS answers: presence would
+                // expire everywhere, so the node is not ready until the buckets work again
+                // (`become_ready` re-creates them and rewrites every entry).
                 tracing::warn!(error = %e, "nats broker: presence refresh failed");
+                inner.set_ready(false);
+                continue;
             }
         }
         // A slow-consumer drop while ready also leaves gaps.
