@@ -387,12 +387,24 @@ impl WebhooksConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// `memory` (one node) or `redis` (several nodes sharing one Redis).
+    /// `memory` (one node), `redis` (several nodes sharing one Redis) or `nats` (several nodes
+    /// sharing one NATS server or cluster).
     pub kind: String,
     /// Redis addresses (`redis://[:password@]host:port[/db]` or `host:port`), tried in order when
     /// (re)connecting, so a replica promoted by Sentinel or a proxy can be listed after the primary.
     pub redis_addresses: Vec<String>,
-    /// Prefix of every key and pub/sub channel, so several clusters (or tests) share one Redis.
+    /// NATS servers (`nats://[user:password@]host:port` or `host:port`); async-nats picks among
+    /// them when (re)connecting.
+    pub nats_urls: Vec<String>,
+    /// Whether the NATS broker uses JetStream (KV buckets for presence and the node registry).
+    /// Without it presence cannot be cluster-wide, so namespaces with presence are refused.
+    pub nats_jetstream: bool,
+    /// JetStream KV bucket of presence entries (`nats_jetstream = true`).
+    pub nats_presence_bucket: String,
+    /// JetStream KV bucket of the node registry (`nats_jetstream = true`).
+    pub nats_nodes_bucket: String,
+    /// Prefix of every key and pub/sub channel (Redis) or subject (NATS), so several clusters (or
+    /// tests) share one server.
     pub prefix: String,
     /// How long to wait for a TCP connection to Redis.
     #[serde(with = "humantime_serde")]
@@ -416,6 +428,10 @@ impl Default for BrokerConfig {
         BrokerConfig {
             kind: "memory".into(),
             redis_addresses: vec!["redis://127.0.0.1:6379".into()],
+            nats_urls: vec!["nats://127.0.0.1:4222".into()],
+            nats_jetstream: true,
+            nats_presence_bucket: "herald_presence".into(),
+            nats_nodes_bucket: "herald_nodes".into(),
             prefix: "herald".into(),
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(1),
@@ -430,14 +446,32 @@ impl BrokerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         match self.kind.as_str() {
             "memory" => return Ok(()),
-            "redis" => {}
+            "redis" => self.validate_redis()?,
+            "nats" => self.validate_nats()?,
             other => {
                 return Err(field(
                     "broker.kind",
-                    format!("expected \"memory\" or \"redis\", got {other:?}"),
+                    format!("expected \"memory\", \"redis\" or \"nats\", got {other:?}"),
                 ))
             }
         }
+        for (name, value) in [
+            ("broker.connect_timeout", self.connect_timeout),
+            ("broker.command_timeout", self.command_timeout),
+            ("broker.node_announce_interval", self.node_announce_interval),
+            ("broker.max_reconnect_delay", self.max_reconnect_delay),
+        ] {
+            if value.is_zero() {
+                return Err(field(name, "must be greater than zero"));
+            }
+        }
+        if self.presence_ttl < Duration::from_secs(1) {
+            return Err(field("broker.presence_ttl", "must be at least 1s"));
+        }
+        Ok(())
+    }
+
+    fn validate_redis(&self) -> Result<(), ConfigError> {
         if self.redis_addresses.is_empty() {
             return Err(field(
                 "broker.redis_addresses",
@@ -458,18 +492,73 @@ impl BrokerConfig {
                 "must be non-empty, without spaces or braces",
             ));
         }
-        for (name, value) in [
-            ("broker.connect_timeout", self.connect_timeout),
-            ("broker.command_timeout", self.command_timeout),
-            ("broker.node_announce_interval", self.node_announce_interval),
-            ("broker.max_reconnect_delay", self.max_reconnect_delay),
-        ] {
-            if value.is_zero() {
-                return Err(field(name, "must be greater than zero"));
+        Ok(())
+    }
+
+    fn validate_nats(&self) -> Result<(), ConfigError> {
+        if self.nats_urls.is_empty() {
+            return Err(field(
+                "broker.nats_urls",
+                "must list at least one address when kind = \"nats\"",
+            ));
+        }
+        for (i, url) in self.nats_urls.iter().enumerate() {
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| field(format!("broker.nats_urls[{i}]"), format!("{url:?}: {e}")))?;
+        }
+        // The prefix becomes the first tokens of every subject: tokens must be non-empty and free
+        // of wildcards and whitespace.
+        let token_ok = |t: &str| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !self.prefix.split('.').all(token_ok) {
+            return Err(field(
+                "broker.prefix",
+                "must be dot-separated non-empty tokens of letters, digits, _ and - when kind = \"nats\"",
+            ));
+        }
+        if self.nats_jetstream {
+            // JetStream bucket names: letters, digits, _ and - only.
+            for (name, value) in [
+                ("broker.nats_presence_bucket", &self.nats_presence_bucket),
+                ("broker.nats_nodes_bucket", &self.nats_nodes_bucket),
+            ] {
+                if !token_ok(value) {
+                    return Err(field(
+                        name,
+                        format!("{value:?}: must be non-empty letters, digits, _ and -"),
+                    ));
+                }
+            }
+            if self.nats_presence_bucket == self.nats_nodes_bucket {
+                return Err(field(
+                    "broker.nats_nodes_bucket",
+                    "must differ from broker.nats_presence_bucket",
+                ));
             }
         }
-        if self.presence_ttl < Duration::from_secs(1) {
-            return Err(field("broker.presence_ttl", "must be at least 1s"));
+        Ok(())
+    }
+
+    /// What a namespace needs that this broker cannot give (history on NATS, presence on NATS
+    /// without JetStream); `prefix` names the namespace in the error.
+    fn validate_namespace(&self, prefix: &str, ns: &NamespaceOptions) -> Result<(), ConfigError> {
+        if self.kind != "nats" {
+            return Ok(());
+        }
+        if ns.history_size > 0 {
+            return Err(field(
+                format!("{prefix}.history_size"),
+                "history is not supported with broker.kind = \"nats\" (docs/scaling.md); use \"redis\" for channels with history",
+            ));
+        }
+        if ns.presence && !self.nats_jetstream {
+            return Err(field(
+                format!("{prefix}.presence"),
+                "cluster-wide presence needs broker.nats_jetstream = true",
+            ));
         }
         Ok(())
     }
@@ -1196,9 +1285,12 @@ impl Config {
                 ));
             }
             validate_namespace(&prefix, ns)?;
+            self.broker.validate_namespace(&prefix, ns)?;
             validate_window(&prefix, ns, c.max_outbox_bytes)?;
         }
         validate_namespace("channel.without_namespace", &self.channel.without_namespace)?;
+        self.broker
+            .validate_namespace("channel.without_namespace", &self.channel.without_namespace)?;
         validate_window(
             "channel.without_namespace",
             &self.channel.without_namespace,
@@ -1233,6 +1325,14 @@ impl Config {
                     "needs proxy.publish_endpoint",
                 ));
             }
+        }
+        if !self.feeds.is_empty() && self.broker.kind == "nats" {
+            // One consumer per feed needs a lease every node sees; only memory (one node) and
+            // Redis provide one in this version.
+            return Err(field(
+                "feeds",
+                "feeds need a cluster-wide lease, which the nats broker does not provide yet; use broker.kind = \"redis\" (or \"memory\" for one node)",
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, feed) in self.feeds.iter().enumerate() {
@@ -1393,6 +1493,49 @@ mod tests {
     }
 
     #[test]
+    fn nats_broker_settings_are_validated_naming_the_field() {
+        let nats = "[broker]\nkind = \"nats\"\n";
+        assert!(load_str(nats, &[], &[]).is_ok());
+        for (extra, field) in [
+            ("nats_urls = []\n", "broker.nats_urls"),
+            (
+                "nats_urls = [\"nats://ok:4222\", \"nats://:x:y\"]\n",
+                "broker.nats_urls[1]",
+            ),
+            ("prefix = \"a..b\"\n", "broker.prefix"),
+            ("prefix = \"a*\"\n", "broker.prefix"),
+            (
+                "nats_presence_bucket = \"a.b\"\n",
+                "broker.nats_presence_bucket",
+            ),
+            (
+                "nats_nodes_bucket = \"herald_presence\"\n",
+                "broker.nats_nodes_bucket",
+            ),
+        ] {
+            let error = load_str(&format!("{nats}{extra}"), &[], &[])
+                .expect_err(extra)
+                .to_string();
+            assert!(error.starts_with(field), "{extra}: {error}");
+        }
+        let history = format!(
+            "{nats}[[channel.namespaces]]\nname = \"h\"\nhistory_size = 10\nhistory_ttl = \"1m\"\n"
+        );
+        let error = load_str(&history, &[], &[]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("channel.namespaces[0].history_size"),
+            "{error}"
+        );
+        let presence =
+            format!("{nats}nats_jetstream = false\n[channel.without_namespace]\npresence = true\n");
+        let error = load_str(&presence, &[], &[]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("channel.without_namespace.presence"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let c = load_str("", &[], &[]).unwrap();
         assert_eq!(c.http.listen, "0.0.0.0:8000");
@@ -1505,6 +1648,9 @@ mod tests {
             let err = load_str(&text, &[], &[]).unwrap_err().to_string();
             assert!(err.contains(field), "{key}: {err}");
         }
+        let on_nats = format!("{ok}[broker]\nkind = \"nats\"\n");
+        let err = load_str(&on_nats, &[], &[]).unwrap_err().to_string();
+        assert!(err.starts_with("feeds:"), "{err}");
         let twice = format!("{ok}{ok}");
         let err = load_str(&twice, &[], &[]).unwrap_err().to_string();
         assert!(err.contains("feeds[1].name"), "{err}");
@@ -1515,7 +1661,7 @@ mod tests {
         let config = load_str("", &[], &[]).unwrap();
         assert_eq!(config.broker.kind, "memory");
         let err = |sets: &[&str]| load_str("", &[], sets).unwrap_err().to_string();
-        assert!(err(&["broker.kind=nats"]).starts_with("broker.kind:"));
+        assert!(err(&["broker.kind=kafka"]).starts_with("broker.kind:"));
         assert!(
             err(&["broker.kind=redis", "broker.prefix=a b"]).starts_with("broker.prefix:"),
             "{}",

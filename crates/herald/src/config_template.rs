@@ -163,10 +163,17 @@ proxy_publish = false
 [broker]
 # How nodes share publications, history, presence and the node registry (docs/scaling.md).
 # "memory": one node. "redis": every node with the same redis_addresses and prefix is one cluster.
+# "nats": every node with the same nats_urls and prefix is one cluster (no history, see docs).
 kind = "memory"
 # Tried in order when (re)connecting: "redis://[:password@]host:port[/db]" or "host:port".
 redis_addresses = ["redis://127.0.0.1:6379"]
-# Prefix of every Redis key and pub/sub channel; give each cluster (or test) its own.
+# NATS servers: "nats://[user:password@]host:port" or "host:port".
+nats_urls = ["nats://127.0.0.1:4222"]
+# JetStream KV buckets hold presence and the node registry; without JetStream presence is refused.
+nats_jetstream = true
+nats_presence_bucket = "herald_presence"
+nats_nodes_bucket = "herald_nodes"
+# Prefix of every Redis key and pub/sub channel, or of every NATS subject; one per cluster (or test).
 prefix = "herald"
 connect_timeout = "1s"
 # A command slower than this counts as Redis unreachable: the node reports not ready and reconnects.

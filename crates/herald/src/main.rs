@@ -261,6 +261,12 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
             prefix = %node.config.broker.prefix,
             "broker: redis (cluster), history and presence: redis"
         ),
+        "nats" => tracing::info!(
+            urls = ?node.config.broker.nats_urls,
+            prefix = %node.config.broker.prefix,
+            jetstream = node.config.broker.nats_jetstream,
+            "broker: nats (cluster), history: none, presence: nats jetstream kv"
+        ),
         _ => tracing::info!("broker: memory (single node), history and presence: memory"),
     }
     if let Some(demo_token) = demo_token {

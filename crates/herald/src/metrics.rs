@@ -70,6 +70,8 @@ pub struct Metrics {
     pub broker_reconnects: Counter,
     /// Channels whose local subscribers were told to recover after a broker outage.
     pub broker_gaps: Counter,
+    /// Broker messages dropped because a subscription's bounded queue was full (NATS).
+    pub broker_dropped: Counter,
     pub proxy_calls: Family<HookLabel, Counter>,
     pub proxy_errors: Family<HookErrorLabel, Counter>,
     pub proxy_duration: HistogramFamily<HookLabel>,
@@ -124,6 +126,7 @@ impl Metrics {
             broker_ready: Gauge::default(),
             broker_reconnects: Counter::default(),
             broker_gaps: Counter::default(),
+            broker_dropped: Counter::default(),
             proxy_calls: Family::default(),
             proxy_errors: Family::default(),
             proxy_duration: Family::new_with_constructor(duration_histogram),
@@ -225,6 +228,11 @@ impl Metrics {
             "broker_gaps",
             "Channels whose subscribers were told to recover after a broker outage",
             m.broker_gaps.clone(),
+        );
+        registry.register(
+            "broker_dropped",
+            "Times a broker subscription's bounded queue overflowed and dropped messages",
+            m.broker_dropped.clone(),
         );
         registry.register(
             "proxy_calls",

@@ -1,5 +1,6 @@
 //! Assembles a node from its configuration, binds its listeners and runs it until shutdown.
 
+use crate::broker::nats::NatsBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, MemoryBroker, PresenceStore};
 use crate::config::Config;
@@ -30,6 +31,8 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
     /// The Redis broker, when `broker.kind = "redis"` (for the crash hook).
     redis: Option<RedisBroker>,
+    /// The NATS broker, when `broker.kind = "nats"` (for the crash hook).
+    nats: Option<NatsBroker>,
 }
 
 fn optional(s: &str) -> Option<String> {
@@ -63,23 +66,40 @@ impl Server {
     /// Binds and starts serving. Port 0 picks a free port (see `addr`).
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let verifier = verifier(&config)?;
-        let (broker, presence, redis): (Arc<dyn Broker>, Arc<dyn PresenceStore>, _) =
-            match config.broker.kind.as_str() {
-                "redis" => {
-                    let redis = RedisBroker::new(&config.broker, config.channel.history_meta_ttl)
-                        .map_err(|e| anyhow::anyhow!("broker: {e}"))?;
-                    (
-                        Arc::new(redis.clone()),
-                        Arc::new(redis.clone()),
-                        Some(redis),
-                    )
-                }
-                _ => (
-                    Arc::new(MemoryBroker::default()),
-                    Arc::new(MemoryPresence::new()),
+        type Brokers = (
+            Arc<dyn Broker>,
+            Arc<dyn PresenceStore>,
+            Option<RedisBroker>,
+            Option<NatsBroker>,
+        );
+        let (broker, presence, redis, nats): Brokers = match config.broker.kind.as_str() {
+            "redis" => {
+                let redis = RedisBroker::new(&config.broker, config.channel.history_meta_ttl)
+                    .map_err(|e| anyhow::anyhow!("broker: {e}"))?;
+                (
+                    Arc::new(redis.clone()),
+                    Arc::new(redis.clone()),
+                    Some(redis),
                     None,
-                ),
-            };
+                )
+            }
+            "nats" => {
+                let nats =
+                    NatsBroker::new(&config.broker).map_err(|e| anyhow::anyhow!("broker: {e}"))?;
+                (
+                    Arc::new(nats.clone()),
+                    Arc::new(nats.clone()),
+                    None,
+                    Some(nats),
+                )
+            }
+            _ => (
+                Arc::new(MemoryBroker::default()),
+                Arc::new(MemoryPresence::new()),
+                None,
+                None,
+            ),
+        };
         let leases: Arc<dyn crate::lease::LeaseStore> = match &redis {
             Some(_) => Arc::new(
                 crate::lease::RedisLeases::lazy(&config.broker)
@@ -92,6 +112,9 @@ impl Server {
         // local clients and reports not ready until the broker is back.
         if let Some(redis) = &redis {
             redis.start();
+        }
+        if let Some(nats) = &nats {
+            nats.start();
         }
         let config = &node.config;
         let public = bind(config.listen_addr(), config.http.reuse_port)
@@ -154,6 +177,7 @@ impl Server {
         let feeds = crate::feeds::start(&node);
         Ok(Server {
             redis,
+            nats,
             _data_lock: data_lock,
             feeds,
             node,
@@ -205,6 +229,9 @@ impl Server {
     pub async fn crash(self) {
         if let Some(redis) = &self.redis {
             redis.abandon();
+        }
+        if let Some(nats) = &self.nats {
+            nats.abandon();
         }
         self.node.ready.store(false, Ordering::Relaxed);
         self.node.shutdown.cancel();

@@ -1,6 +1,7 @@
 //! Cross-node publication delivery behind one trait. The memory broker (the default) serves one node;
 //! the Redis broker makes every node sharing one Redis (and one `broker.prefix`) behave as one
-//! system. Later brokers (Redis Cluster, NATS) implement the same traits, so the hub never knows
+//! system, and the NATS broker does the same over core NATS and JetStream KV (without history).
+//! Later brokers (Redis Cluster) implement the same traits, so the hub never knows
 //! which one is in use.
 //!
 //! A broker owns stream positions: it assigns each publication its offset (through history) and
@@ -8,6 +9,8 @@
 //! offset order per channel, once.
 
 mod memory;
+pub mod nats;
+mod nats_kv;
 pub mod redis;
 mod redis_scripts;
 pub mod wire;

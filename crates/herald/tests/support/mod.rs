@@ -599,6 +599,42 @@ impl Cluster {
         Cluster { nodes, prefix }
     }
 
+    /// N nodes named `node0`… configured by `configure` (broker settings included).
+    pub async fn start_configured(
+        n: usize,
+        prefix: &str,
+        configure: impl Fn(&mut Config),
+    ) -> Cluster {
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let node = TestServer::with(|c| {
+                configure(c);
+                c.node.name = format!("node{i}");
+            })
+            .await;
+            nodes.push(node);
+        }
+        for node in &nodes {
+            assert!(node.wait_ready(WAIT).await, "node ready");
+        }
+        Cluster {
+            nodes,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Adds a node configured by `configure` (e.g. a restarted one).
+    pub async fn add_with(&mut self, name: &str, configure: impl Fn(&mut Config)) -> &TestServer {
+        let node = TestServer::with(|c| {
+            configure(c);
+            c.node.name = name.to_string();
+        })
+        .await;
+        assert!(node.wait_ready(WAIT).await, "node ready");
+        self.nodes.push(node);
+        self.nodes.last().expect("just added")
+    }
+
     /// Adds a node to the cluster (e.g. a restarted one).
     pub async fn add(&mut self, name: &str, address: &str) -> &TestServer {
         let prefix = self.prefix.clone();

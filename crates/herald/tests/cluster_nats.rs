@@ -1,0 +1,616 @@
+//! Several in-process nodes sharing one real NATS server with JetStream (`HERALD_TEST_NATS`,
+//! default nats://127.0.0.1:4222), each test under its own subject prefix and its own KV buckets
+//! (deleted at the end): cross-node delivery, presence, control commands, the node registry, a
+//! crashed node, and NATS restarts and stalls injected through a proxy (the shared server itself
+//! is never stopped). The NATS broker keeps no history, so namespaces here have none.
+
+mod support;
+
+use herald::config::Config;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::proxy::Proxy;
+use support::*;
+
+fn test_nats() -> String {
+    std::env::var("HERALD_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn test_nats_addr() -> SocketAddr {
+    let url = test_nats();
+    let host = url
+        .trim_start_matches("nats://")
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    use std::net::ToSocketAddrs;
+    host.to_socket_addrs()
+        .expect("HERALD_TEST_NATS host:port")
+        .next()
+        .expect("an address")
+}
+
+/// One test's share of the NATS server: a subject prefix and two KV buckets no one else uses.
+struct Setup {
+    prefix: String,
+    presence_bucket: String,
+    nodes_bucket: String,
+}
+
+impl Setup {
+    fn new(test: &str) -> Setup {
+        // Broker logs show up in a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "herald=debug,async_nats=info".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Setup {
+            prefix: unique_prefix(test),
+            presence_bucket: format!("herald_test_{test}_{id}_presence"),
+            nodes_bucket: format!("herald_test_{test}_{id}_nodes"),
+        }
+    }
+
+    /// Configures a node to join this test's cluster through `url`, with short timers and no
+    /// history anywhere (refused on NATS).
+    fn configure(&self, url: &str) -> impl Fn(&mut Config) + '_ {
+        let url = url.to_string();
+        move |c: &mut Config| {
+            c.broker.kind = "nats".into();
+            c.broker.nats_urls = vec![url.clone()];
+            c.broker.prefix = self.prefix.clone();
+            c.broker.nats_presence_bucket = self.presence_bucket.clone();
+            c.broker.nats_nodes_bucket = self.nodes_bucket.clone();
+            c.broker.command_timeout = Duration::from_millis(500);
+            c.broker.connect_timeout = Duration::from_millis(500);
+            c.broker.presence_ttl = Duration::from_secs(2);
+            c.broker.node_announce_interval = Duration::from_millis(300);
+            c.broker.max_reconnect_delay = Duration::from_millis(300);
+            for ns in c
+                .channel
+                .namespaces
+                .iter_mut()
+                .chain(std::iter::once(&mut c.channel.without_namespace))
+            {
+                ns.history_size = 0;
+                ns.history_ttl = Duration::ZERO;
+                ns.force_recovery = false;
+            }
+        }
+    }
+
+    async fn cluster(&self, n: usize) -> Cluster {
+        Cluster::start_configured(n, &self.prefix, self.configure(&test_nats())).await
+    }
+}
+
+impl Drop for Setup {
+    /// Deletes what the test created in NATS (core subjects leave nothing behind), also when the
+    /// test failed: on a thread of its own, since the test's runtime may be gone.
+    fn drop(&mut self) {
+        let buckets = [self.presence_bucket.clone(), self.nodes_bucket.clone()];
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let Ok(client) = async_nats::connect(test_nats()).await else {
+                    return;
+                };
+                let js = async_nats::jetstream::new(client);
+                for bucket in &buckets {
+                    let _ = js.delete_key_value(bucket).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// The `n` of every publication received on `channel` until `quiet` passes without any.
+async fn numbers_until_quiet(client: &mut Client, channel: &str, quiet: Duration) -> Vec<u64> {
+    let mut numbers = Vec::new();
+    while let Some(message) = client.next_within(quiet).await {
+        let push = &message["push"];
+        if push["channel"] == channel {
+            if let Some(n) = push["pub"]["data"]["n"].as_u64() {
+                numbers.push(n);
+            }
+        }
+    }
+    numbers
+}
+
+async fn publish(node: &TestServer, channel: &str, n: u64) -> Value {
+    node.api_ok("publish", json!({"channel": channel, "data": {"n": n}}))
+        .await
+}
+
+#[tokio::test]
+async fn publications_reach_subscribers_on_every_node_exactly_once() {
+    let setup = Setup::new("delivery");
+    let cluster = setup.cluster(3).await;
+    let mut clients = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let mut client = node.client(&format!("user{i}")).await;
+        client.subscribe("chat:all").await;
+        clients.push(client);
+    }
+    // A channel name that is not a valid NATS token as it is.
+    let odd = "chat:a.b *>#$ x";
+    let mut odd_client = cluster.nodes[2].client("odd").await;
+    odd_client.subscribe(odd).await;
+    for n in 1..=30u64 {
+        publish(&cluster.nodes[(n % 3) as usize], "chat:all", n).await;
+    }
+    publish(&cluster.nodes[0], odd, 99).await;
+    let reply = clients[1]
+        .call("publish", json!({"channel": "chat:all", "data": {"n": 31}}))
+        .await;
+    assert!(reply.get("publish").is_some(), "{reply}");
+    for client in &mut clients {
+        let mut numbers = numbers_until_quiet(client, "chat:all", Duration::from_millis(500)).await;
+        // Those accepted by one node keep their order (n % 3 names the node)...
+        for node in 0..3 {
+            let of_node: Vec<u64> = numbers
+                .iter()
+                .copied()
+                .filter(|n| n % 3 == node && *n <= 30)
+                .collect();
+            assert!(of_node.windows(2).all(|w| w[0] < w[1]), "{of_node:?}");
+        }
+        // ...while publications from different nodes are not ordered among themselves; each
+        // arrives once.
+        numbers.sort_unstable();
+        assert_eq!(
+            numbers,
+            (1..=31).collect::<Vec<u64>>(),
+            "every publication once"
+        );
+    }
+    let numbers = numbers_until_quiet(&mut odd_client, odd, Duration::from_millis(300)).await;
+    assert_eq!(numbers, vec![99]);
+    drop(cluster);
+    drop(setup);
+}
+
+#[tokio::test]
+async fn presence_and_join_leave_are_cluster_wide() {
+    let setup = Setup::new("presence");
+    let cluster = setup.cluster(3).await;
+    let mut alice = cluster.nodes[0].client("alice").await;
+    alice.subscribe("chat:room").await;
+    let mut bob = cluster.nodes[1].client("bob").await;
+    bob.subscribe("chat:room").await;
+    loop {
+        let push = alice.push().await;
+        if push["channel"] == "chat:room" && push["join"]["info"]["user"] == "bob" {
+            break;
+        }
+    }
+    let presence = cluster.nodes[2]
+        .api_ok("presence", json!({"channel": "chat:room"}))
+        .await;
+    let users: Vec<&str> = presence["presence"]
+        .as_object()
+        .expect("presence map")
+        .values()
+        .filter_map(|v| v["user"].as_str())
+        .collect();
+    assert_eq!(users.len(), 2, "{presence}");
+    assert!(users.contains(&"alice") && users.contains(&"bob"));
+    let stats = cluster.nodes[2]
+        .api_ok("presence_stats", json!({"channel": "chat:room"}))
+        .await;
+    assert_eq!(stats, json!({"num_clients": 2, "num_users": 2}));
+    let reply = bob.call("presence", json!({"channel": "chat:room"})).await;
+    assert_eq!(
+        reply["presence"]["presence"].as_object().map(|m| m.len()),
+        Some(2),
+        "{reply}"
+    );
+    bob.call("unsubscribe", json!({"channel": "chat:room"}))
+        .await;
+    loop {
+        let push = alice.push().await;
+        if push["channel"] == "chat:room" && push["leave"]["info"]["user"] == "bob" {
+            break;
+        }
+    }
+    let stats = cluster.nodes[1]
+        .api_ok("presence_stats", json!({"channel": "chat:room"}))
+        .await;
+    assert_eq!(stats, json!({"num_clients": 1, "num_users": 1}));
+    drop(cluster);
+    drop(setup);
+}
+
+#[tokio::test]
+async fn api_control_commands_reach_users_on_other_nodes() {
+    let setup = Setup::new("control");
+    let cluster = setup.cluster(2).await;
+    let mut carol = cluster.nodes[1].client("carol").await;
+    cluster.nodes[0]
+        .api_ok(
+            "subscribe",
+            json!({"user": "carol", "channel": "chat:pushed"}),
+        )
+        .await;
+    loop {
+        let push = carol.push().await;
+        if push["channel"] == "chat:pushed" && push.get("subscribe").is_some() {
+            break;
+        }
+    }
+    cluster.nodes[0]
+        .api_ok(
+            "disconnect",
+            json!({"user": "carol", "disconnect": {"code": 4001, "reason": "bye"}}),
+        )
+        .await;
+    assert_eq!(carol.closed().await, Closed::Code(4001, "bye".into()));
+    drop(cluster);
+    drop(setup);
+}
+
+fn node_names(info: &Value) -> Vec<String> {
+    info["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn node_uids(info: &Value) -> Vec<String> {
+    info["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["uid"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn info_lists_every_live_node_and_forgets_stopped_ones() {
+    let setup = Setup::new("info");
+    let mut cluster = setup.cluster(3).await;
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        let info = cluster.nodes[0].api_ok("info", json!({})).await;
+        listed = node_names(&info);
+        if listed.len() == 3 {
+            assert!(info["nodes"][0]["address"]
+                .as_str()
+                .is_some_and(|a| a.contains(':')));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed, vec!["node0", "node1", "node2"]);
+    // A graceful stop removes the entry at once (not at its expiry).
+    cluster.nodes[2].shutdown().await;
+    let info = cluster.nodes[0].api_ok("info", json!({})).await;
+    assert_eq!(node_names(&info), vec!["node0", "node1"]);
+    drop(cluster);
+    drop(setup);
+}
+
+#[tokio::test]
+async fn a_crashed_nodes_presence_and_registry_entry_expire() {
+    let setup = Setup::new("crash");
+    let mut cluster = setup.cluster(3).await;
+    let mut watcher = cluster.nodes[0].client("watcher").await;
+    watcher.subscribe("chat:crash").await;
+    let mut doomed = cluster.nodes[1].client("doomed").await;
+    doomed.subscribe("chat:crash").await;
+    let stats = cluster.nodes[2]
+        .api_ok("presence_stats", json!({"channel": "chat:crash"}))
+        .await;
+    assert_eq!(stats["num_clients"], 2);
+    let crashed_uid = cluster.nodes[1].node().uid.clone();
+    cluster.nodes[1].crash().await;
+    let stats = cluster.nodes[2]
+        .api_ok("presence_stats", json!({"channel": "chat:crash"}))
+        .await;
+    assert_eq!(stats["num_clients"], 2, "no cleanup on a crash");
+    // Gone within the TTLs (presence 2s, registry 3 × 300ms) plus the server's expiry pass.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let stats = cluster.nodes[2]
+            .api_ok("presence_stats", json!({"channel": "chat:crash"}))
+            .await;
+        let info = cluster.nodes[0].api_ok("info", json!({})).await;
+        let listed = node_uids(&info).contains(&crashed_uid);
+        if stats["num_clients"] == 1 && !listed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "crashed node's state did not expire: {stats} {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A restarted node (same name) is a new life: a new uid, and the old one never comes back.
+    let restarted_uid = cluster
+        .add_with("node1", setup.configure(&test_nats()))
+        .await
+        .node()
+        .uid
+        .clone();
+    assert_ne!(restarted_uid, crashed_uid);
+    let mut uids = Vec::new();
+    for _ in 0..50 {
+        let info = cluster.nodes[0].api_ok("info", json!({})).await;
+        uids = node_uids(&info);
+        if uids.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(uids.contains(&restarted_uid), "{uids:?}");
+    assert!(!uids.contains(&crashed_uid), "{uids:?}");
+    assert_eq!(uids.len(), 3, "{uids:?}");
+    drop(cluster);
+    drop(setup);
+}
+
+#[test]
+fn history_is_refused_on_nats_naming_the_field() {
+    let mut config = test_config();
+    config.broker.kind = "nats".into();
+    let error = config.validate().expect_err("history refused").to_string();
+    assert!(error.contains("history_size"), "{error}");
+    assert!(error.contains("nats"), "{error}");
+}
+
+/// Waits for the unsubscribe push of `channel`; returns its code.
+async fn unsubscribe_code(client: &mut Client, channel: &str) -> u64 {
+    loop {
+        let push = client.push().await;
+        if push["channel"] != channel {
+            continue;
+        }
+        if let Some(unsub) = push.get("unsubscribe") {
+            return unsub["code"].as_u64().unwrap_or(0);
+        }
+    }
+}
+
+enum Fault {
+    /// Every connection cut and new ones refused (NATS restarting), then accepted again.
+    Restart,
+    /// Forwarding paused (NATS or network hung), then resumed.
+    Stall,
+}
+
+/// Two nodes reach NATS through a proxy, a third directly (it keeps publishing during the fault).
+/// During the fault the proxied nodes report not ready and refuse publications but keep their
+/// clients; afterwards they are ready again and, since core NATS may have dropped what was
+/// published meanwhile, every subscriber of theirs is told (unsubscribe 2500); after
+/// resubscribing, publications arrive once again.
+async fn broker_fault(fault: Fault, test: &str) {
+    let setup = Setup::new(test);
+    let proxy = Proxy::start(test_nats_addr()).await;
+    let via_proxy = format!("nats://{}", proxy.addr);
+    let mut cluster =
+        Cluster::start_configured(2, &setup.prefix, setup.configure(&via_proxy)).await;
+    cluster
+        .add_with("direct", setup.configure(&test_nats()))
+        .await;
+    let (a, b, direct) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
+
+    let mut alice = a.client("alice").await;
+    alice.subscribe("chat:busy").await;
+    let mut bob = b.client("bob").await;
+    bob.subscribe("chat:busy").await;
+    for n in 1..=3 {
+        publish(direct, "chat:busy", n).await;
+    }
+    for client in [&mut alice, &mut bob] {
+        let numbers = numbers_until_quiet(client, "chat:busy", Duration::from_millis(300)).await;
+        assert_eq!(numbers, vec![1, 2, 3]);
+    }
+
+    match fault {
+        Fault::Restart => {
+            proxy.refuse(true);
+            proxy.kill_connections();
+        }
+        Fault::Stall => proxy.stall(),
+    }
+    assert!(a.wait_readiness(false, WAIT).await, "node a not ready");
+    assert!(b.wait_readiness(false, WAIT).await, "node b not ready");
+    let (status, reply) = a
+        .api("publish", json!({"channel": "chat:busy", "data": {}}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    let reply = bob
+        .call("publish", json!({"channel": "chat:busy", "data": {}}))
+        .await;
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    alice.assert_alive().await;
+    for n in 4..=6 {
+        publish(direct, "chat:busy", n).await;
+    }
+
+    match fault {
+        Fault::Restart => proxy.refuse(false),
+        Fault::Stall => proxy.resume(),
+    }
+    assert!(
+        a.wait_ready(Duration::from_secs(10)).await,
+        "node a ready again"
+    );
+    assert!(
+        b.wait_ready(Duration::from_secs(10)).await,
+        "node b ready again"
+    );
+
+    for client in [&mut alice, &mut bob] {
+        assert_eq!(unsubscribe_code(client, "chat:busy").await, 2500);
+        client.subscribe("chat:busy").await;
+    }
+    publish(direct, "chat:busy", 7).await;
+    publish(a, "chat:busy", 8).await;
+    for client in [&mut alice, &mut bob] {
+        let mut numbers = Vec::new();
+        while let Some(message) = client.next_within(Duration::from_millis(500)).await {
+            let push = &message["push"];
+            // Other channels (the personal `#user` one) are told of the outage too.
+            if push["channel"] != "chat:busy" {
+                continue;
+            }
+            assert!(
+                push.get("unsubscribe").is_none(),
+                "unexpected unsubscribe: {message}"
+            );
+            if let Some(n) = push["pub"]["data"]["n"].as_u64() {
+                numbers.push(n);
+            }
+        }
+        numbers.sort_unstable();
+        assert_eq!(numbers, vec![7, 8]);
+    }
+    let metrics = a.metrics().await;
+    assert!(
+        metric(&metrics, "herald_broker_reconnects_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "herald_broker_gaps_total") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "herald_broker_ready"), 1.0);
+    drop(cluster);
+    drop(setup);
+}
+
+#[tokio::test]
+async fn nats_restart_is_survived_without_silent_loss() {
+    broker_fault(Fault::Restart, "restart").await;
+}
+
+#[tokio::test]
+async fn nats_stall_is_survived_without_silent_loss() {
+    broker_fault(Fault::Stall, "stall").await;
+}
+
+/// A nats-server process this test owns (killed on drop), on a free port with its own store.
+struct OwnServer {
+    child: std::process::Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl OwnServer {
+    fn binary() -> Option<String> {
+        let path = std::env::var("HERALD_TEST_NATS_SERVER")
+            .unwrap_or_else(|_| "/usr/sbin/nats-server".into());
+        std::path::Path::new(&path).exists().then_some(path)
+    }
+
+    /// Starts on `port` (0: a free one) with an empty store.
+    async fn start(binary: &str, port: u16) -> OwnServer {
+        let port = if port == 0 {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            listener.local_addr().expect("addr").port()
+        } else {
+            port
+        };
+        let store = tempfile::tempdir().expect("store dir");
+        let child = std::process::Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server listens"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        OwnServer {
+            child,
+            port,
+            _store: store,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The NATS server is killed and comes back empty (no store): nodes report not ready meanwhile,
+/// then re-create their buckets, write their presence again, tell their subscribers, and deliver
+/// across nodes again.
+#[tokio::test]
+async fn a_nats_server_restarted_empty_is_rebuilt_from_the_nodes() {
+    let Some(binary) = OwnServer::binary() else {
+        eprintln!("skipped: no nats-server binary (set HERALD_TEST_NATS_SERVER)");
+        return;
+    };
+    let server = OwnServer::start(&binary, 0).await;
+    let url = server.url();
+    let setup = Setup::new("ownserver");
+    let cluster = Cluster::start_configured(2, &setup.prefix, setup.configure(&url)).await;
+    let mut alice = cluster.nodes[0].client("alice").await;
+    alice.subscribe("chat:own").await;
+    let stats = cluster.nodes[1]
+        .api_ok("presence_stats", json!({"channel": "chat:own"}))
+        .await;
+    assert_eq!(stats["num_clients"], 1);
+
+    let port = server.port;
+    drop(server);
+    for node in &cluster.nodes {
+        assert!(
+            node.wait_readiness(false, WAIT).await,
+            "not ready while down"
+        );
+    }
+    alice.assert_alive().await;
+    let server = OwnServer::start(&binary, port).await;
+    for node in &cluster.nodes {
+        assert!(
+            node.wait_ready(Duration::from_secs(10)).await,
+            "ready again"
+        );
+    }
+    assert_eq!(unsubscribe_code(&mut alice, "chat:own").await, 2500);
+    alice.subscribe("chat:own").await;
+    // Presence was written again into the re-created bucket.
+    let stats = cluster.nodes[1]
+        .api_ok("presence_stats", json!({"channel": "chat:own"}))
+        .await;
+    assert_eq!(stats["num_clients"], 1, "{stats}");
+    publish(&cluster.nodes[1], "chat:own", 1).await;
+    let numbers = numbers_until_quiet(&mut alice, "chat:own", Duration::from_millis(500)).await;
+    assert_eq!(numbers, vec![1]);
+    drop(cluster);
+    drop(server);
+}
