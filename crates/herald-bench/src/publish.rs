@@ -96,9 +96,11 @@ pub async fn run_at_rate(
     // API answers), so the knee shows up as latency growth, not as a quietly lower rate.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let end = Instant::now() + duration;
+    // Exactly rate × duration publications when the server keeps up; fewer when it does not.
+    let target = (rate as f64 * duration.as_secs_f64()).round() as u64;
     let mut published = 0u64;
     let mut items = Vec::with_capacity(batch as usize);
-    while Instant::now() < end {
+    while published < target && Instant::now() < end {
         tick.tick().await;
         items.clear();
         for k in 0..batch {

@@ -88,8 +88,9 @@ pub fn latency_json(h: &Histogram<u64>) -> Value {
     })
 }
 
-/// Where a frame's timestamps are: `"t":<µs>` in the bench's own publications, or `"time":<ms>`
-/// in device positions (whole seconds for GT06, so only coarse ages).
+/// Where a frame's timestamps are: `"t":<µs>` in the bench's own publications (end to end), or
+/// the publication's `"time":<ms>` that Herald stamps when it publishes a device position (the
+/// last `"time":` of the push: the position's own `time` is the fix time in whole seconds).
 #[derive(Clone, Copy)]
 pub enum Stamp {
     Micros,
@@ -99,35 +100,45 @@ pub enum Stamp {
 /// Scans a frame (newline-separated pushes) for publications; returns how many it holds and
 /// pushes each one's age in µs. Lines holding a reply (`"id":`) are not publications.
 pub fn scan(payload: &[u8], stamp: Stamp, now: u64, ages: &mut Vec<u64>) -> u64 {
-    let key: &[u8] = match stamp {
-        Stamp::Micros => b"\"t\":",
-        Stamp::Millis => b"\"time\":",
-    };
     let mut count = 0;
     for line in payload.split(|b| *b == b'\n') {
-        let mut rest = line;
-        // A conflated or batched push holds one publication per key occurrence.
-        while let Some(pos) = memchr::memmem::find(rest, key) {
-            count += 1;
-            let digits = &rest[pos + key.len()..];
-            let end = digits
-                .iter()
-                .position(|b| !b.is_ascii_digit())
-                .unwrap_or(digits.len());
-            let value = std::str::from_utf8(&digits[..end])
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok());
-            if let Some(sent) = value {
-                let sent = match stamp {
-                    Stamp::Micros => sent,
-                    Stamp::Millis => sent.saturating_mul(1000),
-                };
-                ages.push(now.saturating_sub(sent));
+        match stamp {
+            Stamp::Micros => {
+                // One publication per key occurrence (a line may be a batched push).
+                let mut rest = line;
+                while let Some(pos) = memchr::memmem::find(rest, b"\"t\":") {
+                    count += 1;
+                    let (value, tail) = number_at(&rest[pos + 4..]);
+                    if let Some(sent) = value {
+                        ages.push(now.saturating_sub(sent));
+                    }
+                    rest = tail;
+                }
             }
-            rest = &digits[end..];
+            Stamp::Millis => {
+                // One position per push line; the publication's stamp is its last "time".
+                if let Some(pos) = memchr::memmem::rfind(line, b"\"time\":") {
+                    count += 1;
+                    if let (Some(ms), _) = number_at(&line[pos + 7..]) {
+                        ages.push(now.saturating_sub(ms.saturating_mul(1000)));
+                    }
+                }
+            }
         }
     }
     count
+}
+
+/// The decimal number at the start of `digits`, and what follows it.
+fn number_at(digits: &[u8]) -> (Option<u64>, &[u8]) {
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    let value = std::str::from_utf8(&digits[..end])
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+    (value, &digits[end..])
 }
 
 #[cfg(test)]
