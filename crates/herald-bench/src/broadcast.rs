@@ -58,6 +58,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<Value> {
                 stamp: Stamp::Micros,
                 talk: None,
                 handshake_timeout: Duration::from_secs(30),
+                lite: false,
             })
         })
         .collect();

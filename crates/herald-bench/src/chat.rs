@@ -49,6 +49,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Value> {
             stamp: Stamp::Micros,
             talk: Some((interval, args.payload)),
             handshake_timeout: Duration::from_secs(30),
+            lite: false,
         }));
     }
     let ramp_args = RampArgs {

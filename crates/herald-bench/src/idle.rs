@@ -57,6 +57,7 @@ fn spec(args: &IdleArgs, server: std::net::SocketAddr) -> anyhow::Result<Arc<Spe
         stamp: Stamp::Micros,
         talk: None,
         handshake_timeout: Duration::from_secs(60),
+        lite: true,
     }))
 }
 

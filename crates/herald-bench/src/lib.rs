@@ -4,6 +4,7 @@ pub mod broadcast;
 pub mod chat;
 pub mod common;
 pub mod idle;
+pub mod lite;
 pub mod livemap;
 pub mod market;
 pub mod net;

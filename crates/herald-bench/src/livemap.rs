@@ -137,6 +137,7 @@ pub async fn run(args: LiveMapArgs) -> anyhow::Result<Value> {
         stamp: Stamp::Millis,
         talk: None,
         handshake_timeout: Duration::from_secs(30),
+        lite: false,
     });
     let ramp_args = RampArgs {
         count: args.viewers,

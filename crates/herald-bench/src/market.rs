@@ -64,6 +64,7 @@ pub async fn run(args: MarketArgs) -> anyhow::Result<Value> {
             stamp: Stamp::Micros,
             talk: None,
             handshake_timeout: Duration::from_secs(30),
+            lite: false,
         }));
     }
     let ramp_args = RampArgs {

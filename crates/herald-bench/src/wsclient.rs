@@ -58,6 +58,8 @@ pub struct Spec {
     pub talk: Option<(Duration, usize)>,
     /// Longest wait for the connection and its subscribe replies.
     pub handshake_timeout: Duration,
+    /// Herald only, receives nothing but heartbeats: the minimal client of [`crate::lite`].
+    pub lite: bool,
 }
 
 /// Opens a WebSocket from source address number `i` and performs the target's handshake.
@@ -145,6 +147,9 @@ pub async fn subscriber(
     ready: oneshot::Sender<()>,
     mut stop: watch::Receiver<bool>,
 ) {
+    if spec.lite {
+        return lite_subscriber(i, &spec, &stats, permit, ready, stop).await;
+    }
     let opened = tokio::time::timeout(spec.handshake_timeout, open(i, &spec)).await;
     drop(permit);
     let mut ws = match opened {
@@ -165,6 +170,46 @@ pub async fn subscriber(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _ = ready.send(());
     if let Err(e) = read_loop(i, &spec, &stats, &mut ws, &mut stop).await {
+        if !*stop.borrow() {
+            stats.error();
+            report_first_error(i, &e);
+        }
+    }
+}
+
+async fn lite_subscriber(
+    i: usize,
+    spec: &Spec,
+    stats: &Stats,
+    permit: OwnedSemaphorePermit,
+    ready: oneshot::Sender<()>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let key = (i as u32).wrapping_mul(2_654_435_761).to_be_bytes();
+    let channel = spec.channels.first().map(String::as_str).unwrap_or("");
+    let opened = tokio::time::timeout(spec.handshake_timeout, async {
+        let mut stream = connect_from(spec.server, source_ip(i)).await?;
+        crate::lite::open(&mut stream, spec.server, &spec.token, channel, key).await?;
+        anyhow::Ok(stream)
+    })
+    .await;
+    drop(permit);
+    let mut stream = match opened {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            stats.error();
+            return report_first_error(i, &e);
+        }
+        Err(_) => {
+            stats.error();
+            return report_first_error(i, &anyhow::anyhow!("handshake timed out"));
+        }
+    };
+    stats
+        .connected
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _ = ready.send(());
+    if let Err(e) = crate::lite::hold(&mut stream, key, &mut stop).await {
         if !*stop.borrow() {
             stats.error();
             report_first_error(i, &e);
