@@ -3,15 +3,18 @@
 
 Standard library only (the SVG is written by hand), so it runs on any machine with python3:
 
-    python3 bench/plot.py [RESULTS_DIR] [OUT_DIR]     # defaults: docs/bench/results docs/bench
+    python3 bench/plot.py [--table] [RESULTS_DIR] [OUT_DIR]   # defaults: docs/bench/results docs/bench
+
+--table also prints the results table of docs/benchmarks.md (markdown).
 """
 import json
 import math
 import os
 import sys
 
-RESULTS = sys.argv[1] if len(sys.argv) > 1 else "docs/bench/results"
-OUT = sys.argv[2] if len(sys.argv) > 2 else "docs/bench"
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+RESULTS = ARGS[0] if len(ARGS) > 0 else "docs/bench/results"
+OUT = ARGS[1] if len(ARGS) > 1 else "docs/bench"
 COLORS = {"herald": "#d9480f", "ws": "#1971c2", "socketio": "#2f9e44"}
 W, H, L, R, T, B = 720, 420, 80, 170, 40, 60
 
@@ -121,5 +124,48 @@ def main():
           "deliveries/s achieved", "latency (ms)", series, logx=True, logy=True)
 
 
+def table():
+    """Prints the results table of docs/benchmarks.md (markdown) from the JSON files."""
+    def ms(l, k):
+        v = l.get(k)
+        return "-" if v is None else f"{v:.1f}"
+    rows = ["| scenario | load | result | p50 / p99 / p99.9 / max (ms) | server CPU | server RSS |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name in ("broadcast-herald", "broadcast-ws", "broadcast-socketio", "chat", "market", "livemap",
+                 "cluster-memory", "cluster-redis", "cluster-nats"):
+        r = load(name + ".json")
+        for s in steps(r):
+            l = s.get("latency_ms", {})
+            if name == "livemap":
+                load_ = f"{r['devices']} GT06 devices, {s['rate']:.0f} positions/s offered, {r['viewers']} viewers"
+                res = (f"{s['positions_acknowledged_per_second']:.0f} positions/s decoded+spooled, "
+                       f"{r['positions_persisted']} persisted ({r.get('positions_rows_in_postgres', '?')} rows), "
+                       f"{s['deliveries_per_second']:.0f} deliveries/s")
+            elif name == "market":
+                load_ = f"{r['clients']} clients × {r['per_client']} of {r['symbols']} symbols, {s['rate']} ticks/s"
+                res = f"{s['deliveries_per_second']:.0f} deliveries/s (conflation {s['conflation_ratio']:.1f}×)"
+            elif name == "chat":
+                load_ = f"{r['rooms']} rooms × {r['members_per_room']} members, {s['rate']:.0f} msgs/s"
+                res = f"{s['deliveries_per_second']:.0f} deliveries/s ({s['deliveries']} of {s['expected_deliveries']:.0f})"
+            else:
+                load_ = f"{name}: {r['subscribers']} subs × {s['rate']} pub/s"
+                res = f"{s['deliveries_per_second']:.0f} deliveries/s ({s['deliveries']} of {s['expected_deliveries']})"
+            cpu = s.get("server_cpu_percent")
+            rss = s.get("server_rss_mib")
+            rows.append(f"| {name} | {load_} | {res} | {ms(l, 'p50')} / {ms(l, 'p99')} / {ms(l, 'p999')} / {ms(l, 'max')} | "
+                        f"{'-' if cpu is None else f'{cpu:.0f}%'} | {'-' if rss is None else f'{rss:.0f} MiB'} |")
+    r = load("idle.json")
+    if r:
+        rows.append(f"| idle | {r['connections']} connections ({r['load_processes']} load processes, "
+                    f"{r.get('server_processes', '?')} Herald nodes) | "
+                    f"{r.get('server_process_kib_per_connection', 0):.2f} KiB process + "
+                    f"{r.get('kernel_kib_per_connection_both_ends', 0):.2f} KiB kernel (both ends) per connection; "
+                    f"ramp {r['connections_per_second']:.0f} conn/s | - | {r.get('server_cpu_percent', 0):.1f}% at rest | "
+                    f"{r.get('server_rss_mib', 0):.0f} MiB |")
+    print("\n".join(rows))
+
+
 if __name__ == "__main__":
     main()
+    if "--table" in sys.argv:
+        table()

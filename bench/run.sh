@@ -175,7 +175,7 @@ run_market() {
     start_nodes 1 "$WORK/m.toml"
     wait_http "127.0.0.1:$PORT"
     bench market --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
-        --symbols 1000 --clients "${CLIENTS:-$(pick 5000 20)}" --per-client 20 \
+        --symbols 1000 --clients "${CLIENTS:-$(pick 2000 20)}" --per-client 20 \
         --rate "${TICKS:-$(pick 50000 1000)}" --batch 100 --duration "${DURATION:-$(pick 15s 2s)}" \
         --json "$OUT/market.json"
     cleanup

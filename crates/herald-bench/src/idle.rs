@@ -137,6 +137,10 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Value> {
     tokio::time::sleep(args.hold.into()).await;
     let rest_end = procstat::sample_group(pids);
     let kernel_end = procstat::kernel();
+    // The load generator's own memory, for the record (this process and its children).
+    let mut own = vec![std::process::id()];
+    own.extend(children.iter().filter_map(|c| c.id()));
+    let load_rss_mib = procstat::sample_group(&own).map(|g| g.rss_kib as f64 / 1024.0);
     let mut result = json!({
         "scenario": "idle",
         "target": "herald",
@@ -148,6 +152,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Value> {
         "ramp_seconds": ramp_seconds,
         "connections_per_second": connected as f64 / ramp_seconds.max(1e-6),
         "hold_seconds": Duration::from(args.hold).as_secs_f64(),
+        "load_generator_rss_mib": load_rss_mib,
     });
     if let (Some(b), Some(e)) = (&base, &rest_end) {
         let per = (e.rss_kib as f64 - b.rss_kib as f64) / connected.max(1) as f64;
