@@ -12,6 +12,7 @@
 #   all        every scenario above, in that order
 #   smoke      every scenario with tiny numbers (seconds each): checks that the suite still runs
 #
+# PERF=SECONDS with broadcast samples the server with perf (see profile below).
 # Knobs are environment variables (defaults below). Results go to $OUT (default docs/bench/results)
 # as <scenario>[-<target>].json; `python3 bench/plot.py` turns them into the SVG plots of
 # docs/benchmarks.md. Every run is bounded in time and count, and stops the servers it started.
@@ -26,7 +27,11 @@ SMOKE=${SMOKE:-0}
 [ "$scenario" = smoke ] && SMOKE=1
 PROFILE=${PROFILE:-release}
 OUT=${OUT:-$ROOT/docs/bench/results}
-[ "$SMOKE" = 1 ] && OUT=${SMOKE_OUT:-$(mktemp -d /tmp/herald-bench-smoke.XXXXXX)}
+SMOKE_TMP=
+if [ "$SMOKE" = 1 ] && [ -z "${SMOKE_OUT:-}" ]; then
+    SMOKE_TMP=$(mktemp -d /tmp/herald-bench-smoke.XXXXXX) # smoke results are checks, not figures
+fi
+[ "$SMOKE" = 1 ] && OUT=${SMOKE_OUT:-$SMOKE_TMP}
 PORT=${PORT:-18000}
 SECRET=bench-secret
 API_KEY=bench-key
@@ -50,7 +55,7 @@ cleanup() {
     [ -n "${DB:-}" ] && psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
     DB=
 }
-trap 'cleanup; [ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$WORK"' EXIT
+trap 'cleanup; [ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$WORK" ${SMOKE_TMP:+"$SMOKE_TMP"}' EXIT
 
 # Herald's configuration for every scenario: namespaces for chat, market data and the live map.
 write_config() { # write_config FILE LISTEN [EXTRA_TOML_FILE]
@@ -117,6 +122,21 @@ node_pids_csv() { local IFS=,; echo "${NODE_PIDS[*]}"; }
 
 bench() { "$BIN/herald-bench" "$@"; }
 
+# PERF=SECONDS: sample the server with perf for that long, PERF_DELAY seconds after the start
+# (after the ramp, inside a step), and write the hottest symbols to $OUT/perf-<name>.txt.
+profile() { # profile PID NAME
+    command -v perf >/dev/null || { echo "perf is not installed" >&2; return 0; }
+    (sleep "${PERF_DELAY:-5}"
+     perf record -q -F 499 -g -p "$1" -o "$WORK/perf-$2.data" -- sleep "$PERF" >/dev/null 2>&1 &&
+     perf report -i "$WORK/perf-$2.data" --stdio --no-children -g none --percent-limit 0.7 2>/dev/null \
+        | grep -v '^$' | head -n 150 >"$OUT/perf-$2.txt") &
+    PROFILER=$!
+}
+PROFILER=
+wait_profiler() { # symbolising takes a while; the work directory must outlive it
+    if [ -n "$PROFILER" ]; then wait "$PROFILER" || true; PROFILER=; fi
+}
+
 pick() { [ "$SMOKE" = 1 ] && echo "$2" || echo "$1"; } # pick FULL SMOKE
 
 run_idle() {
@@ -137,11 +157,13 @@ run_broadcast() { # run_broadcast [OUTNAME]
     write_config "$WORK/b.toml" "127.0.0.1:$PORT"
     start_nodes 1 "$WORK/b.toml"
     wait_http "127.0.0.1:$PORT"
+    [ -n "${PERF:-}" ] && profile "${NODE_PIDS[0]}" broadcast
     bench broadcast --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
         --subscribers "${SUBS:-$(pick 1000 20)}" \
         --rate "${RATES:-$(pick 250,500,1000,1500,2000,2500,3000 50,100)}" \
         --batch "${BATCH:-$(pick 20 10)}" --payload 100 --duration "${DURATION:-$(pick 10s 1s)}" \
         --json "$OUT/${1:-broadcast}-herald.json"
+    wait_profiler
     cleanup
 }
 
