@@ -68,6 +68,8 @@ shutdown_timeout = "2s"
 level = "warn"
 [client]
 max_connections = 1000000
+# A live-map window holds up to one position per device (10,000 × ~300 B); it must fit an outbox.
+max_outbox_bytes = 8388608
 [client.token]
 hmac_secret = "$SECRET"
 [api]
@@ -92,6 +94,8 @@ history_size = 1000
 history_ttl = "1m"
 batch_window = "1s"
 conflation_key = "/device"
+# Large enough for one position of each of 10,000 devices, so a window is not delivered early.
+window_max_bytes = 4194304
 EOF
     if [ -n "${3:-}" ]; then cat "$3" >>"$1"; fi
 }

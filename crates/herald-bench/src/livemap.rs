@@ -113,8 +113,10 @@ async fn device(
     }
 }
 
-/// `positions_written` of the server's device writer.
-async fn positions_written(api: &mut Publisher) -> anyhow::Result<u64> {
+/// `positions_written` of the server's device writer. A fresh connection per call: the server
+/// closes keep-alive connections that stay idle for the length of a run.
+async fn positions_written(common: &Common) -> anyhow::Result<u64> {
+    let mut api = Publisher::connect(Target::Herald, common.api_addr(), &common.api_key).await?;
     let body = api.request("/api/devices", "{}").await?;
     let v: Value = serde_json::from_str(&body)?;
     let stats = &v["result"]["stats"];
@@ -147,12 +149,10 @@ pub async fn run(args: LiveMapArgs) -> anyhow::Result<Value> {
         first: args.devices,
     };
     let viewers = ramp::open(&ramp_args, &stats, |_| viewer.clone()).await?;
-    let mut api =
-        Publisher::connect(Target::Herald, args.common.api_addr(), &args.common.api_key).await?;
     // The HTTP listener answers before device ingest has opened its store: wait for it (bounded).
     let ingest_deadline = Instant::now() + Duration::from_secs(30);
     let written_before = loop {
-        match positions_written(&mut api).await {
+        match positions_written(&args.common).await {
             Ok(n) => break n,
             Err(e) if Instant::now() > ingest_deadline => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -206,10 +206,10 @@ pub async fn run(args: LiveMapArgs) -> anyhow::Result<Value> {
     viewers.close().await;
     let total_acked = counters.acked.load(Ordering::Relaxed);
     let persist_deadline = Instant::now() + Duration::from(args.persist_wait);
-    let mut written = positions_written(&mut api).await? - written_before;
+    let mut written = positions_written(&args.common).await? - written_before;
     while written < total_acked && Instant::now() < persist_deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        written = positions_written(&mut api).await? - written_before;
+        written = positions_written(&args.common).await? - written_before;
     }
     let persisted_seconds = (Instant::now() - end.into_std()).as_secs_f64() + seconds;
     let mut step = json!({
