@@ -151,7 +151,7 @@ run_idle() {
     wait_http "127.0.0.1:$PORT"
     sleep "$(pick 3 1)" # every node binds before the ramp, so the kernel spreads connections
     bench idle --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
-        --connections "$n" --hold "${HOLD:-$(pick 20s 2s)}" \
+        --connections "$n" --hold "${HOLD:-$(pick 30s 2s)}" \
         --ramp-concurrency "${CONCURRENCY:-$(pick 2000 20)}" --per-process "${PER_PROC:-19000}" \
         --json "$OUT/idle.json"
     cleanup
@@ -164,8 +164,8 @@ run_broadcast() { # run_broadcast [OUTNAME]
     [ -n "${PERF:-}" ] && profile "${NODE_PIDS[0]}" broadcast
     bench broadcast --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
         --subscribers "${SUBS:-$(pick 1000 20)}" \
-        --rate "${RATES:-$(pick 250,500,1000,1500,2000,2500,3000 50,100)}" \
-        --batch "${BATCH:-$(pick 20 10)}" --payload 100 --duration "${DURATION:-$(pick 10s 1s)}" \
+        --rate "${RATES:-$(pick 250,500,1000,1500,2000,2500,3000,4000 50,100)}" \
+        --batch "${BATCH:-$(pick 20 10)}" --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" \
         --json "$OUT/${1:-broadcast}-herald.json"
     wait_profiler
     cleanup
@@ -179,8 +179,8 @@ run_peer() { # run_peer ws|socketio
     # start.sh execs node, so the pid is the server's.
     bench broadcast --target "$peer" --server "127.0.0.1:$port" --server-pid "${PIDS[-1]}" \
         --subscribers "${SUBS:-$(pick 1000 20)}" \
-        --rate "${PEER_RATES:-$(pick 25,50,100,150,200,300 50,100)}" \
-        --batch "${BATCH:-$(pick 20 10)}" --payload 100 --duration "${DURATION:-$(pick 10s 1s)}" \
+        --rate "${PEER_RATES:-$(pick 25,50,100,150,200,300,400 50,100)}" \
+        --batch "${BATCH:-$(pick 20 10)}" --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" \
         --json "$OUT/broadcast-$peer.json"
     cleanup
 }
@@ -191,7 +191,7 @@ run_chat() {
     wait_http "127.0.0.1:$PORT"
     bench chat --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
         --rooms "${ROOMS:-$(pick 500 4)}" --members "${MEMBERS:-$(pick 20 5)}" \
-        --interval "${INTERVAL:-$(pick 2s 500ms)}" --duration "${DURATION:-$(pick 15s 2s)}" \
+        --interval "${INTERVAL:-$(pick 2s 500ms)}" --duration "${DURATION:-$(pick 10s 2s)}" \
         --json "$OUT/chat.json"
     cleanup
 }
@@ -202,7 +202,7 @@ run_market() {
     wait_http "127.0.0.1:$PORT"
     bench market --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
         --symbols 1000 --clients "${CLIENTS:-$(pick 2000 20)}" --per-client 20 \
-        --rate "${TICKS:-$(pick 50000 1000)}" --batch 100 --duration "${DURATION:-$(pick 15s 2s)}" \
+        --rate "${TICKS:-$(pick 50000 1000)}" --batch 100 --duration "${DURATION:-$(pick 10s 2s)}" \
         --json "$OUT/market.json"
     cleanup
 }
@@ -229,7 +229,7 @@ EOF
     wait_http "127.0.0.1:$PORT"
     bench livemap --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" --gt06 "127.0.0.1:$gt06" \
         --devices "${DEVICES:-$(pick 10000 20)}" --interval "${DEVICE_INTERVAL:-$(pick 200ms 500ms)}" \
-        --viewers "${VIEWERS:-$(pick 100 3)}" --duration "${DURATION:-$(pick 20s 3s)}" \
+        --viewers "${VIEWERS:-$(pick 100 3)}" --duration "${DURATION:-$(pick 15s 3s)}" \
         --json "$OUT/livemap.json"
     # The rows themselves, counted in the database (the JSON has the writer's own count too).
     local rows
@@ -257,7 +257,7 @@ run_cluster() {
     local csv; csv=$(IFS=,; echo "${pids[*]}")
     bench broadcast "${servers[@]}" --server-pid "$csv" --subscribers "${SUBS:-$(pick 3000 20)}" \
         --rate "${RATES:-$(pick 250,500,1000 50)}" --batch "${BATCH:-$(pick 20 10)}" \
-        --duration "${DURATION:-$(pick 10s 1s)}" --drain "$(pick 3s 1s)" \
+        --duration "${DURATION:-$(pick 5s 1s)}" --drain "$(pick 3s 1s)" \
         --json "$OUT/cluster-${CLUSTER_NAME:-memory}.json"
     cleanup
 }
