@@ -144,12 +144,18 @@ wait_profiler() { # symbolising takes a while; the work directory must outlive i
 pick() { [ "$SMOKE" = 1 ] && echo "$2" || echo "$1"; } # pick FULL SMOKE
 
 run_idle() {
-    local n=${N:-$(pick 1000000 300)} per_node=${PER_NODE:-18000}
+    local n=${N:-$(pick 1000000 300)} per_node=${PER_NODE:-17000}
     local nodes=${IDLE_NODES:-$(( (n + per_node - 1) / per_node ))}
     write_config "$WORK/idle.toml" "127.0.0.1:$PORT"
     start_nodes "$nodes" "$WORK/idle.toml"
     wait_http "127.0.0.1:$PORT"
-    sleep "$(pick 3 1)" # every node binds before the ramp, so the kernel spreads connections
+    # Every node must listen before the ramp: SO_REUSEPORT spreads connections only over the
+    # listeners present, and a node holds at most ~19,000 (its descriptor limit).
+    for _ in $(seq 1 600); do
+        [ "$(ss -Hltn "sport = :$PORT" | wc -l)" -ge "$nodes" ] && break
+        sleep 0.1
+    done
+    echo "$(ss -Hltn "sport = :$PORT" | wc -l) of $nodes nodes listening on $PORT"
     bench idle --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
         --connections "$n" --hold "${HOLD:-$(pick 30s 2s)}" \
         --ramp-concurrency "${CONCURRENCY:-$(pick 2000 20)}" --per-process "${PER_PROC:-19000}" \
