@@ -1,46 +1,244 @@
-//! Smoke run of the broadcast scenario against an in-process Herald, so the load generator keeps
-//! working as the server evolves. Small numbers: this checks correctness, not speed.
+//! Smoke runs of every herald-bench scenario against in-process Herald servers, so the load
+//! generator keeps working as the server evolves. Tiny numbers and seconds each: these check that
+//! each scenario runs and reports sane, non-zero results, never how fast anything is (the numbers
+//! live in docs/benchmarks.md, from bench/run.sh). The Node.js peers are covered by
+//! `bench/run.sh smoke`, which needs npm.
 
-use herald::config::{Config, NamespaceOptions};
+use herald::config::Config;
 use herald::server::Server;
-use herald_bench::load::{broadcast, BroadcastArgs};
+use herald_bench::broadcast::{self, BroadcastArgs};
+use herald_bench::chat::{self, ChatArgs};
+use herald_bench::common::Common;
+use herald_bench::idle::{self, IdleArgs};
+use herald_bench::livemap::{self, LiveMapArgs};
+use herald_bench::market::{self, MarketArgs};
+use herald_bench::wsclient::Target;
+use serde_json::Value;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The namespaces bench/run.sh configures, plus device ingest when `store` is given.
+fn config(dir: &tempfile::TempDir, store: Option<&str>) -> Config {
+    let mut text = String::from(
+        r#"
+[http]
+listen = "127.0.0.1:0"
+[client.token]
+hmac_secret = "bench-secret"
+[api]
+key = "bench-key"
+[channel.without_namespace]
+allow_subscribe_for_client = true
+[[channel.namespaces]]
+name = "chat"
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = true
+[[channel.namespaces]]
+name = "md"
+allow_subscribe_for_client = true
+history_size = 10
+history_ttl = "1m"
+batch_window = "100ms"
+conflation_key = "/s"
+[[channel.namespaces]]
+name = "devices"
+allow_subscribe_for_client = true
+history_size = 100
+history_ttl = "1m"
+batch_window = "200ms"
+conflation_key = "/device"
+"#,
+    );
+    if let Some(store) = store {
+        let spool = dir.path().join("spool");
+        text.push_str(&format!(
+            "[devices]\nenabled = true\nspool_dir = {:?}\nstore = {store:?}\n\
+             [devices.listen]\ngt06 = \"127.0.0.1:0\"\nh02 = \"\"\nteltonika = \"\"\nosmand = \"\"\njsonl = \"\"\n",
+            spool.display().to_string()
+        ));
+    }
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, text).expect("write config");
+    Config::load(Some(&path), Vec::new(), &[]).expect("bench config loads")
+}
+
+fn common(servers: Vec<SocketAddr>) -> Common {
+    Common {
+        servers,
+        api: None,
+        secret: "bench-secret".into(),
+        api_key: "bench-key".into(),
+        ramp_concurrency: 10,
+        connect_rate: 0,
+        server_pids: vec![std::process::id()],
+        json: None,
+    }
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+async fn start() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(config(&dir, None)).await.expect("server");
+    (dir, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broadcast_scenario_delivers_every_publication_to_every_subscriber() {
-    let mut config = Config::default();
-    config.http.listen = "127.0.0.1:0".into();
-    config.client.token.hmac_secret = "smoke-secret".into();
-    config.api.key = "smoke-key".into();
-    config.channel.without_namespace = NamespaceOptions {
-        allow_subscribe_for_client: true,
-        ..Default::default()
-    };
-    let server = Server::start(config).await.unwrap();
+async fn broadcast_delivers_every_publication_to_every_subscriber() {
+    let (_dir, server) = start().await;
     let args = BroadcastArgs {
-        server: server.addr,
-        secret: "smoke-secret".into(),
-        api_key: "smoke-key".into(),
+        common: common(vec![server.addr]),
+        target: Target::Herald,
         channel: "smoke".into(),
         subscribers: 20,
-        rate: 200,
+        rates: vec![100, 200],
         batch: 10,
         payload: 100,
-        duration: Duration::from_secs(1).into(),
-        ramp_concurrency: 10,
-        server_pid: Some(std::process::id()),
-        json: None,
+        duration: Duration::from_millis(500).into(),
+        drain: Duration::from_secs(5).into(),
     };
-    let result = broadcast(args).await.unwrap();
-    assert_eq!(result["subscribers"], 20);
-    let published = result["publications"].as_u64().unwrap();
-    assert!(published >= 100, "{result}");
-    assert_eq!(
-        result["deliveries"].as_u64().unwrap(),
-        published * 20,
-        "every subscriber got every publication: {result}"
+    let result = broadcast::run(args).await.expect("broadcast runs");
+    assert_eq!(result["subscribers"], 20, "{result}");
+    let steps = result["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{result}");
+    for step in steps {
+        let published = step["publications"].as_u64().expect("publications");
+        assert!(published >= 10, "{step}");
+        assert_eq!(step["deliveries"].as_u64(), Some(published * 20), "{step}");
+        assert!(f(&step["latency_ms"]["p50"]) > 0.0, "{step}");
+        assert!(f(&step["server_rss_mib"]) > 0.0, "{step}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_holds_connections_and_measures_memory() {
+    let (_dir, server) = start().await;
+    let args = IdleArgs {
+        common: common(vec![server.addr]),
+        connections: 50,
+        channel: "idle".into(),
+        per_process: 1000,
+        hold: Duration::from_millis(300).into(),
+        child: false,
+        first: 0,
+    };
+    let result = idle::run(args).await.expect("idle runs");
+    assert_eq!(result["connections"], 50, "{result}");
+    assert_eq!(result["errors"], 0, "{result}");
+    assert!(
+        result["server_process_kib_per_connection"].is_number(),
+        "{result}"
     );
-    assert!(result["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
-    assert!(result["server_rss_mib"].as_f64().unwrap() > 0.0);
+    assert!(f(&result["connections_per_second"]) > 0.0, "{result}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_members_receive_their_rooms_messages() {
+    let (_dir, server) = start().await;
+    let args = ChatArgs {
+        common: common(vec![server.addr]),
+        rooms: 3,
+        members: 4,
+        interval: Duration::from_millis(200).into(),
+        payload: 100,
+        namespace: "chat".into(),
+        duration: Duration::from_secs(1).into(),
+    };
+    let result = chat::run(args).await.expect("chat runs");
+    assert_eq!(result["connections"], 12, "{result}");
+    let step = &result["steps"][0];
+    // Each member sends ~5 and receives its room's ~20 in a second; allow for the edges.
+    assert!(step["deliveries"].as_u64().unwrap_or(0) >= 100, "{result}");
+    assert!(f(&step["latency_ms"]["p99"]) > 0.0, "{result}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn market_data_is_conflated() {
+    let (_dir, server) = start().await;
+    let args = MarketArgs {
+        common: common(vec![server.addr]),
+        symbols: 50,
+        clients: 10,
+        per_client: 5,
+        rate: 2000,
+        batch: 50,
+        payload: 100,
+        namespace: "md".into(),
+        duration: Duration::from_secs(1).into(),
+    };
+    let result = market::run(args).await.expect("market runs");
+    let step = &result["steps"][0];
+    let deliveries = step["deliveries"].as_u64().unwrap_or(0);
+    assert!(deliveries > 0, "{result}");
+    // 2,000 ticks to 10 clients × 5 of 50 symbols would be ~2,000 deliveries unconflated; 100 ms
+    // windows let through at most ~10 per symbol-follower per second.
+    assert!(f(&step["conflation_ratio"]) > 1.0, "{result}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_harness_spreads_subscribers_over_nodes() {
+    // Two independent nodes with the memory broker: only the first node's subscribers receive
+    // the publications. With a real broker (bench/run.sh cluster, CLUSTER_CONFIG) all would.
+    let (_a, first) = start().await;
+    let (_b, second) = start().await;
+    let args = BroadcastArgs {
+        common: common(vec![first.addr, second.addr]),
+        target: Target::Herald,
+        channel: "cluster".into(),
+        subscribers: 10,
+        rates: vec![100],
+        batch: 10,
+        payload: 100,
+        duration: Duration::from_millis(500).into(),
+        drain: Duration::from_millis(500).into(),
+    };
+    let result = broadcast::run(args).await.expect("cluster runs");
+    assert_eq!(result["scenario"], "cluster");
+    assert_eq!(result["nodes"], 2);
+    let step = &result["steps"][0];
+    let published = step["publications"].as_u64().unwrap_or(0);
+    assert_eq!(step["deliveries"].as_u64(), Some(published * 5), "{result}");
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_map_decodes_persists_and_delivers_positions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = format!("sqlite:{}", dir.path().join("positions.db").display());
+    let server = Server::start(config(&dir, Some(&store)))
+        .await
+        .expect("server with devices");
+    let gt06 = server.device_addrs.gt06.expect("gt06 listener");
+    let args = LiveMapArgs {
+        common: common(vec![server.addr]),
+        gt06,
+        devices: 10,
+        interval: Duration::from_millis(250).into(),
+        viewers: 2,
+        fleet_channel: "devices:fleet".into(),
+        first_imei: 861_000_000_000_000,
+        duration: Duration::from_secs(2).into(),
+        persist_wait: Duration::from_secs(10).into(),
+    };
+    let result = livemap::run(args).await.expect("livemap runs");
+    assert_eq!(result["devices_logged_in"], 10, "{result}");
+    let acked = result["positions_acknowledged"].as_u64().unwrap_or(0);
+    assert!(acked >= 40, "{result}");
+    assert_eq!(
+        result["positions_persisted"].as_u64(),
+        Some(acked),
+        "{result}"
+    );
+    assert!(
+        result["steps"][0]["deliveries"].as_u64().unwrap_or(0) > 0,
+        "{result}"
+    );
     server.shutdown().await;
 }

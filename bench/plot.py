@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Draws the benchmark plots of docs/benchmarks.md from bench/run.sh's JSON results.
+
+Standard library only (the SVG is written by hand), so it runs on any machine with python3:
+
+    python3 bench/plot.py [--table] [RESULTS_DIR] [OUT_DIR]   # defaults: docs/bench/results docs/bench
+
+--table also prints the results table of docs/benchmarks.md (markdown).
+"""
+import json
+import math
+import os
+import sys
+
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+RESULTS = ARGS[0] if len(ARGS) > 0 else "docs/bench/results"
+OUT = ARGS[1] if len(ARGS) > 1 else "docs/bench"
+COLORS = {"herald": "#d9480f", "ws": "#1971c2", "socketio": "#2f9e44"}
+W, H, L, R, T, B = 720, 420, 80, 170, 40, 60
+
+
+def load(name):
+    path = os.path.join(RESULTS, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def ticks(lo, hi, log):
+    if log:
+        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        return [m * 10.0 ** e for e in decades for m in (1, 2, 5)]
+    step = 10 ** math.floor(math.log10(max(hi - lo, 1e-9)))
+    for m in (1, 2, 5, 10):
+        if (hi - lo) / (step * m) <= 8:
+            step *= m
+            break
+    return [lo + i * step for i in range(int((hi - lo) / step) + 1)]
+
+
+def fmt(v):
+    if v >= 1e6:
+        return f"{v / 1e6:g}M"
+    if v >= 1e3:
+        return f"{v / 1e3:g}k"
+    return f"{v:g}"
+
+
+def chart(path, title, xlabel, ylabel, series, logx=False, logy=False):
+    """series: list of (label, color, dash, [(x, y), ...])."""
+    pts = [p for _, _, _, s in series for p in s if p[1] is not None and p[1] > 0]
+    if not pts:
+        return False
+    xs = [p[0] for p in pts]
+    ys = [p[1] for p in pts]
+    x0, x1 = (min(xs), max(xs)) if logx else (0, max(xs) * 1.05)
+    y0, y1 = (min(ys) / 1.5, max(ys) * 1.5) if logy else (0, max(ys) * 1.1)
+    if logx and x0 == x1:
+        x0, x1 = x0 / 2, x1 * 2
+
+    def sx(x):
+        f = (math.log10(x) - math.log10(x0)) / (math.log10(x1) - math.log10(x0)) if logx else (x - x0) / (x1 - x0)
+        return L + f * (W - L - R)
+
+    def sy(y):
+        f = (math.log10(y) - math.log10(y0)) / (math.log10(y1) - math.log10(y0)) if logy else (y - y0) / (y1 - y0)
+        return H - B - f * (H - T - B)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="15">{title}</text>']
+    for t in ticks(y0, y1, logy):
+        if y0 <= t <= y1:
+            out.append(f'<line x1="{L}" x2="{W - R}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#ddd"/>')
+            out.append(f'<text x="{L - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{fmt(t)}</text>')
+    for t in ticks(x0, x1, logx):
+        if x0 <= t <= x1:
+            out.append(f'<line y1="{T}" y2="{H - B}" x1="{sx(t):.1f}" x2="{sx(t):.1f}" stroke="#eee"/>')
+            out.append(f'<text x="{sx(t):.1f}" y="{H - B + 16}" text-anchor="middle">{fmt(t)}</text>')
+    out.append(f'<rect x="{L}" y="{T}" width="{W - L - R}" height="{H - T - B}" fill="none" stroke="#333"/>')
+    out.append(f'<text x="{(L + W - R) / 2}" y="{H - 18}" text-anchor="middle">{xlabel}</text>')
+    out.append(f'<text transform="translate(18,{(T + H - B) / 2}) rotate(-90)" text-anchor="middle">{ylabel}</text>')
+    for n, (label, color, dash, s) in enumerate(series):
+        s = [(x, y) for x, y in s if y is not None and y > 0]
+        if not s:
+            continue
+        d = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)
+        out.append(f'<polyline points="{d}" fill="none" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/>')
+        for x, y in s:
+            out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}"/>')
+        ly = T + 14 + n * 18
+        out.append(f'<line x1="{W - R + 10}" x2="{W - R + 34}" y1="{ly - 4}" y2="{ly - 4}" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/>')
+        out.append(f'<text x="{W - R + 40}" y="{ly}">{label}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    print("wrote", path)
+    return True
+
+
+def steps(result):
+    return [s for s in (result or {}).get("steps", []) if "error" not in s]
+
+
+def main():
+    targets = [(t, load(f"broadcast-{t}.json")) for t in ("herald", "ws", "socketio")]
+    targets = [(t, r) for t, r in targets if r]
+    # Throughput against offered load: offered = publication rate × subscribers.
+    chart(os.path.join(OUT, "broadcast-throughput.svg"),
+          "Broadcast: deliveries/s against offered load (100-byte messages)",
+          "offered deliveries/s (publications/s × subscribers)", "deliveries/s",
+          [(f"{t} ({r['subscribers']} subs)", COLORS[t], "", [(s["offered_deliveries_per_second"], s["deliveries_per_second"]) for s in steps(r)])
+           for t, r in targets]
+          + [("offered", "#999", "4 3", [(s["offered_deliveries_per_second"], s["offered_deliveries_per_second"]) for t, r in targets[:1] for s in steps(r)])],
+          logx=True, logy=True)
+    series = []
+    for t, r in targets:
+        st = steps(r)
+        series.append((f"{t} p50", COLORS[t], "", [(s["deliveries_per_second"], s["latency_ms"]["p50"]) for s in st]))
+        series.append((f"{t} p99", COLORS[t], "6 3", [(s["deliveries_per_second"], s["latency_ms"]["p99"]) for s in st]))
+    chart(os.path.join(OUT, "broadcast-latency.svg"),
+          "Broadcast: end-to-end latency against achieved load",
+          "deliveries/s achieved", "latency (ms)", series, logx=True, logy=True)
+
+
+def table():
+    """Prints the results table of docs/benchmarks.md (markdown) from the JSON files."""
+    def ms(l, k):
+        v = l.get(k)
+        return "-" if v is None else f"{v:.1f}"
+    rows = ["| scenario | load | result | p50 / p99 / p99.9 / max (ms) | server CPU | server RSS |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name in ("broadcast-herald", "broadcast-ws", "broadcast-socketio", "chat", "market", "livemap",
+                 "cluster-memory", "cluster-redis", "cluster-nats"):
+        r = load(name + ".json")
+        for s in steps(r):
+            l = s.get("latency_ms", {})
+            if name == "livemap":
+                load_ = f"{r['devices']} GT06 devices, {s['rate']:.0f} positions/s offered, {r['viewers']} viewers"
+                res = (f"{s['positions_acknowledged_per_second']:.0f} positions/s decoded+spooled, "
+                       f"{r['positions_persisted']} persisted ({r.get('positions_rows_in_postgres', '?')} rows), "
+                       f"{s['deliveries_per_second']:.0f} deliveries/s")
+            elif name == "market":
+                load_ = f"{r['clients']} clients × {r['per_client']} of {r['symbols']} symbols, {s['rate']} ticks/s"
+                res = f"{s['deliveries_per_second']:.0f} deliveries/s (conflation {s['conflation_ratio']:.1f}×)"
+            elif name == "chat":
+                load_ = f"{r['rooms']} rooms × {r['members_per_room']} members, {s['rate']:.0f} msgs/s"
+                res = f"{s['deliveries_per_second']:.0f} deliveries/s ({s['deliveries']} of {s['expected_deliveries']:.0f})"
+            else:
+                load_ = f"{name}: {r['subscribers']} subs × {s['rate']} pub/s"
+                res = f"{s['deliveries_per_second']:.0f} deliveries/s ({s['deliveries']} of {s['expected_deliveries']})"
+            cpu = s.get("server_cpu_percent")
+            rss = s.get("server_rss_mib")
+            rows.append(f"| {name} | {load_} | {res} | {ms(l, 'p50')} / {ms(l, 'p99')} / {ms(l, 'p999')} / {ms(l, 'max')} | "
+                        f"{'-' if cpu is None else f'{cpu:.0f}%'} | {'-' if rss is None else f'{rss:.0f} MiB'} |")
+    r = load("idle.json")
+    if r:
+        rows.append(f"| idle | {r['connections']} connections ({r['load_processes']} load processes, "
+                    f"{r.get('server_processes', '?')} Herald nodes) | "
+                    f"{r.get('server_process_kib_per_connection', 0):.2f} KiB process + "
+                    f"{r.get('kernel_kib_per_connection_both_ends', 0):.2f} KiB kernel (both ends) per connection; "
+                    f"ramp {r['connections_per_second']:.0f} conn/s | - | {r.get('server_cpu_percent', 0):.1f}% at rest | "
+                    f"{r.get('server_rss_mib', 0):.0f} MiB |")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
+    if "--table" in sys.argv:
+        table()

@@ -1,0 +1,286 @@
+#!/usr/bin/env bash
+# bench/run.sh SCENARIO: reproduces one of Herald's benchmark figures on this machine.
+#
+#   idle       N idle connections (default 1,000,000) on a group of Herald nodes sharing one port
+#              (SO_REUSEPORT); process and kernel memory per connection, CPU at rest
+#   broadcast  one channel, SUBS subscribers, a sweep of publication rates (Herald)
+#   peers      the same sweep against the Node.js `ws` and `socket.io` peers (bench/peers/)
+#   chat       ROOMS rooms of MEMBERS members, every member publishes every INTERVAL
+#   market     1,000 symbols, each client on 20, conflated 100 ms windows
+#   livemap    GT06 trackers over TCP, viewers of the fleet channel, positions into PostgreSQL
+#   cluster    the broadcast across NODES nodes (CLUSTER_CONFIG: a TOML fragment with the broker)
+#   all        every scenario above, in that order
+#   smoke      every scenario with tiny numbers (seconds each): checks that the suite still runs
+#
+# PERF=SECONDS with broadcast samples the server with perf (see profile below).
+# Knobs are environment variables (defaults below). Results go to $OUT (default docs/bench/results)
+# as <scenario>[-<target>].json; `python3 bench/plot.py` turns them into the SVG plots of
+# docs/benchmarks.md. Every run is bounded in time and count, and stops the servers it started.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+scenario=${1:-}
+[ -n "$scenario" ] || { sed -n '2,20p' "$0"; exit 2; }
+
+SMOKE=${SMOKE:-0}
+[ "$scenario" = smoke ] && SMOKE=1
+PROFILE=${PROFILE:-release}
+OUT=${OUT:-$ROOT/docs/bench/results}
+SMOKE_TMP=
+if [ "$SMOKE" = 1 ] && [ -z "${SMOKE_OUT:-}" ]; then
+    SMOKE_TMP=$(mktemp -d /tmp/herald-bench-smoke.XXXXXX) # smoke results are checks, not figures
+fi
+[ "$SMOKE" = 1 ] && OUT=${SMOKE_OUT:-$SMOKE_TMP}
+PORT=${PORT:-18000}
+SECRET=bench-secret
+API_KEY=bench-key
+mkdir -p "$OUT"
+
+if [ "$PROFILE" = release ]; then
+    cargo build --release -q -p herald -p herald-bench
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+else
+    cargo build -q -p herald -p herald-bench
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
+fi
+WORK=$(mktemp -d /tmp/herald-bench.XXXXXX)
+PIDS=()
+
+cleanup() {
+    # Only the processes this script started, by pid.
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+    [ -n "${DB:-}" ] && psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
+    DB=
+}
+trap 'cleanup; [ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$WORK" ${SMOKE_TMP:+"$SMOKE_TMP"}' EXIT
+
+# Herald's configuration for every scenario: namespaces for chat, market data and the live map.
+write_config() { # write_config FILE LISTEN [EXTRA_TOML_FILE]
+    cat >"$1" <<EOF
+[http]
+listen = "$2"
+reuse_port = true
+shutdown_timeout = "2s"
+[log]
+level = "warn"
+[client]
+max_connections = 1000000
+# A live-map window holds up to one position per device (10,000 × ~300 B); it must fit an outbox.
+max_outbox_bytes = 8388608
+[client.token]
+hmac_secret = "$SECRET"
+[api]
+key = "$API_KEY"
+[channel.without_namespace]
+allow_subscribe_for_client = true
+[[channel.namespaces]]
+name = "chat"
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = true
+[[channel.namespaces]]
+name = "md"
+allow_subscribe_for_client = true
+history_size = 10
+history_ttl = "1m"
+batch_window = "100ms"
+conflation_key = "/s"
+[[channel.namespaces]]
+name = "devices"
+allow_subscribe_for_client = true
+history_size = 1000
+history_ttl = "1m"
+batch_window = "1s"
+conflation_key = "/device"
+# Large enough for one position of each of 10,000 devices, so a window is not delivered early.
+window_max_bytes = 4194304
+EOF
+    if [ -n "${3:-}" ]; then cat "$3" >>"$1"; fi
+}
+
+wait_http() { # wait_http ADDR: until GET /health answers (30 s at most)
+    for _ in $(seq 1 300); do
+        curl -sf "http://$1/health" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "nothing answers on $1" >&2
+    return 1
+}
+
+NODE_PIDS=()
+start_nodes() { # start_nodes COUNT CONFIG: COUNT herald processes sharing the config's port
+    local n
+    NODE_PIDS=()
+    for n in $(seq 1 "$1"); do
+        # The hard limit here is 20,000 descriptors per process: one node holds ~19,000 clients.
+        (ulimit -n 20000 2>/dev/null || true; exec "$BIN/herald" serve --config "$2" \
+            --set "node.name=bench-$n") >>"$WORK/herald.log" 2>&1 &
+        PIDS+=($!)
+        NODE_PIDS+=($!)
+    done
+}
+
+node_pids_csv() { local IFS=,; echo "${NODE_PIDS[*]}"; }
+
+bench() { "$BIN/herald-bench" "$@"; }
+
+# PERF=SECONDS: sample the server with perf for that long, PERF_DELAY seconds after the start
+# (after the ramp, inside a step), and write the hottest symbols to $OUT/perf-<name>.txt.
+profile() { # profile PID NAME
+    command -v perf >/dev/null || { echo "perf is not installed" >&2; return 0; }
+    (sleep "${PERF_DELAY:-5}"
+     perf record -q -F 499 -g -p "$1" -o "$WORK/perf-$2.data" -- sleep "$PERF" >/dev/null 2>&1 &&
+     perf report -i "$WORK/perf-$2.data" --stdio --no-children -g none --percent-limit 0.7 2>/dev/null \
+        | grep -v '^$' | head -n 150 >"$OUT/perf-$2.txt") &
+    PROFILER=$!
+}
+PROFILER=
+wait_profiler() { # symbolising takes a while; the work directory must outlive it
+    if [ -n "$PROFILER" ]; then wait "$PROFILER" || true; PROFILER=; fi
+}
+
+pick() { [ "$SMOKE" = 1 ] && echo "$2" || echo "$1"; } # pick FULL SMOKE
+
+run_idle() {
+    local n=${N:-$(pick 1000000 300)} per_node=${PER_NODE:-17000}
+    local nodes=${IDLE_NODES:-$(( (n + per_node - 1) / per_node ))}
+    write_config "$WORK/idle.toml" "127.0.0.1:$PORT"
+    start_nodes "$nodes" "$WORK/idle.toml"
+    wait_http "127.0.0.1:$PORT"
+    # Every node must listen before the ramp: SO_REUSEPORT spreads connections only over the
+    # listeners present, and a node holds at most ~19,000 (its descriptor limit).
+    for _ in $(seq 1 600); do
+        [ "$(ss -Hltn "sport = :$PORT" | wc -l)" -ge "$nodes" ] && break
+        sleep 0.1
+    done
+    echo "$(ss -Hltn "sport = :$PORT" | wc -l) of $nodes nodes listening on $PORT"
+    bench idle --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
+        --connections "$n" --hold "${HOLD:-$(pick 30s 2s)}" \
+        --ramp-concurrency "${CONCURRENCY:-$(pick 2000 20)}" --per-process "${PER_PROC:-19000}" \
+        --json "$OUT/idle.json"
+    cleanup
+}
+
+run_broadcast() { # run_broadcast [OUTNAME]
+    write_config "$WORK/b.toml" "127.0.0.1:$PORT"
+    start_nodes 1 "$WORK/b.toml"
+    wait_http "127.0.0.1:$PORT"
+    [ -n "${PERF:-}" ] && profile "${NODE_PIDS[0]}" broadcast
+    bench broadcast --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
+        --subscribers "${SUBS:-$(pick 1000 20)}" \
+        --rate "${RATES:-$(pick 250,500,1000,1500,2000,2500,3000,4000 50,100)}" \
+        --batch "${BATCH:-$(pick 20 10)}" --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" \
+        --json "$OUT/${1:-broadcast}-herald.json"
+    wait_profiler
+    cleanup
+}
+
+run_peer() { # run_peer ws|socketio
+    local peer=$1 port=$((PORT + 100))
+    bash "$ROOT/bench/peers/start.sh" "$peer" "$port" >>"$WORK/$peer.log" 2>&1 &
+    PIDS+=($!)
+    wait_http "127.0.0.1:$port"
+    # start.sh execs node, so the pid is the server's.
+    bench broadcast --target "$peer" --server "127.0.0.1:$port" --server-pid "${PIDS[-1]}" \
+        --subscribers "${SUBS:-$(pick 1000 20)}" \
+        --rate "${PEER_RATES:-$(pick 25,50,100,150,200,300,400 50,100)}" \
+        --batch "${BATCH:-$(pick 20 10)}" --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" \
+        --json "$OUT/broadcast-$peer.json"
+    cleanup
+}
+
+run_chat() {
+    write_config "$WORK/c.toml" "127.0.0.1:$PORT"
+    start_nodes 1 "$WORK/c.toml"
+    wait_http "127.0.0.1:$PORT"
+    bench chat --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
+        --rooms "${ROOMS:-$(pick 500 4)}" --members "${MEMBERS:-$(pick 20 5)}" \
+        --interval "${INTERVAL:-$(pick 2s 500ms)}" --duration "${DURATION:-$(pick 10s 2s)}" \
+        --json "$OUT/chat.json"
+    cleanup
+}
+
+run_market() {
+    write_config "$WORK/m.toml" "127.0.0.1:$PORT"
+    start_nodes 1 "$WORK/m.toml"
+    wait_http "127.0.0.1:$PORT"
+    bench market --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
+        --symbols 1000 --clients "${CLIENTS:-$(pick 2000 20)}" --per-client 20 \
+        --rate "${TICKS:-$(pick 50000 1000)}" --batch 100 --duration "${DURATION:-$(pick 10s 2s)}" \
+        --json "$OUT/market.json"
+    cleanup
+}
+
+run_livemap() {
+    pg_isready -q -h 127.0.0.1 -p 5432 || { echo "livemap needs PostgreSQL on 127.0.0.1:5432" >&2; return 1; }
+    DB="herald_bench_$$_$(date +%s)"
+    psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $DB" >/dev/null
+    local gt06=$((PORT + 23))
+    cat >"$WORK/devices.toml" <<EOF
+[devices]
+enabled = true
+spool_dir = "$WORK/spool"
+store = "postgres://postgres@127.0.0.1:5432/$DB"
+[devices.listen]
+gt06 = "127.0.0.1:$gt06"
+h02 = ""
+teltonika = ""
+osmand = ""
+jsonl = ""
+EOF
+    write_config "$WORK/l.toml" "127.0.0.1:$PORT" "$WORK/devices.toml"
+    start_nodes 1 "$WORK/l.toml"
+    wait_http "127.0.0.1:$PORT"
+    bench livemap --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" --gt06 "127.0.0.1:$gt06" \
+        --devices "${DEVICES:-$(pick 10000 20)}" --interval "${DEVICE_INTERVAL:-$(pick 200ms 500ms)}" \
+        --viewers "${VIEWERS:-$(pick 100 3)}" --duration "${DURATION:-$(pick 15s 3s)}" \
+        --json "$OUT/livemap.json"
+    # The rows themselves, counted in the database (the JSON has the writer's own count too).
+    local rows
+    rows=$(psql -h 127.0.0.1 -U postgres -d "$DB" -tAc "SELECT count(*) FROM positions")
+    jq --argjson rows "$rows" '. + {positions_rows_in_postgres: $rows}' "$OUT/livemap.json" >"$WORK/l.json"
+    mv "$WORK/l.json" "$OUT/livemap.json"
+    echo "rows in PostgreSQL: $rows"
+    cleanup
+}
+
+run_cluster() {
+    # NODES nodes on consecutive ports, each with CLUSTER_CONFIG appended (e.g. a [broker] section
+    # for Redis or NATS). Subscribers are spread round-robin; the publisher talks to the first
+    # node, so 1 - 1/NODES of the deliveries cross the broker. With the memory broker (no
+    # CLUSTER_CONFIG) only the first node's subscribers receive anything: a harness check only.
+    local nodes=${NODES:-$(pick 3 2)} servers=() pids=()
+    for n in $(seq 1 "$nodes"); do
+        local port=$((PORT + 200 + n))
+        write_config "$WORK/n$n.toml" "127.0.0.1:$port" "${CLUSTER_CONFIG:-}"
+        start_nodes 1 "$WORK/n$n.toml"
+        pids+=("${NODE_PIDS[@]}")
+        servers+=(--server "127.0.0.1:$port")
+    done
+    for n in $(seq 1 "$nodes"); do wait_http "127.0.0.1:$((PORT + 200 + n))"; done
+    local csv; csv=$(IFS=,; echo "${pids[*]}")
+    bench broadcast "${servers[@]}" --server-pid "$csv" --subscribers "${SUBS:-$(pick 3000 20)}" \
+        --rate "${RATES:-$(pick 250,500,1000 50)}" --batch "${BATCH:-$(pick 20 10)}" \
+        --duration "${DURATION:-$(pick 5s 1s)}" --drain "$(pick 3s 1s)" \
+        --json "$OUT/cluster-${CLUSTER_NAME:-memory}.json"
+    cleanup
+}
+
+case "$scenario" in
+    idle) run_idle ;;
+    broadcast) run_broadcast ;;
+    peers) run_peer ws; run_peer socketio ;;
+    ws | socketio) run_peer "$scenario" ;;
+    chat) run_chat ;;
+    market) run_market ;;
+    livemap) run_livemap ;;
+    cluster) run_cluster ;;
+    all | smoke)
+        run_idle; run_broadcast; run_peer ws; run_peer socketio
+        run_chat; run_market; run_livemap; run_cluster
+        ;;
+    *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
+esac
+echo "results in $OUT"

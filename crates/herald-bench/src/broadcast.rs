@@ -1,0 +1,160 @@
+//! Scenario 2 (and 6): one channel, N subscribers, publications at one or more rates. With
+//! several `--server`s the subscribers are spread over the nodes and the publisher talks to one,
+//! so every delivery to another node crosses the broker.
+
+use crate::common::Common;
+use crate::procstat;
+use crate::publish::{payload, run_at_rate, Publisher};
+use crate::ramp::{self, RampArgs};
+use crate::stats::{latency_json, Stamp, Stats};
+use crate::wsclient::{Spec, Target};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BroadcastArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// What serves the subscribers: Herald, or a Node.js peer in raw mode.
+    #[arg(long, value_enum, default_value = "herald")]
+    pub target: Target,
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Publications per second; a comma-separated list runs one step per rate on the same
+    /// connections (a sweep, to find the knee).
+    #[arg(long = "rate", value_delimiter = ',', default_value = "100")]
+    pub rates: Vec<u64>,
+    /// Publications per API request.
+    #[arg(long, default_value_t = 10)]
+    pub batch: usize,
+    /// Publication size in bytes (approximate JSON size of the data).
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// How long each step publishes.
+    #[arg(long, default_value = "10s")]
+    pub duration: humantime::Duration,
+    /// Longest wait after a step for deliveries still in flight.
+    #[arg(long, default_value = "3s")]
+    pub drain: humantime::Duration,
+}
+
+pub async fn run(args: BroadcastArgs) -> anyhow::Result<Value> {
+    args.common.check()?;
+    let stats = Arc::new(Stats::new()?);
+    let token = args.common.token("bench")?;
+    let specs: Vec<Arc<Spec>> = args
+        .common
+        .servers
+        .iter()
+        .map(|server| {
+            Arc::new(Spec {
+                target: args.target,
+                server: *server,
+                token: token.clone(),
+                channels: vec![args.channel.clone()],
+                stamp: Stamp::Micros,
+                talk: None,
+                handshake_timeout: Duration::from_secs(30),
+                lite: false,
+            })
+        })
+        .collect();
+    let ramp_args = RampArgs {
+        count: args.subscribers,
+        concurrency: args.common.ramp_concurrency,
+        rate: args.common.connect_rate,
+        first: 0,
+    };
+    let fleet = ramp::open(&ramp_args, &stats, |i| specs[i % specs.len()].clone()).await?;
+    eprintln!(
+        "{} {}/{} subscribers in {:.1}s",
+        args.target.name(),
+        fleet.connected,
+        args.subscribers,
+        fleet.seconds
+    );
+    let mut publisher =
+        Publisher::connect(args.target, args.common.api_addr(), &args.common.api_key).await?;
+    let mut steps = Vec::new();
+    for rate in &args.rates {
+        let step = step(&args, *rate, fleet.connected as u64, &stats, &mut publisher).await;
+        match step {
+            Ok(step) => {
+                eprintln!("{}", crate::summary::step_line(&step));
+                steps.push(step);
+            }
+            Err(e) => {
+                // The server gave up (e.g. the API closed): report what was measured so far.
+                eprintln!("rate {rate}: {e:#}");
+                steps.push(json!({"rate": rate, "error": format!("{e:#}")}));
+                break;
+            }
+        }
+    }
+    let (connected, ramp_seconds, connect_rate) = (fleet.connected, fleet.seconds, fleet.rate());
+    fleet.close().await;
+    Ok(json!({
+        "scenario": if args.common.servers.len() > 1 { "cluster" } else { "broadcast" },
+        "target": args.target.name(),
+        "nodes": args.common.servers.len(),
+        "subscribers": connected,
+        "connect_errors": stats.errors.load(std::sync::atomic::Ordering::Relaxed),
+        "ramp_seconds": ramp_seconds,
+        "connections_per_second": connect_rate,
+        "payload_bytes": args.payload,
+        "batch": args.batch,
+        "steps": steps,
+    }))
+}
+
+async fn step(
+    args: &BroadcastArgs,
+    rate: u64,
+    subscribers: u64,
+    stats: &Stats,
+    publisher: &mut Publisher,
+) -> anyhow::Result<Value> {
+    // Whatever a previous step left in flight belongs to it, not to this one.
+    stats.take_latency()?;
+    let delivered_before = stats.deliveries();
+    let before = procstat::sample_group(&args.common.server_pids);
+    let started = Instant::now();
+    let channel = args.channel.clone();
+    let published = run_at_rate(publisher, rate, args.batch, args.duration.into(), |_| {
+        (channel.clone(), payload(args.payload, None))
+    })
+    .await?;
+    let publish_seconds = started.elapsed().as_secs_f64();
+    let after_publish = procstat::sample_group(&args.common.server_pids);
+    let expected = published * subscribers;
+    let deadline = Instant::now() + Duration::from(args.drain);
+    while stats.deliveries() - delivered_before < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let deliveries = stats.deliveries() - delivered_before;
+    let latency = stats.take_latency()?;
+    let mut step = json!({
+        "rate": rate,
+        "publications": published,
+        "publish_rate": published as f64 / publish_seconds,
+        "seconds": seconds,
+        "deliveries": deliveries,
+        "expected_deliveries": expected,
+        "deliveries_per_second": deliveries as f64 / seconds,
+        "offered_deliveries_per_second": rate as f64 * subscribers as f64,
+        "latency_ms": latency_json(&latency),
+    });
+    // CPU over the publishing period (the drain would dilute it).
+    merge(&mut step, procstat::usage_json(&before, &after_publish));
+    Ok(step)
+}
+
+pub fn merge(into: &mut Value, from: Value) {
+    if let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) {
+        into.extend(from);
+    }
+}
