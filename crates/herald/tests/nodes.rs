@@ -1,7 +1,8 @@
 //! Several real `herald` processes on one host: a data directory refuses a second process,
 //! SO_REUSEPORT lets nodes share one port, and the nginx configuration of docs/operations.md
 //! spreads clients over two nodes linked by Redis, delivers across them, and moves clients to
-//! the survivor when one dies, where they recover what they missed.
+//! the survivor when one dies, where they recover what they missed; a SIGKILLed node's presence
+//! and registry entry expire.
 
 mod support;
 
@@ -284,4 +285,57 @@ async fn nginx_spreads_clients_over_two_nodes_and_moves_them_when_one_dies() {
     );
     assert_eq!(clients_on(a.addr, "a").await, 10);
     drop(nginx.proc);
+}
+
+#[tokio::test]
+async fn a_killed_nodes_presence_and_registry_entry_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = format!(
+        "[broker]\nkind = \"redis\"\nredis_addresses = [\"{}\"]\nprefix = \"herald-test.crash-{}\"\npresence_ttl = \"2s\"\nnode_announce_interval = \"500ms\"\n[[channel.namespaces]]\nname = \"room\"\nallow_subscribe_for_client = true\npresence = true\nallow_presence_for_subscriber = true\n",
+        std::env::var("HERALD_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into()),
+        uuid::Uuid::new_v4().simple()
+    );
+    let a = start_node(&node_config(dir.path(), "a", "127.0.0.1:0", &broker)).expect("node a");
+    let mut b = start_node(&node_config(dir.path(), "b", "127.0.0.1:0", &broker)).expect("node b");
+    let mut on_b = Client::open(&format!("ws://{}/connection/websocket", b.addr)).await;
+    on_b.connect(&token("bob")).await;
+    on_b.subscribe("room:1").await;
+    let presence = || async {
+        api(a.addr, "presence", json!({"channel": "room:1"})).await["result"]["presence"]
+            .as_object()
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let names = || async {
+        let info = api(a.addr, "info", json!({})).await;
+        let mut names: Vec<String> = info["result"]["nodes"]
+            .as_array()
+            .map(|n| {
+                n.iter()
+                    .filter_map(|n| n["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let deadline = Instant::now() + WAIT;
+    while presence().await != 1 || names().await != ["a", "b"] {
+        assert!(
+            Instant::now() < deadline,
+            "b's client and entry never showed on a"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGKILL: no cleanup. Its entries must vanish by expiry alone.
+    b.proc.kill9();
+    let killed = Instant::now();
+    while presence().await != 0 || names().await != ["a"] {
+        assert!(
+            killed.elapsed() < Duration::from_secs(8),
+            "a dead node's presence or registry entry outlived its TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("dead node's entries gone after {:?}", killed.elapsed());
 }
