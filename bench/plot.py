@@ -142,13 +142,14 @@ def table():
                        f"{r['positions_persisted']} persisted ({r.get('positions_rows_in_postgres', '?')} rows), "
                        f"{s['deliveries_per_second']:.0f} deliveries/s")
             elif name == "market":
-                load_ = f"{r['clients']} clients × {r['per_client']} of {r['symbols']} symbols, {s['rate']} ticks/s"
+                load_ = (f"{r['clients']} clients × {r['per_client']} of {r['symbols']} symbols, {s['rate']} ticks/s offered "
+                         f"({s['publications'] / (s['seconds'] - 1):.0f} sent; the run waits 1 s more for the last window)")
                 res = f"{s['deliveries_per_second']:.0f} deliveries/s (conflation {s['conflation_ratio']:.1f}×)"
             elif name == "chat":
                 load_ = f"{r['rooms']} rooms × {r['members_per_room']} members, {s['rate']:.0f} msgs/s"
                 res = f"{s['deliveries_per_second']:.0f} deliveries/s ({s['deliveries']} of {s['expected_deliveries']:.0f})"
             else:
-                load_ = f"{name}: {r['subscribers']} subs × {s['rate']} pub/s"
+                load_ = f"{r['subscribers']} subs × {s['rate']} pub/s offered ({s['publish_rate']:.0f} sent)"
                 res = f"{s['deliveries_per_second']:.0f} deliveries/s ({s['deliveries']} of {s['expected_deliveries']})"
             cpu = s.get("server_cpu_percent")
             rss = s.get("server_rss_mib")

@@ -78,7 +78,7 @@ async fn open_here(args: &IdleArgs, stats: &Arc<Stats>) -> anyhow::Result<ramp::
     ramp::open(&ramp_args, stats, |i| specs[i % specs.len()].clone()).await
 }
 
-/// `--child`: open, announce, hold until stdin closes (bounded by twice the hold plus a minute).
+/// `--child`: open, announce, hold until stdin closes (bounded by twice the hold plus 15 minutes).
 pub async fn child(args: IdleArgs) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::new()?);
     let fleet = open_here(&args, &stats).await?;
@@ -87,7 +87,10 @@ pub async fn child(args: IdleArgs) -> anyhow::Result<()> {
         json!({"connected": fleet.connected, "seconds": fleet.seconds,
                "errors": stats.errors.load(Ordering::Relaxed)})
     );
-    let bound = Duration::from(args.hold) * 2 + Duration::from_secs(60);
+    // The parent measures only when every child is ready, and children that ramp slowly can take
+    // minutes more than the first: the bound must outlast the whole group's ramp, not this
+    // child's (a 60 s margin let early children leave a 1M run before it was measured).
+    let bound = Duration::from(args.hold) * 2 + Duration::from_secs(900);
     let mut stdin = tokio::io::stdin();
     let mut byte = [0u8; 1];
     let _ = tokio::time::timeout(bound, stdin.read(&mut byte)).await;
