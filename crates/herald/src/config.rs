@@ -387,11 +387,13 @@ impl WebhooksConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// `memory` (one node), `redis` (several nodes sharing one Redis) or `nats` (several nodes
-    /// sharing one NATS server or cluster).
+    /// `memory` (one node), `redis` (several nodes sharing one Redis), `redis_cluster` (several
+    /// nodes sharing one Redis Cluster, sharded pub/sub) or `nats` (several nodes sharing one NATS
+    /// server or cluster).
     pub kind: String,
     /// Redis addresses (`redis://[:password@]host:port[/db]` or `host:port`), tried in order when
     /// (re)connecting, so a replica promoted by Sentinel or a proxy can be listed after the primary.
+    /// With `kind = "redis_cluster"`: seed nodes of the cluster (any reachable one is enough).
     pub redis_addresses: Vec<String>,
     /// NATS servers (`nats://[user:password@]host:port` or `host:port`); async-nats picks among
     /// them when (re)connecting.
@@ -446,12 +448,14 @@ impl BrokerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         match self.kind.as_str() {
             "memory" => return Ok(()),
-            "redis" => self.validate_redis()?,
+            "redis" | "redis_cluster" => self.validate_redis()?,
             "nats" => self.validate_nats()?,
             other => {
                 return Err(field(
                     "broker.kind",
-                    format!("expected \"memory\", \"redis\" or \"nats\", got {other:?}"),
+                    format!(
+                    "expected \"memory\", \"redis\", \"redis_cluster\" or \"nats\", got {other:?}"
+                ),
                 ))
             }
         }
@@ -475,7 +479,7 @@ impl BrokerConfig {
         if self.redis_addresses.is_empty() {
             return Err(field(
                 "broker.redis_addresses",
-                "must list at least one address when kind = \"redis\"",
+                format!("must list at least one address when kind = {:?}", self.kind),
             ));
         }
         for (i, address) in self.redis_addresses.iter().enumerate() {
@@ -1682,6 +1686,18 @@ mod tests {
             .starts_with("broker.command_timeout:"));
         let ok = load_str("", &[("HERALD_BROKER__KIND", "redis")], &[]).unwrap();
         assert_eq!(ok.broker.kind, "redis");
+        // A Redis Cluster takes seed addresses and the same prefix rules.
+        let text = "[broker]\nkind = \"redis_cluster\"\nredis_addresses = []\n";
+        let e = load_str(text, &[], &[]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("broker.redis_addresses:") && e.contains("redis_cluster"),
+            "{e}"
+        );
+        assert!(
+            err(&["broker.kind=redis_cluster", "broker.prefix=a{b}"]).starts_with("broker.prefix:")
+        );
+        let ok = load_str("", &[("HERALD_BROKER__KIND", "redis_cluster")], &[]).unwrap();
+        assert_eq!(ok.broker.kind, "redis_cluster");
     }
 
     #[test]

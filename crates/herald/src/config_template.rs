@@ -163,9 +163,11 @@ proxy_publish = false
 [broker]
 # How nodes share publications, history, presence and the node registry (docs/scaling.md).
 # "memory": one node. "redis": every node with the same redis_addresses and prefix is one cluster.
+# "redis_cluster": the same over a Redis Cluster (sharded pub/sub); redis_addresses are seed nodes.
 # "nats": every node with the same nats_urls and prefix is one cluster (no history, see docs).
 kind = "memory"
-# Tried in order when (re)connecting: "redis://[:password@]host:port[/db]" or "host:port".
+# Tried in order when (re)connecting: "redis://[:password@]host:port[/db]" or "host:port"
+# (redis_cluster: any reachable seed is enough).
 redis_addresses = ["redis://127.0.0.1:6379"]
 # NATS servers: "nats://[user:password@]host:port" or "host:port".
 nats_urls = ["nats://127.0.0.1:4222"]

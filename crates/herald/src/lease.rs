@@ -83,12 +83,13 @@ impl LeaseStore for MemoryLeases {
     }
 }
 
-/// Leases in Redis, shared by every node of a cluster on the same Redis: the lease is a key
-/// `<prefix>lease:<name>` holding `holder|token` with a TTL; tokens come from
-/// `<prefix>lease_token:<name>`, which only ever grows (INCR) and never expires, so a token is
-/// never reused even after every lease lapsed.
+/// Leases in Redis, shared by every node of a cluster on the same Redis (or Redis Cluster): the
+/// lease is a key `<prefix>lease:{<name>}` holding `holder|token` with a TTL; tokens come from
+/// `<prefix>lease_token:{<name>}`, which only ever grows (INCR) and never expires, so a token is
+/// never reused even after every lease lapsed. Both keys carry the name as hash tag, so one
+/// script can use them on a cluster.
 pub struct RedisLeases {
-    conn: redis::aio::ConnectionManager,
+    conn: LeaseConn,
     prefix: String,
     acquire: redis::Script,
     release: redis::Script,
@@ -117,8 +118,39 @@ end
 return 0
 "#;
 
+/// A reconnecting connection to a single Redis, or a cluster connection made on first use (it
+/// then follows the cluster's topology by itself).
+enum LeaseConn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(Box<LazyCluster>),
+}
+
+struct LazyCluster {
+    client: redis::cluster::ClusterClient,
+    conn: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
+}
+
+impl LeaseConn {
+    async fn get(&self) -> Result<crate::broker::redis::RedisConn, BrokerError> {
+        use crate::broker::redis::RedisConn;
+        match self {
+            LeaseConn::Single(manager) => Ok(RedisConn::Managed(manager.clone())),
+            LeaseConn::Cluster(lazy) => lazy
+                .conn
+                .get_or_try_init(|| lazy.client.get_async_connection())
+                .await
+                .map(|c| RedisConn::Cluster(c.clone()))
+                .map_err(unavailable),
+        }
+    }
+}
+
 impl RedisLeases {
     pub fn new(conn: redis::aio::ConnectionManager, prefix: &str) -> RedisLeases {
+        Self::with(LeaseConn::Single(conn), prefix)
+    }
+
+    fn with(conn: LeaseConn, prefix: &str) -> RedisLeases {
         RedisLeases {
             conn,
             prefix: prefix.to_string(),
@@ -130,6 +162,25 @@ impl RedisLeases {
     /// Leases on the broker's Redis (its first address and its prefix); connects on first use and
     /// reconnects by itself, so a Redis that is down at start only delays the feeds.
     pub fn lazy(cfg: &crate::config::BrokerConfig) -> Result<RedisLeases, BrokerError> {
+        let prefix = format!("{}:", cfg.prefix);
+        if cfg.kind == "redis_cluster" {
+            let seeds: Vec<String> = cfg
+                .redis_addresses
+                .iter()
+                .map(|a| crate::config::redis_url(a))
+                .collect();
+            let client = redis::cluster::ClusterClientBuilder::new(seeds)
+                .connection_timeout(cfg.connect_timeout)
+                .response_timeout(cfg.command_timeout)
+                .retries(2)
+                .build()
+                .map_err(unavailable)?;
+            let conn = LeaseConn::Cluster(Box::new(LazyCluster {
+                client,
+                conn: tokio::sync::OnceCell::new(),
+            }));
+            return Ok(RedisLeases::with(conn, &prefix));
+        }
         let address = cfg
             .redis_addresses
             .first()
@@ -142,13 +193,21 @@ impl RedisLeases {
             .set_max_delay(cfg.max_reconnect_delay);
         let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, manager)
             .map_err(unavailable)?;
-        Ok(RedisLeases::new(conn, &format!("{}:", cfg.prefix)))
+        Ok(RedisLeases::new(conn, &prefix))
     }
 
     fn keys(&self, name: &str) -> (String, String) {
         (
-            format!("{}lease:{name}", self.prefix),
-            format!("{}lease_token:{name}", self.prefix),
+            format!(
+                "{}lease:{{{}}}",
+                self.prefix,
+                crate::broker::redis::hash_tag(name)
+            ),
+            format!(
+                "{}lease_token:{{{}}}",
+                self.prefix,
+                crate::broker::redis::hash_tag(name)
+            ),
         )
     }
 
@@ -177,7 +236,7 @@ impl LeaseStore for RedisLeases {
             .key(token)
             .arg(holder)
             .arg(ttl.as_millis().max(1) as u64)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.conn.get().await?)
             .await
             .map_err(unavailable)?;
         Ok(u64::try_from(got).ok())
@@ -189,7 +248,7 @@ impl LeaseStore for RedisLeases {
             .release
             .key(lease)
             .arg(holder)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.conn.get().await?)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -198,7 +257,7 @@ impl LeaseStore for RedisLeases {
     async fn is_current(&self, name: &str, token: u64) -> Result<bool, BrokerError> {
         let current: Option<u64> = redis::cmd("GET")
             .arg(self.token_key(name))
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn.get().await?)
             .await
             .map_err(unavailable)?;
         Ok(current == Some(token))
@@ -243,8 +302,8 @@ mod tests {
         let leases = RedisLeases::new(conn.clone(), &prefix);
         one_holder_at_a_time_and_tokens_grow(&leases, Duration::from_millis(150)).await;
         let _: () = redis::cmd("DEL")
-            .arg(format!("{prefix}lease:feed"))
-            .arg(format!("{prefix}lease_token:feed"))
+            .arg(format!("{prefix}lease:{{feed}}"))
+            .arg(format!("{prefix}lease_token:{{feed}}"))
             .query_async(&mut conn.clone())
             .await
             .unwrap();

@@ -261,6 +261,11 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
             prefix = %node.config.broker.prefix,
             "broker: redis (cluster), history and presence: redis"
         ),
+        "redis_cluster" => tracing::info!(
+            seeds = ?node.config.broker.redis_addresses,
+            prefix = %node.config.broker.prefix,
+            "broker: redis cluster (sharded pub/sub), history and presence: redis cluster"
+        ),
         "nats" => tracing::info!(
             urls = ?node.config.broker.nats_urls,
             prefix = %node.config.broker.prefix,

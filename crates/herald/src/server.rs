@@ -29,7 +29,7 @@ pub struct Server {
     /// Feed runners; they release their leases when the node shuts down.
     feeds: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
-    /// The Redis broker, when `broker.kind = "redis"` (for the crash hook).
+    /// The Redis broker, when `broker.kind` is `redis` or `redis_cluster` (for the crash hook).
     redis: Option<RedisBroker>,
     /// The NATS broker, when `broker.kind = "nats"` (for the crash hook).
     nats: Option<NatsBroker>,
@@ -73,7 +73,7 @@ impl Server {
             Option<NatsBroker>,
         );
         let (broker, presence, redis, nats): Brokers = match config.broker.kind.as_str() {
-            "redis" => {
+            "redis" | "redis_cluster" => {
                 let redis = RedisBroker::new(&config.broker, config.channel.history_meta_ttl)
                     .map_err(|e| anyhow::anyhow!("broker: {e}"))?;
                 (

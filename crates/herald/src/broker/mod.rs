@@ -1,8 +1,8 @@
 //! Cross-node publication delivery behind one trait. The memory broker (the default) serves one node;
 //! the Redis broker makes every node sharing one Redis (and one `broker.prefix`) behave as one
-//! system, and the NATS broker does the same over core NATS and JetStream KV (without history).
-//! Later brokers (Redis Cluster) implement the same traits, so the hub never knows
-//! which one is in use.
+//! system (on a single Redis or a Redis Cluster with sharded pub/sub), and the NATS broker does
+//! the same over core NATS and JetStream KV (without history). The hub never knows which one is
+//! in use.
 //!
 //! A broker owns stream positions: it assigns each publication its offset (through history) and
 //! delivers it to the [`BrokerHandler`] of every node that has local subscribers of the channel, in
@@ -12,6 +12,7 @@ mod memory;
 pub mod nats;
 mod nats_kv;
 pub mod redis;
+mod redis_conn;
 mod redis_scripts;
 pub mod wire;
 

@@ -1,11 +1,14 @@
-//! The Redis broker: nodes sharing one Redis (and one `broker.prefix`) are one system.
+//! The Redis broker: nodes sharing one Redis or one Redis Cluster (and one `broker.prefix`) are
+//! one system. On a cluster, pub/sub is sharded (`SSUBSCRIBE`/`SPUBLISH`, see [`redis_conn`]) and
+//! every key of a channel carries the channel as hash tag, so all of the below runs per shard.
 //!
 //! - Publications: one Lua script assigns the offset, appends to the channel's stream (trimmed to
 //!   the history size), keeps the latest value per key for conflated channels and PUBLISHes the
 //!   framed payload ([`wire`]) on the channel's pub/sub channel — atomically, so pub/sub order is
 //!   offset order.
-//! - Delivery: one pub/sub connection per node, SUBSCRIBEd to a channel while the node has local
-//!   subscribers of it, plus one control channel for API commands that target users.
+//! - Delivery: one pub/sub connection per node (per shard on a cluster), subscribed to a channel
+//!   while the node has local subscribers of it, plus one control channel for API commands that
+//!   target users.
 //! - Presence and the node registry: a hash beside a zset of expiry times, refreshed by their
 //!   owner, so entries of a dead node vanish within their TTL.
 //! - Faults: a supervisor task owns both connections. Any failed or timed-out command tears them
@@ -13,6 +16,8 @@
 //!   and then proves for each channel that nothing was missed — or tells its subscribers
 //!   ([`BrokerHandler::handle_gap`]) so they resubscribe and recover from history.
 
+pub use super::redis_conn::RedisConn;
+use super::redis_conn::{self, Subscriber};
 use super::redis_scripts as scripts;
 use super::wire::{self, Message};
 use super::{Broker, BrokerError, BrokerHandler, Control, NodeEntry, PresenceStore};
@@ -23,7 +28,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use herald_protocol::{ClientInfo, Publication, StreamPosition};
 use parking_lot::Mutex;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::aio::PubSubStream;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,43 +51,74 @@ struct Keys {
     prefix: String,
 }
 
+/// A channel's hash tag: every key and the pub/sub channel of a channel carry it in braces, so on
+/// a Redis Cluster they share one slot (a script touches them together, and `SPUBLISH` from a
+/// script must stay in the script's slot). Braces and `%` are percent-encoded so any channel name
+/// yields a valid, distinct tag; an empty name gets `%` (which no encoded name is).
+pub(crate) fn hash_tag(channel: &str) -> String {
+    if channel.is_empty() {
+        return "%".into();
+    }
+    let mut tag = String::with_capacity(channel.len());
+    for c in channel.chars() {
+        match c {
+            '%' => tag.push_str("%25"),
+            '{' => tag.push_str("%7B"),
+            '}' => tag.push_str("%7D"),
+            c => tag.push(c),
+        }
+    }
+    tag
+}
+
+/// The channel a [`hash_tag`] came from.
+fn channel_of_tag(tag: &str) -> String {
+    if tag == "%" {
+        return String::new();
+    }
+    tag.replace("%7B", "{")
+        .replace("%7D", "}")
+        .replace("%25", "%")
+}
+
 impl Keys {
-    // Every key of a channel carries the channel as a hash tag, so a Redis Cluster broker can keep
-    // a channel's keys in one slot with the same layout.
     fn stream(&self, channel: &str) -> String {
-        format!("{}.stream.{{{channel}}}", self.prefix)
+        format!("{}.stream.{{{}}}", self.prefix, hash_tag(channel))
     }
     fn meta(&self, channel: &str) -> String {
-        format!("{}.meta.{{{channel}}}", self.prefix)
+        format!("{}.meta.{{{}}}", self.prefix, hash_tag(channel))
     }
     fn latest_keys(&self, channel: &str) -> String {
-        format!("{}.latest_keys.{{{channel}}}", self.prefix)
+        format!("{}.latest_keys.{{{}}}", self.prefix, hash_tag(channel))
     }
     fn latest(&self, channel: &str) -> String {
-        format!("{}.latest.{{{channel}}}", self.prefix)
+        format!("{}.latest.{{{}}}", self.prefix, hash_tag(channel))
     }
     fn presence(&self, channel: &str) -> String {
-        format!("{}.presence.{{{channel}}}", self.prefix)
+        format!("{}.presence.{{{}}}", self.prefix, hash_tag(channel))
     }
     fn presence_expiry(&self, channel: &str) -> String {
-        format!("{}.presence_exp.{{{channel}}}", self.prefix)
+        format!("{}.presence_exp.{{{}}}", self.prefix, hash_tag(channel))
     }
+    // The registry's two keys share the prefix as their tag (one slot on a cluster).
     fn nodes(&self) -> String {
-        format!("{}.nodes", self.prefix)
+        format!("{{{}}}.nodes", self.prefix)
     }
     fn nodes_expiry(&self) -> String {
-        format!("{}.nodes_exp", self.prefix)
+        format!("{{{}}}.nodes_exp", self.prefix)
     }
     fn pubsub(&self, channel: &str) -> String {
-        format!("{}.ch.{channel}", self.prefix)
+        format!("{}.ch.{{{}}}", self.prefix, hash_tag(channel))
     }
     fn control(&self) -> String {
         format!("{}.control", self.prefix)
     }
-    fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
-        pubsub
+    fn channel_of(&self, pubsub: &str) -> Option<String> {
+        let tag = pubsub
             .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(".ch.")
+            .strip_prefix(".ch.{")?
+            .strip_suffix('}')?;
+        Some(channel_of_tag(tag))
     }
 }
 
@@ -99,13 +135,16 @@ struct Inner {
     /// `channel.history_meta_ttl`: how long a stream position outlives its last publication.
     meta_ttl: Duration,
     keys: Keys,
+    /// The addresses of a single Redis, tried in order (`kind = "redis"`).
     clients: Vec<redis::Client>,
+    /// The seed addresses of a Redis Cluster (`kind = "redis_cluster"`).
+    cluster: Option<Vec<String>>,
     scripts: Scripts,
     /// The command connection with its generation: a late failure of an old connection's command
     /// must not tear down its successor.
-    conn: Mutex<Option<(u64, MultiplexedConnection)>>,
+    conn: Mutex<Option<(u64, RedisConn)>>,
     generation: std::sync::atomic::AtomicU64,
-    sink: Mutex<Option<PubSubSink>>,
+    sink: Mutex<Option<Subscriber>>,
     /// Serializes SUBSCRIBE/UNSUBSCRIBE so an unsubscribe never overtakes a later subscribe.
     subscribe_ops: tokio::sync::Mutex<()>,
     /// Channels SUBSCRIBEd on the current pub/sub connection.
@@ -139,12 +178,20 @@ impl RedisBroker {
             .map(|a| redis::Client::open(redis_url(a).as_str()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| BrokerError::Unavailable(format!("broker.redis_addresses: {e}")))?;
+        let cluster = (config.kind == "redis_cluster").then(|| {
+            config
+                .redis_addresses
+                .iter()
+                .map(|a| redis_url(a))
+                .collect::<Vec<_>>()
+        });
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 keys: Keys {
                     prefix: config.prefix.clone(),
                 },
                 clients,
+                cluster,
                 scripts: Scripts {
                     publish: redis::Script::new(scripts::PUBLISH),
                     history: redis::Script::new(scripts::HISTORY),
@@ -209,7 +256,7 @@ impl Inner {
         self.handler.get()
     }
 
-    fn conn(&self) -> Result<(u64, MultiplexedConnection), BrokerError> {
+    fn conn(&self) -> Result<(u64, RedisConn), BrokerError> {
         if self.dead.load(Ordering::Relaxed) {
             return Err(unavailable("node stopped"));
         }
@@ -259,23 +306,47 @@ impl Inner {
         }
     }
 
-    /// Refreshes `entries` ((zset, hash, member, value)) with `ttl`, in chunks.
+    /// Refreshes `entries` ((zset, hash, member, value)) with `ttl`: one script call per
+    /// expiring hash and chunk (a call's keys must share a slot on a cluster), several at once.
     async fn touch(
         &self,
         entries: &[(String, String, String, String)],
         ttl: Duration,
     ) -> Result<(), BrokerError> {
-        for chunk in entries.chunks(200) {
-            let (generation, mut conn) = self.conn()?;
-            let mut invocation = self.scripts.touch.prepare_invoke();
-            invocation.arg(millis(ttl));
-            for (zset, hash, member, value) in chunk {
-                invocation.key(zset).key(hash).arg(member).arg(value);
-            }
-            self.timed(generation, invocation.invoke_async::<i64>(&mut conn))
-                .await?;
+        type Entry = (String, String, String, String);
+        let mut groups: HashMap<&str, Vec<Entry>> = HashMap::new();
+        for entry in entries {
+            groups
+                .entry(entry.0.as_str())
+                .or_default()
+                .push(entry.clone());
         }
-        Ok(())
+        // Owned chunks: futures borrowing from a local map trip the Send checks of async traits.
+        let calls: Vec<Vec<Entry>> = groups
+            .into_values()
+            .flat_map(|group| {
+                group
+                    .chunks(200)
+                    .map(|chunk| chunk.to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let results: Vec<Result<(), BrokerError>> = futures_util::stream::iter(calls)
+            .map(|chunk| async move {
+                let (generation, mut conn) = self.conn()?;
+                let mut invocation = self.scripts.touch.prepare_invoke();
+                invocation.arg(millis(ttl));
+                for (zset, hash, member, value) in &chunk {
+                    invocation.key(zset).key(hash).arg(member).arg(value);
+                }
+                self.timed(generation, invocation.invoke_async::<i64>(&mut conn))
+                    .await
+                    .map(|_| ())
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        results.into_iter().collect()
     }
 
     /// The live members of an expiring hash.
@@ -352,13 +423,11 @@ impl Inner {
         }
     }
 
-    /// A message from pub/sub.
-    fn on_message(&self, msg: &redis::Msg) {
+    /// A message from pub/sub: `name` is the pub/sub channel.
+    fn on_message(&self, name: &str, payload: &[u8]) {
         let Some(handler) = self.handler() else {
             return;
         };
-        let name = msg.get_channel_name();
-        let payload = msg.get_payload_bytes();
         if name == self.keys.control() {
             match serde_json::from_slice::<Control>(payload) {
                 Ok(control) => handler.handle_control(&control),
@@ -369,6 +438,7 @@ impl Inner {
         let Some(channel) = self.keys.channel_of(name) else {
             return;
         };
+        let channel = channel.as_str();
         if !handler.has_subscribers(channel) {
             return;
         }
@@ -431,16 +501,23 @@ impl Inner {
         if channels.is_empty() {
             return Ok(());
         }
-        let (generation, mut conn) = self.conn()?;
-        let mut pipe = redis::pipe();
-        for channel in channels {
-            pipe.cmd("HMGET")
-                .arg(self.keys.meta(channel))
-                .arg("e")
-                .arg("o");
-        }
-        let tops: Vec<(Option<String>, Option<u64>)> =
-            self.timed(generation, pipe.query_async(&mut conn)).await?;
+        // One read per channel, several at once: channels live in different slots on a cluster.
+        // (epoch, offset) of each channel's stream, when it has one.
+        type Top = (Option<String>, Option<u64>);
+        let tops: Vec<Result<Top, BrokerError>> = futures_util::stream::iter(channels.to_vec())
+            .map(|channel| async move {
+                let (generation, mut conn) = self.conn()?;
+                let cmd = redis::cmd("HMGET")
+                    .arg(self.keys.meta(&channel))
+                    .arg("e")
+                    .arg("o")
+                    .to_owned();
+                self.timed(generation, cmd.query_async(&mut conn)).await
+            })
+            .buffered(64)
+            .collect()
+            .await;
+        let tops = tops.into_iter().collect::<Result<Vec<_>, _>>()?;
         for (channel, (epoch, offset)) in channels.iter().zip(tops) {
             // What every current subscriber is known to have: pub/sub continuity when something
             // was delivered, else the first position a subscriber read.
@@ -457,7 +534,10 @@ impl Inner {
                 (None, Some(_)) => top > 0,
                 // The stream the subscribers hold positions in is gone.
                 (Some(_), None) => true,
-                (Some((known_epoch, known)), Some(epoch)) => known_epoch != epoch || known < top,
+                // Behind the stream: publications were missed. Ahead of it: the stream lost its
+                // newest entries (a cluster failover to a replica that had not received them)
+                // and will hand their offsets out again.
+                (Some((known_epoch, known)), Some(epoch)) => known_epoch != epoch || known != top,
             };
             tracing::trace!(%channel, top, gap, "redis broker: gap check");
             if gap {
@@ -465,6 +545,31 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// A push from a cluster connection of `generation`. A lost shard connection or a slot moved
+    /// away from a subscribed channel (the shard sends `sunsubscribe`) may have dropped messages:
+    /// the connection is rebuilt, which resubscribes every channel and checks it for gaps.
+    fn on_cluster_push(&self, generation: u64, push: &redis::PushInfo) {
+        if let Some((name, payload)) = redis_conn::sharded_message(push) {
+            self.on_message(&name, payload);
+            return;
+        }
+        if push.kind == redis::PushKind::Disconnection {
+            self.fail(generation, "a cluster shard connection was lost");
+            return;
+        }
+        if let Some(name) = redis_conn::sharded_unsubscribe(push) {
+            // Our own unsubscribe removed the channel from the set before sending SUNSUBSCRIBE.
+            let ours = name == self.keys.control()
+                || self
+                    .keys
+                    .channel_of(&name)
+                    .is_some_and(|c| self.subscribed.lock().contains(&c));
+            if ours {
+                self.fail(generation, "a subscribed channel's slot moved");
+            }
+        }
     }
 
     async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
@@ -505,8 +610,15 @@ fn parse_positioned(
     Ok((StreamPosition { offset, epoch }, items))
 }
 
-/// Connects the command and pub/sub connections to the first address that answers.
-async fn connect(inner: &Inner) -> Result<(MultiplexedConnection, redis::aio::PubSub), String> {
+/// What [`connect`] opens: the command connection, the subscriber, and (single Redis) the stream
+/// of pub/sub messages; a cluster delivers its messages through the push handler instead.
+type Connected = (RedisConn, Subscriber, Option<PubSubStream>);
+
+/// Connects to the first address that answers (single Redis) or to the cluster.
+async fn connect(inner: &Arc<Inner>, generation: u64) -> Result<Connected, String> {
+    if let Some(seeds) = &inner.cluster {
+        return connect_cluster(inner, seeds, generation).await;
+    }
     let mut errors = Vec::new();
     for client in &inner.clients {
         let timeout = inner.config.connect_timeout;
@@ -516,12 +628,62 @@ async fn connect(inner: &Inner) -> Result<(MultiplexedConnection, redis::aio::Pu
             redis::RedisResult::Ok((conn, pubsub))
         };
         match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(pair)) => return Ok(pair),
+            Ok(Ok((conn, pubsub))) => {
+                let (sink, stream) = pubsub.split();
+                return Ok((
+                    RedisConn::Single(conn),
+                    Subscriber::Single(sink),
+                    Some(stream),
+                ));
+            }
             Ok(Err(e)) => errors.push(e.to_string()),
             Err(_) => errors.push(format!("connect timed out after {timeout:?}")),
         }
     }
     Err(errors.join("; "))
+}
+
+/// A cluster connection whose pushes (sharded messages, lost shard connections, slots moved away
+/// from under a subscription) are handled as they arrive, with no queue in between.
+async fn connect_cluster(
+    inner: &Arc<Inner>,
+    seeds: &[String],
+    generation: u64,
+) -> Result<Connected, String> {
+    let weak = Arc::downgrade(inner);
+    let on_push = move |push: redis::PushInfo| -> Result<(), std::convert::Infallible> {
+        if let Some(inner) = weak.upgrade() {
+            inner.on_cluster_push(generation, &push);
+        }
+        Ok(())
+    };
+    let client = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .connection_timeout(inner.config.connect_timeout)
+        .response_timeout(inner.config.command_timeout)
+        .retries(2)
+        .push_sender(on_push)
+        .build()
+        .map_err(|e| format!("broker.redis_addresses: {e}"))?;
+    let timeout = inner.config.connect_timeout * 2;
+    match tokio::time::timeout(timeout, client.get_async_connection()).await {
+        Ok(Ok(conn)) => Ok((
+            RedisConn::Cluster(conn.clone()),
+            Subscriber::Cluster(conn),
+            None,
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("cluster connect timed out after {timeout:?}")),
+    }
+}
+
+/// The next message of a single Redis's pub/sub stream; never resolves on a cluster (whose
+/// messages arrive through the push handler). `None`: the connection closed.
+async fn next_message(stream: &mut Option<PubSubStream>) -> Option<redis::Msg> {
+    match stream {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Owns the connections: connect, resubscribe, prove no gaps, listen; on any failure start over
@@ -533,11 +695,10 @@ async fn supervise(inner: Arc<Inner>) {
         if inner.stop.is_cancelled() {
             return;
         }
-        match connect(&inner).await {
-            Ok((conn, pubsub)) => {
+        let generation = inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        match connect(&inner, generation).await {
+            Ok((conn, sink, stream)) => {
                 delay = Duration::from_millis(50);
-                let (sink, stream) = pubsub.split();
-                let generation = inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
                 *inner.conn.lock() = Some((generation, conn));
                 *inner.sink.lock() = Some(sink.clone());
                 if reconnect {
@@ -571,7 +732,11 @@ async fn supervise(inner: Arc<Inner>) {
 }
 
 /// One connection's life. Returns why it ended.
-async fn serve(inner: &Arc<Inner>, mut sink: PubSubSink, mut stream: PubSubStream) -> String {
+async fn serve(
+    inner: &Arc<Inner>,
+    mut sink: Subscriber,
+    mut stream: Option<PubSubStream>,
+) -> String {
     let timeout = inner.config.command_timeout;
     // Resubscribe under the subscribe lock, so no subscribe or unsubscribe interleaves.
     let channels = {
@@ -582,12 +747,13 @@ async fn serve(inner: &Arc<Inner>, mut sink: PubSubSink, mut stream: PubSubStrea
             .unwrap_or_default();
         let mut names: Vec<String> = channels.iter().map(|c| inner.keys.pubsub(c)).collect();
         names.push(inner.keys.control());
-        for chunk in names.chunks(500) {
-            match tokio::time::timeout(timeout, sink.subscribe(chunk)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return format!("resubscribe failed: {e}"),
-                Err(_) => return "resubscribe timed out".into(),
-            }
+        // Every channel is subscribed before the set says so: a cluster's push handler takes a
+        // `sunsubscribe` for a channel in the set as its slot moving away.
+        let bound = timeout * (1 + names.len() as u32 / 500);
+        match tokio::time::timeout(bound, sink.subscribe(&names)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return format!("resubscribe failed: {e}"),
+            Err(_) => return "resubscribe timed out".into(),
         }
         inner.subscribed.lock().extend(channels.iter().cloned());
         channels
@@ -619,8 +785,8 @@ async fn serve(inner: &Arc<Inner>, mut sink: PubSubSink, mut stream: PubSubStrea
                     return "a command failed".into();
                 }
             }
-            msg = stream.next() => match msg {
-                Some(msg) => inner.on_message(&msg),
+            msg = next_message(&mut stream) => match msg {
+                Some(msg) => inner.on_message(msg.get_channel_name(), msg.get_payload_bytes()),
                 None => return "pub/sub connection closed".into(),
             },
             _ = health_tick.tick() => {
@@ -628,8 +794,8 @@ async fn serve(inner: &Arc<Inner>, mut sink: PubSubSink, mut stream: PubSubStrea
                 // a node finds out within the command timeout even when it has no traffic.
                 let Ok((_, mut conn)) = inner.conn() else { return "connection dropped".into() };
                 let probe = async {
-                    let a = redis::cmd("PING").query_async::<redis::Value>(&mut conn).await;
-                    let b = sink.ping::<redis::Value>().await;
+                    let a = conn.ping_all().await;
+                    let b = sink.ping().await;
                     a.and(b)
                 };
                 match tokio::time::timeout(timeout, probe).await {
@@ -676,7 +842,7 @@ impl Broker for RedisBroker {
             .ok_or_else(|| unavailable("not connected to Redis"))?;
         let generation = inner.generation.load(Ordering::SeqCst);
         inner
-            .timed(generation, sink.subscribe(inner.keys.pubsub(channel)))
+            .timed(generation, sink.subscribe(&[inner.keys.pubsub(channel)]))
             .await?;
         inner.subscribed.lock().insert(channel.to_string());
         Ok(())
@@ -707,7 +873,7 @@ impl Broker for RedisBroker {
         };
         let generation = inner.generation.load(Ordering::SeqCst);
         if let Err(e) = inner
-            .timed(generation, sink.unsubscribe(inner.keys.pubsub(channel)))
+            .timed(generation, sink.unsubscribe(&inner.keys.pubsub(channel)))
             .await
         {
             // Messages of the channel keep arriving and are ignored (no local subscriber); the
@@ -745,7 +911,8 @@ impl Broker for RedisBroker {
                     .arg(millis(options.meta_ttl))
                     .arg(key.unwrap_or(""))
                     .arg(options.max_keys)
-                    .arg(new_epoch());
+                    .arg(new_epoch())
+                    .arg(conn.publish_command());
                 let (offset, epoch): (u64, String) = inner
                     .timed(generation, invocation.invoke_async(&mut conn))
                     .await?;
@@ -756,7 +923,7 @@ impl Broker for RedisBroker {
                 inner
                     .timed(
                         generation,
-                        redis::cmd("PUBLISH")
+                        redis::cmd(conn.publish_command())
                             .arg(inner.keys.pubsub(channel))
                             .arg(frame)
                             .query_async::<i64>(&mut conn),
@@ -770,7 +937,7 @@ impl Broker for RedisBroker {
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
         let inner = &self.inner;
         let (generation, mut conn) = inner.conn()?;
-        let cmd = redis::cmd("PUBLISH")
+        let cmd = redis::cmd(conn.publish_command())
             .arg(inner.keys.pubsub(channel))
             .arg(wire::join_frame(info))
             .to_owned();
@@ -783,7 +950,7 @@ impl Broker for RedisBroker {
     async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
         let inner = &self.inner;
         let (generation, mut conn) = inner.conn()?;
-        let cmd = redis::cmd("PUBLISH")
+        let cmd = redis::cmd(conn.publish_command())
             .arg(inner.keys.pubsub(channel))
             .arg(wire::leave_frame(info))
             .to_owned();
@@ -797,7 +964,7 @@ impl Broker for RedisBroker {
         let inner = &self.inner;
         let payload = serde_json::to_vec(&control).map_err(unavailable)?;
         let (generation, mut conn) = inner.conn()?;
-        let cmd = redis::cmd("PUBLISH")
+        let cmd = redis::cmd(conn.publish_command())
             .arg(inner.keys.control())
             .arg(payload)
             .to_owned();
@@ -1038,5 +1205,45 @@ impl PresenceStore for RedisBroker {
         let presence = PresenceStore::get(self, channel).await?;
         let users: HashSet<&str> = presence.values().map(|i| i.user.as_str()).collect();
         Ok((presence.len() as u32, users.len() as u32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_channel_shares_one_hash_tag_and_names_decode() {
+        let keys = Keys { prefix: "p".into() };
+        for channel in ["chat", "a{b}c", "}x{", "100%", "%7B", "", "%", "{}"] {
+            let tag = hash_tag(channel);
+            assert!(!tag.contains(['{', '}']), "{channel:?} -> {tag:?}");
+            assert!(!tag.is_empty());
+            let expected = format!("{{{tag}}}");
+            for key in [
+                keys.stream(channel),
+                keys.meta(channel),
+                keys.latest_keys(channel),
+                keys.latest(channel),
+                keys.presence(channel),
+                keys.presence_expiry(channel),
+                keys.pubsub(channel),
+            ] {
+                assert!(key.ends_with(&expected), "{key}");
+                assert_eq!(key.matches('{').count(), 1, "{key}");
+            }
+            assert_eq!(
+                keys.channel_of(&keys.pubsub(channel)).as_deref(),
+                Some(channel)
+            );
+        }
+        // Distinct channels never share keys.
+        let tags: HashSet<String> = ["%", "", "%25", "%7B", "{", "%257B"]
+            .iter()
+            .map(|c| hash_tag(c))
+            .collect();
+        assert_eq!(tags.len(), 6);
+        assert_eq!(keys.channel_of("p.control"), None);
+        assert_eq!(keys.channel_of("other.ch.{x}"), None);
     }
 }

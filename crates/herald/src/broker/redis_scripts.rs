@@ -4,7 +4,9 @@
 
 /// KEYS: stream, meta, latest-key zset, latest-value hash.
 /// ARGV: pub/sub channel, payload, history size, history ttl ms, meta ttl ms, conflation key ('' for
-/// none), max keys, epoch to use if the stream has none.
+/// none), max keys, epoch to use if the stream has none, publish command (`PUBLISH`, or
+/// `SPUBLISH` on a cluster: the pub/sub channel carries the keys' hash tag, so it stays in the
+/// script's slot).
 /// The meta hash holds the epoch (`e`) and the last offset (`o`); when it is gone (expired,
 /// removed, Redis lost its data) the stream restarts under the new epoch and old items are dropped.
 /// Returns {offset, epoch}.
@@ -33,7 +35,7 @@ if key ~= '' and max_keys > 0 then
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
   redis.call('PEXPIRE', KEYS[4], ARGV[5])
 end
-redis.call('PUBLISH', ARGV[1], 'P' .. offset .. ' ' .. epoch .. ' ' .. string.len(key) .. '\n' .. key .. ARGV[2])
+redis.call(ARGV[9], ARGV[1], 'P' .. offset .. ' ' .. epoch .. ' ' .. string.len(key) .. '\n' .. key .. ARGV[2])
 return {offset, epoch}
 "#;
 

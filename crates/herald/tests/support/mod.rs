@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod pg;
 pub mod procs;
 pub mod proxy;
+pub mod redis_cluster;
 pub mod upstream;
 
 use futures_util::{SinkExt, StreamExt};
@@ -676,6 +677,61 @@ impl TestServer {
     pub async fn crash(&mut self) {
         if let Some(server) = self.server.take() {
             server.crash().await;
+        }
+    }
+}
+
+/// Publication offsets received on `channel` until `quiet` passes without any.
+pub async fn offsets_until_quiet(client: &mut Client, channel: &str, quiet: Duration) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    while let Some(message) = client.next_within(quiet).await {
+        let push = &message["push"];
+        if push["channel"] == channel {
+            if let Some(offset) = push["pub"]["offset"].as_u64() {
+                offsets.push(offset);
+            }
+        }
+    }
+    offsets
+}
+
+/// Subscribes with recovery from `offset`/`epoch` and returns (recovered, offsets of the
+/// recovered publications).
+pub async fn resubscribe(
+    client: &mut Client,
+    channel: &str,
+    offset: u64,
+    epoch: &str,
+) -> (bool, Vec<u64>) {
+    let reply = client
+        .call(
+            "subscribe",
+            json!({"channel": channel, "recover": true, "offset": offset, "epoch": epoch}),
+        )
+        .await;
+    let sub = &reply["subscribe"];
+    assert!(sub.is_object(), "resubscribe failed: {reply}");
+    let offsets = sub["publications"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["offset"].as_u64()).collect())
+        .unwrap_or_default();
+    (sub["recovered"] == true, offsets)
+}
+
+/// Waits for the unsubscribe push of `channel`; returns its code. Publications before it are
+/// returned too.
+pub async fn unsubscribe_push(client: &mut Client, channel: &str) -> (u64, Vec<u64>) {
+    let mut offsets = Vec::new();
+    loop {
+        let push = client.push().await;
+        if push["channel"] != channel {
+            continue;
+        }
+        if let Some(offset) = push["pub"]["offset"].as_u64() {
+            offsets.push(offset);
+        }
+        if let Some(unsub) = push.get("unsubscribe") {
+            return (unsub["code"].as_u64().unwrap_or(0), offsets);
         }
     }
 }

@@ -1,0 +1,350 @@
+//! In-process nodes on a Redis Cluster each test starts itself (`redis-server` processes in
+//! cluster mode, see support/redis_cluster.rs): sharded pub/sub across three shards, presence,
+//! recovery on another node, the node registry, a crashed node, a slot moving to another shard,
+//! a primary failing over to its replica, and a stalled shard.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use support::redis_cluster::RedisCluster;
+use support::*;
+
+async fn publish(node: &TestServer, channel: &str, n: u64) {
+    let reply = node
+        .api_ok("publish", json!({"channel": channel, "data": {"n": n}}))
+        .await;
+    assert!(reply.get("offset").is_some(), "{reply}");
+}
+
+/// Nodes `node0`… on `redis` under a fresh prefix.
+async fn nodes(redis: &RedisCluster, n: usize, test: &str) -> Cluster {
+    let prefix = unique_prefix(test);
+    Cluster::start_configured(n, &prefix, |c| redis.configure(c, &prefix)).await
+}
+
+/// Offsets per channel received until `quiet` passes without a message.
+async fn offsets_by_channel(client: &mut Client, quiet: Duration) -> BTreeMap<String, Vec<u64>> {
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    while let Some(message) = client.next_within(quiet).await {
+        let push = &message["push"];
+        assert!(push.get("unsubscribe").is_none(), "unexpected: {message}");
+        if let (Some(channel), Some(offset)) =
+            (push["channel"].as_str(), push["pub"]["offset"].as_u64())
+        {
+            seen.entry(channel.to_string()).or_default().push(offset);
+        }
+    }
+    seen
+}
+
+/// Everything published on `channel` up to offset `last` reaches `client` once and in order:
+/// live, or — where the node could not prove its stream whole and said so with "insufficient
+/// state" (2500) — by recovery from the last offset the client holds. Never a silent hole.
+async fn receive_all(client: &mut Client, channel: &str, epoch: &str, mut have: u64, last: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while have < last {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stuck at offset {have} of {last}"
+        );
+        let Some(message) = client.next_within(Duration::from_secs(1)).await else {
+            continue;
+        };
+        let push = &message["push"];
+        if push["channel"] != channel {
+            continue;
+        }
+        if let Some(offset) = push["pub"]["offset"].as_u64() {
+            assert_eq!(offset, have + 1, "in order, no hole, no duplicate");
+            have = offset;
+        } else if let Some(unsubscribe) = push.get("unsubscribe") {
+            assert_eq!(unsubscribe["code"], 2500, "{message}");
+            let reply = client
+                .call(
+                    "subscribe",
+                    json!({"channel": channel, "recover": true, "offset": have, "epoch": epoch}),
+                )
+                .await;
+            let sub = &reply["subscribe"];
+            assert_eq!(
+                sub["recovered"], true,
+                "recovery from {have}@{epoch}: {reply}"
+            );
+            let offsets: Vec<u64> = sub["publications"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|p| p["offset"].as_u64()).collect())
+                .unwrap_or_default();
+            let expected: Vec<u64> = (have + 1..have + 1 + offsets.len() as u64).collect();
+            assert_eq!(offsets, expected, "recovery continues the stream");
+            have += offsets.len() as u64;
+        }
+    }
+    // Nothing more (no duplicate) arrives.
+    while let Some(message) = client.next_within(Duration::from_millis(300)).await {
+        let push = &message["push"];
+        if push["channel"] == channel {
+            assert!(push["pub"].is_null(), "duplicate after {last}: {message}");
+        }
+    }
+}
+
+/// The channel's newest offset, from history.
+async fn top(node: &TestServer, channel: &str) -> u64 {
+    let history = node
+        .api_ok("history", json!({"channel": channel, "limit": 0}))
+        .await;
+    history["offset"].as_u64().unwrap_or(0)
+}
+
+fn epoch_of(subscribe_reply: &Value) -> String {
+    subscribe_reply["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_string()
+}
+
+#[tokio::test]
+async fn three_nodes_on_a_three_shard_cluster_are_one_system() {
+    let redis = RedisCluster::start(3, 0);
+    let mut cluster = nodes(&redis, 3, "sharded").await;
+    // Channels spread over every shard.
+    let channels: Vec<String> = (0..9).map(|i| format!("chat:s{i}")).collect();
+    let shards: BTreeSet<u16> = channels
+        .iter()
+        .map(|c| redis.primary_of(redis.slot(c)))
+        .collect();
+    assert_eq!(shards.len(), 3, "the channels cover all three shards");
+
+    let mut clients = Vec::new();
+    let mut epochs = BTreeMap::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let mut client = node.client(&format!("user{i}")).await;
+        for channel in &channels {
+            let sub = client.subscribe(channel).await;
+            epochs.insert(channel.clone(), epoch_of(&sub));
+        }
+        clients.push(client);
+    }
+    for n in 1..=4u64 {
+        for (i, channel) in channels.iter().enumerate() {
+            publish(&cluster.nodes[(i + n as usize) % 3], channel, n).await;
+        }
+    }
+    for client in &mut clients {
+        let seen = offsets_by_channel(client, Duration::from_millis(500)).await;
+        for channel in &channels {
+            assert_eq!(
+                seen.get(channel),
+                Some(&vec![1, 2, 3, 4]),
+                "{channel}: once, in order"
+            );
+        }
+    }
+
+    // Presence is cluster-wide.
+    let stats = cluster.nodes[2]
+        .api_ok("presence_stats", json!({"channel": "chat:s0"}))
+        .await;
+    assert_eq!(stats, json!({"num_clients": 3, "num_users": 3}));
+
+    // A client leaving node 0 recovers on node 1 what it missed.
+    drop(clients.remove(0));
+    publish(&cluster.nodes[2], "chat:s1", 5).await;
+    publish(&cluster.nodes[1], "chat:s1", 6).await;
+    let mut roamer = cluster.nodes[1].client("user0").await;
+    let (recovered, offsets) = resubscribe(&mut roamer, "chat:s1", 4, &epochs["chat:s1"]).await;
+    assert!(recovered);
+    assert_eq!(offsets, vec![5, 6]);
+
+    // Every node is listed.
+    let info = cluster.nodes[0].api_ok("info", json!({})).await;
+    assert_eq!(info["nodes"].as_array().map(Vec::len), Some(3), "{info}");
+
+    // A crashed node's presence expires (presence TTL 2 s).
+    cluster.nodes[2].crash().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    loop {
+        let stats = cluster.nodes[0]
+            .api_ok("presence_stats", json!({"channel": "chat:s0"}))
+            .await;
+        // user0 left (graceful), user2's node crashed: only user1 remains.
+        if stats["num_clients"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence did not expire: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_slot_moving_to_another_shard_loses_nothing() {
+    let redis = RedisCluster::start(3, 0);
+    let cluster = nodes(&redis, 3, "reshard").await;
+    let channel = "chat:moving";
+    let mut alice = cluster.nodes[0].client("alice").await;
+    let epoch = epoch_of(&alice.subscribe(channel).await);
+    let mut bob = cluster.nodes[1].client("bob").await;
+    bob.subscribe(channel).await;
+    for n in 1..=3 {
+        publish(&cluster.nodes[2], channel, n).await;
+    }
+    receive_all(&mut alice, channel, &epoch, 0, 3).await;
+    receive_all(&mut bob, channel, &epoch, 0, 3).await;
+
+    let slot = redis.slot(channel);
+    let from = redis.primary_of(slot);
+    let to = *redis
+        .primaries()
+        .iter()
+        .find(|p| **p != from)
+        .expect("another primary");
+    redis.migrate_slot(slot, to);
+
+    // The subscribed nodes were told by their shard (sunsubscribe) and follow the slot.
+    for node in &cluster.nodes[..2] {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let metrics = node.metrics().await;
+            if metric(&metrics, "herald_broker_reconnects_total") >= 1.0
+                && metric(&metrics, "herald_broker_ready") == 1.0
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node did not follow the slot"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for n in 4..=6 {
+        publish(&cluster.nodes[2], channel, n).await;
+    }
+    receive_all(&mut alice, channel, &epoch, 3, 6).await;
+    receive_all(&mut bob, channel, &epoch, 3, 6).await;
+    // History moved with the slot.
+    let history = cluster.nodes[0]
+        .api_ok("history", json!({"channel": channel, "limit": -1}))
+        .await;
+    assert_eq!(
+        history["publications"].as_array().map(Vec::len),
+        Some(6),
+        "{history}"
+    );
+}
+
+#[tokio::test]
+async fn a_primary_failing_over_to_its_replica_loses_nothing_silently() {
+    let mut redis = RedisCluster::start(3, 1);
+    let cluster = nodes(&redis, 3, "failover").await;
+    let channel = "chat:failover";
+    let mut alice = cluster.nodes[0].client("alice").await;
+    let epoch = epoch_of(&alice.subscribe(channel).await);
+    let mut bob = cluster.nodes[1].client("bob").await;
+    bob.subscribe(channel).await;
+    for n in 1..=3 {
+        publish(&cluster.nodes[2], channel, n).await;
+    }
+    receive_all(&mut alice, channel, &epoch, 0, 3).await;
+
+    // Killed once its replica has its writes (what Redis replication promises).
+    redis.wait_replicated();
+    let primary = redis.primary_of(redis.slot(channel));
+    redis.kill(primary);
+    assert!(
+        cluster.nodes[0].wait_readiness(false, WAIT).await,
+        "a node whose shard died reports not ready"
+    );
+    // The replica takes over (cluster-node-timeout 1 s) and the nodes follow it.
+    // (Blocks this test's runtime meanwhile: the nodes catch up once it is healthy.)
+    redis.wait_healthy(3);
+    assert_ne!(redis.primary_of(redis.slot(channel)), primary);
+    for node in &cluster.nodes {
+        assert!(
+            node.wait_ready(Duration::from_secs(10)).await,
+            "ready after the failover"
+        );
+    }
+    for n in 4..=6 {
+        publish(&cluster.nodes[2], channel, n).await;
+    }
+    receive_all(&mut alice, channel, &epoch, 3, 6).await;
+    receive_all(&mut bob, channel, &epoch, 0, 6).await;
+    // Presence written before the failover is there again (nodes rewrite theirs on reconnect).
+    let stats = cluster.nodes[2]
+        .api_ok("presence_stats", json!({"channel": channel}))
+        .await;
+    assert_eq!(stats["num_clients"], 2, "{stats}");
+}
+
+#[tokio::test]
+async fn a_stalled_shard_makes_nodes_not_ready_and_they_recover_without_loss() {
+    let redis = RedisCluster::start(3, 0);
+    let cluster = nodes(&redis, 2, "stall").await;
+    let channel = "chat:stalled";
+    let mut alice = cluster.nodes[0].client("alice").await;
+    let epoch = epoch_of(&alice.subscribe(channel).await);
+    for n in 1..=2 {
+        publish(&cluster.nodes[1], channel, n).await;
+    }
+    receive_all(&mut alice, channel, &epoch, 0, 2).await;
+
+    let primary = redis.primary_of(redis.slot(channel));
+    redis.freeze(primary, true);
+    assert!(
+        cluster.nodes[0].wait_readiness(false, WAIT).await,
+        "a stalled shard is noticed without traffic"
+    );
+    // Publishing to the stalled shard fails clearly instead of hanging or being lost.
+    let (status, reply) = cluster.nodes[1]
+        .api("publish", json!({"channel": channel, "data": {}}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    alice.assert_alive().await;
+    redis.freeze(primary, false);
+    for node in &cluster.nodes {
+        assert!(
+            node.wait_ready(Duration::from_secs(10)).await,
+            "ready after the stall"
+        );
+    }
+    for n in 3..=4 {
+        publish(&cluster.nodes[1], channel, n).await;
+    }
+    // The publication refused during the stall may still have been applied when the shard woke
+    // up (a timeout cannot tell): whatever the stream holds arrives, and nothing else.
+    let last = top(&cluster.nodes[0], channel).await;
+    assert!(last >= 4, "{last}");
+    receive_all(&mut alice, channel, &epoch, 2, last).await;
+}
+
+#[tokio::test]
+async fn feed_leases_work_on_a_cluster() {
+    use herald::lease::{LeaseStore, RedisLeases};
+    let redis = RedisCluster::start(3, 0);
+    let mut config = herald::config::Config::default();
+    redis.configure(&mut config, &unique_prefix("leases"));
+    let leases = RedisLeases::lazy(&config.broker).expect("lease store");
+    let ttl = Duration::from_millis(300);
+    // Names on different shards: both keys of a lease share its slot.
+    for name in ["feed-a", "feed-b", "feed-c", "quotes{eu}"] {
+        let a = leases.acquire(name, "a", ttl).await.expect("acquire");
+        let a = a.expect("granted to the first asker");
+        assert_eq!(leases.acquire(name, "b", ttl).await.expect("acquire"), None);
+        assert!(leases.is_current(name, a).await.expect("is_current"));
+        leases.release(name, "a").await.expect("release");
+        let b = leases.acquire(name, "b", ttl).await.expect("acquire");
+        let b = b.expect("free after release");
+        assert!(b > a, "tokens grow");
+        assert!(!leases.is_current(name, a).await.expect("is_current"));
+        tokio::time::sleep(ttl * 2).await;
+        let c = leases.acquire(name, "c", ttl).await.expect("acquire");
+        assert!(c.expect("expired lease taken over") > b);
+    }
+}
