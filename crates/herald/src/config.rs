@@ -1330,12 +1330,12 @@ impl Config {
                 ));
             }
         }
-        if !self.feeds.is_empty() && self.broker.kind == "nats" {
-            // One consumer per feed needs a lease every node sees; only memory (one node) and
-            // Redis provide one in this version.
+        if !self.feeds.is_empty() && self.broker.kind == "nats" && !self.broker.nats_jetstream {
+            // One consumer per feed needs a lease every node sees; on NATS it lives in a
+            // JetStream KV bucket (nats_leases.rs).
             return Err(field(
                 "feeds",
-                "feeds need a cluster-wide lease, which the nats broker does not provide yet; use broker.kind = \"redis\" (or \"memory\" for one node)",
+                "feeds need a cluster-wide lease, which the nats broker keeps in JetStream; set broker.nats_jetstream = true",
             ));
         }
         let mut names = std::collections::HashSet::new();
@@ -1653,7 +1653,9 @@ mod tests {
             assert!(err.contains(field), "{key}: {err}");
         }
         let on_nats = format!("{ok}[broker]\nkind = \"nats\"\n");
-        let err = load_str(&on_nats, &[], &[]).unwrap_err().to_string();
+        assert!(load_str(&on_nats, &[], &[]).is_ok());
+        let without_js = format!("{on_nats}nats_jetstream = false\n");
+        let err = load_str(&without_js, &[], &[]).unwrap_err().to_string();
         assert!(err.starts_with("feeds:"), "{err}");
         let twice = format!("{ok}{ok}");
         let err = load_str(&twice, &[], &[]).unwrap_err().to_string();

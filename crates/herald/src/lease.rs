@@ -308,4 +308,11 @@ mod tests {
             .await
             .unwrap();
     }
+
+    #[tokio::test]
+    async fn nats_leases() {
+        // Its bucket is deleted when `leases` is dropped.
+        let leases = crate::nats_leases::test_store();
+        one_holder_at_a_time_and_tokens_grow(&*leases, Duration::from_millis(300)).await;
+    }
 }

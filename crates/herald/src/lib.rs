@@ -20,6 +20,7 @@ pub mod hub;
 pub mod lease;
 pub mod map;
 pub mod metrics;
+pub mod nats_leases;
 pub mod node;
 pub mod outbox;
 pub mod presence;

@@ -100,12 +100,16 @@ impl Server {
                 None,
             ),
         };
-        let leases: Arc<dyn crate::lease::LeaseStore> = match &redis {
-            Some(_) => Arc::new(
+        let leases: Arc<dyn crate::lease::LeaseStore> = match (&redis, &nats) {
+            (Some(_), _) => Arc::new(
                 crate::lease::RedisLeases::lazy(&config.broker)
                     .map_err(|e| anyhow::anyhow!("broker: {e}"))?,
             ),
-            None => Arc::new(crate::lease::MemoryLeases::default()),
+            (None, Some(_)) => Arc::new(
+                crate::nats_leases::NatsLeases::lazy(&config.broker)
+                    .map_err(|e| anyhow::anyhow!("broker: {e}"))?,
+            ),
+            (None, None) => Arc::new(crate::lease::MemoryLeases::default()),
         };
         let node = Node::new(config, verifier, broker, presence, leases);
         // Connecting happens in the background: a node whose broker is down still serves its

@@ -16,6 +16,8 @@
 //!   lost on the way; once ready again every local channel's subscribers are told
 //!   ([`BrokerHandler::handle_gap`]).
 
+/// The lease store (`crate::nats_leases`) keeps its bucket the way the broker keeps its own.
+pub(crate) use super::nats_kv::open_bucket;
 use super::nats_kv::{self, Buckets};
 use super::wire::{self, Message};
 use super::{Broker, BrokerError, BrokerHandler, Control, NodeEntry, PresenceStore};

@@ -41,7 +41,8 @@ async fn timed<T, E: std::fmt::Display>(
 }
 
 /// Finds a bucket, creating it when missing. A bucket that exists keeps its own settings.
-async fn open_bucket(
+/// `max_age` zero: entries never expire (the lease bucket).
+pub(crate) async fn open_bucket(
     client: &async_nats::Client,
     js: &jetstream::Context,
     name: &str,

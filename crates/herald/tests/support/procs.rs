@@ -50,8 +50,26 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The `chat` namespace of [`node_config`]: open, with history.
+pub const CHAT_WITH_HISTORY: &str = r#"[[channel.namespaces]]
+name = "chat"
+allow_subscribe_for_client = true
+history_size = 100
+history_ttl = "5m"
+force_recovery = true"#;
+
+/// The `chat` namespace for brokers without history (NATS): open, nothing kept.
+pub const CHAT_WITHOUT_HISTORY: &str = r#"[[channel.namespaces]]
+name = "chat"
+allow_subscribe_for_client = true"#;
+
 /// A node config: known secrets, an open `chat` namespace with history, extra TOML appended.
 pub fn node_config(dir: &Path, name: &str, listen: &str, extra: &str) -> PathBuf {
+    node_config_with(dir, name, listen, CHAT_WITH_HISTORY, extra)
+}
+
+/// [`node_config`] with another `chat` namespace (`CHAT_WITHOUT_HISTORY` on NATS).
+pub fn node_config_with(dir: &Path, name: &str, listen: &str, chat: &str, extra: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
         r#"[node]
@@ -63,12 +81,7 @@ shutdown_timeout = "1s"
 key = "{API_KEY}"
 [client.token]
 hmac_secret = "{SECRET}"
-[[channel.namespaces]]
-name = "chat"
-allow_subscribe_for_client = true
-history_size = 100
-history_ttl = "5m"
-force_recovery = true
+{chat}
 {extra}
 "#
     );
