@@ -297,6 +297,8 @@ async fn a_killed_nodes_presence_and_registry_entry_expire() {
     );
     let a = start_node(&node_config(dir.path(), "a", "127.0.0.1:0", &broker)).expect("node a");
     let mut b = start_node(&node_config(dir.path(), "b", "127.0.0.1:0", &broker)).expect("node b");
+    wait_ready(a.addr).await;
+    wait_ready(b.addr).await;
     let mut on_b = Client::open(&format!("ws://{}/connection/websocket", b.addr)).await;
     on_b.connect(&token("bob")).await;
     on_b.subscribe("room:1").await;

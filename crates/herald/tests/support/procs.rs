@@ -154,6 +154,16 @@ pub async fn api(addr: SocketAddr, method: &str, body: Value) -> Value {
     reply
 }
 
+/// Waits until the node at `addr` reports ready (its broker connected and listening): a node
+/// answers as soon as it listens, before its broker is up.
+pub async fn wait_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while super::http_raw(addr, "GET", "/ready", &[], "").await.0 != 200 {
+        assert!(Instant::now() < deadline, "node {addr} never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Clients of the node named `name`, as the `info` API of the node at `addr` lists it (with a
 /// shared broker, every node lists the whole cluster).
 pub async fn clients_on(addr: SocketAddr, name: &str) -> u64 {
