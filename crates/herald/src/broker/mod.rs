@@ -10,6 +10,7 @@
 
 mod memory;
 pub mod nats;
+mod nats_history;
 mod nats_kv;
 pub mod redis;
 mod redis_conn;
