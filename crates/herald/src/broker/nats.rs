@@ -281,14 +281,12 @@ impl Inner {
             .or_default()
             .accept(epoch, offset, held, Instant::now());
         // Only this channel's reader task delivers, so releasing the lock keeps the order.
-        if let Verdict::Deliver(ready) = verdict {
-            for held in ready {
-                handler.handle_publication(
-                    channel,
-                    Arc::new(held.publication),
-                    held.key.as_deref(),
-                );
-            }
+        let Verdict::Deliver(ready) = verdict else {
+            tracing::trace!(%channel, offset, "nats broker: publication held or duplicate");
+            return;
+        };
+        for held in ready {
+            handler.handle_publication(channel, Arc::new(held.publication), held.key.as_deref());
         }
     }
 
@@ -567,6 +565,8 @@ async fn probe_once(
 }
 
 async fn become_ready(inner: &Arc<Inner>, client: &async_nats::Client) -> Result<(), BrokerError> {
+    // The history stream may be gone (server restarted empty): look it up again on first use.
+    inner.history.forget().await;
     if inner.config.nats_jetstream {
         let buckets = Buckets::open(client, &inner.config).await?;
         *inner.buckets.lock() = Some(buckets);

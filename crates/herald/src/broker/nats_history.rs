@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 pub(super) const OFFSET_HEADER: &str = "Herald-Offset";
 pub(super) const EPOCH_HEADER: &str = "Herald-Epoch";
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
-/// Appends lost to concurrent publishers before the publication fails.
-const APPEND_ATTEMPTS: usize = 8;
+/// Appends lost to concurrent publishers before the publication fails (each loss means another
+/// publication of the channel was stored, so this bounds waiting, not progress).
+const APPEND_ATTEMPTS: usize = 32;
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
@@ -266,6 +267,9 @@ impl HistoryStore {
             {
                 return Ok(position);
             }
+            // Jitter, so publishers that lost together do not collide again in lockstep.
+            let pause = Duration::from_micros(rand::random::<u64>() % 3000);
+            tokio::time::sleep(pause).await;
         }
         Err(unavailable(format!(
             "NATS history: {APPEND_ATTEMPTS} appends to {channel:?} lost to concurrent publishers"
