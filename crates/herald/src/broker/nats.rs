@@ -41,8 +41,12 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The history stream's name for a broker prefix (tests delete it).
-pub use super::nats_history::stream_name as history_stream_name;
+/// The history stream's name for a broker prefix (tests delete it), and the headers of a stored
+/// publication (tests store one the way a publisher that crashed before its core publish would).
+pub use super::nats_history::{
+    stream_name as history_stream_name, EPOCH_HEADER as HISTORY_EPOCH_HEADER,
+    OFFSET_HEADER as HISTORY_OFFSET_HEADER,
+};
 
 /// How long a node holds a publication whose predecessors have not arrived (another publisher's
 /// core frame may still be on its way) before reporting a gap.
@@ -58,9 +62,19 @@ pub(super) fn encode_token(s: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s.as_bytes())
 }
 
+/// The core subject a channel's frames travel on, for a broker prefix.
+pub fn delivery_subject(prefix: &str, channel: &str) -> String {
+    format!("{prefix}.ch.{}", encode_token(channel))
+}
+
+/// The JetStream subject a channel's history is stored under, for a broker prefix.
+pub fn history_subject(prefix: &str, channel: &str) -> String {
+    format!("{prefix}.h.{}", encode_token(channel))
+}
+
 impl Subjects {
     fn channel(&self, channel: &str) -> String {
-        format!("{}.ch.{}", self.prefix, encode_token(channel))
+        delivery_subject(&self.prefix, channel)
     }
     fn control(&self) -> String {
         format!("{}.control", self.prefix)

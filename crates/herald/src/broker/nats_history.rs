@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub(super) const OFFSET_HEADER: &str = "Herald-Offset";
-pub(super) const EPOCH_HEADER: &str = "Herald-Epoch";
+pub const OFFSET_HEADER: &str = "Herald-Offset";
+pub const EPOCH_HEADER: &str = "Herald-Epoch";
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 /// Appends lost to concurrent publishers before the publication fails (each loss means another
 /// publication of the channel was stored, so this bounds waiting, not progress).
@@ -130,7 +130,7 @@ impl HistoryStore {
     }
 
     pub fn subject(&self, channel: &str) -> String {
-        format!("{}.h.{}", self.prefix, encode_token(channel))
+        super::nats::history_subject(&self.prefix, channel)
     }
 
     /// Forgets the handle, so the next operation finds or creates the stream again (it was
