@@ -886,6 +886,54 @@ async fn history_crossed_frames_are_reordered_and_a_lost_frame_is_recovered() {
     drop(setup);
 }
 
+/// The history stream is lost (deleted here; a server restarted without its store is the same):
+/// the next publication re-creates it under a new epoch, subscribers are told (2500) instead of
+/// being handed offset 1 after offset 2, and their old position is unrecoverable.
+#[tokio::test]
+async fn history_lost_stream_starts_a_new_epoch_and_subscribers_are_told() {
+    let setup = Setup::new("hlost");
+    let cluster = setup.history_cluster(2).await;
+    let channel = "chat:l";
+    let mut client = cluster.nodes[0].client("alice").await;
+    let epoch = client.subscribe(channel).await["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_string();
+    for n in 1..=2 {
+        publish(&cluster.nodes[1], channel, n).await;
+    }
+    let offsets = offsets_until_quiet(&mut client, channel, Duration::from_millis(300)).await;
+    assert_eq!(offsets, vec![1, 2]);
+    let nats = async_nats::connect(test_nats()).await.expect("nats");
+    async_nats::jetstream::new(nats)
+        .delete_stream(herald::broker::nats::history_stream_name(&setup.prefix))
+        .await
+        .expect("stream deleted");
+    // The first attempt may find the stream gone; the next re-creates it.
+    let mut reply = Value::Null;
+    for _ in 0..3 {
+        let (_, r) = cluster.nodes[1]
+            .api("publish", json!({"channel": channel, "data": {"n": 3}}))
+            .await;
+        reply = r;
+        if reply.get("error").is_none() {
+            break;
+        }
+    }
+    assert!(reply.get("error").is_none(), "{reply}");
+    let (code, before) = unsubscribe_push(&mut client, channel).await;
+    assert_eq!((code, before), (2500, vec![]));
+    let (recovered, _) = resubscribe(&mut client, channel, 2, &epoch).await;
+    assert!(!recovered, "a position of the lost epoch");
+    let history = cluster.nodes[0]
+        .api_ok("history", json!({"channel": channel, "limit": -1}))
+        .await;
+    assert_eq!(offsets_of(&history["publications"]), vec![1]);
+    assert_ne!(history["epoch"], epoch.as_str());
+    drop(cluster);
+    drop(setup);
+}
+
 /// As [`broker_fault`] with history: two nodes reach NATS through a proxy, a third directly and
 /// keeps publishing during the fault. Afterwards the proxied nodes' subscribers are told (2500),
 /// recover exactly what they missed from the JetStream stream, and live delivery continues in

@@ -295,9 +295,17 @@ impl Inner {
             .or_default()
             .accept(epoch, offset, held, Instant::now());
         // Only this channel's reader task delivers, so releasing the lock keeps the order.
-        let Verdict::Deliver(ready) = verdict else {
-            tracing::trace!(%channel, offset, "nats broker: publication held or duplicate");
-            return;
+        let ready = match verdict {
+            Verdict::Deliver(ready) => ready,
+            Verdict::Wait => {
+                tracing::trace!(%channel, offset, "nats broker: publication held or duplicate");
+                return;
+            }
+            Verdict::NewEpoch => {
+                tracing::info!(%channel, %epoch, "nats broker: stream restarted, telling subscribers");
+                self.gap_reported(handler, channel);
+                return;
+            }
         };
         for held in ready {
             handler.handle_publication(channel, Arc::new(held.publication), held.key.as_deref());
@@ -321,13 +329,19 @@ impl Inner {
             .is_some_and(|o| o.expired(REORDER_WINDOW, Instant::now()));
         if expired {
             tracing::info!(%channel, "nats broker: publication missing, telling subscribers");
-            if let Some(metrics) = self.metrics.get() {
-                metrics.broker_gaps.inc();
-            }
             if let Some(handler) = self.handler.get() {
-                handler.handle_gap(channel);
+                self.gap_reported(handler, channel);
             }
         }
+    }
+
+    /// Tells the channel's subscribers they may have missed publications (they resubscribe and
+    /// recover from history).
+    fn gap_reported(&self, handler: &Arc<dyn BrokerHandler>, channel: &str) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.broker_gaps.inc();
+        }
+        handler.handle_gap(channel);
     }
 
     /// A history read's position: subscribers hold it, so a later frame after it is in sequence.

@@ -213,8 +213,18 @@ impl HistoryStore {
         match got {
             Ok(message) => parse_headers(message.sequence, &message.headers).map(Some),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(unavailable(format!("NATS history read: {e}"))),
+            Err(e) => Err(self.read_failed(e).await),
         }
+    }
+
+    /// A failed message read; a stream deleted under us is looked up (or created) again next time.
+    async fn read_failed(&self, e: stream::LastRawMessageError) -> BrokerError {
+        if let stream::LastRawMessageErrorKind::JetStream(js) = e.kind() {
+            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND {
+                self.forget().await;
+            }
+        }
+        unavailable(format!("NATS history read: {e}"))
     }
 
     /// Appends `payload` after `last` (`None`: the subject is empty, a new epoch starts).
@@ -326,7 +336,7 @@ impl HistoryStore {
                 Ok(message) => message,
                 // What is left up to the top expired or was trimmed meanwhile.
                 Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => break,
-                Err(e) => return Err(unavailable(format!("NATS history read: {e}"))),
+                Err(e) => return Err(self.read_failed(e).await),
             };
             if message.sequence > top.sequence {
                 break;
@@ -439,6 +449,9 @@ pub(super) enum Verdict {
     Deliver(Vec<Held>),
     /// Held until the missing offsets arrive or the window passes; or dropped as a duplicate.
     Wait,
+    /// The channel's stream started a new epoch (it was removed, expired, or lost with the
+    /// server): positions subscribers hold are void, they must be told.
+    NewEpoch,
 }
 
 /// Per channel on a receiving node: puts core NATS frames back in offset order, drops
@@ -466,8 +479,12 @@ impl Order {
     pub fn accept(&mut self, epoch: &str, offset: u64, held: Held, now: Instant) -> Verdict {
         let last = match &self.last {
             Some((e, last)) if e == epoch => *last,
-            // Nothing known, or a new epoch (the stream was removed or expired): start here.
-            _ => {
+            Some(_) => {
+                *self = Order::default();
+                return Verdict::NewEpoch;
+            }
+            // Nothing known: start here.
+            None => {
                 self.held.clear();
                 self.since = None;
                 self.last = Some((epoch.to_string(), offset));
@@ -544,7 +561,7 @@ mod tests {
     fn delivered(v: Verdict) -> Vec<u64> {
         match v {
             Verdict::Deliver(items) => items.iter().map(|h| h.publication.offset).collect(),
-            Verdict::Wait => Vec::new(),
+            Verdict::Wait | Verdict::NewEpoch => Vec::new(),
         }
     }
 
@@ -571,8 +588,12 @@ mod tests {
         assert!(order.expired(window, now + window));
         // Nothing known afterwards: the next frame starts again.
         assert_eq!(delivered(order.accept("e", 9, held(9), now)), vec![9]);
-        // A new epoch restarts the sequence.
-        assert_eq!(delivered(order.accept("f", 1, held(1), now)), vec![1]);
+        // A new epoch voids the positions subscribers hold; what follows starts again.
+        assert!(matches!(
+            order.accept("f", 1, held(1), now),
+            Verdict::NewEpoch
+        ));
+        assert_eq!(delivered(order.accept("f", 2, held(2), now)), vec![2]);
     }
 
     #[test]
