@@ -172,10 +172,10 @@ impl HistoryStore {
             discard: stream::DiscardPolicy::Old,
             ..Default::default()
         };
-        let mut stream = self
+        let stream = self
             .timed("stream", js.get_or_create_stream(config.clone()))
             .await?;
-        let info = self.timed("stream info", stream.info()).await?.clone();
+        let info = stream.cached_info().clone();
         let have = Limits {
             per_subject: info.config.max_messages_per_subject,
             max_age: info.config.max_age,
@@ -277,6 +277,7 @@ impl HistoryStore {
             {
                 return Ok(position);
             }
+            tracing::debug!(%channel, offset, "nats history: a concurrent publisher appended first");
             // Jitter, so publishers that lost together do not collide again in lockstep.
             let pause = Duration::from_micros(rand::random::<u64>() % 3000);
             tokio::time::sleep(pause).await;
