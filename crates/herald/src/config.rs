@@ -546,16 +546,22 @@ impl BrokerConfig {
         Ok(())
     }
 
-    /// What a namespace needs that this broker cannot give (history on NATS, presence on NATS
-    /// without JetStream); `prefix` names the namespace in the error.
+    /// What a namespace needs that this broker cannot give (conflation on NATS, history or
+    /// presence on NATS without JetStream); `prefix` names the namespace in the error.
     fn validate_namespace(&self, prefix: &str, ns: &NamespaceOptions) -> Result<(), ConfigError> {
         if self.kind != "nats" {
             return Ok(());
         }
-        if ns.history_size > 0 {
+        if ns.conflated() {
+            return Err(field(
+                format!("{prefix}.conflation_key"),
+                "conflation is not supported with broker.kind = \"nats\" (docs/scaling.md); use \"redis\" for conflated channels",
+            ));
+        }
+        if ns.history_size > 0 && !self.nats_jetstream {
             return Err(field(
                 format!("{prefix}.history_size"),
-                "history is not supported with broker.kind = \"nats\" (docs/scaling.md); use \"redis\" for channels with history",
+                "history on NATS needs broker.nats_jetstream = true (it lives in a JetStream stream)",
             ));
         }
         if ns.presence && !self.nats_jetstream {
@@ -1522,12 +1528,26 @@ mod tests {
                 .to_string();
             assert!(error.starts_with(field), "{extra}: {error}");
         }
-        let history = format!(
-            "{nats}[[channel.namespaces]]\nname = \"h\"\nhistory_size = 10\nhistory_ttl = \"1m\"\n"
-        );
-        let error = load_str(&history, &[], &[]).unwrap_err().to_string();
+        // History lives in a JetStream stream: accepted with JetStream, refused without.
+        let history =
+            "[[channel.namespaces]]\nname = \"h\"\nhistory_size = 10\nhistory_ttl = \"1m\"\n";
+        assert!(load_str(&format!("{nats}{history}"), &[], &[]).is_ok());
+        let error = load_str(
+            &format!("{nats}nats_jetstream = false\n{history}"),
+            &[],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             error.starts_with("channel.namespaces[0].history_size"),
+            "{error}"
+        );
+        // Latest values per key are not kept on NATS.
+        let conflated = format!("{nats}{history}conflation_key = \"/symbol\"\n");
+        let error = load_str(&conflated, &[], &[]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("channel.namespaces[0].conflation_key"),
             "{error}"
         );
         let presence =

@@ -164,7 +164,8 @@ proxy_publish = false
 # How nodes share publications, history, presence and the node registry (docs/scaling.md).
 # "memory": one node. "redis": every node with the same redis_addresses and prefix is one cluster.
 # "redis_cluster": the same over a Redis Cluster (sharded pub/sub); redis_addresses are seed nodes.
-# "nats": every node with the same nats_urls and prefix is one cluster (no history, see docs).
+# "nats": every node with the same nats_urls and prefix is one cluster (history in JetStream,
+# no conflation, see docs).
 kind = "memory"
 # Tried in order when (re)connecting: "redis://[:password@]host:port[/db]" or "host:port"
 # (redis_cluster: any reachable seed is enough).

@@ -2,7 +2,8 @@
 //! default nats://127.0.0.1:4222), each test under its own subject prefix and its own KV buckets
 //! (deleted at the end): cross-node delivery, presence, control commands, the node registry, a
 //! crashed node, and NATS restarts and stalls injected through a proxy (the shared server itself
-//! is never stopped). The NATS broker keeps no history, so namespaces here have none.
+//! is never stopped). History lives in a JetStream stream per prefix (also deleted at the end):
+//! tests named `history_*` run with it on, the others on namespaces without history.
 
 mod support;
 
@@ -57,8 +58,14 @@ impl Setup {
     }
 
     /// Configures a node to join this test's cluster through `url`, with short timers and no
-    /// history anywhere (refused on NATS).
+    /// history anywhere (core NATS delivery only).
     fn configure(&self, url: &str) -> impl Fn(&mut Config) + '_ {
+        self.configure_history(url, false)
+    }
+
+    /// As [`Setup::configure`]; with `history`, namespaces keep the test config's history
+    /// (`history_size` 100) in this test's JetStream stream.
+    fn configure_history(&self, url: &str, history: bool) -> impl Fn(&mut Config) + '_ {
         let url = url.to_string();
         move |c: &mut Config| {
             c.broker.kind = "nats".into();
@@ -71,6 +78,11 @@ impl Setup {
             c.broker.presence_ttl = Duration::from_secs(2);
             c.broker.node_announce_interval = Duration::from_millis(300);
             c.broker.max_reconnect_delay = Duration::from_millis(300);
+            if history {
+                // Positions outlive a test run only briefly (the stream is deleted anyway).
+                c.channel.history_meta_ttl = Duration::from_secs(600);
+                return;
+            }
             for ns in c
                 .channel
                 .namespaces
@@ -87,6 +99,10 @@ impl Setup {
     async fn cluster(&self, n: usize) -> Cluster {
         Cluster::start_configured(n, &self.prefix, self.configure(&test_nats())).await
     }
+
+    async fn history_cluster(&self, n: usize) -> Cluster {
+        Cluster::start_configured(n, &self.prefix, self.configure_history(&test_nats(), true)).await
+    }
 }
 
 impl Drop for Setup {
@@ -94,6 +110,7 @@ impl Drop for Setup {
     /// test failed: on a thread of its own, since the test's runtime may be gone.
     fn drop(&mut self) {
         let buckets = [self.presence_bucket.clone(), self.nodes_bucket.clone()];
+        let stream = herald::broker::nats::history_stream_name(&self.prefix);
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -109,6 +126,7 @@ impl Drop for Setup {
                 for bucket in &buckets {
                     let _ = js.delete_key_value(bucket).await;
                 }
+                let _ = js.delete_stream(&stream).await;
             });
         });
         let _ = cleanup.join();
@@ -363,13 +381,149 @@ async fn a_crashed_nodes_presence_and_registry_entry_expire() {
     drop(setup);
 }
 
-#[test]
-fn history_is_refused_on_nats_naming_the_field() {
-    let mut config = test_config();
-    config.broker.kind = "nats".into();
-    let error = config.validate().expect_err("history refused").to_string();
-    assert!(error.contains("history_size"), "{error}");
-    assert!(error.contains("nats"), "{error}");
+/// Publications `from..to` on `channel` through `node`, one after the other.
+async fn publish_range(node: &TestServer, channel: &str, numbers: std::ops::Range<u64>) {
+    for n in numbers {
+        publish(node, channel, n).await;
+    }
+}
+
+/// The offsets of a subscribe or history reply's publications.
+fn offsets_of(publications: &Value) -> Vec<u64> {
+    publications
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["offset"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn history_publications_reach_every_node_once_in_offset_order() {
+    let setup = Setup::new("hdelivery");
+    let cluster = setup.history_cluster(3).await;
+    let mut clients = Vec::new();
+    let mut epochs = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let mut client = node.client(&format!("user{i}")).await;
+        let sub = client.subscribe("chat:h").await;
+        epochs.push(sub["epoch"].as_str().unwrap_or_default().to_string());
+        clients.push(client);
+    }
+    // An empty channel already has its epoch, the same on every node.
+    assert!(!epochs[0].is_empty());
+    assert!(epochs.iter().all(|e| e == &epochs[0]), "{epochs:?}");
+    // One node after the other...
+    for n in 1..=15u64 {
+        publish(&cluster.nodes[(n % 3) as usize], "chat:h", n).await;
+    }
+    // ...then all three at once on the same channel.
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    tokio::join!(
+        publish_range(a, "chat:h", 16..36),
+        publish_range(b, "chat:h", 36..56),
+        publish_range(c, "chat:h", 56..76),
+    );
+    for client in &mut clients {
+        let offsets = offsets_until_quiet(client, "chat:h", Duration::from_millis(700)).await;
+        assert_eq!(
+            offsets,
+            (1..=75).collect::<Vec<u64>>(),
+            "every publication once, in offset order"
+        );
+    }
+    // Every publication was stored once under its offset, whichever node took it.
+    let history = cluster.nodes[1]
+        .api_ok("history", json!({"channel": "chat:h", "limit": -1}))
+        .await;
+    assert_eq!(
+        offsets_of(&history["publications"]),
+        (1..=75).collect::<Vec<u64>>()
+    );
+    assert_eq!(history["epoch"], epochs[0].as_str());
+    assert_eq!(history["offset"], 75);
+    let mut numbers: Vec<u64> = history["publications"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["data"]["n"].as_u64()).collect())
+        .unwrap_or_default();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=75).collect::<Vec<u64>>());
+    drop(cluster);
+    drop(setup);
+}
+
+#[tokio::test]
+async fn history_client_recovers_on_another_node() {
+    let setup = Setup::new("hrecovery");
+    let cluster = setup.history_cluster(3).await;
+    let mut client = cluster.nodes[0].client("roamer").await;
+    let sub = client.subscribe("chat:r").await;
+    let epoch = sub["epoch"].as_str().expect("epoch").to_string();
+    for n in 1..=3 {
+        publish(&cluster.nodes[2], "chat:r", n).await;
+    }
+    let offsets = offsets_until_quiet(&mut client, "chat:r", Duration::from_millis(300)).await;
+    assert_eq!(offsets, vec![1, 2, 3]);
+    drop(client);
+    for n in 4..=6 {
+        publish(&cluster.nodes[(n % 3) as usize], "chat:r", n).await;
+    }
+    // Reconnect to another node and recover from offset 3.
+    let mut client = cluster.nodes[1].client("roamer").await;
+    let (recovered, offsets) = resubscribe(&mut client, "chat:r", 3, &epoch).await;
+    assert!(recovered);
+    assert_eq!(offsets, vec![4, 5, 6]);
+    publish(&cluster.nodes[0], "chat:r", 7).await;
+    let offsets = offsets_until_quiet(&mut client, "chat:r", Duration::from_millis(300)).await;
+    assert_eq!(offsets, vec![7], "live continues without duplicates");
+    // The history API: everything with its offsets and epoch, newest first with a limit, and
+    // recovery rules (a lost epoch or a position ahead of the stream is unrecoverable).
+    let node = &cluster.nodes[2];
+    let all = node
+        .api_ok("history", json!({"channel": "chat:r", "limit": -1}))
+        .await;
+    assert_eq!(
+        offsets_of(&all["publications"]),
+        (1..=7).collect::<Vec<u64>>()
+    );
+    assert_eq!(
+        (all["offset"].as_u64(), all["epoch"].as_str()),
+        (Some(7), Some(epoch.as_str()))
+    );
+    let newest = node
+        .api_ok(
+            "history",
+            json!({"channel": "chat:r", "limit": 2, "reverse": true}),
+        )
+        .await;
+    assert_eq!(offsets_of(&newest["publications"]), vec![7, 6]);
+    let since = node
+        .api_ok(
+            "history",
+            json!({"channel": "chat:r", "limit": -1, "since": {"offset": 5, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(offsets_of(&since["publications"]), vec![6, 7]);
+    for since in [
+        json!({"offset": 2, "epoch": "nope"}),
+        json!({"offset": 9, "epoch": epoch}),
+    ] {
+        let (_, reply) = node
+            .api("history", json!({"channel": "chat:r", "since": since}))
+            .await;
+        assert_eq!(reply["error"]["code"], 112, "{reply}");
+    }
+    // Removal starts a new epoch at offset 0.
+    node.api_ok("history_remove", json!({"channel": "chat:r"}))
+        .await;
+    let after = node
+        .api_ok("history", json!({"channel": "chat:r", "limit": -1}))
+        .await;
+    assert_eq!(after["offset"], 0, "{after}");
+    assert_ne!(after["epoch"], epoch.as_str());
+    let mut other = cluster.nodes[2].client("late").await;
+    let (recovered, _) = resubscribe(&mut other, "chat:r", 2, &epoch).await;
+    assert!(!recovered);
+    drop(cluster);
+    drop(setup);
 }
 
 /// Waits for the unsubscribe push of `channel`; returns its code.
@@ -613,4 +767,280 @@ async fn a_nats_server_restarted_empty_is_rebuilt_from_the_nodes() {
     assert_eq!(numbers, vec![1]);
     drop(cluster);
     drop(server);
+}
+
+/// Stores publication `n` as the next of `channel` the way a publisher does (next offset, same
+/// epoch, expected last subject sequence) but sends nothing live; returns the frame it would send.
+async fn store_only(
+    js: &async_nats::jetstream::Context,
+    prefix: &str,
+    channel: &str,
+    n: u64,
+) -> Vec<u8> {
+    use herald::broker::nats::{
+        history_stream_name, history_subject, HISTORY_EPOCH_HEADER, HISTORY_OFFSET_HEADER,
+    };
+    let stream = js
+        .get_stream(history_stream_name(prefix))
+        .await
+        .expect("history stream");
+    let subject = history_subject(prefix, channel);
+    let last = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .expect("last stored");
+    let header = |name: &str| {
+        last.headers
+            .get(name)
+            .map(|v| v.as_str().to_string())
+            .expect("herald header")
+    };
+    let offset = header(HISTORY_OFFSET_HEADER)
+        .parse::<u64>()
+        .expect("offset")
+        + 1;
+    let epoch = header(HISTORY_EPOCH_HEADER);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    let payload = serde_json::to_vec(&json!({"data": {"n": n}, "time": millis})).expect("json");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(HISTORY_OFFSET_HEADER, offset.to_string().as_str());
+    headers.insert(HISTORY_EPOCH_HEADER, epoch.as_str());
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        last.sequence.to_string().as_str(),
+    );
+    js.publish_with_headers(subject, headers, payload.clone().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    herald::broker::wire::publication_frame(offset, &epoch, None, &payload)
+}
+
+/// Core frames of two publishers that cross are delivered in offset order; a stored publication
+/// whose frame never comes (its publisher died between the JetStream ack and the core publish) is
+/// found missing at the next publication: after the reorder window subscribers are told (2500)
+/// and recover it from the stream.
+#[tokio::test]
+async fn history_crossed_frames_are_reordered_and_a_lost_frame_is_recovered() {
+    let setup = Setup::new("horder");
+    let cluster = setup.history_cluster(2).await;
+    let channel = "chat:o";
+    let mut clients = Vec::new();
+    let mut epoch = String::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let mut client = node.client(&format!("user{i}")).await;
+        let sub = client.subscribe(channel).await;
+        epoch = sub["epoch"].as_str().expect("epoch").to_string();
+        clients.push(client);
+    }
+    for n in 1..=2 {
+        publish(&cluster.nodes[0], channel, n).await;
+    }
+    for client in &mut clients {
+        let offsets = offsets_until_quiet(client, channel, Duration::from_millis(300)).await;
+        assert_eq!(offsets, vec![1, 2]);
+    }
+    let nats = async_nats::connect(test_nats()).await.expect("nats");
+    let js = async_nats::jetstream::new(nats.clone());
+    // Offsets 3 and 4 stored; 4's frame overtakes 3's.
+    let third = store_only(&js, &setup.prefix, channel, 3).await;
+    let fourth = store_only(&js, &setup.prefix, channel, 4).await;
+    let subject = herald::broker::nats::delivery_subject(&setup.prefix, channel);
+    nats.publish(subject.clone(), fourth.into())
+        .await
+        .expect("core publish");
+    nats.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    nats.publish(subject, third.into())
+        .await
+        .expect("core publish");
+    nats.flush().await.expect("flush");
+    for client in &mut clients {
+        let offsets = offsets_until_quiet(client, channel, Duration::from_millis(400)).await;
+        assert_eq!(offsets, vec![3, 4], "in offset order, once");
+    }
+    // Offset 5 stored, its frame lost; 6 published normally.
+    store_only(&js, &setup.prefix, channel, 5).await;
+    publish(&cluster.nodes[1], channel, 6).await;
+    for client in &mut clients {
+        let (code, before) = unsubscribe_push(client, channel).await;
+        assert_eq!(code, 2500, "told of the hole");
+        assert!(
+            before.is_empty(),
+            "nothing delivered over the hole: {before:?}"
+        );
+        let (recovered, offsets) = resubscribe(client, channel, 4, &epoch).await;
+        assert!(recovered);
+        assert_eq!(offsets, vec![5, 6]);
+    }
+    publish(&cluster.nodes[0], channel, 7).await;
+    for client in &mut clients {
+        let offsets = offsets_until_quiet(client, channel, Duration::from_millis(400)).await;
+        assert_eq!(offsets, vec![7]);
+    }
+    drop(cluster);
+    drop(setup);
+}
+
+/// The history stream is lost (deleted here; a server restarted without its store is the same):
+/// the next publication re-creates it under a new epoch, subscribers are told (2500) instead of
+/// being handed offset 1 after offset 2, and their old position is unrecoverable.
+#[tokio::test]
+async fn history_lost_stream_starts_a_new_epoch_and_subscribers_are_told() {
+    let setup = Setup::new("hlost");
+    let cluster = setup.history_cluster(2).await;
+    let channel = "chat:l";
+    let mut client = cluster.nodes[0].client("alice").await;
+    let epoch = client.subscribe(channel).await["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_string();
+    for n in 1..=2 {
+        publish(&cluster.nodes[1], channel, n).await;
+    }
+    let offsets = offsets_until_quiet(&mut client, channel, Duration::from_millis(300)).await;
+    assert_eq!(offsets, vec![1, 2]);
+    let nats = async_nats::connect(test_nats()).await.expect("nats");
+    async_nats::jetstream::new(nats)
+        .delete_stream(herald::broker::nats::history_stream_name(&setup.prefix))
+        .await
+        .expect("stream deleted");
+    // The first attempt may find the stream gone; the next re-creates it.
+    let mut reply = Value::Null;
+    for _ in 0..3 {
+        let (_, r) = cluster.nodes[1]
+            .api("publish", json!({"channel": channel, "data": {"n": 3}}))
+            .await;
+        reply = r;
+        if reply.get("error").is_none() {
+            break;
+        }
+    }
+    assert!(reply.get("error").is_none(), "{reply}");
+    let (code, before) = unsubscribe_push(&mut client, channel).await;
+    assert_eq!((code, before), (2500, vec![]));
+    let (recovered, _) = resubscribe(&mut client, channel, 2, &epoch).await;
+    assert!(!recovered, "a position of the lost epoch");
+    let history = cluster.nodes[0]
+        .api_ok("history", json!({"channel": channel, "limit": -1}))
+        .await;
+    assert_eq!(offsets_of(&history["publications"]), vec![1]);
+    assert_ne!(history["epoch"], epoch.as_str());
+    drop(cluster);
+    drop(setup);
+}
+
+/// As [`broker_fault`] with history: two nodes reach NATS through a proxy, a third directly and
+/// keeps publishing during the fault. Afterwards the proxied nodes' subscribers are told (2500),
+/// recover exactly what they missed from the JetStream stream, and live delivery continues in
+/// offset order without duplicates.
+async fn history_broker_fault(fault: Fault, test: &str) {
+    let setup = Setup::new(test);
+    let proxy = Proxy::start(test_nats_addr()).await;
+    let via_proxy = format!("nats://{}", proxy.addr);
+    let mut cluster =
+        Cluster::start_configured(2, &setup.prefix, setup.configure_history(&via_proxy, true))
+            .await;
+    cluster
+        .add_with("direct", setup.configure_history(&test_nats(), true))
+        .await;
+    let (a, b, direct) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
+
+    let mut alice = a.client("alice").await;
+    let sub = alice.subscribe("chat:busy").await;
+    let epoch = sub["epoch"].as_str().expect("epoch").to_string();
+    let mut bob = b.client("bob").await;
+    bob.subscribe("chat:busy").await;
+    for n in 1..=3 {
+        publish(direct, "chat:busy", n).await;
+    }
+    for client in [&mut alice, &mut bob] {
+        let offsets = offsets_until_quiet(client, "chat:busy", Duration::from_millis(300)).await;
+        assert_eq!(offsets, vec![1, 2, 3]);
+    }
+
+    match fault {
+        Fault::Restart => {
+            proxy.refuse(true);
+            proxy.kill_connections();
+        }
+        Fault::Stall => proxy.stall(),
+    }
+    assert!(a.wait_readiness(false, WAIT).await, "node a not ready");
+    assert!(b.wait_readiness(false, WAIT).await, "node b not ready");
+    // A node that cannot reach NATS stores nothing and says so.
+    let (status, reply) = a
+        .api("publish", json!({"channel": "chat:busy", "data": {}}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    alice.assert_alive().await;
+    for n in 4..=6 {
+        publish(direct, "chat:busy", n).await;
+    }
+
+    match fault {
+        Fault::Restart => proxy.refuse(false),
+        Fault::Stall => proxy.resume(),
+    }
+    assert!(a.wait_ready(Duration::from_secs(10)).await, "node a ready");
+    assert!(b.wait_ready(Duration::from_secs(10)).await, "node b ready");
+
+    for client in [&mut alice, &mut bob] {
+        let (code, before) = unsubscribe_push(client, "chat:busy").await;
+        assert_eq!(code, 2500, "insufficient state");
+        let from = before.last().copied().unwrap_or(3);
+        assert_eq!(
+            before,
+            (4..=from).collect::<Vec<u64>>(),
+            "in order, no hole"
+        );
+        let (recovered, offsets) = resubscribe(client, "chat:busy", from, &epoch).await;
+        assert!(recovered, "recovered from {from}");
+        assert_eq!(offsets, (from + 1..=6).collect::<Vec<u64>>());
+    }
+    // After the outage, publications from every node at once arrive once, in offset order.
+    tokio::join!(
+        publish_range(direct, "chat:busy", 7..12),
+        publish_range(a, "chat:busy", 12..17),
+        publish_range(b, "chat:busy", 17..22),
+    );
+    for client in [&mut alice, &mut bob] {
+        let mut offsets = Vec::new();
+        while let Some(message) = client.next_within(Duration::from_millis(700)).await {
+            let push = &message["push"];
+            if push["channel"] != "chat:busy" {
+                continue;
+            }
+            assert!(
+                push.get("unsubscribe").is_none(),
+                "unexpected unsubscribe: {message}"
+            );
+            if let Some(offset) = push["pub"]["offset"].as_u64() {
+                offsets.push(offset);
+            }
+        }
+        assert_eq!(offsets, (7..=21).collect::<Vec<u64>>());
+    }
+    let metrics = a.metrics().await;
+    assert!(
+        metric(&metrics, "herald_broker_gaps_total") >= 1.0,
+        "{metrics}"
+    );
+    drop(cluster);
+    drop(setup);
+}
+
+#[tokio::test]
+async fn history_nats_restart_is_recovered_without_loss() {
+    history_broker_fault(Fault::Restart, "hrestart").await;
+}
+
+#[tokio::test]
+async fn history_nats_stall_is_recovered_without_loss() {
+    history_broker_fault(Fault::Stall, "hstall").await;
 }

@@ -1,7 +1,7 @@
 //! Cross-node publication delivery behind one trait. The memory broker (the default) serves one node;
 //! the Redis broker makes every node sharing one Redis (and one `broker.prefix`) behave as one
 //! system (on a single Redis or a Redis Cluster with sharded pub/sub), and the NATS broker does
-//! the same over core NATS and JetStream KV (without history). The hub never knows which one is
+//! the same over core NATS and JetStream (a history stream, KV buckets). The hub never knows which one is
 //! in use.
 //!
 //! A broker owns stream positions: it assigns each publication its offset (through history) and
@@ -10,6 +10,7 @@
 
 mod memory;
 pub mod nats;
+mod nats_history;
 mod nats_kv;
 pub mod redis;
 mod redis_conn;

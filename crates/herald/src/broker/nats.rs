@@ -5,9 +5,12 @@
 //!   channel name is one valid subject token), subscribed while the node has local subscribers of
 //!   the channel, plus `<prefix>.control` for API commands that target users. Frames are
 //!   [`wire`]'s, serialized once by the publishing node.
-//! - History: not supported. Core NATS gives no offsets, and a JetStream design that keeps
-//!   per-channel offsets contiguous across nodes was not built; configuration refuses namespaces
-//!   with history on this broker rather than serving something subtly wrong (docs/scaling.md).
+//! - History: one JetStream stream per prefix ([`nats_history`]): a publication on a channel with
+//!   history is appended under the next offset (optimistic concurrency on the subject's last
+//!   sequence), then its frame goes out on the core subject. Core frames of two publishers may
+//!   cross, so each node puts them back in offset order per channel, waiting
+//!   [`REORDER_WINDOW`] for a missing offset before telling the channel's subscribers of a gap
+//!   (they recover from the stream). Conflation is refused by configuration.
 //! - Presence and the node registry: JetStream KV buckets whose `max_age` is the entry TTL; the
 //!   owning node rewrites its entries well within it, so a dead node's entries expire.
 //! - Faults: async-nats reconnects (with our backoff) and resubscribes by itself. A probe (a
@@ -16,6 +19,7 @@
 //!   lost on the way; once ready again every local channel's subscribers are told
 //!   ([`BrokerHandler::handle_gap`]).
 
+use super::nats_history::{self, HistoryStore, Order, Verdict};
 /// The lease store (`crate::nats_leases`) keeps its bucket the way the broker keeps its own.
 pub(crate) use super::nats_kv::open_bucket;
 use super::nats_kv::{self, Buckets};
@@ -33,9 +37,20 @@ use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// The history stream's name for a broker prefix (tests delete it), and the headers of a stored
+/// publication (tests store one the way a publisher that crashed before its core publish would).
+pub use super::nats_history::{
+    stream_name as history_stream_name, EPOCH_HEADER as HISTORY_EPOCH_HEADER,
+    OFFSET_HEADER as HISTORY_OFFSET_HEADER,
+};
+
+/// How long a node holds a publication whose predecessors have not arrived (another publisher's
+/// core frame may still be on its way) before reporting a gap.
+pub const REORDER_WINDOW: Duration = Duration::from_millis(150);
 
 /// Subject names. Channel names may hold `.`, `*`, `>`, spaces…: base64url makes each one a single
 /// token of subject-safe characters.
@@ -47,9 +62,19 @@ pub(super) fn encode_token(s: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s.as_bytes())
 }
 
+/// The core subject a channel's frames travel on, for a broker prefix.
+pub fn delivery_subject(prefix: &str, channel: &str) -> String {
+    format!("{prefix}.ch.{}", encode_token(channel))
+}
+
+/// The JetStream subject a channel's history is stored under, for a broker prefix.
+pub fn history_subject(prefix: &str, channel: &str) -> String {
+    format!("{prefix}.h.{}", encode_token(channel))
+}
+
 impl Subjects {
     fn channel(&self, channel: &str) -> String {
-        format!("{}.ch.{}", self.prefix, encode_token(channel))
+        delivery_subject(&self.prefix, channel)
     }
     fn control(&self) -> String {
         format!("{}.control", self.prefix)
@@ -65,6 +90,11 @@ struct Inner {
     /// Names this node's probe subject (a node restarted in the same process gets a new one).
     uid: String,
     client: OnceLock<async_nats::Client>,
+    /// JetStream on `client` (history).
+    js: OnceLock<async_nats::jetstream::Context>,
+    history: HistoryStore,
+    /// Per channel with local subscribers: offset order of delivered publications.
+    orders: Mutex<HashMap<String, Order>>,
     /// The KV buckets, once found or created (JetStream on).
     buckets: Mutex<Option<Buckets>>,
     /// Channel → the task reading its subscription (aborting it unsubscribes).
@@ -112,6 +142,9 @@ impl NatsBroker {
                 },
                 uid: uuid::Uuid::new_v4().simple().to_string(),
                 client: OnceLock::new(),
+                js: OnceLock::new(),
+                history: HistoryStore::new(&config.prefix, config.command_timeout),
+                orders: Mutex::new(HashMap::new()),
                 buckets: Mutex::new(None),
                 channels: Mutex::new(HashMap::new()),
                 subscribe_ops: tokio::sync::Mutex::new(()),
@@ -228,12 +261,112 @@ impl Inner {
         }
         match wire::decode(payload) {
             Ok(Message::Publication {
+                offset,
+                epoch,
+                key,
+                publication,
+            }) if offset > 0 => {
+                self.deliver_in_order(handler, channel, &epoch, offset, publication, key)
+            }
+            Ok(Message::Publication {
                 key, publication, ..
             }) => handler.handle_publication(channel, Arc::new(publication), key.as_deref()),
             Ok(Message::Join(info)) => handler.handle_join(channel, &info),
             Ok(Message::Leave(info)) => handler.handle_leave(channel, &info),
             Err(e) => tracing::warn!(%channel, error = %e, "nats broker: malformed message"),
         }
+    }
+
+    /// A publication with history: delivered once, in offset order (see [`Order`]).
+    fn deliver_in_order(
+        &self,
+        handler: &Arc<dyn BrokerHandler>,
+        channel: &str,
+        epoch: &str,
+        offset: u64,
+        publication: Publication,
+        key: Option<String>,
+    ) {
+        let held = nats_history::Held { publication, key };
+        let verdict = self
+            .orders
+            .lock()
+            .entry(channel.to_string())
+            .or_default()
+            .accept(epoch, offset, held, Instant::now());
+        // Only this channel's reader task delivers, so releasing the lock keeps the order.
+        let ready = match verdict {
+            Verdict::Deliver(ready) => ready,
+            Verdict::Wait => {
+                tracing::trace!(%channel, offset, "nats broker: publication held or duplicate");
+                return;
+            }
+            Verdict::NewEpoch => {
+                tracing::info!(%channel, %epoch, "nats broker: stream restarted, telling subscribers");
+                self.gap_reported(handler, channel);
+                return;
+            }
+        };
+        for held in ready {
+            handler.handle_publication(channel, Arc::new(held.publication), held.key.as_deref());
+        }
+    }
+
+    /// When the channel's oldest hole stops being waited for.
+    fn hole_deadline(&self, channel: &str) -> Option<Instant> {
+        self.orders
+            .lock()
+            .get(channel)
+            .and_then(|o| o.deadline(REORDER_WINDOW))
+    }
+
+    /// Reports a gap if the channel's hole outlived the window.
+    fn check_hole(&self, channel: &str) {
+        let expired = self
+            .orders
+            .lock()
+            .get_mut(channel)
+            .is_some_and(|o| o.expired(REORDER_WINDOW, Instant::now()));
+        if expired {
+            tracing::info!(%channel, "nats broker: publication missing, telling subscribers");
+            if let Some(handler) = self.handler.get() {
+                self.gap_reported(handler, channel);
+            }
+        }
+    }
+
+    /// Tells the channel's subscribers they may have missed publications (they resubscribe and
+    /// recover from history).
+    fn gap_reported(&self, handler: &Arc<dyn BrokerHandler>, channel: &str) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.broker_gaps.inc();
+        }
+        handler.handle_gap(channel);
+    }
+
+    /// A history read's position: subscribers hold it, so a later frame after it is in sequence.
+    fn note_read(&self, channel: &str, position: &StreamPosition) {
+        if !self.channels.lock().contains_key(channel) {
+            return;
+        }
+        self.orders
+            .lock()
+            .entry(channel.to_string())
+            .or_default()
+            .note_read(position);
+    }
+
+    fn jetstream(&self) -> Result<async_nats::jetstream::Context, BrokerError> {
+        let client = self.ready_client()?;
+        if !self.config.nats_jetstream {
+            return Err(unavailable(
+                "history on NATS needs broker.nats_jetstream = true",
+            ));
+        }
+        Ok(self
+            .js
+            .get_or_init(|| async_nats::jetstream::new(client.clone()))
+            .clone())
     }
 
     fn on_control(&self, payload: &[u8]) {
@@ -254,6 +387,8 @@ impl Inner {
             return;
         };
         for channel in channels {
+            // Subscribers resubscribe from their own positions: what the node delivered is moot.
+            self.orders.lock().remove(&channel);
             tracing::info!(%channel, "nats broker: possible gap, telling subscribers");
             if let Some(metrics) = self.metrics.get() {
                 metrics.broker_gaps.inc();
@@ -458,6 +593,8 @@ async fn probe_once(
 }
 
 async fn become_ready(inner: &Arc<Inner>, client: &async_nats::Client) -> Result<(), BrokerError> {
+    // The history stream may be gone (server restarted empty): look it up again on first use.
+    inner.history.forget().await;
     if inner.config.nats_jetstream {
         let buckets = Buckets::open(client, &inner.config).await?;
         *inner.buckets.lock() = Some(buckets);
@@ -499,6 +636,27 @@ async fn spawn_reader(
     })
 }
 
+/// Hands a channel's messages to the node and, while a publication waits for a missing one,
+/// wakes up when the wait is over.
+async fn read_channel(inner: &Inner, channel: &str, sub: &mut async_nats::Subscriber) {
+    loop {
+        let deadline = inner.hole_deadline(channel);
+        let hole = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = sub.next() => match msg {
+                Some(msg) => inner.on_message(channel, &msg.payload),
+                None => return,
+            },
+            _ = hole => inner.check_hole(channel),
+        }
+    }
+}
+
 #[async_trait]
 impl Broker for NatsBroker {
     fn set_handler(&self, handler: Arc<dyn BrokerHandler>, metrics: Arc<Metrics>) {
@@ -527,11 +685,7 @@ impl Broker for NatsBroker {
         let reader = {
             let inner = inner.clone();
             let channel = channel.to_string();
-            tokio::spawn(async move {
-                while let Some(msg) = sub.next().await {
-                    inner.on_message(&channel, &msg.payload);
-                }
-            })
+            tokio::spawn(async move { read_channel(&inner, &channel, &mut sub).await })
         };
         inner.channels.lock().insert(channel.to_string(), reader);
         Ok(())
@@ -553,6 +707,7 @@ impl Broker for NatsBroker {
         if let Some(task) = channels.remove(channel) {
             // Dropping the subscription sends the UNSUB.
             task.abort();
+            inner.orders.lock().remove(channel);
         }
     }
 
@@ -567,16 +722,32 @@ impl Broker for NatsBroker {
         key: Option<&str>,
         history: Option<HistoryOptions>,
     ) -> Result<StreamPosition, BrokerError> {
-        if history.is_some() {
-            // Configuration refuses such namespaces; a stray call must not pretend to store.
-            return Err(unavailable("history is not supported by the NATS broker"));
-        }
+        let inner = &self.inner;
+        // Serialized once, here; the same bytes are stored and published.
         let payload = serde_json::to_vec(&publication).map_err(unavailable)?;
-        let frame = wire::publication_frame(0, "", key, &payload);
-        self.inner
-            .publish(self.inner.subjects.channel(channel), frame.into())
+        let Some(options) = history else {
+            let frame = wire::publication_frame(0, "", key, &payload);
+            inner
+                .publish(inner.subjects.channel(channel), frame.into())
+                .await?;
+            return Ok(StreamPosition::default());
+        };
+        let js = inner.jetstream()?;
+        let payload = Bytes::from(payload);
+        let position = inner
+            .history
+            .store(&js, channel, payload.clone(), &options)
             .await?;
-        Ok(StreamPosition::default())
+        let frame = wire::publication_frame(position.offset, &position.epoch, key, &payload);
+        if let Err(e) = inner
+            .publish(inner.subjects.channel(channel), frame.into())
+            .await
+        {
+            // Stored, so not failed (a retry would store it twice): subscribers find the hole at
+            // the next publication and recover it from the stream.
+            tracing::warn!(%channel, error = %e, "nats broker: stored publication not sent live");
+        }
+        Ok(position)
     }
 
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
@@ -602,29 +773,39 @@ impl Broker for NatsBroker {
 
     async fn history(
         &self,
-        _channel: &str,
+        channel: &str,
         query: &HistoryQuery,
-        _options: HistoryOptions,
+        options: HistoryOptions,
     ) -> Result<HistoryPage, BrokerError> {
-        // No stream is kept: any position a client holds cannot be proven continuous.
-        if query.since.is_some() {
-            return Err(BrokerError::Unrecoverable);
-        }
-        Ok(HistoryPage {
-            publications: Vec::new(),
-            position: StreamPosition::default(),
-        })
+        let inner = &self.inner;
+        let js = inner.jetstream()?;
+        // The position alone is enough for a `limit: 0` read without `since`.
+        let entries = query.since.is_some() || query.limit != Some(0);
+        let (position, items) = inner.history.read(&js, channel, entries, &options).await?;
+        inner.note_read(channel, &position);
+        nats_history::page(
+            position,
+            items,
+            query,
+            options.ttl,
+            crate::node::unix_millis(),
+        )
     }
 
-    async fn remove_history(&self, _channel: &str) -> Result<(), BrokerError> {
-        Ok(())
+    async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let js = inner.jetstream()?;
+        inner.history.remove(&js, channel).await
     }
 
     async fn latest(
         &self,
         _channel: &str,
     ) -> Result<(Vec<Arc<Publication>>, StreamPosition), BrokerError> {
-        Ok((Vec::new(), StreamPosition::default()))
+        // Configuration refuses conflation on this broker: no latest values are kept.
+        Err(unavailable(
+            "conflation is not supported by the NATS broker",
+        ))
     }
 
     fn sweep(&self, _meta_ttl: Duration) {
