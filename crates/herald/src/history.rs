@@ -100,7 +100,8 @@ impl Stream {
     }
 }
 
-fn new_epoch() -> String {
+/// A fresh random epoch, shared by every history store (memory, Redis, NATS).
+pub(crate) fn new_epoch() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
     (0..8)
@@ -244,6 +245,45 @@ impl MemoryHistory {
     }
 }
 
+/// A page of a broker's stored history (Redis, NATS), by the rules the memory history follows:
+/// `since` from another epoch, ahead of the stream, or older than what is kept is
+/// `Unrecoverable`; items older than `history_ttl` are gone; then `reverse` and `limit`.
+pub(crate) fn stored_page(
+    position: StreamPosition,
+    items: Vec<Publication>,
+    query: &HistoryQuery,
+    ttl: Duration,
+    now_millis: i64,
+) -> Result<HistoryPage, HistoryError> {
+    let ttl = ttl.as_millis() as i64;
+    let mut publications: Vec<Arc<Publication>> = items
+        .into_iter()
+        .filter(|p| p.time == 0 || now_millis - p.time < ttl)
+        .map(Arc::new)
+        .collect();
+    if let Some(since) = &query.since {
+        if since.epoch != position.epoch || since.offset > position.offset {
+            return Err(HistoryError::Unrecoverable);
+        }
+        publications.retain(|p| p.offset > since.offset);
+        if since.offset < position.offset
+            && publications.first().map(|p| p.offset) != Some(since.offset + 1)
+        {
+            return Err(HistoryError::Unrecoverable);
+        }
+    }
+    if query.reverse {
+        publications.reverse();
+    }
+    if let Some(limit) = query.limit {
+        publications.truncate(limit);
+    }
+    Ok(HistoryPage {
+        publications,
+        position,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,5 +413,63 @@ mod tests {
         let offsets: Vec<u64> = latest.iter().map(|p| p.offset).collect();
         assert_eq!(offsets, vec![3, 4]);
         assert_eq!(position.offset, 4);
+    }
+
+    fn stored(offset: u64, time: i64) -> Publication {
+        Publication {
+            data: RawValue::from_string("1".into()).unwrap(),
+            info: None,
+            offset,
+            tags: Default::default(),
+            time,
+        }
+    }
+
+    #[test]
+    fn pages_follow_the_recovery_rules() {
+        let position = |offset| StreamPosition {
+            offset,
+            epoch: "e".into(),
+        };
+        let items = || (3..=5).map(|o| stored(o, 1000)).collect::<Vec<_>>();
+        let ttl = Duration::from_secs(60);
+        let since = |offset: u64, epoch: &str| HistoryQuery {
+            since: Some(StreamPosition {
+                offset,
+                epoch: epoch.into(),
+            }),
+            ..Default::default()
+        };
+        let offsets = |p: HistoryPage| p.publications.iter().map(|p| p.offset).collect::<Vec<_>>();
+        let all = stored_page(position(5), items(), &HistoryQuery::default(), ttl, 1000).unwrap();
+        assert_eq!(offsets(all), vec![3, 4, 5]);
+        assert_eq!(
+            offsets(stored_page(position(5), items(), &since(3, "e"), ttl, 1000).unwrap()),
+            vec![4, 5]
+        );
+        assert!(
+            offsets(stored_page(position(5), items(), &since(5, "e"), ttl, 1000).unwrap())
+                .is_empty()
+        );
+        for bad in [since(1, "e"), since(6, "e"), since(4, "x")] {
+            assert_eq!(
+                stored_page(position(5), items(), &bad, ttl, 1000).unwrap_err(),
+                HistoryError::Unrecoverable
+            );
+        }
+        let newest_two = HistoryQuery {
+            limit: Some(2),
+            reverse: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            offsets(stored_page(position(5), items(), &newest_two, ttl, 1000).unwrap()),
+            vec![5, 4]
+        );
+        // Expired items are gone: recovering across them is impossible.
+        assert_eq!(
+            stored_page(position(5), items(), &since(3, "e"), ttl, 1000 + 60_000).unwrap_err(),
+            HistoryError::Unrecoverable
+        );
     }
 }

@@ -35,6 +35,11 @@ pub enum BrokerError {
     Unavailable(String),
 }
 
+/// A broker that cannot serve, with the cause (connection lost, timeout, malformed reply).
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
 impl From<HistoryError> for BrokerError {
     fn from(e: HistoryError) -> Self {
         match e {

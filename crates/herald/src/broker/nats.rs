@@ -24,7 +24,7 @@ use super::nats_history::{self, HistoryStore, Order, Verdict};
 pub(crate) use super::nats_kv::open_bucket;
 use super::nats_kv::{self, Buckets};
 use super::wire::{self, Message};
-use super::{Broker, BrokerError, BrokerHandler, Control, NodeEntry, PresenceStore};
+use super::{unavailable, Broker, BrokerError, BrokerHandler, Control, NodeEntry, PresenceStore};
 use crate::config::BrokerConfig;
 use crate::history::{HistoryOptions, HistoryPage, HistoryQuery};
 use crate::metrics::Metrics;
@@ -123,10 +123,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct NatsBroker {
     inner: Arc<Inner>,
-}
-
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
 }
 
 impl NatsBroker {
@@ -783,13 +779,13 @@ impl Broker for NatsBroker {
         let entries = query.since.is_some() || query.limit != Some(0);
         let (position, items) = inner.history.read(&js, channel, entries, &options).await?;
         inner.note_read(channel, &position);
-        nats_history::page(
+        Ok(crate::history::stored_page(
             position,
             items,
             query,
             options.ttl,
             crate::node::unix_millis(),
-        )
+        )?)
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {

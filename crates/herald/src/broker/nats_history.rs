@@ -15,13 +15,12 @@
 //!   order on the receiving node, since two publishers' core messages may cross.
 
 use super::nats::encode_token;
-use super::BrokerError;
-use crate::history::{HistoryOptions, HistoryPage, HistoryQuery};
+use super::{unavailable, BrokerError};
+use crate::history::{new_epoch, HistoryOptions};
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use bytes::Bytes;
 use herald_protocol::{Publication, StreamPosition};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const OFFSET_HEADER: &str = "Herald-Offset";
@@ -30,18 +29,6 @@ const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequenc
 /// Appends lost to concurrent publishers before the publication fails (each loss means another
 /// publication of the channel was stored, so this bounds waiting, not progress).
 const APPEND_ATTEMPTS: usize = 32;
-
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
-}
-
-pub(super) fn new_epoch() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..8)
-        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
-        .collect()
-}
 
 /// A stored message's place in its channel's stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -399,45 +386,6 @@ pub fn stream_name(prefix: &str) -> String {
     format!("herald_history_{}", encode_token(prefix))
 }
 
-/// Applies the recovery rules shared with the memory and Redis brokers to what was read:
-/// `since` from another epoch, ahead of the stream, or older than what is kept is
-/// `Unrecoverable`; items older than `history_ttl` are gone; then `reverse` and `limit`.
-pub(super) fn page(
-    position: StreamPosition,
-    items: Vec<Publication>,
-    query: &HistoryQuery,
-    ttl: Duration,
-    now_millis: i64,
-) -> Result<HistoryPage, BrokerError> {
-    let ttl = ttl.as_millis() as i64;
-    let mut publications: Vec<Arc<Publication>> = items
-        .into_iter()
-        .filter(|p| p.time == 0 || now_millis - p.time < ttl)
-        .map(Arc::new)
-        .collect();
-    if let Some(since) = &query.since {
-        if since.epoch != position.epoch || since.offset > position.offset {
-            return Err(BrokerError::Unrecoverable);
-        }
-        publications.retain(|p| p.offset > since.offset);
-        if since.offset < position.offset
-            && publications.first().map(|p| p.offset) != Some(since.offset + 1)
-        {
-            return Err(BrokerError::Unrecoverable);
-        }
-    }
-    if query.reverse {
-        publications.reverse();
-    }
-    if let Some(limit) = query.limit {
-        publications.truncate(limit);
-    }
-    Ok(HistoryPage {
-        publications,
-        position,
-    })
-}
-
 /// A publication waiting in [`Order`] for the ones before it.
 pub(super) struct Held {
     pub publication: Publication,
@@ -618,60 +566,5 @@ mod tests {
         assert!(stream_name("a.b *>")
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
-    }
-
-    fn publication(offset: u64, time: i64) -> Publication {
-        Publication {
-            data: RawValue::from_string("1".into()).unwrap(),
-            info: None,
-            offset,
-            tags: Default::default(),
-            time,
-        }
-    }
-
-    #[test]
-    fn pages_follow_the_recovery_rules() {
-        let position = |offset| StreamPosition {
-            offset,
-            epoch: "e".into(),
-        };
-        let items = || (3..=5).map(|o| publication(o, 1000)).collect::<Vec<_>>();
-        let ttl = Duration::from_secs(60);
-        let since = |offset: u64, epoch: &str| HistoryQuery {
-            since: Some(StreamPosition {
-                offset,
-                epoch: epoch.into(),
-            }),
-            ..Default::default()
-        };
-        let offsets = |p: HistoryPage| p.publications.iter().map(|p| p.offset).collect::<Vec<_>>();
-        let all = page(position(5), items(), &HistoryQuery::default(), ttl, 1000).unwrap();
-        assert_eq!(offsets(all), vec![3, 4, 5]);
-        assert_eq!(
-            offsets(page(position(5), items(), &since(3, "e"), ttl, 1000).unwrap()),
-            vec![4, 5]
-        );
-        assert!(offsets(page(position(5), items(), &since(5, "e"), ttl, 1000).unwrap()).is_empty());
-        for bad in [since(1, "e"), since(6, "e"), since(4, "x")] {
-            assert_eq!(
-                page(position(5), items(), &bad, ttl, 1000).unwrap_err(),
-                BrokerError::Unrecoverable
-            );
-        }
-        let newest_two = HistoryQuery {
-            limit: Some(2),
-            reverse: true,
-            ..Default::default()
-        };
-        assert_eq!(
-            offsets(page(position(5), items(), &newest_two, ttl, 1000).unwrap()),
-            vec![5, 4]
-        );
-        // Expired items are gone: recovering across them is impossible.
-        assert_eq!(
-            page(position(5), items(), &since(3, "e"), ttl, 1000 + 60_000).unwrap_err(),
-            BrokerError::Unrecoverable
-        );
     }
 }

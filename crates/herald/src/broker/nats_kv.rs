@@ -2,7 +2,7 @@
 //! registry (`<uid>` keys). Entries expire by the bucket's `max_age`; owners rewrite theirs.
 
 use super::nats::encode_token;
-use super::BrokerError;
+use super::{unavailable, BrokerError};
 use crate::config::BrokerConfig;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -24,10 +24,6 @@ pub fn presence_channel_filter(channel: &str) -> String {
 pub struct Buckets {
     pub presence: kv::Store,
     pub nodes: kv::Store,
-}
-
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
 }
 
 async fn timed<T, E: std::fmt::Display>(

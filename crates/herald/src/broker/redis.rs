@@ -20,9 +20,9 @@ pub use super::redis_conn::RedisConn;
 use super::redis_conn::{self, Subscriber};
 use super::redis_scripts as scripts;
 use super::wire::{self, Message};
-use super::{Broker, BrokerError, BrokerHandler, Control, NodeEntry, PresenceStore};
+use super::{unavailable, Broker, BrokerError, BrokerHandler, Control, NodeEntry, PresenceStore};
 use crate::config::{redis_url, BrokerConfig};
-use crate::history::{HistoryOptions, HistoryPage, HistoryQuery};
+use crate::history::{new_epoch, HistoryOptions, HistoryPage, HistoryQuery};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -233,18 +233,6 @@ impl RedisBroker {
         self.inner.conn.lock().take();
         self.inner.sink.lock().take();
     }
-}
-
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
-}
-
-fn new_epoch() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..8)
-        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
-        .collect()
 }
 
 fn millis(d: Duration) -> u64 {
@@ -988,38 +976,20 @@ impl Broker for RedisBroker {
             .read_stream(channel, since.map(|s| s.offset), entries, options.meta_ttl)
             .await?;
         inner.note_read(channel, &position);
-        // History items older than `history_ttl` are gone, as in the memory broker (the stream's
-        // own TTL only bounds how long an idle stream is kept).
-        let now = crate::node::unix_millis();
-        let ttl = options.ttl.as_millis() as i64;
-        let mut publications = Vec::with_capacity(items.len());
-        for (offset, payload) in items {
-            let publication = wire::stored(offset, &payload).map_err(unavailable)?;
-            if now - publication.time >= ttl && publication.time > 0 {
-                continue;
-            }
-            publications.push(Arc::new(publication));
-        }
-        if let Some(since) = since {
-            if since.epoch != position.epoch || since.offset > position.offset {
-                return Err(BrokerError::Unrecoverable);
-            }
-            if since.offset < position.offset
-                && publications.first().map(|p| p.offset) != Some(since.offset + 1)
-            {
-                return Err(BrokerError::Unrecoverable);
-            }
-        }
-        if query.reverse {
-            publications.reverse();
-        }
-        if let Some(limit) = query.limit {
-            publications.truncate(limit);
-        }
-        Ok(HistoryPage {
-            publications,
+        let publications = items
+            .into_iter()
+            .map(|(offset, payload)| wire::stored(offset, &payload))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        // Items older than `history_ttl` are dropped there, as in the memory broker (the
+        // stream's own TTL only bounds how long an idle stream is kept).
+        Ok(crate::history::stored_page(
             position,
-        })
+            publications,
+            query,
+            options.ttl,
+            crate::node::unix_millis(),
+        )?)
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
