@@ -14,10 +14,6 @@ use std::time::Duration;
 use support::proxy::Proxy;
 use support::*;
 
-fn test_nats() -> String {
-    std::env::var("HERALD_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
 fn test_nats_addr() -> SocketAddr {
     let url = test_nats();
     let host = url
@@ -109,27 +105,10 @@ impl Drop for Setup {
     /// Deletes what the test created in NATS (core subjects leave nothing behind), also when the
     /// test failed: on a thread of its own, since the test's runtime may be gone.
     fn drop(&mut self) {
-        let buckets = [self.presence_bucket.clone(), self.nodes_bucket.clone()];
-        let stream = herald::broker::nats::history_stream_name(&self.prefix);
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let Ok(client) = async_nats::connect(test_nats()).await else {
-                    return;
-                };
-                let js = async_nats::jetstream::new(client);
-                for bucket in &buckets {
-                    let _ = js.delete_key_value(bucket).await;
-                }
-                let _ = js.delete_stream(&stream).await;
-            });
-        });
-        let _ = cleanup.join();
+        delete_nats_state(
+            vec![self.presence_bucket.clone(), self.nodes_bucket.clone()],
+            vec![herald::broker::nats::history_stream_name(&self.prefix)],
+        );
     }
 }
 

@@ -61,21 +61,8 @@ async fn receive_all(client: &mut Client, channel: &str, epoch: &str, mut have: 
             have = offset;
         } else if let Some(unsubscribe) = push.get("unsubscribe") {
             assert_eq!(unsubscribe["code"], 2500, "{message}");
-            let reply = client
-                .call(
-                    "subscribe",
-                    json!({"channel": channel, "recover": true, "offset": have, "epoch": epoch}),
-                )
-                .await;
-            let sub = &reply["subscribe"];
-            assert_eq!(
-                sub["recovered"], true,
-                "recovery from {have}@{epoch}: {reply}"
-            );
-            let offsets: Vec<u64> = sub["publications"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|p| p["offset"].as_u64()).collect())
-                .unwrap_or_default();
+            let (recovered, offsets) = resubscribe(client, channel, have, epoch).await;
+            assert!(recovered, "recovery from {have}@{epoch}");
             let expected: Vec<u64> = (have + 1..have + 1 + offsets.len() as u64).collect();
             assert_eq!(offsets, expected, "recovery continues the stream");
             have += offsets.len() as u64;
@@ -96,6 +83,21 @@ async fn top(node: &TestServer, channel: &str) -> u64 {
         .api_ok("history", json!({"channel": channel, "limit": 0}))
         .await;
     history["offset"].as_u64().unwrap_or(0)
+}
+
+/// Alice on node 0 and bob on node 1 subscribed to `channel`, both having received offsets 1..=3
+/// published through node 2; returns them and the channel's epoch.
+async fn two_subscribers(cluster: &Cluster, channel: &str) -> (Client, Client, String) {
+    let mut alice = cluster.nodes[0].client("alice").await;
+    let epoch = epoch_of(&alice.subscribe(channel).await);
+    let mut bob = cluster.nodes[1].client("bob").await;
+    bob.subscribe(channel).await;
+    for n in 1..=3 {
+        publish(&cluster.nodes[2], channel, n).await;
+    }
+    receive_all(&mut alice, channel, &epoch, 0, 3).await;
+    receive_all(&mut bob, channel, &epoch, 0, 3).await;
+    (alice, bob, epoch)
 }
 
 fn epoch_of(subscribe_reply: &Value) -> String {
@@ -186,15 +188,7 @@ async fn a_slot_moving_to_another_shard_loses_nothing() {
     let redis = RedisCluster::start(3, 0);
     let cluster = nodes(&redis, 3, "reshard").await;
     let channel = "chat:moving";
-    let mut alice = cluster.nodes[0].client("alice").await;
-    let epoch = epoch_of(&alice.subscribe(channel).await);
-    let mut bob = cluster.nodes[1].client("bob").await;
-    bob.subscribe(channel).await;
-    for n in 1..=3 {
-        publish(&cluster.nodes[2], channel, n).await;
-    }
-    receive_all(&mut alice, channel, &epoch, 0, 3).await;
-    receive_all(&mut bob, channel, &epoch, 0, 3).await;
+    let (mut alice, mut bob, epoch) = two_subscribers(&cluster, channel).await;
 
     let slot = redis.slot(channel);
     let from = redis.primary_of(slot);
@@ -243,14 +237,7 @@ async fn a_primary_failing_over_to_its_replica_loses_nothing_silently() {
     let mut redis = RedisCluster::start(3, 1);
     let cluster = nodes(&redis, 3, "failover").await;
     let channel = "chat:failover";
-    let mut alice = cluster.nodes[0].client("alice").await;
-    let epoch = epoch_of(&alice.subscribe(channel).await);
-    let mut bob = cluster.nodes[1].client("bob").await;
-    bob.subscribe(channel).await;
-    for n in 1..=3 {
-        publish(&cluster.nodes[2], channel, n).await;
-    }
-    receive_all(&mut alice, channel, &epoch, 0, 3).await;
+    let (mut alice, mut bob, epoch) = two_subscribers(&cluster, channel).await;
 
     // Killed once its replica has its writes (what Redis replication promises).
     redis.wait_replicated();
@@ -274,7 +261,7 @@ async fn a_primary_failing_over_to_its_replica_loses_nothing_silently() {
         publish(&cluster.nodes[2], channel, n).await;
     }
     receive_all(&mut alice, channel, &epoch, 3, 6).await;
-    receive_all(&mut bob, channel, &epoch, 0, 6).await;
+    receive_all(&mut bob, channel, &epoch, 3, 6).await;
     // Presence written before the failover is there again (nodes rewrite theirs on reconnect).
     let stats = cluster.nodes[2]
         .api_ok("presence_stats", json!({"channel": channel}))

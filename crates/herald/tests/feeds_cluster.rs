@@ -18,10 +18,6 @@ fn redis_addr() -> String {
     std::env::var("HERALD_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into())
 }
 
-fn nats_url() -> String {
-    std::env::var("HERALD_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
 fn unique_prefix() -> String {
     format!("herald-test.feeds-{}", uuid::Uuid::new_v4().simple())
 }
@@ -98,7 +94,7 @@ prefix = "{prefix}"
 nats_presence_bucket = "{presence}"
 nats_nodes_bucket = "{nodes}"
 presence_ttl = "5s""#,
-            url = nats_url(),
+            url = test_nats(),
             prefix = self.prefix,
             presence = self.names[0],
             nodes = self.names[1],
@@ -108,25 +104,7 @@ presence_ttl = "5s""#,
 
 impl Drop for NatsBuckets {
     fn drop(&mut self) {
-        let names = std::mem::take(&mut self.names);
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let Ok(client) = async_nats::connect(nats_url()).await else {
-                    return;
-                };
-                let js = async_nats::jetstream::new(client);
-                for name in &names {
-                    let _ = js.delete_key_value(name).await;
-                }
-            });
-        });
-        let _ = cleanup.join();
+        delete_nats_state(std::mem::take(&mut self.names), Vec::new());
     }
 }
 

@@ -735,3 +735,34 @@ pub async fn unsubscribe_push(client: &mut Client, channel: &str) -> (u64, Vec<u
         }
     }
 }
+
+/// The NATS the NATS tests use: `HERALD_TEST_NATS` or nats://127.0.0.1:4222 (JetStream on).
+pub fn test_nats() -> String {
+    std::env::var("HERALD_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// Deletes KV buckets and streams a test created in NATS, also when it failed: on a thread of
+/// its own, since the test's runtime may be gone (called from `Drop`). Missing ones are fine.
+pub fn delete_nats_state(buckets: Vec<String>, streams: Vec<String>) {
+    let cleanup = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            let Ok(client) = async_nats::connect(test_nats()).await else {
+                return;
+            };
+            let js = async_nats::jetstream::new(client);
+            for bucket in &buckets {
+                let _ = js.delete_key_value(bucket).await;
+            }
+            for stream in &streams {
+                let _ = js.delete_stream(stream).await;
+            }
+        });
+    });
+    let _ = cleanup.join();
+}
