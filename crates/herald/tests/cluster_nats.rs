@@ -11,7 +11,7 @@ use herald::config::Config;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::proxy::Proxy;
+use support::proxy::{Fault, Proxy};
 use support::*;
 
 fn test_nats_addr() -> SocketAddr {
@@ -518,11 +518,43 @@ async fn unsubscribe_code(client: &mut Client, channel: &str) -> u64 {
     }
 }
 
-enum Fault {
-    /// Every connection cut and new ones refused (NATS restarting), then accepted again.
-    Restart,
-    /// Forwarding paused (NATS or network hung), then resumed.
-    Stall,
+/// The fault on: nodes 0 and 1 (behind the proxy) report not ready, refuse publications through
+/// the API and from their clients (error 100) and keep their clients, while offsets 4..=6 of
+/// `chat:busy` are published through node 2 (direct); then the fault off and both ready again.
+async fn outage(
+    proxy: &Proxy,
+    fault: &Fault,
+    cluster: &Cluster,
+    alice: &mut Client,
+    bob: &mut Client,
+) {
+    let (a, b, direct) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
+    proxy.inject(fault);
+    assert!(a.wait_readiness(false, WAIT).await, "node a not ready");
+    assert!(b.wait_readiness(false, WAIT).await, "node b not ready");
+    // A node that cannot reach NATS stores nothing and says so.
+    let (status, reply) = a
+        .api("publish", json!({"channel": "chat:busy", "data": {}}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    let reply = bob
+        .call("publish", json!({"channel": "chat:busy", "data": {}}))
+        .await;
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    alice.assert_alive().await;
+    for n in 4..=6 {
+        publish(direct, "chat:busy", n).await;
+    }
+    proxy.lift(fault);
+    assert!(
+        a.wait_ready(Duration::from_secs(10)).await,
+        "node a ready again"
+    );
+    assert!(
+        b.wait_ready(Duration::from_secs(10)).await,
+        "node b ready again"
+    );
 }
 
 /// Two nodes reach NATS through a proxy, a third directly (it keeps publishing during the fault).
@@ -553,41 +585,7 @@ async fn broker_fault(fault: Fault, test: &str) {
         assert_eq!(numbers, vec![1, 2, 3]);
     }
 
-    match fault {
-        Fault::Restart => {
-            proxy.refuse(true);
-            proxy.kill_connections();
-        }
-        Fault::Stall => proxy.stall(),
-    }
-    assert!(a.wait_readiness(false, WAIT).await, "node a not ready");
-    assert!(b.wait_readiness(false, WAIT).await, "node b not ready");
-    let (status, reply) = a
-        .api("publish", json!({"channel": "chat:busy", "data": {}}))
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(reply["error"]["code"], 100, "{reply}");
-    let reply = bob
-        .call("publish", json!({"channel": "chat:busy", "data": {}}))
-        .await;
-    assert_eq!(reply["error"]["code"], 100, "{reply}");
-    alice.assert_alive().await;
-    for n in 4..=6 {
-        publish(direct, "chat:busy", n).await;
-    }
-
-    match fault {
-        Fault::Restart => proxy.refuse(false),
-        Fault::Stall => proxy.resume(),
-    }
-    assert!(
-        a.wait_ready(Duration::from_secs(10)).await,
-        "node a ready again"
-    );
-    assert!(
-        b.wait_ready(Duration::from_secs(10)).await,
-        "node b ready again"
-    );
+    outage(&proxy, &fault, &cluster, &mut alice, &mut bob).await;
 
     for client in [&mut alice, &mut bob] {
         assert_eq!(unsubscribe_code(client, "chat:busy").await, 2500);
@@ -942,32 +940,7 @@ async fn history_broker_fault(fault: Fault, test: &str) {
         assert_eq!(offsets, vec![1, 2, 3]);
     }
 
-    match fault {
-        Fault::Restart => {
-            proxy.refuse(true);
-            proxy.kill_connections();
-        }
-        Fault::Stall => proxy.stall(),
-    }
-    assert!(a.wait_readiness(false, WAIT).await, "node a not ready");
-    assert!(b.wait_readiness(false, WAIT).await, "node b not ready");
-    // A node that cannot reach NATS stores nothing and says so.
-    let (status, reply) = a
-        .api("publish", json!({"channel": "chat:busy", "data": {}}))
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(reply["error"]["code"], 100, "{reply}");
-    alice.assert_alive().await;
-    for n in 4..=6 {
-        publish(direct, "chat:busy", n).await;
-    }
-
-    match fault {
-        Fault::Restart => proxy.refuse(false),
-        Fault::Stall => proxy.resume(),
-    }
-    assert!(a.wait_ready(Duration::from_secs(10)).await, "node a ready");
-    assert!(b.wait_ready(Duration::from_secs(10)).await, "node b ready");
+    outage(&proxy, &fault, &cluster, &mut alice, &mut bob).await;
 
     for client in [&mut alice, &mut bob] {
         let (code, before) = unsubscribe_push(client, "chat:busy").await;

@@ -7,7 +7,7 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::proxy::Proxy;
+use support::proxy::{Fault, Proxy};
 use support::*;
 
 async fn publish(node: &TestServer, channel: &str, n: u64) -> Value {
@@ -286,14 +286,6 @@ async fn a_crashed_nodes_presence_and_registry_entry_expire() {
     assert_eq!(uids.len(), 3, "{info}");
 }
 
-/// How a fault is injected and lifted.
-enum Fault {
-    /// Every connection cut and new ones refused (Redis restarting), then accepted again.
-    Restart,
-    /// Forwarding paused (Redis or network hung), then resumed.
-    Stall,
-}
-
 /// Two nodes reach Redis through a proxy, a third directly (it keeps publishing during the fault).
 /// During the fault the proxied nodes report not ready and refuse publications, but keep their
 /// clients; afterwards they are ready again, clients of a channel that missed publications are told
@@ -322,13 +314,7 @@ async fn broker_fault(fault: Fault, test: &str) {
         assert_eq!(offsets, vec![1, 2, 3]);
     }
 
-    match fault {
-        Fault::Restart => {
-            proxy.refuse(true);
-            proxy.kill_connections();
-        }
-        Fault::Stall => proxy.stall(),
-    }
+    proxy.inject(&fault);
     assert!(
         a.wait_readiness(false, WAIT).await,
         "node a reports not ready"
@@ -363,10 +349,7 @@ async fn broker_fault(fault: Fault, test: &str) {
         publish(direct, "chat:busy", n).await;
     }
 
-    match fault {
-        Fault::Restart => proxy.refuse(false),
-        Fault::Stall => proxy.resume(),
-    }
+    proxy.lift(&fault);
     assert!(a.wait_ready(WAIT).await, "node a ready again");
     assert!(b.wait_ready(WAIT).await, "node b ready again");
 

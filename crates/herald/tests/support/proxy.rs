@@ -133,3 +133,30 @@ async fn pipe(
         }
     }
 }
+
+/// A broker fault the proxy injects and lifts.
+pub enum Fault {
+    /// Every connection cut and new ones refused (the server restarting), then accepted again.
+    Restart,
+    /// Forwarding paused (the server or the network hung), then resumed.
+    Stall,
+}
+
+impl Proxy {
+    pub fn inject(&self, fault: &Fault) {
+        match fault {
+            Fault::Restart => {
+                self.refuse(true);
+                self.kill_connections();
+            }
+            Fault::Stall => self.stall(),
+        }
+    }
+
+    pub fn lift(&self, fault: &Fault) {
+        match fault {
+            Fault::Restart => self.refuse(false),
+            Fault::Stall => self.resume(),
+        }
+    }
+}
