@@ -181,7 +181,7 @@ impl MemoryHistory {
         let mut stream = stream.lock();
         stream.trim(options.size, options.ttl, now);
         let position = stream.position();
-        let mut publications: Vec<Arc<Publication>> = match &query.since {
+        let publications: Vec<Arc<Publication>> = match &query.since {
             Some(since) => {
                 if since.epoch != stream.epoch || since.offset > stream.offset {
                     return Err(HistoryError::Unrecoverable);
@@ -207,16 +207,7 @@ impl MemoryHistory {
             }
             None => stream.items.iter().map(|(_, p)| p.clone()).collect(),
         };
-        if query.reverse {
-            publications.reverse();
-        }
-        if let Some(limit) = query.limit {
-            publications.truncate(limit);
-        }
-        Ok(HistoryPage {
-            publications,
-            position,
-        })
+        Ok(page(publications, position, query))
     }
 
     /// The latest publication of every key of a conflated channel, oldest first, and the position.
@@ -272,16 +263,26 @@ pub(crate) fn stored_page(
             return Err(HistoryError::Unrecoverable);
         }
     }
+    Ok(page(publications, position, query))
+}
+
+/// The page a query asks for, from the publications it may see (oldest first): `reverse`, then
+/// `limit`.
+fn page(
+    mut publications: Vec<Arc<Publication>>,
+    position: StreamPosition,
+    query: &HistoryQuery,
+) -> HistoryPage {
     if query.reverse {
         publications.reverse();
     }
     if let Some(limit) = query.limit {
         publications.truncate(limit);
     }
-    Ok(HistoryPage {
+    HistoryPage {
         publications,
         position,
-    })
+    }
 }
 
 #[cfg(test)]
