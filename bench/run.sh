@@ -8,7 +8,8 @@
 #   chat       ROOMS rooms of MEMBERS members, every member publishes every INTERVAL
 #   market     1,000 symbols, each client on 20, conflated 100 ms windows
 #   livemap    GT06 trackers over TCP, viewers of the fleet channel, positions into PostgreSQL
-#   cluster    the broadcast across NODES nodes (CLUSTER_CONFIG: a TOML fragment with the broker)
+#   cluster    the broadcast across NODES nodes linked by each of BROKERS (redis, redis_cluster,
+#              nats; or CLUSTER_CONFIG: a TOML fragment with the [broker] section)
 #   all        every scenario above, in that order
 #   smoke      every scenario with tiny numbers (seconds each): checks that the suite still runs
 #
@@ -37,7 +38,9 @@ SECRET=bench-secret
 API_KEY=bench-key
 mkdir -p "$OUT"
 
-if [ "$PROFILE" = release ]; then
+if [ -n "${BIN:-}" ]; then
+    : # prebuilt binaries (herald, herald-bench) in BIN, e.g. to compare two builds
+elif [ "$PROFILE" = release ]; then
     cargo build --release -q -p herald -p herald-bench
     BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 else
@@ -58,7 +61,7 @@ cleanup() {
 trap 'cleanup; [ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$WORK" ${SMOKE_TMP:+"$SMOKE_TMP"}' EXIT
 
 # Herald's configuration for every scenario: namespaces for chat, market data and the live map.
-write_config() { # write_config FILE LISTEN [EXTRA_TOML_FILE]
+write_config() { # write_config FILE LISTEN [EXTRA_TOML_FILE] [plain: no namespaces]
     cat >"$1" <<EOF
 [http]
 listen = "$2"
@@ -76,6 +79,8 @@ hmac_secret = "$SECRET"
 key = "$API_KEY"
 [channel.without_namespace]
 allow_subscribe_for_client = true
+EOF
+    [ "${4:-}" = plain ] || cat >>"$1" <<EOF
 [[channel.namespaces]]
 name = "chat"
 allow_subscribe_for_client = true
@@ -100,9 +105,9 @@ EOF
     if [ -n "${3:-}" ]; then cat "$3" >>"$1"; fi
 }
 
-wait_http() { # wait_http ADDR: until GET /health answers (30 s at most)
+wait_http() { # wait_http ADDR [PATH]: until GET PATH (/health) answers 200 (30 s at most)
     for _ in $(seq 1 300); do
-        curl -sf "http://$1/health" >/dev/null 2>&1 && return 0
+        curl -sf "http://$1${2:-/health}" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
     echo "nothing answers on $1" >&2
@@ -246,26 +251,78 @@ EOF
     cleanup
 }
 
-run_cluster() {
-    # NODES nodes on consecutive ports, each with CLUSTER_CONFIG appended (e.g. a [broker] section
-    # for Redis or NATS). Subscribers are spread round-robin; the publisher talks to the first
-    # node, so 1 - 1/NODES of the deliveries cross the broker. With the memory broker (no
-    # CLUSTER_CONFIG) only the first node's subscribers receive anything: a harness check only.
-    local nodes=${NODES:-$(pick 3 2)} servers=() pids=()
+# A Redis Cluster of 3 primaries on PORT+300.. (bus ports +10000), for BROKER=redis_cluster.
+start_redis_cluster() {
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
+        { echo "redis_cluster needs redis-server and redis-cli" >&2; return 1; }
+    local addrs=() p
+    for i in 0 1 2; do
+        p=$((PORT + 300 + i))
+        mkdir -p "$WORK/rc$p"
+        redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes --dir "$WORK/rc$p" \
+            --cluster-config-file nodes.conf --save '' --appendonly no >>"$WORK/redis-cluster.log" 2>&1 &
+        PIDS+=($!)
+        addrs+=("127.0.0.1:$p")
+    done
+    for a in "${addrs[@]}"; do
+        for _ in $(seq 1 100); do redis-cli -u "redis://$a" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    done
+    redis-cli --cluster create "${addrs[@]}" --cluster-yes >>"$WORK/redis-cluster.log" 2>&1
+    for a in "${addrs[@]}"; do
+        for _ in $(seq 1 100); do
+            redis-cli -u "redis://$a" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+            sleep 0.1
+        done
+    done
+    CLUSTER_ADDRS=$(printf '"redis://%s", ' "${addrs[@]}")
+}
+
+broker_config() { # broker_config KIND FILE: the [broker] section for one cluster run
+    local prefix="bench-$$-$(date +%s%N)"
+    case "$1" in
+        memory) printf '[broker]\nkind = "memory"\n' ;;
+        redis) printf '[broker]\nkind = "redis"\nprefix = "%s"\n' "$prefix" ;;
+        redis_cluster)
+            start_redis_cluster
+            printf '[broker]\nkind = "redis_cluster"\nprefix = "%s"\nredis_addresses = [%s]\n' \
+                "$prefix" "${CLUSTER_ADDRS%, }" ;;
+        nats) printf '[broker]\nkind = "nats"\nprefix = "%s"\n' "$prefix" ;;
+        *) echo "unknown broker: $1" >&2; return 1 ;;
+    esac >"$2"
+}
+
+run_cluster() { # run_cluster BROKER
+    # NODES nodes on consecutive ports linked by BROKER (or with CLUSTER_CONFIG, a TOML fragment,
+    # appended instead). Subscribers are spread round-robin; the publisher talks to the first
+    # node, so 1 - 1/NODES of the deliveries cross the broker. With the memory broker only the
+    # first node's subscribers receive anything: a harness check only.
+    local broker=$1 nodes=${NODES:-$(pick 3 2)} servers=() pids=() fragment="$WORK/broker.toml"
+    if [ -n "${CLUSTER_CONFIG:-}" ]; then
+        cp "$CLUSTER_CONFIG" "$fragment"
+    else
+        broker_config "$broker" "$fragment"
+    fi
     for n in $(seq 1 "$nodes"); do
         local port=$((PORT + 200 + n))
-        write_config "$WORK/n$n.toml" "127.0.0.1:$port" "${CLUSTER_CONFIG:-}"
+        # Only the broadcast channel: no namespaces (the NATS broker refuses conflation).
+        write_config "$WORK/n$n.toml" "127.0.0.1:$port" "$fragment" plain
         start_nodes 1 "$WORK/n$n.toml"
         pids+=("${NODE_PIDS[@]}")
         servers+=(--server "127.0.0.1:$port")
     done
-    for n in $(seq 1 "$nodes"); do wait_http "127.0.0.1:$((PORT + 200 + n))"; done
+    # Ready, not only alive: connected to the broker.
+    for n in $(seq 1 "$nodes"); do wait_http "127.0.0.1:$((PORT + 200 + n))" /ready; done
     local csv; csv=$(IFS=,; echo "${pids[*]}")
     bench broadcast "${servers[@]}" --server-pid "$csv" --subscribers "${SUBS:-$(pick 3000 20)}" \
-        --rate "${RATES:-$(pick 250,500,1000 50)}" --batch "${BATCH:-$(pick 20 10)}" \
+        --rate "${RATES:-$(pick 250,500,1000,1500,2000 50)}" --batch "${BATCH:-$(pick 20 10)}" \
         --duration "${DURATION:-$(pick 5s 1s)}" --drain "$(pick 3s 1s)" \
-        --json "$OUT/cluster-${CLUSTER_NAME:-memory}.json"
+        --json "$OUT/cluster-${CLUSTER_NAME:-$broker}.json"
     cleanup
+}
+
+run_clusters() { # BROKERS (default: redis redis_cluster nats; smoke: memory)
+    local b
+    for b in ${BROKERS:-$(pick "redis redis_cluster nats" memory)}; do run_cluster "$b"; done
 }
 
 case "$scenario" in
@@ -276,10 +333,10 @@ case "$scenario" in
     chat) run_chat ;;
     market) run_market ;;
     livemap) run_livemap ;;
-    cluster) run_cluster ;;
+    cluster) run_clusters ;;
     all | smoke)
         run_idle; run_broadcast; run_peer ws; run_peer socketio
-        run_chat; run_market; run_livemap; run_cluster
+        run_chat; run_market; run_livemap; run_clusters
         ;;
     *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
 esac

@@ -220,7 +220,11 @@ impl Hub {
         let mut dropped = 0u64;
         for sub in entry.subscribers.values() {
             let Some(item) = make(sub) else { continue };
-            match sub.handle.outbox.push(item) {
+            let (pushed, needs_wake) = sub.handle.outbox.push_deferred(item);
+            if needs_wake {
+                crate::wakes::wake(&sub.handle);
+            }
+            match pushed {
                 Pushed::Queued => delivered += 1,
                 Pushed::Superseded(n) => {
                     delivered += 1;

@@ -29,4 +29,5 @@ pub mod server;
 pub mod session;
 pub mod simulate;
 pub mod transport;
+pub mod wakes;
 pub mod ws;

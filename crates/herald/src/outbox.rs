@@ -120,11 +120,22 @@ impl Outbox {
             && self.gauge.get().max(0) as usize + cost > self.budget.saturating_mul(2)
     }
 
+    /// Queues `item` and wakes the connection task when it needs waking.
     pub fn push(&self, item: OutItem) -> Pushed {
+        let (pushed, needs_wake) = self.push_deferred(item);
+        if needs_wake {
+            self.wake();
+        }
+        pushed
+    }
+
+    /// Queues `item`; the caller wakes the task with [`Outbox::wake`] when the flag says so
+    /// (after queuing a whole burst: see `crate::wakes`). An overflow wakes at once.
+    pub fn push_deferred(&self, item: OutItem) -> (Pushed, bool) {
         let cost = item.cost();
         let mut state = self.state.lock();
         if state.overflowed || state.closed {
-            return Pushed::Dropped;
+            return (Pushed::Dropped, false);
         }
         let mut superseded = 0;
         // Control commands always fit: they must reach the connection even when it is full.
@@ -158,7 +169,7 @@ impl Outbox {
             self.mark_slow(&mut state);
             drop(state);
             self.notify.notify_one();
-            return Pushed::Overflowed;
+            return (Pushed::Overflowed, false);
         }
         state.bytes += cost;
         self.gauge.inc_by(cost as i64);
@@ -166,14 +177,17 @@ impl Outbox {
         state.items.push_back(item);
         drop(state);
         // The connection task drains everything on one wake-up, so later pushes need no extra wake.
-        if was_empty || superseded > 0 {
-            self.notify.notify_one();
-        }
+        let needs_wake = was_empty || superseded > 0;
         if superseded > 0 {
-            Pushed::Superseded(superseded)
+            (Pushed::Superseded(superseded), needs_wake)
         } else {
-            Pushed::Queued
+            (Pushed::Queued, needs_wake)
         }
+    }
+
+    /// Wakes the connection task to drain what is queued.
+    pub fn wake(&self) {
+        self.notify.notify_one();
     }
 
     /// Moves everything queued into `into`.

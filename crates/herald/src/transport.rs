@@ -298,7 +298,8 @@ async fn api(
             "request body must be a JSON object",
         );
     }
-    match crate::api::call(&node, method, &raw).await {
+    // Every publication of the request is queued before any connection writes (crate::wakes).
+    match crate::wakes::batched(crate::api::call(&node, method, &raw)).await {
         Ok(result) => json_response(StatusCode::OK, &json!({"result": result})),
         Err(Some(e)) => json_response(StatusCode::OK, &e.to_json()),
         Err(None) => api_error(

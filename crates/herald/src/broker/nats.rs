@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use async_trait::async_trait;
 use base64::Engine;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use herald_protocol::{ClientInfo, Publication, StreamPosition};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -624,9 +624,16 @@ async fn spawn_reader(
             }
         };
         while let Some(msg) = sub.next().await {
-            match &channel {
-                Some(channel) => inner.on_message(channel, &msg.payload),
-                None => inner.on_control(&msg.payload),
+            let open = crate::wakes::burst(
+                msg,
+                || sub.next().now_or_never(),
+                |msg| match &channel {
+                    Some(channel) => inner.on_message(channel, &msg.payload),
+                    None => inner.on_control(&msg.payload),
+                },
+            );
+            if !open {
+                break;
             }
         }
     })
@@ -645,7 +652,16 @@ async fn read_channel(inner: &Inner, channel: &str, sub: &mut async_nats::Subscr
         };
         tokio::select! {
             msg = sub.next() => match msg {
-                Some(msg) => inner.on_message(channel, &msg.payload),
+                Some(msg) => {
+                    let open = crate::wakes::burst(
+                        msg,
+                        || sub.next().now_or_never(),
+                        |msg| inner.on_message(channel, &msg.payload),
+                    );
+                    if !open {
+                        return;
+                    }
+                }
                 None => return,
             },
             _ = hole => inner.check_hole(channel),
