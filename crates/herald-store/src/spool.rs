@@ -9,6 +9,8 @@
 //! * [`Spool::append`] writes a whole batch with one `write` and then fsyncs per [`FsyncPolicy`].
 //!   When the batch would take the spool past `max_bytes` it fails with [`SpoolError::Full`] and
 //!   writes nothing: the caller stops reading devices (TCP backpressure).
+//!   [`Spool::append_group`] does the same for many callers' batches with one `write` and one
+//!   flush decision (group commit); [`SpoolHandle::append`] funnels concurrent appends into it.
 //! * [`Spool::read_batch`] reads from the committed cursor; [`Spool::commit`] persists the cursor
 //!   (write-temp, fsync, rename) and then deletes segments that are entirely consumed.
 //! * [`Spool::open`] validates the last segment and truncates a torn tail (an incomplete record
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use herald_devices::Position;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::record;
 
@@ -99,6 +101,25 @@ pub enum SpoolError {
     CommitBeyondEnd { seq: u64, last: u64 },
     #[error("spool task failed: {0}")]
     Task(String),
+}
+
+impl SpoolError {
+    /// The same error for another batch of a failed group (`io::Error` is not `Clone`).
+    fn duplicate(&self) -> SpoolError {
+        match self {
+            SpoolError::Io { op, path, source } => SpoolError::Io {
+                op,
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            SpoolError::Full { used, needed, max } => SpoolError::Full {
+                used: *used,
+                needed: *needed,
+                max: *max,
+            },
+            other => SpoolError::Task(other.to_string()),
+        }
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
@@ -370,17 +391,68 @@ impl Spool {
     /// Append a framed batch. Returns the seq of its last record once it is written and, per
     /// the fsync policy, flushed. Either the whole batch is appended or (on error) none of it.
     pub fn append_encoded(&mut self, batch: EncodedBatch) -> Result<SpoolSeq, SpoolError> {
-        if batch.count == 0 {
-            return Ok(SpoolSeq(self.next_seq - 1));
-        }
-        let needed = batch.len_bytes();
-        if self.disk_bytes.saturating_add(needed) > self.cfg.max_bytes {
-            return Err(SpoolError::Full {
-                used: self.disk_bytes,
-                needed,
-                max: self.cfg.max_bytes,
-            });
-        }
+        self.append_group(vec![batch])
+            .pop()
+            .unwrap_or_else(|| Err(SpoolError::Task("empty group result".into())))
+    }
+
+    /// Append the batches of several callers with one `write` and one flush decision
+    /// (`Always`: one `fdatasync` for the group). Returns one result per batch, in order: the
+    /// seq of the batch's last record, or [`SpoolError::Full`] for a batch that does not fit
+    /// after the ones accepted before it (nothing of it is written). When the write or the flush
+    /// fails, every batch of the group fails; a failed write is cut back to the last record.
+    pub fn append_group(
+        &mut self,
+        batches: Vec<EncodedBatch>,
+    ) -> Vec<Result<SpoolSeq, SpoolError>> {
+        // Per batch: `None` if it fits after those accepted before it, else the bytes in use.
+        let mut used = self.disk_bytes;
+        let refused: Vec<Option<u64>> = batches
+            .iter()
+            .map(|b| {
+                let needed = b.len_bytes();
+                if b.count == 0 || used.saturating_add(needed) <= self.cfg.max_bytes {
+                    used += needed;
+                    None
+                } else {
+                    Some(used)
+                }
+            })
+            .collect();
+        let parts: Vec<&EncodedBatch> = batches
+            .iter()
+            .zip(&refused)
+            .filter(|(b, r)| r.is_none() && b.count > 0)
+            .map(|(b, _)| b)
+            .collect();
+        let base = self.next_seq - 1;
+        let written = if parts.is_empty() {
+            Ok(())
+        } else {
+            self.write_group(&parts)
+        };
+        let mut seq = base;
+        batches
+            .iter()
+            .zip(refused)
+            .map(|(b, refused)| match (refused, &written) {
+                (Some(used), _) => Err(SpoolError::Full {
+                    used,
+                    needed: b.len_bytes(),
+                    max: self.cfg.max_bytes,
+                }),
+                (None, Err(e)) if b.count > 0 => Err(e.duplicate()),
+                (None, Err(_)) => Ok(SpoolSeq(base)),
+                (None, Ok(())) => {
+                    seq += b.count;
+                    Ok(SpoolSeq(seq))
+                }
+            })
+            .collect()
+    }
+
+    /// Write `parts` with one `write` and flush per policy.
+    fn write_group(&mut self, parts: &[&EncodedBatch]) -> Result<(), SpoolError> {
         let rotate = match (self.segments.back(), &self.active) {
             (Some(s), Some(_)) => s.len >= self.cfg.segment_bytes,
             _ => true,
@@ -391,7 +463,19 @@ impl Spool {
         let (Some(seg), Some(file)) = (self.segments.back_mut(), self.active.as_mut()) else {
             return Err(SpoolError::Task("no active segment".into()));
         };
-        if let Err(e) = file.write_all(&batch.bytes) {
+        let bytes: u64 = parts.iter().map(|b| b.len_bytes()).sum();
+        let count: u64 = parts.iter().map(|b| b.count).sum();
+        let result = match parts {
+            [one] => file.write_all(&one.bytes),
+            _ => {
+                let mut buf = Vec::with_capacity(bytes as usize);
+                for b in parts {
+                    buf.extend_from_slice(&b.bytes);
+                }
+                file.write_all(&buf)
+            }
+        };
+        if let Err(e) = result {
             // Take back a partial write so the segment stays record-aligned.
             let _ = file.set_len(seg.len);
             return Err(SpoolError::Io {
@@ -400,20 +484,19 @@ impl Spool {
                 source: e,
             });
         }
-        seg.len += needed;
-        self.disk_bytes += needed;
-        self.next_seq += batch.count;
+        seg.len += bytes;
+        self.disk_bytes += bytes;
+        self.next_seq += count;
         self.dirty = true;
         match self.cfg.fsync {
-            FsyncPolicy::Always => self.sync()?,
-            FsyncPolicy::EveryMillis(ms) => {
-                if self.last_sync.elapsed() >= Duration::from_millis(ms) {
-                    self.sync()?;
-                }
+            FsyncPolicy::Always => self.sync(),
+            FsyncPolicy::EveryMillis(ms)
+                if self.last_sync.elapsed() >= Duration::from_millis(ms) =>
+            {
+                self.sync()
             }
-            FsyncPolicy::Never => {}
+            FsyncPolicy::EveryMillis(_) | FsyncPolicy::Never => Ok(()),
         }
-        Ok(SpoolSeq(self.next_seq - 1))
     }
 
     fn start_segment(&mut self) -> Result<(), SpoolError> {
@@ -679,20 +762,62 @@ fn write_cursor(dir: &Path, seq: u64, durable: bool) -> Result<(), SpoolError> {
     Ok(())
 }
 
+/// Requests the append queue holds. A full queue makes [`SpoolHandle::append`] wait before
+/// queueing: that is the backpressure (the connection reads nothing more meanwhile), as when the
+/// disk is slow. Memory stays bounded by the callers, each of which holds its own batch anyway.
+const APPEND_QUEUE: usize = 4096;
+/// Most requests, and most bytes, written as one group.
+const GROUP_MAX: usize = 4096;
+const GROUP_MAX_BYTES: u64 = 4 << 20;
+
+/// One caller's batch and where its result goes.
+struct AppendRequest {
+    batch: EncodedBatch,
+    reply: oneshot::Sender<Result<SpoolSeq, SpoolError>>,
+}
+
 /// A shareable, async face of a [`Spool`]: file I/O runs on tokio's blocking pool, and appends
-/// wake the writer.
+/// wake the writer. Concurrent appends are group-committed by one appender task: it takes the
+/// first queued request and everything queued behind it, and writes them with one
+/// [`Spool::append_group`] (one `spawn_blocking`, one write, one flush). The task ends when the
+/// last handle is dropped, after answering every request it took.
 #[derive(Debug, Clone)]
 pub struct SpoolHandle {
     inner: Arc<Mutex<Spool>>,
     appended: Arc<Notify>,
+    appends: mpsc::Sender<AppendRequest>,
+}
+
+impl std::fmt::Debug for AppendRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendRequest")
+            .field("records", &self.batch.count)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SpoolHandle {
-    /// Wrap an open spool.
+    /// Wrap an open spool and start its appender task.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
     pub fn new(spool: Spool) -> Self {
+        // A group stays within about one segment, so segments keep their size.
+        let group_bytes = spool.config().segment_bytes.clamp(1, GROUP_MAX_BYTES);
+        let inner = Arc::new(Mutex::new(spool));
+        let appended = Arc::new(Notify::new());
+        let (appends, rx) = mpsc::channel(APPEND_QUEUE);
+        tokio::spawn(run_appender(
+            inner.clone(),
+            appended.clone(),
+            rx,
+            group_bytes,
+        ));
         SpoolHandle {
-            inner: Arc::new(Mutex::new(spool)),
-            appended: Arc::new(Notify::new()),
+            inner,
+            appended,
+            appends,
         }
     }
 
@@ -706,12 +831,23 @@ impl SpoolHandle {
             .map_err(|e| SpoolError::Task(e.to_string()))?
     }
 
-    /// Append (see [`Spool::append_encoded`]); resolves once the batch is accepted.
+    /// Append (see [`Spool::append_encoded`]); resolves once the batch is written and flushed
+    /// per the fsync policy, possibly together with other callers' batches.
     pub async fn append(&self, positions: &[Position]) -> Result<SpoolSeq, SpoolError> {
         let batch = EncodedBatch::encode(positions)?;
-        let seq = self.blocking(move |s| s.append_encoded(batch)).await?;
-        self.appended.notify_one();
-        Ok(seq)
+        let (reply, answer) = oneshot::channel();
+        self.appends
+            .send(AppendRequest { batch, reply })
+            .await
+            .map_err(|_| SpoolError::Task("spool appender stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| SpoolError::Task("spool appender stopped".into()))?
+    }
+
+    /// Append requests waiting for the appender (not counting the group being written).
+    pub fn append_queue(&self) -> usize {
+        self.appends.max_capacity() - self.appends.capacity()
     }
 
     /// See [`Spool::read_batch`].
@@ -742,5 +878,48 @@ impl SpoolHandle {
     /// Resolves after the next append (or at once if one happened since the last wait).
     pub async fn appended(&self) {
         self.appended.notified().await
+    }
+}
+
+/// The appender task: one group per round, until every handle is gone and the queue is empty.
+async fn run_appender(
+    inner: Arc<Mutex<Spool>>,
+    appended: Arc<Notify>,
+    mut rx: mpsc::Receiver<AppendRequest>,
+    group_bytes: u64,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.batch.len_bytes();
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX && bytes < group_bytes {
+            match rx.try_recv() {
+                Ok(req) => {
+                    bytes += req.batch.len_bytes();
+                    group.push(req);
+                }
+                Err(_) => break,
+            }
+        }
+        let (batches, replies): (Vec<EncodedBatch>, Vec<_>) =
+            group.into_iter().map(|r| (r.batch, r.reply)).unzip();
+        let spool = inner.clone();
+        match tokio::task::spawn_blocking(move || spool.lock().append_group(batches)).await {
+            Ok(results) => {
+                let any = results.iter().any(Result::is_ok);
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // A caller that gave up no longer waits; its records are spooled anyway.
+                    let _ = reply.send(result);
+                }
+                if any {
+                    appended.notify_one();
+                }
+            }
+            Err(e) => {
+                let msg = format!("spool append task: {e}");
+                for reply in replies {
+                    let _ = reply.send(Err(SpoolError::Task(msg.clone())));
+                }
+            }
+        }
     }
 }

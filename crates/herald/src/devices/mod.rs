@@ -330,6 +330,7 @@ impl DeviceIngest {
         DeviceCounts {
             spool_pending_bytes: spool.pending_bytes,
             spool_disk_bytes: spool.disk_bytes,
+            spool_append_queue: self.spool.append_queue() as u64,
             positions_stored: s.positions_written,
             positions_quarantined: s.quarantined,
             writer_errors: s.errors,
