@@ -158,17 +158,20 @@ impl EncodedBatch {
     /// Frame `positions`.
     pub fn encode(positions: &[Position]) -> Result<Self, SpoolError> {
         let mut bytes = Vec::with_capacity(positions.len() * 128);
-        let mut payload = Vec::with_capacity(256);
         for p in positions {
-            payload.clear();
-            record::encode(p, &mut payload)?;
+            // The payload is encoded in place after a header filled in once its length is known.
+            let start = bytes.len();
+            let body = start + HEADER as usize;
+            bytes.resize(body, 0);
+            record::encode(p, &mut bytes)?;
+            let payload = &bytes[body..];
             let len = u32::try_from(payload.len())
                 .ok()
                 .filter(|l| *l <= MAX_RECORD_BYTES)
                 .ok_or(SpoolError::RecordTooLarge(payload.len()))?;
-            bytes.extend_from_slice(&len.to_le_bytes());
-            bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-            bytes.extend_from_slice(&payload);
+            let crc = crc32fast::hash(payload);
+            bytes[start..start + 4].copy_from_slice(&len.to_le_bytes());
+            bytes[start + 4..body].copy_from_slice(&crc.to_le_bytes());
         }
         Ok(EncodedBatch {
             bytes,
