@@ -278,7 +278,7 @@ impl DeviceIngest {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(self.registry.accepted(&positions, protocol))
+        Ok(self.registry.accepted(positions, protocol))
     }
 
     /// Publishes positions to their device channel and the fleet channel.
