@@ -580,9 +580,18 @@ impl Spool {
     /// Mark every record up to and including `seq` consumed: persist the cursor, then delete the
     /// segments that are entirely consumed.
     pub fn commit(&mut self, seq: SpoolSeq) -> Result<(), SpoolError> {
+        let Some(after) = self.commit_target(seq)? else {
+            return Ok(());
+        };
+        write_cursor(&self.cfg.dir, seq.0, self.durable_cursor())?;
+        self.committed_to(seq, after)
+    }
+
+    /// Where reading resumes once `seq` is committed; `None` if it is committed already.
+    fn commit_target(&mut self, seq: SpoolSeq) -> Result<Option<Pos>, SpoolError> {
         let seq = seq.0;
         if seq <= self.committed {
-            return Ok(());
+            return Ok(None);
         }
         if seq >= self.next_seq {
             return Err(SpoolError::CommitBeyondEnd {
@@ -590,24 +599,29 @@ impl Spool {
                 last: self.next_seq - 1,
             });
         }
-        let after = match self.last_read.iter().find(|(s, _)| *s == seq) {
-            Some((_, p)) => *p,
-            None => {
-                let mut pos = self.read_pos;
-                let mut after = pos;
-                while let Some((s, _)) = self.next_record(&mut pos, false)? {
-                    if s > seq {
-                        break;
-                    }
-                    after = pos;
-                }
-                after
+        if let Some((_, p)) = self.last_read.iter().find(|(s, _)| *s == seq) {
+            return Ok(Some(*p));
+        }
+        let mut pos = self.read_pos;
+        let mut after = pos;
+        while let Some((s, _)) = self.next_record(&mut pos, false)? {
+            if s > seq {
+                break;
             }
-        };
-        write_cursor(&self.cfg.dir, seq, self.cfg.fsync != FsyncPolicy::Never)?;
-        self.committed = seq;
+            after = pos;
+        }
+        Ok(Some(after))
+    }
+
+    fn durable_cursor(&self) -> bool {
+        self.cfg.fsync != FsyncPolicy::Never
+    }
+
+    /// The second half of a commit, once the cursor file holds `seq`.
+    fn committed_to(&mut self, seq: SpoolSeq, after: Pos) -> Result<(), SpoolError> {
+        self.committed = seq.0;
         self.read_pos = after;
-        self.last_read.retain(|(s, _)| *s > seq);
+        self.last_read.retain(|(s, _)| *s > seq.0);
         self.delete_consumed()
     }
 
@@ -789,6 +803,7 @@ pub struct SpoolHandle {
     inner: Arc<Mutex<Spool>>,
     appended: Arc<Notify>,
     appends: mpsc::Sender<AppendRequest>,
+    commits: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for AppendRequest {
@@ -821,6 +836,7 @@ impl SpoolHandle {
             inner,
             appended,
             appends,
+            commits: Arc::new(Mutex::new(())),
         }
     }
 
@@ -858,9 +874,25 @@ impl SpoolHandle {
         self.blocking(move |s| s.read_batch(max)).await
     }
 
-    /// See [`Spool::commit`].
+    /// See [`Spool::commit`]. The cursor file is written and fsynced without the spool lock,
+    /// so appends are not held up by it; commits are serialized among themselves.
     pub async fn commit(&self, seq: SpoolSeq) -> Result<(), SpoolError> {
-        self.blocking(move |s| s.commit(seq)).await
+        let inner = self.inner.clone();
+        let commits = self.commits.clone();
+        tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = commits.lock();
+            let (after, dir, durable) = {
+                let mut spool = inner.lock();
+                let Some(after) = spool.commit_target(seq)? else {
+                    return Ok(());
+                };
+                (after, spool.cfg.dir.clone(), spool.durable_cursor())
+            };
+            write_cursor(&dir, seq.0, durable)?;
+            inner.lock().committed_to(seq, after)
+        })
+        .await
+        .map_err(|e| SpoolError::Task(e.to_string()))?
     }
 
     /// See [`Spool::sync_if_due`].

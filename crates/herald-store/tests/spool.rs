@@ -285,3 +285,41 @@ async fn concurrent_handle_appends_are_each_spooled_once() {
     let mut s = Spool::open(c).unwrap();
     assert_eq!(read_all(&mut s), appended);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_commits_while_appending_consume_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // No fsyncs: the test is about the interleaving, and thousands of cursor fsyncs take long.
+    let mut c = cfg(dir.path(), FsyncPolicy::Never);
+    c.max_bytes = 64 << 20;
+    let spool = SpoolHandle::new(Spool::open(c.clone()).unwrap());
+    let ps = many("dev", 3000);
+    let appender = {
+        let (spool, ps) = (spool.clone(), ps.clone());
+        tokio::spawn(async move {
+            for chunk in ps.chunks(3) {
+                spool.append(chunk).await.unwrap();
+            }
+        })
+    };
+    // A reader in the writer's role: read, commit, repeat (segments of 4 KiB get deleted).
+    let mut consumed = Vec::new();
+    while consumed.len() < ps.len() {
+        let batch = spool.read_batch(100).await.unwrap();
+        if let Some((last, _)) = batch.last() {
+            spool.commit(*last).await.unwrap();
+        } else {
+            tokio::task::yield_now().await;
+        }
+        consumed.extend(batch);
+    }
+    appender.await.unwrap();
+    let want: Vec<_> = (1..=3000).map(SpoolSeq).zip(ps).collect();
+    assert_eq!(consumed, want);
+    let stats = spool.stats();
+    assert_eq!((stats.committed, stats.pending_records), (3000, 0));
+    drop(spool);
+    let mut s = Spool::open(c).unwrap();
+    assert!(read_all(&mut s).is_empty());
+    assert_eq!(s.stats().segments, 0);
+}
