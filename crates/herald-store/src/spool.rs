@@ -9,6 +9,8 @@
 //! * [`Spool::append`] writes a whole batch with one `write` and then fsyncs per [`FsyncPolicy`].
 //!   When the batch would take the spool past `max_bytes` it fails with [`SpoolError::Full`] and
 //!   writes nothing: the caller stops reading devices (TCP backpressure).
+//!   [`Spool::append_group`] does the same for many callers' batches with one `write` and one
+//!   flush decision (group commit); [`SpoolHandle::append`] funnels concurrent appends into it.
 //! * [`Spool::read_batch`] reads from the committed cursor; [`Spool::commit`] persists the cursor
 //!   (write-temp, fsync, rename) and then deletes segments that are entirely consumed.
 //! * [`Spool::open`] validates the last segment and truncates a torn tail (an incomplete record
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use herald_devices::Position;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::record;
 
@@ -101,6 +103,25 @@ pub enum SpoolError {
     Task(String),
 }
 
+impl SpoolError {
+    /// The same error for another batch of a failed group (`io::Error` is not `Clone`).
+    fn duplicate(&self) -> SpoolError {
+        match self {
+            SpoolError::Io { op, path, source } => SpoolError::Io {
+                op,
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            SpoolError::Full { used, needed, max } => SpoolError::Full {
+                used: *used,
+                needed: *needed,
+                max: *max,
+            },
+            other => SpoolError::Task(other.to_string()),
+        }
+    }
+}
+
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
     move |source| SpoolError::Io {
         op,
@@ -137,17 +158,20 @@ impl EncodedBatch {
     /// Frame `positions`.
     pub fn encode(positions: &[Position]) -> Result<Self, SpoolError> {
         let mut bytes = Vec::with_capacity(positions.len() * 128);
-        let mut payload = Vec::with_capacity(256);
         for p in positions {
-            payload.clear();
-            record::encode(p, &mut payload)?;
+            // The payload is encoded in place after a header filled in once its length is known.
+            let start = bytes.len();
+            let body = start + HEADER as usize;
+            bytes.resize(body, 0);
+            record::encode(p, &mut bytes)?;
+            let payload = &bytes[body..];
             let len = u32::try_from(payload.len())
                 .ok()
                 .filter(|l| *l <= MAX_RECORD_BYTES)
                 .ok_or(SpoolError::RecordTooLarge(payload.len()))?;
-            bytes.extend_from_slice(&len.to_le_bytes());
-            bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-            bytes.extend_from_slice(&payload);
+            let crc = crc32fast::hash(payload);
+            bytes[start..start + 4].copy_from_slice(&len.to_le_bytes());
+            bytes[start + 4..body].copy_from_slice(&crc.to_le_bytes());
         }
         Ok(EncodedBatch {
             bytes,
@@ -370,17 +394,68 @@ impl Spool {
     /// Append a framed batch. Returns the seq of its last record once it is written and, per
     /// the fsync policy, flushed. Either the whole batch is appended or (on error) none of it.
     pub fn append_encoded(&mut self, batch: EncodedBatch) -> Result<SpoolSeq, SpoolError> {
-        if batch.count == 0 {
-            return Ok(SpoolSeq(self.next_seq - 1));
-        }
-        let needed = batch.len_bytes();
-        if self.disk_bytes.saturating_add(needed) > self.cfg.max_bytes {
-            return Err(SpoolError::Full {
-                used: self.disk_bytes,
-                needed,
-                max: self.cfg.max_bytes,
-            });
-        }
+        self.append_group(vec![batch])
+            .pop()
+            .unwrap_or_else(|| Err(SpoolError::Task("empty group result".into())))
+    }
+
+    /// Append the batches of several callers with one `write` and one flush decision
+    /// (`Always`: one `fdatasync` for the group). Returns one result per batch, in order: the
+    /// seq of the batch's last record, or [`SpoolError::Full`] for a batch that does not fit
+    /// after the ones accepted before it (nothing of it is written). When the write or the flush
+    /// fails, every batch of the group fails; a failed write is cut back to the last record.
+    pub fn append_group(
+        &mut self,
+        batches: Vec<EncodedBatch>,
+    ) -> Vec<Result<SpoolSeq, SpoolError>> {
+        // Per batch: `None` if it fits after those accepted before it, else the bytes in use.
+        let mut used = self.disk_bytes;
+        let refused: Vec<Option<u64>> = batches
+            .iter()
+            .map(|b| {
+                let needed = b.len_bytes();
+                if b.count == 0 || used.saturating_add(needed) <= self.cfg.max_bytes {
+                    used += needed;
+                    None
+                } else {
+                    Some(used)
+                }
+            })
+            .collect();
+        let parts: Vec<&EncodedBatch> = batches
+            .iter()
+            .zip(&refused)
+            .filter(|(b, r)| r.is_none() && b.count > 0)
+            .map(|(b, _)| b)
+            .collect();
+        let base = self.next_seq - 1;
+        let written = if parts.is_empty() {
+            Ok(())
+        } else {
+            self.write_group(&parts)
+        };
+        let mut seq = base;
+        batches
+            .iter()
+            .zip(refused)
+            .map(|(b, refused)| match (refused, &written) {
+                (Some(used), _) => Err(SpoolError::Full {
+                    used,
+                    needed: b.len_bytes(),
+                    max: self.cfg.max_bytes,
+                }),
+                (None, Err(e)) if b.count > 0 => Err(e.duplicate()),
+                (None, Err(_)) => Ok(SpoolSeq(base)),
+                (None, Ok(())) => {
+                    seq += b.count;
+                    Ok(SpoolSeq(seq))
+                }
+            })
+            .collect()
+    }
+
+    /// Write `parts` with one `write` and flush per policy.
+    fn write_group(&mut self, parts: &[&EncodedBatch]) -> Result<(), SpoolError> {
         let rotate = match (self.segments.back(), &self.active) {
             (Some(s), Some(_)) => s.len >= self.cfg.segment_bytes,
             _ => true,
@@ -391,7 +466,19 @@ impl Spool {
         let (Some(seg), Some(file)) = (self.segments.back_mut(), self.active.as_mut()) else {
             return Err(SpoolError::Task("no active segment".into()));
         };
-        if let Err(e) = file.write_all(&batch.bytes) {
+        let bytes: u64 = parts.iter().map(|b| b.len_bytes()).sum();
+        let count: u64 = parts.iter().map(|b| b.count).sum();
+        let result = match parts {
+            [one] => file.write_all(&one.bytes),
+            _ => {
+                let mut buf = Vec::with_capacity(bytes as usize);
+                for b in parts {
+                    buf.extend_from_slice(&b.bytes);
+                }
+                file.write_all(&buf)
+            }
+        };
+        if let Err(e) = result {
             // Take back a partial write so the segment stays record-aligned.
             let _ = file.set_len(seg.len);
             return Err(SpoolError::Io {
@@ -400,20 +487,19 @@ impl Spool {
                 source: e,
             });
         }
-        seg.len += needed;
-        self.disk_bytes += needed;
-        self.next_seq += batch.count;
+        seg.len += bytes;
+        self.disk_bytes += bytes;
+        self.next_seq += count;
         self.dirty = true;
         match self.cfg.fsync {
-            FsyncPolicy::Always => self.sync()?,
-            FsyncPolicy::EveryMillis(ms) => {
-                if self.last_sync.elapsed() >= Duration::from_millis(ms) {
-                    self.sync()?;
-                }
+            FsyncPolicy::Always => self.sync(),
+            FsyncPolicy::EveryMillis(ms)
+                if self.last_sync.elapsed() >= Duration::from_millis(ms) =>
+            {
+                self.sync()
             }
-            FsyncPolicy::Never => {}
+            FsyncPolicy::EveryMillis(_) | FsyncPolicy::Never => Ok(()),
         }
-        Ok(SpoolSeq(self.next_seq - 1))
     }
 
     fn start_segment(&mut self) -> Result<(), SpoolError> {
@@ -494,9 +580,18 @@ impl Spool {
     /// Mark every record up to and including `seq` consumed: persist the cursor, then delete the
     /// segments that are entirely consumed.
     pub fn commit(&mut self, seq: SpoolSeq) -> Result<(), SpoolError> {
+        let Some(after) = self.commit_target(seq)? else {
+            return Ok(());
+        };
+        write_cursor(&self.cfg.dir, seq.0, self.durable_cursor())?;
+        self.committed_to(seq, after)
+    }
+
+    /// Where reading resumes once `seq` is committed; `None` if it is committed already.
+    fn commit_target(&mut self, seq: SpoolSeq) -> Result<Option<Pos>, SpoolError> {
         let seq = seq.0;
         if seq <= self.committed {
-            return Ok(());
+            return Ok(None);
         }
         if seq >= self.next_seq {
             return Err(SpoolError::CommitBeyondEnd {
@@ -504,24 +599,29 @@ impl Spool {
                 last: self.next_seq - 1,
             });
         }
-        let after = match self.last_read.iter().find(|(s, _)| *s == seq) {
-            Some((_, p)) => *p,
-            None => {
-                let mut pos = self.read_pos;
-                let mut after = pos;
-                while let Some((s, _)) = self.next_record(&mut pos, false)? {
-                    if s > seq {
-                        break;
-                    }
-                    after = pos;
-                }
-                after
+        if let Some((_, p)) = self.last_read.iter().find(|(s, _)| *s == seq) {
+            return Ok(Some(*p));
+        }
+        let mut pos = self.read_pos;
+        let mut after = pos;
+        while let Some((s, _)) = self.next_record(&mut pos, false)? {
+            if s > seq {
+                break;
             }
-        };
-        write_cursor(&self.cfg.dir, seq, self.cfg.fsync != FsyncPolicy::Never)?;
-        self.committed = seq;
+            after = pos;
+        }
+        Ok(Some(after))
+    }
+
+    fn durable_cursor(&self) -> bool {
+        self.cfg.fsync != FsyncPolicy::Never
+    }
+
+    /// The second half of a commit, once the cursor file holds `seq`.
+    fn committed_to(&mut self, seq: SpoolSeq, after: Pos) -> Result<(), SpoolError> {
+        self.committed = seq.0;
         self.read_pos = after;
-        self.last_read.retain(|(s, _)| *s > seq);
+        self.last_read.retain(|(s, _)| *s > seq.0);
         self.delete_consumed()
     }
 
@@ -679,20 +779,64 @@ fn write_cursor(dir: &Path, seq: u64, durable: bool) -> Result<(), SpoolError> {
     Ok(())
 }
 
+/// Requests the append queue holds. A full queue makes [`SpoolHandle::append`] wait before
+/// queueing: that is the backpressure (the connection reads nothing more meanwhile), as when the
+/// disk is slow. Memory stays bounded by the callers, each of which holds its own batch anyway.
+const APPEND_QUEUE: usize = 4096;
+/// Most requests, and most bytes, written as one group.
+const GROUP_MAX: usize = 4096;
+const GROUP_MAX_BYTES: u64 = 4 << 20;
+
+/// One caller's batch and where its result goes.
+struct AppendRequest {
+    batch: EncodedBatch,
+    reply: oneshot::Sender<Result<SpoolSeq, SpoolError>>,
+}
+
 /// A shareable, async face of a [`Spool`]: file I/O runs on tokio's blocking pool, and appends
-/// wake the writer.
+/// wake the writer. Concurrent appends are group-committed by one appender task: it takes the
+/// first queued request and everything queued behind it, and writes them with one
+/// [`Spool::append_group`] (one `spawn_blocking`, one write, one flush). The task ends when the
+/// last handle is dropped, after answering every request it took.
 #[derive(Debug, Clone)]
 pub struct SpoolHandle {
     inner: Arc<Mutex<Spool>>,
     appended: Arc<Notify>,
+    appends: mpsc::Sender<AppendRequest>,
+    commits: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for AppendRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendRequest")
+            .field("records", &self.batch.count)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SpoolHandle {
-    /// Wrap an open spool.
+    /// Wrap an open spool and start its appender task.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
     pub fn new(spool: Spool) -> Self {
+        // A group stays within about one segment, so segments keep their size.
+        let group_bytes = spool.config().segment_bytes.clamp(1, GROUP_MAX_BYTES);
+        let inner = Arc::new(Mutex::new(spool));
+        let appended = Arc::new(Notify::new());
+        let (appends, rx) = mpsc::channel(APPEND_QUEUE);
+        tokio::spawn(run_appender(
+            inner.clone(),
+            appended.clone(),
+            rx,
+            group_bytes,
+        ));
         SpoolHandle {
-            inner: Arc::new(Mutex::new(spool)),
-            appended: Arc::new(Notify::new()),
+            inner,
+            appended,
+            appends,
+            commits: Arc::new(Mutex::new(())),
         }
     }
 
@@ -706,12 +850,23 @@ impl SpoolHandle {
             .map_err(|e| SpoolError::Task(e.to_string()))?
     }
 
-    /// Append (see [`Spool::append_encoded`]); resolves once the batch is accepted.
+    /// Append (see [`Spool::append_encoded`]); resolves once the batch is written and flushed
+    /// per the fsync policy, possibly together with other callers' batches.
     pub async fn append(&self, positions: &[Position]) -> Result<SpoolSeq, SpoolError> {
         let batch = EncodedBatch::encode(positions)?;
-        let seq = self.blocking(move |s| s.append_encoded(batch)).await?;
-        self.appended.notify_one();
-        Ok(seq)
+        let (reply, answer) = oneshot::channel();
+        self.appends
+            .send(AppendRequest { batch, reply })
+            .await
+            .map_err(|_| SpoolError::Task("spool appender stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| SpoolError::Task("spool appender stopped".into()))?
+    }
+
+    /// Append requests waiting for the appender (not counting the group being written).
+    pub fn append_queue(&self) -> usize {
+        self.appends.max_capacity() - self.appends.capacity()
     }
 
     /// See [`Spool::read_batch`].
@@ -719,9 +874,25 @@ impl SpoolHandle {
         self.blocking(move |s| s.read_batch(max)).await
     }
 
-    /// See [`Spool::commit`].
+    /// See [`Spool::commit`]. The cursor file is written and fsynced without the spool lock,
+    /// so appends are not held up by it; commits are serialized among themselves.
     pub async fn commit(&self, seq: SpoolSeq) -> Result<(), SpoolError> {
-        self.blocking(move |s| s.commit(seq)).await
+        let inner = self.inner.clone();
+        let commits = self.commits.clone();
+        tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = commits.lock();
+            let (after, dir, durable) = {
+                let mut spool = inner.lock();
+                let Some(after) = spool.commit_target(seq)? else {
+                    return Ok(());
+                };
+                (after, spool.cfg.dir.clone(), spool.durable_cursor())
+            };
+            write_cursor(&dir, seq.0, durable)?;
+            inner.lock().committed_to(seq, after)
+        })
+        .await
+        .map_err(|e| SpoolError::Task(e.to_string()))?
     }
 
     /// See [`Spool::sync_if_due`].
@@ -742,5 +913,48 @@ impl SpoolHandle {
     /// Resolves after the next append (or at once if one happened since the last wait).
     pub async fn appended(&self) {
         self.appended.notified().await
+    }
+}
+
+/// The appender task: one group per round, until every handle is gone and the queue is empty.
+async fn run_appender(
+    inner: Arc<Mutex<Spool>>,
+    appended: Arc<Notify>,
+    mut rx: mpsc::Receiver<AppendRequest>,
+    group_bytes: u64,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.batch.len_bytes();
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX && bytes < group_bytes {
+            match rx.try_recv() {
+                Ok(req) => {
+                    bytes += req.batch.len_bytes();
+                    group.push(req);
+                }
+                Err(_) => break,
+            }
+        }
+        let (batches, replies): (Vec<EncodedBatch>, Vec<_>) =
+            group.into_iter().map(|r| (r.batch, r.reply)).unzip();
+        let spool = inner.clone();
+        match tokio::task::spawn_blocking(move || spool.lock().append_group(batches)).await {
+            Ok(results) => {
+                let any = results.iter().any(Result::is_ok);
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // A caller that gave up no longer waits; its records are spooled anyway.
+                    let _ = reply.send(result);
+                }
+                if any {
+                    appended.notify_one();
+                }
+            }
+            Err(e) => {
+                let msg = format!("spool append task: {e}");
+                for reply in replies {
+                    let _ = reply.send(Err(SpoolError::Task(msg.clone())));
+                }
+            }
+        }
     }
 }

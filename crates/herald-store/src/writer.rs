@@ -47,7 +47,9 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
-            batch_max: 1000,
+            // Each insert is a transaction with a commit, and each batch a fsynced cursor commit:
+            // against PostgreSQL 5,000 per insert stored ~1.8x the rows/s of 1,000.
+            batch_max: 5000,
             batch_wait: Duration::from_millis(200),
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),

@@ -1,6 +1,9 @@
 mod common;
 use common::{many, pos};
-use herald_store::spool::{FsyncPolicy, Spool, SpoolConfig, SpoolError, SpoolSeq};
+use herald_devices::Position;
+use herald_store::spool::{
+    EncodedBatch, FsyncPolicy, Spool, SpoolConfig, SpoolError, SpoolHandle, SpoolSeq,
+};
 
 fn cfg(dir: &std::path::Path, fsync: FsyncPolicy) -> SpoolConfig {
     SpoolConfig {
@@ -164,4 +167,159 @@ fn fsync_policies_keep_correctness() {
             .collect();
         assert_eq!(got, ps[40..].to_vec(), "{policy:?}");
     }
+}
+
+fn encode(ps: &[Position]) -> EncodedBatch {
+    EncodedBatch::encode(ps).unwrap()
+}
+
+fn read_all(s: &mut Spool) -> Vec<(SpoolSeq, Position)> {
+    s.read_batch(1_000_000).unwrap()
+}
+
+#[test]
+fn group_batches_get_consecutive_seqs_and_read_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let ps = many("dev", 10);
+    let groups: [&[Position]; 5] = [&ps[..3], &ps[3..4], &[], &ps[4..8], &ps[8..]];
+    let expected: Vec<_> = (1..=10).map(SpoolSeq).zip(ps.iter().cloned()).collect();
+    {
+        let mut s = Spool::open(cfg(dir.path(), FsyncPolicy::Always)).unwrap();
+        let results = s.append_group(groups.iter().map(|g| encode(g)).collect());
+        let seqs: Vec<_> = results.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(seqs, [3, 4, 4, 8, 10].map(SpoolSeq));
+        assert_eq!(read_all(&mut s), expected);
+        // Single appends continue after the group.
+        assert_eq!(s.append(&[pos("dev", 99, 99)]).unwrap(), SpoolSeq(11));
+    }
+    let mut s = Spool::open(cfg(dir.path(), FsyncPolicy::Always)).unwrap();
+    let got = read_all(&mut s);
+    assert_eq!(got[..10], expected[..]);
+    assert_eq!(got.len(), 11);
+}
+
+#[test]
+fn group_full_is_checked_cumulatively_and_writes_nothing_of_a_refused_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let ps = many("dev", 20);
+    let (a, b, big, small) = (&ps[..3], &ps[3..6], &ps[6..16], &ps[16..17]);
+    let fitting = encode(a).len_bytes() + encode(b).len_bytes() + encode(small).len_bytes();
+    let mut c = cfg(dir.path(), FsyncPolicy::Never);
+    // Room for a, b and small, not for big after a and b (alone it would fit).
+    c.max_bytes = encode(a).len_bytes() + encode(b).len_bytes() + encode(big).len_bytes() - 1;
+    assert!(fitting <= c.max_bytes);
+    {
+        let mut s = Spool::open(c.clone()).unwrap();
+        let results = s.append_group(vec![encode(a), encode(b), encode(big), encode(small)]);
+        assert_eq!(results.len(), 4);
+        assert_eq!(results[0].as_ref().unwrap(), &SpoolSeq(3));
+        assert_eq!(results[1].as_ref().unwrap(), &SpoolSeq(6));
+        match &results[2] {
+            Err(SpoolError::Full { used, needed, max }) => {
+                assert_eq!(*used, encode(a).len_bytes() + encode(b).len_bytes());
+                assert_eq!(*needed, encode(big).len_bytes());
+                assert_eq!(*max, c.max_bytes);
+            }
+            other => panic!("expected Full, got {other:?}"),
+        }
+        assert_eq!(results[3].as_ref().unwrap(), &SpoolSeq(7));
+        assert_eq!(s.stats().disk_bytes, fitting);
+        assert_eq!(s.stats().last_seq, 7);
+    }
+    let mut s = Spool::open(c).unwrap();
+    let got: Vec<_> = read_all(&mut s);
+    let want: Vec<_> = a.iter().chain(b).chain(small).cloned().collect();
+    assert_eq!(got.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(), want);
+    assert_eq!(
+        got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=7).map(SpoolSeq).collect::<Vec<_>>()
+    );
+    // A full spool refuses a whole group too, and nothing changes.
+    let results = s.append_group(vec![encode(big), encode(big)]);
+    assert!(results
+        .iter()
+        .all(|r| matches!(r, Err(SpoolError::Full { .. }))));
+    assert_eq!(s.stats().last_seq, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_handle_appends_are_each_spooled_once() {
+    const TASKS: u32 = 200;
+    const APPENDS: u32 = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), FsyncPolicy::Always);
+    c.max_bytes = 64 << 20;
+    c.segment_bytes = 64 << 10;
+    let spool = SpoolHandle::new(Spool::open(c.clone()).unwrap());
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let spool = spool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut appended = Vec::new();
+            for i in 0..APPENDS {
+                let p = pos(&format!("d{t}"), i64::from(i), t * APPENDS + i);
+                appended.push((spool.append(std::slice::from_ref(&p)).await.unwrap(), p));
+            }
+            appended
+        }));
+    }
+    let mut appended = Vec::new();
+    for task in tasks {
+        let mine = task.await.unwrap();
+        // One caller's appends are spooled in the order it made them.
+        assert!(mine.windows(2).all(|w| w[0].0 < w[1].0));
+        appended.extend(mine);
+    }
+    let total = u64::from(TASKS * APPENDS);
+    appended.sort_by_key(|(seq, _)| *seq);
+    assert_eq!(
+        appended.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        (1..=total).map(SpoolSeq).collect::<Vec<_>>(),
+        "seqs are unique and leave no gap"
+    );
+    assert_eq!(spool.append_queue(), 0);
+    assert_eq!(spool.stats().last_seq, total);
+    drop(spool);
+
+    // Every record reads back exactly once, at the seq its append returned.
+    let mut s = Spool::open(c).unwrap();
+    assert_eq!(read_all(&mut s), appended);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_commits_while_appending_consume_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // No fsyncs: the test is about the interleaving, and thousands of cursor fsyncs take long.
+    let mut c = cfg(dir.path(), FsyncPolicy::Never);
+    c.max_bytes = 64 << 20;
+    let spool = SpoolHandle::new(Spool::open(c.clone()).unwrap());
+    let ps = many("dev", 3000);
+    let appender = {
+        let (spool, ps) = (spool.clone(), ps.clone());
+        tokio::spawn(async move {
+            for chunk in ps.chunks(3) {
+                spool.append(chunk).await.unwrap();
+            }
+        })
+    };
+    // A reader in the writer's role: read, commit, repeat (segments of 4 KiB get deleted).
+    let mut consumed = Vec::new();
+    while consumed.len() < ps.len() {
+        let batch = spool.read_batch(100).await.unwrap();
+        if let Some((last, _)) = batch.last() {
+            spool.commit(*last).await.unwrap();
+        } else {
+            tokio::task::yield_now().await;
+        }
+        consumed.extend(batch);
+    }
+    appender.await.unwrap();
+    let want: Vec<_> = (1..=3000).map(SpoolSeq).zip(ps).collect();
+    assert_eq!(consumed, want);
+    let stats = spool.stats();
+    assert_eq!((stats.committed, stats.pending_records), (3000, 0));
+    drop(spool);
+    let mut s = Spool::open(c).unwrap();
+    assert!(read_all(&mut s).is_empty());
+    assert_eq!(s.stats().segments, 0);
 }

@@ -82,6 +82,7 @@ pub struct Metrics {
     pub webhook_queue_length: Gauge,
     device_spool_pending_bytes: Gauge,
     device_spool_disk_bytes: Gauge,
+    device_spool_append_queue: Gauge,
     device_positions_stored: Counter,
     device_positions_quarantined: Counter,
     device_writer_errors: Counter,
@@ -92,6 +93,7 @@ pub struct Metrics {
 pub struct DeviceCounts {
     pub spool_pending_bytes: u64,
     pub spool_disk_bytes: u64,
+    pub spool_append_queue: u64,
     pub positions_stored: u64,
     pub positions_quarantined: u64,
     pub writer_errors: u64,
@@ -137,6 +139,7 @@ impl Metrics {
             webhook_queue_length: Gauge::default(),
             device_spool_pending_bytes: Gauge::default(),
             device_spool_disk_bytes: Gauge::default(),
+            device_spool_append_queue: Gauge::default(),
             device_positions_stored: Counter::default(),
             device_positions_quarantined: Counter::default(),
             device_writer_errors: Counter::default(),
@@ -285,6 +288,11 @@ impl Metrics {
             m.device_spool_disk_bytes.clone(),
         );
         registry.register(
+            "device_spool_append_queue",
+            "Device position batches waiting to be appended to the spool",
+            m.device_spool_append_queue.clone(),
+        );
+        registry.register(
             "device_positions_stored",
             "Device positions written to the database (replays included)",
             m.device_positions_stored.clone(),
@@ -310,6 +318,7 @@ impl Metrics {
         let gauge = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
         gauge(&self.device_spool_pending_bytes, c.spool_pending_bytes);
         gauge(&self.device_spool_disk_bytes, c.spool_disk_bytes);
+        gauge(&self.device_spool_append_queue, c.spool_append_queue);
         for (counter, v) in [
             (&self.device_positions_stored, c.positions_stored),
             (&self.device_positions_quarantined, c.positions_quarantined),

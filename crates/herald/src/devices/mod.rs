@@ -278,14 +278,14 @@ impl DeviceIngest {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(self.registry.accepted(&positions, protocol))
+        Ok(self.registry.accepted(positions, protocol))
     }
 
     /// Publishes positions to their device channel and the fleet channel.
     pub async fn publish(&self, positions: Vec<Position>) {
         let cfg = &self.node.config.devices;
         for p in positions {
-            let Ok(data) = serde_json::value::to_raw_value(&position_json(&p)) else {
+            let Ok(data) = serde_json::value::to_raw_value(&PositionJson::of(&p)) else {
                 continue;
             };
             let device_channel = format!("{}{}", cfg.device_channel_prefix, p.device_id);
@@ -330,6 +330,7 @@ impl DeviceIngest {
         DeviceCounts {
             spool_pending_bytes: spool.pending_bytes,
             spool_disk_bytes: spool.disk_bytes,
+            spool_append_queue: self.spool.append_queue() as u64,
             positions_stored: s.positions_written,
             positions_quarantined: s.quarantined,
             writer_errors: s.errors,
@@ -358,22 +359,97 @@ impl DeviceIngest {
 
 /// The JSON of a position as published and returned by the API.
 pub fn position_json(p: &Position) -> Value {
-    let mut v = json!({
-        "device": p.device_id,
-        "time": p.time_ms,
-        "lat": p.latitude,
-        "lon": p.longitude,
-        "speed": p.speed_kmh,
-        "course": p.course,
-        "altitude": p.altitude_m,
-        "valid": p.valid,
-        "attributes": p.attributes,
-    });
-    if let Some(s) = p.satellites {
-        v["satellites"] = json!(s);
+    serde_json::to_value(PositionJson::of(p)).unwrap_or_default()
+}
+
+/// The fields of [`position_json`], serialized straight from the position when publishing
+/// (no `Value` per position). Declared in key order, as a JSON map in a `Value` keeps them.
+#[derive(serde::Serialize)]
+struct PositionJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accuracy: Option<f64>,
+    altitude: Option<f64>,
+    attributes: &'a herald_devices::Attributes,
+    course: f64,
+    device: &'a str,
+    lat: f64,
+    lon: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    satellites: Option<u32>,
+    speed: f64,
+    time: i64,
+    valid: bool,
+}
+
+impl<'a> PositionJson<'a> {
+    fn of(p: &'a Position) -> Self {
+        PositionJson {
+            accuracy: p.accuracy_m,
+            altitude: p.altitude_m,
+            attributes: &p.attributes,
+            course: p.course,
+            device: &p.device_id,
+            lat: p.latitude,
+            lon: p.longitude,
+            satellites: p.satellites,
+            speed: p.speed_kmh,
+            time: p.time_ms,
+            valid: p.valid,
+        }
     }
-    if let Some(a) = p.accuracy_m {
-        v["accuracy"] = json!(a);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `position_json` built before it was derived from [`PositionJson`].
+    fn reference(p: &Position) -> Value {
+        let mut v = json!({
+            "device": p.device_id,
+            "time": p.time_ms,
+            "lat": p.latitude,
+            "lon": p.longitude,
+            "speed": p.speed_kmh,
+            "course": p.course,
+            "altitude": p.altitude_m,
+            "valid": p.valid,
+            "attributes": p.attributes,
+        });
+        if let Some(s) = p.satellites {
+            v["satellites"] = json!(s);
+        }
+        if let Some(a) = p.accuracy_m {
+            v["accuracy"] = json!(a);
+        }
+        v
     }
-    v
+
+    #[test]
+    fn published_json_is_unchanged() {
+        let mut bare = Position::new("359710049000001");
+        bare.time_ms = 1_700_000_000_123;
+        bare.latitude = 52.520008;
+        bare.longitude = -13.404954;
+        let mut full = bare.clone();
+        full.speed_kmh = 42.5;
+        full.course = 359.0;
+        full.altitude_m = Some(34.0);
+        full.valid = true;
+        full.satellites = Some(9);
+        full.accuracy_m = Some(3.5);
+        full.attributes.insert("ignition".into(), json!(true));
+        full.attributes.insert("battery".into(), json!(4.1));
+        full.attributes
+            .insert("note".into(), json!("a \"quoted\" \u{1} text"));
+        let mut odd = full.clone();
+        odd.speed_kmh = f64::NAN;
+        odd.accuracy_m = Some(f64::INFINITY);
+        for p in [bare, full, odd] {
+            let want = serde_json::to_string(&reference(&p)).unwrap();
+            let raw = serde_json::value::to_raw_value(&PositionJson::of(&p)).unwrap();
+            assert_eq!(raw.get(), want);
+            assert_eq!(position_json(&p), reference(&p));
+        }
+    }
 }

@@ -31,14 +31,21 @@ impl Registry {
         id: &str,
         protocol: Protocol,
     ) -> &'a mut Entry {
-        map.entry(id.to_string()).or_insert_with(|| Entry {
-            protocol,
-            connections: 0,
-            remote: None,
-            last_seen_ms: 0,
-            last: None,
-            last_published_ms: None,
-        })
+        // Looked up first: `entry` would allocate the key on every frame of a known device.
+        if !map.contains_key(id) {
+            map.insert(
+                id.to_string(),
+                Entry {
+                    protocol,
+                    connections: 0,
+                    remote: None,
+                    last_seen_ms: 0,
+                    last: None,
+                    last_published_ms: None,
+                },
+            );
+        }
+        map.get_mut(id).expect("inserted above")
     }
 
     /// A TCP connection identified itself as `id`.
@@ -89,7 +96,7 @@ impl Registry {
 
     /// Records positions accepted into the spool; returns those to publish live: valid fixes
     /// not older than the newest position already published for their device.
-    pub fn accepted(&self, positions: &[Position], protocol: Protocol) -> Vec<Position> {
+    pub fn accepted(&self, positions: Vec<Position>, protocol: Protocol) -> Vec<Position> {
         let mut map = self.inner.lock();
         let mut live = Vec::new();
         for p in positions {
@@ -97,7 +104,7 @@ impl Registry {
             e.last = Some(p.clone());
             if p.valid && e.last_published_ms.is_none_or(|t| p.time_ms >= t) {
                 e.last_published_ms = Some(p.time_ms);
-                live.push(p.clone());
+                live.push(p);
             }
         }
         live

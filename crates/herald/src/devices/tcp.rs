@@ -125,8 +125,9 @@ impl Conn {
                     }
                     Ok(FrameStatus::Complete(n)) => {
                         let n = n.min(buf.len());
-                        let frame: Vec<u8> = buf.drain(..n).collect();
-                        if let Err(end) = self.handle(&frame).await {
+                        let handled = self.handle(&buf[..n]).await;
+                        buf.drain(..n);
+                        if let Err(end) = handled {
                             return end;
                         }
                     }
