@@ -106,6 +106,9 @@ pub struct Hub {
     namespaces: Arc<Namespaces>,
     /// For flush tasks, which outlive the call that scheduled them.
     this: Weak<Hub>,
+    /// Windows waiting for their end, by the instant they end (on the grid from `grid_start`).
+    flushes: Mutex<HashMap<Instant, Vec<(String, Arc<Window>)>>>,
+    grid_start: Instant,
 }
 
 impl Hub {
@@ -118,6 +121,8 @@ impl Hub {
             metrics,
             namespaces,
             this: this.clone(),
+            flushes: Mutex::new(HashMap::new()),
+            grid_start: Instant::now(),
         })
     }
 
@@ -344,20 +349,49 @@ impl Hub {
         if !state.scheduled {
             state.scheduled = true;
             drop(state);
-            let (Some(hub), channel) = (self.this.upgrade(), channel.to_string()) else {
-                return;
-            };
-            tokio::spawn(async move {
-                tokio::time::sleep_until(due.into()).await;
-                let mut state = window.state.lock();
-                state.scheduled = false;
-                state.last_flush = Some(Instant::now());
-                let (batch, all_keyed) = state.take();
-                if !batch.is_empty() {
-                    hub.deliver_batch(&channel, batch, window.conflated && all_keyed);
+            self.schedule_flush(self.on_grid(due, window.interval), channel, window);
+        }
+    }
+
+    /// The first point at or after `at` of the grid of `interval` steps from the hub's start.
+    /// Windows of one interval all end on this grid, so they are flushed together and a client
+    /// following many windowed channels receives them all in one write.
+    fn on_grid(&self, at: Instant, interval: Duration) -> Instant {
+        let step = interval.as_nanos().max(1);
+        let since = at.saturating_duration_since(self.grid_start).as_nanos();
+        let steps = since.div_ceil(step);
+        let offset = u64::try_from(steps.saturating_mul(step)).unwrap_or(u64::MAX);
+        self.grid_start + Duration::from_nanos(offset)
+    }
+
+    /// Queues a window's flush at `due`; one task per distinct instant flushes every window due
+    /// then, with the connections' wake-ups batched (crate::wakes).
+    fn schedule_flush(&self, due: Instant, channel: &str, window: Arc<Window>) {
+        let mut flushes = self.flushes.lock();
+        let first = !flushes.contains_key(&due);
+        flushes
+            .entry(due)
+            .or_default()
+            .push((channel.to_string(), window));
+        drop(flushes);
+        let Some(hub) = self.this.upgrade().filter(|_| first) else {
+            return;
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep_until(due.into()).await;
+            let due_windows = hub.flushes.lock().remove(&due).unwrap_or_default();
+            crate::wakes::batched_sync(|| {
+                for (channel, window) in due_windows {
+                    let mut state = window.state.lock();
+                    state.scheduled = false;
+                    state.last_flush = Some(Instant::now());
+                    let (batch, all_keyed) = state.take();
+                    if !batch.is_empty() {
+                        hub.deliver_batch(&channel, batch, window.conflated && all_keyed);
+                    }
                 }
             });
-        }
+        });
     }
 
     pub fn session(&self, client: &str) -> Option<Arc<SessionHandle>> {

@@ -191,6 +191,41 @@ async fn conflation_delivers_only_the_latest_value_per_key_in_a_window() {
 }
 
 #[tokio::test]
+async fn windows_of_one_interval_end_together_so_a_follower_of_many_gets_one_frame() {
+    let server = quiet_server(|c| {
+        c.channel.namespaces.push(herald::config::NamespaceOptions {
+            batch_window: Duration::from_millis(300),
+            conflation_key: "/sym".into(),
+            ..storm_namespace("md")
+        })
+    })
+    .await;
+    let mut client = server.client("alice").await;
+    let symbols = ["md:A", "md:B", "md:C", "md:D"];
+    for channel in symbols {
+        client.subscribe(channel).await;
+    }
+    // Open each channel's window at a different moment: each first publication goes out at once.
+    for channel in symbols {
+        publish(&server, channel, json!({"sym": channel, "px": 0})).await;
+        assert_eq!(next_frame(&mut client, WAIT).await.unwrap().len(), 1);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // A tick on every channel, while all four windows are open: they end on one grid point.
+    for channel in symbols {
+        publish(&server, channel, json!({"sym": channel, "px": 1})).await;
+    }
+    let frame = next_frame(&mut client, WAIT).await.unwrap();
+    let mut values = key_values(&frame, "sym", "px");
+    values.sort();
+    let expected: Vec<(String, i64)> = symbols.iter().map(|c| (c.to_string(), 1)).collect();
+    assert_eq!(values, expected, "all four windows in one frame");
+    assert!(next_frame(&mut client, Duration::from_millis(500))
+        .await
+        .is_none());
+}
+
+#[tokio::test]
 async fn max_rate_defers_without_losing_in_order() {
     let server = quiet_server(|c| {
         c.channel.namespaces.push(herald::config::NamespaceOptions {
