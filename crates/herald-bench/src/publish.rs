@@ -40,7 +40,9 @@ impl Publisher {
                     .iter()
                     .map(|(c, d)| json!({"publish": {"channel": c, "data": d}}))
                     .collect();
-                ("/api/batch", json!({"commands": commands}).to_string())
+                // Parallel: with a broker, the batch costs one round trip, not one per command.
+                let body = json!({"commands": commands, "parallel": true});
+                ("/api/batch", body.to_string())
             }
             Target::Ws | Target::Socketio => {
                 let mut body = String::new();

@@ -3,7 +3,7 @@
 
 mod support;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use support::*;
 
 #[tokio::test]
@@ -145,6 +145,58 @@ async fn batch_runs_commands_in_order_with_per_command_errors() {
     assert_eq!(replies[4]["presence_stats"]["num_clients"], 1);
     assert_eq!(alice.publication("chat:b").await["data"], 1);
     assert_eq!(alice.publication("chat:b").await["data"], 2);
+}
+
+#[tokio::test]
+async fn parallel_batch_answers_in_command_order_and_delivers_everything() {
+    let server = TestServer::start().await;
+    let mut alice = server.client("alice").await;
+    alice.subscribe("chat:p").await;
+    let mut commands: Vec<Value> = (1..=20)
+        .map(|n| json!({"publish": {"channel": "chat:p", "data": n}}))
+        .collect();
+    commands.insert(5, json!({"publish": {"channel": "chat:p"}}));
+    let result = server
+        .api_ok("batch", json!({"commands": commands, "parallel": true}))
+        .await;
+    let replies = result["replies"].as_array().unwrap();
+    assert_eq!(replies.len(), 21);
+    assert_eq!(replies[5]["error"]["code"], 107, "{}", replies[5]);
+    let mut offsets: Vec<u64> = replies
+        .iter()
+        .filter_map(|r| r["publish"]["offset"].as_u64())
+        .collect();
+    offsets.sort();
+    assert_eq!(offsets, (1..=20).collect::<Vec<u64>>());
+    let mut data = Vec::new();
+    for _ in 0..20 {
+        data.push(alice.publication("chat:p").await["data"].as_i64().unwrap());
+    }
+    data.sort();
+    assert_eq!(data, (1..=20).collect::<Vec<i64>>());
+    // A malformed command fails the whole batch before anything runs.
+    let (status, body) = server
+        .api(
+            "batch",
+            json!({"parallel": true, "commands": [
+                {"publish": {"channel": "chat:p", "data": 21}},
+                {"publish": {}, "info": {}}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["error"]["code"], 107, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("commands[1]"));
+    let info = server
+        .api_ok("history", json!({"channel": "chat:p", "limit": 0}))
+        .await;
+    assert_eq!(
+        info["offset"], 20,
+        "the valid command of the refused batch did not run"
+    );
 }
 
 #[tokio::test]
