@@ -15,7 +15,9 @@ import sys
 ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
 RESULTS = ARGS[0] if len(ARGS) > 0 else "docs/bench/results"
 OUT = ARGS[1] if len(ARGS) > 1 else "docs/bench"
-COLORS = {"herald": "#d9480f", "ws": "#1971c2", "socketio": "#2f9e44"}
+COLORS = {"herald": "#d9480f", "ws": "#1971c2", "socketio": "#2f9e44",
+          "redis": "#c2255c", "redis_cluster": "#7048e8", "nats": "#0c8599"}
+BROKERS = ("redis", "redis_cluster", "nats")
 W, H, L, R, T, B = 720, 420, 80, 170, 40, 60
 
 
@@ -122,6 +124,22 @@ def main():
     chart(os.path.join(OUT, "broadcast-latency.svg"),
           "Broadcast: end-to-end latency against achieved load",
           "deliveries/s achieved", "latency (ms)", series, logx=True, logy=True)
+    clusters = [(b, load(f"cluster-{b}.json")) for b in BROKERS]
+    clusters = [(b, r) for b, r in clusters if r]
+    chart(os.path.join(OUT, "cluster-throughput.svg"),
+          "Cluster: 3 nodes, deliveries/s against offered load, per broker",
+          "offered deliveries/s (publications/s × subscribers)", "deliveries/s",
+          [(f"{b} ({r['nodes']} nodes)", COLORS[b], "", [(s["offered_deliveries_per_second"], s["deliveries_per_second"]) for s in steps(r)])
+           for b, r in clusters]
+          + [("offered", "#999", "4 3", [(s["offered_deliveries_per_second"], s["offered_deliveries_per_second"]) for b, r in clusters[:1] for s in steps(r)])],
+          logx=True, logy=True)
+    series = []
+    for b, r in clusters:
+        series.append((f"{b} p50", COLORS[b], "", [(s["deliveries_per_second"], s["latency_ms"]["p50"]) for s in steps(r)]))
+        series.append((f"{b} p99", COLORS[b], "6 3", [(s["deliveries_per_second"], s["latency_ms"]["p99"]) for s in steps(r)]))
+    chart(os.path.join(OUT, "cluster-latency.svg"),
+          "Cluster: end-to-end latency against achieved load, per broker",
+          "deliveries/s achieved", "latency (ms)", series, logx=True, logy=True)
 
 
 def table():
@@ -132,7 +150,7 @@ def table():
     rows = ["| scenario | load | result | p50 / p99 / p99.9 / max (ms) | server CPU | server RSS |",
             "| --- | --- | --- | --- | --- | --- |"]
     for name in ("broadcast-herald", "broadcast-ws", "broadcast-socketio", "chat", "market", "livemap",
-                 "cluster-memory", "cluster-redis", "cluster-nats"):
+                 "cluster-redis", "cluster-redis_cluster", "cluster-nats"):
         r = load(name + ".json")
         for s in steps(r):
             l = s.get("latency_ms", {})

@@ -384,7 +384,9 @@ impl Hub {
                 for (channel, window) in due_windows {
                     let mut state = window.state.lock();
                     state.scheduled = false;
-                    state.last_flush = Some(Instant::now());
+                    // The grid point, not the (slightly later) time of this flush: from it, the
+                    // next window ends exactly one interval later, on the grid.
+                    state.last_flush = Some(due);
                     let (batch, all_keyed) = state.take();
                     if !batch.is_empty() {
                         hub.deliver_batch(&channel, batch, window.conflated && all_keyed);

@@ -226,6 +226,41 @@ async fn windows_of_one_interval_end_together_so_a_follower_of_many_gets_one_fra
 }
 
 #[tokio::test]
+async fn a_steady_stream_is_delivered_once_per_interval_not_less() {
+    let server = quiet_server(|c| {
+        c.channel.namespaces.push(herald::config::NamespaceOptions {
+            batch_window: Duration::from_millis(200),
+            ..storm_namespace("ticks")
+        })
+    })
+    .await;
+    let mut client = server.client("alice").await;
+    client.subscribe("ticks:x").await;
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        n += 1;
+        publish(&server, "ticks:x", json!({"n": n})).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut frames = 0;
+    let mut received = 0;
+    while received < n {
+        let frame = next_frame(&mut client, WAIT)
+            .await
+            .expect("every publication");
+        frames += 1;
+        received += frame.len();
+    }
+    // 2 s of 200 ms windows: about 10 deliveries. A window that ended one interval late each
+    // time would give about 5.
+    assert!(
+        (8..=14).contains(&frames),
+        "{frames} frames for {n} publications over 2 s with a 200 ms window"
+    );
+}
+
+#[tokio::test]
 async fn max_rate_defers_without_losing_in_order() {
     let server = quiet_server(|c| {
         c.channel.namespaces.push(herald::config::NamespaceOptions {
