@@ -97,6 +97,9 @@ struct ChannelEntry {
 
 const SHARDS: usize = 64;
 
+/// Windows (with their channel) that end at one instant.
+type DueWindows = Vec<(String, Arc<Window>)>;
+
 pub struct Hub {
     channels: Vec<RwLock<HashMap<String, ChannelEntry>>>,
     sessions: RwLock<HashMap<String, Arc<SessionHandle>>>,
@@ -107,7 +110,7 @@ pub struct Hub {
     /// For flush tasks, which outlive the call that scheduled them.
     this: Weak<Hub>,
     /// Windows waiting for their end, by the instant they end (on the grid from `grid_start`).
-    flushes: Mutex<HashMap<Instant, Vec<(String, Arc<Window>)>>>,
+    flushes: Mutex<HashMap<Instant, DueWindows>>,
     grid_start: Instant,
 }
 

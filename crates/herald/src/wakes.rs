@@ -50,7 +50,7 @@ impl List {
         self.handles.push(handle.clone());
         let n = self.handles.len();
         let overdue = || self.since.is_some_and(|t| t.elapsed() >= MAX_DELAY);
-        if n >= MAX_DEFERRED || (n % CLOCK_EVERY == 0 && overdue()) {
+        if n >= MAX_DEFERRED || (n.is_multiple_of(CLOCK_EVERY) && overdue()) {
             self.wake_all();
         }
     }
