@@ -105,41 +105,33 @@ def steps(result):
     return [s for s in (result or {}).get("steps", []) if "error" not in s]
 
 
+def sweep_charts(name, title, runs):
+    """Throughput against offered load, and latency against achieved load, for one sweep per
+    labelled run: runs is [(key, label, result)], key choosing the colour."""
+    # Offered = publication rate × subscribers.
+    chart(os.path.join(OUT, f"{name}-throughput.svg"),
+          f"{title}: deliveries/s against offered load (100-byte messages)",
+          "offered deliveries/s (publications/s × subscribers)", "deliveries/s",
+          [(label, COLORS[k], "", [(s["offered_deliveries_per_second"], s["deliveries_per_second"]) for s in steps(r)])
+           for k, label, r in runs]
+          + [("offered", "#999", "4 3", [(s["offered_deliveries_per_second"], s["offered_deliveries_per_second"]) for _, _, r in runs[:1] for s in steps(r)])],
+          logx=True, logy=True)
+    series = []
+    for k, _, r in runs:
+        for q, dash in (("p50", ""), ("p99", "6 3")):
+            series.append((f"{k} {q}", COLORS[k], dash, [(s["deliveries_per_second"], s["latency_ms"][q]) for s in steps(r)]))
+    chart(os.path.join(OUT, f"{name}-latency.svg"),
+          f"{title}: end-to-end latency against achieved load",
+          "deliveries/s achieved", "latency (ms)", series, logx=True, logy=True)
+
+
 def main():
     targets = [(t, load(f"broadcast-{t}.json")) for t in ("herald", "ws", "socketio")]
-    targets = [(t, r) for t, r in targets if r]
-    # Throughput against offered load: offered = publication rate × subscribers.
-    chart(os.path.join(OUT, "broadcast-throughput.svg"),
-          "Broadcast: deliveries/s against offered load (100-byte messages)",
-          "offered deliveries/s (publications/s × subscribers)", "deliveries/s",
-          [(f"{t} ({r['subscribers']} subs)", COLORS[t], "", [(s["offered_deliveries_per_second"], s["deliveries_per_second"]) for s in steps(r)])
-           for t, r in targets]
-          + [("offered", "#999", "4 3", [(s["offered_deliveries_per_second"], s["offered_deliveries_per_second"]) for t, r in targets[:1] for s in steps(r)])],
-          logx=True, logy=True)
-    series = []
-    for t, r in targets:
-        st = steps(r)
-        series.append((f"{t} p50", COLORS[t], "", [(s["deliveries_per_second"], s["latency_ms"]["p50"]) for s in st]))
-        series.append((f"{t} p99", COLORS[t], "6 3", [(s["deliveries_per_second"], s["latency_ms"]["p99"]) for s in st]))
-    chart(os.path.join(OUT, "broadcast-latency.svg"),
-          "Broadcast: end-to-end latency against achieved load",
-          "deliveries/s achieved", "latency (ms)", series, logx=True, logy=True)
+    sweep_charts("broadcast", "Broadcast",
+                 [(t, f"{t} ({r['subscribers']} subs)", r) for t, r in targets if r])
     clusters = [(b, load(f"cluster-{b}.json")) for b in BROKERS]
-    clusters = [(b, r) for b, r in clusters if r]
-    chart(os.path.join(OUT, "cluster-throughput.svg"),
-          "Cluster: 3 nodes, deliveries/s against offered load, per broker",
-          "offered deliveries/s (publications/s × subscribers)", "deliveries/s",
-          [(f"{b} ({r['nodes']} nodes)", COLORS[b], "", [(s["offered_deliveries_per_second"], s["deliveries_per_second"]) for s in steps(r)])
-           for b, r in clusters]
-          + [("offered", "#999", "4 3", [(s["offered_deliveries_per_second"], s["offered_deliveries_per_second"]) for b, r in clusters[:1] for s in steps(r)])],
-          logx=True, logy=True)
-    series = []
-    for b, r in clusters:
-        series.append((f"{b} p50", COLORS[b], "", [(s["deliveries_per_second"], s["latency_ms"]["p50"]) for s in steps(r)]))
-        series.append((f"{b} p99", COLORS[b], "6 3", [(s["deliveries_per_second"], s["latency_ms"]["p99"]) for s in steps(r)]))
-    chart(os.path.join(OUT, "cluster-latency.svg"),
-          "Cluster: end-to-end latency against achieved load, per broker",
-          "deliveries/s achieved", "latency (ms)", series, logx=True, logy=True)
+    sweep_charts("cluster", "Cluster of 3 nodes",
+                 [(b, f"{b} ({r['nodes']} nodes)", r) for b, r in clusters if r])
 
 
 def table():
