@@ -16,7 +16,7 @@ ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
 RESULTS = ARGS[0] if len(ARGS) > 0 else "docs/bench/results"
 OUT = ARGS[1] if len(ARGS) > 1 else "docs/bench"
 COLORS = {"herald": "#d9480f", "ws": "#1971c2", "socketio": "#2f9e44",
-          "redis": "#c2255c", "redis_cluster": "#7048e8", "nats": "#0c8599"}
+          "redis": "#c2255c", "redis_cluster": "#7048e8", "nats": "#0c8599", "pinned": "#f08c00"}
 BROKERS = ("redis", "redis_cluster", "nats")
 W, H, L, R, T, B = 720, 420, 80, 170, 40, 60
 
@@ -127,8 +127,12 @@ def sweep_charts(name, title, runs):
 
 def main():
     targets = [(t, load(f"broadcast-{t}.json")) for t in ("herald", "ws", "socketio")]
-    sweep_charts("broadcast", "Broadcast",
-                 [(t, f"{t} ({r['subscribers']} subs)", r) for t, r in targets if r])
+    runs = [(t, f"{t} ({r['subscribers']} subs)", r) for t, r in targets if r]
+    # The same sweep with the server and the load generator pinned to one CPU each.
+    pinned = load(os.path.join("pinned", "broadcast-herald.json"))
+    if pinned:
+        runs.append(("pinned", "herald, pinned to 1 core", pinned))
+    sweep_charts("broadcast", "Broadcast", runs)
     clusters = [(b, load(f"cluster-{b}.json")) for b in BROKERS]
     sweep_charts("cluster", "Cluster of 3 nodes",
                  [(b, f"{b} ({r['nodes']} nodes)", r) for b, r in clusters if r])

@@ -50,6 +50,13 @@ fi
 WORK=$(mktemp -d /tmp/herald-bench.XXXXXX)
 PIDS=()
 
+# SERVER_CPUS / BENCH_CPUS (e.g. 0 and 1): pin the servers and the load generator to those CPUs
+# (taskset), so they stop preempting each other; tokio then starts one worker per CPU it may use.
+SERVER_ON=()
+BENCH_ON=()
+[ -n "${SERVER_CPUS:-}" ] && SERVER_ON=(taskset -c "$SERVER_CPUS")
+[ -n "${BENCH_CPUS:-}" ] && BENCH_ON=(taskset -c "$BENCH_CPUS")
+
 cleanup() {
     # Only the processes this script started, by pid.
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -120,7 +127,7 @@ start_nodes() { # start_nodes COUNT CONFIG: COUNT herald processes sharing the c
     NODE_PIDS=()
     for n in $(seq 1 "$1"); do
         # The hard limit here is 20,000 descriptors per process: one node holds ~19,000 clients.
-        (ulimit -n 20000 2>/dev/null || true; exec "$BIN/herald" serve --config "$2" \
+        (ulimit -n 20000 2>/dev/null || true; exec "${SERVER_ON[@]}" "$BIN/herald" serve --config "$2" \
             --set "node.name=bench-$n") >>"$WORK/herald.log" 2>&1 &
         PIDS+=($!)
         NODE_PIDS+=($!)
@@ -129,7 +136,7 @@ start_nodes() { # start_nodes COUNT CONFIG: COUNT herald processes sharing the c
 
 node_pids_csv() { local IFS=,; echo "${NODE_PIDS[*]}"; }
 
-bench() { "$BIN/herald-bench" "$@"; }
+bench() { "${BENCH_ON[@]}" "$BIN/herald-bench" "$@"; }
 
 # PERF=SECONDS: sample the server with perf for that long, PERF_DELAY seconds after the start
 # (after the ramp, inside a step), and write the hottest symbols to $OUT/perf-<name>.txt.
@@ -184,7 +191,7 @@ run_broadcast() { # run_broadcast [OUTNAME]
 
 run_peer() { # run_peer ws|socketio
     local peer=$1 port=$((PORT + 100))
-    bash "$ROOT/bench/peers/start.sh" "$peer" "$port" >>"$WORK/$peer.log" 2>&1 &
+    "${SERVER_ON[@]}" bash "$ROOT/bench/peers/start.sh" "$peer" "$port" >>"$WORK/$peer.log" 2>&1 &
     PIDS+=($!)
     wait_http "127.0.0.1:$port"
     # start.sh execs node, so the pid is the server's.
