@@ -126,11 +126,6 @@ async fn numbers_until_quiet(client: &mut Client, channel: &str, quiet: Duration
     numbers
 }
 
-async fn publish(node: &TestServer, channel: &str, n: u64) -> Value {
-    node.api_ok("publish", json!({"channel": channel, "data": {"n": n}}))
-        .await
-}
-
 #[tokio::test]
 async fn publications_reach_subscribers_on_every_node_exactly_once() {
     let setup = Setup::new("delivery");
@@ -146,9 +141,9 @@ async fn publications_reach_subscribers_on_every_node_exactly_once() {
     let mut odd_client = cluster.nodes[2].client("odd").await;
     odd_client.subscribe(odd).await;
     for n in 1..=30u64 {
-        publish(&cluster.nodes[(n % 3) as usize], "chat:all", n).await;
+        publish_n(&cluster.nodes[(n % 3) as usize], "chat:all", n).await;
     }
-    publish(&cluster.nodes[0], odd, 99).await;
+    publish_n(&cluster.nodes[0], odd, 99).await;
     let reply = clients[1]
         .call("publish", json!({"channel": "chat:all", "data": {"n": 31}}))
         .await;
@@ -363,7 +358,7 @@ async fn a_crashed_nodes_presence_and_registry_entry_expire() {
 /// Publications `from..to` on `channel` through `node`, one after the other.
 async fn publish_range(node: &TestServer, channel: &str, numbers: std::ops::Range<u64>) {
     for n in numbers {
-        publish(node, channel, n).await;
+        publish_n(node, channel, n).await;
     }
 }
 
@@ -392,7 +387,7 @@ async fn history_publications_reach_every_node_once_in_offset_order() {
     assert!(epochs.iter().all(|e| e == &epochs[0]), "{epochs:?}");
     // One node after the other...
     for n in 1..=15u64 {
-        publish(&cluster.nodes[(n % 3) as usize], "chat:h", n).await;
+        publish_n(&cluster.nodes[(n % 3) as usize], "chat:h", n).await;
     }
     // ...then all three at once on the same channel.
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
@@ -437,20 +432,20 @@ async fn history_client_recovers_on_another_node() {
     let sub = client.subscribe("chat:r").await;
     let epoch = sub["epoch"].as_str().expect("epoch").to_string();
     for n in 1..=3 {
-        publish(&cluster.nodes[2], "chat:r", n).await;
+        publish_n(&cluster.nodes[2], "chat:r", n).await;
     }
     let offsets = offsets_until_quiet(&mut client, "chat:r", Duration::from_millis(300)).await;
     assert_eq!(offsets, vec![1, 2, 3]);
     drop(client);
     for n in 4..=6 {
-        publish(&cluster.nodes[(n % 3) as usize], "chat:r", n).await;
+        publish_n(&cluster.nodes[(n % 3) as usize], "chat:r", n).await;
     }
     // Reconnect to another node and recover from offset 3.
     let mut client = cluster.nodes[1].client("roamer").await;
     let (recovered, offsets) = resubscribe(&mut client, "chat:r", 3, &epoch).await;
     assert!(recovered);
     assert_eq!(offsets, vec![4, 5, 6]);
-    publish(&cluster.nodes[0], "chat:r", 7).await;
+    publish_n(&cluster.nodes[0], "chat:r", 7).await;
     let offsets = offsets_until_quiet(&mut client, "chat:r", Duration::from_millis(300)).await;
     assert_eq!(offsets, vec![7], "live continues without duplicates");
     // The history API: everything with its offsets and epoch, newest first with a limit, and
@@ -518,45 +513,6 @@ async fn unsubscribe_code(client: &mut Client, channel: &str) -> u64 {
     }
 }
 
-/// The fault on: nodes 0 and 1 (behind the proxy) report not ready, refuse publications through
-/// the API and from their clients (error 100) and keep their clients, while offsets 4..=6 of
-/// `chat:busy` are published through node 2 (direct); then the fault off and both ready again.
-async fn outage(
-    proxy: &Proxy,
-    fault: &Fault,
-    cluster: &Cluster,
-    alice: &mut Client,
-    bob: &mut Client,
-) {
-    let (a, b, direct) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
-    proxy.inject(fault);
-    assert!(a.wait_readiness(false, WAIT).await, "node a not ready");
-    assert!(b.wait_readiness(false, WAIT).await, "node b not ready");
-    // A node that cannot reach NATS stores nothing and says so.
-    let (status, reply) = a
-        .api("publish", json!({"channel": "chat:busy", "data": {}}))
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(reply["error"]["code"], 100, "{reply}");
-    let reply = bob
-        .call("publish", json!({"channel": "chat:busy", "data": {}}))
-        .await;
-    assert_eq!(reply["error"]["code"], 100, "{reply}");
-    alice.assert_alive().await;
-    for n in 4..=6 {
-        publish(direct, "chat:busy", n).await;
-    }
-    proxy.lift(fault);
-    assert!(
-        a.wait_ready(Duration::from_secs(10)).await,
-        "node a ready again"
-    );
-    assert!(
-        b.wait_ready(Duration::from_secs(10)).await,
-        "node b ready again"
-    );
-}
-
 /// Two nodes reach NATS through a proxy, a third directly (it keeps publishing during the fault).
 /// During the fault the proxied nodes report not ready and refuse publications but keep their
 /// clients; afterwards they are ready again and, since core NATS may have dropped what was
@@ -578,21 +534,30 @@ async fn broker_fault(fault: Fault, test: &str) {
     let mut bob = b.client("bob").await;
     bob.subscribe("chat:busy").await;
     for n in 1..=3 {
-        publish(direct, "chat:busy", n).await;
+        publish_n(direct, "chat:busy", n).await;
     }
     for client in [&mut alice, &mut bob] {
         let numbers = numbers_until_quiet(client, "chat:busy", Duration::from_millis(300)).await;
         assert_eq!(numbers, vec![1, 2, 3]);
     }
 
-    outage(&proxy, &fault, &cluster, &mut alice, &mut bob).await;
+    broker_outage(
+        &proxy,
+        &fault,
+        &cluster,
+        &mut alice,
+        &mut bob,
+        Duration::from_secs(10),
+        async |_| {},
+    )
+    .await;
 
     for client in [&mut alice, &mut bob] {
         assert_eq!(unsubscribe_code(client, "chat:busy").await, 2500);
         client.subscribe("chat:busy").await;
     }
-    publish(direct, "chat:busy", 7).await;
-    publish(a, "chat:busy", 8).await;
+    publish_n(direct, "chat:busy", 7).await;
+    publish_n(a, "chat:busy", 8).await;
     for client in [&mut alice, &mut bob] {
         let mut numbers = Vec::new();
         while let Some(message) = client.next_within(Duration::from_millis(500)).await {
@@ -739,7 +704,7 @@ async fn a_nats_server_restarted_empty_is_rebuilt_from_the_nodes() {
         .api_ok("presence_stats", json!({"channel": "chat:own"}))
         .await;
     assert_eq!(stats["num_clients"], 1, "{stats}");
-    publish(&cluster.nodes[1], "chat:own", 1).await;
+    publish_n(&cluster.nodes[1], "chat:own", 1).await;
     let numbers = numbers_until_quiet(&mut alice, "chat:own", Duration::from_millis(500)).await;
     assert_eq!(numbers, vec![1]);
     drop(cluster);
@@ -815,7 +780,7 @@ async fn history_crossed_frames_are_reordered_and_a_lost_frame_is_recovered() {
         clients.push(client);
     }
     for n in 1..=2 {
-        publish(&cluster.nodes[0], channel, n).await;
+        publish_n(&cluster.nodes[0], channel, n).await;
     }
     for client in &mut clients {
         let offsets = offsets_until_quiet(client, channel, Duration::from_millis(300)).await;
@@ -842,7 +807,7 @@ async fn history_crossed_frames_are_reordered_and_a_lost_frame_is_recovered() {
     }
     // Offset 5 stored, its frame lost; 6 published normally.
     store_only(&js, &setup.prefix, channel, 5).await;
-    publish(&cluster.nodes[1], channel, 6).await;
+    publish_n(&cluster.nodes[1], channel, 6).await;
     for client in &mut clients {
         let (code, before) = unsubscribe_push(client, channel).await;
         assert_eq!(code, 2500, "told of the hole");
@@ -854,7 +819,7 @@ async fn history_crossed_frames_are_reordered_and_a_lost_frame_is_recovered() {
         assert!(recovered);
         assert_eq!(offsets, vec![5, 6]);
     }
-    publish(&cluster.nodes[0], channel, 7).await;
+    publish_n(&cluster.nodes[0], channel, 7).await;
     for client in &mut clients {
         let offsets = offsets_until_quiet(client, channel, Duration::from_millis(400)).await;
         assert_eq!(offsets, vec![7]);
@@ -877,7 +842,7 @@ async fn history_lost_stream_starts_a_new_epoch_and_subscribers_are_told() {
         .expect("epoch")
         .to_string();
     for n in 1..=2 {
-        publish(&cluster.nodes[1], channel, n).await;
+        publish_n(&cluster.nodes[1], channel, n).await;
     }
     let offsets = offsets_until_quiet(&mut client, channel, Duration::from_millis(300)).await;
     assert_eq!(offsets, vec![1, 2]);
@@ -933,14 +898,23 @@ async fn history_broker_fault(fault: Fault, test: &str) {
     let mut bob = b.client("bob").await;
     bob.subscribe("chat:busy").await;
     for n in 1..=3 {
-        publish(direct, "chat:busy", n).await;
+        publish_n(direct, "chat:busy", n).await;
     }
     for client in [&mut alice, &mut bob] {
         let offsets = offsets_until_quiet(client, "chat:busy", Duration::from_millis(300)).await;
         assert_eq!(offsets, vec![1, 2, 3]);
     }
 
-    outage(&proxy, &fault, &cluster, &mut alice, &mut bob).await;
+    broker_outage(
+        &proxy,
+        &fault,
+        &cluster,
+        &mut alice,
+        &mut bob,
+        Duration::from_secs(10),
+        async |_| {},
+    )
+    .await;
 
     for client in [&mut alice, &mut bob] {
         let (code, before) = unsubscribe_push(client, "chat:busy").await;

@@ -766,3 +766,47 @@ pub fn delete_nats_state(buckets: Vec<String>, streams: Vec<String>) {
     });
     let _ = cleanup.join();
 }
+
+/// Publishes `{"n": n}` to `channel` through `node`'s API.
+pub async fn publish_n(node: &TestServer, channel: &str, n: u64) -> Value {
+    node.api_ok("publish", json!({"channel": channel, "data": {"n": n}}))
+        .await
+}
+
+/// A broker outage for a cluster whose nodes 0 and 1 reach the broker through `proxy` and node 2
+/// directly: the fault on, nodes 0 and 1 report not ready, refuse publications through the API
+/// and from their clients (error 100) and keep their clients; `while_down` runs on node 0; then
+/// offsets 4..=6 of `chat:busy` are published through node 2, the fault is lifted and nodes 0 and
+/// 1 are ready again within `ready_within`.
+pub async fn broker_outage(
+    proxy: &proxy::Proxy,
+    fault: &proxy::Fault,
+    cluster: &Cluster,
+    alice: &mut Client,
+    bob: &mut Client,
+    ready_within: Duration,
+    while_down: impl AsyncFnOnce(&TestServer),
+) {
+    let (a, b, direct) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
+    proxy.inject(fault);
+    assert!(a.wait_readiness(false, WAIT).await, "node a not ready");
+    assert!(b.wait_readiness(false, WAIT).await, "node b not ready");
+    // A node that cannot reach the broker stores nothing and says so, to the API and to clients.
+    let (status, reply) = a
+        .api("publish", json!({"channel": "chat:busy", "data": {}}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    let reply = bob
+        .call("publish", json!({"channel": "chat:busy", "data": {}}))
+        .await;
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    alice.assert_alive().await;
+    while_down(a).await;
+    for n in 4..=6 {
+        publish_n(direct, "chat:busy", n).await;
+    }
+    proxy.lift(fault);
+    assert!(a.wait_ready(ready_within).await, "node a ready again");
+    assert!(b.wait_ready(ready_within).await, "node b ready again");
+}
