@@ -1813,6 +1813,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("devices.allowed:"), "{e}");
+        for (text, name) in [
+            ("login_timeout = \"0s\"", "devices.login_timeout:"),
+            ("idle_timeout = \"0s\"", "devices.idle_timeout:"),
+            ("max_connections = 0", "devices.max_connections:"),
+            ("max_devices = 0", "devices.max_devices:"),
+        ] {
+            let e = load_str(&format!("[devices]\n{text}\n"), &[], &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(name), "{e}");
+        }
+        let c = load_str("[devices]\nmax_connections_per_ip = 0\n", &[], &[]).unwrap();
+        assert_eq!(c.devices.max_connections_per_ip, 0, "0 is unlimited");
+        assert_eq!(c.devices.login_timeout, Duration::from_secs(30));
     }
 
     #[test]
