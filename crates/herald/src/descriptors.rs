@@ -245,6 +245,11 @@ impl Budget {
             gauge(limits.reserve),
         );
         metrics.register(
+            "descriptors_open",
+            "Descriptors the process holds now (/proc/self/fd), listeners and reserve together",
+            OpenDescriptors,
+        );
+        metrics.register(
             "listener_descriptors",
             "Descriptors held by each listener's accepted connections",
             in_use,
@@ -332,6 +337,29 @@ impl Share {
     /// Descriptors guaranteed to this listener whatever the others hold.
     pub fn guaranteed(&self) -> usize {
         self.inner.listeners[self.index].floor
+    }
+}
+
+/// Counts `/proc/self/fd` when `/metrics` is rendered.
+#[derive(Debug)]
+struct OpenDescriptors;
+
+impl prometheus_client::metrics::TypedMetric for OpenDescriptors {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Gauge;
+}
+
+impl prometheus_client::encoding::EncodeMetric for OpenDescriptors {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64);
+        encoder.encode_gauge(&open)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Gauge
     }
 }
 

@@ -224,7 +224,7 @@ async fn floods_beyond_the_address_and_listener_caps_are_refused_while_honest_de
     for _ in 0..60 {
         flood.push(try_connect_from(2, gt06_addr).await);
     }
-    let closed = count_closed(&mut flood, Duration::from_secs(1)).await;
+    let closed = count_closed(&mut flood, Duration::from_secs(2)).await;
     assert_eq!(closed, 40, "refused per address");
     // An honest tracker from another address logs in, reports and is acknowledged.
     let mut honest = connect_from(9, gt06_addr).await;
@@ -237,7 +237,7 @@ async fn floods_beyond_the_address_and_listener_caps_are_refused_while_honest_de
             more.push(try_connect_from(last, gt06_addr).await);
         }
     }
-    let closed = count_closed(&mut more, Duration::from_secs(1)).await;
+    let closed = count_closed(&mut more, Duration::from_secs(2)).await;
     assert_eq!(closed, 11, "refused at the listener cap");
     let mut late = vec![try_connect_from(10, gt06_addr).await];
     assert_eq!(
@@ -495,6 +495,11 @@ async fn a_descriptor_flood_of_one_listener_leaves_the_others_their_share() {
         held as f64,
         "{metrics}"
     );
+    let open = metric(&metrics, "herald_descriptors_open");
+    assert!(
+        open > held as f64 && open < FD_LIMIT as f64,
+        "herald_descriptors_open {open}"
+    );
     let refused = metric(
         &metrics,
         "herald_device_connections_refused_total{protocol=\"gt06\",reason=\"descriptors\"}",
@@ -563,16 +568,16 @@ async fn unknown_osmand_ids_cost_bounded_memory() {
     // Warm-up: the registry fills and starts forgetting; the allocator and the store settle.
     assert_eq!(send(0, 4_000).await, 4_000);
     let rss_before = child.rss_kib();
-    assert_eq!(send(4_000, 20_000).await, 16_000);
+    assert_eq!(send(4_000, 24_000).await, 20_000);
     let rss_after = child.rss_kib();
     let growth = rss_after.saturating_sub(rss_before);
-    eprintln!("RSS {rss_before} KiB -> {rss_after} KiB after 16,000 more unknown ids");
+    eprintln!("RSS {rss_before} KiB -> {rss_after} KiB after 20,000 more unknown ids");
 
     let metrics = child.metrics().await;
     let entries = metric(&metrics, "herald_device_registry_entries");
     assert!(entries <= CAP as f64 && entries > 0.0, "{metrics}");
     assert!(
-        metric(&metrics, "herald_device_registry_evictions_total") >= (20_000 - CAP) as f64,
+        metric(&metrics, "herald_device_registry_evictions_total") >= (24_000 - CAP) as f64,
         "{metrics}"
     );
     assert_eq!(
