@@ -584,10 +584,11 @@ async fn unknown_osmand_ids_cost_bounded_memory() {
         metric(&metrics, "herald_device_registry_refused_total"),
         0.0
     );
-    // Unbounded, 16,000 more entries with a position each cost well over 10 MiB.
+    // Measured on a debug build: about 4 MiB bounded (SQLite's page cache and the allocator
+    // settling), 8.5 MiB with an unbounded registry (max_devices = 1,000,000).
     assert!(
         growth < 6 * 1024,
-        "RSS grew {growth} KiB for 16,000 unknown ids"
+        "RSS grew {growth} KiB for 20,000 unknown ids"
     );
 
     // The connected device was never forgotten and is still served.
