@@ -621,3 +621,58 @@ async fn unknown_osmand_ids_cost_bounded_memory() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_registry_full_of_connected_devices_refuses_new_ids_without_losing_the_known_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let ts = start(dir.path(), |c| c.devices.max_devices = 2).await;
+    let gt06_addr = addrs(&ts).gt06.unwrap();
+    let mut first = TcpStream::connect(gt06_addr).await.unwrap();
+    gt06_reports(&mut first, "864717003283581", 1).await;
+    let mut second = TcpStream::connect(gt06_addr).await.unwrap();
+    gt06_reports(&mut second, "864717003283582", 2).await;
+
+    // Both entries are connected devices: nothing may be forgotten, so the third id is refused
+    // (no login acknowledgement, connection closed).
+    let mut third = TcpStream::connect(gt06_addr).await.unwrap();
+    third
+        .write_all(&sim::gt06_login("864717003283583", 1))
+        .await
+        .unwrap();
+    assert!(closed_within(&mut third, WAIT).await, "third id refused");
+    let metrics = ts.metrics().await;
+    assert_eq!(
+        metric(&metrics, "herald_device_registry_refused_total"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "herald_device_connections_refused_total{protocol=\"gt06\",reason=\"registry_full\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    gt06_location_acked(&mut first, "864717003283581", 3, 3).await;
+
+    // Once a device disconnects its entry may be forgotten, and the new id is taken.
+    drop(second);
+    let mut third = TcpStream::connect(gt06_addr).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        third
+            .write_all(&sim::gt06_login("864717003283583", 1))
+            .await
+            .unwrap();
+        if read_n(&mut third, 10).await.is_some() {
+            break;
+        }
+        // The old connection's end may not be seen yet: the refused login closed this one.
+        assert!(Instant::now() < deadline, "third id never taken");
+        third = TcpStream::connect(gt06_addr).await.unwrap();
+    }
+    gt06_location_acked(&mut third, "864717003283583", 4, 2).await;
+    let metrics = ts.metrics().await;
+    assert_eq!(metric(&metrics, "herald_device_registry_entries"), 2.0);
+    assert!(metric(&metrics, "herald_device_registry_evictions_total") >= 1.0);
+}
