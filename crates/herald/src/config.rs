@@ -607,6 +607,24 @@ pub struct DevicesConfig {
     pub fsync: String,
     /// "sqlite:<path>" or a PostgreSQL conninfo "postgres://user:pass@host/db".
     pub store: String,
+    /// A new device connection must identify itself (a login, an IMEI handshake, a frame with
+    /// the device id) within this time or it is closed.
+    #[serde(with = "humantime_serde")]
+    pub login_timeout: Duration,
+    /// An identified device connection that sends nothing for this long is closed (half-open
+    /// sockets; trackers report or send heartbeats every few minutes).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Open connections per device listener (protocol); more are closed at accept.
+    pub max_connections: usize,
+    /// Open device connections from one source address, over all device listeners; more are
+    /// closed at accept. A fleet behind one carrier NAT or APN gateway shares an address: raise
+    /// it for such fleets. 0 is unlimited.
+    pub max_connections_per_ip: usize,
+    /// Device ids kept in the in-memory registry (last position, connection state). When full,
+    /// the disconnected devices seen longest ago are forgotten (their positions stay stored);
+    /// when every entry is connected, new ids are refused.
+    pub max_devices: usize,
 }
 
 /// Listen addresses of the device protocols.
@@ -647,6 +665,11 @@ impl Default for DevicesConfig {
             spool_max_bytes: 1 << 30,
             fsync: "every 100ms".into(),
             store: "sqlite:data/herald.db".into(),
+            login_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(15 * 60),
+            max_connections: 50_000,
+            max_connections_per_ip: 500,
+            max_devices: 100_000,
         }
     }
 }
@@ -1004,6 +1027,21 @@ impl DevicesConfig {
         }
         if self.device_channel_prefix.is_empty() {
             return Err(field("devices.device_channel_prefix", "must not be empty"));
+        }
+        if self.login_timeout.is_zero() {
+            return Err(field("devices.login_timeout", "must be greater than zero"));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(field("devices.idle_timeout", "must be greater than zero"));
+        }
+        if self.max_connections == 0 {
+            return Err(field(
+                "devices.max_connections",
+                "must be greater than zero (disable a protocol with devices.listen.<protocol> = \"\")",
+            ));
+        }
+        if self.max_devices == 0 {
+            return Err(field("devices.max_devices", "must be greater than zero"));
         }
         for (i, id) in self.allowed.iter().enumerate() {
             if id.trim().is_empty() || id.trim() != id {
@@ -1775,6 +1813,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("devices.allowed:"), "{e}");
+        for (text, name) in [
+            ("login_timeout = \"0s\"", "devices.login_timeout:"),
+            ("idle_timeout = \"0s\"", "devices.idle_timeout:"),
+            ("max_connections = 0", "devices.max_connections:"),
+            ("max_devices = 0", "devices.max_devices:"),
+        ] {
+            let e = load_str(&format!("[devices]\n{text}\n"), &[], &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(name), "{e}");
+        }
+        let c = load_str("[devices]\nmax_connections_per_ip = 0\n", &[], &[]).unwrap();
+        assert_eq!(c.devices.max_connections_per_ip, 0, "0 is unlimited");
+        assert_eq!(c.devices.login_timeout, Duration::from_secs(30));
     }
 
     #[test]

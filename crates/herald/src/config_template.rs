@@ -243,6 +243,18 @@ spool_max_bytes = 1073741824
 fsync = "every 100ms"
 # "sqlite:<path>" or "postgres://user:password@host/database".
 store = "sqlite:data/herald.db"
+# A new connection must identify itself (login, IMEI handshake, a frame with its id) within this.
+login_timeout = "30s"
+# An identified connection silent for this long is closed.
+idle_timeout = "15m"
+# Open connections per device listener; more are closed at accept (counted in
+# herald_device_connections_refused).
+max_connections = 50000
+# Open device connections from one address over all device listeners; 0 is unlimited.
+# A fleet behind one carrier NAT / APN gateway shares an address: raise it for such fleets.
+max_connections_per_ip = 500
+# Device ids kept in memory; when full the disconnected ones seen longest ago are forgotten.
+max_devices = 100000
 
 [devices.listen]
 # Traccar's ports; "" disables a protocol.

@@ -12,6 +12,7 @@ pub mod config;
 pub mod config_template;
 pub mod datadir;
 pub mod demo;
+pub mod descriptors;
 pub mod devices;
 pub mod feeds;
 pub mod history;

@@ -121,6 +121,12 @@ impl Server {
             nats.start();
         }
         let config = &node.config;
+        let budget = descriptor_budget(&node);
+        let share = |name: &str| {
+            budget
+                .share(name)
+                .context("listener missing from the descriptor plan")
+        };
         let public = bind(config.listen_addr(), config.http.reuse_port)
             .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
         let addr = public.local_addr()?;
@@ -137,12 +143,18 @@ impl Server {
                     node.clone(),
                     listener,
                     Role::Internal,
+                    share(INTERNAL)?,
                 )));
                 Role::Public
             }
             None => Role::Everything,
         };
-        tasks.push(tokio::spawn(accept_loop(node.clone(), public, public_role)));
+        tasks.push(tokio::spawn(accept_loop(
+            node.clone(),
+            public,
+            public_role,
+            share(PUBLIC)?,
+        )));
         let data_lock = if config.devices.enabled {
             let dir = std::path::Path::new(&config.devices.spool_dir);
             match crate::datadir::lock(dir) {
@@ -159,7 +171,7 @@ impl Server {
             None
         };
         let devices = if config.devices.enabled {
-            match DeviceIngest::start(node.clone()).await {
+            match DeviceIngest::start(node.clone(), &budget).await {
                 Ok(d) => Some(d),
                 Err(e) => {
                     node.shutdown.cancel();
@@ -246,6 +258,68 @@ impl Server {
             devices.shutdown().await;
         }
     }
+}
+
+const PUBLIC: &str = "public";
+const INTERNAL: &str = "internal";
+/// Connections on the public listener beyond `client.max_connections`: plain HTTP requests
+/// (health, the API without an internal listener) and handshakes in progress.
+const PUBLIC_HTTP_SLACK: usize = 1024;
+/// Connections of the internal listener (API callers, metrics scrapers, health checks).
+const INTERNAL_MAX: usize = 4096;
+
+/// Plans the node's descriptor budget over its listeners (crate::descriptors) and logs the
+/// bound that applies to WebSocket clients when the descriptor limit is below
+/// `client.max_connections`.
+fn descriptor_budget(node: &Arc<Node>) -> crate::descriptors::Budget {
+    use crate::descriptors::{Budget, Limits, ListenerPlan};
+    let config = &node.config;
+    let weak = Arc::downgrade(node);
+    let mut plan = vec![ListenerPlan {
+        name: PUBLIC.into(),
+        wanted: config
+            .client
+            .max_connections
+            .saturating_add(PUBLIC_HTTP_SLACK),
+        // Upgraded WebSocket sessions hold the public listener's descriptors after hyper let go.
+        external: Some(Box::new(move || {
+            weak.upgrade()
+                .map_or(0, |n| n.connections.load(Ordering::Acquire))
+        })),
+    }];
+    if config.internal_addr().is_some() {
+        plan.push(ListenerPlan {
+            name: INTERNAL.into(),
+            wanted: INTERNAL_MAX,
+            external: None,
+        });
+    }
+    if config.devices.enabled {
+        for (name, _) in config.devices.listeners() {
+            plan.push(ListenerPlan {
+                name: name.into(),
+                wanted: config.devices.max_connections,
+                external: None,
+            });
+        }
+    }
+    let budget = Budget::new(Limits::of_process(), plan, &node.metrics);
+    if let Some(public) = budget.share(PUBLIC) {
+        let websockets = public
+            .max()
+            .saturating_sub(PUBLIC_HTTP_SLACK.min(public.max() / 2));
+        if websockets < config.client.max_connections {
+            tracing::warn!(
+                max_connections = config.client.max_connections,
+                effective = websockets,
+                descriptor_limit = budget.limit(),
+                "the descriptor limit allows fewer WebSocket connections than client.max_connections; \
+                 the public listener closes connections beyond its share at accept (raise the limit: \
+                 ulimit -n, LimitNOFILE=)"
+            );
+        }
+    }
+    budget
 }
 
 /// Writes this node's registry entry every `broker.node_announce_interval`, and at once when the

@@ -51,9 +51,17 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts until shutdown. Running out of descriptors pauses accepting instead of spinning.
-pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, role: Role) {
+/// Accepts until shutdown. A connection beyond the listener's descriptor share is closed at
+/// once (crate::descriptors); running out of descriptors anyway pauses accepting instead of
+/// spinning.
+pub async fn accept_loop(
+    node: Arc<Node>,
+    listener: TcpListener,
+    role: Role,
+    share: crate::descriptors::Share,
+) {
     let mut last_warning: Option<Instant> = None;
+    let mut last_refusal_warning: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = node.shutdown.cancelled() => return,
@@ -61,13 +69,31 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, role: Role) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                let permit = match share.try_acquire() {
+                    Ok(permit) => permit,
+                    Err(refusal) => {
+                        if last_refusal_warning
+                            .is_none_or(|at| at.elapsed() > Duration::from_secs(10))
+                        {
+                            tracing::warn!(
+                                listener = share.name(),
+                                max = share.max(),
+                                reason = refusal.reason(),
+                                "listener at its share; closing new connections at accept"
+                            );
+                            last_refusal_warning = Some(Instant::now());
+                        }
+                        crate::descriptors::close_now(stream);
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let send_buffer = node.config.client.send_buffer;
                 if send_buffer > 0 {
                     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
                 }
                 let node = node.clone();
-                tokio::spawn(serve_connection(node, stream, peer, role));
+                tokio::spawn(serve_connection(node, stream, peer, role, permit));
             }
             Err(e) => {
                 let out_of_files =
@@ -94,6 +120,8 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     role: Role,
+    // Held while hyper serves the socket; an upgraded WebSocket is counted by node.connections.
+    _permit: crate::descriptors::Permit,
 ) {
     let service = hyper::service::service_fn(move |req| {
         let node = node.clone();

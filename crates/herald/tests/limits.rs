@@ -786,30 +786,33 @@ async fn descriptor_exhaustion_pauses_accepting_without_spinning_and_recovers() 
     }
 
     // Far more connections than the child has descriptors: the kernel completes them all into the
-    // listen backlog, the child accepts until EMFILE.
+    // listen backlog; the child holds its listener's descriptor share and resets the rest at
+    // accept (herald::descriptors), so it never reaches EMFILE.
     let mut hogs = Vec::new();
     for _ in 0..100 {
-        hogs.push(TcpStream::connect(addr).await.expect("connect"));
+        // A reset at accept can arrive before connect returns.
+        if let Ok(hog) = TcpStream::connect(addr).await {
+            hogs.push(hog);
+        }
     }
     let child_fds = || {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .map(|d| d.count())
             .unwrap_or(0) as u64
     };
-    assert!(
-        eventually(WAIT, || child_fds() >= FD_LIMIT - 2).await,
-        "descriptors not exhausted: {}",
-        child_fds()
-    );
     let warned = eventually(WAIT, || {
-        std::fs::read_to_string(&log_path)
-            .is_ok_and(|log| log.contains("accept failed") && log.contains("os error 24"))
+        std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("listener at its share"))
     })
     .await;
     assert!(
         warned,
-        "no EMFILE warning: {}",
+        "no warning of the listener at its descriptor share: {}",
         std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    assert!(
+        child_fds() < FD_LIMIT,
+        "descriptors exhausted: {}",
+        child_fds()
     );
 
     // While exhausted the accept loop must sleep, not spin on EMFILE.
@@ -833,7 +836,14 @@ async fn descriptor_exhaustion_pauses_accepting_without_spinning_and_recovers() 
     );
 
     // Descriptors come back: new clients are served again.
+    let flooded = child_fds();
     drop(hogs);
+    // Connections beyond the share are reset at accept, so wait until the child let go.
+    assert!(
+        eventually(WAIT, || child_fds() + 16 < flooded).await,
+        "descriptors not freed: {} of {flooded}",
+        child_fds()
+    );
     let recovered = tokio::time::timeout(WAIT, async {
         let mut client = Client::open(&format!("ws://{addr}/connection/websocket")).await;
         client.connect(&token("after")).await;

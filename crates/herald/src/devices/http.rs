@@ -1,6 +1,7 @@
 //! OsmAnd / Traccar Client over HTTP: GET or POST with the query form, POST with the JSON or
 //! form body. `200` only after the position is in the spool; `400` with the reason otherwise.
 
+use super::admission::Admission;
 use super::{DeviceIngest, Protocol};
 use bytes::Bytes;
 use herald_devices::{osmand, SessionState};
@@ -11,37 +12,29 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-pub async fn accept_loop(ingest: Arc<DeviceIngest>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            _ = ingest.stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let task = ingest.tasks.spawn(serve(ingest.clone(), stream, peer));
-                drop(task);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "osmand accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
+/// Most time a request's headers may take, also while the connection idles between requests.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn serve(ingest: Arc<DeviceIngest>, stream: TcpStream, peer: SocketAddr) {
+pub(super) async fn serve(
+    ingest: Arc<DeviceIngest>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    // Held for the connection's life: its descriptor and its place in the per-address count.
+    _admission: Admission,
+) {
     let stop = ingest.stop.clone();
+    // A silent or trickling client is closed by hyper's header timeout, never later than
+    // `devices.login_timeout`.
+    let header_timeout = HEADER_TIMEOUT.min(ingest.node.config.devices.login_timeout);
     let service = hyper::service::service_fn(move |req| {
         let ingest = ingest.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(ingest, req, peer).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -85,12 +78,22 @@ async fn handle(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = match Limited::new(req.into_body(), osmand::MAX_BODY_LEN)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
+    // A body that trickles is cut at `devices.login_timeout` (hyper times only the headers).
+    let body_timeout = ingest.node.config.devices.login_timeout;
+    let collected = tokio::time::timeout(
+        body_timeout,
+        Limited::new(req.into_body(), osmand::MAX_BODY_LEN).collect(),
+    )
+    .await;
+    let body = match collected {
+        Ok(Ok(b)) => b.to_bytes(),
         Err(_) => {
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body not received within devices.login_timeout ({body_timeout:?})\n"),
+            )
+        }
+        Ok(Err(_)) => {
             return text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -121,7 +124,10 @@ async fn handle(
                 format!("device {id:?} is not allowed\n"),
             );
         }
-        ingest.registry.seen(id, Protocol::Osmand, Some(peer), now);
+        if let Err(full) = ingest.registry.seen(id, Protocol::Osmand, Some(peer), now) {
+            ingest.refused(Protocol::Osmand, "registry_full");
+            return text(StatusCode::SERVICE_UNAVAILABLE, format!("{full}\n"));
+        }
     }
     let live = match ingest.accept(decoded.positions, Protocol::Osmand).await {
         Ok(live) => live,

@@ -6,11 +6,12 @@
 //! blocks the connection before its acknowledgement, so the device's TCP window fills instead of
 //! positions being dropped. The [`Writer`] moves spooled positions into the configured [`Store`].
 
+mod admission;
 mod http;
 mod registry;
 mod tcp;
 
-pub use registry::Registry;
+pub use registry::{Registry, RegistryFull};
 
 use crate::config::{FsyncSetting, StoreSetting};
 use crate::metrics::DeviceCounts;
@@ -26,11 +27,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use std::time::Instant;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long a device connection may stay silent before it is closed (half-open sockets).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How long writing a reply to a device may take.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// While the spool is full, an append is retried this often.
@@ -57,7 +58,7 @@ impl Protocol {
         }
     }
 
-    fn from_name(name: &str) -> Option<Protocol> {
+    pub fn from_name(name: &str) -> Option<Protocol> {
         Some(match name {
             "gt06" => Protocol::Gt06,
             "h02" => Protocol::H02,
@@ -114,11 +115,18 @@ pub struct DeviceIngest {
     stop: CancellationToken,
     tasks: TaskTracker,
     publish_warned: AtomicBool,
+    /// Open device connections per source address (`devices.max_connections_per_ip`).
+    per_ip: Arc<admission::PerIp>,
+    connection_metrics: Arc<admission::ConnectionMetrics>,
 }
 
 impl DeviceIngest {
-    /// Opens the spool and the store, starts the writer and binds every enabled listener.
-    pub async fn start(node: Arc<Node>) -> anyhow::Result<Arc<DeviceIngest>> {
+    /// Opens the spool and the store, starts the writer and binds every enabled listener; each
+    /// listener holds connections within its share of `budget` (named by protocol).
+    pub async fn start(
+        node: Arc<Node>,
+        budget: &crate::descriptors::Budget,
+    ) -> anyhow::Result<Arc<DeviceIngest>> {
         let cfg = node.config.devices.clone();
         let fsync = match cfg
             .fsync_setting()
@@ -171,7 +179,10 @@ impl DeviceIngest {
             let listener = crate::transport::bind(addr, false)
                 .with_context(|| format!("devices.listen.{name}: cannot listen on {addr}"))?;
             addrs.set(protocol, listener.local_addr()?);
-            listeners.push((protocol, listener));
+            let share = budget
+                .share(name)
+                .with_context(|| format!("devices.listen.{name}: no descriptor share planned"))?;
+            listeners.push((protocol, listener, share));
         }
         let writer = Writer::spawn(spool.clone(), store.clone(), WriterConfig::default());
         let ingest = Arc::new(DeviceIngest {
@@ -179,24 +190,21 @@ impl DeviceIngest {
             node: node.clone(),
             spool,
             store,
-            registry: Registry::default(),
+            registry: Registry::new(cfg.max_devices),
             addrs,
             writer: parking_lot::Mutex::new(Some(writer)),
             writer_base: Default::default(),
             tasks: TaskTracker::new(),
             publish_warned: AtomicBool::new(false),
+            per_ip: Arc::default(),
+            connection_metrics: admission::ConnectionMetrics::register(&node.metrics),
         });
-        for (protocol, listener) in listeners {
-            tracing::info!(protocol = protocol.name(), addr = %listener.local_addr()?, "device listener");
-            let task = if protocol == Protocol::Osmand {
-                ingest
-                    .tasks
-                    .spawn(http::accept_loop(ingest.clone(), listener))
-            } else {
-                ingest
-                    .tasks
-                    .spawn(tcp::accept_loop(ingest.clone(), protocol, listener))
-            };
+        ingest.registry.register_metrics(&node.metrics);
+        for (protocol, listener, share) in listeners {
+            tracing::info!(protocol = protocol.name(), addr = %listener.local_addr()?, max_connections = share.max(), "device listener");
+            let task = ingest
+                .tasks
+                .spawn(accept_loop(ingest.clone(), protocol, listener, share));
             drop(task);
         }
         let _ = node.devices.set(Arc::downgrade(&ingest));
@@ -247,6 +255,21 @@ impl DeviceIngest {
                 WriterConfig::default(),
             ));
         }
+    }
+
+    /// Counts a connection closed because it did not identify within `devices.login_timeout`.
+    fn login_timed_out(&self, protocol: Protocol) {
+        self.connection_metrics
+            .login_timeouts
+            .get_or_create(&admission::ProtocolLabel {
+                protocol: protocol.name(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection refused after accept (e.g. `registry_full`).
+    fn refused(&self, protocol: Protocol, reason: &'static str) {
+        self.connection_metrics.refused(protocol, reason);
     }
 
     fn allowed(&self, id: &str) -> bool {
@@ -354,6 +377,70 @@ impl DeviceIngest {
 
     fn now() -> i64 {
         unix_millis()
+    }
+}
+
+/// Accepts device connections until shutdown. A connection beyond the listener's bound or
+/// descriptor share, or beyond `devices.max_connections_per_ip`, is closed at once (reset), so
+/// the kernel backlog never fills with sockets nobody serves.
+async fn accept_loop(
+    ingest: Arc<DeviceIngest>,
+    protocol: Protocol,
+    listener: TcpListener,
+    share: crate::descriptors::Share,
+) {
+    let max_per_ip = ingest.node.config.devices.max_connections_per_ip;
+    let mut last_warning: Option<Instant> = None;
+    let mut warn = |message: &str, detail: &str| {
+        if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+            tracing::warn!(protocol = protocol.name(), detail, "{message}");
+            last_warning = Some(Instant::now());
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = ingest.stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let admitted = admission::admit(
+                    protocol,
+                    &share,
+                    &ingest.per_ip,
+                    max_per_ip,
+                    peer.ip(),
+                    &ingest.connection_metrics,
+                );
+                let admission = match admitted {
+                    Ok(admission) => admission,
+                    Err(reason) => {
+                        warn("device connections refused at accept", reason);
+                        crate::descriptors::close_now(stream);
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let task = if protocol == Protocol::Osmand {
+                    ingest
+                        .tasks
+                        .spawn(http::serve(ingest.clone(), stream, peer, admission))
+                } else {
+                    ingest.tasks.spawn(tcp::serve(
+                        ingest.clone(),
+                        protocol,
+                        stream,
+                        peer,
+                        admission,
+                    ))
+                };
+                drop(task);
+            }
+            Err(e) => {
+                warn("device accept failed; pausing", &e.to_string());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 

@@ -1,40 +1,19 @@
 //! TCP device protocols (GT06, H02, Teltonika, JSON lines): one task per connection.
 
-use super::{DeviceIngest, Protocol, IDLE_TIMEOUT, WRITE_TIMEOUT};
+use super::admission::Admission;
+use super::{DeviceIngest, Protocol, WRITE_TIMEOUT};
 use herald_devices::{
     gt06, h02, jsonl, teltonika, DecodeError, Decoded, FrameError, FrameStatus, SessionState,
 };
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 4096;
-
-pub async fn accept_loop(ingest: Arc<DeviceIngest>, protocol: Protocol, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            _ = ingest.stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let task = ingest
-                    .tasks
-                    .spawn(serve(ingest.clone(), protocol, stream, peer));
-                drop(task);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, protocol = protocol.name(), "device accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
 
 fn max_frame(protocol: Protocol) -> usize {
     match protocol {
@@ -85,11 +64,21 @@ struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
     session: SessionState,
-    /// Device ids registered as connected through this connection.
+    /// Device ids registered as connected through this connection (empty: not identified yet).
     devices: HashSet<String>,
+    /// Until then the connection must identify itself (`devices.login_timeout`).
+    login_deadline: Instant,
 }
 
-async fn serve(ingest: Arc<DeviceIngest>, protocol: Protocol, stream: TcpStream, peer: SocketAddr) {
+pub(super) async fn serve(
+    ingest: Arc<DeviceIngest>,
+    protocol: Protocol,
+    stream: TcpStream,
+    peer: SocketAddr,
+    // Held for the connection's life: its descriptor and its place in the per-address count.
+    _admission: Admission,
+) {
+    let login_deadline = Instant::now() + ingest.node.config.devices.login_timeout;
     let mut conn = Conn {
         ingest,
         protocol,
@@ -97,6 +86,7 @@ async fn serve(ingest: Arc<DeviceIngest>, protocol: Protocol, stream: TcpStream,
         peer,
         session: SessionState::new(),
         devices: HashSet::new(),
+        login_deadline,
     };
     match conn.run().await {
         End::Quiet => {}
@@ -140,11 +130,23 @@ impl Conn {
                 buf = Vec::new();
             }
             buf.reserve(READ_CHUNK);
+            // Before identifying, the whole connection has `login_timeout` (a trickle of bytes
+            // does not extend it); after, each read waits at most `idle_timeout`.
+            let identified = !self.devices.is_empty();
+            let deadline = if identified {
+                Instant::now() + self.ingest.node.config.devices.idle_timeout
+            } else {
+                self.login_deadline
+            };
             let read = tokio::select! {
                 _ = self.ingest.stop.cancelled() => return End::Quiet,
-                r = tokio::time::timeout(IDLE_TIMEOUT, self.stream.read_buf(&mut buf)) => r,
+                r = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut buf)) => r,
             };
             match read {
+                Err(_) if !identified => {
+                    self.ingest.login_timed_out(self.protocol);
+                    return End::Because("no login within devices.login_timeout".into());
+                }
                 Err(_) => return End::Because("idle timeout".into()),
                 Ok(Ok(0)) => return End::Quiet,
                 Ok(Ok(_)) => {}
@@ -182,15 +184,23 @@ impl Conn {
                 }
                 return Err(End::Because(format!("device {id:?} is not allowed")));
             }
-            if !self.devices.contains(id) {
-                self.ingest
+            let registered = if !self.devices.contains(id) {
+                let r = self
+                    .ingest
                     .registry
                     .connected(id, self.protocol, self.peer, now);
-                self.devices.insert(id.clone());
+                if r.is_ok() {
+                    self.devices.insert(id.clone());
+                }
+                r
             } else {
                 self.ingest
                     .registry
-                    .seen(id, self.protocol, Some(self.peer), now);
+                    .seen(id, self.protocol, Some(self.peer), now)
+            };
+            if let Err(full) = registered {
+                self.ingest.refused(self.protocol, "registry_full");
+                return Err(End::Because(full.to_string()));
             }
         }
         let live = if decoded.positions.is_empty() {
