@@ -35,6 +35,11 @@ pub struct HookErrorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabel {
     pub event: &'static str,
 }
@@ -68,6 +73,8 @@ pub struct Metrics {
     /// 1 while the broker is connected and listening (always 1 for the memory broker).
     pub broker_ready: Gauge,
     pub broker_reconnects: Counter,
+    /// Redis Cluster shards (primaries) by state, `up` or `down` (none on other brokers).
+    pub broker_shards: Family<StateLabel, Gauge>,
     /// Channels whose local subscribers were told to recover after a broker outage.
     pub broker_gaps: Counter,
     /// Broker messages dropped because a subscription's bounded queue was full (NATS).
@@ -127,6 +134,7 @@ impl Metrics {
             api_requests: Family::default(),
             broker_ready: Gauge::default(),
             broker_reconnects: Counter::default(),
+            broker_shards: Family::default(),
             broker_gaps: Counter::default(),
             broker_dropped: Counter::default(),
             proxy_calls: Family::default(),
@@ -226,6 +234,11 @@ impl Metrics {
             "broker_reconnects",
             "Reconnections to the broker after a lost connection",
             m.broker_reconnects.clone(),
+        );
+        registry.register(
+            "broker_shards",
+            "Redis Cluster shards by state (up, down); a down shard fails only its own channels",
+            m.broker_shards.clone(),
         );
         registry.register(
             "broker_gaps",
