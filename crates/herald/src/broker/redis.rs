@@ -912,7 +912,7 @@ impl Inner {
 
     /// Sets `broker_shards{state}` from the last probe.
     fn count_shards(&self) {
-        let Some(metrics) = self.metrics.get() else {
+        let Some(metrics) = self.metrics.get().filter(|_| self.cluster.is_some()) else {
             return;
         };
         let (total, down) = {
