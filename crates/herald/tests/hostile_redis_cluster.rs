@@ -274,3 +274,92 @@ async fn a_lost_shard_fails_only_its_own_channels_and_comes_back() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_shard_fails_its_channels_within_the_command_timeout_and_stalls_no_other() {
+    let redis = RedisCluster::start(3, 0);
+    for port in redis.primaries() {
+        cli(
+            port,
+            &["CONFIG", "SET", "cluster-require-full-coverage", "no"],
+        );
+    }
+    let by_shard = channels_by_shard(&redis);
+    let prefix = unique_prefix("stalled-shard");
+    let cluster = Cluster::start_configured(2, &prefix, |c| redis.configure(c, &prefix)).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let command_timeout = a.node().config.broker.command_timeout;
+    let control = redis.primary_of(redis.slot(&format!("{prefix}.control")));
+    let registry = redis.primary_of(redis.slot(&prefix));
+    let victim = *by_shard
+        .keys()
+        .find(|p| **p != control && **p != registry)
+        .expect("a shard with channels only");
+    let frozen_channel = by_shard[&victim][0].clone();
+    let healthy: Vec<String> = by_shard
+        .iter()
+        .filter(|(p, _)| **p != victim)
+        .flat_map(|(_, c)| c.clone())
+        .collect();
+    let mut alice = a.client("alice").await;
+    for channel in &healthy {
+        alice.subscribe(channel).await;
+    }
+    // Every script has run on every shard before the stall (as in a node that has served).
+    publish_n(b, &frozen_channel, 1).await;
+    for channel in &healthy {
+        publish_n(b, channel, 1).await;
+    }
+
+    redis.freeze(victim, true);
+    // Before the node has noticed: the frozen shard's publish fails within the command timeout
+    // (plus scheduling), while the others are answered at once, concurrently.
+    let frozen = async {
+        let started = Instant::now();
+        let (_, reply) = b
+            .api("publish", json!({"channel": frozen_channel, "data": {}}))
+            .await;
+        (started.elapsed(), reply)
+    };
+    let others = async {
+        let mut slowest = Duration::ZERO;
+        for channel in &healthy {
+            let started = Instant::now();
+            let reply = publish_n(a, channel, 2).await;
+            assert_eq!(reply["offset"], 2, "{channel}: {reply}");
+            slowest = slowest.max(started.elapsed());
+        }
+        slowest
+    };
+    let ((frozen_took, reply), slowest) = tokio::join!(frozen, others);
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    assert!(
+        frozen_took < command_timeout + Duration::from_millis(400),
+        "the frozen shard's publish took {frozen_took:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(300),
+        "a healthy shard's publish took {slowest:?} while another shard was frozen"
+    );
+    for node in [a, b] {
+        let (status, state) = wait_status(node, "degraded", Duration::from_secs(5)).await;
+        assert_eq!((status, state.as_str()), (200, "degraded"));
+    }
+    let (offsets, unsubscribed) = drain(&mut alice, Duration::from_millis(300)).await;
+    assert!(
+        unsubscribed.keys().all(|c| c.starts_with('#')),
+        "{unsubscribed:?}"
+    );
+    for channel in &healthy {
+        assert_eq!(offsets.get(channel), Some(&vec![1, 2]), "{channel}");
+    }
+
+    redis.freeze(victim, false);
+    for node in [a, b] {
+        let (status, state) = wait_status(node, "ready", Duration::from_secs(10)).await;
+        assert_eq!((status, state.as_str()), (200, "ready"));
+    }
+    // The shard kept its data: its channel continues its stream.
+    let reply = publish_n(a, &frozen_channel, 2).await;
+    assert!(reply["offset"].as_u64() >= Some(2), "{reply}");
+}

@@ -829,6 +829,7 @@ impl Inner {
     async fn lose_shard(&self, primary: &str) {
         let _ops = self.subscribe_ops.lock().await;
         self.shards.lock().down.insert(primary.to_string());
+        self.count_shards();
         let lost: Vec<String> = {
             let mut subscribed = self.subscribed.lock();
             let lost: Vec<String> = subscribed
@@ -896,6 +897,7 @@ impl Inner {
             self.control_subscribed.store(true, Ordering::SeqCst);
         }
         self.shards.lock().down.remove(primary);
+        self.count_shards();
         drop(ops);
         tracing::info!(%primary, channels = channels.len(), "redis broker: a lost cluster shard is back");
         if let Err(e) = self.check_gaps(&channels).await {
