@@ -70,7 +70,8 @@ pub struct Metrics {
     pub outbox_drops: Counter,
     pub outbox_bytes: Gauge,
     pub api_requests: Family<MethodLabel, Counter>,
-    /// 1 while the broker is connected and listening (always 1 for the memory broker).
+    /// 1 while the broker is connected and listening (always 1 for the memory broker); stays 1
+    /// while a lost Redis Cluster shard degrades it (`broker_shards`).
     pub broker_ready: Gauge,
     pub broker_reconnects: Counter,
     /// Redis Cluster shards (primaries) by state, `up` or `down` (none on other brokers).
@@ -227,7 +228,7 @@ impl Metrics {
         );
         registry.register(
             "broker_ready",
-            "1 while the broker is connected and every channel is listened to",
+            "1 while the broker is connected and every channel is listened to (but a lost cluster shard's, see broker_shards)",
             m.broker_ready.clone(),
         );
         registry.register(

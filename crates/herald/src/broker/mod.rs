@@ -129,7 +129,8 @@ pub trait Broker: Send + Sync {
     /// The node's last local subscriber of `channel` left; the broker stops listening unless a new
     /// one arrived meanwhile.
     async fn unsubscribe(&self, channel: &str);
-    /// Whether the broker can serve (connected, every channel listened to again after a reconnect).
+    /// Whether the broker can serve (connected, every channel listened to again after a reconnect
+    /// — but those of a lost Redis Cluster shard, see [`Broker::health`]).
     fn is_ready(&self) -> bool;
     /// [`Broker::is_ready`], with partial faults told apart (a lost Redis Cluster shard). A
     /// degraded broker is ready: it serves every channel but the lost shard's.
