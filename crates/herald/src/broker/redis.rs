@@ -733,7 +733,8 @@ impl Inner {
         };
         // The slot map as a serving primary sees it: a change (a failover, a slot moved) rebuilds
         // the connection, which follows the new map.
-        match self.on_node(witness, redis_conn::cluster_slots).await {
+        let now = self.on_node(witness, redis_conn::cluster_slots).await;
+        match now.map(|now| redis_conn::with_queried_host(now, witness)) {
             Ok(now) if now == ranges => {}
             Ok(_) => return Err("the cluster's slot map changed".into()),
             Err(e) => return Err(format!("CLUSTER SLOTS failed: {e}")),
@@ -775,7 +776,9 @@ impl Inner {
                 continue;
             };
             match self.on_node(&address, redis_conn::cluster_slots).await {
-                Ok(ranges) if !ranges.is_empty() => return Ok(ranges),
+                Ok(ranges) if !ranges.is_empty() => {
+                    return Ok(redis_conn::with_queried_host(ranges, &address))
+                }
                 Ok(_) => errors.push(format!("{address}: no slots served")),
                 Err(e) => errors.push(format!("{address}: {e}")),
             }

@@ -269,6 +269,23 @@ pub fn parse_cluster_slots(reply: &Value) -> Option<Vec<SlotRange>> {
     Some(out)
 }
 
+/// Gives the primaries a node announced without an endpoint (`?` or empty: the node was asked
+/// to hide it, `cluster-preferred-endpoint-type unknown-endpoint`) the host the map came from,
+/// as clients are told to do.
+pub fn with_queried_host(mut ranges: Vec<SlotRange>, queried: &str) -> Vec<SlotRange> {
+    let host = queried.rsplit_once(':').map_or(queried, |(host, _)| host);
+    for range in &mut ranges {
+        if let Some(port) = range
+            .primary
+            .strip_prefix("?:")
+            .or_else(|| range.primary.strip_prefix(':'))
+        {
+            range.primary = format!("{host}:{port}");
+        }
+    }
+    ranges
+}
+
 /// The cluster's slot map as the node behind `conn` sees it.
 pub async fn cluster_slots(mut conn: impl ConnectionLike) -> RedisResult<Vec<SlotRange>> {
     let reply: Value = redis::cmd("CLUSTER")
@@ -378,5 +395,14 @@ mod tests {
             node(1),
         ])]);
         assert_eq!(parse_cluster_slots(&negative), None);
+        let hidden = vec![SlotRange {
+            first: 0,
+            last: 16383,
+            primary: "?:7001".into(),
+        }];
+        assert_eq!(
+            with_queried_host(hidden, "10.0.0.5:7002")[0].primary,
+            "10.0.0.5:7001"
+        );
     }
 }
