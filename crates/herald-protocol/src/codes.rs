@@ -19,11 +19,17 @@ pub enum ErrorCode {
     Expired = 110,
     TooManyRequests = 111,
     UnrecoverablePosition = 112,
+    /// Code 100 (internal, temporary: SDKs retry) with a message naming the condition: the
+    /// channel lives on a broker shard (Redis Cluster primary) that cannot be reached.
+    ShardUnavailable = 1100,
 }
 
 impl ErrorCode {
     pub fn code(self) -> u32 {
-        self as u32
+        match self {
+            ErrorCode::ShardUnavailable => ErrorCode::Internal as u32,
+            code => code as u32,
+        }
     }
 
     pub fn message(self) -> &'static str {
@@ -41,12 +47,16 @@ impl ErrorCode {
             ErrorCode::Expired => "expired",
             ErrorCode::TooManyRequests => "too many requests",
             ErrorCode::UnrecoverablePosition => "unrecoverable position",
+            ErrorCode::ShardUnavailable => "broker shard unavailable, retry later",
         }
     }
 
     /// Temporary errors tell SDKs to retry the operation.
     pub fn temporary(self) -> bool {
-        matches!(self, ErrorCode::Internal | ErrorCode::TooManyRequests)
+        matches!(
+            self,
+            ErrorCode::Internal | ErrorCode::TooManyRequests | ErrorCode::ShardUnavailable
+        )
     }
 }
 
@@ -201,5 +211,7 @@ mod tests {
         assert!(ErrorCode::TooManyRequests.temporary());
         assert!(!ErrorCode::PermissionDenied.temporary());
         assert_eq!(ErrorCode::UnrecoverablePosition.code(), 112);
+        assert_eq!(ErrorCode::ShardUnavailable.code(), 100);
+        assert!(ErrorCode::ShardUnavailable.temporary());
     }
 }

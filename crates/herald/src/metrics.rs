@@ -35,6 +35,11 @@ pub struct HookErrorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabel {
     pub event: &'static str,
 }
@@ -65,9 +70,12 @@ pub struct Metrics {
     pub outbox_drops: Counter,
     pub outbox_bytes: Gauge,
     pub api_requests: Family<MethodLabel, Counter>,
-    /// 1 while the broker is connected and listening (always 1 for the memory broker).
+    /// 1 while the broker is connected and listening (always 1 for the memory broker); stays 1
+    /// while a lost Redis Cluster shard degrades it (`broker_shards`).
     pub broker_ready: Gauge,
     pub broker_reconnects: Counter,
+    /// Redis Cluster shards (primaries) by state, `up` or `down` (none on other brokers).
+    pub broker_shards: Family<StateLabel, Gauge>,
     /// Channels whose local subscribers were told to recover after a broker outage.
     pub broker_gaps: Counter,
     /// Broker messages dropped because a subscription's bounded queue was full (NATS).
@@ -127,6 +135,7 @@ impl Metrics {
             api_requests: Family::default(),
             broker_ready: Gauge::default(),
             broker_reconnects: Counter::default(),
+            broker_shards: Family::default(),
             broker_gaps: Counter::default(),
             broker_dropped: Counter::default(),
             proxy_calls: Family::default(),
@@ -219,13 +228,18 @@ impl Metrics {
         );
         registry.register(
             "broker_ready",
-            "1 while the broker is connected and every channel is listened to",
+            "1 while the broker is connected and every channel is listened to (but a lost cluster shard's, see broker_shards)",
             m.broker_ready.clone(),
         );
         registry.register(
             "broker_reconnects",
             "Reconnections to the broker after a lost connection",
             m.broker_reconnects.clone(),
+        );
+        registry.register(
+            "broker_shards",
+            "Redis Cluster shards by state (up, down); a down shard fails only its own channels",
+            m.broker_shards.clone(),
         );
         registry.register(
             "broker_gaps",

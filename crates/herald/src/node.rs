@@ -1,6 +1,6 @@
 //! Everything one Herald node shares between its connections, its API and its background tasks.
 
-use crate::broker::{Broker, BrokerError, PresenceStore};
+use crate::broker::{Broker, BrokerError, BrokerHealth, PresenceStore};
 use crate::channel::Namespaces;
 use crate::config::{Config, NamespaceOptions};
 use crate::history::HistoryOptions;
@@ -130,11 +130,18 @@ impl Node {
         }
     }
 
-    /// Ready to serve: not stopping, and the broker connected.
+    /// Ready to serve: not stopping, and the broker connected (possibly degraded: a lost Redis
+    /// Cluster shard fails only its own channels, so the node stays in the load balancer).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-            && !self.shutdown.is_cancelled()
-            && self.broker.is_ready()
+        self.readiness() != BrokerHealth::Down
+    }
+
+    /// What `/ready` reports: [`BrokerHealth::Down`] also while the node is stopping.
+    pub fn readiness(&self) -> BrokerHealth {
+        if !self.ready.load(Ordering::Relaxed) || self.shutdown.is_cancelled() {
+            return BrokerHealth::Down;
+        }
+        self.broker.health()
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -253,6 +260,10 @@ pub fn broker_error(e: BrokerError) -> ErrorCode {
         BrokerError::Unavailable(reason) => {
             tracing::warn!(%reason, "broker unavailable");
             ErrorCode::Internal
+        }
+        BrokerError::ShardUnavailable(reason) => {
+            tracing::debug!(%reason, "broker shard unavailable");
+            ErrorCode::ShardUnavailable
         }
     }
 }

@@ -179,16 +179,21 @@ async fn route(
     match (req.method(), path.as_str()) {
         (&Method::GET, WEBSOCKET_PATH) if clients_here => websocket(node, req, peer),
         (&Method::GET, "/health") => json_response(StatusCode::OK, &json!({})),
-        (&Method::GET, "/ready") => {
-            if node.is_ready() {
+        (&Method::GET, "/ready") => match node.readiness() {
+            crate::broker::BrokerHealth::Ready => {
                 json_response(StatusCode::OK, &json!({"status": "ready"}))
-            } else {
-                json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"status": "not ready"}),
-                )
             }
-        }
+            // Still 200: the node serves every channel but those of the lost shard, which no
+            // other node can serve either, so taking it out of the load balancer helps nobody.
+            crate::broker::BrokerHealth::Degraded { shards, down } => json_response(
+                StatusCode::OK,
+                &json!({"status": "degraded", "broker": {"shards": shards, "shards_down": down}}),
+            ),
+            crate::broker::BrokerHealth::Down => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "not ready"}),
+            ),
+        },
         (&Method::GET, "/metrics") if api_here => {
             if let Some(devices) = crate::devices::DeviceIngest::for_node(&node) {
                 node.metrics.set_devices(devices.metric_counts());

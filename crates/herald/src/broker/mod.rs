@@ -33,6 +33,22 @@ pub enum BrokerError {
     Unrecoverable,
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The channel lives on a Redis Cluster shard that cannot be reached while the others can:
+    /// only that shard's channels fail (see [`BrokerHealth::Degraded`]).
+    #[error("broker shard unavailable: {0}")]
+    ShardUnavailable(String),
+}
+
+/// What a broker can serve, for `/ready` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerHealth {
+    /// Connected, every channel listened to.
+    Ready,
+    /// Connected, but `down` of `shards` Redis Cluster shards cannot be reached: their channels
+    /// fail, every other channel works.
+    Degraded { shards: usize, down: usize },
+    /// Cannot serve any channel.
+    Down,
 }
 
 /// A broker that cannot serve, with the cause (connection lost, timeout, malformed reply).
@@ -113,8 +129,18 @@ pub trait Broker: Send + Sync {
     /// The node's last local subscriber of `channel` left; the broker stops listening unless a new
     /// one arrived meanwhile.
     async fn unsubscribe(&self, channel: &str);
-    /// Whether the broker can serve (connected, every channel listened to again after a reconnect).
+    /// Whether the broker can serve (connected, every channel listened to again after a reconnect
+    /// — but those of a lost Redis Cluster shard, see [`Broker::health`]).
     fn is_ready(&self) -> bool;
+    /// [`Broker::is_ready`], with partial faults told apart (a lost Redis Cluster shard). A
+    /// degraded broker is ready: it serves every channel but the lost shard's.
+    fn health(&self) -> BrokerHealth {
+        if self.is_ready() {
+            BrokerHealth::Ready
+        } else {
+            BrokerHealth::Down
+        }
+    }
     /// Stores (when `history` is set) and delivers a publication; returns its stream position.
     /// `key` is its conflation key on conflated channels.
     async fn publish(

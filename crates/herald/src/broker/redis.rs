@@ -15,12 +15,23 @@
 //!   down; the node reports not ready, reconnects with backoff, resubscribes every local channel,
 //!   and then proves for each channel that nothing was missed — or tells its subscribers
 //!   ([`BrokerHandler::handle_gap`]) so they resubscribe and recover from history.
+//! - Partial faults (a Redis Cluster): a lost shard (a primary without a replica to take over)
+//!   fails only its own channels. A failed command wakes a probe of every primary instead of
+//!   tearing the connection down; a primary that does not answer (or answers with the cluster
+//!   down) is marked lost: commands for its slots fail at once with
+//!   [`BrokerError::ShardUnavailable`], its channels are dropped and their subscribers told,
+//!   and the broker reports [`BrokerHealth::Degraded`]. When it serves again its channels are
+//!   subscribed again and checked for gaps. A changed slot map (a failover, a slot moved) or a
+//!   shard connection lost and restored by itself still rebuilds everything, as above.
 
 pub use super::redis_conn::RedisConn;
-use super::redis_conn::{self, Subscriber};
+use super::redis_conn::{self, SlotRange, Subscriber};
 use super::redis_scripts as scripts;
 use super::wire::{self, Message};
-use super::{unavailable, Broker, BrokerError, BrokerHandler, Control, NodeEntry, PresenceStore};
+use super::{
+    unavailable, Broker, BrokerError, BrokerHandler, BrokerHealth, Control, NodeEntry,
+    PresenceStore,
+};
 use crate::config::{redis_url, BrokerConfig};
 use crate::history::{new_epoch, HistoryOptions, HistoryPage, HistoryQuery};
 use crate::metrics::Metrics;
@@ -49,6 +60,32 @@ struct Seen {
 
 struct Keys {
     prefix: String,
+}
+
+/// A Redis Cluster's shards as the last probe saw them (empty on a single Redis, or while the
+/// broker is down).
+#[derive(Default)]
+struct Shards {
+    /// The slot map, from `CLUSTER SLOTS`.
+    ranges: Vec<SlotRange>,
+    /// Primaries that did not serve at the last probe: their slots' channels fail.
+    down: HashSet<String>,
+}
+
+impl Shards {
+    fn primary_of(&self, slot: u16) -> Option<&str> {
+        self.ranges
+            .iter()
+            .find(|r| (r.first..=r.last).contains(&slot))
+            .map(|r| r.primary.as_str())
+    }
+
+    fn primaries(&self) -> Vec<String> {
+        let mut primaries: Vec<String> = self.ranges.iter().map(|r| r.primary.clone()).collect();
+        primaries.sort();
+        primaries.dedup();
+        primaries
+    }
 }
 
 /// A channel's hash tag: every key and the pub/sub channel of a channel carry it in braces, so on
@@ -153,6 +190,20 @@ struct Inner {
     ready: AtomicBool,
     /// Wakes the supervisor when a command failed: the connections are torn down and rebuilt.
     failed: tokio::sync::Notify,
+    /// The cluster's shards and which of them are lost.
+    shards: Mutex<Shards>,
+    /// Wakes the cluster probe early: a command failed or a shard connection was lost.
+    probe: tokio::sync::Notify,
+    /// A cluster push said a shard connection was lost since the last probe.
+    disconnected: AtomicBool,
+    /// Whether the control channel is subscribed (its shard may be lost, on a cluster).
+    control_subscribed: AtomicBool,
+    /// How to reach a cluster node by address (the first seed's settings), for the probes.
+    seed_info: Option<redis::ConnectionInfo>,
+    /// One connection per primary for the probes, apart from the cluster connection: anything
+    /// it routes to a node it cannot reach makes it reconnect to every node (dropping the
+    /// healthy shards' subscriptions), so nothing for a lost shard goes through it.
+    probe_conns: Mutex<HashMap<String, redis::aio::MultiplexedConnection>>,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
     metrics: OnceLock<Arc<Metrics>>,
     /// This node's presence entries (channel → client → info JSON), refreshed while it lives.
@@ -185,8 +236,18 @@ impl RedisBroker {
                 .map(|a| redis_url(a))
                 .collect::<Vec<_>>()
         });
+        let seed_info = match &cluster {
+            Some(seeds) => Some(
+                redis::IntoConnectionInfo::into_connection_info(seeds[0].as_str()).map_err(
+                    |e| BrokerError::Unavailable(format!("broker.redis_addresses: {e}")),
+                )?,
+            ),
+            None => None,
+        };
         Ok(RedisBroker {
             inner: Arc::new(Inner {
+                seed_info,
+                probe_conns: Mutex::new(HashMap::new()),
                 keys: Keys {
                     prefix: config.prefix.clone(),
                 },
@@ -207,6 +268,10 @@ impl RedisBroker {
                 seen: Mutex::new(HashMap::new()),
                 ready: AtomicBool::new(false),
                 failed: tokio::sync::Notify::new(),
+                shards: Mutex::new(Shards::default()),
+                probe: tokio::sync::Notify::new(),
+                disconnected: AtomicBool::new(false),
+                control_subscribed: AtomicBool::new(false),
                 handler: OnceLock::new(),
                 metrics: OnceLock::new(),
                 local_presence: Mutex::new(HashMap::new()),
@@ -268,8 +333,52 @@ impl Inner {
         self.failed.notify_one();
     }
 
+    /// A command of connection `generation` failed for want of its server. A single Redis's
+    /// connection is rebuilt; on a cluster the probe finds out which shard is lost, and the
+    /// others keep serving.
+    fn connection_error(&self, generation: u64, reason: &str) {
+        if self.cluster.is_some() {
+            self.probe.notify_one();
+        } else {
+            self.fail(generation, reason);
+        }
+    }
+
+    /// The lost primary serving `key`'s slot, if it is lost.
+    fn lost_primary(&self, key: &str) -> Option<String> {
+        let shards = self.shards.lock();
+        if shards.down.is_empty() {
+            return None;
+        }
+        let primary = shards.primary_of(redis_conn::key_slot(key.as_bytes()))?;
+        shards.down.contains(primary).then(|| primary.to_string())
+    }
+
+    /// Fails at once, naming the condition, for a key on a lost cluster shard.
+    fn key_available(&self, key: &str) -> Result<(), BrokerError> {
+        match self.lost_primary(key) {
+            Some(primary) => Err(BrokerError::ShardUnavailable(format!(
+                "{key}: Redis Cluster primary {primary} is lost"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Inner::key_available`] for a channel (all its keys share one slot).
+    fn shard_available(&self, channel: &str) -> Result<(), BrokerError> {
+        self.key_available(&self.keys.pubsub(channel))
+    }
+
+    fn on_primary(&self, key: &str, primary: &str) -> bool {
+        self.shards
+            .lock()
+            .primary_of(redis_conn::key_slot(key.as_bytes()))
+            == Some(primary)
+    }
+
     /// Runs one command with the command timeout. Connection errors and timeouts take the broker
-    /// down (not ready) until the supervisor reconnects; script or type errors do not.
+    /// down (not ready) until the supervisor reconnects — on a cluster only the shard they
+    /// reveal lost; script or type errors do not.
     async fn timed<T>(
         &self,
         generation: u64,
@@ -283,12 +392,12 @@ impl Inner {
                     || e.is_unrecoverable_error()
                     || e.is_timeout()
                 {
-                    self.fail(generation, &e.to_string());
+                    self.connection_error(generation, &e.to_string());
                 }
                 Err(unavailable(e))
             }
             Err(_) => {
-                self.fail(generation, "command timed out");
+                self.connection_error(generation, "command timed out");
                 Err(unavailable("redis command timed out"))
             }
         }
@@ -321,6 +430,9 @@ impl Inner {
             .collect();
         let results: Vec<Result<(), BrokerError>> = futures_util::stream::iter(calls)
             .map(|chunk| async move {
+                if let Some((zset, ..)) = chunk.first() {
+                    self.key_available(zset)?;
+                }
                 let (generation, mut conn) = self.conn()?;
                 let mut invocation = self.scripts.touch.prepare_invoke();
                 invocation.arg(millis(ttl));
@@ -339,6 +451,7 @@ impl Inner {
 
     /// The live members of an expiring hash.
     async fn live(&self, zset: &str, hash: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
+        self.key_available(zset)?;
         let (generation, mut conn) = self.conn()?;
         let mut invocation = self.scripts.live.key(zset);
         invocation.key(hash);
@@ -353,11 +466,14 @@ impl Inner {
         Ok(out)
     }
 
+    /// Writes this node's presence entries again, but those on lost shards (written when their
+    /// shard returns).
     async fn refresh_presence(&self) -> Result<(), BrokerError> {
         let entries: Vec<(String, String, String, String)> = {
             let local = self.local_presence.lock();
             local
                 .iter()
+                .filter(|(channel, _)| self.shard_available(channel).is_ok())
                 .flat_map(|(channel, clients)| {
                     clients.iter().map(move |(client, info)| {
                         (
@@ -544,7 +660,13 @@ impl Inner {
             return;
         }
         if push.kind == redis::PushKind::Disconnection {
-            self.fail(generation, "a cluster shard connection was lost");
+            // Which shard's is unknown here: the probe finds out. A shard that stays lost fails
+            // its own channels; a connection that came back by itself may have dropped messages
+            // of any channel, so everything is rebuilt.
+            if self.generation.load(Ordering::SeqCst) == generation {
+                self.disconnected.store(true, Ordering::SeqCst);
+                self.probe.notify_one();
+            }
             return;
         }
         if let Some(name) = redis_conn::sharded_unsubscribe(push) {
@@ -561,6 +683,7 @@ impl Inner {
     }
 
     async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
+        self.shard_available(channel)?;
         let (generation, mut conn) = self.conn()?;
         let mut pipe = redis::pipe();
         pipe.zrem(self.keys.presence_expiry(channel), client)
@@ -569,6 +692,246 @@ impl Inner {
             .ignore();
         self.timed(generation, pipe.query_async::<()>(&mut conn))
             .await
+    }
+}
+
+impl Inner {
+    /// Probes every primary of the cluster and follows what changed: a lost shard's channels
+    /// are dropped and their subscribers told; a returned shard's channels are subscribed again
+    /// and checked for gaps. `Err`: the whole connection must be rebuilt (no primary serves, the
+    /// slot map changed, or a shard connection was lost and restored by itself).
+    async fn probe_shards(&self) -> Result<(), String> {
+        let known = self.shards.lock().ranges.clone();
+        let ranges = if known.is_empty() {
+            self.first_slot_map().await?
+        } else {
+            known
+        };
+        let primaries = Shards {
+            ranges: ranges.clone(),
+            down: HashSet::new(),
+        }
+        .primaries();
+        // Taken before the probes: a loss reported meanwhile is seen by the next probe.
+        let disconnected = self.disconnected.swap(false, Ordering::SeqCst);
+        // All at once, each within the timeouts: a stalled primary delays no verdict.
+        let serving: Vec<bool> = futures_util::future::join_all(
+            primaries
+                .iter()
+                .map(|primary| self.on_node(primary, redis_conn::serves)),
+        )
+        .await
+        .into_iter()
+        .map(|r| matches!(r, Ok(true)))
+        .collect();
+        let Some(witness) = primaries
+            .iter()
+            .zip(&serving)
+            .find_map(|(primary, up)| up.then_some(primary))
+        else {
+            return Err("no Redis Cluster primary serves".into());
+        };
+        // The slot map as a serving primary sees it: a change (a failover, a slot moved) rebuilds
+        // the connection, which follows the new map.
+        let now = self.on_node(witness, redis_conn::cluster_slots).await;
+        match now.map(|now| redis_conn::with_queried_host(now, witness)) {
+            Ok(now) if now == ranges => {}
+            Ok(_) => return Err("the cluster's slot map changed".into()),
+            Err(e) => return Err(format!("CLUSTER SLOTS failed: {e}")),
+        }
+        let down_now: HashSet<String> = primaries
+            .iter()
+            .zip(&serving)
+            .filter(|(_, up)| !**up)
+            .map(|(primary, _)| primary.clone())
+            .collect();
+        let (lost, returned) = {
+            let mut shards = self.shards.lock();
+            shards.ranges = ranges;
+            let lost: Vec<String> = down_now.difference(&shards.down).cloned().collect();
+            let returned: Vec<String> = shards.down.difference(&down_now).cloned().collect();
+            (lost, returned)
+        };
+        if disconnected && lost.is_empty() {
+            return Err("a cluster shard connection was lost".into());
+        }
+        for primary in &lost {
+            self.lose_shard(primary).await;
+        }
+        for primary in &returned {
+            self.restore_shard(primary).await;
+        }
+        self.count_shards();
+        Ok(())
+    }
+
+    /// The slot map from the first seed that answers.
+    async fn first_slot_map(&self) -> Result<Vec<SlotRange>, String> {
+        let mut errors = Vec::new();
+        for seed in self.cluster.iter().flatten() {
+            let address = redis::IntoConnectionInfo::into_connection_info(seed.as_str())
+                .ok()
+                .and_then(|info| redis_conn::address_of(&info));
+            let Some(address) = address else {
+                continue;
+            };
+            match self.on_node(&address, redis_conn::cluster_slots).await {
+                Ok(ranges) if !ranges.is_empty() => {
+                    return Ok(redis_conn::with_queried_host(ranges, &address))
+                }
+                Ok(_) => errors.push(format!("{address}: no slots served")),
+                Err(e) => errors.push(format!("{address}: {e}")),
+            }
+        }
+        Err(format!("no slot map: {}", errors.join("; ")))
+    }
+
+    /// Runs `command` on the cluster node at `address` through its probe connection (opened
+    /// when missing, dropped on failure), within the connect and command timeouts.
+    async fn on_node<T, F>(
+        &self,
+        address: &str,
+        command: impl FnOnce(redis::aio::MultiplexedConnection) -> F,
+    ) -> Result<T, String>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let cached = self.probe_conns.lock().get(address).cloned();
+        let conn = match cached {
+            Some(conn) => conn,
+            None => {
+                let info = self
+                    .seed_info
+                    .as_ref()
+                    .and_then(|seed| redis_conn::node_info(seed, address))
+                    .ok_or_else(|| format!("{address}: not a cluster node address"))?;
+                let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+                let connect = client.get_multiplexed_async_connection();
+                let conn = match tokio::time::timeout(self.config.connect_timeout, connect).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err("connect timed out".into()),
+                };
+                self.probe_conns
+                    .lock()
+                    .insert(address.to_string(), conn.clone());
+                conn
+            }
+        };
+        let result = match tokio::time::timeout(self.config.command_timeout, command(conn)).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".into(),
+        };
+        self.probe_conns.lock().remove(address);
+        Err(result)
+    }
+
+    /// Marks `primary` lost: commands for its slots fail at once, its channels are no longer
+    /// listened to and their subscribers are told (they resubscribe once it returns).
+    async fn lose_shard(&self, primary: &str) {
+        let _ops = self.subscribe_ops.lock().await;
+        self.shards.lock().down.insert(primary.to_string());
+        self.count_shards();
+        let lost: Vec<String> = {
+            let mut subscribed = self.subscribed.lock();
+            let lost: Vec<String> = subscribed
+                .iter()
+                .filter(|c| self.on_primary(&self.keys.pubsub(c), primary))
+                .cloned()
+                .collect();
+            for channel in &lost {
+                subscribed.remove(channel);
+            }
+            lost
+        };
+        if self.on_primary(&self.keys.control(), primary) {
+            self.control_subscribed.store(false, Ordering::SeqCst);
+        }
+        tracing::warn!(
+            %primary,
+            channels = lost.len(),
+            "redis broker: a cluster shard is lost; its channels fail until it returns"
+        );
+        for channel in &lost {
+            self.report_gap(channel);
+        }
+    }
+
+    /// `primary` serves again: its channels with local subscribers (and the control channel)
+    /// are subscribed again and checked for gaps. It stays lost if that fails.
+    async fn restore_shard(&self, primary: &str) {
+        let ops = self.subscribe_ops.lock().await;
+        let channels: Vec<String> = self
+            .handler()
+            .map(|h| h.local_channels())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| {
+                self.on_primary(&self.keys.pubsub(c), primary)
+                    && !self.subscribed.lock().contains(c)
+            })
+            .collect();
+        let mut names: Vec<String> = channels.iter().map(|c| self.keys.pubsub(c)).collect();
+        let control = self.on_primary(&self.keys.control(), primary)
+            && !self.control_subscribed.load(Ordering::SeqCst);
+        if control {
+            names.push(self.keys.control());
+        }
+        if !names.is_empty() {
+            let Some(mut sink) = self.sink.lock().clone() else {
+                return;
+            };
+            let bound = self.config.command_timeout * (1 + names.len() as u32 / 500);
+            match tokio::time::timeout(bound, sink.subscribe(&names)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(%primary, error = %e, "redis broker: shard back, resubscribe failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%primary, "redis broker: shard back, resubscribe timed out");
+                    return;
+                }
+            }
+        }
+        self.subscribed.lock().extend(channels.iter().cloned());
+        if control {
+            self.control_subscribed.store(true, Ordering::SeqCst);
+        }
+        self.shards.lock().down.remove(primary);
+        self.count_shards();
+        drop(ops);
+        tracing::info!(%primary, channels = channels.len(), "redis broker: a lost cluster shard is back");
+        if let Err(e) = self.check_gaps(&channels).await {
+            tracing::warn!(%primary, error = %e, "redis broker: gap check failed, telling subscribers");
+            for channel in &channels {
+                self.report_gap(channel);
+            }
+        }
+        // Presence written on it before it was lost may be gone.
+        if let Err(e) = self.refresh_presence().await {
+            tracing::debug!(error = %e, "redis broker: presence refresh after a shard returned");
+        }
+    }
+
+    /// Sets `broker_shards{state}` from the last probe.
+    fn count_shards(&self) {
+        let Some(metrics) = self.metrics.get().filter(|_| self.cluster.is_some()) else {
+            return;
+        };
+        let (total, down) = {
+            let shards = self.shards.lock();
+            (shards.primaries().len(), shards.down.len())
+        };
+        let gauge = |state| {
+            metrics
+                .broker_shards
+                .get_or_create(&crate::metrics::StateLabel { state })
+                .set((if state == "down" { down } else { total - down }) as i64)
+        };
+        gauge("up");
+        gauge("down");
     }
 }
 
@@ -687,6 +1050,7 @@ async fn supervise(inner: Arc<Inner>) {
         match connect(&inner, generation).await {
             Ok((conn, sink, stream)) => {
                 delay = Duration::from_millis(50);
+                inner.disconnected.store(false, Ordering::SeqCst);
                 *inner.conn.lock() = Some((generation, conn));
                 *inner.sink.lock() = Some(sink.clone());
                 if reconnect {
@@ -699,6 +1063,11 @@ async fn supervise(inner: Arc<Inner>) {
                 inner.conn.lock().take();
                 inner.sink.lock().take();
                 inner.subscribed.lock().clear();
+                inner.control_subscribed.store(false, Ordering::SeqCst);
+                // The next connection learns the slot map (and what is lost) afresh.
+                *inner.shards.lock() = Shards::default();
+                inner.probe_conns.lock().clear();
+                inner.count_shards();
                 if let Some(metrics) = inner.metrics.get() {
                     metrics.broker_ready.set(0);
                 }
@@ -726,15 +1095,32 @@ async fn serve(
     mut stream: Option<PubSubStream>,
 ) -> String {
     let timeout = inner.config.command_timeout;
+    // A cluster's shards are learned first: the channels of a lost one are not subscribed (their
+    // subscribers are told) until it returns, and every other channel works meanwhile.
+    let cluster = match inner.conn() {
+        Ok((_, RedisConn::Cluster(conn))) => Some(conn),
+        Ok(_) => None,
+        Err(_) => return "connection dropped".into(),
+    };
+    if cluster.is_some() {
+        if let Err(reason) = inner.probe_shards().await {
+            return reason;
+        }
+    }
     // Resubscribe under the subscribe lock, so no subscribe or unsubscribe interleaves.
     let channels = {
         let _ops = inner.subscribe_ops.lock().await;
-        let channels = inner
+        let (channels, lost): (Vec<String>, Vec<String>) = inner
             .handler()
             .map(|h| h.local_channels())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .partition(|c| inner.shard_available(c).is_ok());
         let mut names: Vec<String> = channels.iter().map(|c| inner.keys.pubsub(c)).collect();
-        names.push(inner.keys.control());
+        let control = inner.key_available(&inner.keys.control()).is_ok();
+        if control {
+            names.push(inner.keys.control());
+        }
         // Every channel is subscribed before the set says so: a cluster's push handler takes a
         // `sunsubscribe` for a channel in the set as its slot moving away.
         let bound = timeout * (1 + names.len() as u32 / 500);
@@ -744,6 +1130,10 @@ async fn serve(
             Err(_) => return "resubscribe timed out".into(),
         }
         inner.subscribed.lock().extend(channels.iter().cloned());
+        inner.control_subscribed.store(control, Ordering::SeqCst);
+        for channel in &lost {
+            inner.report_gap(channel);
+        }
         channels
     };
     // Publications arriving from here on queue in the stream until the check is done, and the
@@ -755,6 +1145,7 @@ async fn serve(
     if let Err(e) = inner.refresh_presence().await {
         return format!("presence refresh failed: {e}");
     }
+    inner.count_shards();
     inner.ready.store(true, Ordering::SeqCst);
     if let Some(metrics) = inner.metrics.get() {
         metrics.broker_ready.set(1);
@@ -782,7 +1173,20 @@ async fn serve(
                 }),
                 None => return "pub/sub connection closed".into(),
             },
+            _ = inner.probe.notified(), if cluster.is_some() => {
+                if let Err(reason) = inner.probe_shards().await {
+                    return reason;
+                }
+            }
             _ = health_tick.tick() => {
+                // A stalled shard answers nothing: every primary is probed on its own, so a
+                // node finds out within the command timeout even when it has no traffic.
+                if cluster.is_some() {
+                    if let Err(reason) = inner.probe_shards().await {
+                        return reason;
+                    }
+                    continue;
+                }
                 // A stalled Redis (or network) answers nothing: both connections are probed, so
                 // a node finds out within the command timeout even when it has no traffic.
                 let Ok((_, mut conn)) = inner.conn() else { return "connection dropped".into() };
@@ -799,7 +1203,11 @@ async fn serve(
             }
             _ = presence_tick.tick() => {
                 if let Err(e) = inner.refresh_presence().await {
-                    return format!("presence refresh failed: {e}");
+                    // On a cluster the probe tells a lost shard from a lost connection.
+                    if cluster.is_none() {
+                        return format!("presence refresh failed: {e}");
+                    }
+                    tracing::debug!(error = %e, "redis broker: presence refresh failed");
                 }
             }
         }
@@ -821,6 +1229,7 @@ impl Broker for RedisBroker {
         if inner.subscribed.lock().contains(channel) {
             return Ok(());
         }
+        inner.shard_available(channel)?;
         let _ops = inner.subscribe_ops.lock().await;
         if inner.subscribed.lock().contains(channel) {
             return Ok(());
@@ -828,6 +1237,8 @@ impl Broker for RedisBroker {
         if !inner.ready.load(Ordering::SeqCst) {
             return Err(unavailable("not connected to Redis"));
         }
+        // Under the lock: a shard lost meanwhile has dropped its channels already.
+        inner.shard_available(channel)?;
         let mut sink = inner
             .sink
             .lock()
@@ -879,6 +1290,20 @@ impl Broker for RedisBroker {
         self.inner.ready.load(Ordering::SeqCst)
     }
 
+    fn health(&self) -> BrokerHealth {
+        if !self.is_ready() {
+            return BrokerHealth::Down;
+        }
+        let shards = self.inner.shards.lock();
+        match shards.down.len() {
+            0 => BrokerHealth::Ready,
+            down => BrokerHealth::Degraded {
+                shards: shards.primaries().len(),
+                down,
+            },
+        }
+    }
+
     async fn publish(
         &self,
         channel: &str,
@@ -888,6 +1313,7 @@ impl Broker for RedisBroker {
     ) -> Result<StreamPosition, BrokerError> {
         let inner = &self.inner;
         // Serialized once, here; the same bytes are stored and published.
+        inner.shard_available(channel)?;
         let payload = serde_json::to_vec(&publication).map_err(unavailable)?;
         let (generation, mut conn) = inner.conn()?;
         match history {
@@ -929,6 +1355,7 @@ impl Broker for RedisBroker {
 
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
         let inner = &self.inner;
+        inner.shard_available(channel)?;
         let (generation, mut conn) = inner.conn()?;
         let cmd = redis::cmd(conn.publish_command())
             .arg(inner.keys.pubsub(channel))
@@ -942,6 +1369,7 @@ impl Broker for RedisBroker {
 
     async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
         let inner = &self.inner;
+        inner.shard_available(channel)?;
         let (generation, mut conn) = inner.conn()?;
         let cmd = redis::cmd(conn.publish_command())
             .arg(inner.keys.pubsub(channel))
@@ -955,6 +1383,7 @@ impl Broker for RedisBroker {
 
     async fn publish_control(&self, control: Control) -> Result<(), BrokerError> {
         let inner = &self.inner;
+        inner.key_available(&inner.keys.control())?;
         let payload = serde_json::to_vec(&control).map_err(unavailable)?;
         let (generation, mut conn) = inner.conn()?;
         let cmd = redis::cmd(conn.publish_command())
@@ -974,6 +1403,7 @@ impl Broker for RedisBroker {
         options: HistoryOptions,
     ) -> Result<HistoryPage, BrokerError> {
         let inner = &self.inner;
+        inner.shard_available(channel)?;
         let since = query.since.as_ref();
         // The position alone is enough for a `limit: 0` read without `since`.
         let entries = since.is_some() || query.limit != Some(0);
@@ -999,6 +1429,7 @@ impl Broker for RedisBroker {
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
+        inner.shard_available(channel)?;
         let (generation, mut conn) = inner.conn()?;
         let cmd = redis::cmd("DEL")
             .arg(inner.keys.stream(channel))
@@ -1017,6 +1448,7 @@ impl Broker for RedisBroker {
         channel: &str,
     ) -> Result<(Vec<Arc<Publication>>, StreamPosition), BrokerError> {
         let inner = &self.inner;
+        inner.shard_available(channel)?;
         let (generation, mut conn) = inner.conn()?;
         let mut invocation = inner.scripts.latest.key(inner.keys.meta(channel));
         invocation
@@ -1098,9 +1530,14 @@ impl Broker for RedisBroker {
             .flat_map(|(channel, clients)| clients.into_keys().map(move |c| (channel.clone(), c)))
             .collect();
         for (channel, client) in left {
-            if let Err(e) = inner.remove_presence(&channel, &client).await {
-                tracing::warn!(%channel, error = %e, "redis broker: presence not removed");
-                break;
+            match inner.remove_presence(&channel, &client).await {
+                Ok(()) => {}
+                // Expires by itself; the other shards' entries are still removed.
+                Err(BrokerError::ShardUnavailable(_)) => {}
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "redis broker: presence not removed");
+                    break;
+                }
             }
         }
         inner.stop.cancel();
@@ -1111,6 +1548,7 @@ impl Broker for RedisBroker {
 impl PresenceStore for RedisBroker {
     async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
         let inner = &self.inner;
+        inner.shard_available(channel)?;
         let value = serde_json::to_string(&info).map_err(unavailable)?;
         // Remembered before the write, so a refresh running meanwhile cannot miss it.
         inner

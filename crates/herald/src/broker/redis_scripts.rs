@@ -129,3 +129,37 @@ if #expired > 0 then
 end
 return redis.call('HGETALL', KEYS[2])
 "#;
+
+/// The text of the script whose SHA1 is `sha` (as `EVALSHA` names it), for sending it as `EVAL`
+/// to a shard that does not have it yet (see `redis_conn`).
+pub fn text_of(sha: &str) -> Option<&'static str> {
+    static BY_SHA: std::sync::OnceLock<Vec<(String, &'static str)>> = std::sync::OnceLock::new();
+    BY_SHA
+        .get_or_init(|| {
+            [PUBLISH, HISTORY, LATEST, TOUCH, LIVE]
+                .into_iter()
+                .map(|text| (redis::Script::new(text).get_hash().to_string(), text))
+                .collect()
+        })
+        .iter()
+        .find(|(hash, _)| hash.eq_ignore_ascii_case(sha))
+        .map(|(_, text)| *text)
+}
+
+#[cfg(test)]
+mod script_text_tests {
+    #[test]
+    fn every_script_is_found_by_its_sha() {
+        for text in [
+            super::PUBLISH,
+            super::HISTORY,
+            super::LATEST,
+            super::TOUCH,
+            super::LIVE,
+        ] {
+            let sha = redis::Script::new(text).get_hash().to_string();
+            assert_eq!(super::text_of(&sha), Some(text));
+        }
+        assert_eq!(super::text_of("0000"), None);
+    }
+}

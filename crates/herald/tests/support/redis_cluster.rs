@@ -34,6 +34,29 @@ pub fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A `redis-server` in cluster mode on `port`, its files (`nodes-<port>.conf`) in `dir`.
+fn spawn_server(port: u16, dir: &std::path::Path) -> Proc {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes"])
+        .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+        .args(["--cluster-node-timeout", "1000"])
+        // A replica may take over however long it was cut off (a test's primary dies at
+        // any moment, even before the first sync completed).
+        .args(["--cluster-replica-validity-factor", "0"])
+        .args(["--save", "", "--appendonly", "no"])
+        // Each server its own snapshot file: a full sync goes through it, and servers
+        // sharing one would ship each other's data to their replicas.
+        .args(["--dbfilename", &format!("dump-{port}.rdb")])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts (Debian package redis-server)");
+    Proc(child)
+}
+
 impl RedisCluster {
     /// `primaries` shards with `replicas` replicas each; returns once every slot is served.
     pub fn start(primaries: usize, replicas: usize) -> RedisCluster {
@@ -41,25 +64,7 @@ impl RedisCluster {
         let mut servers = Vec::new();
         for _ in 0..primaries * (1 + replicas) {
             let port = cluster_port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .args(["--cluster-node-timeout", "1000"])
-                // A replica may take over however long it was cut off (a test's primary dies at
-                // any moment, even before the first sync completed).
-                .args(["--cluster-replica-validity-factor", "0"])
-                .args(["--save", "", "--appendonly", "no"])
-                // Each server its own snapshot file: a full sync goes through it, and servers
-                // sharing one would ship each other's data to their replicas.
-                .args(["--dbfilename", &format!("dump-{port}.rdb")])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server starts (Debian package redis-server)");
-            servers.push((port, Proc(child)));
+            servers.push((port, spawn_server(port, dir.path())));
         }
         let cluster = RedisCluster { servers, _dir: dir };
         for (port, _) in &cluster.servers {
@@ -246,6 +251,19 @@ impl RedisCluster {
         if let Some((_, proc)) = self.servers.iter_mut().find(|(p, _)| *p == port) {
             proc.kill9();
         }
+    }
+
+    /// Starts the (killed) server on `port` again with its cluster config, so it rejoins with
+    /// the slots it had (empty: nothing is persisted); returns once the cluster is ok again.
+    pub fn restart(&mut self, port: u16) {
+        let dir = self._dir.path().to_path_buf();
+        if let Some((_, proc)) = self.servers.iter_mut().find(|(p, _)| *p == port) {
+            *proc = spawn_server(port, &dir);
+        }
+        self.wait(
+            || cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"),
+            "restarted server rejoined",
+        );
     }
 
     /// SIGSTOPs (true) or SIGCONTs (false) the server on `port`.
