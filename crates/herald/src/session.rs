@@ -42,6 +42,9 @@ const MAX_RATE_REJECTIONS: u32 = 100;
 pub enum Ending {
     /// Pending replies, then a close frame, then a short wait for the peer's close.
     Polite,
+    /// The same without waiting for the peer: it was silent or hostile, and is not given more
+    /// time than its timeout.
+    Brief,
     /// The socket is unusable or the peer is gone: nothing more is written.
     Silent,
     /// The peer does not read (slow consumer, stalled write): a reset at once, dropping what the
@@ -108,7 +111,7 @@ impl Close {
         Close {
             code: CLOSE_POLICY_VIOLATION,
             reason: "too many pings (client.max_ping_rate)".to_string(),
-            ending: Ending::Polite,
+            ending: Ending::Brief,
             label: "ping flood",
         }
     }
@@ -262,7 +265,7 @@ impl Session {
                 self.ws.abort(Some((close.code, &close.reason)));
             }
             Ending::Silent => {}
-            Ending::Polite => {
+            Ending::Polite | Ending::Brief => {
                 // Replies to the commands before the one that ended the session still go out
                 // first, as long as the peer keeps reading.
                 let stall = self.node.config.client.write_timeout;
@@ -277,10 +280,13 @@ impl Session {
                     self.ws.queue_close(close.code, &close.reason);
                     written = self.ws.write_queued(stall).await;
                 }
-                match written {
+                match (written, close.ending) {
                     // Give the peer a moment to acknowledge so the close frame is not lost in a reset.
-                    Ok(()) => self.ws.drain_until_closed(Duration::from_secs(1)).await,
-                    Err(_) => self.ws.abort(None),
+                    (Ok(()), Ending::Polite) => {
+                        self.ws.drain_until_closed(Duration::from_secs(1)).await
+                    }
+                    (Ok(()), _) => self.ws.shutdown().await,
+                    (Err(_), _) => self.ws.abort(None),
                 }
             }
         }
@@ -477,14 +483,24 @@ impl Session {
         {
             return Err(Close::write_timeout());
         }
+        // A client closed for silence that has not taken what it is owed either is not waited
+        // for: it is gone by the timeout, not by the timeout plus a write timeout.
+        let unresponsive = |disconnect: Disconnect, writing: bool| Close {
+            ending: if writing {
+                Ending::Abort
+            } else {
+                Ending::Brief
+            },
+            ..disconnect.into()
+        };
         if self.handle.is_none() {
             if now >= self.connect_deadline {
-                return Err(Disconnect::STALE.into());
+                return Err(unresponsive(Disconnect::STALE, self.ws.is_writing()));
             }
             return Ok(());
         }
         if self.pong_deadline.is_some_and(|d| now >= d) {
-            return Err(Disconnect::NO_PONG.into());
+            return Err(unresponsive(Disconnect::NO_PONG, self.ws.is_writing()));
         }
         if self.expires_at.is_some_and(|at| now >= at) {
             return Err(Disconnect::EXPIRED.into());
@@ -1415,5 +1431,19 @@ async fn wait_outbox(outbox: Option<&Outbox>) {
     match outbox {
         Some(outbox) => outbox.wait().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_history_limits_are_capped_at_the_namespace_max() {
+        assert_eq!(client_history_limit(-1, 300), Some(300), "all is capped");
+        assert_eq!(client_history_limit(1000, 300), Some(300));
+        assert_eq!(client_history_limit(20, 300), Some(20));
+        assert_eq!(client_history_limit(0, 300), Some(0), "position only");
+        assert_eq!(history_limit(-1), None, "the API is not capped");
     }
 }

@@ -454,6 +454,11 @@ impl WsConn {
         let _ = socket2::SockRef::from(&self.io).set_linger(Some(Duration::ZERO));
     }
 
+    /// Sends FIN after what was written, without waiting for the peer.
+    pub async fn shutdown(&mut self) {
+        let _ = self.io.shutdown().await;
+    }
+
     /// Reads and discards input until the peer closes or `wait` passes, so closing our side does not
     /// turn unread input into a reset that could destroy the close frame before the peer reads it.
     pub async fn drain_until_closed(&mut self, wait: std::time::Duration) {
@@ -557,6 +562,48 @@ mod tests {
             CLOSE_TOO_BIG,
             "rejected from the header alone"
         );
+    }
+
+    #[test]
+    fn close_payloads_are_checked_per_rfc_6455() {
+        let with_code = |code: u16, reason: &[u8]| {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason);
+            parse_close(&payload)
+        };
+        assert_eq!(parse_close(b""), Ok(None));
+        assert_eq!(parse_close(&[3]).unwrap_err().code, CLOSE_PROTOCOL_ERROR);
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            assert_eq!(
+                with_code(code, b"").unwrap_err().code,
+                CLOSE_PROTOCOL_ERROR,
+                "{code}"
+            );
+        }
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1011, 1012, 1014, 3000, 4999,
+        ] {
+            assert_eq!(
+                with_code(code, "bye ✓".as_bytes()),
+                Ok(Some(code)),
+                "{code}"
+            );
+        }
+        assert_eq!(
+            with_code(1000, &[0xce, 0xba, 0xff]).unwrap_err().code,
+            CLOSE_INVALID_PAYLOAD
+        );
+    }
+
+    #[test]
+    fn close_frames_cut_long_reasons_on_a_char_boundary() {
+        let mut out = Vec::new();
+        write_close(&mut out, 1000, &"é".repeat(100));
+        assert_eq!(out[1] as usize, out.len() - 2, "short length form");
+        assert!(out.len() - 2 <= 125, "fits a control frame");
+        assert!(std::str::from_utf8(&out[4..]).is_ok());
     }
 
     #[test]
