@@ -1626,6 +1626,29 @@ mod tests {
     }
 
     #[test]
+    fn hostile_client_limits_are_validated_naming_the_field() {
+        let c = Config::default();
+        assert_eq!(c.client.send_buffer, 256 << 10, "bounded by default");
+        assert_eq!(c.client.write_timeout, Duration::from_secs(10));
+        assert_eq!(c.channel.without_namespace.client_history_max_limit, 300);
+        for (text, named) in [
+            (
+                "[client]\nwrite_timeout = \"0s\"\n",
+                "client.write_timeout:",
+            ),
+            ("[client]\nping_burst = 0\n", "client.ping_burst:"),
+            (
+                "[channel.without_namespace]\nclient_history_max_limit = 0\n",
+                "channel.without_namespace.client_history_max_limit:",
+            ),
+        ] {
+            let e = load_str(text, &[], &[]).unwrap_err().to_string();
+            assert!(e.starts_with(named), "{e}");
+        }
+        assert!(load_str("[client]\nmax_ping_rate = 0\nping_burst = 0\n", &[], &[]).is_ok());
+    }
+
+    #[test]
     fn env_then_flags_override_the_file() {
         let c = load_str(
             "[client]\nping_interval = \"5s\"\nmax_channels = 3\n",
