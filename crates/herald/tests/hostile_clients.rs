@@ -495,7 +495,6 @@ async fn a_write_without_progress_for_the_write_timeout_resets_the_connection() 
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    drop(watch);
     let after = gone_at.expect("gone") - last_progress;
     eprintln!("write timeout: gone {after:?} after the last progress (Send-Q {last_send_q:?})");
     assert!(
