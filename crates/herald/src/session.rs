@@ -265,32 +265,33 @@ impl Session {
                 self.ws.abort(Some((close.code, &close.reason)));
             }
             Ending::Silent => {}
-            Ending::Polite | Ending::Brief => {
-                // Replies to the commands before the one that ended the session still go out
-                // first, as long as the peer keeps reading.
-                let stall = self.node.config.client.write_timeout;
-                let messages = std::mem::take(&mut self.pending);
-                let mut written = self.ws.write_queued(stall).await;
-                if written.is_ok() && !messages.is_empty() {
-                    self.ws.queue_text(&messages, MAX_BATCH_BYTES);
-                    written = self.ws.write_queued(stall).await;
-                }
-                drop(messages);
-                if written.is_ok() {
-                    self.ws.queue_close(close.code, &close.reason);
-                    written = self.ws.write_queued(stall).await;
-                }
-                match (written, close.ending) {
-                    // Give the peer a moment to acknowledge so the close frame is not lost in a reset.
-                    (Ok(()), Ending::Polite) => {
-                        self.ws.drain_until_closed(Duration::from_secs(1)).await
-                    }
-                    (Ok(()), _) => self.ws.shutdown().await,
-                    (Err(_), _) => self.ws.abort(None),
-                }
-            }
+            Ending::Polite | Ending::Brief => Box::pin(self.close_politely(&close)).await,
         }
         self.cleanup().await;
+    }
+
+    /// Replies to the commands before the one that ended the session go out first, then the close
+    /// frame, as long as the peer keeps reading (a write without progress for `write_timeout`
+    /// ends in a reset). Boxed: only closing connections pay for its state.
+    async fn close_politely(&mut self, close: &Close) {
+        let stall = self.node.config.client.write_timeout;
+        let messages = std::mem::take(&mut self.pending);
+        let mut written = self.ws.write_queued(stall).await;
+        if written.is_ok() && !messages.is_empty() {
+            self.ws.queue_text(&messages, MAX_BATCH_BYTES);
+            written = self.ws.write_queued(stall).await;
+        }
+        drop(messages);
+        if written.is_ok() {
+            self.ws.queue_close(close.code, &close.reason);
+            written = self.ws.write_queued(stall).await;
+        }
+        match (written, close.ending) {
+            // Give the peer a moment to acknowledge so the close frame is not lost in a reset.
+            (Ok(()), Ending::Polite) => self.ws.drain_until_closed(Duration::from_secs(1)).await,
+            (Ok(()), _) => self.ws.shutdown().await,
+            (Err(_), _) => self.ws.abort(None),
+        }
     }
 
     /// The connection's loop. The idle state is small on purpose (one task per connection, many
@@ -315,26 +316,25 @@ impl Session {
             // what a connection makes the server hold is bounded whatever it sends.
             let reading = self.backlog.is_none() && !self.output_full();
             let deadline = self.next_deadline();
-            let node = self.node.clone();
-            let handle = self.handle.clone();
-            // The outbox is drained once the previous write is done: a client that does not read
-            // lets its outbox fill and overflow (slow consumer) instead of growing `pending`.
-            let outbox = handle.as_deref().map(|h| &h.outbox).filter(|_| !writing);
-            let wake = tokio::select! {
-                biased;
-                _ = node.shutdown.cancelled() => return Disconnect::SHUTDOWN.into(),
-                // Marked slow while a write waits on a full socket: give up now.
-                _ = wait_slowed(handle.as_deref()), if writing => return Disconnect::SLOW.into(),
-                _ = wait_outbox(outbox) => Wake::Outbox,
-                writable = self.ws.writable(), if writing => match writable {
-                    Ok(()) => Wake::Writable,
-                    Err(_) => return Close::gone("write error"),
-                },
-                readable = self.ws.readable(), if reading => match readable {
-                    Ok(()) => Wake::Readable,
-                    Err(_) => return Close::gone("read error"),
-                },
-                _ = sleep_until(deadline.into()) => Wake::Timer,
+            let wake = if writing {
+                // Boxed: only connections with a write pending pay for this state.
+                match Box::pin(self.wait_writing(deadline, reading)).await {
+                    Ok(wake) => wake,
+                    Err(close) => return close,
+                }
+            } else {
+                let node = self.node.clone();
+                let outbox = self.handle.as_deref().map(|h| &h.outbox);
+                tokio::select! {
+                    biased;
+                    _ = node.shutdown.cancelled() => return Disconnect::SHUTDOWN.into(),
+                    _ = wait_outbox(outbox) => Wake::Outbox,
+                    readable = self.ws.readable(), if reading => match readable {
+                        Ok(()) => Wake::Readable,
+                        Err(_) => return Close::gone("read error"),
+                    },
+                    _ = sleep_until(deadline.into()) => Wake::Timer,
+                }
             };
             let result = match wake {
                 Wake::Outbox => Box::pin(self.drain_outbox()).await,
@@ -351,6 +351,27 @@ impl Session {
             if let Err(close) = result {
                 return close;
             }
+        }
+    }
+
+    /// Waits while a write is pending. The outbox is not drained meanwhile: a client that does not
+    /// read lets its outbox fill and overflow (slow consumer) instead of growing `pending`.
+    async fn wait_writing(&self, deadline: Instant, reading: bool) -> Result<Wake, Close> {
+        let handle = self.handle.as_deref();
+        tokio::select! {
+            biased;
+            _ = self.node.shutdown.cancelled() => Err(Disconnect::SHUTDOWN.into()),
+            // Marked slow while the write waits on a full socket: give up now.
+            _ = wait_slowed(handle) => Err(Disconnect::SLOW.into()),
+            writable = self.ws.writable() => match writable {
+                Ok(()) => Ok(Wake::Writable),
+                Err(_) => Err(Close::gone("write error")),
+            },
+            readable = self.ws.readable(), if reading => match readable {
+                Ok(()) => Ok(Wake::Readable),
+                Err(_) => Err(Close::gone("read error")),
+            },
+            _ = sleep_until(deadline.into()) => Ok(Wake::Timer),
         }
     }
 
