@@ -118,9 +118,19 @@ pub struct ClientConfig {
     /// Bytes queued in all outboxes of this node together; above it the connections with the
     /// largest outboxes are closed as slow first. 0 disables the node-wide budget.
     pub outbox_budget: usize,
-    /// Kernel send buffer per client socket in bytes (SO_SNDBUF); 0 keeps the kernel's autotuning.
-    /// A fixed size bounds the kernel memory a stalled client can hold.
+    /// Kernel send buffer per client socket in bytes (SO_SNDBUF); 0 keeps the kernel's autotuning
+    /// (up to net.ipv4.tcp_wmem's max, 4 MiB by default). A fixed size bounds the kernel memory a
+    /// stalled client can hold (Linux accounts twice the value, overhead included).
     pub send_buffer: usize,
+    /// A write to a client that makes no progress for this long closes the connection at once
+    /// (reset): the client does not read.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Sustained WebSocket pings per second a client may send (token bucket); more closes the
+    /// connection with 1008. 0 disables the limit.
+    pub max_ping_rate: u32,
+    /// Burst of WebSocket pings allowed above the sustained rate.
+    pub ping_burst: u32,
     pub token: TokenConfig,
 }
 
@@ -143,7 +153,10 @@ impl Default for ClientConfig {
             connection_rate_per_ip: 0,
             connection_burst_per_ip: 50,
             outbox_budget: 1 << 30,
-            send_buffer: 0,
+            send_buffer: 256 << 10,
+            write_timeout: Duration::from_secs(10),
+            max_ping_rate: 2,
+            ping_burst: 10,
             token: TokenConfig::default(),
         }
     }
@@ -1114,6 +1127,9 @@ pub struct NamespaceOptions {
     pub proxy_subscribe: bool,
     /// Client publishes are checked (and may be rewritten) by the backend (`proxy.publish_endpoint`).
     pub proxy_publish: bool,
+    /// Most publications one client `history` call returns; a larger `limit`, or -1 (all), is
+    /// capped to it. The server API is not limited.
+    pub client_history_max_limit: usize,
 }
 
 impl Default for NamespaceOptions {
@@ -1145,6 +1161,7 @@ impl Default for NamespaceOptions {
             window_max_bytes: 256 << 10,
             proxy_subscribe: false,
             proxy_publish: false,
+            client_history_max_limit: 300,
         }
     }
 }
@@ -1276,6 +1293,7 @@ impl Config {
             ("client.connect_timeout", c.connect_timeout),
             ("client.ping_interval", c.ping_interval),
             ("client.pong_timeout", c.pong_timeout),
+            ("client.write_timeout", c.write_timeout),
         ] {
             if value.is_zero() {
                 return Err(field(name, "must be greater than zero"));
@@ -1298,6 +1316,12 @@ impl Config {
             return Err(field(
                 "client.connection_burst_per_ip",
                 "must be greater than zero when connection_rate_per_ip is set",
+            ));
+        }
+        if c.max_ping_rate > 0 && c.ping_burst == 0 {
+            return Err(field(
+                "client.ping_burst",
+                "must be greater than zero when max_ping_rate is set",
             ));
         }
         if c.command_rate > 0 && c.command_burst == 0 {
@@ -1448,6 +1472,12 @@ fn validate_namespace(prefix: &str, ns: &NamespaceOptions) -> Result<(), ConfigE
                 "must be greater than zero",
             ));
         }
+    }
+    if ns.client_history_max_limit == 0 {
+        return Err(field(
+            format!("{prefix}.client_history_max_limit"),
+            "must be greater than zero (allow_history_* = false turns client history off)",
+        ));
     }
     if ns.window_max_bytes == 0 {
         return Err(field(
@@ -1631,6 +1661,29 @@ mod tests {
         );
         let e = load_str("[client\n", &[], &[]).unwrap_err().to_string();
         assert!(e.contains("invalid TOML"), "{e}");
+    }
+
+    #[test]
+    fn hostile_client_limits_are_validated_naming_the_field() {
+        let c = Config::default();
+        assert_eq!(c.client.send_buffer, 256 << 10, "bounded by default");
+        assert_eq!(c.client.write_timeout, Duration::from_secs(10));
+        assert_eq!(c.channel.without_namespace.client_history_max_limit, 300);
+        for (text, named) in [
+            (
+                "[client]\nwrite_timeout = \"0s\"\n",
+                "client.write_timeout:",
+            ),
+            ("[client]\nping_burst = 0\n", "client.ping_burst:"),
+            (
+                "[channel.without_namespace]\nclient_history_max_limit = 0\n",
+                "channel.without_namespace.client_history_max_limit:",
+            ),
+        ] {
+            let e = load_str(text, &[], &[]).unwrap_err().to_string();
+            assert!(e.starts_with(named), "{e}");
+        }
+        assert!(load_str("[client]\nmax_ping_rate = 0\nping_burst = 0\n", &[], &[]).is_ok());
     }
 
     #[test]

@@ -34,6 +34,7 @@ format = "text"
 connect_timeout = "10s"
 # The server pings every ping_interval; a client that does not answer within pong_timeout is
 # closed (3012 no pong). This also finds peers that vanished without closing their socket.
+# Only messages count as an answer: WebSocket pings do not keep a connection alive.
 ping_interval = "25s"
 pong_timeout = "8s"
 # Connections above this are refused at the handshake with HTTP 503.
@@ -44,7 +45,8 @@ max_message_size = 65536
 max_commands_per_frame = 100
 # Most channels one connection may subscribe to (more: error 106 limit exceeded).
 max_channels = 128
-# Bytes queued for one connection before it is closed as a slow consumer (3008 slow).
+# Bytes queued for one connection before it is closed as a slow consumer (3008 slow). Replies
+# and pongs owed to a client count too: while they are over it, the client's input is not read.
 max_outbox_bytes = 1048576
 # Items queued for one connection before the same overflow policy applies.
 max_outbox_messages = 10000
@@ -64,8 +66,15 @@ connection_burst_per_ip = 50
 # Bytes queued in all outboxes of this node together (1 GiB). Every 100 ms, above it, the
 # connections with the largest outboxes are closed as slow (3008) until the rest fits. 0: no budget.
 outbox_budget = 1073741824
-# Kernel send buffer per client socket in bytes (SO_SNDBUF); 0 keeps the kernel's autotuning.
-send_buffer = 0
+# Kernel send buffer per client socket in bytes (SO_SNDBUF; 256 KiB, the kernel accounts twice
+# that); 0 keeps the kernel's autotuning (up to 4 MiB per socket).
+send_buffer = 262144
+# A write to a client that makes no progress for this long closes it at once (reset).
+write_timeout = "10s"
+# WebSocket pings a client may send per second, and the burst above it (more: close 1008).
+# max_ping_rate = 0 disables the limit.
+max_ping_rate = 2
+ping_burst = 10
 
 [client.token]
 # Connection and subscription tokens are JWTs. Configure at least one key source.
@@ -117,6 +126,8 @@ allow_presence_for_anonymous = false
 allow_history_for_subscriber = false
 allow_history_for_client = false
 allow_history_for_anonymous = false
+# Most publications one client history call returns (a larger limit, or -1, is capped).
+client_history_max_limit = 300
 # Channels "name#alice,bob" may be subscribed to by the listed users only.
 allow_user_limited_channels = false
 # Storm control (docs/storm-control.md). Deliver each channel's publications in windows: one frame

@@ -94,6 +94,11 @@ pub struct Metrics {
     device_positions_stored: Counter,
     device_positions_quarantined: Counter,
     device_writer_errors: Counter,
+    /// Times a connection's unanswered input waited, unread, because its output had reached
+    /// `client.max_outbox_bytes`.
+    pub client_reads_paused: Counter,
+    /// Client `history` calls whose limit was capped at the namespace's `client_history_max_limit`.
+    pub client_history_capped: Counter,
 }
 
 /// Device ingest counters, copied into the registry when metrics are rendered.
@@ -152,6 +157,8 @@ impl Metrics {
             device_positions_stored: Counter::default(),
             device_positions_quarantined: Counter::default(),
             device_writer_errors: Counter::default(),
+            client_reads_paused: Counter::default(),
+            client_history_capped: Counter::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
@@ -320,6 +327,16 @@ impl Metrics {
             "device_writer_errors",
             "Failed database writes of device positions (each retried)",
             m.device_writer_errors.clone(),
+        );
+        registry.register(
+            "client_reads_paused",
+            "Times a connection's input waited unread because its output reached client.max_outbox_bytes",
+            m.client_reads_paused.clone(),
+        );
+        registry.register(
+            "client_history_capped",
+            "Client history calls whose limit was capped at the namespace's client_history_max_limit",
+            m.client_history_capped.clone(),
         );
         Metrics {
             registry: parking_lot::Mutex::new(registry),

@@ -30,29 +30,49 @@ use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::time::{sleep_until, timeout};
+use tokio::time::sleep_until;
 
 /// Largest frame the server builds when it merges several messages into one.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// A client that rejects this many commands in a row for rate is disconnected.
 const MAX_RATE_REJECTIONS: u32 = 100;
 
+/// How a session's connection is ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Pending replies, then a close frame, then a short wait for the peer's close.
+    Polite,
+    /// The same without waiting for the peer: it was silent or hostile, and is not given more
+    /// time than its timeout.
+    Brief,
+    /// The socket is unusable or the peer is gone: nothing more is written.
+    Silent,
+    /// The peer does not read (slow consumer, stalled write): a reset at once, dropping what the
+    /// kernel still holds for it, so neither the client nor kernel memory waits behind stale data.
+    Abort,
+}
+
 /// Why the session ends, sent as the WebSocket close code and reason.
 #[derive(Debug, Clone)]
 pub struct Close {
     pub code: u16,
     pub reason: String,
-    /// The socket is unusable or the peer is gone: do not try to write a close frame.
-    pub silent: bool,
+    pub ending: Ending,
     pub label: &'static str,
 }
 
 impl From<Disconnect> for Close {
     fn from(d: Disconnect) -> Self {
+        // A slow consumer is not waited for, whichever way it was detected.
+        let ending = if d == Disconnect::SLOW {
+            Ending::Abort
+        } else {
+            Ending::Polite
+        };
         Close {
             code: d.code,
             reason: d.reason.to_string(),
-            silent: false,
+            ending,
             label: d.label(),
         }
     }
@@ -64,7 +84,7 @@ impl Close {
         Close {
             code,
             reason,
-            silent: false,
+            ending: Ending::Polite,
             label: "backend disconnect",
         }
     }
@@ -73,10 +93,39 @@ impl Close {
         Close {
             code: 3000,
             reason: String::new(),
-            silent: true,
+            ending: Ending::Silent,
             label,
         }
     }
+
+    /// A write made no progress for `client.write_timeout`: the peer does not read.
+    fn write_timeout() -> Close {
+        Close {
+            label: "write timeout",
+            ..Disconnect::SLOW.into()
+        }
+    }
+
+    /// More WebSocket pings than `client.max_ping_rate` allows.
+    fn ping_flood() -> Close {
+        Close {
+            code: CLOSE_POLICY_VIOLATION,
+            reason: "too many pings (client.max_ping_rate)".to_string(),
+            ending: Ending::Brief,
+            label: "ping flood",
+        }
+    }
+}
+
+/// RFC 6455's code for a peer that broke the server's policy.
+const CLOSE_POLICY_VIOLATION: u16 = 1008;
+
+/// Input read from the socket and not yet answered: the session stops reading more while its
+/// output is over the bound, and answers the rest when the output has drained.
+#[derive(Default)]
+struct Backlog {
+    messages: VecDeque<Incoming>,
+    commands: VecDeque<(u32, Method)>,
 }
 
 /// Where a new subscriber starts: publications for its reply, the stream position, and whether
@@ -133,14 +182,18 @@ pub struct Session {
     slots: HashMap<u32, u64>,
     next_slot: u32,
     bucket: TokenBucket,
+    /// WebSocket pings allowed (`client.max_ping_rate`).
+    ping_bucket: TokenBucket,
     rate_rejections: u32,
     connect_deadline: Instant,
     expires_at: Option<Instant>,
     next_ping: Instant,
     pong_deadline: Option<Instant>,
-    /// Messages waiting to be written, merged into frames by `flush`.
+    /// Messages waiting to be written, merged into frames by `write_some`.
     pending: Vec<Bytes>,
     pending_bytes: usize,
+    /// Input not yet answered (none while idle).
+    backlog: Option<Box<Backlog>>,
     drained: VecDeque<OutItem>,
     /// Handshake headers forwarded to proxy hooks (only those in `proxy.forward_headers`).
     forwarded: Vec<(http::HeaderName, http::HeaderValue)>,
@@ -160,6 +213,7 @@ impl Session {
         let c = &node.config.client;
         Session {
             bucket: TokenBucket::new(c.command_rate, c.command_burst, now),
+            ping_bucket: TokenBucket::new(c.max_ping_rate, c.ping_burst, now),
             connect_deadline: now + c.connect_timeout,
             next_ping: now + c.ping_interval,
             node,
@@ -175,6 +229,7 @@ impl Session {
             pong_deadline: None,
             pending: Vec::new(),
             pending_bytes: 0,
+            backlog: None,
             drained: VecDeque::new(),
             forwarded,
             meta: None,
@@ -204,25 +259,39 @@ impl Session {
             let hooks = &self.node.hooks;
             hooks.disconnect(&handle.client, &self.user, close.code, reason);
         }
-        if close.code == Disconnect::SLOW.code {
-            // Nothing more is written to a peer that does not read, apart from the close frame.
-            self.pending.clear();
-        }
-        if !close.silent {
-            // Replies to the commands before the one that ended the session still go out first.
-            if self.flush().await.is_err() {
-                self.cleanup().await;
-                return;
+        match close.ending {
+            Ending::Abort => {
+                self.pending.clear();
+                self.ws.abort(Some((close.code, &close.reason)));
             }
-            let write_timeout = self.node.config.client.pong_timeout;
-            if let Ok(Ok(())) =
-                timeout(write_timeout, self.ws.send_close(close.code, &close.reason)).await
-            {
-                // Give the peer a moment to acknowledge so the close frame is not lost in a reset.
-                self.ws.drain_until_closed(Duration::from_secs(1)).await;
-            }
+            Ending::Silent => {}
+            Ending::Polite | Ending::Brief => Box::pin(self.close_politely(&close)).await,
         }
         self.cleanup().await;
+    }
+
+    /// Replies to the commands before the one that ended the session go out first, then the close
+    /// frame, as long as the peer keeps reading (a write without progress for `write_timeout`
+    /// ends in a reset). Boxed: only closing connections pay for its state.
+    async fn close_politely(&mut self, close: &Close) {
+        let stall = self.node.config.client.write_timeout;
+        let messages = std::mem::take(&mut self.pending);
+        let mut written = self.ws.write_queued(stall).await;
+        if written.is_ok() && !messages.is_empty() {
+            self.ws.queue_text(&messages, MAX_BATCH_BYTES);
+            written = self.ws.write_queued(stall).await;
+        }
+        drop(messages);
+        if written.is_ok() {
+            self.ws.queue_close(close.code, &close.reason);
+            written = self.ws.write_queued(stall).await;
+        }
+        match (written, close.ending) {
+            // Give the peer a moment to acknowledge so the close frame is not lost in a reset.
+            (Ok(()), Ending::Polite) => self.ws.drain_until_closed(Duration::from_secs(1)).await,
+            (Ok(()), _) => self.ws.shutdown().await,
+            (Err(_), _) => self.ws.abort(None),
+        }
     }
 
     /// The connection's loop. The idle state is small on purpose (one task per connection, many
@@ -234,24 +303,42 @@ impl Session {
             }
         }
         loop {
-            if let Err(close) = Box::pin(self.flush()).await {
+            if self.backlog.is_some() && !self.output_full() {
+                if let Err(close) = Box::pin(self.process_input()).await {
+                    return close;
+                }
+            }
+            if let Err(close) = self.write_some() {
                 return close;
             }
+            let writing = self.ws.is_writing();
+            // Reading waits while the output is over the bound or input is still unanswered, so
+            // what a connection makes the server hold is bounded whatever it sends.
+            let reading = self.backlog.is_none() && !self.output_full();
             let deadline = self.next_deadline();
-            let node = self.node.clone();
-            let outbox_wait = wait_outbox(self.handle.as_deref().map(|h| &h.outbox));
-            let wake = tokio::select! {
-                biased;
-                _ = node.shutdown.cancelled() => return Disconnect::SHUTDOWN.into(),
-                _ = outbox_wait => Wake::Outbox,
-                readable = self.ws.readable() => match readable {
-                    Ok(()) => Wake::Readable,
-                    Err(_) => return Close::gone("read error"),
-                },
-                _ = sleep_until(deadline.into()) => Wake::Timer,
+            let wake = if writing {
+                // Boxed: only connections with a write pending pay for this state.
+                match Box::pin(self.wait_writing(deadline, reading)).await {
+                    Ok(wake) => wake,
+                    Err(close) => return close,
+                }
+            } else {
+                let node = self.node.clone();
+                let outbox = self.handle.as_deref().map(|h| &h.outbox);
+                tokio::select! {
+                    biased;
+                    _ = node.shutdown.cancelled() => return Disconnect::SHUTDOWN.into(),
+                    _ = wait_outbox(outbox) => Wake::Outbox,
+                    readable = self.ws.readable(), if reading => match readable {
+                        Ok(()) => Wake::Readable,
+                        Err(_) => return Close::gone("read error"),
+                    },
+                    _ = sleep_until(deadline.into()) => Wake::Timer,
+                }
             };
             let result = match wake {
                 Wake::Outbox => Box::pin(self.drain_outbox()).await,
+                Wake::Writable => Ok(()),
                 Wake::Readable => Box::pin(self.read_input()).await,
                 Wake::Timer => match Box::pin(self.refresh_by_backend())
                     .await
@@ -267,6 +354,35 @@ impl Session {
         }
     }
 
+    /// Waits while a write is pending. The outbox is not drained meanwhile: a client that does not
+    /// read lets its outbox fill and overflow (slow consumer) instead of growing `pending`.
+    async fn wait_writing(&self, deadline: Instant, reading: bool) -> Result<Wake, Close> {
+        let handle = self.handle.as_deref();
+        tokio::select! {
+            biased;
+            _ = self.node.shutdown.cancelled() => Err(Disconnect::SHUTDOWN.into()),
+            // Marked slow while the write waits on a full socket: give up now.
+            _ = wait_slowed(handle) => Err(Disconnect::SLOW.into()),
+            writable = self.ws.writable() => match writable {
+                Ok(()) => Ok(Wake::Writable),
+                Err(_) => Err(Close::gone("write error")),
+            },
+            readable = self.ws.readable(), if reading => match readable {
+                Ok(()) => Ok(Wake::Readable),
+                Err(_) => Err(Close::gone("read error")),
+            },
+            _ = sleep_until(deadline.into()) => Ok(Wake::Timer),
+        }
+    }
+
+    /// Whether the output owed to the client (replies, pushes, pongs not yet handed to the
+    /// kernel) has reached `client.max_outbox_bytes`.
+    fn output_full(&self) -> bool {
+        self.pending_bytes + self.ws.queued_out() >= self.node.config.client.max_outbox_bytes
+    }
+
+    /// Reads what the socket has into the backlog, then answers it as far as the output bound
+    /// allows.
     async fn read_input(&mut self) -> Result<(), Close> {
         let mut incoming = Vec::new();
         let read = match self.ws.read_available(&mut incoming) {
@@ -285,28 +401,71 @@ impl Session {
                 return Err(Close {
                     code: v.code,
                     reason: v.reason.to_string(),
-                    silent: false,
+                    ending: Ending::Polite,
                     label,
                 });
             }
         };
         if read > 0 {
-            // Any input proves the peer is alive, including WebSocket-level pings.
-            self.pong_deadline = None;
             self.node.metrics.bytes_in.inc_by(read as u64);
         }
-        for item in incoming {
-            match item {
-                Incoming::Message(payload) => self.handle_frame(&payload).await?,
-                Incoming::Close(_) => {
+        let pings = self.ws.take_pings();
+        if pings > 0 {
+            let now = Instant::now();
+            if !(0..pings).all(|_| self.ping_bucket.take(now)) {
+                return Err(Close::ping_flood());
+            }
+        }
+        // Messages prove the peer is alive; WebSocket pings do not (a client that only pings and
+        // never reads must not outlive the pong timeout).
+        if incoming.iter().any(|i| matches!(i, Incoming::Message(_))) {
+            self.pong_deadline = None;
+        }
+        if !incoming.is_empty() {
+            self.backlog
+                .get_or_insert_with(Box::default)
+                .messages
+                .extend(incoming);
+        }
+        self.process_input().await
+    }
+
+    /// Answers backlogged input until it is all answered or the output is over the bound.
+    async fn process_input(&mut self) -> Result<(), Close> {
+        while !self.output_full() {
+            let Some(backlog) = self.backlog.as_mut() else {
+                return Ok(());
+            };
+            if let Some((id, method)) = backlog.commands.pop_front() {
+                self.handle_command(id, method).await?;
+                continue;
+            }
+            match backlog.messages.pop_front() {
+                Some(Incoming::Message(payload)) => {
+                    let max = self.node.config.client.max_commands_per_frame;
+                    let commands = match decode_frame(&payload, max) {
+                        Ok(commands) => commands,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "bad client frame");
+                            return Err(Disconnect::BAD_REQUEST.into());
+                        }
+                    };
+                    backlog.commands.extend(commands);
+                }
+                Some(Incoming::Close(_)) => {
                     return Err(Close {
                         code: 1000,
                         reason: String::new(),
-                        silent: false,
+                        ending: Ending::Polite,
                         label: "connection closed",
                     })
                 }
+                None => self.backlog = None,
             }
+        }
+        if self.backlog.is_some() {
+            // The rest waits, unread, until the client has taken its output.
+            self.node.metrics.client_reads_paused.inc();
         }
         Ok(())
     }
@@ -317,7 +476,14 @@ impl Session {
         } else {
             self.next_ping
         };
-        for candidate in [self.pong_deadline, self.expires_at].into_iter().flatten() {
+        let write_stall = self
+            .ws
+            .stalled_since()
+            .map(|since| since + self.node.config.client.write_timeout);
+        for candidate in [self.pong_deadline, self.expires_at, write_stall]
+            .into_iter()
+            .flatten()
+        {
             deadline = deadline.min(candidate);
         }
         for sub in self.subs.values() {
@@ -330,14 +496,32 @@ impl Session {
 
     fn on_timer(&mut self) -> Result<(), Close> {
         let now = Instant::now();
+        let write_timeout = self.node.config.client.write_timeout;
+        if self
+            .ws
+            .stalled_since()
+            .is_some_and(|since| now >= since + write_timeout)
+        {
+            return Err(Close::write_timeout());
+        }
+        // A client closed for silence that has not taken what it is owed either is not waited
+        // for: it is gone by the timeout, not by the timeout plus a write timeout.
+        let unresponsive = |disconnect: Disconnect, writing: bool| Close {
+            ending: if writing {
+                Ending::Abort
+            } else {
+                Ending::Brief
+            },
+            ..disconnect.into()
+        };
         if self.handle.is_none() {
             if now >= self.connect_deadline {
-                return Err(Disconnect::STALE.into());
+                return Err(unresponsive(Disconnect::STALE, self.ws.is_writing()));
             }
             return Ok(());
         }
         if self.pong_deadline.is_some_and(|d| now >= d) {
-            return Err(Disconnect::NO_PONG.into());
+            return Err(unresponsive(Disconnect::NO_PONG, self.ws.is_writing()));
         }
         if self.expires_at.is_some_and(|at| now >= at) {
             return Err(Disconnect::EXPIRED.into());
@@ -383,42 +567,22 @@ impl Session {
         self.pending.push(message);
     }
 
-    /// Writes pending messages, merged with newlines into as few frames as possible, in one write.
-    async fn flush(&mut self) -> Result<(), Close> {
-        if self.pending.is_empty() {
-            return match self.ws.flush_control().await {
-                Ok(()) => Ok(()),
-                Err(_) => Err(Close::gone("write error")),
-            };
+    /// Starts writing pending messages (merged with newlines into as few frames as possible) once
+    /// the previous write is done, and hands the kernel what it takes without waiting.
+    fn write_some(&mut self) -> Result<(), Close> {
+        if !self.pending.is_empty() && !self.ws.is_writing() {
+            let messages = std::mem::take(&mut self.pending);
+            self.pending_bytes = 0;
+            let (bytes, frames) = self.ws.queue_text(&messages, MAX_BATCH_BYTES);
+            self.node.metrics.bytes_out.inc_by(bytes as u64);
+            self.node.metrics.frames_out.inc_by(frames as u64);
         }
-        let messages = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
-        let write_timeout = self.node.config.client.pong_timeout;
-        let handle = self.handle.clone();
-        let write = timeout(write_timeout, self.ws.send_text(&messages, MAX_BATCH_BYTES));
-        let written = tokio::select! {
-            written = write => written,
-            // Marked slow while this write waits on a full socket: give up now (the frame may be
-            // cut, so nothing more is written, not even a close frame).
-            _ = wait_slowed(handle.as_deref()) => {
-                return Err(Close { silent: true, ..Disconnect::SLOW.into() });
-            }
-        };
-        match written {
-            Ok(Ok((bytes, frames))) => {
-                self.node.metrics.bytes_out.inc_by(bytes as u64);
-                self.node.metrics.frames_out.inc_by(frames as u64);
-                Ok(())
-            }
-            Ok(Err(e)) => {
+        match self.ws.try_write() {
+            Ok(_) => Ok(()),
+            Err(e) => {
                 tracing::debug!(error = %e, "websocket write failed");
                 Err(Close::gone("write error"))
             }
-            // The client does not read: it is a slow consumer.
-            Err(_) => Err(Close {
-                silent: true,
-                ..Disconnect::SLOW.into()
-            }),
         }
     }
 
@@ -529,7 +693,7 @@ impl Session {
             Control::Disconnect { code, reason, .. } => Err(Close {
                 code,
                 reason,
-                silent: false,
+                ending: Ending::Polite,
                 label: "server disconnect",
             }),
             Control::Subscribe { channel, .. } => {
@@ -558,55 +722,46 @@ impl Session {
         }
     }
 
-    async fn handle_frame(&mut self, frame: &[u8]) -> Result<(), Close> {
-        let commands = match decode_frame(frame, self.node.config.client.max_commands_per_frame) {
-            Ok(commands) => commands,
-            Err(e) => {
-                tracing::debug!(error = %e, "bad client frame");
-                return Err(Disconnect::BAD_REQUEST.into());
+    async fn handle_command(&mut self, id: u32, method: Method) -> Result<(), Close> {
+        let name = method.name();
+        if matches!(method, Method::Pong) {
+            return Ok(());
+        }
+        self.node.metrics.command(name);
+        if self.handle.is_none() && !matches!(method, Method::Connect(_)) {
+            return Err(Disconnect::BAD_REQUEST.into());
+        }
+        if !self.bucket.take(Instant::now()) {
+            self.rate_rejections += 1;
+            if self.rate_rejections >= MAX_RATE_REJECTIONS {
+                return Err(Disconnect::TOO_MANY_REQUESTS.into());
             }
+            self.reply_error(id, name, ErrorCode::TooManyRequests.into());
+            return Ok(());
+        }
+        self.rate_rejections = 0;
+        let body: Result<ReplyBody, ReplyError> = match method {
+            Method::Pong => return Ok(()),
+            Method::Connect(req) => self.connect(req).await?,
+            Method::Subscribe(req) => self.subscribe(req).await?,
+            Method::Unsubscribe(req) => self.unsubscribe(req).await.map_err(Into::into),
+            Method::Publish(req) => self.publish(req).await?,
+            Method::Presence(req) => self.presence(req).await.map_err(Into::into),
+            Method::PresenceStats(req) => self.presence_stats(req).await.map_err(Into::into),
+            Method::History(req) => self.history(req).await.map_err(Into::into),
+            Method::Ping => Ok(ReplyBody::Ping),
+            Method::Send(req) => {
+                self.send(req);
+                return Ok(());
+            }
+            Method::Rpc(req) => self.rpc(req).await?,
+            Method::Refresh(req) => self.refresh(req)?.map_err(Into::into),
+            Method::SubRefresh(req) => self.sub_refresh(req)?.map_err(Into::into),
+            Method::Unknown => Err(ErrorCode::MethodNotFound.into()),
         };
-        for (id, method) in commands {
-            let name = method.name();
-            if matches!(method, Method::Pong) {
-                continue;
-            }
-            self.node.metrics.command(name);
-            if self.handle.is_none() && !matches!(method, Method::Connect(_)) {
-                return Err(Disconnect::BAD_REQUEST.into());
-            }
-            if !self.bucket.take(Instant::now()) {
-                self.rate_rejections += 1;
-                if self.rate_rejections >= MAX_RATE_REJECTIONS {
-                    return Err(Disconnect::TOO_MANY_REQUESTS.into());
-                }
-                self.reply_error(id, name, ErrorCode::TooManyRequests.into());
-                continue;
-            }
-            self.rate_rejections = 0;
-            let body: Result<ReplyBody, ReplyError> = match method {
-                Method::Pong => continue,
-                Method::Connect(req) => self.connect(req).await?,
-                Method::Subscribe(req) => self.subscribe(req).await?,
-                Method::Unsubscribe(req) => self.unsubscribe(req).await.map_err(Into::into),
-                Method::Publish(req) => self.publish(req).await?,
-                Method::Presence(req) => self.presence(req).await.map_err(Into::into),
-                Method::PresenceStats(req) => self.presence_stats(req).await.map_err(Into::into),
-                Method::History(req) => self.history(req).await.map_err(Into::into),
-                Method::Ping => Ok(ReplyBody::Ping),
-                Method::Send(req) => {
-                    self.send(req);
-                    continue;
-                }
-                Method::Rpc(req) => self.rpc(req).await?,
-                Method::Refresh(req) => self.refresh(req)?.map_err(Into::into),
-                Method::SubRefresh(req) => self.sub_refresh(req)?.map_err(Into::into),
-                Method::Unknown => Err(ErrorCode::MethodNotFound.into()),
-            };
-            match body {
-                Ok(body) => self.reply(id, &body),
-                Err(code) => self.reply_error(id, name, code),
-            }
+        match body {
+            Ok(body) => self.reply(id, &body),
+            Err(code) => self.reply_error(id, name, code),
         }
         Ok(())
     }
@@ -1175,9 +1330,13 @@ impl Session {
         ) {
             return Err(ErrorCode::PermissionDenied);
         }
+        let limit = client_history_limit(req.limit, ns.client_history_max_limit);
+        if limit != history_limit(req.limit) {
+            self.node.metrics.client_history_capped.inc();
+        }
         let query = HistoryQuery {
             since: req.since,
-            limit: history_limit(req.limit),
+            limit,
             reverse: req.reverse,
         };
         let page = self
@@ -1269,8 +1428,15 @@ pub fn history_limit(limit: i32) -> Option<usize> {
     }
 }
 
+/// History `limit` of a client call, capped at the namespace's `client_history_max_limit` ("all"
+/// included): one call cannot make the server build a reply of the whole stream.
+pub fn client_history_limit(limit: i32, max: usize) -> Option<usize> {
+    Some(history_limit(limit).map_or(max, |limit| limit.min(max)))
+}
+
 enum Wake {
     Outbox,
+    Writable,
     Readable,
     Timer,
 }
@@ -1286,5 +1452,19 @@ async fn wait_outbox(outbox: Option<&Outbox>) {
     match outbox {
         Some(outbox) => outbox.wait().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_history_limits_are_capped_at_the_namespace_max() {
+        assert_eq!(client_history_limit(-1, 300), Some(300), "all is capped");
+        assert_eq!(client_history_limit(1000, 300), Some(300));
+        assert_eq!(client_history_limit(20, 300), Some(20));
+        assert_eq!(client_history_limit(0, 300), Some(0), "position only");
+        assert_eq!(history_limit(-1), None, "the API is not capped");
     }
 }

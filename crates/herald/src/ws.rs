@@ -4,12 +4,14 @@
 //! which alone is twice Herald's budget for an idle connection. Here nothing is buffered while a
 //! connection is idle: the session waits for readiness, then [`WsConn::read_available`] reads what
 //! the kernel has into a stack buffer and keeps only an incomplete frame's bytes. Writes are built
-//! into one buffer per flush (frames for several messages) and written with one call.
+//! into one buffer (frames for several messages) and written without waiting: the session keeps
+//! serving its timers while a write is pending, and measures how long the write made no progress.
 //!
-//! The parser ([`parse_frame`]) is pure so it is tested and fuzzed directly.
+//! The parsers ([`parse_frame`], [`parse_close`]) are pure so they are tested and fuzzed directly.
 
 use bytes::Bytes;
 use std::io;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -111,6 +113,47 @@ pub fn parse_frame(buf: &[u8], max_payload: usize) -> Result<Option<(Frame, usiz
     )))
 }
 
+/// Whether a client may send `code` in a close frame (RFC 6455 §7.4): the codes defined for use
+/// in frames (1004, 1005, 1006 and 1015 are not), the IANA-registered 1012-1014, and the ranges for
+/// libraries and applications (3000-4999). Anything else is a protocol error.
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Checks a client's close payload (RFC 6455 §5.5.1): empty, or a valid code followed by a UTF-8
+/// reason. Returns the code, if any.
+pub fn parse_close(payload: &[u8]) -> Result<Option<u16>, Violation> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(violation(CLOSE_PROTOCOL_ERROR, "close payload of one byte")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !valid_close_code(code) {
+                return Err(violation(CLOSE_PROTOCOL_ERROR, "invalid close code"));
+            }
+            if std::str::from_utf8(reason).is_err() {
+                return Err(violation(
+                    CLOSE_INVALID_PAYLOAD,
+                    "close reason is not UTF-8",
+                ));
+            }
+            Ok(Some(code))
+        }
+    }
+}
+
+/// Appends a close frame with `code` and `reason` (cut to fit a control frame).
+fn write_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let reason = &reason.as_bytes()[..cut];
+    write_header(out, OP_CLOSE, 2 + reason.len());
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(reason);
+}
+
 /// Appends a server frame header (servers do not mask).
 pub fn write_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
     out.push(0x80 | opcode);
@@ -155,8 +198,15 @@ pub struct WsConn {
     message_opcode: u8,
     in_message: bool,
     max_message: usize,
-    /// Control frames (pongs) to write with the next flush.
+    /// Control frames (pongs, close) owed to the peer, written once `out` is done.
     control: Vec<u8>,
+    /// Frames being written; `out[written..]` is still to go. Empty (no allocation) when idle.
+    out: Vec<u8>,
+    written: usize,
+    /// When the pending write last made progress (or started).
+    progress_at: Instant,
+    /// Pings received since the session last asked ([`WsConn::take_pings`]).
+    pings: u32,
 }
 
 /// Upper bound of one read burst, so one busy client cannot monopolize its task.
@@ -173,7 +223,37 @@ impl WsConn {
             in_message: false,
             max_message,
             control: Vec::new(),
+            out: Vec::new(),
+            written: 0,
+            progress_at: Instant::now(),
+            pings: 0,
         }
+    }
+
+    /// Waits until the socket can take more bytes. Cancel-safe.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.io.writable().await
+    }
+
+    /// Bytes owed to the peer and not yet handed to the kernel: frames being written and control
+    /// frames (pongs) waiting behind them.
+    pub fn queued_out(&self) -> usize {
+        self.out.len() - self.written + self.control.len()
+    }
+
+    /// Whether anything is waiting to be handed to the kernel.
+    pub fn is_writing(&self) -> bool {
+        self.queued_out() > 0
+    }
+
+    /// While a write is pending: since when it has made no progress.
+    pub fn stalled_since(&self) -> Option<Instant> {
+        self.is_writing().then_some(self.progress_at)
+    }
+
+    /// Pings received since the last call (each already answered with a queued pong).
+    pub fn take_pings(&mut self) -> u32 {
+        std::mem::take(&mut self.pings)
     }
 
     /// Waits until the socket is readable. Cancel-safe and holds no buffer.
@@ -221,16 +301,14 @@ impl WsConn {
             consumed += used;
             match frame.opcode {
                 OP_PING => {
+                    // Owed pongs count against the session's output bound (`queued_out`).
+                    self.pings = self.pings.saturating_add(1);
                     write_header(&mut self.control, OP_PONG, frame.payload.len());
                     self.control.extend_from_slice(&frame.payload);
                 }
                 OP_PONG => {}
                 OP_CLOSE => {
-                    let code = frame
-                        .payload
-                        .get(..2)
-                        .map(|c| u16::from_be_bytes([c[0], c[1]]));
-                    out.push(Incoming::Close(code));
+                    out.push(Incoming::Close(parse_close(&frame.payload)?));
                     break;
                 }
                 opcode => {
@@ -271,15 +349,14 @@ impl WsConn {
         Ok(())
     }
 
-    /// Writes `messages` as text frames: merged with newlines into frames of at most `max_frame`
-    /// bytes (a single larger message keeps its own frame), with one write call.
-    /// Returns (bytes of payload, frames written).
-    pub async fn send_text(
-        &mut self,
-        messages: &[Bytes],
-        max_frame: usize,
-    ) -> io::Result<(usize, usize)> {
+    /// Queues `messages` as text frames: merged with newlines into frames of at most `max_frame`
+    /// bytes (a single larger message keeps its own frame). Call only when nothing is being
+    /// written (`!is_writing()`); [`WsConn::try_write`] hands them to the kernel.
+    /// Returns (bytes of payload, frames queued).
+    pub fn queue_text(&mut self, messages: &[Bytes], max_frame: usize) -> (usize, usize) {
+        debug_assert!(self.out.len() == self.written);
         let total: usize = messages.iter().map(|m| m.len() + 1).sum();
+        // Pongs owed go first, in the same write.
         let mut out = std::mem::take(&mut self.control);
         out.reserve(total + 10 * (1 + total / max_frame.max(1)));
         let mut frames = 0;
@@ -302,35 +379,84 @@ impl WsConn {
             frames += 1;
             i = j;
         }
-        self.io.write_all(&out).await?;
-        Ok((total.saturating_sub(messages.len()), frames))
+        self.start(out);
+        (total.saturating_sub(messages.len()), frames)
     }
 
-    /// Writes queued control frames (pongs), if any.
-    pub async fn flush_control(&mut self) -> io::Result<()> {
-        if self.control.is_empty() {
-            return Ok(());
+    fn start(&mut self, out: Vec<u8>) {
+        if !out.is_empty() {
+            self.out = out;
+            self.written = 0;
+            self.progress_at = Instant::now();
         }
-        let out = std::mem::take(&mut self.control);
-        self.io.write_all(&out).await
     }
 
-    /// Sends a close frame with `code` and `reason` (truncated to fit a control frame).
-    pub async fn send_close(&mut self, code: u16, reason: &str) -> io::Result<()> {
-        let mut reason_bytes = reason.as_bytes();
-        if reason_bytes.len() > 123 {
-            let mut cut = 123;
-            while !reason.is_char_boundary(cut) {
-                cut -= 1;
+    /// Hands as much of the queued output to the kernel as it takes, without waiting. Control
+    /// frames queued behind a finished write are started here. Returns the bytes written.
+    pub fn try_write(&mut self) -> io::Result<usize> {
+        let mut total = 0;
+        loop {
+            if self.written == self.out.len() {
+                // Done: give the buffer back (an idle connection holds none).
+                self.out = Vec::new();
+                self.written = 0;
+                if self.control.is_empty() {
+                    return Ok(total);
+                }
+                let control = std::mem::take(&mut self.control);
+                self.start(control);
             }
-            reason_bytes = &reason_bytes[..cut];
+            match self.io.try_write(&self.out[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.written += n;
+                    total += n;
+                    self.progress_at = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
         }
-        let mut out = std::mem::take(&mut self.control);
-        write_header(&mut out, OP_CLOSE, 2 + reason_bytes.len());
-        out.extend_from_slice(&code.to_be_bytes());
-        out.extend_from_slice(reason_bytes);
-        self.io.write_all(&out).await?;
-        self.io.flush().await
+    }
+
+    /// Writes everything queued, waiting for the socket; gives up (`TimedOut`) once a write has
+    /// made no progress for `stall`.
+    pub async fn write_queued(&mut self, stall: Duration) -> io::Result<()> {
+        loop {
+            self.try_write()?;
+            let Some(since) = self.stalled_since() else {
+                return Ok(());
+            };
+            let deadline = tokio::time::Instant::from_std(since + stall);
+            match tokio::time::timeout_at(deadline, self.io.writable()).await {
+                Ok(ready) => ready?,
+                Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+            }
+        }
+    }
+
+    /// Queues a close frame with `code` and `reason` behind whatever is owed.
+    pub fn queue_close(&mut self, code: u16, reason: &str) {
+        write_close(&mut self.control, code, reason);
+    }
+
+    /// Ends the connection at once with a reset (SO_LINGER 0): nothing the kernel still holds
+    /// for this peer is sent, and its memory is released when the socket is dropped. When no
+    /// frame is half-written, a close frame is first offered to the kernel without waiting — a
+    /// peer that still reads learns the code; one that does not is not waited for.
+    pub fn abort(&mut self, close: Option<(u16, &str)>) {
+        if let (Some((code, reason)), false) = (close, self.out.len() > self.written) {
+            let mut frame = Vec::new();
+            write_close(&mut frame, code, reason);
+            let _ = self.io.try_write(&frame);
+        }
+        let _ = socket2::SockRef::from(&self.io).set_linger(Some(Duration::ZERO));
+    }
+
+    /// Sends FIN after what was written, without waiting for the peer.
+    pub async fn shutdown(&mut self) {
+        let _ = self.io.shutdown().await;
     }
 
     /// Reads and discards input until the peer closes or `wait` passes, so closing our side does not
@@ -436,6 +562,48 @@ mod tests {
             CLOSE_TOO_BIG,
             "rejected from the header alone"
         );
+    }
+
+    #[test]
+    fn close_payloads_are_checked_per_rfc_6455() {
+        let with_code = |code: u16, reason: &[u8]| {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason);
+            parse_close(&payload)
+        };
+        assert_eq!(parse_close(b""), Ok(None));
+        assert_eq!(parse_close(&[3]).unwrap_err().code, CLOSE_PROTOCOL_ERROR);
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            assert_eq!(
+                with_code(code, b"").unwrap_err().code,
+                CLOSE_PROTOCOL_ERROR,
+                "{code}"
+            );
+        }
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1011, 1012, 1014, 3000, 4999,
+        ] {
+            assert_eq!(
+                with_code(code, "bye ✓".as_bytes()),
+                Ok(Some(code)),
+                "{code}"
+            );
+        }
+        assert_eq!(
+            with_code(1000, &[0xce, 0xba, 0xff]).unwrap_err().code,
+            CLOSE_INVALID_PAYLOAD
+        );
+    }
+
+    #[test]
+    fn close_frames_cut_long_reasons_on_a_char_boundary() {
+        let mut out = Vec::new();
+        write_close(&mut out, 1000, &"é".repeat(100));
+        assert_eq!(out[1] as usize, out.len() - 2, "short length form");
+        assert!(out.len() - 2 <= 125, "fits a control frame");
+        assert!(std::str::from_utf8(&out[4..]).is_ok());
     }
 
     #[test]

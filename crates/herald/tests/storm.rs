@@ -380,6 +380,8 @@ async fn slow_reader_of_a_conflated_channel_is_resynced_not_disconnected() {
         c.client.max_outbox_bytes = 64 * 1024;
         c.client.send_buffer = 16 * 1024;
         c.client.pong_timeout = Duration::from_secs(30);
+        // The client reads nothing while the values are published (seconds in a debug build).
+        c.client.write_timeout = Duration::from_secs(30);
         c.channel.namespaces.push(herald::config::NamespaceOptions {
             conflation_key: "/key".into(),
             ..storm_namespace("state")

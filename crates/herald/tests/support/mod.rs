@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod binary;
 pub mod fleet;
+pub mod hostile;
 pub mod pg;
 pub mod procs;
 pub mod proxy;
