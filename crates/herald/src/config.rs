@@ -181,6 +181,15 @@ pub struct ChannelConfig {
     /// How long a channel's stream position (epoch, offset) outlives its last publication.
     #[serde(with = "humantime_serde")]
     pub history_meta_ttl: Duration,
+    /// Most history streams one node keeps in memory (memory broker). Only publications create
+    /// streams; at the limit the node forgets streams with nothing left to recover first, then the
+    /// least recently published to (their clients recover with `recovered: false`).
+    pub max_streams: usize,
+    /// Largest publication accepted from any source (API, client, feeds, devices), in bytes of
+    /// data plus tags and client info. Larger ones are refused (error 106 naming this limit;
+    /// feeds count a drop). At most a quarter of `client.max_outbox_bytes`, so one publication
+    /// cannot overflow a subscriber's outbox.
+    pub max_publication_bytes: usize,
     /// Options of channels without a `ns:` prefix.
     pub without_namespace: NamespaceOptions,
     /// Named namespaces: a channel `chat:room1` uses the namespace named `chat`.
@@ -192,6 +201,8 @@ impl Default for ChannelConfig {
         ChannelConfig {
             max_length: 255,
             history_meta_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_streams: crate::history::DEFAULT_MAX_STREAMS,
+            max_publication_bytes: 65_536,
             without_namespace: NamespaceOptions::default(),
             namespaces: Vec::new(),
         }
@@ -1251,6 +1262,11 @@ impl Config {
             ("client.max_outbox_bytes", c.max_outbox_bytes),
             ("client.max_outbox_messages", c.max_outbox_messages),
             ("channel.max_length", self.channel.max_length),
+            ("channel.max_streams", self.channel.max_streams),
+            (
+                "channel.max_publication_bytes",
+                self.channel.max_publication_bytes,
+            ),
         ] {
             if value == 0 {
                 return Err(field(name, "must be greater than zero"));
@@ -1266,6 +1282,15 @@ impl Config {
             return Err(field(
                 "client.command_burst",
                 "must be greater than zero when command_rate is set",
+            ));
+        }
+        if self.channel.max_publication_bytes > c.max_outbox_bytes / 4 {
+            return Err(field(
+                "channel.max_publication_bytes",
+                format!(
+                    "{} is more than a quarter of client.max_outbox_bytes ({}): a few such publications would close every subscriber as slow",
+                    self.channel.max_publication_bytes, c.max_outbox_bytes
+                ),
             ));
         }
         if !self.channel.without_namespace.name.is_empty() {

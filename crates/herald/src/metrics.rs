@@ -86,6 +86,12 @@ pub struct Metrics {
     device_positions_stored: Counter,
     device_positions_quarantined: Counter,
     device_writer_errors: Counter,
+    /// History streams kept in memory (memory broker; bounded by `channel.max_streams`).
+    pub history_streams: Gauge,
+    /// History streams forgotten, by reason: idle, empty, limit, removed.
+    pub history_streams_forgotten: Family<ReasonLabel, Counter>,
+    /// Publications refused for exceeding `channel.max_publication_bytes`, by source.
+    pub publications_too_large: Family<SourceLabel, Counter>,
 }
 
 /// Device ingest counters, copied into the registry when metrics are rendered.
@@ -143,6 +149,9 @@ impl Metrics {
             device_positions_stored: Counter::default(),
             device_positions_quarantined: Counter::default(),
             device_writer_errors: Counter::default(),
+            history_streams: Gauge::default(),
+            history_streams_forgotten: Family::default(),
+            publications_too_large: Family::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
@@ -306,6 +315,21 @@ impl Metrics {
             "device_writer_errors",
             "Failed database writes of device positions (each retried)",
             m.device_writer_errors.clone(),
+        );
+        registry.register(
+            "history_streams",
+            "History streams kept in memory (memory broker; at most channel.max_streams)",
+            m.history_streams.clone(),
+        );
+        registry.register(
+            "history_streams_forgotten",
+            "History streams forgotten, by reason (idle, empty, limit, removed)",
+            m.history_streams_forgotten.clone(),
+        );
+        registry.register(
+            "publications_too_large",
+            "Publications refused for exceeding channel.max_publication_bytes, by source",
+            m.publications_too_large.clone(),
         );
         Metrics {
             registry: parking_lot::Mutex::new(registry),
