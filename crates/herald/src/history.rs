@@ -268,7 +268,8 @@ impl MemoryHistory {
     fn evict(&self, except: &str, now: Instant) {
         let batch = (self.max_streams / 100).clamp(1, 10_000);
         let users = self.users.get();
-        // Max-heap of the `batch` best victims so far: (rank, channel); lower ranks go first.
+        // Max-heap of the `batch` best victims so far, by rank: empty before holding publications,
+        // nobody subscribed before subscribed, then least recently published to.
         let mut victims: BinaryHeap<((bool, bool, Instant), String)> = BinaryHeap::new();
         for shard in &self.shards {
             let shard = shard.lock();
@@ -276,8 +277,12 @@ impl MemoryHistory {
                 if channel == except {
                     continue;
                 }
-                let stream = stream.lock();
-                let rank = (!stream.is_empty(now), false, stream.touched);
+                let (full, touched) = {
+                    let stream = stream.lock();
+                    (!stream.is_empty(now), stream.touched)
+                };
+                let subscribed = users.is_some_and(|u| u.has_subscribers(channel));
+                let rank = (full, subscribed, touched);
                 if victims.len() < batch {
                     victims.push((rank, channel.clone()));
                 } else if victims.peek().is_some_and(|(worst, _)| rank < *worst) {
@@ -286,20 +291,10 @@ impl MemoryHistory {
                 }
             }
         }
-        // Subscribed channels go last among the chosen (their subscribers are told).
-        let mut victims: Vec<((bool, bool, Instant), String)> = victims
-            .into_iter()
-            .map(|((full, _, touched), channel)| {
-                let subscribed = users.is_some_and(|u| u.has_subscribers(&channel));
-                ((full, subscribed, touched), channel)
-            })
-            .collect();
-        victims.sort();
+        let victims = victims.into_sorted_vec();
         let mut told = Vec::new();
+        // The whole batch, so the next scan waits for another 1 % of new streams.
         for (_, channel) in victims {
-            if self.len() < self.max_streams {
-                break;
-            }
             let mut shard = self.shard(&channel).lock();
             if shard.remove(&channel).is_some() {
                 self.note_forgotten(&channel, &self.forgotten.limit);
