@@ -173,6 +173,9 @@ pub struct ApiConfig {
     pub key: String,
 }
 
+/// Default of `channel.max_publication_bytes` (with the default 1 MiB outbox).
+pub const DEFAULT_MAX_PUBLICATION_BYTES: usize = 65_536;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelConfig {
@@ -188,8 +191,10 @@ pub struct ChannelConfig {
     /// Largest publication accepted from any source (API, client, feeds, devices), in bytes of
     /// data plus tags and client info. Larger ones are refused (error 106 naming this limit;
     /// feeds count a drop). At most a quarter of `client.max_outbox_bytes`, so one publication
-    /// cannot overflow a subscriber's outbox.
-    pub max_publication_bytes: usize,
+    /// cannot overflow a subscriber's outbox. Unset: 64 KiB, or a quarter of
+    /// `client.max_outbox_bytes` when that is smaller ([`Config::max_publication_bytes`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_publication_bytes: Option<usize>,
     /// Options of channels without a `ns:` prefix.
     pub without_namespace: NamespaceOptions,
     /// Named namespaces: a channel `chat:room1` uses the namespace named `chat`.
@@ -202,7 +207,7 @@ impl Default for ChannelConfig {
             max_length: 255,
             history_meta_ttl: Duration::from_secs(30 * 24 * 3600),
             max_streams: crate::history::DEFAULT_MAX_STREAMS,
-            max_publication_bytes: 65_536,
+            max_publication_bytes: None,
             without_namespace: NamespaceOptions::default(),
             namespaces: Vec::new(),
         }
@@ -1219,6 +1224,15 @@ impl Config {
         Ok(config)
     }
 
+    /// The largest publication accepted (`channel.max_publication_bytes`, or its default: 64 KiB,
+    /// at most a quarter of `client.max_outbox_bytes`).
+    pub fn max_publication_bytes(&self) -> usize {
+        self.channel
+            .max_publication_bytes
+            .unwrap_or_else(|| DEFAULT_MAX_PUBLICATION_BYTES.min(self.client.max_outbox_bytes / 4))
+            .max(1)
+    }
+
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_addr(&self.http.listen).map_err(|m| field("http.listen", m))?;
@@ -1265,7 +1279,7 @@ impl Config {
             ("channel.max_streams", self.channel.max_streams),
             (
                 "channel.max_publication_bytes",
-                self.channel.max_publication_bytes,
+                self.channel.max_publication_bytes.unwrap_or(1),
             ),
         ] {
             if value == 0 {
@@ -1284,14 +1298,16 @@ impl Config {
                 "must be greater than zero when command_rate is set",
             ));
         }
-        if self.channel.max_publication_bytes > c.max_outbox_bytes / 4 {
-            return Err(field(
-                "channel.max_publication_bytes",
-                format!(
-                    "{} is more than a quarter of client.max_outbox_bytes ({}): a few such publications would close every subscriber as slow",
-                    self.channel.max_publication_bytes, c.max_outbox_bytes
-                ),
-            ));
+        if let Some(max) = self.channel.max_publication_bytes {
+            if max > c.max_outbox_bytes / 4 {
+                return Err(field(
+                    "channel.max_publication_bytes",
+                    format!(
+                        "{max} is more than a quarter of client.max_outbox_bytes ({}): a few such publications would close every subscriber as slow",
+                        c.max_outbox_bytes
+                    ),
+                ));
+            }
         }
         if !self.channel.without_namespace.name.is_empty() {
             return Err(field("channel.without_namespace.name", "must be empty"));

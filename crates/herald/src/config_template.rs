@@ -96,7 +96,8 @@ history_meta_ttl = "30days"
 max_streams = 1000000
 # Largest publication accepted from any source (data + tags + client info, bytes); larger ones are
 # refused (error 106) or, from feeds, dropped and counted. At most client.max_outbox_bytes / 4.
-max_publication_bytes = 65536
+# Unset: 65536, or client.max_outbox_bytes / 4 when that is smaller.
+# max_publication_bytes = 65536
 
 # Options of channels without a namespace prefix. Namespaces below take the same options.
 [channel.without_namespace]

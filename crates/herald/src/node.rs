@@ -186,7 +186,7 @@ impl Node {
             tags,
             time: unix_millis(),
         };
-        let limit = self.config.channel.max_publication_bytes;
+        let limit = self.config.max_publication_bytes();
         let size = publication_size(&publication);
         if size > limit {
             self.metrics

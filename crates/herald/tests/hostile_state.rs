@@ -455,7 +455,7 @@ async fn reads_of_new_channels_store_nothing_in_nats() {
 
 /// A publication limit of 4 KiB (clients may send frames up to 64 KiB).
 fn small_publications(c: &mut Config) {
-    c.channel.max_publication_bytes = 4096;
+    c.channel.max_publication_bytes = Some(4096);
     c.channel.namespaces.push(open_namespace("market"));
 }
 
@@ -766,7 +766,7 @@ async fn oversized_websocket_and_nats_feed_publications_are_dropped_and_counted(
 #[test]
 fn the_publication_limit_must_fit_the_outbox() {
     let mut config = test_config();
-    config.channel.max_publication_bytes = (1 << 20) / 4 + 1;
+    config.channel.max_publication_bytes = Some((1 << 20) / 4 + 1);
     let error = config
         .validate()
         .expect_err("over a quarter of the outbox")
@@ -776,13 +776,16 @@ fn the_publication_limit_must_fit_the_outbox() {
             && error.contains("client.max_outbox_bytes"),
         "{error}"
     );
-    config.channel.max_publication_bytes = 0;
+    config.channel.max_publication_bytes = Some(0);
     assert!(config
         .validate()
         .expect_err("zero")
         .to_string()
         .contains("channel.max_publication_bytes"));
-    config.channel.max_publication_bytes = 65_536;
+    config.channel.max_publication_bytes = None;
+    config.client.max_outbox_bytes = 8192;
+    config.validate().expect("unset follows a smaller outbox");
+    assert_eq!(config.max_publication_bytes(), 2048);
     config.channel.max_streams = 0;
     assert!(config
         .validate()
