@@ -263,7 +263,7 @@ async fn broadcast(node: &Node, p: BroadcastParams) -> Result<Value, ApiError> {
             .await
         {
             Ok(position) => json!({"result": position_json(&position)}),
-            Err(code) => ApiError::new(code).to_json(),
+            Err(e) => ApiError::from(e).to_json(),
         };
         responses.push(response);
     }

@@ -186,6 +186,9 @@ pub struct ApiConfig {
     pub key: String,
 }
 
+/// Default of `channel.max_publication_bytes` (with the default 1 MiB outbox).
+pub const DEFAULT_MAX_PUBLICATION_BYTES: usize = 65_536;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelConfig {
@@ -194,6 +197,17 @@ pub struct ChannelConfig {
     /// How long a channel's stream position (epoch, offset) outlives its last publication.
     #[serde(with = "humantime_serde")]
     pub history_meta_ttl: Duration,
+    /// Most history streams one node keeps in memory (memory broker). Only publications create
+    /// streams; at the limit the node forgets streams with nothing left to recover first, then the
+    /// least recently published to (their clients recover with `recovered: false`).
+    pub max_streams: usize,
+    /// Largest publication accepted from any source (API, client, feeds, devices), in bytes of
+    /// data plus tags and client info. Larger ones are refused (error 106 naming this limit;
+    /// feeds count a drop). At most a quarter of `client.max_outbox_bytes`, so one publication
+    /// cannot overflow a subscriber's outbox. Unset: 64 KiB, or a quarter of
+    /// `client.max_outbox_bytes` when that is smaller ([`Config::max_publication_bytes`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_publication_bytes: Option<usize>,
     /// Options of channels without a `ns:` prefix.
     pub without_namespace: NamespaceOptions,
     /// Named namespaces: a channel `chat:room1` uses the namespace named `chat`.
@@ -205,6 +219,8 @@ impl Default for ChannelConfig {
         ChannelConfig {
             max_length: 255,
             history_meta_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_streams: crate::history::DEFAULT_MAX_STREAMS,
+            max_publication_bytes: None,
             without_namespace: NamespaceOptions::default(),
             namespaces: Vec::new(),
         }
@@ -1263,6 +1279,15 @@ impl Config {
         Ok(config)
     }
 
+    /// The largest publication accepted (`channel.max_publication_bytes`, or its default: 64 KiB,
+    /// at most a quarter of `client.max_outbox_bytes`).
+    pub fn max_publication_bytes(&self) -> usize {
+        self.channel
+            .max_publication_bytes
+            .unwrap_or_else(|| DEFAULT_MAX_PUBLICATION_BYTES.min(self.client.max_outbox_bytes / 4))
+            .max(1)
+    }
+
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_addr(&self.http.listen).map_err(|m| field("http.listen", m))?;
@@ -1307,6 +1332,11 @@ impl Config {
             ("client.max_outbox_bytes", c.max_outbox_bytes),
             ("client.max_outbox_messages", c.max_outbox_messages),
             ("channel.max_length", self.channel.max_length),
+            ("channel.max_streams", self.channel.max_streams),
+            (
+                "channel.max_publication_bytes",
+                self.channel.max_publication_bytes.unwrap_or(1),
+            ),
         ] {
             if value == 0 {
                 return Err(field(name, "must be greater than zero"));
@@ -1329,6 +1359,17 @@ impl Config {
                 "client.command_burst",
                 "must be greater than zero when command_rate is set",
             ));
+        }
+        if let Some(max) = self.channel.max_publication_bytes {
+            if max > c.max_outbox_bytes / 4 {
+                return Err(field(
+                    "channel.max_publication_bytes",
+                    format!(
+                        "{max} is more than a quarter of client.max_outbox_bytes ({}): a few such publications would close every subscriber as slow",
+                        c.max_outbox_bytes
+                    ),
+                ));
+            }
         }
         if !self.channel.without_namespace.name.is_empty() {
             return Err(field("channel.without_namespace.name", "must be empty"));

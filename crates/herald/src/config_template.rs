@@ -100,6 +100,13 @@ key = "{{api_key}}"
 max_length = 255
 # A channel's stream position (epoch, offset) outlives its last publication this long.
 history_meta_ttl = "30days"
+# Most history streams kept in memory (memory broker). Only publications create streams; at the
+# limit, streams with nothing left to recover go first, then the least recently published to.
+max_streams = 1000000
+# Largest publication accepted from any source (data + tags + client info, bytes); larger ones are
+# refused (error 106) or, from feeds, dropped and counted. At most client.max_outbox_bytes / 4.
+# Unset: 65536, or client.max_outbox_bytes / 4 when that is smaller.
+# max_publication_bytes = 65536
 
 # Options of channels without a namespace prefix. Namespaces below take the same options.
 [channel.without_namespace]

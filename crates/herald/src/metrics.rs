@@ -99,6 +99,12 @@ pub struct Metrics {
     pub client_reads_paused: Counter,
     /// Client `history` calls whose limit was capped at the namespace's `client_history_max_limit`.
     pub client_history_capped: Counter,
+    /// History streams kept in memory (memory broker; bounded by `channel.max_streams`).
+    pub history_streams: Gauge,
+    /// History streams forgotten, by reason: idle, empty, limit, removed.
+    pub history_streams_forgotten: Family<ReasonLabel, Counter>,
+    /// Publications refused for exceeding `channel.max_publication_bytes`, by source.
+    pub publications_too_large: Family<SourceLabel, Counter>,
 }
 
 /// Device ingest counters, copied into the registry when metrics are rendered.
@@ -159,6 +165,9 @@ impl Metrics {
             device_writer_errors: Counter::default(),
             client_reads_paused: Counter::default(),
             client_history_capped: Counter::default(),
+            history_streams: Gauge::default(),
+            history_streams_forgotten: Family::default(),
+            publications_too_large: Family::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
@@ -337,6 +346,21 @@ impl Metrics {
             "client_history_capped",
             "Client history calls whose limit was capped at the namespace's client_history_max_limit",
             m.client_history_capped.clone(),
+        );
+        registry.register(
+            "history_streams",
+            "History streams kept in memory (memory broker; at most channel.max_streams)",
+            m.history_streams.clone(),
+        );
+        registry.register(
+            "history_streams_forgotten",
+            "History streams forgotten, by reason (idle, empty, limit, removed)",
+            m.history_streams_forgotten.clone(),
+        );
+        registry.register(
+            "publications_too_large",
+            "Publications refused for exceeding channel.max_publication_bytes, by source",
+            m.publications_too_large.clone(),
         );
         Metrics {
             registry: parking_lot::Mutex::new(registry),

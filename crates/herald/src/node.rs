@@ -161,7 +161,7 @@ impl Node {
         })
     }
 
-    /// The single publish path used by clients, the API and (later) devices and feeds.
+    /// The single publish path used by clients, the API, devices and feeds.
     pub async fn publish(
         &self,
         channel: &str,
@@ -169,13 +169,13 @@ impl Node {
         info: Option<ClientInfo>,
         tags: std::collections::BTreeMap<String, String>,
         source: &'static str,
-    ) -> Result<StreamPosition, ErrorCode> {
+    ) -> Result<StreamPosition, PublishError> {
         self.publish_with(channel, data, info, tags, source, false)
             .await
     }
 
     /// `publish`, optionally keeping the publication out of history (a publish proxy's
-    /// `skip_history`).
+    /// `skip_history`). Every source passes here, so the size rule holds for all of them.
     pub async fn publish_with(
         &self,
         channel: &str,
@@ -184,19 +184,28 @@ impl Node {
         tags: std::collections::BTreeMap<String, String>,
         source: &'static str,
         skip_history: bool,
-    ) -> Result<StreamPosition, ErrorCode> {
+    ) -> Result<StreamPosition, PublishError> {
         let ns = self.namespaces.resolve(channel)?;
-        let history = if skip_history {
-            None
-        } else {
-            self.history_options(ns)
-        };
         let publication = Publication {
             data: single_line(data),
             info,
             offset: 0,
             tags,
             time: unix_millis(),
+        };
+        let limit = self.config.max_publication_bytes();
+        let size = publication_size(&publication);
+        if size > limit {
+            self.metrics
+                .publications_too_large
+                .get_or_create(&SourceLabel { source })
+                .inc();
+            return Err(PublishError::TooLarge { size, limit });
+        }
+        let history = if skip_history {
+            None
+        } else {
+            self.history_options(ns)
         };
         let key = conflation_key(ns, &publication);
         let position = self
@@ -229,11 +238,76 @@ impl Node {
             Ok(false) => return Err(FeedPublishError::Fenced),
             Err(e) => return Err(FeedPublishError::Failed(e.to_string())),
         }
-        self.publish(channel, data, None, tags, "feed")
-            .await
-            .map(|_| ())
-            .map_err(|code| FeedPublishError::Failed(format!("{code:?}")))
+        match self.publish(channel, data, None, tags, "feed").await {
+            Ok(_) => Ok(()),
+            Err(PublishError::TooLarge { size, limit }) => {
+                Err(FeedPublishError::TooLarge { size, limit })
+            }
+            Err(PublishError::Refused(code)) => Err(FeedPublishError::Failed(format!("{code:?}"))),
+        }
     }
+}
+
+/// Why a publication was not made. Callers map it to their own error (API and client: code and
+/// message; feeds: a counted drop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("limit exceeded: publication of {size} bytes is over channel.max_publication_bytes ({limit})")]
+    TooLarge { size: usize, limit: usize },
+    #[error("{}", .0.message())]
+    Refused(ErrorCode),
+}
+
+impl PublishError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            PublishError::TooLarge { .. } => ErrorCode::LimitExceeded,
+            PublishError::Refused(code) => *code,
+        }
+    }
+}
+
+impl From<ErrorCode> for PublishError {
+    fn from(code: ErrorCode) -> Self {
+        PublishError::Refused(code)
+    }
+}
+
+impl From<PublishError> for herald_protocol::ReplyError {
+    fn from(e: PublishError) -> Self {
+        let code = e.code();
+        herald_protocol::ReplyError {
+            code: code.code(),
+            message: e.to_string(),
+            temporary: code.temporary(),
+        }
+    }
+}
+
+impl From<PublishError> for crate::api::ApiError {
+    fn from(e: PublishError) -> Self {
+        crate::api::ApiError {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What a publication weighs against `channel.max_publication_bytes`: its data, tags and client
+/// info as they are delivered (the fixed framing around them is small and bounded).
+pub fn publication_size(publication: &Publication) -> usize {
+    let tags: usize = publication
+        .tags
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    let info = publication.info.as_ref().map_or(0, |i| {
+        i.user.len()
+            + i.client.len()
+            + i.conn_info.as_ref().map_or(0, |j| j.get().len())
+            + i.chan_info.as_ref().map_or(0, |j| j.get().len())
+    });
+    publication.data.get().len() + tags + info
 }
 
 /// The conflation key of a publication in a conflated namespace: the value at the JSON pointer in

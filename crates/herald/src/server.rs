@@ -94,7 +94,7 @@ impl Server {
                 )
             }
             _ => (
-                Arc::new(MemoryBroker::default()),
+                Arc::new(MemoryBroker::new(config.channel.max_streams)),
                 Arc::new(MemoryPresence::new()),
                 None,
                 None,

@@ -539,10 +539,14 @@ async fn api_rejects_bad_requests_with_clear_statuses() {
         body
     };
     let (status, reply) = post("/api/publish", sized(4 << 20)).await;
-    assert_eq!(status, 200, "exactly 4 MiB");
+    assert_eq!(status, 200, "exactly 4 MiB is read");
+    // ... and answered: such a publication is over channel.max_publication_bytes (64 KiB).
+    assert_eq!(reply["error"]["code"], 106, "{reply}");
     assert!(
-        reply["result"]["offset"].is_u64(),
-        "exactly 4 MiB is published"
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("channel.max_publication_bytes")),
+        "{reply}"
     );
     let (status, reply) = post("/api/publish", sized((4 << 20) + 1)).await;
     assert_eq!(status, 413, "{reply}");

@@ -1,8 +1,8 @@
 //! The one-node broker: history in memory, delivery by a direct call.
 
 use super::{Broker, BrokerError, BrokerHandler, Control, NodeEntry, PresenceStore};
-use crate::history::{HistoryOptions, HistoryPage, HistoryQuery, MemoryHistory};
-use crate::metrics::Metrics;
+use crate::history::{HistoryOptions, HistoryPage, HistoryQuery, MemoryHistory, StreamUsers};
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::presence::MemoryPresence;
 use async_trait::async_trait;
 use herald_protocol::{ClientInfo, Publication, StreamPosition};
@@ -15,11 +15,56 @@ use std::sync::{Arc, OnceLock};
 pub struct MemoryBroker {
     history: MemoryHistory,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
+    metrics: OnceLock<Arc<Metrics>>,
     /// The only node's registry entry.
     entry: Mutex<Option<NodeEntry>>,
 }
 
+/// The node's subscribers, as the history sees them: a forgotten stream's subscribers are told
+/// to recover (their positions are void).
+struct Subscribers(Arc<dyn BrokerHandler>);
+
+impl StreamUsers for Subscribers {
+    fn has_subscribers(&self, channel: &str) -> bool {
+        self.0.has_subscribers(channel)
+    }
+    fn forgotten(&self, channel: &str) {
+        self.0.handle_gap(channel);
+    }
+}
+
 impl MemoryBroker {
+    /// A broker keeping at most `max_streams` history streams (`channel.max_streams`).
+    pub fn new(max_streams: usize) -> MemoryBroker {
+        MemoryBroker {
+            history: MemoryHistory::with_max_streams(max_streams),
+            ..Default::default()
+        }
+    }
+
+    /// Brings the stream metrics up to date (the gauge, and counters that only move forward).
+    fn update_metrics(&self) {
+        let Some(metrics) = self.metrics.get() else {
+            return;
+        };
+        metrics
+            .history_streams
+            .set(i64::try_from(self.history.len()).unwrap_or(i64::MAX));
+        let f = &self.history.forgotten;
+        for (reason, count) in [
+            ("idle", &f.idle),
+            ("empty", &f.empty),
+            ("limit", &f.limit),
+            ("removed", &f.removed),
+        ] {
+            let count = count.load(std::sync::atomic::Ordering::Relaxed);
+            let counter = metrics
+                .history_streams_forgotten
+                .get_or_create(&ReasonLabel { reason });
+            counter.inc_by(count.saturating_sub(counter.get()));
+        }
+    }
+
     fn handler(&self) -> Result<&Arc<dyn BrokerHandler>, BrokerError> {
         self.handler
             .get()
@@ -29,8 +74,12 @@ impl MemoryBroker {
 
 #[async_trait]
 impl Broker for MemoryBroker {
-    fn set_handler(&self, handler: Arc<dyn BrokerHandler>, _metrics: Arc<Metrics>) {
+    fn set_handler(&self, handler: Arc<dyn BrokerHandler>, metrics: Arc<Metrics>) {
+        self.history
+            .set_users(Arc::new(Subscribers(handler.clone())));
         let _ = self.handler.set(handler);
+        let _ = self.metrics.set(metrics);
+        self.update_metrics();
     }
 
     async fn subscribe(&self, _channel: &str) -> Result<(), BrokerError> {
@@ -53,11 +102,15 @@ impl Broker for MemoryBroker {
         let handler = self.handler()?;
         match history {
             Some(options) => {
+                let before = (self.history.len(), self.history.evictions());
                 let (position, ()) = self
                     .history
                     .append(channel, publication, key, options, |p| {
                         handler.handle_publication(channel, p, key)
                     });
+                if (self.history.len(), self.history.evictions()) != before {
+                    self.update_metrics();
+                }
                 Ok(position)
             }
             None => {
@@ -93,6 +146,7 @@ impl Broker for MemoryBroker {
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         self.history.remove(channel);
+        self.update_metrics();
         Ok(())
     }
 
@@ -105,6 +159,7 @@ impl Broker for MemoryBroker {
 
     fn sweep(&self, meta_ttl: std::time::Duration) {
         self.history.sweep(meta_ttl);
+        self.update_metrics();
     }
 
     async fn announce(&self, entry: &NodeEntry) -> Result<(), BrokerError> {

@@ -8,9 +8,13 @@
 //!   optimistic concurrency: a publisher reads the subject's last message and appends with
 //!   `Nats-Expected-Last-Subject-Sequence` = that message's stream sequence; a concurrent
 //!   publisher makes the append fail and it is retried (bounded).
-//! - An empty subject gets an epoch the first time it is read or published to: a marker message
-//!   (offset 0, empty payload), so a client that read position (0, E) recovers the first
-//!   publication of E. Markers are never delivered nor returned.
+//! - Reads store nothing. An empty subject answers offset 0 and its absent epoch, which its first
+//!   publication starts with (so a client that read position (0, E) recovers the first
+//!   publication of E): a hash of the stream's creation time (a deleted and re-created stream
+//!   answers other epochs) and of the current `history_meta_ttl` period (a subject empties only
+//!   after a whole period without publications, so its next life falls in a later one). A removal
+//!   leaves a marker message (offset 0, empty payload) with a fresh random epoch instead. Markers
+//!   are never delivered nor returned.
 //! - Live delivery stays on core NATS (see `nats.rs`); [`Order`] puts those frames back in offset
 //!   order on the receiving node, since two publishers' core messages may cross.
 
@@ -214,17 +218,28 @@ impl HistoryStore {
         unavailable(format!("NATS history read: {e}"))
     }
 
-    /// Appends `payload` after `last` (`None`: the subject is empty, a new epoch starts).
-    /// `Ok(None)`: another publisher appended first.
+    /// The epoch of an empty subject (see the module documentation).
+    fn absent_epoch(stream: &stream::Stream, meta_ttl: Duration) -> String {
+        let created = stream.cached_info().created.unix_timestamp_nanos();
+        let period = crate::node::unix_millis().max(0) as u128 / meta_ttl.as_millis().max(1);
+        let digest = sha1_smol::Sha1::from(format!("{created}:{period}"))
+            .digest()
+            .to_string();
+        digest[..12].to_string()
+    }
+
+    /// Appends `payload` after `last` (`None`: the subject is empty, a new life starts under
+    /// `epoch`). `Ok(None)`: another publisher appended first.
     async fn append(
         &self,
         js: &jetstream::Context,
         subject: &str,
         last: Option<&Stored>,
+        epoch: String,
         offset: u64,
         payload: Bytes,
     ) -> Result<Option<StreamPosition>, BrokerError> {
-        let epoch = last.map(|l| l.epoch.clone()).unwrap_or_else(new_epoch);
+        let epoch = last.map(|l| l.epoch.clone()).unwrap_or(epoch);
         let expected = last.map(|l| l.sequence).unwrap_or(0);
         let headers = headers(offset, &epoch, expected);
         let ack = async {
@@ -258,8 +273,9 @@ impl HistoryStore {
         for _ in 0..APPEND_ATTEMPTS {
             let last = self.last(&stream, &subject).await?;
             let offset = last.as_ref().map(|l| l.offset + 1).unwrap_or(1);
+            let epoch = Self::absent_epoch(&stream, options.meta_ttl);
             if let Some(position) = self
-                .append(js, &subject, last.as_ref(), offset, payload.clone())
+                .append(js, &subject, last.as_ref(), epoch, offset, payload.clone())
                 .await?
             {
                 return Ok(position);
@@ -274,23 +290,6 @@ impl HistoryStore {
         )))
     }
 
-    /// The channel's position, giving an empty subject its epoch (a marker), so the first
-    /// publication continues the position a reader was given.
-    async fn position(
-        &self,
-        js: &jetstream::Context,
-        stream: &stream::Stream,
-        subject: &str,
-    ) -> Result<Stored, BrokerError> {
-        for _ in 0..APPEND_ATTEMPTS {
-            if let Some(last) = self.last(stream, subject).await? {
-                return Ok(last);
-            }
-            self.append(js, subject, None, 0, Bytes::new()).await?;
-        }
-        Err(unavailable("NATS history: no stable position"))
-    }
-
     /// The channel's position and its stored publications up to it (oldest first, contiguous,
     /// markers left out).
     pub async fn read(
@@ -302,7 +301,14 @@ impl HistoryStore {
     ) -> Result<(StreamPosition, Vec<Publication>), BrokerError> {
         let stream = self.stream(js, options).await?;
         let subject = self.subject(channel);
-        let top = self.position(js, &stream, &subject).await?;
+        let Some(top) = self.last(&stream, &subject).await? else {
+            // Nothing stored, nothing written: the position the first publication continues.
+            let position = StreamPosition {
+                offset: 0,
+                epoch: Self::absent_epoch(&stream, options.meta_ttl),
+            };
+            return Ok((position, Vec::new()));
+        };
         let position = StreamPosition {
             offset: top.offset,
             epoch: top.epoch.clone(),
@@ -351,8 +357,9 @@ impl HistoryStore {
         Ok((position, items))
     }
 
-    /// Forgets a channel's history; its next use starts a new epoch. Nothing to do without a
-    /// stream (it is created on first use).
+    /// Forgets a channel's history; a subject that held any continues from offset 0 under a fresh
+    /// random epoch (a marker), so positions of the removed life never recover into the next.
+    /// Nothing to do without a stream (it is created on first use).
     pub async fn remove(&self, js: &jetstream::Context, channel: &str) -> Result<(), BrokerError> {
         let opened = self.opened.lock().await.as_ref().map(|(s, _)| s.clone());
         let stream = match opened {
@@ -367,8 +374,15 @@ impl HistoryStore {
             },
         };
         let subject = self.subject(channel);
-        self.timed("purge", async { stream.purge().filter(subject).await })
+        let purged = self
+            .timed("purge", async {
+                stream.purge().filter(subject.clone()).await
+            })
             .await?;
+        if purged.purged > 0 {
+            self.append(js, &subject, None, new_epoch(), 0, Bytes::new())
+                .await?;
+        }
         Ok(())
     }
 }

@@ -163,6 +163,7 @@ struct Scripts {
     publish: redis::Script,
     history: redis::Script,
     latest: redis::Script,
+    remove: redis::Script,
     touch: redis::Script,
     live: redis::Script,
 }
@@ -257,6 +258,7 @@ impl RedisBroker {
                     publish: redis::Script::new(scripts::PUBLISH),
                     history: redis::Script::new(scripts::HISTORY),
                     latest: redis::Script::new(scripts::LATEST),
+                    remove: redis::Script::new(scripts::REMOVE),
                     touch: redis::Script::new(scripts::TOUCH),
                     live: redis::Script::new(scripts::LIVE),
                 },
@@ -502,7 +504,6 @@ impl Inner {
         invocation
             .key(self.keys.meta(channel))
             .arg(millis(meta_ttl))
-            .arg(new_epoch())
             .arg(since.map(|s| s.to_string()).unwrap_or_default())
             .arg(if entries { "1" } else { "0" });
         let flat: Vec<Vec<u8>> = self
@@ -512,8 +513,10 @@ impl Inner {
     }
 
     /// Remembers the first position a history read returned, for the gap check after a reconnect.
+    /// Offset 0 proves nothing was missed whatever the stream holds later (and a channel without
+    /// a stream answers it): nothing to remember.
     fn note_read(&self, channel: &str, position: &StreamPosition) {
-        if !self.subscribed.lock().contains(channel) {
+        if position.offset == 0 || !self.subscribed.lock().contains(channel) {
             return;
         }
         let mut seen = self.seen.lock();
@@ -1330,7 +1333,6 @@ impl Broker for RedisBroker {
                     .arg(millis(options.meta_ttl))
                     .arg(key.unwrap_or(""))
                     .arg(options.max_keys)
-                    .arg(new_epoch())
                     .arg(conn.publish_command());
                 let (offset, epoch): (u64, String) = inner
                     .timed(generation, invocation.invoke_async(&mut conn))
@@ -1431,14 +1433,15 @@ impl Broker for RedisBroker {
         let inner = &self.inner;
         inner.shard_available(channel)?;
         let (generation, mut conn) = inner.conn()?;
-        let cmd = redis::cmd("DEL")
-            .arg(inner.keys.stream(channel))
-            .arg(inner.keys.meta(channel))
-            .arg(inner.keys.latest_keys(channel))
-            .arg(inner.keys.latest(channel))
-            .to_owned();
+        let mut invocation = inner.scripts.remove.key(inner.keys.stream(channel));
+        invocation
+            .key(inner.keys.meta(channel))
+            .key(inner.keys.latest_keys(channel))
+            .key(inner.keys.latest(channel))
+            .arg(millis(inner.meta_ttl))
+            .arg(new_epoch());
         inner
-            .timed(generation, cmd.query_async::<i64>(&mut conn))
+            .timed(generation, invocation.invoke_async::<i64>(&mut conn))
             .await?;
         Ok(())
     }
@@ -1454,8 +1457,7 @@ impl Broker for RedisBroker {
         invocation
             .key(inner.keys.latest_keys(channel))
             .key(inner.keys.latest(channel))
-            .arg(millis(inner.meta_ttl))
-            .arg(new_epoch());
+            .arg(millis(inner.meta_ttl));
         let flat: Vec<Vec<u8>> = inner
             .timed(generation, invocation.invoke_async(&mut conn))
             .await?;

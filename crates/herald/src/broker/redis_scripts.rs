@@ -2,18 +2,41 @@
 //! unique and gap-free across nodes: the offset is assigned, stored and published in one step, so
 //! every node sees a channel's publications on pub/sub in offset order.
 
+/// The epoch of a channel that has no stream (no meta hash): what reads answer, and what the
+/// channel's first publication starts the stream with, so a client that subscribed before it
+/// recovers the stream exactly. Deterministic without any per-channel state: a hash of the Redis
+/// server's `run_id` (a restarted or failed-over server, which may have lost streams, answers
+/// other epochs) and of the current `history_meta_ttl` period in Redis time. A stream that
+/// expired was idle for a whole period, so the channel's next stream falls in a later one: two
+/// lives of a channel never share an epoch. (A removal writes a fresh random epoch instead.)
+macro_rules! absent_epoch_fn {
+    () => {
+        r#"
+local function absent_epoch(ttl)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local period = math.floor(now / math.max(tonumber(ttl), 1))
+  local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+  return string.sub(redis.sha1hex(run_id .. ':' .. string.format('%d', period)), 1, 12)
+end
+"#
+    };
+}
+
 /// KEYS: stream, meta, latest-key zset, latest-value hash.
 /// ARGV: pub/sub channel, payload, history size, history ttl ms, meta ttl ms, conflation key ('' for
-/// none), max keys, epoch to use if the stream has none, publish command (`PUBLISH`, or
-/// `SPUBLISH` on a cluster: the pub/sub channel carries the keys' hash tag, so it stays in the
-/// script's slot).
+/// none), max keys, publish command (`PUBLISH`, or `SPUBLISH` on a cluster: the pub/sub channel
+/// carries the keys' hash tag, so it stays in the script's slot).
 /// The meta hash holds the epoch (`e`) and the last offset (`o`); when it is gone (expired,
-/// removed, Redis lost its data) the stream restarts under the new epoch and old items are dropped.
+/// Redis lost its data) the stream starts under the channel's absent epoch and old items are
+/// dropped. This script is the only one that creates a stream.
 /// Returns {offset, epoch}.
-pub const PUBLISH: &str = r#"
+pub const PUBLISH: &str = concat!(
+    absent_epoch_fn!(),
+    r#"
 local epoch = redis.call('HGET', KEYS[2], 'e')
 if not epoch then
-  epoch = ARGV[8]
+  epoch = absent_epoch(ARGV[5])
   redis.call('HSET', KEYS[2], 'e', epoch)
   redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
 end
@@ -35,43 +58,45 @@ if key ~= '' and max_keys > 0 then
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
   redis.call('PEXPIRE', KEYS[4], ARGV[5])
 end
-redis.call(ARGV[9], ARGV[1], 'P' .. offset .. ' ' .. epoch .. ' ' .. string.len(key) .. '\n' .. key .. ARGV[2])
+redis.call(ARGV[8], ARGV[1], 'P' .. offset .. ' ' .. epoch .. ' ' .. string.len(key) .. '\n' .. key .. ARGV[2])
 return {offset, epoch}
-"#;
+"#
+);
 
-/// Shared prologue: the stream's epoch and offset, creating the meta (offset 0, new epoch) when
-/// missing, as the memory history does, so a positioned subscriber always gets an epoch.
-/// KEYS[meta_index] is the meta hash; ARGV[1] meta ttl ms, ARGV[2] new epoch.
+/// Shared prologue of the read scripts: the stream's epoch and offset, or — for a channel without
+/// a stream — its absent epoch and offset 0. Reads write nothing: a flood of reads of new names
+/// leaves no keys behind. KEYS[meta_index] is the meta hash; ARGV[1] meta ttl ms.
 macro_rules! position_prologue {
     ($meta:literal) => {
         concat!(
+            absent_epoch_fn!(),
             "local meta = KEYS[",
             $meta,
             "]\n",
             r#"
 local epoch = redis.call('HGET', meta, 'e')
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('HSET', meta, 'e', epoch, 'o', 0)
-  redis.call('PEXPIRE', meta, ARGV[1])
+local offset = '0'
+if epoch then
+  offset = redis.call('HGET', meta, 'o') or '0'
+else
+  epoch = absent_epoch(ARGV[1])
 end
-local offset = redis.call('HGET', meta, 'o') or '0'
 local out = {epoch, tostring(offset)}
 "#
         )
     };
 }
 
-/// KEYS: stream, meta. ARGV: meta ttl ms, new epoch, since offset ('' for the whole history),
-/// '1' to read entries ('0' for the position only).
+/// KEYS: stream, meta. ARGV: meta ttl ms, since offset ('' for the whole history), '1' to read
+/// entries ('0' for the position only).
 /// Returns {epoch, offset, id1, payload1, id2, payload2, ...}.
 pub const HISTORY: &str = concat!(
     "local stream = KEYS[1]\n",
     position_prologue!("2"),
     r#"
-if ARGV[4] == '1' then
+if ARGV[3] == '1' then
   local from = '-'
-  if ARGV[3] ~= '' then from = string.format('%d-0', tonumber(ARGV[3]) + 1) end
+  if ARGV[2] ~= '' then from = string.format('%d-0', tonumber(ARGV[2]) + 1) end
   local entries = redis.call('XRANGE', stream, from, '+')
   for _, e in ipairs(entries) do
     out[#out + 1] = e[1]
@@ -82,7 +107,7 @@ return out
 "#
 );
 
-/// KEYS: meta, latest-key zset, latest-value hash. ARGV: meta ttl ms, new epoch.
+/// KEYS: meta, latest-key zset, latest-value hash. ARGV: meta ttl ms.
 /// Returns {epoch, offset, offset1, payload1, ...} oldest first.
 pub const LATEST: &str = concat!(
     position_prologue!("1"),
@@ -98,6 +123,20 @@ end
 return out
 "#
 );
+
+/// KEYS: stream, meta, latest-key zset, latest-value hash. ARGV: meta ttl ms, new epoch.
+/// Forgets a channel's publications. A stream that existed starts again at offset 0 under a fresh
+/// random epoch (kept `meta ttl`), so positions of the removed stream never recover into the next
+/// one; a channel without a stream stays without one.
+pub const REMOVE: &str = r#"
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], 'e', ARGV[2], 'o', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
+return 1
+"#;
 
 /// Entries with a per-member expiry: a zset (member → expiry in Redis time, ms) beside a hash
 /// (member → value). Used for presence (per channel) and the node registry. Expiry uses Redis's

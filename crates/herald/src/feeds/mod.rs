@@ -32,6 +32,9 @@ pub enum FeedPublishError {
     /// A newer lease holder exists: this runner must stop.
     #[error("fenced: a newer leader holds the feed")]
     Fenced,
+    /// Over `channel.max_publication_bytes`: dropped, counted, the feed goes on.
+    #[error("publication of {size} bytes is over channel.max_publication_bytes ({limit})")]
+    TooLarge { size: usize, limit: usize },
     #[error("publish failed: {0}")]
     Failed(String),
 }
@@ -294,6 +297,19 @@ impl FeedRunner {
                 break;
             }
             self.metrics.messages.get_or_create(&label).inc();
+            // WebSocket upstreams enforce it while reading (and close); pub/sub sources deliver
+            // whole messages, which are dropped here instead.
+            if message.payload.len() > self.cfg.max_message_bytes {
+                self.count_skip("too_large");
+                tracing::warn!(
+                    feed = %self.cfg.name,
+                    source = %message.source,
+                    bytes = message.payload.len(),
+                    limit = self.cfg.max_message_bytes,
+                    "feed message over max_message_bytes dropped"
+                );
+                continue;
+            }
             match self.mapping.apply(&message.payload, &message.source) {
                 Err(skip) => self.skipped(skip),
                 Ok(list) => {
@@ -325,6 +341,10 @@ impl FeedRunner {
                     lost.cancel();
                     return false;
                 }
+                Err(e @ FeedPublishError::TooLarge { .. }) => {
+                    self.count_skip("too_large");
+                    tracing::warn!(feed = %self.cfg.name, error = %e, "feed publication dropped");
+                }
                 Err(FeedPublishError::Failed(e)) => {
                     self.metrics.publish_errors.get_or_create(&label).inc();
                     tracing::warn!(feed = %self.cfg.name, error = %e, "feed publication failed");
@@ -340,6 +360,10 @@ impl FeedRunner {
             Skip::Unmatched => "unmatched",
             Skip::Unmapped => "unmapped",
         };
+        self.count_skip(reason);
+    }
+
+    fn count_skip(&self, reason: &'static str) {
         self.metrics
             .skipped
             .get_or_create(&FeedSkipLabel {

@@ -123,7 +123,10 @@ impl Source {
             } => loop {
                 tokio::select! {
                     _ = heartbeat.tick() => {
-                        tokio::time::timeout(*timeout, sink.ping::<String>())
+                        // A subscribed RESP2 connection answers PING with ["pong", ""], not a
+                        // status: any answer proves liveness (a String here failed every PING
+                        // and dropped the connection each heartbeat).
+                        tokio::time::timeout(*timeout, sink.ping::<redis::Value>())
                             .await
                             .map_err(|_| UpstreamError::Idle(*timeout))?
                             .map_err(redis_error)?;
