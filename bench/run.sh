@@ -311,6 +311,7 @@ EOF
         --rate "${RATE:-$(pick 500 200)}" --duration "${DURATION:-$(pick 60s 5s)}" \
         --hostile-scale "${SCALE:-$(pick 1 0.05)}" --bomb-commands "$(pick 100000 5000)" \
         --oversize-bytes "$(pick 2000000 200000)" --victims "$(pick 10 2)" "${device_args[@]}" \
+        ${SKIP:+--skip "$SKIP"} \
         --json "$OUT/hostile.json" || status=$?
     cleanup
     return "$status"

@@ -197,10 +197,15 @@ fn start_attacks(args: &HostileArgs, ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHan
         ));
     }
     if on("osmand_unknown_ids") && ctx.osmand.is_some() {
-        tasks.push(tokio::spawn(requests::osmand_unknown_ids(
-            ctx.clone(),
-            scale(200.0) as u64,
-        )));
+        // Each connection waits for every answer: several of them make the rate.
+        let connections = scale(8.0);
+        let rate = (scale(200.0) / connections).max(1) as u64;
+        for _ in 0..connections {
+            tasks.push(tokio::spawn(requests::osmand_unknown_ids(
+                ctx.clone(),
+                rate,
+            )));
+        }
     }
     if on("connection_churn") {
         tasks.push(tokio::spawn(requests::connection_churn(
@@ -460,8 +465,10 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<Value> {
     for (label, n) in &victims_disconnected {
         ctx.tally
             .count("oversized_publication", "victims_disconnected", *n);
-        ctx.tally
-            .response("oversized_publication", &format!("victim {label}"));
+        for _ in 0..*n {
+            ctx.tally
+                .response("oversized_publication", &format!("victim {label}"));
+        }
     }
     let latency = stats.take_latency()?;
 
@@ -497,6 +504,8 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<Value> {
             "channels": plain.len(),
             "busy_subscribers": busy_connected,
             "publications": published_plain + published_busy,
+            "publications_offered": (args.rate + args.busy_rate) * duration.as_secs(),
+            "publications_busy": published_busy,
             "publication_rate": (published_plain + published_busy) as f64 / duration.as_secs_f64(),
             "expected_deliveries": expected,
             "received_deliveries": received,

@@ -81,7 +81,6 @@ pub async fn osmand_unknown_ids(ctx: Arc<Ctx>, per_second: u64) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut conn: Option<(TcpStream, Instant)> = None;
     let mut buf = vec![0u8; 4096];
-    let mut n = 0u64;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(ctx.end) => break,
@@ -101,10 +100,11 @@ pub async fn osmand_unknown_ids(ctx: Arc<Ctx>, per_second: u64) {
         let Some((stream, opened)) = conn.as_mut() else {
             continue;
         };
-        n += 1;
+        // Connection indexes are unique: they make the ids unique too.
         let request = format!(
-            "GET /?id=hostile-{}-{n} HTTP/1.1\r\nHost: {addr}\r\n\r\n",
-            ctx.run_id
+            "GET /?id=hostile-{}-{} HTTP/1.1\r\nHost: {addr}\r\n\r\n",
+            ctx.run_id,
+            ctx.index()
         );
         let answer = tokio::time::timeout(Duration::from_secs(10), async {
             stream.write_all(request.as_bytes()).await?;

@@ -155,7 +155,7 @@ pub async fn slowloris(ctx: Arc<Ctx>, every_ticks: u64) {
         speaks: Speaks::Http,
         reads: true,
         more: |n: u64| {
-            if n % every_ticks.max(1) == 0 {
+            if n.is_multiple_of(every_ticks.max(1)) {
                 head.get((n / every_ticks.max(1)) as usize)
                     .map(|b| vec![*b])
                     .unwrap_or_default()
