@@ -428,7 +428,7 @@ pub fn response_label(response: &[u8]) -> String {
     };
     match memchr::memmem::find(response, b"\"error\":{\"code\":") {
         Some(at) => {
-            let digits: String = response[at + 17..]
+            let digits: String = response[at + 16..]
                 .iter()
                 .take_while(|b| b.is_ascii_digit())
                 .map(|b| *b as char)
