@@ -10,6 +10,8 @@
 #   livemap    GT06 trackers over TCP, viewers of the fleet channel, positions into PostgreSQL
 #   cluster    the broadcast across NODES nodes linked by each of BROKERS (redis, redis_cluster,
 #              nats; or CLUSTER_CONFIG: a TOML fragment with the [broker] section)
+#   hostile    60 s soak: hostile clients of every kind and 5,000 honest subscribers on one node
+#              with production defaults; fails on any honest loss or disconnect
 #   all        every scenario above, in that order
 #   smoke      every scenario with tiny numbers (seconds each): checks that the suite still runs
 #
@@ -22,7 +24,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 scenario=${1:-}
-[ -n "$scenario" ] || { sed -n '2,20p' "$0"; exit 2; }
+[ -n "$scenario" ] || { sed -n '2,22p' "$0"; exit 2; }
 
 SMOKE=${SMOKE:-0}
 [ "$scenario" = smoke ] && SMOKE=1
@@ -258,6 +260,63 @@ EOF
     cleanup
 }
 
+run_hostile() {
+    # Production defaults (no raised limits), history on the honest channels, a channel with a big
+    # history for the amplifiers, and the device listeners (DEVICES_ON=0 leaves them out).
+    local gt06=$((PORT + 23)) h02=$((PORT + 13)) teltonika=$((PORT + 27)) osmand=$((PORT + 55))
+    local jsonl=$((PORT + 99)) device_args=()
+    cat >"$WORK/hostile.toml" <<EOF
+[http]
+listen = "127.0.0.1:$PORT"
+shutdown_timeout = "2s"
+[log]
+level = "warn"
+[client.token]
+hmac_secret = "$SECRET"
+[api]
+key = "$API_KEY"
+[[channel.namespaces]]
+name = "live"
+allow_subscribe_for_client = true
+history_size = 100
+history_ttl = "5m"
+[[channel.namespaces]]
+name = "big"
+allow_subscribe_for_client = true
+allow_history_for_client = true
+history_size = 1000
+history_ttl = "10m"
+EOF
+    if [ "${DEVICES_ON:-1}" = 1 ]; then
+        cat >>"$WORK/hostile.toml" <<EOF
+[devices]
+enabled = true
+spool_dir = "$WORK/spool"
+store = "sqlite:$WORK/positions.db"
+[devices.listen]
+gt06 = "127.0.0.1:$gt06"
+h02 = "127.0.0.1:$h02"
+teltonika = "127.0.0.1:$teltonika"
+osmand = "127.0.0.1:$osmand"
+jsonl = "127.0.0.1:$jsonl"
+EOF
+        device_args=(--device-tcp "127.0.0.1:$gt06,127.0.0.1:$h02,127.0.0.1:$teltonika,127.0.0.1:$jsonl"
+                     --osmand "127.0.0.1:$osmand")
+    fi
+    start_nodes 1 "$WORK/hostile.toml"
+    wait_http "127.0.0.1:$PORT"
+    local status=0
+    bench hostile --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
+        --subscribers "${SUBS:-$(pick 5000 200)}" --busy-subscribers "${BUSY_SUBS:-$(pick 50 10)}" \
+        --rate "${RATE:-$(pick 500 200)}" --duration "${DURATION:-$(pick 60s 5s)}" \
+        --hostile-scale "${SCALE:-$(pick 1 0.05)}" --bomb-commands "$(pick 100000 5000)" \
+        --oversize-bytes "$(pick 2000000 200000)" --victims "$(pick 10 2)" "${device_args[@]}" \
+        ${SKIP:+--skip "$SKIP"} \
+        --json "$OUT/hostile.json" || status=$?
+    cleanup
+    return "$status"
+}
+
 # A Redis Cluster of 3 primaries on PORT+300.. (bus ports +10000), for BROKER=redis_cluster.
 start_redis_cluster() {
     command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
@@ -341,9 +400,10 @@ case "$scenario" in
     market) run_market ;;
     livemap) run_livemap ;;
     cluster) run_clusters ;;
+    hostile) run_hostile ;;
     all | smoke)
         run_idle; run_broadcast; run_peer ws; run_peer socketio
-        run_chat; run_market; run_livemap; run_clusters
+        run_chat; run_market; run_livemap; run_clusters; run_hostile
         ;;
     *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
 esac

@@ -3,6 +3,7 @@
 pub mod broadcast;
 pub mod chat;
 pub mod common;
+pub mod hostile;
 pub mod idle;
 pub mod lite;
 pub mod livemap;

@@ -7,7 +7,7 @@
 //! targets loopback and stops by itself (durations and counts are bounded).
 
 use clap::{Parser, Subcommand};
-use herald_bench::{broadcast, chat, idle, livemap, market, summary};
+use herald_bench::{broadcast, chat, hostile, idle, livemap, market, summary};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -29,6 +29,9 @@ enum Command {
     Market(market::MarketArgs),
     /// GT06 trackers over TCP and viewers of the fleet channel.
     Livemap(livemap::LiveMapArgs),
+    /// Hostile clients of every kind against one node while honest subscribers must receive
+    /// everything; exits non-zero on any honest loss or disconnect.
+    Hostile(hostile::HostileArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +62,10 @@ fn main() -> anyhow::Result<()> {
             let path = args.common.json.clone();
             (runtime.block_on(livemap::run(args))?, path)
         }
+        Command::Hostile(args) => {
+            let path = args.common.json.clone();
+            (runtime.block_on(hostile::run(args))?, path)
+        }
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     if let Some(path) = json_path {
@@ -67,5 +74,8 @@ fn main() -> anyhow::Result<()> {
     summary::print(&result);
     // Connections are closed; do not wait for stragglers in the runtime's blocking pool.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    if result["passed"] == false {
+        std::process::exit(1);
+    }
     Ok(())
 }

@@ -42,7 +42,7 @@ pub async fn connect_from(server: SocketAddr, source: IpAddr) -> anyhow::Result<
 /// IP_BIND_ADDRESS_NO_PORT: defer the port choice to connect(), so a bound source address does
 /// not reserve a port per socket up front (the 4-tuple is then what must be unique, not the
 /// port). Best effort: without it, binding still works, with fewer ports.
-fn set_bind_address_no_port(socket: &socket2::Socket) {
+pub fn set_bind_address_no_port(socket: &socket2::Socket) {
     use std::os::fd::AsRawFd;
     let one: libc::c_int = 1;
     // SAFETY: setsockopt reads `one` for the given length; the fd is owned by `socket`.

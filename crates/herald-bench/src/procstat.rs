@@ -103,3 +103,19 @@ pub fn kernel() -> Option<KernelSample> {
         tcp_inuse: field("inuse")?,
     })
 }
+
+/// A `kB` field of /proc/<pid>/status (`VmRSS`, `VmHWM`: the peak RSS the kernel recorded).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Open descriptors of a process: the entries of /proc/<pid>/fd.
+pub fn open_fds(pid: u32) -> Option<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(dir.count() as u64)
+}

@@ -29,6 +29,9 @@ pub fn step_line(step: &Value) -> String {
 }
 
 pub fn print(result: &Value) {
+    if result["scenario"] == "hostile" {
+        return eprint!("{}", crate::hostile::report::render(result));
+    }
     let mut out = String::new();
     out.push_str(&format!(
         "== {} ({}) ==\n",
