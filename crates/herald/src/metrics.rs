@@ -86,6 +86,8 @@ pub struct Metrics {
     device_positions_stored: Counter,
     device_positions_quarantined: Counter,
     device_writer_errors: Counter,
+    /// Server API and `/metrics` requests refused before any method ran, by reason.
+    pub api_refused: Family<ReasonLabel, Counter>,
 }
 
 /// Device ingest counters, copied into the registry when metrics are rendered.
@@ -143,6 +145,7 @@ impl Metrics {
             device_positions_stored: Counter::default(),
             device_positions_quarantined: Counter::default(),
             device_writer_errors: Counter::default(),
+            api_refused: Family::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
@@ -306,6 +309,11 @@ impl Metrics {
             "device_writer_errors",
             "Failed database writes of device positions (each retried)",
             m.device_writer_errors.clone(),
+        );
+        registry.register(
+            "api_refused",
+            "Server API and /metrics requests refused before any method ran, by reason (key, peer, host, origin, forwarded, content type, body, body size, batch size)",
+            m.api_refused.clone(),
         );
         Metrics {
             registry: parking_lot::Mutex::new(registry),
