@@ -49,23 +49,19 @@ impl ApiRefusal {
     }
 }
 
-/// Whether the request may reach the API (`needs_json`: a request with a body) or `/metrics`.
-/// With a key, the key decides; without one, the keyless allow-list does.
+/// Whether an API request may reach its method. With a key, the key decides; without one, the
+/// keyless allow-list and the JSON content type do.
 pub fn authorize(
     key: &str,
     peer: IpAddr,
     uri: &Uri,
     headers: &HeaderMap,
-    needs_json: bool,
 ) -> Result<(), ApiRefusal> {
     if !key.is_empty() {
         return check_key(key, headers);
     }
     keyless_allowed(peer, uri, headers)?;
-    if needs_json {
-        json_content_type(headers)?;
-    }
-    Ok(())
+    json_content_type(headers)
 }
 
 /// `X-API-Key: <key>` or `Authorization: apikey <key>`, compared in constant time.
@@ -428,14 +424,7 @@ mod tests {
 
     fn local(pairs: &[(&str, &str)]) -> Result<(), &'static str> {
         let uri: Uri = "/api/publish".parse().unwrap();
-        authorize(
-            "",
-            "127.0.0.1".parse().unwrap(),
-            &uri,
-            &headers(pairs),
-            true,
-        )
-        .map_err(|e| e.reason)
+        authorize("", "127.0.0.1".parse().unwrap(), &uri, &headers(pairs)).map_err(|e| e.reason)
     }
 
     const JSON: (&str, &str) = ("Content-Type", "application/json");
@@ -522,7 +511,6 @@ mod tests {
             "10.1.2.3".parse().unwrap(),
             &"/".parse().unwrap(),
             &headers(&[h, JSON]),
-            true,
         );
         assert_eq!(remote.unwrap_err().reason, "peer");
         let mapped = authorize(
@@ -530,7 +518,6 @@ mod tests {
             "::ffff:127.0.0.1".parse().unwrap(),
             &"/".parse().unwrap(),
             &headers(&[h, JSON]),
-            true,
         );
         assert_eq!(mapped, Ok(()));
         let absolute: Uri = "http://evil.example/api/publish".parse().unwrap();
@@ -539,7 +526,6 @@ mod tests {
             "127.0.0.1".parse().unwrap(),
             &absolute,
             &headers(&[h, JSON]),
-            true,
         );
         assert_eq!(rebound.unwrap_err().reason, "host");
     }
@@ -549,14 +535,12 @@ mod tests {
         let uri: Uri = "/api/info".parse().unwrap();
         let remote: IpAddr = "203.0.113.9".parse().unwrap();
         let ok = headers(&[("X-API-Key", "k"), ("Host", "herald.example")]);
-        assert_eq!(authorize("k", remote, &uri, &ok, true), Ok(()));
+        assert_eq!(authorize("k", remote, &uri, &ok), Ok(()));
         let bearer = headers(&[("Authorization", "apikey k")]);
-        assert_eq!(authorize("k", remote, &uri, &bearer, true), Ok(()));
+        assert_eq!(authorize("k", remote, &uri, &bearer), Ok(()));
         let wrong = headers(&[("X-API-Key", "x")]);
         assert_eq!(
-            authorize("k", remote, &uri, &wrong, true)
-                .unwrap_err()
-                .status,
+            authorize("k", remote, &uri, &wrong).unwrap_err().status,
             StatusCode::UNAUTHORIZED
         );
     }

@@ -1388,8 +1388,8 @@ impl Config {
     /// A browser sends the visitor's cookies (and cached HTTP credentials) with a WebSocket
     /// handshake made by any site's page. Forwarded to the backend, they would authenticate that
     /// page as the visitor (cross-site WebSocket hijacking), so forwarding them needs an `Origin`
-    /// policy that names the application's own pages.
-    fn check_origin_policy(&self) -> Result<(), ConfigError> {
+    /// policy that names the application's own pages. `Server::start` checks it too.
+    pub fn check_origin_policy(&self) -> Result<(), ConfigError> {
         let hooked = self.proxy.endpoints().iter().any(|(_, e)| !e.is_empty());
         let credentials: Vec<&str> = self
             .proxy

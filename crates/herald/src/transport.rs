@@ -159,8 +159,13 @@ async fn route(
             }
         }
         (&Method::GET, "/metrics") if api_here => {
-            if let Err(refusal) = authorize_api(&node, &req, peer, false) {
-                return refusal;
+            // Metrics need no key (Prometheus); without one they stay on this host like the API.
+            if node.config.api.key.is_empty() {
+                if let Err(refusal) =
+                    crate::api_request::keyless_allowed(peer.ip(), req.uri(), req.headers())
+                {
+                    return api_refused(&node, &refusal);
+                }
             }
             if let Some(devices) = crate::devices::DeviceIngest::for_node(&node) {
                 node.metrics.set_devices(devices.metric_counts());
@@ -204,16 +209,9 @@ fn authorize_api(
     node: &Node,
     req: &Request<Incoming>,
     peer: SocketAddr,
-    needs_json: bool,
 ) -> Result<(), Response<Body>> {
-    crate::api_request::authorize(
-        &node.config.api.key,
-        peer.ip(),
-        req.uri(),
-        req.headers(),
-        needs_json,
-    )
-    .map_err(|refusal| api_refused(node, &refusal))
+    crate::api_request::authorize(&node.config.api.key, peer.ip(), req.uri(), req.headers())
+        .map_err(|refusal| api_refused(node, &refusal))
 }
 
 fn api_refused(node: &Node, refusal: &crate::api_request::ApiRefusal) -> Response<Body> {
@@ -232,7 +230,7 @@ async fn api(
     peer: SocketAddr,
     method: &str,
 ) -> Response<Body> {
-    if let Err(refusal) = authorize_api(&node, &req, peer, true) {
+    if let Err(refusal) = authorize_api(&node, &req, peer) {
         return refusal;
     }
     if !crate::api::METHODS.contains(&method) {
