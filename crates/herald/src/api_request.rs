@@ -156,7 +156,7 @@ fn forwarding_is_loopback(headers: &HeaderMap) -> Result<(), String> {
     if headers.contains_key(header::VIA) {
         return Err("the request came through a proxy (Via)".into());
     }
-    for name in ["x-forwarded-for", "x-real-ip"] {
+    for name in ["X-Forwarded-For", "X-Real-IP"] {
         for value in headers.get_all(name) {
             let text = value.to_str().unwrap_or("");
             if !text.split(',').all(|node| node_is_loopback(node.trim())) {
