@@ -203,17 +203,7 @@ async fn route(
     }
 }
 
-/// The API key, or without one the keyless allow-list (crate::api_request); a refusal is counted
-/// in `herald_api_refused_total` and answered with its status and message.
-fn authorize_api(
-    node: &Node,
-    req: &Request<Incoming>,
-    peer: SocketAddr,
-) -> Result<(), Response<Body>> {
-    crate::api_request::authorize(&node.config.api.key, peer.ip(), req.uri(), req.headers())
-        .map_err(|refusal| api_refused(node, &refusal))
-}
-
+/// Counts a refusal in `herald_api_refused_total` and answers with its status and message.
 fn api_refused(node: &Node, refusal: &crate::api_request::ApiRefusal) -> Response<Body> {
     node.metrics
         .api_refused
@@ -230,8 +220,11 @@ async fn api(
     peer: SocketAddr,
     method: &str,
 ) -> Response<Body> {
-    if let Err(refusal) = authorize_api(&node, &req, peer) {
-        return refusal;
+    // The API key, or without one the keyless allow-list (crate::api_request).
+    if let Err(refusal) =
+        crate::api_request::authorize(&node.config.api.key, peer.ip(), req.uri(), req.headers())
+    {
+        return api_refused(&node, &refusal);
     }
     if !crate::api::METHODS.contains(&method) {
         return api_error(
