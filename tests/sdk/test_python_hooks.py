@@ -70,6 +70,7 @@ def hooked():
     server = HeraldServer(
         Path(tempfile.mkdtemp(prefix="herald-sdk-hooks-")),
         {
+            "http.allowed_origins": ["https://im.example"],  # cookies are forwarded
             "proxy.connect_endpoint": f"{base}/connect",
             "proxy.subscribe_endpoint": f"{base}/subscribe",
             "proxy.publish_endpoint": f"{base}/publish",

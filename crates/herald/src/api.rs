@@ -8,7 +8,7 @@
 use crate::broker::Control;
 use crate::devices::{position_json as device_position_json, DeviceIngest};
 use crate::history::HistoryQuery;
-use crate::metrics::MethodLabel;
+use crate::metrics::{MethodLabel, ReasonLabel};
 use crate::node::{broker_error, Node};
 use crate::session::history_limit;
 use herald_protocol::{ErrorCode, StreamPosition};
@@ -187,13 +187,18 @@ pub fn default_track_limit() -> u32 {
 /// Most positions one `device_track` page may hold.
 pub const MAX_TRACK_LIMIT: u32 = 10_000;
 
-#[derive(Deserialize)]
-struct BatchParams {
-    commands: Vec<BTreeMap<String, Box<RawValue>>>,
-    /// Run the commands concurrently (as Centrifugo's `parallel`): a batch of publishes to a
-    /// broker costs about one round trip instead of one per command.
-    #[serde(default)]
-    parallel: bool,
+/// Runs one API method and returns its `result` as JSON text. `Err(None)` is an unknown method.
+/// A `batch` writes its replies one by one into that text, so their trees never pile up.
+pub async fn handle(node: &Node, method: &str, raw: &RawValue) -> Result<String, Option<ApiError>> {
+    if method == "batch" {
+        node.metrics
+            .api_requests
+            .get_or_create(&MethodLabel { method: "batch" })
+            .inc();
+        return Box::pin(batch(node, raw)).await.map_err(Some);
+    }
+    let result = call(node, method, raw).await?;
+    Ok(result.to_string())
 }
 
 /// Runs one API method. `Err(None)` is an unknown method.
@@ -220,7 +225,7 @@ pub async fn call(node: &Node, method: &str, raw: &RawValue) -> Result<Value, Op
         "history_remove" => history_remove(node, params(raw)?).await,
         "channels" => Ok(channels(node, params(raw)?)),
         "info" => info(node).await,
-        "batch" => Box::pin(batch(node, params(raw)?)).await,
+        "batch" => Err(ApiError::bad("batch cannot be nested")),
         "devices" => devices(node),
         "device_positions" => device_positions(node).await,
         "device_track" => device_track(node, params(raw)?).await,
@@ -484,36 +489,48 @@ pub async fn device_track(node: &Node, p: DeviceTrackParams) -> Result<Value, Ap
     }))
 }
 
-async fn batch(node: &Node, p: BatchParams) -> Result<Value, ApiError> {
-    // Malformed commands fail the whole batch before any runs.
-    let mut calls = Vec::with_capacity(p.commands.len());
-    for (i, command) in p.commands.iter().enumerate() {
-        let mut entries = command.iter();
-        let (Some((method, raw)), None) = (entries.next(), entries.next()) else {
-            return Err(ApiError::bad(format!(
-                "commands[{i}] must have exactly one method key"
-            )));
-        };
-        if method == "batch" {
-            return Err(ApiError::bad(format!(
-                "commands[{i}]: batch cannot be nested"
-            )));
+/// Runs a `batch` (at most `api.max_batch_commands` commands; a malformed or oversized batch fails
+/// before any command runs) and writes `{"replies": [...]}`, one reply per command, in order.
+async fn batch(node: &Node, raw: &RawValue) -> Result<String, ApiError> {
+    let max = node.config.api.max_batch_commands;
+    let request = crate::api_request::parse_batch(raw, max).map_err(|e| {
+        if e.contains("api.max_batch_commands") {
+            node.metrics
+                .api_refused
+                .get_or_create(&ReasonLabel {
+                    reason: "batch size",
+                })
+                .inc();
         }
-        calls.push((method.as_str(), raw.as_ref()));
-    }
-    let replies = if p.parallel {
+        ApiError::bad(e)
+    })?;
+    let calls = &request.commands;
+    let mut out = String::from("{\"replies\":[");
+    let mut push = |reply: Value, first: bool| {
+        if !first {
+            out.push(',');
+        }
+        out.push_str(&reply.to_string());
+    };
+    if request.parallel {
+        // At most max_batch_commands futures; each reply is written as soon as its turn comes.
         let all = calls
             .iter()
             .map(|(method, raw)| Box::pin(batch_reply(node, method, raw)));
-        futures_util::future::join_all(all).await
-    } else {
-        let mut replies = Vec::with_capacity(calls.len());
-        for (method, raw) in &calls {
-            replies.push(Box::pin(batch_reply(node, method, raw)).await);
+        for (i, reply) in futures_util::future::join_all(all)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            push(reply, i == 0);
         }
-        replies
-    };
-    Ok(json!({"replies": replies}))
+    } else {
+        for (i, (method, raw)) in calls.iter().enumerate() {
+            push(Box::pin(batch_reply(node, method, raw)).await, i == 0);
+        }
+    }
+    out.push_str("]}");
+    Ok(out)
 }
 
 /// One command of a batch: `{"<method>": result}` or `{"error": {...}}`.

@@ -45,6 +45,7 @@ pub struct HttpConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Allowed `Origin` values for WebSocket handshakes (`*` or exact origins); empty allows all.
+    /// Required (without `*`) when the proxy hooks forward Cookie or Authorization.
     pub allowed_origins: Vec<String>,
 }
 
@@ -179,15 +180,39 @@ pub struct TokenConfig {
     pub issuer: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Key for `X-API-Key` / `Authorization: apikey …`. Empty: the API answers loopback clients only.
+    /// Key for `X-API-Key` / `Authorization: apikey …`. Empty: the API (and `/metrics`) answers only
+    /// requests made on this host: loopback peer and `Host`, no foreign `Origin`, JSON content type.
     pub key: String,
+    /// Most commands one `batch` may carry; a larger batch is refused before any command runs.
+    pub max_batch_commands: usize,
 }
 
 /// Default of `channel.max_publication_bytes` (with the default 1 MiB outbox).
 pub const DEFAULT_MAX_PUBLICATION_BYTES: usize = 65_536;
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            key: String::new(),
+            max_batch_commands: 1000,
+        }
+    }
+}
+
+impl ApiConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_batch_commands == 0 {
+            return Err(field("api.max_batch_commands", "must be greater than zero"));
+        }
+        Ok(())
+    }
+}
+
+/// Headers a browser adds to a cross-site WebSocket handshake by itself (the visitor's credentials).
+const AMBIENT_CREDENTIAL_HEADERS: [&str; 2] = ["cookie", "authorization"];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1412,7 +1437,9 @@ impl Config {
         self.devices.validate()?;
         self.broker.validate()?;
         self.map.validate()?;
+        self.api.validate()?;
         self.proxy.validate()?;
+        self.check_origin_policy()?;
         self.webhooks.validate()?;
         let all = std::iter::once((
             "channel.without_namespace".to_string(),
@@ -1457,6 +1484,37 @@ impl Config {
                     format!("feed {:?} defined twice", feed.name),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// A browser sends the visitor's cookies (and cached HTTP credentials) with a WebSocket
+    /// handshake made by any site's page. Forwarded to the backend, they would authenticate that
+    /// page as the visitor (cross-site WebSocket hijacking), so forwarding them needs an `Origin`
+    /// policy that names the application's own pages. `Server::start` checks it too.
+    pub fn check_origin_policy(&self) -> Result<(), ConfigError> {
+        let hooked = self.proxy.endpoints().iter().any(|(_, e)| !e.is_empty());
+        let credentials: Vec<&str> = self
+            .proxy
+            .forward_headers
+            .iter()
+            .filter(|h| AMBIENT_CREDENTIAL_HEADERS.contains(&h.to_ascii_lowercase().as_str()))
+            .map(String::as_str)
+            .collect();
+        if !hooked || credentials.is_empty() {
+            return Ok(());
+        }
+        let origins = &self.http.allowed_origins;
+        if origins.is_empty() || origins.iter().any(|o| o == "*") {
+            return Err(field(
+                "http.allowed_origins",
+                format!(
+                    "proxy.forward_headers forwards {} to the backend, which a browser sends along with a handshake from any web site; \
+                     list your pages' origins in http.allowed_origins (not \"*\"), or remove {} from proxy.forward_headers",
+                    credentials.join(" and "),
+                    credentials.join(" and ")
+                ),
+            ));
         }
         Ok(())
     }
@@ -1776,6 +1834,32 @@ mod tests {
             .to_string();
         assert!(e.starts_with("log.level:"), "{e}");
         assert!(load_str("[log]\nlevel = \"herald=debug,info\"\n", &[], &[]).is_ok());
+    }
+
+    #[test]
+    fn forwarding_credentials_to_hooks_needs_an_origin_policy() {
+        let hooked = "[proxy]\nconnect_endpoint = \"http://127.0.0.1:9/connect\"\n";
+        let e = load_str(hooked, &[], &[]).unwrap_err().to_string();
+        assert!(e.starts_with("http.allowed_origins:"), "{e}");
+        assert!(
+            e.contains("proxy.forward_headers") && e.contains("Cookie"),
+            "{e}"
+        );
+        let star = load_str(hooked, &[], &["http.allowed_origins=[\"*\"]"]).unwrap_err();
+        assert!(
+            star.to_string().starts_with("http.allowed_origins:"),
+            "{star}"
+        );
+        let listed = ["http.allowed_origins=[\"https://app.example\"]"];
+        assert!(load_str(hooked, &[], &listed).is_ok());
+        let no_credentials = ["proxy.forward_headers=[\"User-Agent\"]"];
+        assert!(load_str(hooked, &[], &no_credentials).is_ok());
+        assert!(
+            load_str("", &[], &[]).is_ok(),
+            "no hook: nothing is forwarded"
+        );
+        let e = load_str("", &[], &["api.max_batch_commands=0"]).unwrap_err();
+        assert!(e.to_string().starts_with("api.max_batch_commands:"), "{e}");
     }
 
     #[test]

@@ -20,7 +20,8 @@ internal_listen = ""
 reuse_port = false
 # Graceful shutdown waits this long for clients to leave after telling them to reconnect elsewhere.
 shutdown_timeout = "10s"
-# Allowed Origin values for WebSocket handshakes from browsers; empty allows all.
+# Allowed Origin values for WebSocket handshakes from browsers; empty allows all. Must list your
+# pages' origins (not "*") when [proxy] hooks forward Cookie or Authorization.
 allowed_origins = []
 
 [log]
@@ -92,8 +93,11 @@ issuer = ""
 
 [api]
 # Key for X-API-Key or "Authorization: apikey <key>" (generated for this file by herald genconfig).
-# Empty: the API answers loopback clients only.
+# Empty: the API and /metrics answer only requests made on this host (loopback peer and Host,
+# no foreign Origin, Content-Type: application/json).
 key = "{{api_key}}"
+# Most commands in one batch request; a larger batch is refused before any command runs.
+max_batch_commands = 1000
 
 [channel]
 # Longest channel name accepted.
@@ -224,7 +228,8 @@ send_endpoint = ""
 timeout = "3s"
 # Most calls in flight per node; one more fails at once with "backend busy".
 max_concurrent = 256
-# WebSocket handshake headers copied to every call.
+# WebSocket handshake headers copied to every call. Cookie and Authorization are sent by a browser
+# for any site's page, so forwarding them with a hook configured needs http.allowed_origins.
 forward_headers = ["Cookie", "Authorization"]
 
 [webhooks]

@@ -6,6 +6,7 @@
 //! [`session`] task drains its outbox into batched WebSocket frames.
 
 pub mod api;
+pub mod api_request;
 pub mod broker;
 pub mod channel;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod demo;
 pub mod descriptors;
 pub mod devices;
 pub mod feeds;
+pub mod handshake;
 pub mod history;
 pub mod hooks;
 pub mod hub;

@@ -253,7 +253,7 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
         server.addr
     );
     if node.config.api.key.is_empty() {
-        tracing::warn!("api.key is empty: the server API answers loopback clients only");
+        tracing::warn!("api.key is empty: the server API and /metrics answer only requests made on this host (loopback peer and Host, no foreign Origin, Content-Type: application/json)");
     }
     match node.config.broker.kind.as_str() {
         "redis" => tracing::info!(
@@ -277,7 +277,7 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
     if let Some(demo_token) = demo_token {
         tracing::info!("try it: connect with token {demo_token} (user \"demo\", valid 24h), then");
         tracing::info!(
-            "  curl -s -X POST http://{api_where}/api/publish -d '{{\"channel\": \"#demo\", \"data\": {{\"text\": \"hello\"}}}}'"
+            "  curl -s -X POST http://{api_where}/api/publish -H 'Content-Type: application/json' -d '{{\"channel\": \"#demo\", \"data\": {{\"text\": \"hello\"}}}}'"
         );
     }
     if node.config.map.enabled && node.config.devices.enabled {

@@ -105,6 +105,8 @@ pub struct Metrics {
     pub history_streams_forgotten: Family<ReasonLabel, Counter>,
     /// Publications refused for exceeding `channel.max_publication_bytes`, by source.
     pub publications_too_large: Family<SourceLabel, Counter>,
+    /// Server API and `/metrics` requests refused before any method ran, by reason.
+    pub api_refused: Family<ReasonLabel, Counter>,
 }
 
 /// Device ingest counters, copied into the registry when metrics are rendered.
@@ -168,6 +170,7 @@ impl Metrics {
             history_streams: Gauge::default(),
             history_streams_forgotten: Family::default(),
             publications_too_large: Family::default(),
+            api_refused: Family::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
@@ -361,6 +364,11 @@ impl Metrics {
             "publications_too_large",
             "Publications refused for exceeding channel.max_publication_bytes, by source",
             m.publications_too_large.clone(),
+        );
+        registry.register(
+            "api_refused",
+            "Server API and /metrics requests refused before any method ran, by reason (key, peer, host, origin, forwarded, content type, body, body size, batch size)",
+            m.api_refused.clone(),
         );
         Metrics {
             registry: parking_lot::Mutex::new(registry),

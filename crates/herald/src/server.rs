@@ -65,6 +65,8 @@ pub fn verifier(config: &Config) -> anyhow::Result<Verifier> {
 impl Server {
     /// Binds and starts serving. Port 0 picks a free port (see `addr`).
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        // Also for configs built in code: forwarding credentials without an Origin policy is unsafe.
+        config.check_origin_policy()?;
         let verifier = verifier(&config)?;
         type Brokers = (
             Arc<dyn Broker>,

@@ -6,7 +6,6 @@
 use crate::node::Node;
 use crate::session::Session;
 use crate::ws::WsConn;
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,12 +16,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 pub const WEBSOCKET_PATH: &str = "/connection/websocket";
 const MAX_API_BODY: usize = 4 << 20;
-const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +192,14 @@ async fn route(
             ),
         },
         (&Method::GET, "/metrics") if api_here => {
+            // Metrics need no key (Prometheus); without one they stay on this host like the API.
+            if node.config.api.key.is_empty() {
+                if let Err(refusal) =
+                    crate::api_request::keyless_allowed(peer.ip(), req.uri(), req.headers())
+                {
+                    return api_refused(&node, &refusal);
+                }
+            }
             if let Some(devices) = crate::devices::DeviceIngest::for_node(&node) {
                 node.metrics.set_devices(devices.metric_counts());
             }
@@ -231,44 +236,15 @@ async fn route(
     }
 }
 
-/// With a key configured, every caller must present it; without one, only loopback callers may call.
-fn api_authorized(
-    node: &Node,
-    req: &Request<Incoming>,
-    peer: SocketAddr,
-) -> Result<(), &'static str> {
-    let key = &node.config.api.key;
-    if key.is_empty() {
-        // A reverse proxy on the same host makes every caller look local; its forwarding headers
-        // give it away, and then a key is required.
-        let proxied = ["x-forwarded-for", "forwarded", "x-real-ip"]
-            .iter()
-            .any(|h| req.headers().contains_key(*h));
-        return if peer.ip().is_loopback() && !proxied {
-            Ok(())
-        } else {
-            Err("no api.key configured: the API answers direct loopback clients only")
-        };
-    }
-    let headers = req.headers();
-    let presented = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("apikey ")
-                        .or_else(|| v.strip_prefix("Apikey "))
-                })
+/// Counts a refusal in `herald_api_refused_total` and answers with its status and message.
+fn api_refused(node: &Node, refusal: &crate::api_request::ApiRefusal) -> Response<Body> {
+    node.metrics
+        .api_refused
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: refusal.reason,
         })
-        .unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
-        Ok(())
-    } else {
-        Err("missing or wrong API key")
-    }
+        .inc();
+    api_error(refusal.status, refusal.code, &refusal.message)
 }
 
 async fn api(
@@ -277,8 +253,11 @@ async fn api(
     peer: SocketAddr,
     method: &str,
 ) -> Response<Body> {
-    if let Err(message) = api_authorized(&node, &req, peer) {
-        return api_error(StatusCode::UNAUTHORIZED, 101, message);
+    // The API key, or without one the keyless allow-list (crate::api_request).
+    if let Err(refusal) =
+        crate::api_request::authorize(&node.config.api.key, peer.ip(), req.uri(), req.headers())
+    {
+        return api_refused(&node, &refusal);
     }
     if !crate::api::METHODS.contains(&method) {
         return api_error(
@@ -293,6 +272,12 @@ async fn api(
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
+                node.metrics
+                    .api_refused
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: "body size",
+                    })
+                    .inc();
                 return api_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     107,
@@ -306,34 +291,21 @@ async fn api(
             );
         }
     };
-    let text = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        "{}"
-    } else {
-        match std::str::from_utf8(&body) {
-            Ok(text) => text,
-            Err(_) => return api_error(StatusCode::BAD_REQUEST, 107, "request body is not UTF-8"),
-        }
-    };
-    let raw: Box<serde_json::value::RawValue> = match serde_json::from_str(text) {
+    let raw = match crate::api_request::parse_body(&body) {
         Ok(raw) => raw,
-        Err(e) => {
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                107,
-                &format!("request body is not JSON: {e}"),
-            )
-        }
+        Err(refusal) => return api_refused(&node, &refusal),
     };
-    if !raw.get().trim_start().starts_with('{') {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            107,
-            "request body must be a JSON object",
-        );
-    }
+    drop(body);
     // Every publication of the request is queued before any connection writes (crate::wakes).
-    match crate::wakes::batched(crate::api::call(&node, method, &raw)).await {
-        Ok(result) => json_response(StatusCode::OK, &json!({"result": result})),
+    match crate::wakes::batched(crate::api::handle(&node, method, &raw)).await {
+        Ok(result) => {
+            drop(raw);
+            let mut out = String::with_capacity(result.len() + 11);
+            out.push_str("{\"result\":");
+            out.push_str(&result);
+            out.push('}');
+            respond(StatusCode::OK, "application/json", out)
+        }
         Err(Some(e)) => json_response(StatusCode::OK, &e.to_json()),
         Err(None) => api_error(
             StatusCode::NOT_FOUND,
@@ -354,36 +326,29 @@ impl Drop for ConnectionSlot {
 }
 
 fn websocket(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let headers = req.headers();
-    let upgrade = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
-    let version = headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let (true, Some(key), "13") = (upgrade.eq_ignore_ascii_case("websocket"), key, version) else {
-        return respond(
-            StatusCode::BAD_REQUEST,
-            "text/plain; charset=utf-8",
-            "expected a WebSocket upgrade (Upgrade: websocket, Sec-WebSocket-Key, Sec-WebSocket-Version: 13)\n",
-        );
-    };
-    let allowed = &node.config.http.allowed_origins;
-    if !allowed.is_empty() && !allowed.iter().any(|o| o == "*") {
-        // Only browsers send Origin, and the check exists to stop other sites' pages; apps and
-        // server-side SDKs send none and are not refused for it.
-        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-        if origin.is_some_and(|origin| !allowed.iter().any(|o| o.eq_ignore_ascii_case(origin))) {
-            refused(&node, "origin");
-            return respond(
-                StatusCode::FORBIDDEN,
-                "text/plain; charset=utf-8",
-                "origin not allowed\n",
-            );
+    let key = match crate::handshake::validate_upgrade(req.method(), req.version(), req.headers()) {
+        Ok(key) => key.clone(),
+        Err(refusal) => {
+            refused(&node, refusal.reason);
+            let mut response =
+                respond(refusal.status, "text/plain; charset=utf-8", refusal.message);
+            if refusal.needs_version_header() {
+                response.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static(crate::handshake::WEBSOCKET_VERSION),
+                );
+            }
+            return response;
         }
+    };
+    // Before anything is forwarded: the connect hook runs only after the upgrade.
+    if !crate::handshake::origin_allowed(&node.config.http.allowed_origins, req.headers()) {
+        refused(&node, "origin");
+        return respond(
+            StatusCode::FORBIDDEN,
+            "text/plain; charset=utf-8",
+            "origin not allowed (http.allowed_origins)\n",
+        );
     }
     if node.shutdown.is_cancelled() {
         refused(&node, "shutdown");
@@ -414,10 +379,7 @@ fn websocket(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> R
     node.metrics.connections.inc();
     node.metrics.connections_accepted.inc();
     let slot = ConnectionSlot(node.clone());
-    let mut sha = sha1_smol::Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(WS_GUID.as_bytes());
-    let accept = base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes());
+    let accept = crate::handshake::accept_key(key.as_bytes());
     // Captured now: the handshake request is gone once the socket belongs to the session.
     let forwarded = node
         .hooks

@@ -267,13 +267,14 @@ async fn health_ready_and_metrics_count_what_happened() {
 #[tokio::test]
 async fn without_a_key_the_api_refuses_callers_behind_a_local_proxy() {
     let server = TestServer::with(|c| c.api.key.clear()).await;
-    let (status, _) = http_request(server.addr, "POST", "/api/info", &[], "{}").await;
+    let json = ("Content-Type", "application/json");
+    let (status, _) = http_request(server.addr, "POST", "/api/info", &[json], "{}").await;
     assert_eq!(status, 200, "direct loopback caller");
     let (status, body) = http_request(
         server.addr,
         "POST",
         "/api/info",
-        &[("X-Forwarded-For", "203.0.113.9")],
+        &[json, ("X-Forwarded-For", "203.0.113.9")],
         "{}",
     )
     .await;

@@ -572,7 +572,7 @@ async fn api_without_a_key_answers_loopback_callers() {
         server.addr,
         "POST",
         "/api/publish",
-        &[],
+        &[("Content-Type", "application/json")],
         &json!({"channel": "chat:loop", "data": 7}).to_string(),
     )
     .await;
@@ -584,7 +584,10 @@ async fn api_without_a_key_answers_loopback_callers() {
         server.addr,
         "POST",
         "/api/info",
-        &[("X-API-Key", "whatever")],
+        &[
+            ("X-API-Key", "whatever"),
+            ("Content-Type", "application/json"),
+        ],
         "{}",
     )
     .await;

@@ -93,7 +93,7 @@ async fn zero_config_run_serves_a_demo_and_drains_on_sigterm() {
         addr,
         "POST",
         "/api/publish",
-        &[],
+        &[("Content-Type", "application/json")],
         &json!({"channel": "#demo", "data": {"text": "hello"}}).to_string(),
     )
     .await;

@@ -30,6 +30,8 @@ fn with_proxy(config: &mut Config, base: &str) {
     p.rpc_endpoint = format!("{base}/rpc");
     p.send_endpoint = format!("{base}/send");
     p.timeout = Duration::from_millis(500);
+    // Cookies are forwarded: the page origins must be listed (apps without Origin still connect).
+    config.http.allowed_origins = vec!["https://im.example".into()];
     config.channel.namespaces.push(NamespaceOptions {
         proxy_subscribe: true,
         proxy_publish: true,

@@ -103,6 +103,7 @@ async fn php_example_backend_runs_the_im_scenario() {
     let server = TestServer::with(|c| {
         c.http.listen = format!("127.0.0.1:{herald_port}");
         c.proxy.connect_endpoint = php.url("/centrifugo/connect");
+        c.http.allowed_origins = vec!["https://im.example".into()];
         c.proxy.subscribe_endpoint = php.url("/centrifugo/subscribe");
         c.proxy.publish_endpoint = php.url("/centrifugo/publish");
         c.proxy.rpc_endpoint = php.url("/centrifugo/rpc");

@@ -1,0 +1,225 @@
+//! The WebSocket opening handshake as RFC 6455 §4.2.1 describes it, checked without I/O (fuzzed by
+//! `fuzz/fuzz_targets/http_request.rs`): what a request must carry to be upgraded, the refusal
+//! (status and message) when it does not, the `Origin` policy and the `Sec-WebSocket-Accept` value.
+
+use base64::Engine as _;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
+
+/// The only protocol version Herald speaks (RFC 6455).
+pub const WEBSOCKET_VERSION: &str = "13";
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Why a handshake is not upgraded: the HTTP status and a message that names the header at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HandshakeRefusal {
+    pub status: StatusCode,
+    pub message: &'static str,
+    /// The `reason` label of `herald_connections_refused_total`.
+    pub reason: &'static str,
+}
+
+impl HandshakeRefusal {
+    fn bad(message: &'static str) -> HandshakeRefusal {
+        HandshakeRefusal {
+            status: StatusCode::BAD_REQUEST,
+            message,
+            reason: "bad handshake",
+        }
+    }
+
+    /// A 426 must tell the client which version to use (RFC 6455 §4.2.2).
+    pub fn needs_version_header(&self) -> bool {
+        self.status == StatusCode::UPGRADE_REQUIRED
+    }
+}
+
+/// Checks an opening handshake; returns the client's `Sec-WebSocket-Key` for the accept value.
+pub fn validate_upgrade<'a>(
+    method: &Method,
+    version: Version,
+    headers: &'a HeaderMap,
+) -> Result<&'a HeaderValue, HandshakeRefusal> {
+    if method != Method::GET {
+        return Err(HandshakeRefusal {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: "a WebSocket handshake is a GET request\n",
+            reason: "bad handshake",
+        });
+    }
+    if version < Version::HTTP_11 {
+        return Err(HandshakeRefusal::bad(
+            "a WebSocket handshake needs HTTP/1.1\n",
+        ));
+    }
+    if !has_token(headers, header::UPGRADE, "websocket") {
+        return Err(HandshakeRefusal::bad(
+            "expected a WebSocket upgrade: the Upgrade header must be \"websocket\"\n",
+        ));
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(HandshakeRefusal::bad(
+            "expected a WebSocket upgrade: the Connection header must contain \"Upgrade\"\n",
+        ));
+    }
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes() == WEBSOCKET_VERSION.as_bytes() => {}
+        _ => {
+            return Err(HandshakeRefusal {
+                status: StatusCode::UPGRADE_REQUIRED,
+                message: "unsupported Sec-WebSocket-Version: this server speaks version 13\n",
+                reason: "websocket version",
+            })
+        }
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let (Some(key), None) = (keys.next(), keys.next()) else {
+        return Err(HandshakeRefusal::bad(
+            "expected exactly one Sec-WebSocket-Key header\n",
+        ));
+    };
+    if !valid_key(key.as_bytes()) {
+        return Err(HandshakeRefusal::bad(
+            "Sec-WebSocket-Key must be the base64 encoding of 16 bytes\n",
+        ));
+    }
+    Ok(key)
+}
+
+/// Whether the comma-separated values of header `name` hold `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// A key is 16 random bytes in base64: 24 characters ending in `==`.
+fn valid_key(key: &[u8]) -> bool {
+    let key = key.trim_ascii();
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|bytes| bytes.len() == 16)
+}
+
+/// The `Sec-WebSocket-Accept` value for a client's key.
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key.trim_ascii());
+    sha.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
+}
+
+/// The `http.allowed_origins` policy. An empty list or `"*"` allows every origin. Otherwise a
+/// listed origin is allowed, and so is a handshake without `Origin`: only browsers send it, and the
+/// policy exists to stop other sites' pages, not apps or server-side SDKs.
+pub fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
+        return true;
+    }
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    match (origins.next(), origins.next()) {
+        (None, _) => true,
+        (Some(origin), None) => origin.to_str().is_ok_and(|origin| {
+            allowed
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+        }),
+        // Two Origin headers: no browser sends that.
+        (Some(_), Some(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        ("Upgrade", "websocket"),
+        ("Connection", "keep-alive, Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+
+    fn check(pairs: &[(&str, &str)]) -> Result<(), HandshakeRefusal> {
+        validate_upgrade(&Method::GET, Version::HTTP_11, &headers(pairs)).map(|_| ())
+    }
+
+    fn without(name: &str) -> Vec<(&'static str, &'static str)> {
+        GOOD.iter().filter(|(n, _)| *n != name).copied().collect()
+    }
+
+    #[test]
+    fn the_rfc_example_is_accepted() {
+        assert_eq!(check(GOOD), Ok(()));
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn each_missing_part_is_named() {
+        let status = |pairs: &[(&str, &str)]| check(pairs).unwrap_err().status;
+        assert_eq!(status(&without("Upgrade")), StatusCode::BAD_REQUEST);
+        assert_eq!(status(&without("Connection")), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status(&without("Sec-WebSocket-Key")),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(&without("Sec-WebSocket-Version")),
+            StatusCode::UPGRADE_REQUIRED
+        );
+        let mut v8 = without("Sec-WebSocket-Version");
+        v8.push(("Sec-WebSocket-Version", "8"));
+        assert!(check(&v8).unwrap_err().needs_version_header());
+        let mut short = without("Sec-WebSocket-Key");
+        short.push(("Sec-WebSocket-Key", "c2hvcnQ="));
+        assert!(check(&short).unwrap_err().message.contains("16 bytes"));
+        let good = headers(GOOD);
+        let http10 = validate_upgrade(&Method::GET, Version::HTTP_10, &good);
+        assert!(http10.unwrap_err().message.contains("HTTP/1.1"));
+        let post = validate_upgrade(&Method::POST, Version::HTTP_11, &good);
+        assert_eq!(post.unwrap_err().status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn origin_policy() {
+        let list = vec!["https://app.example".to_string()];
+        assert!(origin_allowed(
+            &[],
+            &headers(&[("Origin", "https://evil.example")])
+        ));
+        assert!(origin_allowed(&list, &headers(&[])));
+        assert!(origin_allowed(
+            &list,
+            &headers(&[("Origin", "https://APP.example")])
+        ));
+        assert!(!origin_allowed(
+            &list,
+            &headers(&[("Origin", "https://evil.example")])
+        ));
+        assert!(!origin_allowed(&list, &headers(&[("Origin", "null")])));
+        let two = [
+            ("Origin", "https://app.example"),
+            ("Origin", "https://app.example"),
+        ];
+        assert!(!origin_allowed(&list, &headers(&two)));
+    }
+}
