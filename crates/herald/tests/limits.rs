@@ -398,7 +398,7 @@ async fn a_slow_consumer_is_disconnected_and_others_get_everything() {
     const SIZE: usize = 10_000;
     let server = TestServer::with(|c| {
         c.client.max_outbox_bytes = 64 * 1024;
-        // Also the write timeout: a write that cannot proceed for this long marks the client slow.
+        // Short pings; the outbox bound (not `client.write_timeout`) is what closes the client.
         c.client.pong_timeout = Duration::from_millis(500);
     })
     .await;
