@@ -57,6 +57,8 @@ pub struct Metrics {
     pub connections: Gauge,
     pub connections_accepted: Counter,
     pub connections_refused: Family<ReasonLabel, Counter>,
+    /// HTTP connections hyper closed for the client's doing (header timeout, head too large, malformed).
+    pub http_closed: Family<ReasonLabel, Counter>,
     pub subscriptions: Gauge,
     pub channels: Gauge,
     pub commands: Family<MethodLabel, Counter>,
@@ -133,6 +135,7 @@ impl Metrics {
             connections: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_refused: Family::default(),
+            http_closed: Family::default(),
             subscriptions: Gauge::default(),
             channels: Gauge::default(),
             commands: Family::default(),
@@ -187,6 +190,11 @@ impl Metrics {
             "connections_refused",
             "Connections refused at the handshake, by reason",
             m.connections_refused.clone(),
+        );
+        registry.register(
+            "http_closed",
+            "HTTP connections closed for the client's doing: header timeout, head too large, malformed request",
+            m.http_closed.clone(),
         );
         registry.register(
             "subscriptions",

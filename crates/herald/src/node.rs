@@ -223,11 +223,14 @@ impl Node {
 
 impl Node {
     /// [`Node::publish`] for a lease holder (a feed's leader): refused once a newer holder of
-    /// `lease` exists, so a leader that stalled past its lease cannot publish what it still holds.
+    /// `lease` exists, or once the lease's local deadline `valid_until` passed, so a leader that
+    /// stalled past its lease — also between the store's answer and the publish — cannot publish
+    /// what it still holds.
     pub async fn publish_fenced(
         &self,
         lease: &str,
         token: u64,
+        valid_until: Instant,
         channel: &str,
         data: Box<serde_json::value::RawValue>,
         tags: std::collections::BTreeMap<String, String>,
@@ -237,6 +240,9 @@ impl Node {
             Ok(true) => {}
             Ok(false) => return Err(FeedPublishError::Fenced),
             Err(e) => return Err(FeedPublishError::Failed(e.to_string())),
+        }
+        if Instant::now() >= valid_until {
+            return Err(FeedPublishError::Fenced);
         }
         match self.publish(channel, data, None, tags, "feed").await {
             Ok(_) => Ok(()),

@@ -120,17 +120,42 @@ async fn serve_connection(
     // Held while hyper serves the socket; an upgraded WebSocket is counted by node.connections.
     _permit: crate::descriptors::Permit,
 ) {
+    let metrics = node.metrics.clone();
     let service = hyper::service::service_fn(move |req| {
         let node = node.clone();
         async move { Ok::<_, std::convert::Infallible>(route(node, req, peer, role).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, %peer, "http connection ended with error");
+        if let Some(reason) = http_close_reason(&e) {
+            metrics
+                .http_closed
+                .get_or_create(&crate::metrics::ReasonLabel { reason })
+                .inc();
+        }
+    }
+}
+
+/// The whole request head (and the next one on a kept-alive connection) must arrive within this:
+/// silent sockets and slowloris heads are closed then.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why hyper gave up on a connection, when it was the client's doing (the limits of the HTTP
+/// layer): counted in `herald_http_closed_total{reason}`.
+fn http_close_reason(e: &hyper::Error) -> Option<&'static str> {
+    if e.is_timeout() {
+        Some("header timeout")
+    } else if e.is_parse_too_large() {
+        Some("head too large")
+    } else if e.is_parse() {
+        Some("malformed request")
+    } else {
+        None
     }
 }
 

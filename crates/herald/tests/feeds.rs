@@ -180,13 +180,14 @@ impl FeedSink for Recorder {
         &self,
         lease: &str,
         token: u64,
+        valid_until: Instant,
         mapped: Mapped,
     ) -> Result<(), FeedPublishError> {
         let freeze = self.freeze.lock().take();
         if let Some(d) = freeze {
             std::thread::sleep(d);
         }
-        if !self.leases.is_current(lease, token).await.unwrap() {
+        if !self.leases.is_current(lease, token).await.unwrap() || Instant::now() >= valid_until {
             return Err(FeedPublishError::Fenced);
         }
         let seq = mapped.data["seq"].as_i64().unwrap();
@@ -318,10 +319,32 @@ async fn the_node_refuses_publications_with_a_stale_fencing_token() {
         .unwrap()
         .unwrap();
     let data = || serde_json::value::to_raw_value(&json!({"v": 1})).unwrap();
-    node.publish_fenced("feed:x", old, "fenced", data(), Default::default())
-        .await
-        .unwrap();
+    let valid_until = Instant::now() + ttl;
+    node.publish_fenced(
+        "feed:x",
+        old,
+        valid_until,
+        "fenced",
+        data(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(client.publication("fenced").await["data"]["v"], 1);
+    // The store still names this holder, but its lease's local deadline passed (a leader that was
+    // frozen between the store's answer and the publish): refused all the same.
+    let lapsed = node
+        .publish_fenced(
+            "feed:x",
+            old,
+            Instant::now(),
+            "fenced",
+            data(),
+            Default::default(),
+        )
+        .await;
+    assert_eq!(lapsed, Err(FeedPublishError::Fenced));
+    client.expect_silence(Duration::from_millis(200)).await;
     node.leases.release("feed:x", "old").await.unwrap();
     let new = node
         .leases
@@ -331,7 +354,14 @@ async fn the_node_refuses_publications_with_a_stale_fencing_token() {
         .unwrap();
     assert!(new > old);
     let refused = node
-        .publish_fenced("feed:x", old, "fenced", data(), Default::default())
+        .publish_fenced(
+            "feed:x",
+            old,
+            valid_until,
+            "fenced",
+            data(),
+            Default::default(),
+        )
         .await;
     assert_eq!(refused, Err(FeedPublishError::Fenced));
     client.expect_silence(Duration::from_millis(200)).await;

@@ -135,6 +135,15 @@ async fn silent_sockets_and_slowloris_heads_are_cut_at_the_header_timeout() {
         open_fds()
     );
     honest.assert_alive().await;
+    let metrics = server.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "herald_http_closed_total{reason=\"header timeout\"}"
+        ) >= 300.0,
+        "every cut counted: {}",
+        metric(&metrics, "herald_http_closed_total")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,6 +176,14 @@ async fn oversized_and_numerous_headers_get_431_and_hold_nothing() {
     }
     receives_in_order(&mut honest, "chat:honest", 40).await;
     publishing.await.expect("publisher");
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "herald_http_closed_total{reason=\"head too large\"}"
+        ),
+        40.0
+    );
 }
 
 /// A masked client frame header announcing `len` payload bytes (the payload is never sent).

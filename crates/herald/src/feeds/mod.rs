@@ -42,10 +42,13 @@ pub enum FeedPublishError {
 /// Where a feed's publications go (the node; tests use a recorder).
 #[async_trait]
 pub trait FeedSink: Send + Sync {
+    /// `valid_until`: the lease's local deadline, checked after the store confirmed the token and
+    /// right before publishing, so a leader frozen in between publishes nothing when it wakes.
     async fn publish(
         &self,
         lease: &str,
         token: u64,
+        valid_until: Instant,
         mapped: Mapped,
     ) -> Result<(), FeedPublishError>;
 }
@@ -56,12 +59,20 @@ impl FeedSink for Node {
         &self,
         lease: &str,
         token: u64,
+        valid_until: Instant,
         mapped: Mapped,
     ) -> Result<(), FeedPublishError> {
         let data = serde_json::value::to_raw_value(&mapped.data)
             .map_err(|e| FeedPublishError::Failed(e.to_string()))?;
-        self.publish_fenced(lease, token, &mapped.channel, data, mapped.tags)
-            .await
+        self.publish_fenced(
+            lease,
+            token,
+            valid_until,
+            &mapped.channel,
+            data,
+            mapped.tags,
+        )
+        .await
     }
 }
 
@@ -313,7 +324,7 @@ impl FeedRunner {
             match self.mapping.apply(&message.payload, &message.source) {
                 Err(skip) => self.skipped(skip),
                 Ok(list) => {
-                    if !self.publish_all(lease, token, list, lost).await {
+                    if !self.publish_all(lease, token, deadline, list, lost).await {
                         break;
                     }
                 }
@@ -327,12 +338,14 @@ impl FeedRunner {
         &self,
         lease: &str,
         token: u64,
+        deadline: &Mutex<Instant>,
         list: Vec<Mapped>,
         lost: &CancellationToken,
     ) -> bool {
         let label = self.label();
         for mapped in list {
-            match self.sink.publish(lease, token, mapped).await {
+            let valid_until = *deadline.lock();
+            match self.sink.publish(lease, token, valid_until, mapped).await {
                 Ok(()) => {
                     self.metrics.publications.get_or_create(&label).inc();
                 }
