@@ -403,19 +403,7 @@ async fn handshake(
         headers.join("\r\n")
     );
     stream.write_all(request.as_bytes()).await.expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
-            .await
-            .expect("handshake reply in time")
-            .expect("read");
-        if n == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head).to_string();
+    let text = read_head(&mut stream).await;
     let status = text
         .split_whitespace()
         .nth(1)

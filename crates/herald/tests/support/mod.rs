@@ -461,6 +461,18 @@ pub async fn ws_handshake(addr: SocketAddr) -> (u16, TcpStream) {
         .write_all(request.as_bytes())
         .await
         .expect("write handshake");
+    let text = read_head(&mut stream).await;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line: {text:?}"));
+    (status, stream)
+}
+
+/// Reads a response head byte by byte (nothing past it, so the socket can go on as a WebSocket),
+/// up to and including the blank line, or until the server closes.
+pub async fn read_head(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -473,13 +485,7 @@ pub async fn ws_handshake(addr: SocketAddr) -> (u16, TcpStream) {
         }
         head.push(byte[0]);
     }
-    let text = String::from_utf8_lossy(&head);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {text:?}"));
-    (status, stream)
+    String::from_utf8_lossy(&head).to_string()
 }
 
 /// The sum of every sample of a Prometheus metric (`name` or `name{labels}` prefix) in `/metrics` text.
