@@ -17,34 +17,8 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-fn enable_devices(c: &mut Config, dir: &Path) {
-    c.devices.enabled = true;
-    let l = &mut c.devices.listen;
-    for a in [
-        &mut l.gt06,
-        &mut l.h02,
-        &mut l.teltonika,
-        &mut l.osmand,
-        &mut l.jsonl,
-    ] {
-        *a = "127.0.0.1:0".into();
-    }
-    c.devices.spool_dir = dir.join("spool").display().to_string();
-    c.devices.store = format!("sqlite:{}", dir.join("herald.db").display());
-    c.devices.fsync = "never".into();
-    c.channel.namespaces.push(open_namespace("devices"));
-}
-
 async fn start(dir: &Path, change: impl FnOnce(&mut Config)) -> TestServer {
-    TestServer::with(|c| {
-        enable_devices(c, dir);
-        change(c);
-    })
-    .await
-}
-
-fn addrs(ts: &TestServer) -> herald::devices::DeviceAddrs {
-    ts.server.as_ref().unwrap().device_addrs
+    start_with_devices(dir, "never", change).await
 }
 
 fn fix(seed: u64) -> Fix {

@@ -470,6 +470,44 @@ pub async fn ws_handshake(addr: SocketAddr) -> (u16, TcpStream) {
     (status, stream)
 }
 
+/// Turns on device ingest with every listener on a free loopback port, the spool and a SQLite store
+/// in `dir`, the given `devices.fsync`, and an open `devices` namespace.
+pub fn enable_devices(c: &mut Config, dir: &std::path::Path, fsync: &str) {
+    c.devices.enabled = true;
+    let l = &mut c.devices.listen;
+    for a in [
+        &mut l.gt06,
+        &mut l.h02,
+        &mut l.teltonika,
+        &mut l.osmand,
+        &mut l.jsonl,
+    ] {
+        *a = "127.0.0.1:0".into();
+    }
+    c.devices.spool_dir = dir.join("spool").display().to_string();
+    c.devices.store = format!("sqlite:{}", dir.join("herald.db").display());
+    c.devices.fsync = fsync.into();
+    c.channel.namespaces.push(open_namespace("devices"));
+}
+
+/// A test server with device ingest on ([`enable_devices`]), then `change` applied.
+pub async fn start_with_devices(
+    dir: &std::path::Path,
+    fsync: &str,
+    change: impl FnOnce(&mut Config),
+) -> TestServer {
+    TestServer::with(|c| {
+        enable_devices(c, dir, fsync);
+        change(c);
+    })
+    .await
+}
+
+/// The bound device listener addresses of a test server.
+pub fn addrs(ts: &TestServer) -> herald::devices::DeviceAddrs {
+    ts.server.as_ref().expect("server running").device_addrs
+}
+
 /// Reads a response head byte by byte (nothing past it, so the socket can go on as a WebSocket),
 /// up to and including the blank line, or until the server closes.
 pub async fn read_head(stream: &mut TcpStream) -> String {
