@@ -4,8 +4,8 @@
 //! live in docs/benchmarks.md, from bench/run.sh). The Node.js peers are covered by
 //! `bench/run.sh smoke`, which needs npm.
 
+use herald::app::server::Server;
 use herald::config::Config;
-use herald::server::Server;
 use herald_bench::broadcast::{self, BroadcastArgs};
 use herald_bench::chat::{self, ChatArgs};
 use herald_bench::common::Common;

@@ -1,36 +1,27 @@
 //! Herald: a real-time push gateway that speaks the Centrifugo client protocol and server API.
 //!
-//! The flow of one publication: a client command, an API call (and later a device or feed) calls
-//! [`node::Node::publish`]; the [`broker`] assigns its stream position and delivers it to every node's
-//! [`hub`]; the hub encodes it once and queues the shared bytes on each subscriber's [`outbox`]; each
-//! [`session`] task drains its outbox into batched WebSocket frames.
+//! The modules are layers; each imports only from the layers below it (checked by
+//! `tests/layers.rs`, drawn in `docs/architecture.md`):
+//!
+//! | layer | modules | what it holds |
+//! |---|---|---|
+//! | app | [`app`] | the process: starting and stopping a node, the demo, the device simulator |
+//! | edges | [`edges`] | what talks to the outside: HTTP routing, the server API, client sessions, device ports, feeds, the map |
+//! | node | [`node`] | what one node shares between its edges: the publish path, limits, the broker and the hub |
+//! | links | [`brokers`], [`hooks`] | the node's outbound links: other nodes (memory, Redis, NATS) and the application backend |
+//! | core | [`core`] | channels, the hub, outboxes, wake-ups, history, presence, metrics, the clock |
+//! | settings | [`config`] | the configuration: its sections, defaults, loading and validation |
+//!
+//! The flow of one publication: a client command, an API call, a device or a feed calls
+//! [`node::Node::publish`]; the broker ([`brokers`]) assigns its stream position and delivers it
+//! to every node's hub ([`core::hub`]); the hub encodes it once and queues the shared bytes on each
+//! subscriber's outbox ([`core::outbox`]); each session task ([`edges::session`]) drains its
+//! outbox into batched WebSocket frames.
 
-pub mod api;
-pub mod api_request;
-pub mod broker;
-pub mod channel;
+pub mod app;
+pub mod brokers;
 pub mod config;
-pub mod config_template;
-pub mod datadir;
-pub mod demo;
-pub mod descriptors;
-pub mod devices;
-pub mod feeds;
-pub mod handshake;
-pub mod history;
+pub mod core;
+pub mod edges;
 pub mod hooks;
-pub mod hub;
-pub mod lease;
-pub mod map;
-pub mod metrics;
-pub mod nats_leases;
 pub mod node;
-pub mod outbox;
-pub mod presence;
-pub mod rate;
-pub mod server;
-pub mod session;
-pub mod simulate;
-pub mod transport;
-pub mod wakes;
-pub mod ws;

@@ -2,8 +2,8 @@
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use herald::app::server::Server;
 use herald::config::Config;
-use herald::server::Server;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -81,7 +81,7 @@ enum SimulateWhat {
     /// GPS trackers driving plausible routes, sending positions at a fixed interval.
     Devices {
         #[arg(long, value_enum, default_value = "gt06")]
-        protocol: herald::simulate::SimProtocol,
+        protocol: herald::app::simulate::SimProtocol,
         #[arg(long, default_value_t = 10)]
         count: usize,
         #[arg(long, default_value = "1s")]
@@ -100,7 +100,7 @@ enum SimulateWhat {
     },
 }
 
-async fn simulate_devices(options: herald::simulate::SimulateOptions) -> anyhow::Result<()> {
+async fn simulate_devices(options: herald::app::simulate::SimulateOptions) -> anyhow::Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
@@ -111,7 +111,7 @@ async fn simulate_devices(options: herald::simulate::SimulateOptions) -> anyhow:
         "simulating {} {:?} devices to {} every {:?}",
         options.count, options.protocol, options.target, options.interval
     );
-    let report = herald::simulate::run(options, stop).await?;
+    let report = herald::app::simulate::run(options, stop).await?;
     println!(
         "devices {} positions sent {} acknowledged {} errors {}",
         report.devices, report.positions_sent, report.acknowledged, report.errors
@@ -181,8 +181,8 @@ fn check_fd_limit(max_connections: usize) {
 async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
     let demo_dir = match demo {
         Some(_) => {
-            let dir = herald::demo::DemoDir::create()?;
-            herald::demo::configure(&mut config, dir.path())?;
+            let dir = herald::app::demo::DemoDir::create()?;
+            herald::app::demo::configure(&mut config, dir.path())?;
             Some(dir)
         }
         None => None,
@@ -195,7 +195,7 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
         && t.jwks_file.is_empty();
     if ephemeral_secret {
         // Zero-config runs must be usable: sign tokens with a secret that lives as long as this process.
-        config.client.token.hmac_secret = herald::config_template::random_secret();
+        config.client.token.hmac_secret = herald::config::sample::random_secret();
         tracing::warn!(
             "client.token: no key configured; using an ephemeral HMAC secret for this run only \
              (run `herald genconfig -o herald.toml` and `herald serve -c herald.toml` for a stable one)"
@@ -226,13 +226,13 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let server = if demo.is_some() && config.http.listen == herald::demo::DEFAULT_LISTEN {
+    let server = if demo.is_some() && config.http.listen == herald::app::demo::DEFAULT_LISTEN {
         // A newcomer's port 8000 may be taken (another Herald, a dev server): any port will do.
         let mut fallback = config.clone();
         match Server::start(config).await {
             Ok(server) => server,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "demo: {} is not available; using a free port", herald::demo::DEFAULT_LISTEN);
+                tracing::warn!(error = %format!("{e:#}"), "demo: {} is not available; using a free port", herald::app::demo::DEFAULT_LISTEN);
                 fallback.http.listen = "127.0.0.1:0".into();
                 Server::start(fallback).await?
             }
@@ -289,7 +289,7 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
     let stop_devices = tokio_util::sync::CancellationToken::new();
     let simulation = match (demo, &map_token, &demo_dir) {
         (Some(count), Some(map_token), Some(dir)) => {
-            let task = herald::demo::start_devices(&server, count, stop_devices.clone())?;
+            let task = herald::app::demo::start_devices(&server, count, stop_devices.clone())?;
             println!(
                 "Herald demo: {count} simulated GT06 trackers near Berlin, one position per second \
                  (data in {}, removed on exit)",
@@ -297,7 +297,7 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
             );
             println!(
                 "open the map: {}",
-                herald::demo::map_url(&server, map_token)
+                herald::app::demo::map_url(&server, map_token)
             );
             Some(task)
         }
@@ -356,7 +356,7 @@ fn token(
     }
     let mut claims = serde_json::json!({ "sub": user });
     if !ttl.is_zero() {
-        claims["exp"] = serde_json::json!(herald::node::unix_secs() + ttl.as_secs() as i64);
+        claims["exp"] = serde_json::json!(herald::core::clock::unix_secs() + ttl.as_secs() as i64);
     }
     if let Some(channel) = channel {
         claims["channel"] = serde_json::json!(channel);
@@ -393,9 +393,9 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve(config, demo.then_some(demo_devices)))
         }
         Command::Genconfig { output, force } => {
-            let text = herald::config_template::render(
-                &herald::config_template::random_secret(),
-                &herald::config_template::random_secret(),
+            let text = herald::config::sample::render(
+                &herald::config::sample::random_secret(),
+                &herald::config::sample::random_secret(),
             );
             match output {
                 Some(path) => {
@@ -428,7 +428,7 @@ fn main() -> anyhow::Result<()> {
             let target = target.unwrap_or_else(|| {
                 std::net::SocketAddr::from(([127, 0, 0, 1], protocol.default_port()))
             });
-            let options = herald::simulate::SimulateOptions {
+            let options = herald::app::simulate::SimulateOptions {
                 protocol,
                 target,
                 count,
@@ -444,7 +444,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Checkconfig { file } => {
             let config = Config::load(Some(&file), std::env::vars(), &[])?;
-            herald::server::verifier(&config)?;
+            herald::app::server::verifier(&config)?;
             println!("{}: ok", file.display());
             Ok(())
         }

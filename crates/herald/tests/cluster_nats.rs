@@ -107,7 +107,7 @@ impl Drop for Setup {
     fn drop(&mut self) {
         delete_nats_state(
             vec![self.presence_bucket.clone(), self.nodes_bucket.clone()],
-            vec![herald::broker::nats::history_stream_name(&self.prefix)],
+            vec![herald::brokers::nats::history_stream_name(&self.prefix)],
         );
     }
 }
@@ -719,7 +719,7 @@ async fn store_only(
     channel: &str,
     n: u64,
 ) -> Vec<u8> {
-    use herald::broker::nats::{
+    use herald::brokers::nats::{
         history_stream_name, history_subject, HISTORY_EPOCH_HEADER, HISTORY_OFFSET_HEADER,
     };
     let stream = js
@@ -759,7 +759,7 @@ async fn store_only(
         .expect("publish")
         .await
         .expect("stored");
-    herald::broker::wire::publication_frame(offset, &epoch, None, &payload)
+    herald::brokers::wire::publication_frame(offset, &epoch, None, &payload)
 }
 
 /// Core frames of two publishers that cross are delivered in offset order; a stored publication
@@ -791,7 +791,7 @@ async fn history_crossed_frames_are_reordered_and_a_lost_frame_is_recovered() {
     // Offsets 3 and 4 stored; 4's frame overtakes 3's.
     let third = store_only(&js, &setup.prefix, channel, 3).await;
     let fourth = store_only(&js, &setup.prefix, channel, 4).await;
-    let subject = herald::broker::nats::delivery_subject(&setup.prefix, channel);
+    let subject = herald::brokers::nats::delivery_subject(&setup.prefix, channel);
     nats.publish(subject.clone(), fourth.into())
         .await
         .expect("core publish");
@@ -848,7 +848,7 @@ async fn history_lost_stream_starts_a_new_epoch_and_subscribers_are_told() {
     assert_eq!(offsets, vec![1, 2]);
     let nats = async_nats::connect(test_nats()).await.expect("nats");
     async_nats::jetstream::new(nats)
-        .delete_stream(herald::broker::nats::history_stream_name(&setup.prefix))
+        .delete_stream(herald::brokers::nats::history_stream_name(&setup.prefix))
         .await
         .expect("stream deleted");
     // The first attempt may find the stream gone; the next re-creates it.

@@ -313,7 +313,7 @@ async fn a_stalled_shard_makes_nodes_not_ready_and_they_recover_without_loss() {
 
 #[tokio::test]
 async fn feed_leases_work_on_a_cluster() {
-    use herald::lease::{LeaseStore, RedisLeases};
+    use herald::brokers::leases::{LeaseStore, RedisLeases};
     let redis = RedisCluster::start(3, 0);
     let mut config = herald::config::Config::default();
     redis.configure(&mut config, &unique_prefix("leases"));

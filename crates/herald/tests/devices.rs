@@ -16,7 +16,7 @@ async fn start(dir: &Path, change: impl FnOnce(&mut Config)) -> TestServer {
     start_with_devices(dir, "always", change).await
 }
 
-fn ingest(ts: &TestServer) -> std::sync::Arc<herald::devices::DeviceIngest> {
+fn ingest(ts: &TestServer) -> std::sync::Arc<herald::edges::devices::DeviceIngest> {
     ts.server.as_ref().unwrap().devices.clone().unwrap()
 }
 

@@ -4,10 +4,10 @@
 mod support;
 
 use async_trait::async_trait;
+use herald::brokers::leases::{LeaseStore, MemoryLeases};
 use herald::config::FeedConfig;
-use herald::feeds::mapping::Mapped;
-use herald::feeds::{mapping_of, FeedMetrics, FeedPublishError, FeedRunner, FeedSink};
-use herald::lease::{LeaseStore, MemoryLeases};
+use herald::edges::feeds::mapping::Mapped;
+use herald::edges::feeds::{mapping_of, FeedMetrics, FeedPublishError, FeedRunner, FeedSink};
 use parking_lot::Mutex;
 use serde_json::json;
 use std::sync::Arc;

@@ -79,7 +79,7 @@ impl NatsBuckets {
             names: vec![
                 format!("herald_test_{id}_presence"),
                 format!("herald_test_{id}_nodes"),
-                herald::nats_leases::bucket_name(&prefix),
+                herald::brokers::nats::leases::bucket_name(&prefix),
             ],
             prefix,
         }

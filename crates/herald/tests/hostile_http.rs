@@ -5,8 +5,8 @@
 
 mod support;
 
+use herald::app::server::Server;
 use herald::config::Config;
-use herald::server::Server;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -392,7 +392,7 @@ impl Drop for NatsSetup {
     fn drop(&mut self) {
         delete_nats_state(
             vec![self.presence_bucket.clone(), self.nodes_bucket.clone()],
-            vec![herald::broker::nats::history_stream_name(&self.prefix)],
+            vec![herald::brokers::nats::history_stream_name(&self.prefix)],
         );
     }
 }
@@ -402,7 +402,7 @@ async fn nats_stream_state(prefix: &str) -> (u64, u64) {
     let client = async_nats::connect(test_nats()).await.expect("nats");
     let js = async_nats::jetstream::new(client);
     let mut stream = js
-        .get_stream(herald::broker::nats::history_stream_name(prefix))
+        .get_stream(herald::brokers::nats::history_stream_name(prefix))
         .await
         .expect("history stream");
     let info = stream.info().await.expect("stream info");

@@ -787,7 +787,7 @@ async fn descriptor_exhaustion_pauses_accepting_without_spinning_and_recovers() 
 
     // Far more connections than the child has descriptors: the kernel completes them all into the
     // listen backlog; the child holds its listener's descriptor share and resets the rest at
-    // accept (herald::descriptors), so it never reaches EMFILE.
+    // accept (herald::edges::descriptors), so it never reaches EMFILE.
     let mut hogs = Vec::new();
     for _ in 0..100 {
         // A reset at accept can arrive before connect returns.

@@ -182,7 +182,7 @@ async fn devices_and_track_return_stored_positions() {
     let dir = tempfile::tempdir().unwrap();
     let ts = TestServer::with(|c| with_devices(c, dir.path())).await;
     let t = fleet_token("viewer");
-    let start = herald::node::unix_millis() - 600_000;
+    let start = herald::core::clock::unix_millis() - 600_000;
     feed(&ts, &positions("truck-1", start, 7)).await;
     feed(&ts, &positions("truck-2", start, 2)).await;
 

@@ -3,7 +3,7 @@
 
 mod support;
 
-use herald::simulate::{run, SimProtocol, SimulateOptions};
+use herald::app::simulate::{run, SimProtocol, SimulateOptions};
 use serde_json::json;
 use std::time::Duration;
 use support::*;

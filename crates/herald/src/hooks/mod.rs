@@ -11,7 +11,7 @@ pub mod webhook;
 pub mod wire;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::core::metrics::Metrics;
 use herald_protocol::{ClientInfo, ReplyError};
 use std::sync::Arc;
 

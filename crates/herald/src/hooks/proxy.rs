@@ -11,7 +11,7 @@ use super::wire::{
 };
 use super::HookError;
 use crate::config::{parse_http_url, ProxyConfig};
-use crate::metrics::{HookErrorLabel, HookLabel, Metrics};
+use crate::core::metrics::{HookErrorLabel, HookLabel, Metrics};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde_json::value::RawValue;

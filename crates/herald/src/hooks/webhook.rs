@@ -9,7 +9,7 @@
 use super::http::HttpClient;
 use super::sign::signature;
 use crate::config::WebhooksConfig;
-use crate::metrics::{EventLabel, Metrics, ReasonLabel};
+use crate::core::metrics::{EventLabel, Metrics, ReasonLabel};
 use bytes::Bytes;
 use herald_protocol::ClientInfo;
 use http::{HeaderName, HeaderValue, Uri};
@@ -177,7 +177,7 @@ impl Webhooks {
         if !self.wants(event) {
             return;
         }
-        let time = crate::node::unix_millis();
+        let time = crate::core::clock::unix_millis();
         let body = Body {
             channel: Some(channel),
             ..self.body(event, time)
@@ -189,7 +189,7 @@ impl Webhooks {
         if !self.wants(event) {
             return;
         }
-        let time = crate::node::unix_millis();
+        let time = crate::core::clock::unix_millis();
         let body = Body {
             channel: Some(channel),
             client: Some(&info.client),
@@ -205,7 +205,7 @@ impl Webhooks {
         if !self.wants(Event::Disconnect) {
             return;
         }
-        let time = crate::node::unix_millis();
+        let time = crate::core::clock::unix_millis();
         let body = Body {
             client: Some(client),
             user: Some(user),

@@ -13,8 +13,8 @@ pub mod redis_cluster;
 pub mod upstream;
 
 use futures_util::{SinkExt, StreamExt};
+use herald::app::server::Server;
 use herald::config::{Config, NamespaceOptions};
-use herald::server::Server;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -146,7 +146,7 @@ pub fn token_with(claims: Value) -> String {
 }
 
 pub fn now() -> i64 {
-    herald::node::unix_secs()
+    herald::core::clock::unix_secs()
 }
 
 /// Minimal HTTP/1.1 client (one request per connection) so API tests see real status codes.
@@ -504,7 +504,7 @@ pub async fn start_with_devices(
 }
 
 /// The bound device listener addresses of a test server.
-pub fn addrs(ts: &TestServer) -> herald::devices::DeviceAddrs {
+pub fn addrs(ts: &TestServer) -> herald::edges::devices::DeviceAddrs {
     ts.server.as_ref().expect("server running").device_addrs
 }
 

@@ -1,0 +1,7 @@
+//! The process: starting and stopping a node with every edge it enables, the demo, and the
+//! device simulator.
+
+pub mod datadir;
+pub mod demo;
+pub mod server;
+pub mod simulate;

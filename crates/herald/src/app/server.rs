@@ -1,0 +1,372 @@
+//! Assembles a node from its configuration, binds its listeners and runs it until shutdown.
+
+use crate::brokers::nats::NatsBroker;
+use crate::brokers::redis::RedisBroker;
+use crate::brokers::{Broker, MemoryBroker, PresenceStore};
+use crate::config::Config;
+use crate::core::presence::MemoryPresence;
+use crate::edges::devices::{DeviceAddrs, DeviceIngest};
+use crate::edges::http::{accept_loop, bind, Role};
+use crate::node::Node;
+use anyhow::Context as _;
+use herald_auth::{Verifier, VerifierConfig};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+pub struct Server {
+    pub node: Arc<Node>,
+    pub addr: SocketAddr,
+    pub internal_addr: Option<SocketAddr>,
+    /// The device ingest, when `devices.enabled`.
+    pub devices: Option<Arc<DeviceIngest>>,
+    /// Bound addresses of the device listeners (all `None` when device ingest is off).
+    pub device_addrs: DeviceAddrs,
+    /// This node's hold on its data directory (device spool), released when the server goes.
+    _data_lock: Option<crate::app::datadir::DirLock>,
+    /// Feed runners; they release their leases when the node shuts down.
+    feeds: Vec<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    /// The Redis broker, when `broker.kind` is `redis` or `redis_cluster` (for the crash hook).
+    redis: Option<RedisBroker>,
+    /// The NATS broker, when `broker.kind = "nats"` (for the crash hook).
+    nats: Option<NatsBroker>,
+}
+
+fn optional(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn read_key(field: &str, path: &str) -> anyhow::Result<Option<String>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    std::fs::read_to_string(path)
+        .map(Some)
+        .with_context(|| format!("{field}: cannot read {path:?}"))
+}
+
+/// Builds the token verifier; errors name the config field.
+pub fn verifier(config: &Config) -> anyhow::Result<Verifier> {
+    let t = &config.client.token;
+    let cfg = VerifierConfig {
+        hmac_secret: optional(&t.hmac_secret),
+        rsa_public_key_pem: read_key("client.token.rsa_public_key", &t.rsa_public_key)?,
+        ecdsa_public_key_pem: read_key("client.token.ecdsa_public_key", &t.ecdsa_public_key)?,
+        jwks_json: read_key("client.token.jwks_file", &t.jwks_file)?,
+        audience: optional(&t.audience),
+        issuer: optional(&t.issuer),
+    };
+    Ok(Verifier::new(&cfg)?)
+}
+
+impl Server {
+    /// Binds and starts serving. Port 0 picks a free port (see `addr`).
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        // Also for configs built in code: forwarding credentials without an Origin policy is unsafe.
+        config.check_origin_policy()?;
+        let verifier = verifier(&config)?;
+        type Brokers = (
+            Arc<dyn Broker>,
+            Arc<dyn PresenceStore>,
+            Option<RedisBroker>,
+            Option<NatsBroker>,
+        );
+        let (broker, presence, redis, nats): Brokers = match config.broker.kind.as_str() {
+            "redis" | "redis_cluster" => {
+                let redis = RedisBroker::new(&config.broker, config.channel.history_meta_ttl)
+                    .map_err(|e| anyhow::anyhow!("broker: {e}"))?;
+                (
+                    Arc::new(redis.clone()),
+                    Arc::new(redis.clone()),
+                    Some(redis),
+                    None,
+                )
+            }
+            "nats" => {
+                let nats =
+                    NatsBroker::new(&config.broker).map_err(|e| anyhow::anyhow!("broker: {e}"))?;
+                (
+                    Arc::new(nats.clone()),
+                    Arc::new(nats.clone()),
+                    None,
+                    Some(nats),
+                )
+            }
+            _ => (
+                Arc::new(MemoryBroker::new(config.channel.max_streams)),
+                Arc::new(MemoryPresence::new()),
+                None,
+                None,
+            ),
+        };
+        let leases: Arc<dyn crate::brokers::leases::LeaseStore> = match (&redis, &nats) {
+            (Some(_), _) => Arc::new(
+                crate::brokers::leases::RedisLeases::lazy(&config.broker)
+                    .map_err(|e| anyhow::anyhow!("broker: {e}"))?,
+            ),
+            (None, Some(_)) => Arc::new(
+                crate::brokers::nats::leases::NatsLeases::lazy(&config.broker)
+                    .map_err(|e| anyhow::anyhow!("broker: {e}"))?,
+            ),
+            (None, None) => Arc::new(crate::brokers::leases::MemoryLeases::default()),
+        };
+        let node = Node::new(config, verifier, broker, presence, leases);
+        // Connecting happens in the background: a node whose broker is down still serves its
+        // local clients and reports not ready until the broker is back.
+        if let Some(redis) = &redis {
+            redis.start();
+        }
+        if let Some(nats) = &nats {
+            nats.start();
+        }
+        let config = &node.config;
+        let budget = descriptor_budget(&node);
+        let share = |name: &str| {
+            budget
+                .share(name)
+                .context("listener missing from the descriptor plan")
+        };
+        let public = bind(config.listen_addr(), config.http.reuse_port)
+            .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
+        let addr = public.local_addr()?;
+        let _ = node.address.set(addr.to_string());
+        let mut tasks = Vec::new();
+        let mut internal_addr = None;
+        let public_role = match config.internal_addr() {
+            Some(internal) => {
+                let listener = bind(internal, config.http.reuse_port).with_context(|| {
+                    format!("http.internal_listen: cannot listen on {internal}")
+                })?;
+                internal_addr = Some(listener.local_addr()?);
+                tasks.push(tokio::spawn(accept_loop(
+                    node.clone(),
+                    listener,
+                    Role::Internal,
+                    share(INTERNAL)?,
+                )));
+                Role::Public
+            }
+            None => Role::Everything,
+        };
+        tasks.push(tokio::spawn(accept_loop(
+            node.clone(),
+            public,
+            public_role,
+            share(PUBLIC)?,
+        )));
+        let data_lock = if config.devices.enabled {
+            let dir = std::path::Path::new(&config.devices.spool_dir);
+            match crate::app::datadir::lock(dir) {
+                Ok(lock) => Some(lock),
+                Err(e) => {
+                    node.shutdown.cancel();
+                    for task in &tasks {
+                        task.abort();
+                    }
+                    return Err(anyhow::anyhow!("devices.spool_dir: {e}"));
+                }
+            }
+        } else {
+            None
+        };
+        let devices = if config.devices.enabled {
+            match DeviceIngest::start(node.clone(), &budget).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    node.shutdown.cancel();
+                    for task in &tasks {
+                        task.abort();
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let device_addrs = devices.as_ref().map(|d| d.addrs).unwrap_or_default();
+        tasks.push(tokio::spawn(sweeper(node.clone())));
+        tasks.push(tokio::spawn(announcer(node.clone())));
+        if let Some(worker) = node.hooks.take_worker() {
+            tasks.push(tokio::spawn(worker.run(node.shutdown.clone())));
+        }
+        let feeds = crate::edges::feeds::start(&node);
+        Ok(Server {
+            redis,
+            nats,
+            _data_lock: data_lock,
+            feeds,
+            node,
+            addr,
+            internal_addr,
+            devices,
+            device_addrs,
+            tasks,
+        })
+    }
+
+    /// Graceful stop: refuse new connections, tell clients to reconnect elsewhere (`shutdown`, 3001),
+    /// and wait for them to leave, at most `http.shutdown_timeout`.
+    pub async fn shutdown(self) {
+        let node = self.node.clone();
+        node.ready.store(false, Ordering::Relaxed);
+        node.shutdown.cancel();
+        let deadline = Instant::now() + node.config.http.shutdown_timeout;
+        while node.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = node.connections.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!(left, "shutdown timeout reached with connections still open");
+        }
+        if let Some(devices) = &self.devices {
+            devices.shutdown().await;
+        }
+        for feed in self.feeds {
+            // Bounded: a lease release that hangs on a dead broker must not hold the exit.
+            let abort = feed.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), feed)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+        // After the sessions left (each removed its own presence): the registry entry and
+        // whatever presence is left go now rather than at their expiry.
+        node.broker.close().await;
+    }
+
+    /// Test hook: stops like a killed process. The broker connections drop without any cleanup
+    /// (presence, registry entry stay in the broker until they expire), then connections close.
+    pub async fn crash(self) {
+        if let Some(redis) = &self.redis {
+            redis.abandon();
+        }
+        if let Some(nats) = &self.nats {
+            nats.abandon();
+        }
+        self.node.ready.store(false, Ordering::Relaxed);
+        self.node.shutdown.cancel();
+        for task in self.tasks {
+            task.abort();
+        }
+        if let Some(devices) = &self.devices {
+            devices.shutdown().await;
+        }
+    }
+}
+
+const PUBLIC: &str = "public";
+const INTERNAL: &str = "internal";
+/// Connections on the public listener beyond `client.max_connections`: plain HTTP requests
+/// (health, the API without an internal listener) and handshakes in progress.
+const PUBLIC_HTTP_SLACK: usize = 1024;
+/// Connections of the internal listener (API callers, metrics scrapers, health checks).
+const INTERNAL_MAX: usize = 4096;
+
+/// Plans the node's descriptor budget over its listeners (crate::edges::descriptors) and logs the
+/// bound that applies to WebSocket clients when the descriptor limit is below
+/// `client.max_connections`.
+fn descriptor_budget(node: &Arc<Node>) -> crate::edges::descriptors::Budget {
+    use crate::edges::descriptors::{Budget, Limits, ListenerPlan};
+    let config = &node.config;
+    let weak = Arc::downgrade(node);
+    let mut plan = vec![ListenerPlan {
+        name: PUBLIC.into(),
+        wanted: config
+            .client
+            .max_connections
+            .saturating_add(PUBLIC_HTTP_SLACK),
+        // Upgraded WebSocket sessions hold the public listener's descriptors after hyper let go.
+        external: Some(Box::new(move || {
+            weak.upgrade()
+                .map_or(0, |n| n.connections.load(Ordering::Acquire))
+        })),
+    }];
+    if config.internal_addr().is_some() {
+        plan.push(ListenerPlan {
+            name: INTERNAL.into(),
+            wanted: INTERNAL_MAX,
+            external: None,
+        });
+    }
+    if config.devices.enabled {
+        for (name, _) in config.devices.listeners() {
+            plan.push(ListenerPlan {
+                name: name.into(),
+                wanted: config.devices.max_connections,
+                external: None,
+            });
+        }
+    }
+    let budget = Budget::new(Limits::of_process(), plan, &node.metrics);
+    if let Some(public) = budget.share(PUBLIC) {
+        let websockets = public
+            .max()
+            .saturating_sub(PUBLIC_HTTP_SLACK.min(public.max() / 2));
+        if websockets < config.client.max_connections {
+            tracing::warn!(
+                max_connections = config.client.max_connections,
+                effective = websockets,
+                descriptor_limit = budget.limit(),
+                "the descriptor limit allows fewer WebSocket connections than client.max_connections; \
+                 the public listener closes connections beyond its share at accept (raise the limit: \
+                 ulimit -n, LimitNOFILE=)"
+            );
+        }
+    }
+    budget
+}
+
+/// Writes this node's registry entry every `broker.node_announce_interval`, and at once when the
+/// broker becomes ready (at start, after an outage), so `info` lists the node without waiting.
+async fn announcer(node: Arc<Node>) {
+    let interval = node.config.broker.node_announce_interval;
+    let mut poll = tokio::time::interval(interval.min(Duration::from_millis(100)));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = poll.tick() => {}
+        }
+        if !node.broker.is_ready() {
+            last = None;
+            continue;
+        }
+        if last.is_some_and(|at| at.elapsed() < interval) {
+            continue;
+        }
+        match node.broker.announce(&node.entry()).await {
+            Ok(()) => last = Some(Instant::now()),
+            Err(e) => tracing::debug!(error = %e, "node entry not announced"),
+        }
+    }
+}
+/// Periodic housekeeping: enforce the node-wide outbox budget (often), forget idle history streams
+/// and full per-IP buckets (every minute).
+async fn sweeper(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        node.hub.shed_slowest(node.config.client.outbox_budget);
+        ticks += 1;
+        if ticks.is_multiple_of(600) {
+            node.broker.sweep(node.config.channel.history_meta_ttl);
+            let now = Instant::now();
+            node.ip_buckets
+                .lock()
+                .retain(|_, bucket| !bucket.is_full(now));
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! The server HTTP API: `POST /api/<method>` with a JSON body, Centrifugo-compatible.
+//!
+//! Replies are `{"result": {...}}` or `{"error": {"code": N, "message": "..."}}`. Method-level errors
+//! answer HTTP 200 with an error object (as Centrifugo does, so existing API clients work); transport
+//! problems use HTTP statuses: 400 unparsable body, 401 missing or wrong key, 404 unknown method,
+//! 413 body too large.
+
+pub mod request;
+
+use crate::brokers::Control;
+use crate::core::history::HistoryQuery;
+use crate::core::metrics::{MethodLabel, ReasonLabel};
+use crate::edges::devices::{position_json as device_position_json, DeviceIngest};
+use crate::edges::session::history_limit;
+use crate::node::{broker_error, Node};
+use herald_protocol::{ErrorCode, StreamPosition};
+use herald_store::geojson::page_to_geojson;
+use herald_store::TrackCursor;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// An API error: a protocol code with a message that says what was wrong.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(code: ErrorCode) -> ApiError {
+        ApiError {
+            code,
+            message: code.message().to_string(),
+        }
+    }
+
+    fn bad(detail: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            code: ErrorCode::BadRequest,
+            message: format!("bad request: {detail}"),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({"error": {"code": self.code.code(), "message": self.message}})
+    }
+}
+
+impl From<ErrorCode> for ApiError {
+    fn from(code: ErrorCode) -> Self {
+        ApiError::new(code)
+    }
+}
+
+pub const METHODS: &[&str] = &[
+    "publish",
+    "broadcast",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "presence",
+    "presence_stats",
+    "history",
+    "history_remove",
+    "channels",
+    "info",
+    "batch",
+    "devices",
+    "device_positions",
+    "device_track",
+];
+
+fn params<T: DeserializeOwned>(raw: &RawValue) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::bad(inner)
+        } else {
+            ApiError::bad(format!("{path}: {inner}"))
+        }
+    })
+}
+
+fn require_channel(channel: &str) -> Result<(), ApiError> {
+    if channel.is_empty() {
+        return Err(ApiError::bad("field \"channel\" is required"));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct PublishParams {
+    #[serde(default)]
+    channel: String,
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastParams {
+    #[serde(default)]
+    channels: Vec<String>,
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct UserChannelParams {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    client: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DisconnectParams {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    client: Option<String>,
+    disconnect: Option<DisconnectSpec>,
+}
+
+#[derive(Deserialize)]
+struct DisconnectSpec {
+    code: u16,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+struct ChannelParams {
+    #[serde(default)]
+    channel: String,
+}
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    limit: i32,
+    since: Option<StreamPosition>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+struct ChannelsParams {
+    #[serde(default)]
+    pattern: String,
+}
+
+/// Parameters of `device_track` (also built by the map's track endpoint).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceTrackParams {
+    #[serde(default)]
+    pub device: String,
+    #[serde(default)]
+    pub from: i64,
+    #[serde(default = "far_future")]
+    pub to: i64,
+    #[serde(default = "default_track_limit")]
+    pub limit: u32,
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+pub fn far_future() -> i64 {
+    i64::MAX
+}
+
+pub fn default_track_limit() -> u32 {
+    100
+}
+
+/// Most positions one `device_track` page may hold.
+pub const MAX_TRACK_LIMIT: u32 = 10_000;
+
+/// Runs one API method and returns its `result` as JSON text. `Err(None)` is an unknown method.
+/// A `batch` writes its replies one by one into that text, so their trees never pile up.
+pub async fn handle(node: &Node, method: &str, raw: &RawValue) -> Result<String, Option<ApiError>> {
+    if method == "batch" {
+        node.metrics
+            .api_requests
+            .get_or_create(&MethodLabel { method: "batch" })
+            .inc();
+        return Box::pin(batch(node, raw)).await.map_err(Some);
+    }
+    let result = call(node, method, raw).await?;
+    Ok(result.to_string())
+}
+
+/// Runs one API method. `Err(None)` is an unknown method.
+pub async fn call(node: &Node, method: &str, raw: &RawValue) -> Result<Value, Option<ApiError>> {
+    node.metrics
+        .api_requests
+        .get_or_create(&MethodLabel {
+            method: METHODS
+                .iter()
+                .find(|m| **m == method)
+                .copied()
+                .unwrap_or("unknown"),
+        })
+        .inc();
+    let result = match method {
+        "publish" => publish(node, params(raw)?).await,
+        "broadcast" => broadcast(node, params(raw)?).await,
+        "subscribe" => control(node, params(raw)?, true).await,
+        "unsubscribe" => control(node, params(raw)?, false).await,
+        "disconnect" => disconnect(node, params(raw)?).await,
+        "presence" => presence(node, params(raw)?).await,
+        "presence_stats" => presence_stats(node, params(raw)?).await,
+        "history" => history(node, params(raw)?).await,
+        "history_remove" => history_remove(node, params(raw)?).await,
+        "channels" => Ok(channels(node, params(raw)?)),
+        "info" => info(node).await,
+        "batch" => Err(ApiError::bad("batch cannot be nested")),
+        "devices" => devices(node),
+        "device_positions" => device_positions(node).await,
+        "device_track" => device_track(node, params(raw)?).await,
+        _ => return Err(None),
+    };
+    result.map_err(Some)
+}
+
+async fn publish(node: &Node, p: PublishParams) -> Result<Value, ApiError> {
+    require_channel(&p.channel)?;
+    let data = p
+        .data
+        .ok_or_else(|| ApiError::bad("field \"data\" is required"))?;
+    let position = node.publish(&p.channel, data, None, p.tags, "api").await?;
+    Ok(position_json(&position))
+}
+
+fn position_json(position: &StreamPosition) -> Value {
+    let mut out = serde_json::Map::new();
+    if position.offset > 0 {
+        out.insert("offset".into(), json!(position.offset));
+        out.insert("epoch".into(), json!(position.epoch));
+    }
+    Value::Object(out)
+}
+
+async fn broadcast(node: &Node, p: BroadcastParams) -> Result<Value, ApiError> {
+    if p.channels.is_empty() {
+        return Err(ApiError::bad(
+            "field \"channels\" must list at least one channel",
+        ));
+    }
+    let data = p
+        .data
+        .ok_or_else(|| ApiError::bad("field \"data\" is required"))?;
+    let mut responses = Vec::with_capacity(p.channels.len());
+    for channel in &p.channels {
+        let response = match node
+            .publish(channel, data.clone(), None, p.tags.clone(), "api")
+            .await
+        {
+            Ok(position) => json!({"result": position_json(&position)}),
+            Err(e) => ApiError::from(e).to_json(),
+        };
+        responses.push(response);
+    }
+    Ok(json!({"responses": responses}))
+}
+
+async fn control(node: &Node, p: UserChannelParams, subscribe: bool) -> Result<Value, ApiError> {
+    if p.user.is_empty() && p.client.is_none() {
+        return Err(ApiError::bad("field \"user\" (or \"client\") is required"));
+    }
+    require_channel(&p.channel)?;
+    node.namespaces.resolve(&p.channel)?;
+    let control = if subscribe {
+        Control::Subscribe {
+            user: p.user,
+            client: p.client,
+            channel: p.channel,
+        }
+    } else {
+        Control::Unsubscribe {
+            user: p.user,
+            client: p.client,
+            channel: p.channel,
+        }
+    };
+    node.broker
+        .publish_control(control)
+        .await
+        .map_err(broker_error)?;
+    Ok(json!({}))
+}
+
+async fn disconnect(node: &Node, p: DisconnectParams) -> Result<Value, ApiError> {
+    if p.user.is_empty() && p.client.is_none() {
+        return Err(ApiError::bad("field \"user\" (or \"client\") is required"));
+    }
+    let (code, reason) = match p.disconnect {
+        Some(spec) => {
+            if !(3000..=4999).contains(&spec.code) {
+                return Err(ApiError::bad("disconnect.code must be within 3000..=4999"));
+            }
+            if spec.reason.len() > 100 {
+                return Err(ApiError::bad("disconnect.reason must be at most 100 bytes"));
+            }
+            (spec.code, spec.reason)
+        }
+        None => {
+            let d = herald_protocol::Disconnect::FORCE_NO_RECONNECT;
+            (d.code, d.reason.to_string())
+        }
+    };
+    node.broker
+        .publish_control(Control::Disconnect {
+            user: p.user,
+            client: p.client,
+            code,
+            reason,
+        })
+        .await
+        .map_err(broker_error)?;
+    Ok(json!({}))
+}
+
+fn presence_namespace(node: &Node, channel: &str) -> Result<(), ApiError> {
+    require_channel(channel)?;
+    if !node.namespaces.resolve(channel)?.presence {
+        return Err(ApiError {
+            code: ErrorCode::NotAvailable,
+            message: "presence is not enabled for this channel".into(),
+        });
+    }
+    Ok(())
+}
+
+async fn presence(node: &Node, p: ChannelParams) -> Result<Value, ApiError> {
+    presence_namespace(node, &p.channel)?;
+    let presence = node.presence.get(&p.channel).await.map_err(broker_error)?;
+    Ok(json!({"presence": presence}))
+}
+
+async fn presence_stats(node: &Node, p: ChannelParams) -> Result<Value, ApiError> {
+    presence_namespace(node, &p.channel)?;
+    let (num_clients, num_users) = node
+        .presence
+        .stats(&p.channel)
+        .await
+        .map_err(broker_error)?;
+    Ok(json!({"num_clients": num_clients, "num_users": num_users}))
+}
+
+async fn history(node: &Node, p: HistoryParams) -> Result<Value, ApiError> {
+    require_channel(&p.channel)?;
+    let ns = node.namespaces.resolve(&p.channel)?;
+    let options = node.history_options(ns).ok_or(ApiError {
+        code: ErrorCode::NotAvailable,
+        message: "history is not enabled for this channel".into(),
+    })?;
+    let query = HistoryQuery {
+        since: p.since,
+        limit: history_limit(p.limit),
+        reverse: p.reverse,
+    };
+    let page = node
+        .broker
+        .history(&p.channel, &query, options)
+        .await
+        .map_err(broker_error)?;
+    let mut out = json!({"publications": page.publications, "offset": page.position.offset, "epoch": page.position.epoch});
+    if page.publications.is_empty() {
+        out["publications"] = json!([]);
+    }
+    Ok(out)
+}
+
+async fn history_remove(node: &Node, p: ChannelParams) -> Result<Value, ApiError> {
+    require_channel(&p.channel)?;
+    node.namespaces.resolve(&p.channel)?;
+    node.broker
+        .remove_history(&p.channel)
+        .await
+        .map_err(broker_error)?;
+    Ok(json!({}))
+}
+
+fn channels(node: &Node, p: ChannelsParams) -> Value {
+    let channels: serde_json::Map<String, Value> = node
+        .hub
+        .channels(&p.pattern)
+        .into_iter()
+        .map(|(name, count)| (name, json!({"num_clients": count})))
+        .collect();
+    json!({"channels": channels})
+}
+
+/// Every live node of the cluster (this one with fresh numbers), from the broker's registry.
+pub async fn info(node: &Node) -> Result<Value, ApiError> {
+    let mut nodes = node.broker.nodes().await.map_err(broker_error)?;
+    let this = node.entry();
+    match nodes.iter_mut().find(|n| n.uid == this.uid) {
+        Some(entry) => *entry = this,
+        None => nodes.push(this),
+    }
+    Ok(json!({ "nodes": nodes }))
+}
+
+fn device_ingest(node: &Node) -> Result<std::sync::Arc<DeviceIngest>, ApiError> {
+    DeviceIngest::for_node(node).ok_or(ApiError {
+        code: ErrorCode::NotAvailable,
+        message: "device ingest is not enabled (devices.enabled = false)".into(),
+    })
+}
+
+fn store_error(e: herald_store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "position store query failed");
+    ApiError {
+        code: ErrorCode::Internal,
+        message: format!("position store: {e}"),
+    }
+}
+
+fn devices(node: &Node) -> Result<Value, ApiError> {
+    let ingest = device_ingest(node)?;
+    Ok(json!({"devices": ingest.registry.list(), "stats": ingest.stats()}))
+}
+
+/// The latest stored position of every device.
+pub async fn device_positions(node: &Node) -> Result<Value, ApiError> {
+    let ingest = device_ingest(node)?;
+    let positions = ingest.store.latest_positions().await.map_err(store_error)?;
+    let positions: Vec<Value> = positions.iter().map(device_position_json).collect();
+    Ok(json!({"positions": positions}))
+}
+
+/// One page of a device's stored track.
+pub async fn device_track(node: &Node, p: DeviceTrackParams) -> Result<Value, ApiError> {
+    let ingest = device_ingest(node)?;
+    if p.device.is_empty() {
+        return Err(ApiError::bad("field \"device\" is required"));
+    }
+    if p.to < p.from {
+        return Err(ApiError::bad("field \"to\" must not be before \"from\""));
+    }
+    if p.limit == 0 || p.limit > MAX_TRACK_LIMIT {
+        return Err(ApiError::bad(format!(
+            "field \"limit\" must be within 1..={MAX_TRACK_LIMIT}"
+        )));
+    }
+    let geojson = match p.format.as_deref() {
+        None | Some("json") => false,
+        Some("geojson") => true,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "field \"format\" must be \"json\" or \"geojson\", got {other:?}"
+            )))
+        }
+    };
+    let after = match p.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(c.parse::<TrackCursor>().map_err(|_| {
+            ApiError::bad(format!(
+                "field \"cursor\": {c:?} is not a cursor from a previous page"
+            ))
+        })?),
+    };
+    let page = ingest
+        .store
+        .track(&p.device, p.from, p.to, p.limit, after)
+        .await
+        .map_err(store_error)?;
+    if geojson {
+        return Ok(page_to_geojson(&page));
+    }
+    let positions: Vec<Value> = page.positions.iter().map(device_position_json).collect();
+    Ok(json!({
+        "device": page.device_id,
+        "positions": positions,
+        "next_cursor": page.next.map(|c| c.to_string()),
+    }))
+}
+
+/// Runs a `batch` (at most `api.max_batch_commands` commands; a malformed or oversized batch fails
+/// before any command runs) and writes `{"replies": [...]}`, one reply per command, in order.
+async fn batch(node: &Node, raw: &RawValue) -> Result<String, ApiError> {
+    let max = node.config.api.max_batch_commands;
+    let request = crate::edges::api::request::parse_batch(raw, max).map_err(|e| {
+        if e.contains("api.max_batch_commands") {
+            node.metrics
+                .api_refused
+                .get_or_create(&ReasonLabel {
+                    reason: "batch size",
+                })
+                .inc();
+        }
+        ApiError::bad(e)
+    })?;
+    let calls = &request.commands;
+    let mut out = String::from("{\"replies\":[");
+    let mut push = |reply: Value, first: bool| {
+        if !first {
+            out.push(',');
+        }
+        out.push_str(&reply.to_string());
+    };
+    if request.parallel {
+        // At most max_batch_commands futures; each reply is written as soon as its turn comes.
+        let all = calls
+            .iter()
+            .map(|(method, raw)| Box::pin(batch_reply(node, method, raw)));
+        for (i, reply) in futures_util::future::join_all(all)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            push(reply, i == 0);
+        }
+    } else {
+        for (i, (method, raw)) in calls.iter().enumerate() {
+            push(Box::pin(batch_reply(node, method, raw)).await, i == 0);
+        }
+    }
+    out.push_str("]}");
+    Ok(out)
+}
+
+/// One command of a batch: `{"<method>": result}` or `{"error": {...}}`.
+async fn batch_reply(node: &Node, method: &str, raw: &RawValue) -> Value {
+    match call(node, method, raw).await {
+        Ok(result) => json!({ method: result }),
+        Err(Some(e)) => e.to_json(),
+        Err(None) => ApiError {
+            code: ErrorCode::MethodNotFound,
+            message: format!("unknown method {method:?}"),
+        }
+        .to_json(),
+    }
+}

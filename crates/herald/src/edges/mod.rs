@@ -1,0 +1,12 @@
+//! What talks to the outside world, each edge on top of the node: the HTTP listener and its
+//! routes, the server API, client sessions over WebSocket, device ports, upstream feeds and the
+//! live map.
+
+pub mod api;
+pub mod descriptors;
+pub mod devices;
+pub mod feeds;
+pub mod http;
+pub mod map;
+pub mod session;
+pub mod ws;

@@ -1,0 +1,359 @@
+//! Everything one Herald node shares between its connections, its API and its background tasks.
+
+use crate::brokers::{Broker, BrokerError, BrokerHealth, PresenceStore};
+use crate::config::{Config, NamespaceOptions};
+use crate::core::channel::Namespaces;
+use crate::core::clock::unix_millis;
+use crate::core::history::HistoryOptions;
+use crate::core::hub::Hub;
+use crate::core::metrics::{Metrics, SourceLabel};
+use herald_auth::Verifier;
+use herald_protocol::{single_line, ClientInfo, ErrorCode, Publication, StreamPosition};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub struct Node {
+    pub config: Config,
+    /// Unique per process life, so a restarted node is never mistaken for its previous life.
+    pub uid: String,
+    pub name: String,
+    pub started: Instant,
+    pub namespaces: Arc<Namespaces>,
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn PresenceStore>,
+    /// Leases of singleton work (feed consumers), shared through the broker in a cluster.
+    pub leases: Arc<dyn crate::brokers::leases::LeaseStore>,
+    pub verifier: Verifier,
+    pub metrics: Arc<Metrics>,
+    /// Backend proxy hooks and webhooks (docs/hooks.md).
+    pub hooks: crate::hooks::Hooks,
+    /// Cancelled when the node starts shutting down: connections close with `shutdown`.
+    pub shutdown: CancellationToken,
+    /// Open WebSocket connections (including those still in `connect`).
+    pub connections: AtomicUsize,
+    pub ready: AtomicBool,
+    /// The device ingest, when `devices.enabled` (weak: the ingest itself holds the node).
+    pub devices: std::sync::OnceLock<std::sync::Weak<crate::edges::devices::DeviceIngest>>,
+    /// The public listener's address, shown in the node registry.
+    pub address: std::sync::OnceLock<String>,
+    /// New-connection token buckets per client IP (`client.connection_rate_per_ip`).
+    pub ip_buckets: parking_lot::Mutex<
+        std::collections::HashMap<std::net::IpAddr, crate::core::rate::TokenBucket>,
+    >,
+    seq: AtomicU64,
+}
+
+impl Node {
+    pub fn new(
+        config: Config,
+        verifier: Verifier,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceStore>,
+        leases: Arc<dyn crate::brokers::leases::LeaseStore>,
+    ) -> Arc<Node> {
+        let metrics = Arc::new(Metrics::new());
+        let namespaces = Arc::new(Namespaces::new(&config.channel));
+        let hub = Hub::new(metrics.clone(), namespaces.clone());
+        broker.set_handler(hub.clone(), metrics.clone());
+        let name = if config.node.name.is_empty() {
+            format!("{}-{}", hostname(), std::process::id())
+        } else {
+            config.node.name.clone()
+        };
+        let hooks = crate::hooks::Hooks::new(&config, metrics.clone(), &name);
+        Arc::new(Node {
+            hooks,
+            namespaces,
+            uid: uuid::Uuid::new_v4().to_string(),
+            name,
+            started: Instant::now(),
+            hub,
+            broker,
+            presence,
+            leases,
+            verifier,
+            metrics,
+            shutdown: CancellationToken::new(),
+            connections: AtomicUsize::new(0),
+            ready: AtomicBool::new(true),
+            ip_buckets: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            devices: std::sync::OnceLock::new(),
+            address: std::sync::OnceLock::new(),
+            seq: AtomicU64::new(1),
+            config,
+        })
+    }
+
+    /// Whether a new connection from `ip` fits its rate limit.
+    pub fn admit_ip(&self, ip: std::net::IpAddr) -> bool {
+        let c = &self.config.client;
+        if c.connection_rate_per_ip == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut buckets = self.ip_buckets.lock();
+        // Bounded: full buckets carry no information and are dropped by the sweeper; a flood of
+        // distinct addresses is capped here.
+        if buckets.len() >= 100_000 && !buckets.contains_key(&ip) {
+            buckets.retain(|_, b| !b.is_full(now));
+            if buckets.len() >= 100_000 {
+                // Hard cap on the map: beyond it new addresses are admitted untracked (fail open),
+                // since refusing every new address would let a flood lock out everyone.
+                return true;
+            }
+        }
+        buckets
+            .entry(ip)
+            .or_insert_with(|| {
+                crate::core::rate::TokenBucket::new(
+                    c.connection_rate_per_ip,
+                    c.connection_burst_per_ip.max(1),
+                    now,
+                )
+            })
+            .take(now)
+    }
+
+    /// This node's entry in the cluster registry (the `info` API).
+    pub fn entry(&self) -> crate::brokers::NodeEntry {
+        crate::brokers::NodeEntry {
+            uid: self.uid.clone(),
+            name: self.name.clone(),
+            address: self.address.get().cloned().unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            num_clients: self.hub.num_clients(),
+            num_users: self.hub.num_users(),
+            num_channels: self.hub.num_channels(),
+            num_subs: self.hub.num_subscriptions(),
+            uptime: self.started.elapsed().as_secs(),
+        }
+    }
+
+    /// Ready to serve: not stopping, and the broker connected (possibly degraded: a lost Redis
+    /// Cluster shard fails only its own channels, so the node stays in the load balancer).
+    pub fn is_ready(&self) -> bool {
+        self.readiness() != BrokerHealth::Down
+    }
+
+    /// What `/ready` reports: [`BrokerHealth::Down`] also while the node is stopping.
+    pub fn readiness(&self) -> BrokerHealth {
+        if !self.ready.load(Ordering::Relaxed) || self.shutdown.is_cancelled() {
+            return BrokerHealth::Down;
+        }
+        self.broker.health()
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn history_options(&self, ns: &NamespaceOptions) -> Option<HistoryOptions> {
+        ns.history_enabled().then_some(HistoryOptions {
+            size: ns.history_size,
+            ttl: ns.history_ttl,
+            meta_ttl: self.config.channel.history_meta_ttl,
+            max_keys: if ns.conflated() {
+                ns.conflation_max_keys
+            } else {
+                0
+            },
+        })
+    }
+
+    /// The single publish path used by clients, the API, devices and feeds.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Box<serde_json::value::RawValue>,
+        info: Option<ClientInfo>,
+        tags: std::collections::BTreeMap<String, String>,
+        source: &'static str,
+    ) -> Result<StreamPosition, PublishError> {
+        self.publish_with(channel, data, info, tags, source, false)
+            .await
+    }
+
+    /// `publish`, optionally keeping the publication out of history (a publish proxy's
+    /// `skip_history`). Every source passes here, so the size rule holds for all of them.
+    pub async fn publish_with(
+        &self,
+        channel: &str,
+        data: Box<serde_json::value::RawValue>,
+        info: Option<ClientInfo>,
+        tags: std::collections::BTreeMap<String, String>,
+        source: &'static str,
+        skip_history: bool,
+    ) -> Result<StreamPosition, PublishError> {
+        let ns = self.namespaces.resolve(channel)?;
+        let publication = Publication {
+            data: single_line(data),
+            info,
+            offset: 0,
+            tags,
+            time: unix_millis(),
+        };
+        let limit = self.config.max_publication_bytes();
+        let size = publication_size(&publication);
+        if size > limit {
+            self.metrics
+                .publications_too_large
+                .get_or_create(&SourceLabel { source })
+                .inc();
+            return Err(PublishError::TooLarge { size, limit });
+        }
+        let history = if skip_history {
+            None
+        } else {
+            self.history_options(ns)
+        };
+        let key = conflation_key(ns, &publication);
+        let position = self
+            .broker
+            .publish(channel, publication, key.as_deref(), history)
+            .await
+            .map_err(broker_error)?;
+        self.metrics
+            .publications
+            .get_or_create(&SourceLabel { source })
+            .inc();
+        Ok(position)
+    }
+}
+
+impl Node {
+    /// [`Node::publish`] for a lease holder (a feed's leader): refused once a newer holder of
+    /// `lease` exists, or once the lease's local deadline `valid_until` passed, so a leader that
+    /// stalled past its lease — also between the store's answer and the publish — cannot publish
+    /// what it still holds.
+    pub async fn publish_fenced(
+        &self,
+        lease: &str,
+        token: u64,
+        valid_until: Instant,
+        channel: &str,
+        data: Box<serde_json::value::RawValue>,
+        tags: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), crate::edges::feeds::FeedPublishError> {
+        use crate::edges::feeds::FeedPublishError;
+        match self.leases.is_current(lease, token).await {
+            Ok(true) => {}
+            Ok(false) => return Err(FeedPublishError::Fenced),
+            Err(e) => return Err(FeedPublishError::Failed(e.to_string())),
+        }
+        if Instant::now() >= valid_until {
+            return Err(FeedPublishError::Fenced);
+        }
+        match self.publish(channel, data, None, tags, "feed").await {
+            Ok(_) => Ok(()),
+            Err(PublishError::TooLarge { size, limit }) => {
+                Err(FeedPublishError::TooLarge { size, limit })
+            }
+            Err(PublishError::Refused(code)) => Err(FeedPublishError::Failed(format!("{code:?}"))),
+        }
+    }
+}
+
+/// Why a publication was not made. Callers map it to their own error (API and client: code and
+/// message; feeds: a counted drop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("limit exceeded: publication of {size} bytes is over channel.max_publication_bytes ({limit})")]
+    TooLarge { size: usize, limit: usize },
+    #[error("{}", .0.message())]
+    Refused(ErrorCode),
+}
+
+impl PublishError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            PublishError::TooLarge { .. } => ErrorCode::LimitExceeded,
+            PublishError::Refused(code) => *code,
+        }
+    }
+}
+
+impl From<ErrorCode> for PublishError {
+    fn from(code: ErrorCode) -> Self {
+        PublishError::Refused(code)
+    }
+}
+
+impl From<PublishError> for herald_protocol::ReplyError {
+    fn from(e: PublishError) -> Self {
+        let code = e.code();
+        herald_protocol::ReplyError {
+            code: code.code(),
+            message: e.to_string(),
+            temporary: code.temporary(),
+        }
+    }
+}
+
+impl From<PublishError> for crate::edges::api::ApiError {
+    fn from(e: PublishError) -> Self {
+        crate::edges::api::ApiError {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What a publication weighs against `channel.max_publication_bytes`: its data, tags and client
+/// info as they are delivered (the fixed framing around them is small and bounded).
+pub fn publication_size(publication: &Publication) -> usize {
+    let tags: usize = publication
+        .tags
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    let info = publication.info.as_ref().map_or(0, |i| {
+        i.user.len()
+            + i.client.len()
+            + i.conn_info.as_ref().map_or(0, |j| j.get().len())
+            + i.chan_info.as_ref().map_or(0, |j| j.get().len())
+    });
+    publication.data.get().len() + tags + info
+}
+
+/// The conflation key of a publication in a conflated namespace: the value at the JSON pointer in
+/// its data (strings as they are, other values as JSON text) or the named tag. `None` when the
+/// namespace does not conflate or the publication has no such key (it is then never superseded).
+pub fn conflation_key(ns: &NamespaceOptions, publication: &Publication) -> Option<String> {
+    if !ns.conflated() {
+        return None;
+    }
+    if let Some(tag) = ns.conflation_key.strip_prefix("tag:") {
+        return publication.tags.get(tag).cloned();
+    }
+    let data: serde_json::Value = serde_json::from_str(publication.data.get()).ok()?;
+    match data.pointer(&ns.conflation_key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+pub fn broker_error(e: BrokerError) -> ErrorCode {
+    match e {
+        BrokerError::Unrecoverable => ErrorCode::UnrecoverablePosition,
+        BrokerError::Unavailable(reason) => {
+            tracing::warn!(%reason, "broker unavailable");
+            ErrorCode::Internal
+        }
+        BrokerError::ShardUnavailable(reason) => {
+            tracing::debug!(%reason, "broker shard unavailable");
+            ErrorCode::ShardUnavailable
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "herald".into())
+}
