@@ -318,31 +318,19 @@ async fn the_node_refuses_publications_with_a_stale_fencing_token() {
         .await
         .unwrap()
         .unwrap();
-    let data = || serde_json::value::to_raw_value(&json!({"v": 1})).unwrap();
+    let mapped = || Mapped {
+        channel: "fenced".into(),
+        data: json!({"v": 1}),
+        tags: Default::default(),
+    };
     let valid_until = Instant::now() + ttl;
-    node.publish_fenced(
-        "feed:x",
-        old,
-        valid_until,
-        "fenced",
-        data(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    FeedSink::publish(&**node, "feed:x", old, valid_until, mapped())
+        .await
+        .unwrap();
     assert_eq!(client.publication("fenced").await["data"]["v"], 1);
     // The store still names this holder, but its lease's local deadline passed (a leader that was
     // frozen between the store's answer and the publish): refused all the same.
-    let lapsed = node
-        .publish_fenced(
-            "feed:x",
-            old,
-            Instant::now(),
-            "fenced",
-            data(),
-            Default::default(),
-        )
-        .await;
+    let lapsed = FeedSink::publish(&**node, "feed:x", old, Instant::now(), mapped()).await;
     assert_eq!(lapsed, Err(FeedPublishError::Fenced));
     client.expect_silence(Duration::from_millis(200)).await;
     node.leases.release("feed:x", "old").await.unwrap();
@@ -353,16 +341,7 @@ async fn the_node_refuses_publications_with_a_stale_fencing_token() {
         .unwrap()
         .unwrap();
     assert!(new > old);
-    let refused = node
-        .publish_fenced(
-            "feed:x",
-            old,
-            valid_until,
-            "fenced",
-            data(),
-            Default::default(),
-        )
-        .await;
+    let refused = FeedSink::publish(&**node, "feed:x", old, valid_until, mapped()).await;
     assert_eq!(refused, Err(FeedPublishError::Fenced));
     client.expect_silence(Duration::from_millis(200)).await;
 }

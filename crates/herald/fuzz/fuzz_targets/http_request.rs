@@ -6,8 +6,8 @@
 //! every answer keeps its contract (statuses, the 426 version header, the batch bound).
 
 use bytes::Bytes;
-use herald::api_request::{authorize, keyless_allowed, parse_batch, parse_body};
-use herald::handshake::{accept_key, origin_allowed, validate_upgrade};
+use herald::edges::api::request::{authorize, keyless_allowed, parse_batch, parse_body};
+use herald::edges::http::handshake::{accept_key, origin_allowed, validate_upgrade};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;

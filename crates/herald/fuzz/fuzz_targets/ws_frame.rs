@@ -4,7 +4,7 @@
 //! frames go through the RFC 6455 close-payload check: an accepted code is a valid one, and a
 //! refusal is 1002 or 1007.
 
-use herald::ws::{parse_close, parse_frame, valid_close_code};
+use herald::edges::ws::{parse_close, parse_frame, valid_close_code};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_PAYLOAD: usize = 4096;

@@ -6,7 +6,8 @@ use crate::brokers::{Broker, MemoryBroker, PresenceStore};
 use crate::config::Config;
 use crate::core::presence::MemoryPresence;
 use crate::edges::devices::{DeviceAddrs, DeviceIngest};
-use crate::edges::http::{accept_loop, bind, Role};
+use crate::edges::http::{accept_loop, Role, Routes};
+use crate::edges::sockets::bind;
 use crate::node::Node;
 use anyhow::Context as _;
 use herald_auth::{Verifier, VerifierConfig};
@@ -133,16 +134,42 @@ impl Server {
             .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
         let addr = public.local_addr()?;
         let _ = node.address.set(addr.to_string());
+        let internal = match config.internal_addr() {
+            Some(internal) => {
+                Some(bind(internal, config.http.reuse_port).with_context(|| {
+                    format!("http.internal_listen: cannot listen on {internal}")
+                })?)
+            }
+            None => None,
+        };
+        // Devices start before the HTTP listeners, which serve their API methods and the map.
+        let (data_lock, devices) = if config.devices.enabled {
+            let dir = std::path::Path::new(&config.devices.spool_dir);
+            let lock = crate::app::datadir::lock(dir).map_err(|e| {
+                node.shutdown.cancel();
+                anyhow::anyhow!("devices.spool_dir: {e}")
+            })?;
+            match DeviceIngest::start(node.clone(), &budget).await {
+                Ok(d) => (Some(lock), Some(d)),
+                Err(e) => {
+                    node.shutdown.cancel();
+                    return Err(e);
+                }
+            }
+        } else {
+            (None, None)
+        };
+        let routes = Arc::new(Routes {
+            node: node.clone(),
+            devices: devices.clone(),
+        });
         let mut tasks = Vec::new();
         let mut internal_addr = None;
-        let public_role = match config.internal_addr() {
-            Some(internal) => {
-                let listener = bind(internal, config.http.reuse_port).with_context(|| {
-                    format!("http.internal_listen: cannot listen on {internal}")
-                })?;
+        let public_role = match internal {
+            Some(listener) => {
                 internal_addr = Some(listener.local_addr()?);
                 tasks.push(tokio::spawn(accept_loop(
-                    node.clone(),
+                    routes.clone(),
                     listener,
                     Role::Internal,
                     share(INTERNAL)?,
@@ -152,40 +179,11 @@ impl Server {
             None => Role::Everything,
         };
         tasks.push(tokio::spawn(accept_loop(
-            node.clone(),
+            routes,
             public,
             public_role,
             share(PUBLIC)?,
         )));
-        let data_lock = if config.devices.enabled {
-            let dir = std::path::Path::new(&config.devices.spool_dir);
-            match crate::app::datadir::lock(dir) {
-                Ok(lock) => Some(lock),
-                Err(e) => {
-                    node.shutdown.cancel();
-                    for task in &tasks {
-                        task.abort();
-                    }
-                    return Err(anyhow::anyhow!("devices.spool_dir: {e}"));
-                }
-            }
-        } else {
-            None
-        };
-        let devices = if config.devices.enabled {
-            match DeviceIngest::start(node.clone(), &budget).await {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    node.shutdown.cancel();
-                    for task in &tasks {
-                        task.abort();
-                    }
-                    return Err(e);
-                }
-            }
-        } else {
-            None
-        };
         let device_addrs = devices.as_ref().map(|d| d.addrs).unwrap_or_default();
         tasks.push(tokio::spawn(sweeper(node.clone())));
         tasks.push(tokio::spawn(announcer(node.clone())));

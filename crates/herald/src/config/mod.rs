@@ -4,6 +4,7 @@
 //! without reading code.
 
 pub mod sample;
+pub mod template;
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -193,6 +194,9 @@ pub struct ApiConfig {
 }
 
 /// Default of `channel.max_publication_bytes` (with the default 1 MiB outbox).
+/// Default of `channel.max_streams`.
+pub const DEFAULT_MAX_STREAMS: usize = 1_000_000;
+
 pub const DEFAULT_MAX_PUBLICATION_BYTES: usize = 65_536;
 
 impl Default for ApiConfig {
@@ -246,7 +250,7 @@ impl Default for ChannelConfig {
         ChannelConfig {
             max_length: 255,
             history_meta_ttl: Duration::from_secs(30 * 24 * 3600),
-            max_streams: crate::core::history::DEFAULT_MAX_STREAMS,
+            max_streams: DEFAULT_MAX_STREAMS,
             max_publication_bytes: None,
             without_namespace: NamespaceOptions::default(),
             namespaces: Vec::new(),
@@ -874,10 +878,9 @@ impl FeedConfig {
                 format!("{:?} is not one of \"json\", \"text\"", self.payload),
             ));
         }
-        crate::edges::feeds::mapping::Template::parse(&self.channel)
-            .map_err(|e| field(f("channel"), e.to_string()))?;
+        template::Template::parse(&self.channel).map_err(|e| field(f("channel"), e.to_string()))?;
         for (name, template) in &self.tags {
-            crate::edges::feeds::mapping::Template::parse(template)
+            template::Template::parse(template)
                 .map_err(|e| field(f(&format!("tags.{name}")), e.to_string()))?;
         }
         for pointer in self.matches.keys() {

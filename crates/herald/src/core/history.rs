@@ -10,6 +10,7 @@
 //! [`MemoryHistory::absent_epoch`]), so a client that subscribed before the first publication
 //! recovers that stream's publications exactly.
 
+use crate::config::DEFAULT_MAX_STREAMS;
 use herald_protocol::{Publication, StreamPosition};
 use parking_lot::Mutex;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -128,9 +129,6 @@ pub(crate) fn new_epoch() -> String {
         .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
         .collect()
 }
-
-/// Default of `channel.max_streams`.
-pub const DEFAULT_MAX_STREAMS: usize = 1_000_000;
 
 const SHARDS: usize = 64;
 /// Forget generations: a channel's absent epoch changes when a stream hashing to the same
@@ -492,9 +490,33 @@ fn page(
     }
 }
 
+/// History `limit` as Centrifugo reads it: 0 means only the stream position, negative means all.
+pub fn history_limit(limit: i32) -> Option<usize> {
+    if limit < 0 {
+        None
+    } else {
+        Some(limit as usize)
+    }
+}
+
+/// History `limit` of a client call, capped at the namespace's `client_history_max_limit` ("all"
+/// included): one call cannot make the server build a reply of the whole stream.
+pub fn client_history_limit(limit: i32, max: usize) -> Option<usize> {
+    Some(history_limit(limit).map_or(max, |limit| limit.min(max)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_history_limits_are_capped_at_the_namespace_max() {
+        assert_eq!(client_history_limit(-1, 300), Some(300), "all is capped");
+        assert_eq!(client_history_limit(1000, 300), Some(300));
+        assert_eq!(client_history_limit(20, 300), Some(20));
+        assert_eq!(client_history_limit(0, 300), Some(0), "position only");
+        assert_eq!(history_limit(-1), None, "the API is not capped");
+    }
     use serde_json::value::RawValue;
 
     fn publication(n: u32) -> Publication {

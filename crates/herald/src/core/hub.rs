@@ -8,11 +8,12 @@
 //! publication per key stays in the window. So 100 devices × 100 viewers at 1 Hz cost 100 frames a
 //! second, not 10,000.
 
-use crate::brokers::{BrokerHandler, Control};
 use crate::config::NamespaceOptions;
 use crate::core::channel::Namespaces;
+use crate::core::delivery::{BrokerHandler, Control};
 use crate::core::metrics::Metrics;
-use crate::core::outbox::{OutItem, Outbox, Pushed, Segment};
+use crate::core::outbox::{OutItem, Pushed, Segment};
+use crate::core::session_handle::SessionHandle;
 use bytes::Bytes;
 use herald_protocol::{encode_publication_push, encode_push, ClientInfo, Publication, PushBody};
 use indexmap::IndexMap;
@@ -21,15 +22,6 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-
-/// What other tasks know of one connection.
-pub struct SessionHandle {
-    /// Node-unique number, cheaper than the client id as a map key.
-    pub seq: u64,
-    pub client: String,
-    pub user: String,
-    pub outbox: Outbox,
-}
 
 struct Subscriber {
     handle: Arc<SessionHandle>,
@@ -568,6 +560,7 @@ impl BrokerHandler for Hub {
 mod tests {
     use super::*;
     use crate::config::ChannelConfig;
+    use crate::core::outbox::Outbox;
     use bytes::Bytes;
 
     fn session(hub: &Hub, metrics: &Metrics, seq: u64, queued: usize) -> Arc<SessionHandle> {

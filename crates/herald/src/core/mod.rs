@@ -4,10 +4,12 @@
 
 pub mod channel;
 pub mod clock;
+pub mod delivery;
 pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
 pub mod presence;
 pub mod rate;
+pub mod session_handle;
 pub mod wakes;

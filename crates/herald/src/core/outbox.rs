@@ -10,7 +10,7 @@
 //!
 //! Nothing grows without limit.
 
-use crate::brokers::Control;
+use crate::core::delivery::Control;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use prometheus_client::metrics::gauge::Gauge;

@@ -7,7 +7,7 @@
 //! instead of one per publication. On this machine a write to a loopback socket costs ~7 µs of
 //! CPU, the fan-out of a queued publication ~0.1 µs, so this is where a burst's time goes.
 
-use crate::core::hub::SessionHandle;
+use crate::core::session_handle::SessionHandle;
 use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;

@@ -363,12 +363,6 @@ impl prometheus_client::encoding::EncodeMetric for OpenDescriptors {
     }
 }
 
-/// Closes a refused connection at once with a reset: no TIME_WAIT, no unread data kept.
-pub fn close_now(stream: tokio::net::TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
-    drop(stream);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

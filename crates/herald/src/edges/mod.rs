@@ -9,4 +9,5 @@ pub mod feeds;
 pub mod http;
 pub mod map;
 pub mod session;
+pub mod sockets;
 pub mod ws;

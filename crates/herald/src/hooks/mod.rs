@@ -15,8 +15,9 @@ use crate::core::metrics::Metrics;
 use herald_protocol::{ClientInfo, ReplyError};
 use std::sync::Arc;
 
-pub use proxy::{HookCtx, Proxy};
+pub use proxy::Proxy;
 pub use webhook::{WebhookWorker, Webhooks};
+pub use wire::HookCtx;
 pub use wire::Outcome;
 
 /// Why a backend call gave no usable answer. The client sees `client_message`; logs and metrics see

@@ -6,8 +6,8 @@
 
 use super::http::HttpClient;
 use super::wire::{
-    decode, Answer, ConnectResult, Identity, Outcome, PublishResult, Published, RefreshResult,
-    Refreshed, Request, RpcResult, SubscribeResult, Subscribed,
+    decode, Answer, ConnectResult, HookCtx, Identity, Outcome, PublishResult, Published,
+    RefreshResult, Refreshed, Request, RpcResult, SubscribeResult, Subscribed,
 };
 use super::HookError;
 use crate::config::{parse_http_url, ProxyConfig};
@@ -42,14 +42,6 @@ impl Hook {
             Hook::Send => "send",
         }
     }
-}
-
-/// Who is asking: the connection's identity and the handshake headers to forward.
-pub struct HookCtx<'a> {
-    pub client: &'a str,
-    pub user: &'a str,
-    pub meta: Option<&'a RawValue>,
-    pub headers: &'a [(HeaderName, HeaderValue)],
 }
 
 struct Endpoints {

@@ -1,14 +1,22 @@
 //! The wire format of the proxy hooks, which is Centrifugo's HTTP proxy format: the JSON request
 //! Herald sends, the answers it accepts, and how an answer becomes what the session needs.
 
-use super::proxy::HookCtx;
 use super::HookError;
 use base64::Engine as _;
 use herald_protocol::ReplyError;
+use http::{HeaderName, HeaderValue};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
+
+/// Who is asking: the connection's identity and the handshake headers to forward.
+pub struct HookCtx<'a> {
+    pub client: &'a str,
+    pub user: &'a str,
+    pub meta: Option<&'a RawValue>,
+    pub headers: &'a [(HeaderName, HeaderValue)],
+}
 
 type Json = Box<RawValue>;
 

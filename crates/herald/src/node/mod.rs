@@ -35,8 +35,6 @@ pub struct Node {
     /// Open WebSocket connections (including those still in `connect`).
     pub connections: AtomicUsize,
     pub ready: AtomicBool,
-    /// The device ingest, when `devices.enabled` (weak: the ingest itself holds the node).
-    pub devices: std::sync::OnceLock<std::sync::Weak<crate::edges::devices::DeviceIngest>>,
     /// The public listener's address, shown in the node registry.
     pub address: std::sync::OnceLock<String>,
     /// New-connection token buckets per client IP (`client.connection_rate_per_ip`).
@@ -80,7 +78,6 @@ impl Node {
             connections: AtomicUsize::new(0),
             ready: AtomicBool::new(true),
             ip_buckets: parking_lot::Mutex::new(std::collections::HashMap::new()),
-            devices: std::sync::OnceLock::new(),
             address: std::sync::OnceLock::new(),
             seq: AtomicU64::new(1),
             config,
@@ -223,39 +220,6 @@ impl Node {
     }
 }
 
-impl Node {
-    /// [`Node::publish`] for a lease holder (a feed's leader): refused once a newer holder of
-    /// `lease` exists, or once the lease's local deadline `valid_until` passed, so a leader that
-    /// stalled past its lease — also between the store's answer and the publish — cannot publish
-    /// what it still holds.
-    pub async fn publish_fenced(
-        &self,
-        lease: &str,
-        token: u64,
-        valid_until: Instant,
-        channel: &str,
-        data: Box<serde_json::value::RawValue>,
-        tags: std::collections::BTreeMap<String, String>,
-    ) -> Result<(), crate::edges::feeds::FeedPublishError> {
-        use crate::edges::feeds::FeedPublishError;
-        match self.leases.is_current(lease, token).await {
-            Ok(true) => {}
-            Ok(false) => return Err(FeedPublishError::Fenced),
-            Err(e) => return Err(FeedPublishError::Failed(e.to_string())),
-        }
-        if Instant::now() >= valid_until {
-            return Err(FeedPublishError::Fenced);
-        }
-        match self.publish(channel, data, None, tags, "feed").await {
-            Ok(_) => Ok(()),
-            Err(PublishError::TooLarge { size, limit }) => {
-                Err(FeedPublishError::TooLarge { size, limit })
-            }
-            Err(PublishError::Refused(code)) => Err(FeedPublishError::Failed(format!("{code:?}"))),
-        }
-    }
-}
-
 /// Why a publication was not made. Callers map it to their own error (API and client: code and
 /// message; feeds: a counted drop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -288,15 +252,6 @@ impl From<PublishError> for herald_protocol::ReplyError {
             code: code.code(),
             message: e.to_string(),
             temporary: code.temporary(),
-        }
-    }
-}
-
-impl From<PublishError> for crate::edges::api::ApiError {
-    fn from(e: PublishError) -> Self {
-        crate::edges::api::ApiError {
-            code: e.code(),
-            message: e.to_string(),
         }
     }
 }

@@ -8,14 +8,14 @@
 pub mod request;
 
 use crate::brokers::Control;
+use crate::core::history::history_limit;
 use crate::core::history::HistoryQuery;
 use crate::core::metrics::{MethodLabel, ReasonLabel};
-use crate::edges::devices::{position_json as device_position_json, DeviceIngest};
-use crate::edges::session::history_limit;
+use crate::edges::devices::queries::{self, QueryError};
+use crate::edges::devices::DeviceIngest;
+use crate::node::PublishError;
 use crate::node::{broker_error, Node};
 use herald_protocol::{ErrorCode, StreamPosition};
-use herald_store::geojson::page_to_geojson;
-use herald_store::TrackCursor;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -52,6 +52,24 @@ impl ApiError {
 impl From<ErrorCode> for ApiError {
     fn from(code: ErrorCode) -> Self {
         ApiError::new(code)
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        ApiError {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        ApiError {
+            code: e.code(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -160,51 +178,32 @@ struct ChannelsParams {
     pattern: String,
 }
 
-/// Parameters of `device_track` (also built by the map's track endpoint).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceTrackParams {
-    #[serde(default)]
-    pub device: String,
-    #[serde(default)]
-    pub from: i64,
-    #[serde(default = "far_future")]
-    pub to: i64,
-    #[serde(default = "default_track_limit")]
-    pub limit: u32,
-    #[serde(default)]
-    pub cursor: Option<String>,
-    #[serde(default)]
-    pub format: Option<String>,
-}
-
-pub fn far_future() -> i64 {
-    i64::MAX
-}
-
-pub fn default_track_limit() -> u32 {
-    100
-}
-
-/// Most positions one `device_track` page may hold.
-pub const MAX_TRACK_LIMIT: u32 = 10_000;
-
 /// Runs one API method and returns its `result` as JSON text. `Err(None)` is an unknown method.
 /// A `batch` writes its replies one by one into that text, so their trees never pile up.
-pub async fn handle(node: &Node, method: &str, raw: &RawValue) -> Result<String, Option<ApiError>> {
+pub async fn handle(
+    node: &Node,
+    devices: Option<&DeviceIngest>,
+    method: &str,
+    raw: &RawValue,
+) -> Result<String, Option<ApiError>> {
     if method == "batch" {
         node.metrics
             .api_requests
             .get_or_create(&MethodLabel { method: "batch" })
             .inc();
-        return Box::pin(batch(node, raw)).await.map_err(Some);
+        return Box::pin(batch(node, devices, raw)).await.map_err(Some);
     }
-    let result = call(node, method, raw).await?;
+    let result = call(node, devices, method, raw).await?;
     Ok(result.to_string())
 }
 
 /// Runs one API method. `Err(None)` is an unknown method.
-pub async fn call(node: &Node, method: &str, raw: &RawValue) -> Result<Value, Option<ApiError>> {
+pub async fn call(
+    node: &Node,
+    devices: Option<&DeviceIngest>,
+    method: &str,
+    raw: &RawValue,
+) -> Result<Value, Option<ApiError>> {
     node.metrics
         .api_requests
         .get_or_create(&MethodLabel {
@@ -228,9 +227,11 @@ pub async fn call(node: &Node, method: &str, raw: &RawValue) -> Result<Value, Op
         "channels" => Ok(channels(node, params(raw)?)),
         "info" => info(node).await,
         "batch" => Err(ApiError::bad("batch cannot be nested")),
-        "devices" => devices(node),
-        "device_positions" => device_positions(node).await,
-        "device_track" => device_track(node, params(raw)?).await,
+        "devices" => queries::list(devices).map_err(ApiError::from),
+        "device_positions" => queries::positions(devices).await.map_err(ApiError::from),
+        "device_track" => queries::track(devices, params(raw)?)
+            .await
+            .map_err(ApiError::from),
         _ => return Err(None),
     };
     result.map_err(Some)
@@ -416,84 +417,13 @@ pub async fn info(node: &Node) -> Result<Value, ApiError> {
     Ok(json!({ "nodes": nodes }))
 }
 
-fn device_ingest(node: &Node) -> Result<std::sync::Arc<DeviceIngest>, ApiError> {
-    DeviceIngest::for_node(node).ok_or(ApiError {
-        code: ErrorCode::NotAvailable,
-        message: "device ingest is not enabled (devices.enabled = false)".into(),
-    })
-}
-
-fn store_error(e: herald_store::StoreError) -> ApiError {
-    tracing::warn!(error = %e, "position store query failed");
-    ApiError {
-        code: ErrorCode::Internal,
-        message: format!("position store: {e}"),
-    }
-}
-
-fn devices(node: &Node) -> Result<Value, ApiError> {
-    let ingest = device_ingest(node)?;
-    Ok(json!({"devices": ingest.registry.list(), "stats": ingest.stats()}))
-}
-
-/// The latest stored position of every device.
-pub async fn device_positions(node: &Node) -> Result<Value, ApiError> {
-    let ingest = device_ingest(node)?;
-    let positions = ingest.store.latest_positions().await.map_err(store_error)?;
-    let positions: Vec<Value> = positions.iter().map(device_position_json).collect();
-    Ok(json!({"positions": positions}))
-}
-
-/// One page of a device's stored track.
-pub async fn device_track(node: &Node, p: DeviceTrackParams) -> Result<Value, ApiError> {
-    let ingest = device_ingest(node)?;
-    if p.device.is_empty() {
-        return Err(ApiError::bad("field \"device\" is required"));
-    }
-    if p.to < p.from {
-        return Err(ApiError::bad("field \"to\" must not be before \"from\""));
-    }
-    if p.limit == 0 || p.limit > MAX_TRACK_LIMIT {
-        return Err(ApiError::bad(format!(
-            "field \"limit\" must be within 1..={MAX_TRACK_LIMIT}"
-        )));
-    }
-    let geojson = match p.format.as_deref() {
-        None | Some("json") => false,
-        Some("geojson") => true,
-        Some(other) => {
-            return Err(ApiError::bad(format!(
-                "field \"format\" must be \"json\" or \"geojson\", got {other:?}"
-            )))
-        }
-    };
-    let after = match p.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(c.parse::<TrackCursor>().map_err(|_| {
-            ApiError::bad(format!(
-                "field \"cursor\": {c:?} is not a cursor from a previous page"
-            ))
-        })?),
-    };
-    let page = ingest
-        .store
-        .track(&p.device, p.from, p.to, p.limit, after)
-        .await
-        .map_err(store_error)?;
-    if geojson {
-        return Ok(page_to_geojson(&page));
-    }
-    let positions: Vec<Value> = page.positions.iter().map(device_position_json).collect();
-    Ok(json!({
-        "device": page.device_id,
-        "positions": positions,
-        "next_cursor": page.next.map(|c| c.to_string()),
-    }))
-}
-
 /// Runs a `batch` (at most `api.max_batch_commands` commands; a malformed or oversized batch fails
 /// before any command runs) and writes `{"replies": [...]}`, one reply per command, in order.
-async fn batch(node: &Node, raw: &RawValue) -> Result<String, ApiError> {
+async fn batch(
+    node: &Node,
+    devices: Option<&DeviceIngest>,
+    raw: &RawValue,
+) -> Result<String, ApiError> {
     let max = node.config.api.max_batch_commands;
     let request = crate::edges::api::request::parse_batch(raw, max).map_err(|e| {
         if e.contains("api.max_batch_commands") {
@@ -518,7 +448,7 @@ async fn batch(node: &Node, raw: &RawValue) -> Result<String, ApiError> {
         // At most max_batch_commands futures; each reply is written as soon as its turn comes.
         let all = calls
             .iter()
-            .map(|(method, raw)| Box::pin(batch_reply(node, method, raw)));
+            .map(|(method, raw)| Box::pin(batch_reply(node, devices, method, raw)));
         for (i, reply) in futures_util::future::join_all(all)
             .await
             .into_iter()
@@ -528,7 +458,10 @@ async fn batch(node: &Node, raw: &RawValue) -> Result<String, ApiError> {
         }
     } else {
         for (i, (method, raw)) in calls.iter().enumerate() {
-            push(Box::pin(batch_reply(node, method, raw)).await, i == 0);
+            push(
+                Box::pin(batch_reply(node, devices, method, raw)).await,
+                i == 0,
+            );
         }
     }
     out.push_str("]}");
@@ -536,8 +469,13 @@ async fn batch(node: &Node, raw: &RawValue) -> Result<String, ApiError> {
 }
 
 /// One command of a batch: `{"<method>": result}` or `{"error": {...}}`.
-async fn batch_reply(node: &Node, method: &str, raw: &RawValue) -> Value {
-    match call(node, method, raw).await {
+async fn batch_reply(
+    node: &Node,
+    devices: Option<&DeviceIngest>,
+    method: &str,
+    raw: &RawValue,
+) -> Value {
+    match call(node, devices, method, raw).await {
         Ok(result) => json!({ method: result }),
         Err(Some(e)) => e.to_json(),
         Err(None) => ApiError {

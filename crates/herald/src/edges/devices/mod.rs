@@ -8,6 +8,7 @@
 
 mod admission;
 mod http;
+pub mod queries;
 mod registry;
 mod tcp;
 
@@ -26,7 +27,7 @@ use herald_store::{
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 use tokio::net::TcpListener;
@@ -177,7 +178,7 @@ impl DeviceIngest {
         let mut listeners = Vec::new();
         for (name, addr) in cfg.listeners() {
             let protocol = Protocol::from_name(name).context("unknown device protocol")?;
-            let listener = crate::edges::http::bind(addr, false)
+            let listener = crate::edges::sockets::bind(addr, false)
                 .with_context(|| format!("devices.listen.{name}: cannot listen on {addr}"))?;
             addrs.set(protocol, listener.local_addr()?);
             let share = budget
@@ -208,13 +209,7 @@ impl DeviceIngest {
                 .spawn(accept_loop(ingest.clone(), protocol, listener, share));
             drop(task);
         }
-        let _ = node.devices.set(Arc::downgrade(&ingest));
         Ok(ingest)
-    }
-
-    /// The ingest of `node`, when it runs.
-    pub fn for_node(node: &Node) -> Option<Arc<DeviceIngest>> {
-        node.devices.get().and_then(Weak::upgrade)
     }
 
     /// Stops listeners and connections (waiting at most 5 s for them), then the writer after its
@@ -417,7 +412,7 @@ async fn accept_loop(
                     Ok(admission) => admission,
                     Err(reason) => {
                         warn("device connections refused at accept", reason);
-                        crate::edges::descriptors::close_now(stream);
+                        crate::edges::sockets::close_now(stream);
                         continue;
                     }
                 };

@@ -13,7 +13,7 @@ pub mod upstream;
 
 use crate::brokers::leases::LeaseStore;
 use crate::config::FeedConfig;
-use crate::node::Node;
+use crate::node::{Node, PublishError};
 use async_trait::async_trait;
 use mapping::{Mapped, Mapping, Skip, Template};
 use parking_lot::Mutex;
@@ -62,17 +62,26 @@ impl FeedSink for Node {
         valid_until: Instant,
         mapped: Mapped,
     ) -> Result<(), FeedPublishError> {
+        // Refused once a newer holder of `lease` exists, or once the lease's local deadline
+        // passed, so a leader that stalled past its lease (also between the store's answer and
+        // the publish) cannot publish what it still holds.
+        match self.leases.is_current(lease, token).await {
+            Ok(true) => {}
+            Ok(false) => return Err(FeedPublishError::Fenced),
+            Err(e) => return Err(FeedPublishError::Failed(e.to_string())),
+        }
+        if Instant::now() >= valid_until {
+            return Err(FeedPublishError::Fenced);
+        }
         let data = serde_json::value::to_raw_value(&mapped.data)
             .map_err(|e| FeedPublishError::Failed(e.to_string()))?;
-        self.publish_fenced(
-            lease,
-            token,
-            valid_until,
-            &mapped.channel,
-            data,
-            mapped.tags,
-        )
-        .await
+        match Node::publish(self, &mapped.channel, data, None, mapped.tags, "feed").await {
+            Ok(_) => Ok(()),
+            Err(PublishError::TooLarge { size, limit }) => {
+                Err(FeedPublishError::TooLarge { size, limit })
+            }
+            Err(PublishError::Refused(code)) => Err(FeedPublishError::Failed(format!("{code:?}"))),
+        }
     }
 }
 

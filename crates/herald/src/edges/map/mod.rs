@@ -7,8 +7,9 @@ mod query;
 
 pub use auth::{authorize, MapAuthError};
 
-use crate::edges::api::{self, ApiError, DeviceTrackParams};
-use crate::edges::http::{json_response, respond, Body};
+use crate::edges::devices::queries::{self, DeviceTrackParams, QueryError};
+use crate::edges::devices::DeviceIngest;
+use crate::edges::http::response::{json_response, respond, Body};
 use crate::node::Node;
 use herald_protocol::ErrorCode;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -24,7 +25,11 @@ pub fn handles(path: &str) -> bool {
 }
 
 /// Serves a map request (the caller checked `map.enabled` and [`handles`]).
-pub async fn serve<B>(node: &Node, req: &Request<B>) -> Response<Body> {
+pub async fn serve<B>(
+    node: &Node,
+    devices: Option<&DeviceIngest>,
+    req: &Request<B>,
+) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -41,9 +46,9 @@ pub async fn serve<B>(node: &Node, req: &Request<B>) -> Response<Body> {
     }
     let query = req.uri().query().unwrap_or("");
     let result = match path {
-        "/map/api/devices" => devices(node).await,
+        "/map/api/devices" => fleet(node, devices).await,
         "/map/api/track" => match track_params(query) {
-            Ok(params) => api::device_track(node, params).await,
+            Ok(params) => queries::track(devices, params).await,
             Err(e) => Err(e),
         },
         _ => return error(StatusCode::NOT_FOUND, 104, "no such map endpoint"),
@@ -51,12 +56,12 @@ pub async fn serve<B>(node: &Node, req: &Request<B>) -> Response<Body> {
     match result {
         Ok(value) => no_store(json_response(StatusCode::OK, &value)),
         Err(e) => {
-            let status = match e.code {
+            let status = match e.code() {
                 ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
                 ErrorCode::NotAvailable => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            error(status, e.code.code(), &e.message)
+            error(status, e.code().code(), &e.to_string())
         }
     }
 }
@@ -119,8 +124,8 @@ fn page(node: &Node) -> Response<Body> {
 
 /// Latest stored position per device, merged with what this node's registry knows (protocol,
 /// connection, a position not yet written to the database).
-async fn devices(node: &Node) -> Result<Value, ApiError> {
-    let stored = api::device_positions(node).await?;
+async fn fleet(node: &Node, devices: Option<&DeviceIngest>) -> Result<Value, QueryError> {
+    let stored = queries::positions(devices).await?;
     let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
     for position in stored["positions"].as_array().into_iter().flatten() {
         let Some(id) = position["device"].as_str() else {
@@ -137,7 +142,7 @@ async fn devices(node: &Node) -> Result<Value, ApiError> {
             }),
         );
     }
-    let registry = crate::edges::devices::DeviceIngest::for_node(node)
+    let registry = devices
         .map(|ingest| ingest.registry.list())
         .unwrap_or_default();
     for live in registry {
@@ -169,20 +174,19 @@ async fn devices(node: &Node) -> Result<Value, ApiError> {
 }
 
 /// `device`, `from`, `to` (unix ms), `limit`, `cursor` from the query string.
-fn track_params(query: &str) -> Result<DeviceTrackParams, ApiError> {
+fn track_params(query: &str) -> Result<DeviceTrackParams, QueryError> {
     let mut params = DeviceTrackParams {
         device: String::new(),
         from: 0,
-        to: api::far_future(),
-        limit: api::default_track_limit(),
+        to: queries::far_future(),
+        limit: queries::default_track_limit(),
         cursor: None,
         format: None,
     };
     for (key, value) in query::pairs(query) {
         let number = |v: &str| {
-            v.parse::<i64>().map_err(|_| ApiError {
-                code: ErrorCode::BadRequest,
-                message: format!("bad request: field \"{key}\": {v:?} is not an integer"),
+            v.parse::<i64>().map_err(|_| {
+                QueryError::BadRequest(format!("field \"{key}\": {v:?} is not an integer"))
             })
         };
         match key.as_str() {
@@ -190,21 +194,15 @@ fn track_params(query: &str) -> Result<DeviceTrackParams, ApiError> {
             "from" => params.from = number(&value)?,
             "to" => params.to = number(&value)?,
             "limit" => {
-                params.limit = u32::try_from(number(&value)?).map_err(|_| ApiError {
-                    code: ErrorCode::BadRequest,
-                    message: format!(
-                        "bad request: field \"limit\" must be within 1..={}",
-                        api::MAX_TRACK_LIMIT
-                    ),
+                params.limit = u32::try_from(number(&value)?).map_err(|_| {
+                    QueryError::BadRequest(format!(
+                        "field \"limit\" must be within 1..={}",
+                        queries::MAX_TRACK_LIMIT
+                    ))
                 })?
             }
             "cursor" => params.cursor = Some(value),
-            _ => {
-                return Err(ApiError {
-                    code: ErrorCode::BadRequest,
-                    message: format!("bad request: unknown field {key:?}"),
-                })
-            }
+            _ => return Err(QueryError::BadRequest(format!("unknown field {key:?}"))),
         }
     }
     Ok(params)

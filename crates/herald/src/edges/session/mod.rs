@@ -4,14 +4,14 @@
 use crate::brokers::Control;
 use crate::config::NamespaceOptions;
 use crate::core::channel::{is_private, personal_channel};
-use crate::core::history::HistoryQuery;
+use crate::core::history::{client_history_limit, history_limit, HistoryQuery};
 
 mod backend;
 use crate::core::clock::unix_secs;
-use crate::core::hub::SessionHandle;
 use crate::core::metrics::MethodLabel;
 use crate::core::outbox::{OutItem, Outbox};
 use crate::core::rate::TokenBucket;
+use crate::core::session_handle::SessionHandle;
 use crate::edges::ws::{Incoming, WsConn, WsError};
 use crate::hooks::proxy::Hook;
 use crate::hooks::HookCtx;
@@ -1420,21 +1420,6 @@ impl Session {
     }
 }
 
-/// History `limit` as Centrifugo reads it: 0 means only the stream position, negative means all.
-pub fn history_limit(limit: i32) -> Option<usize> {
-    if limit < 0 {
-        None
-    } else {
-        Some(limit as usize)
-    }
-}
-
-/// History `limit` of a client call, capped at the namespace's `client_history_max_limit` ("all"
-/// included): one call cannot make the server build a reply of the whole stream.
-pub fn client_history_limit(limit: i32, max: usize) -> Option<usize> {
-    Some(history_limit(limit).map_or(max, |limit| limit.min(max)))
-}
-
 enum Wake {
     Outbox,
     Writable,
@@ -1453,19 +1438,5 @@ async fn wait_outbox(outbox: Option<&Outbox>) {
     match outbox {
         Some(outbox) => outbox.wait().await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_history_limits_are_capped_at_the_namespace_max() {
-        assert_eq!(client_history_limit(-1, 300), Some(300), "all is capped");
-        assert_eq!(client_history_limit(1000, 300), Some(300));
-        assert_eq!(client_history_limit(20, 300), Some(20));
-        assert_eq!(client_history_limit(0, 300), Some(0), "position only");
-        assert_eq!(history_limit(-1), None, "the API is not capped");
     }
 }

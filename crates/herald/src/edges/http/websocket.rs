@@ -1,0 +1,134 @@
+//! The WebSocket endpoint: the upgrade handshake's checks and limits, then the socket handed to one
+//! session task.
+
+use super::response::{respond, Body};
+use crate::edges::session::Session;
+use crate::edges::ws::WsConn;
+use crate::node::Node;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Decrements the connection count when a WebSocket connection ends, however it ends.
+struct ConnectionSlot(Arc<Node>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.connections.dec();
+    }
+}
+
+pub(super) fn websocket(
+    node: Arc<Node>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let key = match crate::edges::http::handshake::validate_upgrade(
+        req.method(),
+        req.version(),
+        req.headers(),
+    ) {
+        Ok(key) => key.clone(),
+        Err(refusal) => {
+            refused(&node, refusal.reason);
+            let mut response =
+                respond(refusal.status, "text/plain; charset=utf-8", refusal.message);
+            if refusal.needs_version_header() {
+                response.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static(crate::edges::http::handshake::WEBSOCKET_VERSION),
+                );
+            }
+            return response;
+        }
+    };
+    // Before anything is forwarded: the connect hook runs only after the upgrade.
+    if !crate::edges::http::handshake::origin_allowed(
+        &node.config.http.allowed_origins,
+        req.headers(),
+    ) {
+        refused(&node, "origin");
+        return respond(
+            StatusCode::FORBIDDEN,
+            "text/plain; charset=utf-8",
+            "origin not allowed (http.allowed_origins)\n",
+        );
+    }
+    if node.shutdown.is_cancelled() {
+        refused(&node, "shutdown");
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "shutting down\n",
+        );
+    }
+    if !node.admit_ip(peer.ip()) {
+        refused(&node, "ip rate");
+        return respond(
+            StatusCode::TOO_MANY_REQUESTS,
+            "text/plain; charset=utf-8",
+            "too many new connections from this address (client.connection_rate_per_ip)\n",
+        );
+    }
+    let max = node.config.client.max_connections;
+    if node.connections.fetch_add(1, Ordering::AcqRel) >= max {
+        node.connections.fetch_sub(1, Ordering::AcqRel);
+        refused(&node, "max connections");
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "connection limit reached\n",
+        );
+    }
+    node.metrics.connections.inc();
+    node.metrics.connections_accepted.inc();
+    let slot = ConnectionSlot(node.clone());
+    let accept = crate::edges::http::handshake::accept_key(key.as_bytes());
+    // Captured now: the handshake request is gone once the socket belongs to the session.
+    let forwarded = node
+        .hooks
+        .proxy
+        .as_ref()
+        .map(|p| p.capture_headers(req.headers()))
+        .unwrap_or_default();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let _slot = slot;
+        match upgrade.await {
+            // Take the TCP stream back from hyper so the session owns the socket directly.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                Ok(parts) => {
+                    let max = node.config.client.max_message_size;
+                    let ws = WsConn::new(parts.io.into_inner(), &parts.read_buf, max);
+                    // hyper's read buffer (8 KiB) must not live as long as the connection.
+                    drop(parts.read_buf);
+                    Session::new(node, ws, forwarded).run().await;
+                }
+                Err(_) => tracing::warn!("websocket upgrade over an unexpected transport"),
+            },
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(value) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    response
+}
+
+fn refused(node: &Node, reason: &'static str) {
+    node.metrics
+        .connections_refused
+        .get_or_create(&crate::core::metrics::ReasonLabel { reason })
+        .inc();
+}
