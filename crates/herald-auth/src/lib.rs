@@ -73,6 +73,8 @@
 //! assert_eq!(claims.info.unwrap().get(), r#"{"name":"Ann"}"#);
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod claims;
 mod error;
 mod keys;

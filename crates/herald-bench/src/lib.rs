@@ -1,5 +1,8 @@
 //! herald-bench as a library, so its scenarios can be smoke-tested against an in-process server.
 
+// Two socket options have no safe wrapper (net.rs, hostile/raw.rs); every other line is safe.
+#![deny(unsafe_code)]
+
 pub mod broadcast;
 pub mod chat;
 pub mod common;

@@ -42,6 +42,7 @@ pub async fn connect_from(server: SocketAddr, source: IpAddr) -> anyhow::Result<
 /// IP_BIND_ADDRESS_NO_PORT: defer the port choice to connect(), so a bound source address does
 /// not reserve a port per socket up front (the 4-tuple is then what must be unique, not the
 /// port). Best effort: without it, binding still works, with fewer ports.
+#[allow(unsafe_code)] // no safe wrapper offers IP_BIND_ADDRESS_NO_PORT
 pub fn set_bind_address_no_port(socket: &socket2::Socket) {
     use std::os::fd::AsRawFd;
     let one: libc::c_int = 1;
@@ -59,18 +60,5 @@ pub fn set_bind_address_no_port(socket: &socket2::Socket) {
 
 /// Raises this process' open-file limit to its hard limit; returns the soft limit in force.
 pub fn raise_nofile() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write/read the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-    }
-    limit.rlim_cur
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
 }

@@ -89,6 +89,8 @@
 //! default is [`CrcPolicy::Lenient`]; deployments that prefer to drop such frames (and have the
 //! device retransmit) set [`CrcPolicy::Strict`]. The tests assert both behaviours for every sample.
 
+#![forbid(unsafe_code)]
+
 pub mod gt06;
 pub mod h02;
 pub mod jsonl;

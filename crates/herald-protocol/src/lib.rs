@@ -10,6 +10,8 @@
 //! field names, empty fields are omitted, `bytes` fields (`data`, `conn_info`, `chan_info`) are embedded
 //! JSON values.
 
+#![forbid(unsafe_code)]
+
 pub mod codes;
 pub mod command;
 pub mod reply;

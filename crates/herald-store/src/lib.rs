@@ -24,6 +24,8 @@
 //! greatest `time_ms`; an older out-of-order position never replaces it). See [`sqlite`] and
 //! [`postgres`] for the exact DDL.
 
+#![forbid(unsafe_code)]
+
 pub mod geojson;
 pub mod idempotency;
 pub mod postgres;

@@ -18,6 +18,8 @@
 //! subscriber's outbox ([`core::outbox`]); each session task ([`edges::session`]) drains its
 //! outbox into batched WebSocket frames.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod brokers;
 pub mod config;

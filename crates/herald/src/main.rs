@@ -1,5 +1,7 @@
 //! The `herald` binary: serve, write and check configuration, mint tokens for trying things out.
 
+#![forbid(unsafe_code)]
+
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use herald::app::server::Server;
@@ -146,38 +148,6 @@ fn init_logging(config: &Config) {
     }
 }
 
-/// Raises the soft descriptor limit to the hard one and warns when it is still below max_connections.
-fn check_fd_limit(max_connections: usize) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    let needed = max_connections as u64 + 64;
-    if limit.rlim_cur < needed {
-        tracing::warn!(
-            fd_limit = limit.rlim_cur,
-            max_connections,
-            "file-descriptor limit is below client.max_connections: connections beyond it will be refused \
-             at accept; raise the limit (ulimit -n, LimitNOFILE=) or lower client.max_connections"
-        );
-    }
-}
-
 async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
     let demo_dir = match demo {
         Some(_) => {
@@ -187,7 +157,6 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
         }
         None => None,
     };
-    check_fd_limit(config.client.max_connections);
     let t = &config.client.token;
     let ephemeral_secret = t.hmac_secret.is_empty()
         && t.rsa_public_key.is_empty()

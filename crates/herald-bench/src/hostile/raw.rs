@@ -190,6 +190,7 @@ impl Outgoing {
 }
 
 /// The kernel's TCP state of this socket (1 established, 7 closed, 8 close-wait).
+#[allow(unsafe_code)] // no safe wrapper reads TCP_INFO
 pub fn tcp_state(stream: &TcpStream) -> Option<u8> {
     use std::os::fd::AsRawFd;
     // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.

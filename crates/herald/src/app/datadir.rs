@@ -1,10 +1,9 @@
-//! One process per data directory: a node takes an exclusive `flock` on `<dir>/herald.lock` and
+//! One process per data directory: a node takes an exclusive lock (`flock` on Linux) on `<dir>/herald.lock` and
 //! writes its PID there, so a second node pointed at the same spool fails at start with the
 //! holder's PID instead of interleaving writes. The kernel drops the lock when the process dies,
 //! so a crash never leaves a stale lock behind (the PID in the file is then simply overwritten).
 
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +38,9 @@ pub fn lock(dir: &Path) -> Result<DirLock, LockError> {
         .truncate(false)
         .open(&path)
         .map_err(io)?;
-    // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
             let pid = pid.trim();
@@ -56,7 +53,7 @@ pub fn lock(dir: &Path) -> Result<DirLock, LockError> {
                 },
             });
         }
-        return Err(io(err));
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
     file.set_len(0).map_err(io)?;
     file.rewind().map_err(io)?;

@@ -146,31 +146,19 @@ impl Limits {
 
 /// The soft descriptor limit after trying to raise it to the hard one.
 fn raise_nofile() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rlimit::Resource;
+    let Ok((soft, hard)) = Resource::NOFILE.get() else {
+        return 1024;
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                tracing::info!(
-                    from = limit.rlim_cur,
-                    to = raised.rlim_cur,
-                    "raised the soft descriptor limit to the hard limit"
-                );
-                limit = raised;
-            }
-        }
+    if soft < hard && Resource::NOFILE.set(hard, hard).is_ok() {
+        tracing::info!(
+            from = soft,
+            to = hard,
+            "raised the soft descriptor limit to the hard limit"
+        );
+        return hard;
     }
-    limit.rlim_cur
+    soft
 }
 
 impl Budget {
