@@ -336,3 +336,74 @@ fn the_checker_sees_groups_super_and_inline_paths() {
         Some(vec!["x".into()])
     );
 }
+
+/// The modules directly inside a layer folder, as the picture names them (`hub`, `session/`).
+fn modules_of_folder(src: &Path, folder: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(src.join(folder))
+        .expect("layer folder")
+        .map(|e| e.expect("dir entry").path())
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.to_string();
+            if p.is_dir() {
+                Some(format!("{name}/"))
+            } else {
+                let stem = name.strip_suffix(".rs")?;
+                (stem != "mod").then(|| stem.to_string())
+            }
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_architecture_page_shows_the_layers_as_they_are() {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = crate_dir.join("../../docs");
+    let page = std::fs::read_to_string(docs.join("architecture.md")).expect("docs/architecture.md");
+    let marker = "<!-- layers (top first), checked by crates/herald/tests/layers.rs -->";
+    let table = page
+        .split(marker)
+        .nth(1)
+        .expect("the layer table's marker in docs/architecture.md");
+    let rows: Vec<Vec<String>> = table
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|row| {
+            let folders = row.split('|').nth(2).unwrap_or("");
+            folders
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|f| f.trim_end_matches('/').to_string())
+                .collect()
+        })
+        .collect();
+    let expected: Vec<Vec<String>> = LAYERS
+        .iter()
+        .rev()
+        .map(|folders| folders.iter().map(|f| f.to_string()).collect())
+        .collect();
+    assert_eq!(
+        rows, expected,
+        "docs/architecture.md's layer table (folders, top first) differs from the layers checked here"
+    );
+    let picture = std::fs::read_to_string(docs.join("layers.svg")).expect("docs/layers.svg");
+    let src = crate_dir.join("src");
+    let mut missing = Vec::new();
+    for folder in LAYERS.iter().flat_map(|l| l.iter()) {
+        for module in modules_of_folder(&src, folder) {
+            let alone = format!(">{module}<");
+            let qualified = format!(">{folder}/{module}<");
+            if !picture.contains(&alone) && !picture.contains(&qualified) {
+                missing.push(format!("{folder}/{module}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/layers.svg lacks {missing:?}: run python3 scripts/draw-layers.py"
+    );
+}
