@@ -39,7 +39,8 @@ def children(folder):
             names.append(entry + "/")
         elif entry.endswith(".rs") and entry != "mod.rs":
             names.append(entry[:-3])
-    return names
+    # A layer that is one module (node/mod.rs) shows as that module.
+    return names or [folder + "/"]
 
 
 def text_width(text):
@@ -51,15 +52,13 @@ def layout_row(groups, x0, width):
     boxes = []
     x, y = x0, 0
     for folder, names in groups:
-        header = folder + "/"
         for i, name in enumerate(names):
-            w = text_width(name)
+            w = text_width(name if len(groups) == 1 else f"{folder}/{name}")
             if x + w > x0 + width:
                 x, y = x0, y + BOX_H + GAP
             boxes.append((x, y, w, name, folder, i == 0 and len(groups) > 1))
             x += w + GAP
         x += 3 * GAP
-        del header
     return boxes, y + BOX_H
 
 
@@ -96,7 +95,7 @@ def main():
                 f'<rect x="{bx}" y="{top}" width="{bw}" height="{BOX_H}" rx="4" '
                 f'fill="{colours[folder]}" stroke="#6b7a90"/>'
             )
-            shown = label if len(folders) == 1 else f"{folder}/{label}"
+            shown = label if len(folders) == 1 or label.startswith(folder + "/") else f"{folder}/{label}"
             parts.append(
                 f'<text x="{bx + 8}" y="{top + 17}" font-size="12" '
                 f'font-family="monospace">{html.escape(shown)}</text>'
