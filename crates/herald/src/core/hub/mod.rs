@@ -8,20 +8,17 @@
 //! publication per key stays in the window. So 100 devices × 100 viewers at 1 Hz cost 100 frames a
 //! second, not 10,000.
 
-use crate::config::NamespaceOptions;
 use crate::core::channel::Namespaces;
-use crate::core::delivery::{BrokerHandler, Control};
 use crate::core::metrics::Metrics;
 use crate::core::outbox::{OutItem, Pushed, Segment};
 use crate::core::session_handle::SessionHandle;
 use bytes::Bytes;
-use herald_protocol::{encode_publication_push, encode_push, ClientInfo, Publication, PushBody};
 use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 struct Subscriber {
     handle: Arc<SessionHandle>,
@@ -29,63 +26,15 @@ struct Subscriber {
     join_leave: bool,
 }
 
-/// A channel's publications waiting for the end of its delivery interval.
-struct Window {
-    interval: Duration,
-    max_bytes: usize,
-    conflated: bool,
-    state: Mutex<WindowState>,
-}
-
-#[derive(Default)]
-struct WindowState {
-    /// Publications without a key, in order.
-    plain: Vec<Arc<Publication>>,
-    /// Latest publication per key (conflated channels).
-    keyed: IndexMap<String, Arc<Publication>>,
-    bytes: usize,
-    /// A flush task is sleeping until the window's end.
-    scheduled: bool,
-    last_flush: Option<Instant>,
-}
-
-impl WindowState {
-    /// The window's publications in offset order, and whether all of them are keyed (only then
-    /// may an overflowing outbox supersede them).
-    fn take(&mut self) -> (Vec<Arc<Publication>>, bool) {
-        let all_keyed = self.plain.is_empty();
-        let mut batch = std::mem::take(&mut self.plain);
-        batch.extend(std::mem::take(&mut self.keyed).into_values());
-        batch.sort_by_key(|p| p.offset);
-        self.bytes = 0;
-        (batch, all_keyed)
-    }
-}
-
-/// Estimated size of a publication's encoded push in a window.
-fn window_cost(channel: &str, publication: &Publication) -> usize {
-    let info = publication.info.as_ref().map_or(0, |i| {
-        i.user.len()
-            + i.client.len()
-            + i.conn_info.as_ref().map_or(0, |v| v.get().len())
-            + i.chan_info.as_ref().map_or(0, |v| v.get().len())
-            + 64
-    });
-    let tags: usize = publication
-        .tags
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + 6)
-        .sum();
-    publication.data.get().len() + channel.len() + info + tags + 96
-}
-
-/// Largest item a window is cut into, so no single item outgrows an outbox.
-const MAX_WINDOW_ITEM: usize = 64 * 1024;
-
 struct ChannelEntry {
     subscribers: IndexMap<u64, Subscriber>,
     window: Option<Arc<Window>>,
 }
+
+mod handler;
+mod windows;
+
+use windows::Window;
 
 const SHARDS: usize = 64;
 
@@ -147,19 +96,6 @@ impl Hub {
         }
     }
 
-    fn new_window(ns: &NamespaceOptions) -> Option<Arc<Window>> {
-        let interval = ns.delivery_interval();
-        (!interval.is_zero()).then(|| {
-            Arc::new(Window {
-                interval,
-                max_bytes: ns.window_max_bytes,
-                conflated: ns.conflated(),
-                state: Mutex::new(WindowState::default()),
-            })
-        })
-    }
-
-    /// Registers a subscriber; returns true when it is the channel's first on this node.
     pub fn add_subscriber(
         &self,
         channel: &str,
@@ -260,137 +196,6 @@ impl Hub {
         });
     }
 
-    /// Encodes a window's publications once, newline-separated, and delivers them as shared items
-    /// of at most `MAX_WINDOW_ITEM` bytes (one frame each, unless a single publication is larger).
-    /// Each item records where every publication starts, so a subscriber that already has some of
-    /// them (from its subscribe reply) receives only the rest.
-    fn deliver_batch(&self, channel: &str, batch: Vec<Arc<Publication>>, conflated: bool) {
-        let mut out: Vec<u8> = Vec::new();
-        let mut segments: Vec<Segment> = Vec::new();
-        for publication in &batch {
-            let encoded = encode_publication_push(channel, publication);
-            if !out.is_empty() && out.len() + 1 + encoded.len() > MAX_WINDOW_ITEM {
-                let (full, parts) = (std::mem::take(&mut out), std::mem::take(&mut segments));
-                self.deliver_segments(channel, full, parts, conflated);
-            }
-            if !out.is_empty() {
-                out.push(b'\n');
-            }
-            let start = out.len() as u32;
-            out.extend_from_slice(&encoded);
-            segments.push(Segment {
-                offset: publication.offset,
-                start,
-                end: out.len() as u32,
-            });
-        }
-        if !out.is_empty() {
-            self.deliver_segments(channel, out, segments, conflated);
-        }
-    }
-
-    fn deliver_segments(
-        &self,
-        channel: &str,
-        out: Vec<u8>,
-        segments: Vec<Segment>,
-        conflated: bool,
-    ) {
-        let offset = segments.iter().map(|s| s.offset).max().unwrap_or(0);
-        self.deliver(
-            channel,
-            offset,
-            Bytes::from(out),
-            conflated,
-            Some(segments.into()),
-        );
-    }
-
-    fn window_of(&self, channel: &str) -> Option<Option<Arc<Window>>> {
-        self.shard(channel)
-            .read()
-            .get(channel)
-            .map(|entry| entry.window.clone())
-    }
-
-    /// Adds a publication to a channel's window; delivers early when the window is full, and
-    /// otherwise makes sure a flush is scheduled for the window's end. Deliveries happen under the
-    /// window's lock, so an early and a scheduled delivery of one channel never overtake each other.
-    fn add_to_window(
-        &self,
-        channel: &str,
-        window: Arc<Window>,
-        publication: Arc<Publication>,
-        key: Option<&str>,
-    ) {
-        let now = Instant::now();
-        let mut state = window.state.lock();
-        state.bytes += window_cost(channel, &publication);
-        match key.filter(|_| window.conflated) {
-            Some(key) => {
-                if let Some(replaced) = state.keyed.insert(key.to_string(), publication) {
-                    state.bytes -= window_cost(channel, &replaced);
-                }
-            }
-            None => state.plain.push(publication),
-        }
-        let due = state.last_flush.map_or(now, |at| at + window.interval);
-        if state.bytes >= window.max_bytes || (due <= now && !state.scheduled) {
-            let (batch, all_keyed) = state.take();
-            state.last_flush = Some(now);
-            self.deliver_batch(channel, batch, window.conflated && all_keyed);
-            return;
-        }
-        if !state.scheduled {
-            state.scheduled = true;
-            drop(state);
-            self.schedule_flush(self.on_grid(due, window.interval), channel, window);
-        }
-    }
-
-    /// The first point at or after `at` of the grid of `interval` steps from the hub's start.
-    /// Windows of one interval all end on this grid, so they are flushed together and a client
-    /// following many windowed channels receives them all in one write.
-    fn on_grid(&self, at: Instant, interval: Duration) -> Instant {
-        let step = interval.as_nanos().max(1);
-        let since = at.saturating_duration_since(self.grid_start).as_nanos();
-        let steps = since.div_ceil(step);
-        let offset = u64::try_from(steps.saturating_mul(step)).unwrap_or(u64::MAX);
-        self.grid_start + Duration::from_nanos(offset)
-    }
-
-    /// Queues a window's flush at `due`; one task per distinct instant flushes every window due
-    /// then, with the connections' wake-ups batched (crate::core::wakes).
-    fn schedule_flush(&self, due: Instant, channel: &str, window: Arc<Window>) {
-        let mut flushes = self.flushes.lock();
-        let first = !flushes.contains_key(&due);
-        flushes
-            .entry(due)
-            .or_default()
-            .push((channel.to_string(), window));
-        drop(flushes);
-        let Some(hub) = self.this.upgrade().filter(|_| first) else {
-            return;
-        };
-        tokio::spawn(async move {
-            tokio::time::sleep_until(due.into()).await;
-            let due_windows = hub.flushes.lock().remove(&due).unwrap_or_default();
-            crate::core::wakes::batched_sync(|| {
-                for (channel, window) in due_windows {
-                    let mut state = window.state.lock();
-                    state.scheduled = false;
-                    // The grid point, not the (slightly later) time of this flush: from it, the
-                    // next window ends exactly one interval later, on the grid.
-                    state.last_flush = Some(due);
-                    let (batch, all_keyed) = state.take();
-                    if !batch.is_empty() {
-                        hub.deliver_batch(&channel, batch, window.conflated && all_keyed);
-                    }
-                }
-            });
-        });
-    }
-
     pub fn session(&self, client: &str) -> Option<Arc<SessionHandle>> {
         self.sessions.read().get(client).cloned()
     }
@@ -484,75 +289,6 @@ impl Hub {
             );
         }
         shed
-    }
-}
-
-impl BrokerHandler for Hub {
-    fn handle_publication(&self, channel: &str, publication: Arc<Publication>, key: Option<&str>) {
-        match self.window_of(channel) {
-            // No local subscriber: nothing to do.
-            None => {}
-            Some(Some(window)) => self.add_to_window(channel, window, publication, key),
-            Some(None) => {
-                let bytes = encode_publication_push(channel, &publication);
-                self.deliver(channel, publication.offset, bytes, key.is_some(), None);
-            }
-        }
-    }
-
-    fn handle_join(&self, channel: &str, info: &ClientInfo) {
-        let mut out = Vec::new();
-        encode_push(channel, &PushBody::Join(info), &mut out);
-        let bytes = Bytes::from(out);
-        self.fan_out(channel, |sub| {
-            sub.join_leave.then(|| OutItem::Push {
-                slot: sub.slot,
-                bytes: bytes.clone(),
-            })
-        });
-    }
-
-    fn handle_leave(&self, channel: &str, info: &ClientInfo) {
-        let mut out = Vec::new();
-        encode_push(channel, &PushBody::Leave(info), &mut out);
-        let bytes = Bytes::from(out);
-        self.fan_out(channel, |sub| {
-            sub.join_leave.then(|| OutItem::Push {
-                slot: sub.slot,
-                bytes: bytes.clone(),
-            })
-        });
-    }
-
-    fn handle_gap(&self, channel: &str) {
-        self.fan_out(channel, |sub| Some(OutItem::Gap { slot: sub.slot }));
-    }
-
-    fn has_subscribers(&self, channel: &str) -> bool {
-        self.shard(channel).read().contains_key(channel)
-    }
-
-    fn local_channels(&self) -> Vec<String> {
-        self.channels
-            .iter()
-            .flat_map(|shard| shard.read().keys().cloned().collect::<Vec<_>>())
-            .collect()
-    }
-
-    fn handle_control(&self, control: &Control) {
-        let (user, client) = match control {
-            Control::Subscribe { user, client, .. }
-            | Control::Unsubscribe { user, client, .. }
-            | Control::Disconnect { user, client, .. } => (user, client.as_deref()),
-        };
-        let targets = if user.is_empty() {
-            client.and_then(|c| self.session(c)).into_iter().collect()
-        } else {
-            self.user_sessions(user, client)
-        };
-        for handle in targets {
-            handle.outbox.push(OutItem::Control(control.clone()));
-        }
     }
 }
 

@@ -1,0 +1,78 @@
+//! The hub as the broker's handler: what arrives from the broker (publications, joins and leaves,
+//! controls, gap notices) is queued on the local subscribers.
+
+use super::Hub;
+use crate::core::delivery::{BrokerHandler, Control};
+use crate::core::outbox::OutItem;
+use bytes::Bytes;
+use herald_protocol::{encode_publication_push, encode_push, ClientInfo, Publication, PushBody};
+use std::sync::Arc;
+
+impl BrokerHandler for Hub {
+    fn handle_publication(&self, channel: &str, publication: Arc<Publication>, key: Option<&str>) {
+        match self.window_of(channel) {
+            // No local subscriber: nothing to do.
+            None => {}
+            Some(Some(window)) => self.add_to_window(channel, window, publication, key),
+            Some(None) => {
+                let bytes = encode_publication_push(channel, &publication);
+                self.deliver(channel, publication.offset, bytes, key.is_some(), None);
+            }
+        }
+    }
+
+    fn handle_join(&self, channel: &str, info: &ClientInfo) {
+        let mut out = Vec::new();
+        encode_push(channel, &PushBody::Join(info), &mut out);
+        let bytes = Bytes::from(out);
+        self.fan_out(channel, |sub| {
+            sub.join_leave.then(|| OutItem::Push {
+                slot: sub.slot,
+                bytes: bytes.clone(),
+            })
+        });
+    }
+
+    fn handle_leave(&self, channel: &str, info: &ClientInfo) {
+        let mut out = Vec::new();
+        encode_push(channel, &PushBody::Leave(info), &mut out);
+        let bytes = Bytes::from(out);
+        self.fan_out(channel, |sub| {
+            sub.join_leave.then(|| OutItem::Push {
+                slot: sub.slot,
+                bytes: bytes.clone(),
+            })
+        });
+    }
+
+    fn handle_gap(&self, channel: &str) {
+        self.fan_out(channel, |sub| Some(OutItem::Gap { slot: sub.slot }));
+    }
+
+    fn has_subscribers(&self, channel: &str) -> bool {
+        self.shard(channel).read().contains_key(channel)
+    }
+
+    fn local_channels(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .flat_map(|shard| shard.read().keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn handle_control(&self, control: &Control) {
+        let (user, client) = match control {
+            Control::Subscribe { user, client, .. }
+            | Control::Unsubscribe { user, client, .. }
+            | Control::Disconnect { user, client, .. } => (user, client.as_deref()),
+        };
+        let targets = if user.is_empty() {
+            client.and_then(|c| self.session(c)).into_iter().collect()
+        } else {
+            self.user_sessions(user, client)
+        };
+        for handle in targets {
+            handle.outbox.push(OutItem::Control(control.clone()));
+        }
+    }
+}
