@@ -285,10 +285,7 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(error = %e, "simulated devices panicked"),
         }
     }
-    tracing::info!(
-        connections = node.connections.load(std::sync::atomic::Ordering::Relaxed),
-        "shutting down"
-    );
+    tracing::info!(connections = node.open_connections(), "shutting down");
     server.shutdown().await;
     drop(demo_dir);
     tracing::info!("stopped");

@@ -201,10 +201,7 @@ async fn frames_announcing_huge_payloads_close_with_1009_before_any_is_buffered(
     honest.subscribe("chat:honest").await;
     let publishing = publisher(&server, "chat:honest", 30, Duration::from_millis(50));
 
-    let before = server
-        .node()
-        .connections
-        .load(std::sync::atomic::Ordering::Acquire);
+    let before = server.node().open_connections();
     for len in [4097u64, 1 << 30, u64::MAX >> 1] {
         for _ in 0..20 {
             let (status, mut stream) = ws_handshake(server.addr).await;
@@ -228,12 +225,7 @@ async fn frames_announcing_huge_payloads_close_with_1009_before_any_is_buffered(
     receives_in_order(&mut honest, "chat:honest", 30).await;
     publishing.await.expect("publisher");
     assert!(
-        eventually(WAIT, || server
-            .node()
-            .connections
-            .load(std::sync::atomic::Ordering::Acquire)
-            == before)
-        .await,
+        eventually(WAIT, || server.node().open_connections() == before).await,
         "every attacking connection is gone"
     );
 }

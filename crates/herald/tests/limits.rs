@@ -6,7 +6,6 @@ mod support;
 
 use futures_util::SinkExt;
 use serde_json::{json, Value};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::proxy::Proxy;
 use support::*;
@@ -70,7 +69,7 @@ async fn max_connections_refuses_the_next_handshake_with_503_until_one_leaves() 
     for i in 0..3 {
         clients.push(server.client(&format!("user{i}")).await);
     }
-    assert_eq!(node.connections.load(Ordering::Acquire), 3);
+    assert_eq!(node.open_connections(), 3);
 
     let (status, _) = ws_handshake(server.addr).await;
     assert_eq!(status, 503, "the 4th handshake is refused");
@@ -81,7 +80,7 @@ async fn max_connections_refuses_the_next_handshake_with_503_until_one_leaves() 
         .await
         .is_err());
     assert_eq!(
-        node.connections.load(Ordering::Acquire),
+        node.open_connections(),
         3,
         "refused handshakes hold no slot"
     );
@@ -107,14 +106,14 @@ async fn max_connections_refuses_the_next_handshake_with_503_until_one_leaves() 
         .await
         .unwrap();
     leaving.closed().await;
-    assert!(eventually(WAIT, || node.connections.load(Ordering::Acquire) == 2).await);
+    assert!(eventually(WAIT, || node.open_connections() == 2).await);
     let (status, upgraded) = ws_handshake(server.addr).await;
     assert_eq!(status, 101);
-    assert_eq!(node.connections.load(Ordering::Acquire), 3);
+    assert_eq!(node.open_connections(), 3);
     let (status, _) = ws_handshake(server.addr).await;
     assert_eq!(status, 503, "full again");
     drop(upgraded);
-    assert!(eventually(WAIT, || node.connections.load(Ordering::Acquire) == 2).await);
+    assert!(eventually(WAIT, || node.open_connections() == 2).await);
     let mut again = server.client("again").await;
     again.assert_alive().await;
 }
@@ -133,7 +132,7 @@ async fn a_socket_that_never_connects_is_closed_as_stale() {
         elapsed >= CONNECT - Duration::from_millis(50),
         "closed too early: {elapsed:?}"
     );
-    assert!(eventually(WAIT, || node.connections.load(Ordering::Acquire) == 0).await);
+    assert!(eventually(WAIT, || node.open_connections() == 0).await);
     // A client that does connect in time is not affected by the timer.
     let mut client = server.client("alice").await;
     let (_, received) = serve_until(&mut client, CONNECT * 3, || false).await;
@@ -205,17 +204,14 @@ async fn a_half_open_peer_is_dropped_and_leaves_presence() {
     let node = server.node().clone();
     let mut watcher = server.client("watcher").await;
     watcher.subscribe("chat:half").await;
-    let connections_before = node.connections.load(Ordering::Acquire);
+    let connections_before = node.open_connections();
     let clients_before = node.hub.num_clients();
 
     let proxy = Proxy::start(server.addr).await;
     let mut ghost = Client::open(&format!("ws://{}/connection/websocket", proxy.addr)).await;
     ghost.connect(&token("ghost")).await;
     ghost.subscribe("chat:half").await;
-    assert_eq!(
-        node.connections.load(Ordering::Acquire),
-        connections_before + 1
-    );
+    assert_eq!(node.open_connections(), connections_before + 1);
     assert_eq!(node.hub.num_clients(), clients_before + 1);
     let presence = server
         .api_ok("presence", json!({"channel": "chat:half"}))
@@ -233,7 +229,7 @@ async fn a_half_open_peer_is_dropped_and_leaves_presence() {
         &mut watcher,
         PING + PONG + SLACK + Duration::from_secs(1),
         || {
-            node.connections.load(Ordering::Acquire) == connections_before
+            node.open_connections() == connections_before
                 && node.hub.num_clients() == clients_before
         },
     )
@@ -538,7 +534,7 @@ async fn graceful_shutdown_closes_clients_with_3001_and_flips_readiness() {
         server
     });
     assert!(eventually(WAIT, || node.shutdown.is_cancelled()).await);
-    assert!(!node.ready.load(Ordering::Acquire));
+    assert!(!node.is_ready());
     // Clients have not left yet (they have not read their close frames), so the node is still
     // draining: readiness says 503 and new WebSocket handshakes are refused.
     assert!(!shutdown.is_finished());
@@ -564,7 +560,7 @@ async fn graceful_shutdown_closes_clients_with_3001_and_flips_readiness() {
         started.elapsed() < server_shutdown_timeout(),
         "clients left, no need to wait for the timeout"
     );
-    assert_eq!(node.connections.load(Ordering::Acquire), 0);
+    assert_eq!(node.open_connections(), 0);
     assert_eq!(node.hub.num_clients(), 0);
     assert_eq!(node.hub.num_channels(), 0);
     drop(server);
@@ -598,7 +594,7 @@ async fn churn_of_2000_connections_leaves_nothing_behind() {
         client.connect(&token(&format!("warmup{i}"))).await;
         drop(client);
     }
-    assert!(eventually(WAIT, || node.connections.load(Ordering::Acquire) == 0).await);
+    assert!(eventually(WAIT, || node.open_connections() == 0).await);
     let fds_before = open_fds();
     let rss_before = rss_kib();
     let started = Instant::now();
@@ -643,9 +639,9 @@ async fn churn_of_2000_connections_leaves_nothing_behind() {
     let churn_time = started.elapsed();
 
     assert!(
-        eventually(WAIT, || node.connections.load(Ordering::Acquire) == 0).await,
+        eventually(WAIT, || node.open_connections() == 0).await,
         "connections left: {}",
-        node.connections.load(Ordering::Acquire)
+        node.open_connections()
     );
     assert_eq!(node.hub.num_clients(), 0);
     assert_eq!(node.hub.num_users(), 0);

@@ -12,7 +12,6 @@ use crate::node::Node;
 use anyhow::Context as _;
 use herald_auth::{Verifier, VerifierConfig};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -133,7 +132,7 @@ impl Server {
         let public = bind(config.listen_addr(), config.http.reuse_port)
             .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
         let addr = public.local_addr()?;
-        let _ = node.address.set(addr.to_string());
+        node.set_address(addr.to_string());
         let internal = match config.internal_addr() {
             Some(internal) => {
                 Some(bind(internal, config.http.reuse_port).with_context(|| {
@@ -209,13 +208,13 @@ impl Server {
     /// and wait for them to leave, at most `http.shutdown_timeout`.
     pub async fn shutdown(self) {
         let node = self.node.clone();
-        node.ready.store(false, Ordering::Relaxed);
+        node.stop_being_ready();
         node.shutdown.cancel();
         let deadline = Instant::now() + node.config.http.shutdown_timeout;
-        while node.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        while node.open_connections() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = node.connections.load(Ordering::Acquire);
+        let left = node.open_connections();
         if left > 0 {
             tracing::warn!(left, "shutdown timeout reached with connections still open");
         }
@@ -249,7 +248,7 @@ impl Server {
         if let Some(nats) = &self.nats {
             nats.abandon();
         }
-        self.node.ready.store(false, Ordering::Relaxed);
+        self.node.stop_being_ready();
         self.node.shutdown.cancel();
         for task in self.tasks {
             task.abort();
@@ -283,8 +282,7 @@ fn descriptor_budget(node: &Arc<Node>) -> crate::edges::descriptors::Budget {
             .saturating_add(PUBLIC_HTTP_SLACK),
         // Upgraded WebSocket sessions hold the public listener's descriptors after hyper let go.
         external: Some(Box::new(move || {
-            weak.upgrade()
-                .map_or(0, |n| n.connections.load(Ordering::Acquire))
+            weak.upgrade().map_or(0, |n| n.open_connections())
         })),
     }];
     if config.internal_addr().is_some() {
@@ -361,10 +359,7 @@ async fn sweeper(node: Arc<Node>) {
         ticks += 1;
         if ticks.is_multiple_of(600) {
             node.broker.sweep(node.config.channel.history_meta_ttl);
-            let now = Instant::now();
-            node.ip_buckets
-                .lock()
-                .retain(|_, bucket| !bucket.is_full(now));
+            node.forget_idle_ip_buckets();
         }
     }
 }

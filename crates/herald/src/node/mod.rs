@@ -1,5 +1,9 @@
 //! Everything one Herald node shares between its connections, its API and its background tasks.
 
+mod admission;
+
+pub use admission::ConnectionSlot;
+
 use crate::brokers::{Broker, BrokerError, BrokerHealth, PresenceStore};
 use crate::config::{Config, NamespaceOptions};
 use crate::core::channel::Namespaces;
@@ -19,7 +23,7 @@ pub struct Node {
     /// Unique per process life, so a restarted node is never mistaken for its previous life.
     pub uid: String,
     pub name: String,
-    pub started: Instant,
+    started: Instant,
     pub namespaces: Arc<Namespaces>,
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
@@ -32,13 +36,13 @@ pub struct Node {
     pub hooks: crate::hooks::Hooks,
     /// Cancelled when the node starts shutting down: connections close with `shutdown`.
     pub shutdown: CancellationToken,
-    /// Open WebSocket connections (including those still in `connect`).
-    pub connections: AtomicUsize,
-    pub ready: AtomicBool,
+    /// Open WebSocket connections (including those still in `connect`): see [`ConnectionSlot`].
+    connections: AtomicUsize,
+    ready: AtomicBool,
     /// The public listener's address, shown in the node registry.
-    pub address: std::sync::OnceLock<String>,
+    address: std::sync::OnceLock<String>,
     /// New-connection token buckets per client IP (`client.connection_rate_per_ip`).
-    pub ip_buckets: parking_lot::Mutex<
+    ip_buckets: parking_lot::Mutex<
         std::collections::HashMap<std::net::IpAddr, crate::core::rate::TokenBucket>,
     >,
     seq: AtomicU64,
@@ -84,36 +88,6 @@ impl Node {
         })
     }
 
-    /// Whether a new connection from `ip` fits its rate limit.
-    pub fn admit_ip(&self, ip: std::net::IpAddr) -> bool {
-        let c = &self.config.client;
-        if c.connection_rate_per_ip == 0 {
-            return true;
-        }
-        let now = Instant::now();
-        let mut buckets = self.ip_buckets.lock();
-        // Bounded: full buckets carry no information and are dropped by the sweeper; a flood of
-        // distinct addresses is capped here.
-        if buckets.len() >= 100_000 && !buckets.contains_key(&ip) {
-            buckets.retain(|_, b| !b.is_full(now));
-            if buckets.len() >= 100_000 {
-                // Hard cap on the map: beyond it new addresses are admitted untracked (fail open),
-                // since refusing every new address would let a flood lock out everyone.
-                return true;
-            }
-        }
-        buckets
-            .entry(ip)
-            .or_insert_with(|| {
-                crate::core::rate::TokenBucket::new(
-                    c.connection_rate_per_ip,
-                    c.connection_burst_per_ip.max(1),
-                    now,
-                )
-            })
-            .take(now)
-    }
-
     /// This node's entry in the cluster registry (the `info` API).
     pub fn entry(&self) -> crate::brokers::NodeEntry {
         crate::brokers::NodeEntry {
@@ -141,6 +115,16 @@ impl Node {
             return BrokerHealth::Down;
         }
         self.broker.health()
+    }
+
+    /// The public listener's address, set once it is bound.
+    pub fn set_address(&self, address: String) {
+        let _ = self.address.set(address);
+    }
+
+    /// Stops reporting ready (`/ready` 503) before the node stops, so load balancers move on.
+    pub fn stop_being_ready(&self) {
+        self.ready.store(false, Ordering::Relaxed);
     }
 
     pub fn next_seq(&self) -> u64 {

@@ -11,18 +11,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-/// Decrements the connection count when a WebSocket connection ends, however it ends.
-struct ConnectionSlot(Arc<Node>);
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.connections.dec();
-    }
-}
 
 pub(super) fn websocket(
     node: Arc<Node>,
@@ -76,19 +65,14 @@ pub(super) fn websocket(
             "too many new connections from this address (client.connection_rate_per_ip)\n",
         );
     }
-    let max = node.config.client.max_connections;
-    if node.connections.fetch_add(1, Ordering::AcqRel) >= max {
-        node.connections.fetch_sub(1, Ordering::AcqRel);
+    let Some(slot) = node.open_connection() else {
         refused(&node, "max connections");
         return respond(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain; charset=utf-8",
             "connection limit reached\n",
         );
-    }
-    node.metrics.connections.inc();
-    node.metrics.connections_accepted.inc();
-    let slot = ConnectionSlot(node.clone());
+    };
     let accept = crate::edges::http::handshake::accept_key(key.as_bytes());
     // Captured now: the handshake request is gone once the socket belongs to the session.
     let forwarded = node
