@@ -528,7 +528,7 @@ async fn forwarding_cookies_without_an_origin_policy_refuses_to_start() {
     .expect("write config");
     let output = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio::process::Command::new(support::binary::BIN)
+        tokio::process::Command::new(support::procs::BIN)
             .args(["serve", "-c"])
             .arg(&file)
             .env_remove("HERALD_CONFIG")

@@ -294,7 +294,7 @@ async fn without_device_ingest_the_page_loads_and_data_is_unavailable() {
 #[tokio::test]
 async fn serve_demo_prints_a_map_url_whose_token_sees_moving_devices() {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+    let mut child = std::process::Command::new(support::procs::BIN)
         .args([
             "serve",
             "--demo",
