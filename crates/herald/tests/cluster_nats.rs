@@ -9,23 +9,9 @@ mod support;
 use herald::config::Config;
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::brokers::{Broker, Share};
+use support::brokers::{history_off, Broker, Share};
 use support::proxy::{Fault, Proxy};
 use support::*;
-
-/// No history anywhere (core NATS delivery only).
-fn history_off(c: &mut Config) {
-    for ns in c
-        .channel
-        .namespaces
-        .iter_mut()
-        .chain(std::iter::once(&mut c.channel.without_namespace))
-    {
-        ns.history_size = 0;
-        ns.history_ttl = Duration::ZERO;
-        ns.force_recovery = false;
-    }
-}
 
 /// Configures a node of `share` reaching NATS at `url`, without history.
 fn core_only<'a>(share: &'a Share, url: &'a str) -> impl Fn(&mut Config) + 'a {
@@ -99,16 +85,7 @@ async fn core_outage(fault: Fault, test: &str) {
         numbers.sort_unstable();
         assert_eq!(numbers, vec![7, 8]);
     }
-    let metrics = a.metrics().await;
-    assert!(
-        metric(&metrics, "herald_broker_reconnects_total") >= 1.0,
-        "{metrics}"
-    );
-    assert!(
-        metric(&metrics, "herald_broker_gaps_total") >= 1.0,
-        "{metrics}"
-    );
-    assert_eq!(metric(&metrics, "herald_broker_ready"), 1.0);
+    assert_reconnected(a).await;
 }
 
 #[tokio::test]
@@ -170,17 +147,7 @@ impl OwnServer {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("nats-server starts");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nats-server listens"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_listening(("127.0.0.1", port), "nats-server").await;
         OwnServer {
             child,
             port,

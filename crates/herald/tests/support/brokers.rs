@@ -168,6 +168,20 @@ pub fn short_timers(c: &mut Config) {
     c.channel.history_meta_ttl = Duration::from_secs(600);
 }
 
+/// No history in any namespace (delivery only, nothing to recover).
+pub fn history_off(c: &mut Config) {
+    for ns in c
+        .channel
+        .namespaces
+        .iter_mut()
+        .chain(std::iter::once(&mut c.channel.without_namespace))
+    {
+        ns.history_size = 0;
+        ns.history_ttl = Duration::ZERO;
+        ns.force_recovery = false;
+    }
+}
+
 /// The socket address of a `scheme://[user@]host:port[/…]` url.
 pub fn socket_addr(url: &str) -> SocketAddr {
     let host = url

@@ -151,6 +151,20 @@ pub async fn broker_outage(
     assert!(b.wait_ready(ready_within).await, "node b ready again");
 }
 
+/// After an outage: `node` reconnected, told subscribers of a possible gap, and is ready.
+pub async fn assert_reconnected(node: &TestServer) {
+    let metrics = node.metrics().await;
+    assert!(
+        super::metric(&metrics, "herald_broker_reconnects_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        super::metric(&metrics, "herald_broker_gaps_total") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(super::metric(&metrics, "herald_broker_ready"), 1.0);
+}
+
 /// Publications `numbers` on `channel` through `node`, one after the other.
 pub async fn publish_range(node: &TestServer, channel: &str, numbers: std::ops::Range<u64>) {
     for n in numbers {

@@ -183,7 +183,6 @@ pub async fn http_raw(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect http");
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -193,12 +192,24 @@ pub async fn http_raw(
     }
     request.push_str("\r\n");
     request.push_str(body);
+    let (status, _, body) = http_exchange(addr, &request, WAIT).await;
+    (status, body)
+}
+
+/// Sends `request` (which asks the server to close the connection after it) on a connection of
+/// its own; returns the status, the response head and the body, read within `wait`.
+pub async fn http_exchange(
+    addr: SocketAddr,
+    request: &str,
+    wait: Duration,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect http");
     stream
         .write_all(request.as_bytes())
         .await
         .expect("write http");
     let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+    tokio::time::timeout(wait, stream.read_to_end(&mut response))
         .await
         .expect("http response in time")
         .expect("read http");
@@ -207,12 +218,22 @@ pub async fn http_raw(
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+        .unwrap_or_else(|| panic!("status line: {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+/// Waits until something accepts connections at `addr` (a server a test started), within
+/// [`WAIT`]; `what` names it in the failure.
+pub async fn wait_listening(addr: impl tokio::net::ToSocketAddrs + Clone, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while TcpStream::connect(addr.clone()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} does not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A real WebSocket client speaking the JSON protocol, like an SDK does.
@@ -388,6 +409,11 @@ impl Client {
             .connect()
             .await
             .expect("websocket connects");
+        Client::on(ws)
+    }
+
+    /// A client on an open WebSocket, nothing received yet.
+    fn on(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
         Client {
             ws,
             inbox: VecDeque::new(),
@@ -410,13 +436,7 @@ impl Client {
                 .expect("allowed header");
         }
         let (ws, _) = builder.connect().await.expect("websocket connects");
-        Client {
-            ws,
-            inbox: VecDeque::new(),
-            next_id: 1,
-            client_id: String::new(),
-            auto_pong: true,
-        }
+        Client::on(ws)
     }
 
     /// Asserts that the connection still answers commands.
