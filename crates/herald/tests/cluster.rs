@@ -30,6 +30,7 @@ macro_rules! on_brokers {
             $(
                 #[tokio::test]
                 async fn $test() {
+                    super::support::brokers::log_to_test_output();
                     super::$scenario(super::Broker::$broker).await;
                 }
             )+

@@ -9,9 +9,15 @@ mod support;
 use herald::config::Config;
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::brokers::{history_off, Broker, Share};
+use support::brokers::{history_off, log_to_test_output, Broker, Share};
 use support::proxy::{Fault, Proxy};
 use support::*;
+
+/// This test's share of the NATS server, node logs in its output.
+fn share(test: &str) -> Share {
+    log_to_test_output();
+    Broker::Nats.share(test)
+}
 
 /// Configures a node of `share` reaching NATS at `url`, without history.
 fn core_only<'a>(share: &'a Share, url: &'a str) -> impl Fn(&mut Config) + 'a {
@@ -27,7 +33,7 @@ fn core_only<'a>(share: &'a Share, url: &'a str) -> impl Fn(&mut Config) + 'a {
 /// published meanwhile, every subscriber of theirs is told (unsubscribe 2500); after
 /// resubscribing, publications arrive once again.
 async fn core_outage(fault: Fault, test: &str) {
-    let share = Broker::Nats.share(test);
+    let share = share(test);
     let proxy = Proxy::start(share.server_addr()).await;
     let via_proxy = format!("nats://{}", proxy.addr);
     let mut cluster =
@@ -102,7 +108,7 @@ async fn without_history_a_nats_stall_is_told_to_every_subscriber() {
 /// not, and a node refuses to start with a conflated namespace rather than ignore it.
 #[test]
 fn conflated_namespaces_are_refused() {
-    let share = Broker::Nats.share("conflated");
+    let share = share("conflated");
     let mut config = test_config();
     share.configure(&mut config);
     config
@@ -178,7 +184,7 @@ async fn a_nats_server_restarted_empty_is_rebuilt_from_the_nodes() {
     };
     let server = OwnServer::start(&binary, 0).await;
     let url = server.url();
-    let share = Broker::Nats.share("ownserver");
+    let share = share("ownserver");
     let cluster = Cluster::start_configured(2, &share.prefix, core_only(&share, &url)).await;
     let mut alice = cluster.nodes[0].client("alice").await;
     alice.subscribe("chat:own").await;
@@ -274,7 +280,7 @@ async fn store_only(
 /// and recover it from the stream.
 #[tokio::test]
 async fn history_crossed_frames_are_reordered_and_a_lost_frame_is_recovered() {
-    let share = Broker::Nats.share("horder");
+    let share = share("horder");
     let cluster = share.cluster(2).await;
     let channel = "chat:o";
     let mut clients = Vec::new();
@@ -337,7 +343,7 @@ async fn history_crossed_frames_are_reordered_and_a_lost_frame_is_recovered() {
 /// being handed offset 1 after offset 2, and their old position is unrecoverable.
 #[tokio::test]
 async fn history_lost_stream_starts_a_new_epoch_and_subscribers_are_told() {
-    let share = Broker::Nats.share("hlost");
+    let share = share("hlost");
     let cluster = share.cluster(2).await;
     let channel = "chat:l";
     let mut client = cluster.nodes[0].client("alice").await;

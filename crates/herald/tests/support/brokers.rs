@@ -24,13 +24,6 @@ pub enum Broker {
 impl Broker {
     /// A share of this broker for the test named `test` (starting what only it uses).
     pub fn share(self, test: &str) -> Share {
-        // Broker logs show up in a failing test's output.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "herald=debug,async_nats=info".into()),
-            )
-            .with_test_writer()
-            .try_init();
         let prefix = unique_prefix(test);
         let owned = match self {
             Broker::Redis => Owned::Nothing,
@@ -58,6 +51,17 @@ impl Broker {
             Broker::Redis | Broker::RedisCluster => Duration::from_secs(5),
         }
     }
+}
+
+/// Node logs (herald at debug, or `RUST_LOG`) go to the test's captured output, shown when it
+/// fails. For the cluster suites: a file measuring memory or speed would pay for them.
+pub fn log_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "herald=debug,async_nats=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
 /// What a share owns besides its prefix.
