@@ -387,11 +387,7 @@ async fn handshake(
     );
     stream.write_all(request.as_bytes()).await.expect("write");
     let text = read_head(&mut stream).await;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {text:?}"));
+    let status = status_of(&text);
     let length: usize = text
         .lines()
         .find_map(|l| {

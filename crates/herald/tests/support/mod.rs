@@ -214,13 +214,18 @@ pub async fn http_exchange(
         .expect("http response in time")
         .expect("read http");
     let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
+    let status = status_of(&text);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+/// The status code of a response's status line (`HTTP/1.1 200 OK`).
+pub fn status_of(response: &str) -> u16 {
+    response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {text:?}"));
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (status, head.to_string(), body.to_string())
+        .unwrap_or_else(|| panic!("status line: {response:?}"))
 }
 
 /// Waits until something accepts connections at `addr` (a server a test started), within
@@ -496,11 +501,7 @@ pub async fn ws_handshake(addr: SocketAddr) -> (u16, TcpStream) {
         .await
         .expect("write handshake");
     let text = read_head(&mut stream).await;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {text:?}"));
+    let status = status_of(&text);
     (status, stream)
 }
 
