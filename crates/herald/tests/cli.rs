@@ -4,45 +4,15 @@
 mod support;
 
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
+use support::procs::{self, Proc, BIN};
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_herald");
-
-/// Kills the child if the test fails half-way.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `herald serve` with `args` and collects its log lines as they come.
-fn serve(args: &[&str]) -> (Server, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(args)
-        .env_remove("HERALD_CONFIG")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("herald starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    (Server(child), rx)
+fn serve(args: &[&str]) -> (Proc, mpsc::Receiver<String>) {
+    procs::serve(args, Some("info")).expect("herald starts")
 }
 
 /// Waits for a log line containing `needle`; returns it.

@@ -1,12 +1,11 @@
-//! In-process nodes on a Redis Cluster each test starts itself (`redis-server` processes in
-//! cluster mode, see support/redis_cluster.rs): sharded pub/sub across three shards, presence,
-//! recovery on another node, the node registry, a crashed node, a slot moving to another shard,
-//! a primary failing over to its replica, and a stalled shard.
+//! What only a Redis Cluster has, on clusters each test starts itself (`redis-server` processes
+//! in cluster mode, see support/redis_cluster.rs): a slot moving to another shard, a primary
+//! failing over to its replica, a stalled shard, and feed leases whose keys live on different
+//! shards. What every broker does (a Redis Cluster included) is in cluster.rs.
 
 mod support;
 
-use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use serde_json::json;
 use std::time::Duration;
 use support::redis_cluster::RedisCluster;
 use support::*;
@@ -22,59 +21,6 @@ async fn publish(node: &TestServer, channel: &str, n: u64) {
 async fn nodes(redis: &RedisCluster, n: usize, test: &str) -> Cluster {
     let prefix = unique_prefix(test);
     Cluster::start_configured(n, &prefix, |c| redis.configure(c, &prefix)).await
-}
-
-/// Offsets per channel received until `quiet` passes without a message.
-async fn offsets_by_channel(client: &mut Client, quiet: Duration) -> BTreeMap<String, Vec<u64>> {
-    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    while let Some(message) = client.next_within(quiet).await {
-        let push = &message["push"];
-        assert!(push.get("unsubscribe").is_none(), "unexpected: {message}");
-        if let (Some(channel), Some(offset)) =
-            (push["channel"].as_str(), push["pub"]["offset"].as_u64())
-        {
-            seen.entry(channel.to_string()).or_default().push(offset);
-        }
-    }
-    seen
-}
-
-/// Everything published on `channel` up to offset `last` reaches `client` once and in order:
-/// live, or — where the node could not prove its stream whole and said so with "insufficient
-/// state" (2500) — by recovery from the last offset the client holds. Never a silent hole.
-async fn receive_all(client: &mut Client, channel: &str, epoch: &str, mut have: u64, last: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while have < last {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stuck at offset {have} of {last}"
-        );
-        let Some(message) = client.next_within(Duration::from_secs(1)).await else {
-            continue;
-        };
-        let push = &message["push"];
-        if push["channel"] != channel {
-            continue;
-        }
-        if let Some(offset) = push["pub"]["offset"].as_u64() {
-            assert_eq!(offset, have + 1, "in order, no hole, no duplicate");
-            have = offset;
-        } else if let Some(unsubscribe) = push.get("unsubscribe") {
-            assert_eq!(unsubscribe["code"], 2500, "{message}");
-            let (recovered, offsets) = resubscribe(client, channel, have, epoch).await;
-            assert!(recovered, "recovery from {have}@{epoch}");
-            let expected: Vec<u64> = (have + 1..have + 1 + offsets.len() as u64).collect();
-            assert_eq!(offsets, expected, "recovery continues the stream");
-            have += offsets.len() as u64;
-        }
-    }
-    // Nothing more (no duplicate) arrives.
-    while let Some(message) = client.next_within(Duration::from_millis(300)).await {
-        let push = &message["push"];
-        if push["channel"] == channel {
-            assert!(push["pub"].is_null(), "duplicate after {last}: {message}");
-        }
-    }
 }
 
 /// The channel's newest offset, from history.
@@ -98,89 +44,6 @@ async fn two_subscribers(cluster: &Cluster, channel: &str) -> (Client, Client, S
     receive_all(&mut alice, channel, &epoch, 0, 3).await;
     receive_all(&mut bob, channel, &epoch, 0, 3).await;
     (alice, bob, epoch)
-}
-
-fn epoch_of(subscribe_reply: &Value) -> String {
-    subscribe_reply["epoch"]
-        .as_str()
-        .expect("epoch")
-        .to_string()
-}
-
-#[tokio::test]
-async fn three_nodes_on_a_three_shard_cluster_are_one_system() {
-    let redis = RedisCluster::start(3, 0);
-    let mut cluster = nodes(&redis, 3, "sharded").await;
-    // Channels spread over every shard.
-    let channels: Vec<String> = (0..9).map(|i| format!("chat:s{i}")).collect();
-    let shards: BTreeSet<u16> = channels
-        .iter()
-        .map(|c| redis.primary_of(redis.slot(c)))
-        .collect();
-    assert_eq!(shards.len(), 3, "the channels cover all three shards");
-
-    let mut clients = Vec::new();
-    let mut epochs = BTreeMap::new();
-    for (i, node) in cluster.nodes.iter().enumerate() {
-        let mut client = node.client(&format!("user{i}")).await;
-        for channel in &channels {
-            let sub = client.subscribe(channel).await;
-            epochs.insert(channel.clone(), epoch_of(&sub));
-        }
-        clients.push(client);
-    }
-    for n in 1..=4u64 {
-        for (i, channel) in channels.iter().enumerate() {
-            publish(&cluster.nodes[(i + n as usize) % 3], channel, n).await;
-        }
-    }
-    for client in &mut clients {
-        let seen = offsets_by_channel(client, Duration::from_millis(500)).await;
-        for channel in &channels {
-            assert_eq!(
-                seen.get(channel),
-                Some(&vec![1, 2, 3, 4]),
-                "{channel}: once, in order"
-            );
-        }
-    }
-
-    // Presence is cluster-wide.
-    let stats = cluster.nodes[2]
-        .api_ok("presence_stats", json!({"channel": "chat:s0"}))
-        .await;
-    assert_eq!(stats, json!({"num_clients": 3, "num_users": 3}));
-
-    // A client leaving node 0 recovers on node 1 what it missed.
-    drop(clients.remove(0));
-    publish(&cluster.nodes[2], "chat:s1", 5).await;
-    publish(&cluster.nodes[1], "chat:s1", 6).await;
-    let mut roamer = cluster.nodes[1].client("user0").await;
-    let (recovered, offsets) = resubscribe(&mut roamer, "chat:s1", 4, &epochs["chat:s1"]).await;
-    assert!(recovered);
-    assert_eq!(offsets, vec![5, 6]);
-
-    // Every node is listed.
-    let info = cluster.nodes[0].api_ok("info", json!({})).await;
-    assert_eq!(info["nodes"].as_array().map(Vec::len), Some(3), "{info}");
-
-    // A crashed node's presence expires (presence TTL 2 s).
-    cluster.nodes[2].crash().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    loop {
-        let stats = cluster.nodes[0]
-            .api_ok("presence_stats", json!({"channel": "chat:s0"}))
-            .await;
-        // user0 left (graceful), user2's node crashed: only user1 remains.
-        if stats["num_clients"] == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "presence did not expire: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

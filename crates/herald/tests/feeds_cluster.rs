@@ -10,17 +10,10 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::brokers::NatsState;
 use support::procs::*;
 use support::upstream::FakeUpstream;
 use support::*;
-
-fn redis_addr() -> String {
-    std::env::var("HERALD_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into())
-}
-
-fn unique_prefix() -> String {
-    format!("herald-test.feeds-{}", uuid::Uuid::new_v4().simple())
-}
 
 /// Three nodes on one Redis (a prefix of their own) all configured with the same feed.
 fn start_cluster(dir: &std::path::Path, upstream: &FakeUpstream) -> Vec<Node> {
@@ -30,8 +23,8 @@ kind = "redis"
 redis_addresses = ["{redis}"]
 prefix = "{prefix}"
 presence_ttl = "5s""#,
-        redis = redis_addr(),
-        prefix = unique_prefix(),
+        redis = test_redis(),
+        prefix = unique_prefix("feeds"),
     );
     start_feed_cluster(dir, upstream, &broker, CHAT_WITH_HISTORY)
 }
@@ -64,48 +57,22 @@ reconnect_max = "200ms"
         .collect()
 }
 
-/// One test's buckets on the NATS server (presence, registry, leases), deleted when dropped,
-/// also after a failure: on a thread of its own, since the test's runtime may be gone.
-struct NatsBuckets {
-    prefix: String,
-    names: Vec<String>,
-}
-
-impl NatsBuckets {
-    fn new() -> NatsBuckets {
-        let prefix = unique_prefix();
-        let id = prefix.rsplit('-').next().unwrap_or_default().to_string();
-        NatsBuckets {
-            names: vec![
-                format!("herald_test_{id}_presence"),
-                format!("herald_test_{id}_nodes"),
-                herald::brokers::nats::leases::bucket_name(&prefix),
-            ],
-            prefix,
-        }
-    }
-
-    fn broker_toml(&self) -> String {
-        format!(
-            r#"[broker]
+/// The `[broker]` section of a node on the shared NATS under `nats`'s prefix and buckets (the
+/// feed leases' bucket is the prefix's, deleted with them).
+fn nats_broker_toml(nats: &NatsState) -> String {
+    format!(
+        r#"[broker]
 kind = "nats"
 nats_urls = ["{url}"]
 prefix = "{prefix}"
 nats_presence_bucket = "{presence}"
 nats_nodes_bucket = "{nodes}"
 presence_ttl = "5s""#,
-            url = test_nats(),
-            prefix = self.prefix,
-            presence = self.names[0],
-            nodes = self.names[1],
-        )
-    }
-}
-
-impl Drop for NatsBuckets {
-    fn drop(&mut self) {
-        delete_nats_state(std::mem::take(&mut self.names), Vec::new());
-    }
+        url = test_nats(),
+        prefix = nats.prefix,
+        presence = nats.presence_bucket,
+        nodes = nats.nodes_bucket,
+    )
 }
 
 async fn is_leader(addr: SocketAddr) -> bool {
@@ -283,9 +250,9 @@ async fn a_leader_frozen_past_its_lease_publishes_nothing_when_it_wakes() {
 fn start_nats_cluster(
     dir: &std::path::Path,
     upstream: &FakeUpstream,
-    buckets: &NatsBuckets,
+    nats: &NatsState,
 ) -> Vec<Node> {
-    start_feed_cluster(dir, upstream, &buckets.broker_toml(), CHAT_WITHOUT_HISTORY)
+    start_feed_cluster(dir, upstream, &nats_broker_toml(nats), CHAT_WITHOUT_HISTORY)
 }
 
 /// On the NATS broker a lease lapses when other nodes have seen it unchanged for `lease_ttl`
@@ -293,9 +260,9 @@ fn start_nats_cluster(
 #[tokio::test]
 async fn on_nats_a_killed_leader_hands_the_feed_over_within_four_seconds() {
     let dir = tempfile::tempdir().unwrap();
-    let buckets = NatsBuckets::new();
+    let nats = NatsState::new(&unique_prefix("feeds"));
     let upstream = Arc::new(FakeUpstream::start().await);
-    let nodes = start_nats_cluster(dir.path(), &upstream, &buckets);
+    let nodes = start_nats_cluster(dir.path(), &upstream, &nats);
     let gap = kill_the_leader(nodes, &upstream).await;
     assert!(gap < Duration::from_secs(4), "takeover took {gap:?}");
 }
@@ -304,11 +271,7 @@ async fn on_nats_a_killed_leader_hands_the_feed_over_within_four_seconds() {
 #[tokio::test]
 async fn on_nats_a_leader_frozen_past_its_lease_publishes_nothing_when_it_wakes() {
     let dir = tempfile::tempdir().unwrap();
-    let buckets = NatsBuckets::new();
+    let nats = NatsState::new(&unique_prefix("feeds"));
     let upstream = Arc::new(FakeUpstream::start().await);
-    freeze_the_leader(
-        start_nats_cluster(dir.path(), &upstream, &buckets),
-        &upstream,
-    )
-    .await;
+    freeze_the_leader(start_nats_cluster(dir.path(), &upstream, &nats), &upstream).await;
 }

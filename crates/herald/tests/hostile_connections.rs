@@ -7,6 +7,7 @@ mod support;
 
 use serde_json::json;
 use std::time::{Duration, Instant};
+use support::hostile::{client_frame_header, OP_TEXT};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -186,14 +187,6 @@ async fn oversized_and_numerous_headers_get_431_and_hold_nothing() {
     );
 }
 
-/// A masked client frame header announcing `len` payload bytes (the payload is never sent).
-fn frame_header(opcode: u8, len: u64) -> Vec<u8> {
-    let mut out = vec![0x80 | opcode, 0x80 | 127];
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&[1, 2, 3, 4]);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_announcing_huge_payloads_close_with_1009_before_any_is_buffered() {
     let server = TestServer::with(|c| c.client.max_message_size = 4096).await;
@@ -207,7 +200,7 @@ async fn frames_announcing_huge_payloads_close_with_1009_before_any_is_buffered(
             let (status, mut stream) = ws_handshake(server.addr).await;
             assert_eq!(status, 101);
             stream
-                .write_all(&frame_header(0x1, len))
+                .write_all(&client_frame_header(OP_TEXT, len))
                 .await
                 .expect("write");
             let mut response = Vec::new();

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::procs::{free_port, serve_logged, Proc};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -271,7 +272,7 @@ async fn floods_beyond_the_address_and_listener_caps_are_refused_while_honest_de
 
 /// The herald binary in a process of its own (descriptor limit, RSS), killed when dropped.
 struct Child {
-    process: std::process::Child,
+    process: Proc,
     public: SocketAddr,
     gt06: SocketAddr,
     h02: SocketAddr,
@@ -280,20 +281,12 @@ struct Child {
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
 impl Child {
     /// Starts `herald serve` with the device listeners GT06, H02 and OsmAnd, `extra` appended to
     /// `[devices]`, and (when given) RLIMIT_NOFILE set to `fd_limit` before exec.
     async fn start(extra: &str, fd_limit: Option<u64>) -> Child {
-        use std::os::unix::process::CommandExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let port = |_| SocketAddr::from((Ipv4Addr::LOCALHOST, support::procs::free_port()));
+        let port = |_| SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let [public, gt06, h02, osmand] = [0; 4].map(port);
         let config = format!(
             "[http]\nlisten = \"{public}\"\n\n[log]\nlevel = \"warn\"\n\n[client.token]\nhmac_secret = \"{SECRET}\"\n\n\
@@ -306,34 +299,8 @@ impl Child {
         let config_path = dir.path().join("herald.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = dir.path().join("stderr.log");
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env_remove("RUST_LOG")
-            .env_remove("HERALD_CONFIG")
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(limit) = fd_limit {
-            // SAFETY: only async-signal-safe setrlimit between fork and exec.
-            unsafe {
-                command.pre_exec(move || {
-                    let limit = libc::rlimit {
-                        rlim_cur: limit as libc::rlim_t,
-                        rlim_max: limit as libc::rlim_t,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
         let child = Child {
-            process: command.spawn().expect("spawn herald"),
+            process: serve_logged(&config_path, &log, fd_limit),
             public,
             gt06,
             h02,
@@ -362,13 +329,13 @@ impl Child {
     }
 
     fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.process.id()))
+        std::fs::read_dir(format!("/proc/{}/fd", self.process.0.id()))
             .map(|d| d.count())
             .unwrap_or(0)
     }
 
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.process.id()))
+        std::fs::read_to_string(format!("/proc/{}/status", self.process.0.id()))
             .ok()
             .and_then(|s| {
                 s.lines()

@@ -18,30 +18,13 @@ use tokio::net::TcpStream;
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
 /// Sends `head` (request line and headers, without the final blank line) and `body`; returns the
-/// status, the response head and the body.
+/// status, the response head and the body (with time for the large bodies these tests send).
 async fn raw_http(addr: SocketAddr, head: &str, body: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect http");
     let request = format!(
         "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write http");
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut response))
-        .await
-        .expect("http response in time")
-        .expect("read http");
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {text:?}"));
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (status, head.to_string(), body.to_string())
+    http_exchange(addr, &request, Duration::from_secs(15)).await
 }
 
 /// A keyless server (the zero-config default) with a victim subscribed to `chat:victim`.
@@ -404,11 +387,7 @@ async fn handshake(
     );
     stream.write_all(request.as_bytes()).await.expect("write");
     let text = read_head(&mut stream).await;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {text:?}"));
+    let status = status_of(&text);
     let length: usize = text
         .lines()
         .find_map(|l| {
@@ -528,7 +507,7 @@ async fn forwarding_cookies_without_an_origin_policy_refuses_to_start() {
     .expect("write config");
     let output = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio::process::Command::new(support::binary::BIN)
+        tokio::process::Command::new(support::procs::BIN)
             .args(["serve", "-c"])
             .arg(&file)
             .env_remove("HERALD_CONFIG")

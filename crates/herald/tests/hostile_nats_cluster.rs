@@ -13,6 +13,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::brokers::history_off;
 use support::procs::{free_port, Proc};
 use support::*;
 
@@ -108,15 +109,13 @@ fn configure(url: String, prefix: String) -> impl Fn(&mut Config) {
         c.broker.connect_timeout = Duration::from_millis(500);
         c.broker.max_reconnect_delay = Duration::from_millis(300);
         c.broker.node_announce_interval = Duration::from_millis(300);
+        history_off(c);
         for ns in c
             .channel
             .namespaces
             .iter_mut()
             .chain(std::iter::once(&mut c.channel.without_namespace))
         {
-            ns.history_size = 0;
-            ns.history_ttl = Duration::ZERO;
-            ns.force_recovery = false;
             ns.presence = false;
             ns.join_leave = false;
             ns.force_push_join_leave = false;

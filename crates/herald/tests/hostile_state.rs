@@ -12,6 +12,7 @@ mod support;
 use herald::config::{Config, FeedConfig, NamespaceOptions};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use support::brokers::{Broker, NatsState};
 use support::upstream::FakeUpstream;
 use support::*;
 
@@ -316,10 +317,8 @@ async fn redis_keys(prefix: &str) -> usize {
 #[tokio::test]
 async fn reads_of_new_channels_write_no_redis_keys() {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start_with(1, "hostile_reads", &test_redis(), |c| {
-        hostile_reader_config(c)
-    })
-    .await;
+    let share = Broker::Redis.share("hostile_reads");
+    let cluster = share.cluster_with(1, hostile_reader_config).await;
     let node = &cluster.nodes[0];
     let before = redis_keys(&cluster.prefix).await;
     let mut attacker = node.client("mallory").await;
@@ -360,41 +359,14 @@ async fn reads_of_new_channels_write_no_redis_keys() {
 // ---------------------------------------------------------------------------------------------
 // NATS
 
-struct NatsSetup {
-    prefix: String,
-    presence_bucket: String,
-    nodes_bucket: String,
-}
-
-impl NatsSetup {
-    fn new(test: &str) -> NatsSetup {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        NatsSetup {
-            prefix: unique_prefix(test),
-            presence_bucket: format!("herald_test_{test}_{id}_presence"),
-            nodes_bucket: format!("herald_test_{test}_{id}_nodes"),
-        }
-    }
-
-    fn configure(&self, c: &mut Config) {
-        c.broker.kind = "nats".into();
-        c.broker.nats_urls = vec![test_nats()];
-        c.broker.prefix = self.prefix.clone();
-        c.broker.nats_presence_bucket = self.presence_bucket.clone();
-        c.broker.nats_nodes_bucket = self.nodes_bucket.clone();
-        c.broker.command_timeout = Duration::from_secs(2);
-        c.broker.connect_timeout = Duration::from_secs(1);
-        c.channel.history_meta_ttl = Duration::from_secs(600);
-    }
-}
-
-impl Drop for NatsSetup {
-    fn drop(&mut self) {
-        delete_nats_state(
-            vec![self.presence_bucket.clone(), self.nodes_bucket.clone()],
-            vec![herald::brokers::nats::history_stream_name(&self.prefix)],
-        );
-    }
+/// A node on the shared NATS under `nats`'s prefix and buckets, with timers for a loaded node.
+fn nats_broker(c: &mut Config, nats: &NatsState) {
+    c.broker.kind = "nats".into();
+    c.broker.nats_urls = vec![test_nats()];
+    nats.configure(c);
+    c.broker.command_timeout = Duration::from_secs(2);
+    c.broker.connect_timeout = Duration::from_secs(1);
+    c.channel.history_meta_ttl = Duration::from_secs(600);
 }
 
 /// (messages, subjects) in the test's history stream.
@@ -412,9 +384,9 @@ async fn nats_stream_state(prefix: &str) -> (u64, u64) {
 #[tokio::test]
 async fn reads_of_new_channels_store_nothing_in_nats() {
     let _serial = SERIAL.lock().await;
-    let setup = NatsSetup::new("hostile_reads");
+    let nats = NatsState::new(&unique_prefix("hostile_reads"));
     let node = TestServer::with(|c| {
-        setup.configure(c);
+        nats_broker(c, &nats);
         c.client.command_rate = 0;
         c.channel.namespaces.push(readable("open"));
     })
@@ -423,12 +395,12 @@ async fn reads_of_new_channels_store_nothing_in_nats() {
     let mut attacker = node.client("mallory").await;
     // The first read creates the (one, per-prefix) history stream itself.
     assert_eq!(read_new_names(&mut attacker, "w", 4, false).await, 0);
-    let before = nats_stream_state(&setup.prefix).await;
+    let before = nats_stream_state(&nats.prefix).await;
     assert_eq!(before, (0, 0), "reads stored nothing");
     let errors = read_new_names(&mut attacker, "n", 10_000, false).await;
     assert_eq!(errors, 0);
     assert_eq!(
-        nats_stream_state(&setup.prefix).await,
+        nats_stream_state(&nats.prefix).await,
         (0, 0),
         "10,000 reads of new names stored no message, no subject"
     );
@@ -447,7 +419,7 @@ async fn reads_of_new_channels_store_nothing_in_nats() {
     let (recovered, offsets) = resubscribe(&mut client, "open:n1", 1, &epoch).await;
     assert!(recovered);
     assert_eq!(offsets, vec![2]);
-    assert_eq!(nats_stream_state(&setup.prefix).await, (2, 1));
+    assert_eq!(nats_stream_state(&nats.prefix).await, (2, 1));
 }
 
 // ---------------------------------------------------------------------------------------------

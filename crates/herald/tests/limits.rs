@@ -7,6 +7,7 @@ mod support;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use support::procs::serve_logged;
 use support::proxy::Proxy;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -680,20 +681,6 @@ async fn churn_of_2000_connections_leaves_nothing_behind() {
     assert!(grown_mib < 50.0, "VmRSS grew by {grown_mib:.1} MiB");
 }
 
-/// The real binary in a child process, killed when dropped (also when the test panics).
-struct Child {
-    process: std::process::Child,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -712,11 +699,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 #[tokio::test]
 async fn descriptor_exhaustion_pauses_accepting_without_spinning_and_recovers() {
-    use std::os::unix::process::CommandExt as _;
     let _shared = PROCESS.read().await;
     const FD_LIMIT: u64 = 64;
-    let dir = std::env::temp_dir().join(format!("herald-fd-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -727,37 +712,12 @@ async fn descriptor_exhaustion_pauses_accepting_without_spinning_and_recovers() 
         "[http]\nlisten = \"{addr}\"\n\n[log]\nlevel = \"warn\"\n\n[client.token]\nhmac_secret = \"{SECRET}\"\n\n\
          [api]\nkey = \"{API_KEY}\"\n\n[channel.without_namespace]\nallow_subscribe_for_client = true\n"
     );
-    let config_path = dir.join("herald.toml");
+    let config_path = dir.path().join("herald.toml");
     std::fs::write(&config_path, config).unwrap();
-    let log_path = dir.join("stderr.log");
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-    command
-        .arg("serve")
-        .arg("--config")
-        .arg(&config_path)
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap());
-    // SAFETY: only async-signal-safe setrlimit between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: FD_LIMIT as libc::rlim_t,
-                rlim_max: FD_LIMIT as libc::rlim_t,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = Child {
-        process: command.spawn().expect("spawn herald"),
-        dir,
-    };
-    let pid = child.process.id();
+    let log_path = dir.path().join("stderr.log");
+    // The real binary in a child process, killed when dropped (also when the test panics).
+    let child = serve_logged(&config_path, &log_path, Some(FD_LIMIT));
+    let pid = child.0.id();
 
     // Wait until it serves.
     let up = Instant::now() + WAIT;

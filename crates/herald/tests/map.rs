@@ -36,7 +36,6 @@ fn fleet_token(user: &str) -> String {
 
 /// One GET; returns the status, the response head (lower-cased) and the body.
 async fn get(ts: &TestServer, path: &str, bearer: Option<&str>) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(ts.addr).await.expect("connect");
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -44,20 +43,8 @@ async fn get(ts: &TestServer, path: &str, bearer: Option<&str>) -> (u16, String,
         "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{auth}\r\n",
         ts.addr
     );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&response).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    (status, head.to_ascii_lowercase(), body.to_string())
+    let (status, head, body) = http_exchange(ts.addr, &request, WAIT).await;
+    (status, head.to_ascii_lowercase(), body)
 }
 
 async fn get_json(ts: &TestServer, path: &str, bearer: Option<&str>) -> (u16, Value) {
@@ -294,7 +281,7 @@ async fn without_device_ingest_the_page_loads_and_data_is_unavailable() {
 #[tokio::test]
 async fn serve_demo_prints_a_map_url_whose_token_sees_moving_devices() {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+    let mut child = std::process::Command::new(support::procs::BIN)
         .args([
             "serve",
             "--demo",

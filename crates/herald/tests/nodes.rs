@@ -80,8 +80,8 @@ async fn nodes_share_one_port_with_reuse_port() {
     let mut counts = std::collections::BTreeMap::new();
     let deadline = Instant::now() + WAIT;
     while counts.len() < 2 && Instant::now() < deadline {
-        let info = api(a.addr, "info", json!({})).await;
-        let node = &info["result"]["nodes"][0];
+        let info = api_ok(a.addr, "info", json!({})).await;
+        let node = &info["nodes"][0];
         counts.insert(
             node["name"].as_str().unwrap_or("").to_string(),
             node["num_clients"].as_u64().unwrap_or(0),
@@ -222,7 +222,7 @@ async fn nginx_spreads_clients_over_two_nodes_and_moves_them_when_one_dies() {
     let (on_a, on_b) = (clients_on(a.addr, "a").await, clients_on(b.addr, "b").await);
     assert_eq!((on_a, on_b), (5, 5), "least_conn spreads evenly");
     // A publication on node a reaches the clients of both nodes.
-    api(
+    api_ok(
         a.addr,
         "publish",
         json!({"channel": "chat:room", "data": {"n": 1}}),
@@ -234,12 +234,12 @@ async fn nginx_spreads_clients_over_two_nodes_and_moves_them_when_one_dies() {
         assert_eq!(p["data"]["n"], 1);
         position = p["offset"].clone();
     }
-    let epoch = api(
+    let epoch = api_ok(
         a.addr,
         "history",
         json!({"channel": "chat:room", "limit": 0}),
     )
-    .await["result"]["epoch"]
+    .await["epoch"]
         .clone();
 
     // Node b dies without a word: nginx drops its clients, and their reconnects land on a.
@@ -253,7 +253,7 @@ async fn nginx_spreads_clients_over_two_nodes_and_moves_them_when_one_dies() {
     assert_eq!(dropped, 5, "the dead node's clients were disconnected");
     // Published while they are away; they recover it from history on the surviving node.
     for n in 2..=4 {
-        api(
+        api_ok(
             a.addr,
             "publish",
             json!({"channel": "chat:room", "data": {"n": n}}),
@@ -303,14 +303,14 @@ async fn a_killed_nodes_presence_and_registry_entry_expire() {
     on_b.connect(&token("bob")).await;
     on_b.subscribe("room:1").await;
     let presence = || async {
-        api(a.addr, "presence", json!({"channel": "room:1"})).await["result"]["presence"]
+        api_ok(a.addr, "presence", json!({"channel": "room:1"})).await["presence"]
             .as_object()
             .map(|m| m.len())
             .unwrap_or(0)
     };
     let names = || async {
-        let info = api(a.addr, "info", json!({})).await;
-        let mut names: Vec<String> = info["result"]["nodes"]
+        let info = api_ok(a.addr, "info", json!({})).await;
+        let mut names: Vec<String> = info["nodes"]
             .as_array()
             .map(|n| {
                 n.iter()

@@ -52,17 +52,7 @@ impl PhpServer {
             .kill_on_drop(true)
             .spawn()
             .expect("php -S starts");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "php -S did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_listening(("127.0.0.1", port), "php -S").await;
         Some(PhpServer {
             child,
             port,

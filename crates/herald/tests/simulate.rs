@@ -12,23 +12,8 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_devices_of_every_protocol_are_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::with(|c| {
-        c.devices.enabled = true;
-        let l = &mut c.devices.listen;
-        for a in [
-            &mut l.gt06,
-            &mut l.h02,
-            &mut l.teltonika,
-            &mut l.osmand,
-            &mut l.jsonl,
-        ] {
-            *a = "127.0.0.1:0".into();
-        }
-        c.devices.spool_dir = dir.path().join("spool").display().to_string();
-        c.devices.store = format!("sqlite:{}", dir.path().join("herald.db").display());
-        c.channel.namespaces.push(open_namespace("devices"));
-    })
-    .await;
+    // The default fsync.
+    let server = start_with_devices(dir.path(), "every 100ms", |_| {}).await;
     let addrs = server.server.as_ref().unwrap().device_addrs;
     let targets = [
         (SimProtocol::Gt06, addrs.gt06),

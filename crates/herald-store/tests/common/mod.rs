@@ -1,4 +1,6 @@
 #![allow(dead_code)]
+/// The PostgreSQL test databases of the herald crate's tests.
+#[path = "../../../herald/tests/support/pg.rs"]
 pub mod pg;
 
 use herald_devices::Position;

@@ -1,20 +1,18 @@
 //! The real `herald` binary as a child process: started from a TOML config with JSON logs on
 //! port 0, its addresses read from its log, its memory read from /proc, and killed with SIGKILL
-//! when a test wants a crash (or when the test ends).
+//! when a test wants a crash (or when the test ends: see [`Proc`]).
 
+use super::procs::{serve, Proc};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_herald");
-
 pub struct Herald {
-    child: Child,
+    proc: Proc,
     /// Server API and metrics (`/api/<method>`).
     pub api: SocketAddr,
     /// Device listeners by protocol name.
@@ -34,27 +32,10 @@ impl Herald {
             "[http]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{config}"
         );
         std::fs::write(&file, full).expect("config written");
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("-c")
-            .arg(&file)
-            .env_remove("HERALD_CONFIG")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("herald starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let (proc, lines) =
+            serve([OsStr::new("-c"), file.as_os_str()], None).expect("herald starts");
         let mut h = Herald {
-            child,
+            proc,
             api: "127.0.0.1:1".parse().expect("addr"),
             devices: HashMap::new(),
             log: Vec::new(),
@@ -68,7 +49,7 @@ impl Herald {
                 h.log.join("\n")
             );
             let Some(line) = h.next_line(Duration::from_millis(100)) else {
-                if let Ok(Some(status)) = h.child.try_wait() {
+                if let Ok(Some(status)) = h.proc.0.try_wait() {
                     panic!("herald exited with {status}:\n{}", h.log.join("\n"));
                 }
                 continue;
@@ -104,7 +85,7 @@ impl Herald {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.0.id()
     }
 
     /// Resident set size in KiB (`VmRSS` of /proc/PID/status).
@@ -121,24 +102,12 @@ impl Herald {
 
     /// SIGKILL, as a crash or the OOM killer would; waits for the process to be gone.
     pub fn kill9(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGKILL) };
-        let _ = self.child.wait();
+        self.proc.kill9();
     }
 
     /// Calls a server API method; returns `result`, panicking on an error reply.
     pub async fn api(&self, method: &str, body: Value) -> Value {
-        let (status, reply) = super::http_request(
-            self.api,
-            "POST",
-            &format!("/api/{method}"),
-            &[("X-API-Key", super::API_KEY)],
-            &body.to_string(),
-        )
-        .await;
-        assert_eq!(status, 200, "{method}: {reply}");
-        assert!(reply.get("error").is_none(), "{method}: {reply}");
-        reply["result"].clone()
+        super::api_ok(self.api, method, body).await
     }
 
     /// The `devices` API's writer and spool counters.
@@ -160,13 +129,6 @@ impl Herald {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-}
-
-impl Drop for Herald {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -12,22 +12,29 @@ pub const OP_TEXT: u8 = 0x1;
 pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
 /// A masked client frame, as RFC 6455 requires of clients.
 pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = client_frame_header(opcode, payload.len() as u64);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i & 3]));
+    out
+}
+
+/// The head of a final, masked client frame announcing `len` payload bytes (which a test may
+/// then never send).
+pub fn client_frame_header(opcode: u8, len: u64) -> Vec<u8> {
     let mut out = vec![0x80 | opcode];
-    let len = payload.len();
     if len < 126 {
         out.push(0x80 | len as u8);
-    } else if len <= 65535 {
+    } else if let Ok(len) = u16::try_from(len) {
         out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
     } else {
         out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
     }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out.extend_from_slice(&MASK);
     out
 }
 

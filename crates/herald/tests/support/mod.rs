@@ -4,6 +4,8 @@
 
 pub mod backend;
 pub mod binary;
+pub mod brokers;
+mod cluster;
 pub mod fleet;
 pub mod hostile;
 pub mod pg;
@@ -11,6 +13,8 @@ pub mod procs;
 pub mod proxy;
 pub mod redis_cluster;
 pub mod upstream;
+
+pub use cluster::*;
 
 use futures_util::{SinkExt, StreamExt};
 use herald::app::server::Server;
@@ -103,22 +107,12 @@ impl TestServer {
 
     /// Calls a server API method with the API key; returns (HTTP status, JSON body).
     pub async fn api(&self, method: &str, body: Value) -> (u16, Value) {
-        http_request(
-            self.addr,
-            "POST",
-            &format!("/api/{method}"),
-            &[("X-API-Key", API_KEY)],
-            &body.to_string(),
-        )
-        .await
+        api(self.addr, method, body).await
     }
 
     /// Calls the API and returns `result`, panicking on an error reply.
     pub async fn api_ok(&self, method: &str, body: Value) -> Value {
-        let (status, reply) = self.api(method, body).await;
-        assert_eq!(status, 200, "{method}: {reply}");
-        assert!(reply.get("error").is_none(), "{method}: {reply}");
-        reply["result"].clone()
+        api_ok(self.addr, method, body).await
     }
 
     pub async fn client(&self, user: &str) -> Client {
@@ -134,6 +128,26 @@ impl Drop for TestServer {
             server.node.shutdown.cancel();
         }
     }
+}
+
+/// Calls the server API at `addr` with the API key; returns (HTTP status, JSON body).
+pub async fn api(addr: SocketAddr, method: &str, body: Value) -> (u16, Value) {
+    http_request(
+        addr,
+        "POST",
+        &format!("/api/{method}"),
+        &[("X-API-Key", API_KEY)],
+        &body.to_string(),
+    )
+    .await
+}
+
+/// Calls the server API at `addr` and returns `result`, panicking on an error reply.
+pub async fn api_ok(addr: SocketAddr, method: &str, body: Value) -> Value {
+    let (status, reply) = api(addr, method, body).await;
+    assert_eq!(status, 200, "{method}: {reply}");
+    assert!(reply.get("error").is_none(), "{method}: {reply}");
+    reply["result"].clone()
 }
 
 /// A connection token for `user`, valid for an hour.
@@ -169,7 +183,6 @@ pub async fn http_raw(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect http");
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -179,26 +192,53 @@ pub async fn http_raw(
     }
     request.push_str("\r\n");
     request.push_str(body);
+    let (status, _, body) = http_exchange(addr, &request, WAIT).await;
+    (status, body)
+}
+
+/// Sends `request` (which asks the server to close the connection after it) on a connection of
+/// its own; returns the status, the response head and the body, read within `wait`.
+pub async fn http_exchange(
+    addr: SocketAddr,
+    request: &str,
+    wait: Duration,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect http");
     stream
         .write_all(request.as_bytes())
         .await
         .expect("write http");
     let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+    tokio::time::timeout(wait, stream.read_to_end(&mut response))
         .await
         .expect("http response in time")
         .expect("read http");
     let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
+    let status = status_of(&text);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+/// The status code of a response's status line (`HTTP/1.1 200 OK`).
+pub fn status_of(response: &str) -> u16 {
+    response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+        .unwrap_or_else(|| panic!("status line: {response:?}"))
+}
+
+/// Waits until something accepts connections at `addr` (a server a test started), within
+/// [`WAIT`]; `what` names it in the failure.
+pub async fn wait_listening(addr: impl tokio::net::ToSocketAddrs + Clone, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while TcpStream::connect(addr.clone()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} does not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A real WebSocket client speaking the JSON protocol, like an SDK does.
@@ -374,6 +414,11 @@ impl Client {
             .connect()
             .await
             .expect("websocket connects");
+        Client::on(ws)
+    }
+
+    /// A client on an open WebSocket, nothing received yet.
+    fn on(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
         Client {
             ws,
             inbox: VecDeque::new(),
@@ -396,13 +441,7 @@ impl Client {
                 .expect("allowed header");
         }
         let (ws, _) = builder.connect().await.expect("websocket connects");
-        Client {
-            ws,
-            inbox: VecDeque::new(),
-            next_id: 1,
-            client_id: String::new(),
-            auto_pong: true,
-        }
+        Client::on(ws)
     }
 
     /// Asserts that the connection still answers commands.
@@ -462,11 +501,7 @@ pub async fn ws_handshake(addr: SocketAddr) -> (u16, TcpStream) {
         .await
         .expect("write handshake");
     let text = read_head(&mut stream).await;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {text:?}"));
+    let status = status_of(&text);
     (status, stream)
 }
 
@@ -567,132 +602,9 @@ pub fn test_redis() -> String {
     std::env::var("HERALD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// The socket address of the test Redis (for a proxy in front of it).
-pub fn test_redis_addr() -> SocketAddr {
-    let url = test_redis();
-    let host = url
-        .trim_start_matches("redis://")
-        .rsplit('@')
-        .next()
-        .unwrap_or_default()
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    use std::net::ToSocketAddrs;
-    host.to_socket_addrs()
-        .expect("HERALD_TEST_REDIS host:port")
-        .next()
-        .expect("an address")
-}
-
 /// A key prefix no other test (or run) shares.
 pub fn unique_prefix(test: &str) -> String {
     format!("herald-test.{test}.{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Configures `config` to join the Redis cluster at `address` under `prefix`, with short timers.
-pub fn redis_broker(config: &mut Config, address: &str, prefix: &str) {
-    config.broker.kind = "redis".into();
-    config.broker.redis_addresses = vec![address.to_string()];
-    config.broker.prefix = prefix.to_string();
-    config.broker.command_timeout = Duration::from_millis(500);
-    config.broker.connect_timeout = Duration::from_millis(500);
-    config.broker.presence_ttl = Duration::from_secs(2);
-    config.broker.node_announce_interval = Duration::from_millis(300);
-    config.broker.max_reconnect_delay = Duration::from_millis(300);
-    // Stream positions outlive a test run only briefly in the shared Redis.
-    config.channel.history_meta_ttl = Duration::from_secs(600);
-}
-
-/// N in-process nodes sharing one broker config (one Redis, one prefix).
-pub struct Cluster {
-    pub nodes: Vec<TestServer>,
-    pub prefix: String,
-}
-
-impl Cluster {
-    pub async fn start(n: usize, test: &str) -> Cluster {
-        Self::start_via(n, test, &test_redis()).await
-    }
-
-    /// Nodes reaching Redis at `address` (e.g. through a proxy).
-    pub async fn start_via(n: usize, test: &str, address: &str) -> Cluster {
-        Self::start_with(n, test, address, |_| {}).await
-    }
-
-    /// Nodes with a config change applied to each (after the broker settings).
-    pub async fn start_with(
-        n: usize,
-        test: &str,
-        address: &str,
-        change: impl Fn(&mut Config),
-    ) -> Cluster {
-        let prefix = unique_prefix(test);
-        let mut nodes = Vec::new();
-        for i in 0..n {
-            let node = TestServer::with(|c| {
-                redis_broker(c, address, &prefix);
-                c.node.name = format!("node{i}");
-                change(c);
-            })
-            .await;
-            nodes.push(node);
-        }
-        for node in &nodes {
-            assert!(node.wait_ready(WAIT).await, "node ready");
-        }
-        Cluster { nodes, prefix }
-    }
-
-    /// N nodes named `node0`… configured by `configure` (broker settings included).
-    pub async fn start_configured(
-        n: usize,
-        prefix: &str,
-        configure: impl Fn(&mut Config),
-    ) -> Cluster {
-        let mut nodes = Vec::new();
-        for i in 0..n {
-            let node = TestServer::with(|c| {
-                configure(c);
-                c.node.name = format!("node{i}");
-            })
-            .await;
-            nodes.push(node);
-        }
-        for node in &nodes {
-            assert!(node.wait_ready(WAIT).await, "node ready");
-        }
-        Cluster {
-            nodes,
-            prefix: prefix.to_string(),
-        }
-    }
-
-    /// Adds a node configured by `configure` (e.g. a restarted one).
-    pub async fn add_with(&mut self, name: &str, configure: impl Fn(&mut Config)) -> &TestServer {
-        let node = TestServer::with(|c| {
-            configure(c);
-            c.node.name = name.to_string();
-        })
-        .await;
-        assert!(node.wait_ready(WAIT).await, "node ready");
-        self.nodes.push(node);
-        self.nodes.last().expect("just added")
-    }
-
-    /// Adds a node to the cluster (e.g. a restarted one).
-    pub async fn add(&mut self, name: &str, address: &str) -> &TestServer {
-        let prefix = self.prefix.clone();
-        let node = TestServer::with(|c| {
-            redis_broker(c, address, &prefix);
-            c.node.name = name.to_string();
-        })
-        .await;
-        assert!(node.wait_ready(WAIT).await, "node ready");
-        self.nodes.push(node);
-        self.nodes.last().expect("just added")
-    }
 }
 
 impl TestServer {
@@ -726,132 +638,7 @@ impl TestServer {
     }
 }
 
-/// Publication offsets received on `channel` until `quiet` passes without any.
-pub async fn offsets_until_quiet(client: &mut Client, channel: &str, quiet: Duration) -> Vec<u64> {
-    let mut offsets = Vec::new();
-    while let Some(message) = client.next_within(quiet).await {
-        let push = &message["push"];
-        if push["channel"] == channel {
-            if let Some(offset) = push["pub"]["offset"].as_u64() {
-                offsets.push(offset);
-            }
-        }
-    }
-    offsets
-}
-
-/// Subscribes with recovery from `offset`/`epoch` and returns (recovered, offsets of the
-/// recovered publications).
-pub async fn resubscribe(
-    client: &mut Client,
-    channel: &str,
-    offset: u64,
-    epoch: &str,
-) -> (bool, Vec<u64>) {
-    let reply = client
-        .call(
-            "subscribe",
-            json!({"channel": channel, "recover": true, "offset": offset, "epoch": epoch}),
-        )
-        .await;
-    let sub = &reply["subscribe"];
-    assert!(sub.is_object(), "resubscribe failed: {reply}");
-    let offsets = sub["publications"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|p| p["offset"].as_u64()).collect())
-        .unwrap_or_default();
-    (sub["recovered"] == true, offsets)
-}
-
-/// Waits for the unsubscribe push of `channel`; returns its code. Publications before it are
-/// returned too.
-pub async fn unsubscribe_push(client: &mut Client, channel: &str) -> (u64, Vec<u64>) {
-    let mut offsets = Vec::new();
-    loop {
-        let push = client.push().await;
-        if push["channel"] != channel {
-            continue;
-        }
-        if let Some(offset) = push["pub"]["offset"].as_u64() {
-            offsets.push(offset);
-        }
-        if let Some(unsub) = push.get("unsubscribe") {
-            return (unsub["code"].as_u64().unwrap_or(0), offsets);
-        }
-    }
-}
-
 /// The NATS the NATS tests use: `HERALD_TEST_NATS` or nats://127.0.0.1:4222 (JetStream on).
 pub fn test_nats() -> String {
     std::env::var("HERALD_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-/// Deletes KV buckets and streams a test created in NATS, also when it failed: on a thread of
-/// its own, since the test's runtime may be gone (called from `Drop`). Missing ones are fine.
-pub fn delete_nats_state(buckets: Vec<String>, streams: Vec<String>) {
-    let cleanup = std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async {
-            let Ok(client) = async_nats::connect(test_nats()).await else {
-                return;
-            };
-            let js = async_nats::jetstream::new(client);
-            for bucket in &buckets {
-                let _ = js.delete_key_value(bucket).await;
-            }
-            for stream in &streams {
-                let _ = js.delete_stream(stream).await;
-            }
-        });
-    });
-    let _ = cleanup.join();
-}
-
-/// Publishes `{"n": n}` to `channel` through `node`'s API.
-pub async fn publish_n(node: &TestServer, channel: &str, n: u64) -> Value {
-    node.api_ok("publish", json!({"channel": channel, "data": {"n": n}}))
-        .await
-}
-
-/// A broker outage for a cluster whose nodes 0 and 1 reach the broker through `proxy` and node 2
-/// directly: the fault on, nodes 0 and 1 report not ready, refuse publications through the API
-/// and from their clients (error 100) and keep their clients; `while_down` runs on node 0; then
-/// offsets 4..=6 of `chat:busy` are published through node 2, the fault is lifted and nodes 0 and
-/// 1 are ready again within `ready_within`.
-pub async fn broker_outage(
-    proxy: &proxy::Proxy,
-    fault: &proxy::Fault,
-    cluster: &Cluster,
-    alice: &mut Client,
-    bob: &mut Client,
-    ready_within: Duration,
-    while_down: impl AsyncFnOnce(&TestServer),
-) {
-    let (a, b, direct) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
-    proxy.inject(fault);
-    assert!(a.wait_readiness(false, WAIT).await, "node a not ready");
-    assert!(b.wait_readiness(false, WAIT).await, "node b not ready");
-    // A node that cannot reach the broker stores nothing and says so, to the API and to clients.
-    let (status, reply) = a
-        .api("publish", json!({"channel": "chat:busy", "data": {}}))
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(reply["error"]["code"], 100, "{reply}");
-    let reply = bob
-        .call("publish", json!({"channel": "chat:busy", "data": {}}))
-        .await;
-    assert_eq!(reply["error"]["code"], 100, "{reply}");
-    alice.assert_alive().await;
-    while_down(a).await;
-    for n in 4..=6 {
-        publish_n(direct, "chat:busy", n).await;
-    }
-    proxy.lift(fault);
-    assert!(a.wait_ready(ready_within).await, "node a ready again");
-    assert!(b.wait_ready(ready_within).await, "node b ready again");
 }

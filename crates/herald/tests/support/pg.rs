@@ -1,5 +1,6 @@
 //! A unique PostgreSQL database per test, at 127.0.0.1:5432 (override with HERALD_TEST_PG, a
-//! conninfo without dbname). Fails, not skips, when PostgreSQL is unreachable.
+//! conninfo without dbname). Fails, not skips, when PostgreSQL is unreachable. The tests of
+//! herald-store use this file too (by path).
 
 use std::net::SocketAddr;
 use tokio_postgres::NoTls;
@@ -33,6 +34,11 @@ impl TempDb {
             config,
             admin,
         }
+    }
+
+    /// A conninfo for this database (`PgStore::connect`).
+    pub fn conninfo(&self) -> String {
+        format!("{} dbname={}", base(), self.name)
     }
 
     /// The server's TCP address (for a proxy in front of it).

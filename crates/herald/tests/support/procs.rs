@@ -1,8 +1,9 @@
 //! Real `herald` processes for tests: start one from a config file, wait for its address, kill it
 //! (SIGKILL, SIGSTOP/SIGCONT) and ask its API.
 
-use super::{http_request, API_KEY, SECRET};
-use serde_json::{json, Value};
+use super::{API_KEY, SECRET};
+use serde_json::json;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -89,18 +90,25 @@ hmac_secret = "{SECRET}"
     path
 }
 
-/// Starts `herald serve -c config`; returns once it logs its WebSocket address.
-pub fn start_node(config: &Path) -> Result<Node, String> {
-    let mut child = Command::new(BIN)
-        .args(["serve", "-c"])
-        .arg(config)
+/// Starts `herald serve <args>` (stdout dropped, `HERALD_CONFIG` unset, `RUST_LOG` set to
+/// `rust_log` or unset); its stderr lines arrive on the receiver as they are written.
+pub fn serve<A: AsRef<OsStr>>(
+    args: impl IntoIterator<Item = A>,
+    rust_log: Option<&str>,
+) -> std::io::Result<(Proc, mpsc::Receiver<String>)> {
+    let mut command = Command::new(BIN);
+    command
+        .arg("serve")
+        .args(args)
         .env_remove("HERALD_CONFIG")
-        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
+        .stderr(Stdio::piped());
+    match rust_log {
+        Some(level) => command.env("RUST_LOG", level),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let mut child = command.spawn()?;
+    let stderr = child.stderr.take().expect("piped stderr");
     let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -109,7 +117,47 @@ pub fn start_node(config: &Path) -> Result<Node, String> {
             }
         }
     });
-    let mut proc = Proc(child);
+    Ok((Proc(child), lines))
+}
+
+/// Starts `herald serve --config <config>` with its stderr written to `log` (no colours,
+/// `HERALD_CONFIG` and `RUST_LOG` unset) and, when given, at most `fd_limit` open descriptors
+/// (RLIMIT_NOFILE, set before exec).
+pub fn serve_logged(config: &Path, log: &Path, fd_limit: Option<u64>) -> Proc {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(BIN);
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .env_remove("HERALD_CONFIG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"));
+    if let Some(limit) = fd_limit {
+        // SAFETY: only async-signal-safe setrlimit between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: limit as libc::rlim_t,
+                    rlim_max: limit as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    Proc(command.spawn().expect("spawn herald"))
+}
+
+/// Starts `herald serve -c config`; returns once it logs its WebSocket address.
+pub fn start_node(config: &Path) -> Result<Node, String> {
+    let (mut proc, lines) =
+        serve([OsStr::new("-c"), config.as_os_str()], Some("info")).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
@@ -141,19 +189,6 @@ pub fn start_node(config: &Path) -> Result<Node, String> {
     Err(format!("never started:\n{}", seen.join("\n")))
 }
 
-pub async fn api(addr: SocketAddr, method: &str, body: Value) -> Value {
-    let (status, reply) = http_request(
-        addr,
-        "POST",
-        &format!("/api/{method}"),
-        &[("X-API-Key", API_KEY)],
-        &body.to_string(),
-    )
-    .await;
-    assert_eq!(status, 200, "{method}: {reply}");
-    reply
-}
-
 /// Waits until the node at `addr` reports ready (its broker connected and listening): a node
 /// answers as soon as it listens, before its broker is up.
 pub async fn wait_ready(addr: SocketAddr) {
@@ -167,8 +202,8 @@ pub async fn wait_ready(addr: SocketAddr) {
 /// Clients of the node named `name`, as the `info` API of the node at `addr` lists it (with a
 /// shared broker, every node lists the whole cluster).
 pub async fn clients_on(addr: SocketAddr, name: &str) -> u64 {
-    let info = api(addr, "info", json!({})).await;
-    info["result"]["nodes"]
+    let info = super::api_ok(addr, "info", json!({})).await;
+    info["nodes"]
         .as_array()
         .and_then(|nodes| nodes.iter().find(|n| n["name"] == name))
         .and_then(|n| n["num_clients"].as_u64())

@@ -281,10 +281,11 @@ fn node_port(address: &str) -> Option<u16> {
 
 impl RedisCluster {
     /// Configures a node to join this cluster under `prefix`, with the short timers of
-    /// [`super::redis_broker`].
+    /// [`super::brokers::short_timers`].
     pub fn configure(&self, config: &mut herald::config::Config, prefix: &str) {
-        super::redis_broker(config, "unused", prefix);
+        super::brokers::short_timers(config);
         config.broker.kind = "redis_cluster".into();
         config.broker.redis_addresses = self.seeds();
+        config.broker.prefix = prefix.to_string();
     }
 }
