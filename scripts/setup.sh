@@ -89,7 +89,7 @@ ensure_redis() {
     wait_port 6379
 }
 ensure_redis
-# tests/cluster_redis_sharded.rs starts Redis Clusters of its own: it needs the binaries even
+# tests/cluster.rs and cluster_redis_sharded.rs start Redis Clusters of their own: they need the binaries even
 # where 6379 is served by something else.
 need_apt redis-server redis-server
 need_apt redis-cli redis-tools
