@@ -1,25 +1,25 @@
 //! The session's side of the backend hooks: asking the proxy, and turning its answers into session
-//! state, command replies or a close. Kept apart from `session.rs` so the connection loop stays
-//! readable; the wire format lives in `crate::hooks`.
+//! state, command replies or a close. The wire format lives in `crate::hooks`.
 
-use super::{Close, Session, SubscribeParams};
+use super::subscribe::SubscribeParams;
+use super::{Close, Handled, Refusal, Session};
 use crate::core::clock::unix_secs;
 use crate::hooks::proxy::{Hook, Proxy};
 use crate::hooks::wire::Identity;
 use crate::hooks::{HookCtx, HookError, Outcome};
 use herald_protocol::command::{ConnectRequest, RpcRequest, SendRequest, SubscribeRequest};
-use herald_protocol::{Disconnect, ErrorCode, ReplyBody, ReplyError, RpcResult};
+use herald_protocol::{Disconnect, ErrorCode, ReplyBody, RpcResult};
 use serde_json::value::RawValue;
 use std::time::{Duration, Instant};
 
 /// Maps a backend answer to the session's outcomes: the result, an error reply for the command, or
 /// a close. A failed call (down, slow, garbage, busy) is an error reply, never a close.
-fn backend<T>(answer: Result<Outcome<T>, HookError>) -> Result<Result<T, ReplyError>, Close> {
+fn backend<T>(answer: Result<Outcome<T>, HookError>) -> Handled<T> {
     match answer {
-        Ok(Outcome::Ok(result)) => Ok(Ok(result)),
-        Ok(Outcome::Error(error)) => Ok(Err(error)),
-        Ok(Outcome::Disconnect(code, reason)) => Err(Close::backend(code, reason)),
-        Err(e) => Ok(Err(e.reply_error())),
+        Ok(Outcome::Ok(result)) => Ok(result),
+        Ok(Outcome::Error(error)) => Err(Refusal::Reply(error)),
+        Ok(Outcome::Disconnect(code, reason)) => Err(Close::backend(code, reason).into()),
+        Err(e) => Err(Refusal::Reply(e.reply_error())),
     }
 }
 
@@ -34,7 +34,7 @@ impl Session {
         proxy: &Proxy,
         req: &ConnectRequest,
         client_id: &str,
-    ) -> Result<Result<Identity, ReplyError>, Close> {
+    ) -> Handled<Identity> {
         let ctx = HookCtx {
             client: client_id,
             user: "",
@@ -50,18 +50,16 @@ impl Session {
                     reason: e.client_message().to_string(),
                     label: "backend error",
                     ..Disconnect::SERVER_ERROR.into()
-                })
+                }
+                .into())
             }
-            Ok(outcome) => match backend(Ok(outcome))? {
-                Ok(identity) => identity,
-                Err(error) => return Ok(Err(error)),
-            },
+            Ok(outcome) => backend(Ok(outcome))?,
         };
         if identity.user.is_empty() && !self.node.config.client.allow_anonymous {
             return Err(Disconnect::INVALID_TOKEN.into());
         }
         self.backend_auth = true;
-        Ok(Ok(identity))
+        Ok(identity)
     }
 
     /// Asks the subscribe hook; on success fills the subscription's info, data and expiry.
@@ -70,18 +68,18 @@ impl Session {
         proxy: &Proxy,
         req: &SubscribeRequest,
         params: &mut SubscribeParams,
-    ) -> Result<Result<(), ReplyError>, Close> {
+    ) -> Handled<()> {
         if self.subs.contains_key(&req.channel) {
-            return Ok(Err(ErrorCode::AlreadySubscribed.into()));
+            return Err(ErrorCode::AlreadySubscribed.into());
         }
         let answer = proxy
             .subscribe(&self.hook_ctx(), &req.channel, req.data.as_deref())
             .await;
-        Ok(backend(answer)?.map(|granted| {
-            params.chan_info = granted.info;
-            params.data = granted.data;
-            params.expires_at = granted.expire_at;
-        }))
+        let granted = backend(answer)?;
+        params.chan_info = granted.info;
+        params.data = granted.data;
+        params.expires_at = granted.expire_at;
+        Ok(())
     }
 
     /// Asks the publish hook; on success `data` is what gets published, and the result says
@@ -91,28 +89,25 @@ impl Session {
         proxy: &Proxy,
         channel: &str,
         data: &mut Box<RawValue>,
-    ) -> Result<Result<bool, ReplyError>, Close> {
+    ) -> Handled<bool> {
         let answer = proxy.publish(&self.hook_ctx(), channel, data).await;
-        Ok(backend(answer)?.map(|allowed| {
-            if let Some(rewritten) = allowed.data {
-                *data = rewritten;
-            }
-            allowed.skip_history
-        }))
+        let allowed = backend(answer)?;
+        if let Some(rewritten) = allowed.data {
+            *data = rewritten;
+        }
+        Ok(allowed.skip_history)
     }
 
     /// `rpc` goes to the backend's rpc hook; without one it is not available (108).
-    pub(super) async fn rpc(
-        &mut self,
-        req: RpcRequest,
-    ) -> Result<Result<ReplyBody, ReplyError>, Close> {
+    pub(super) async fn rpc(&mut self, req: RpcRequest) -> Handled {
         let Some(proxy) = self.node.hooks.proxy_for(Hook::Rpc) else {
-            return Ok(Err(ErrorCode::NotAvailable.into()));
+            return Err(ErrorCode::NotAvailable.into());
         };
         let answer = proxy
             .rpc(&self.hook_ctx(), &req.method, req.data.as_deref())
             .await;
-        Ok(backend(answer)?.map(|data| ReplyBody::Rpc(RpcResult { data })))
+        let data = backend(answer)?;
+        Ok(ReplyBody::Rpc(RpcResult { data }))
     }
 
     /// `send` goes to the backend's send hook without waiting; without one it is dropped.

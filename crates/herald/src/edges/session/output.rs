@@ -1,0 +1,192 @@
+//! Writing to the client: what the node left in the connection's outbox (publications not yet
+//! seen, pushes, gaps, server-side commands) becomes pending messages, merged into as few frames
+//! as possible and handed to the kernel as it takes them.
+
+use super::positioning::{unseen, Unseen};
+use super::subscribe::SubscribeParams;
+use super::{Close, Ending, Session};
+use crate::brokers::Control;
+use crate::core::outbox::OutItem;
+use bytes::Bytes;
+use herald_protocol::{encode_push, Disconnect, PushBody, UnsubscribeCode};
+
+/// Largest frame the server builds when it merges several messages into one.
+pub(super) const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+impl Session {
+    /// Whether the output owed to the client (replies, pushes, pongs not yet handed to the
+    /// kernel) has reached `client.max_outbox_bytes`.
+    pub(super) fn output_full(&self) -> bool {
+        self.pending_bytes + self.ws.queued_out() >= self.node.config.client.max_outbox_bytes
+    }
+
+    /// Tells the client the server ended its subscription to `channel`.
+    pub(super) fn queue_unsubscribe(&mut self, channel: &str, code: UnsubscribeCode) {
+        let mut out = Vec::new();
+        let body = PushBody::Unsubscribe {
+            code: code.code,
+            reason: code.reason,
+        };
+        encode_push(channel, &body, &mut out);
+        self.queue(Bytes::from(out));
+    }
+
+    /// Adds a message to what the next write sends.
+    pub(super) fn queue(&mut self, message: Bytes) {
+        self.pending_bytes += message.len();
+        self.pending.push(message);
+    }
+
+    /// Starts writing pending messages (merged with newlines into as few frames as possible) once
+    /// the previous write is done, and hands the kernel what it takes without waiting.
+    pub(super) fn write_some(&mut self) -> Result<(), Close> {
+        if !self.pending.is_empty() && !self.ws.is_writing() {
+            let messages = std::mem::take(&mut self.pending);
+            self.pending_bytes = 0;
+            let (bytes, frames) = self.ws.queue_text(&messages, MAX_BATCH_BYTES);
+            self.node.metrics.bytes_out.inc_by(bytes as u64);
+            self.node.metrics.frames_out.inc_by(frames as u64);
+        }
+        match self.ws.try_write() {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket write failed");
+                Err(Close::gone("write error"))
+            }
+        }
+    }
+
+    /// Turns what the node left in the outbox into pending messages; a full outbox (the client
+    /// does not read fast enough) ends the connection.
+    pub(super) async fn drain_outbox(&mut self) -> Result<(), Close> {
+        let Some(handle) = self.handle.clone() else {
+            return Ok(());
+        };
+        let mut items = std::mem::take(&mut self.drained);
+        let drained = handle.outbox.drain(&mut items);
+        if drained.overflowed {
+            return Err(Disconnect::SLOW.into());
+        }
+        let mut result = Ok(());
+        while let Some(item) = items.pop_front() {
+            match item {
+                OutItem::Publication {
+                    slot,
+                    offset,
+                    bytes,
+                    segments,
+                    ..
+                } => {
+                    let seen = self.slots.get(&slot).copied();
+                    match unseen(seen, offset, segments.as_deref()) {
+                        Unseen::Nothing => {}
+                        Unseen::All => self.queue(bytes),
+                        // Zero-copy slices of the shared bytes.
+                        Unseen::Newer(segments) => {
+                            for segment in segments {
+                                self.queue(
+                                    bytes.slice(segment.start as usize..segment.end as usize),
+                                );
+                            }
+                        }
+                    }
+                }
+                OutItem::Push { slot, bytes } => {
+                    if self.slots.contains_key(&slot) {
+                        self.queue(bytes);
+                    }
+                }
+                OutItem::Gap { slot } => {
+                    let channel = self
+                        .subs
+                        .iter()
+                        .find(|(_, s)| s.slot == slot)
+                        .map(|(c, _)| c.clone());
+                    if let Some(channel) = channel {
+                        self.unsubscribe_channel(&channel).await;
+                        self.queue_unsubscribe(&channel, UnsubscribeCode::INSUFFICIENT);
+                    }
+                }
+                OutItem::Control(control) => {
+                    if let Err(close) = self.handle_control(control).await {
+                        result = Err(close);
+                        break;
+                    }
+                }
+            }
+        }
+        items.clear();
+        self.drained = items;
+        if result.is_ok() {
+            // After what was still queued: the snapshot is newer than any of it.
+            for slot in drained.resync {
+                self.resync(slot).await;
+            }
+        }
+        result
+    }
+
+    /// A conflated subscription lost superseded values to its full outbox: send the latest value of
+    /// every key instead, so the client ends up with the current state.
+    async fn resync(&mut self, slot: u32) {
+        let Some(channel) = self
+            .subs
+            .iter()
+            .find(|(_, s)| s.slot == slot)
+            .map(|(c, _)| c.clone())
+        else {
+            return;
+        };
+        match self.node.broker.latest(&channel).await {
+            Ok((latest, position)) => {
+                // Window items queued before this snapshot are older than it: skip them.
+                if let Some(seen) = self.slots.get_mut(&slot) {
+                    *seen = (*seen).max(position.offset);
+                }
+                for publication in latest {
+                    self.queue(herald_protocol::encode_publication_push(
+                        &channel,
+                        &publication,
+                    ));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%channel, error = %e, "resync of a conflated subscription failed")
+            }
+        }
+    }
+
+    async fn handle_control(&mut self, control: Control) -> Result<(), Close> {
+        match control {
+            Control::Disconnect { code, reason, .. } => Err(Close {
+                code,
+                reason,
+                ending: Ending::Polite,
+                label: "server disconnect",
+            }),
+            Control::Subscribe { channel, .. } => {
+                if self.subs.contains_key(&channel) {
+                    return Ok(());
+                }
+                match self
+                    .subscribe_channel(&channel, SubscribeParams::default(), true)
+                    .await
+                {
+                    Ok(result) => {
+                        let mut out = Vec::new();
+                        encode_push(&channel, &PushBody::Subscribe(&result), &mut out);
+                        self.queue(Bytes::from(out));
+                    }
+                    Err(code) => tracing::debug!(%channel, %code, "server-side subscribe refused"),
+                }
+                Ok(())
+            }
+            Control::Unsubscribe { channel, .. } => {
+                if self.unsubscribe_channel(&channel).await {
+                    self.queue_unsubscribe(&channel, UnsubscribeCode::SERVER);
+                }
+                Ok(())
+            }
+        }
+    }
+}
