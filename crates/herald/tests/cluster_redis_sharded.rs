@@ -176,11 +176,12 @@ async fn a_stalled_shard_makes_nodes_not_ready_and_they_recover_without_loss() {
 
 #[tokio::test]
 async fn feed_leases_work_on_a_cluster() {
-    use herald::brokers::leases::{LeaseStore, RedisLeases};
+    use herald::brokers::leases::LeaseStore;
+    use herald::brokers::redis::{RedisLeases, Topology};
     let redis = RedisCluster::start(3, 0);
     let mut config = herald::config::Config::default();
     redis.configure(&mut config, &unique_prefix("leases"));
-    let leases = RedisLeases::lazy(&config.broker).expect("lease store");
+    let leases = RedisLeases::lazy(&config.broker, Topology::Cluster).expect("lease store");
     let ttl = Duration::from_millis(300);
     // Names on different shards: both keys of a lease share its slot.
     for name in ["feed-a", "feed-b", "feed-c", "quotes{eu}"] {

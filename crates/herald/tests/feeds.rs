@@ -4,7 +4,8 @@
 mod support;
 
 use async_trait::async_trait;
-use herald::brokers::leases::{LeaseStore, MemoryLeases};
+use herald::brokers::leases::LeaseStore;
+use herald::brokers::MemoryLeases;
 use herald::config::FeedConfig;
 use herald::edges::feeds::mapping::Mapped;
 use herald::edges::feeds::{mapping_of, FeedMetrics, FeedPublishError, FeedRunner, FeedSink};

@@ -1,10 +1,7 @@
 //! Assembles a node from its configuration, binds its listeners and runs it until shutdown.
 
-use crate::brokers::nats::NatsBroker;
-use crate::brokers::redis::RedisBroker;
-use crate::brokers::{Broker, MemoryBroker, PresenceStore};
+use crate::brokers::Backend;
 use crate::config::Config;
-use crate::core::presence::MemoryPresence;
 use crate::edges::devices::{DeviceAddrs, DeviceIngest};
 use crate::edges::http::{accept_loop, Role, Routes};
 use crate::edges::sockets::bind;
@@ -29,10 +26,8 @@ pub struct Server {
     /// Feed runners; they release their leases when the node shuts down.
     feeds: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
-    /// The Redis broker, when `broker.kind` is `redis` or `redis_cluster` (for the crash hook).
-    redis: Option<RedisBroker>,
-    /// The NATS broker, when `broker.kind = "nats"` (for the crash hook).
-    nats: Option<NatsBroker>,
+    /// The broker's backend (for the crash hook).
+    backend: Backend,
 }
 
 fn optional(s: &str) -> Option<String> {
@@ -68,60 +63,11 @@ impl Server {
         // Also for configs built in code: forwarding credentials without an Origin policy is unsafe.
         config.check_origin_policy()?;
         let verifier = verifier(&config)?;
-        type Brokers = (
-            Arc<dyn Broker>,
-            Arc<dyn PresenceStore>,
-            Option<RedisBroker>,
-            Option<NatsBroker>,
-        );
-        let (broker, presence, redis, nats): Brokers = match config.broker.kind.as_str() {
-            "redis" | "redis_cluster" => {
-                let redis = RedisBroker::new(&config.broker, config.channel.history_meta_ttl)
-                    .map_err(|e| anyhow::anyhow!("broker: {e}"))?;
-                (
-                    Arc::new(redis.clone()),
-                    Arc::new(redis.clone()),
-                    Some(redis),
-                    None,
-                )
-            }
-            "nats" => {
-                let nats =
-                    NatsBroker::new(&config.broker).map_err(|e| anyhow::anyhow!("broker: {e}"))?;
-                (
-                    Arc::new(nats.clone()),
-                    Arc::new(nats.clone()),
-                    None,
-                    Some(nats),
-                )
-            }
-            _ => (
-                Arc::new(MemoryBroker::new(config.channel.max_streams)),
-                Arc::new(MemoryPresence::new()),
-                None,
-                None,
-            ),
-        };
-        let leases: Arc<dyn crate::brokers::leases::LeaseStore> = match (&redis, &nats) {
-            (Some(_), _) => Arc::new(
-                crate::brokers::leases::RedisLeases::lazy(&config.broker)
-                    .map_err(|e| anyhow::anyhow!("broker: {e}"))?,
-            ),
-            (None, Some(_)) => Arc::new(
-                crate::brokers::nats::leases::NatsLeases::lazy(&config.broker)
-                    .map_err(|e| anyhow::anyhow!("broker: {e}"))?,
-            ),
-            (None, None) => Arc::new(crate::brokers::leases::MemoryLeases::default()),
-        };
-        let node = Node::new(config, verifier, broker, presence, leases);
-        // Connecting happens in the background: a node whose broker is down still serves its
-        // local clients and reports not ready until the broker is back.
-        if let Some(redis) = &redis {
-            redis.start();
-        }
-        if let Some(nats) = &nats {
-            nats.start();
-        }
+        let links = crate::brokers::build(&config).map_err(|e| anyhow::anyhow!("broker: {e}"))?;
+        let backend = links.backend;
+        let node = Node::new(config, verifier, links.broker, links.presence, links.leases);
+        // Connects in the background, now that the node is the broker's handler.
+        backend.start();
         let config = &node.config;
         let budget = descriptor_budget(&node);
         let share = |name: &str| {
@@ -191,8 +137,7 @@ impl Server {
         }
         let feeds = crate::edges::feeds::start(&node);
         Ok(Server {
-            redis,
-            nats,
+            backend,
             _data_lock: data_lock,
             feeds,
             node,
@@ -242,12 +187,7 @@ impl Server {
     /// Test hook: stops like a killed process. The broker connections drop without any cleanup
     /// (presence, registry entry stay in the broker until they expire), then connections close.
     pub async fn crash(self) {
-        if let Some(redis) = &self.redis {
-            redis.abandon();
-        }
-        if let Some(nats) = &self.nats {
-            nats.abandon();
-        }
+        self.backend.abandon();
         self.node.stop_being_ready();
         self.node.shutdown.cancel();
         for task in self.tasks {

@@ -7,15 +7,21 @@
 //! A broker owns stream positions: it assigns each publication its offset (through history) and
 //! delivers it to the [`BrokerHandler`] of every node that has local subscribers of the channel, in
 //! offset order per channel, once.
+//!
+//! One folder per backend (`memory/`, `redis/`, `nats/`), each with its broker, presence and
+//! leases; [`build`] makes the set `broker.kind` names.
 
+mod factory;
 pub mod leases;
 mod memory;
 pub mod nats;
+mod presence_ledger;
 pub mod redis;
 pub mod wire;
 
 pub use crate::core::delivery::{BrokerHandler, Control};
-pub use memory::MemoryBroker;
+pub use factory::{build, Backend, Links};
+pub use memory::{MemoryBroker, MemoryLeases, MemoryPresence};
 
 use crate::core::history::{HistoryError, HistoryOptions, HistoryPage, HistoryQuery};
 use crate::core::metrics::Metrics;

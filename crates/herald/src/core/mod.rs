@@ -1,6 +1,6 @@
 //! What one node does with publications, with no knowledge of brokers, sockets or protocols on
 //! the wire: channel names and options, the hub that fans publications out, the per-connection
-//! outboxes, batched wake-ups, in-memory history and presence, metrics and the clock.
+//! outboxes, batched wake-ups, in-memory history, metrics and the clock.
 
 pub mod channel;
 pub mod clock;
@@ -9,7 +9,6 @@ pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
-pub mod presence;
 pub mod rate;
 pub mod session_handle;
 pub mod wakes;

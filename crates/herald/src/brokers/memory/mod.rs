@@ -1,13 +1,18 @@
-//! The one-node broker: history in memory, delivery by a direct call.
+//! The one-node broker: history in memory, delivery by a direct call; its presence and leases
+//! live in this process too.
 
-use super::{Broker, BrokerError, BrokerHandler, Control, NodeEntry, PresenceStore};
+mod leases;
+mod presence;
+
+pub use leases::MemoryLeases;
+pub use presence::MemoryPresence;
+
+use super::{Broker, BrokerError, BrokerHandler, Control, NodeEntry};
 use crate::core::history::{HistoryOptions, HistoryPage, HistoryQuery, MemoryHistory, StreamUsers};
 use crate::core::metrics::{Metrics, ReasonLabel};
-use crate::core::presence::MemoryPresence;
 use async_trait::async_trait;
 use herald_protocol::{ClientInfo, Publication, StreamPosition};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 /// One-node broker: history in memory, delivery by a direct call.
@@ -172,22 +177,4 @@ impl Broker for MemoryBroker {
     }
 
     async fn close(&self) {}
-}
-
-#[async_trait]
-impl PresenceStore for MemoryPresence {
-    async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
-        MemoryPresence::add(self, channel, info);
-        Ok(())
-    }
-    async fn remove(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
-        MemoryPresence::remove(self, channel, client);
-        Ok(())
-    }
-    async fn get(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, BrokerError> {
-        Ok(MemoryPresence::get(self, channel))
-    }
-    async fn stats(&self, channel: &str) -> Result<(u32, u32), BrokerError> {
-        Ok(MemoryPresence::stats(self, channel))
-    }
 }

@@ -15,10 +15,10 @@
 //!   after a whole period without publications, so its next life falls in a later one). A removal
 //!   leaves a marker message (offset 0, empty payload) with a fresh random epoch instead. Markers
 //!   are never delivered nor returned.
-//! - Live delivery stays on core NATS (see `nats.rs`); [`Order`] puts those frames back in offset
+//! - Live delivery stays on core NATS (see `delivery.rs`); [`Order`] puts those frames back in offset
 //!   order on the receiving node, since two publishers' core messages may cross.
 
-use super::encode_token;
+use super::subjects::{encode_token, history_subject};
 use crate::brokers::{unavailable, BrokerError};
 use crate::core::history::{new_epoch, HistoryOptions};
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
@@ -121,7 +121,7 @@ impl HistoryStore {
     }
 
     pub fn subject(&self, channel: &str) -> String {
-        super::history_subject(&self.prefix, channel)
+        history_subject(&self.prefix, channel)
     }
 
     /// Forgets the handle, so the next operation finds or creates the stream again (it was

@@ -1,7 +1,7 @@
 //! The NATS broker's JetStream KV buckets: presence (`<channel>.<client>` keys) and the node
 //! registry (`<uid>` keys). Entries expire by the bucket's `max_age`; owners rewrite theirs.
 
-use super::encode_token;
+use super::subjects::encode_token;
 use crate::brokers::{unavailable, BrokerError};
 use crate::config::BrokerConfig;
 use async_nats::jetstream::{self, kv};
@@ -38,7 +38,7 @@ async fn timed<T, E: std::fmt::Display>(
 
 /// Finds a bucket, creating it when missing. A bucket that exists keeps its own settings.
 /// `max_age` zero: entries never expire (the lease bucket).
-pub(crate) async fn open_bucket(
+pub(super) async fn open_bucket(
     client: &async_nats::Client,
     js: &jetstream::Context,
     name: &str,

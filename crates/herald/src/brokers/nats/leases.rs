@@ -20,13 +20,13 @@
 //!   `f + ttl`. No two clocks are compared, wall clocks may jump; only clock rates must roughly
 //!   agree. The price: takeover comes up to one retry interval later than with a server TTL.
 
+use super::kv::open_bucket;
+use super::subjects::encode_token;
 use crate::brokers::leases::LeaseStore;
-use crate::brokers::nats::open_bucket;
 use crate::brokers::BrokerError;
 use crate::config::BrokerConfig;
 use async_nats::jetstream::kv::{self, UpdateErrorKind};
 use async_trait::async_trait;
-use base64::Engine;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::future::Future;
@@ -138,7 +138,7 @@ impl NatsLeases {
     }
 
     fn key(&self, name: &str) -> String {
-        let name = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name.as_bytes());
+        let name = encode_token(name);
         format!("{}.{name}", self.config.prefix)
     }
 
@@ -306,11 +306,11 @@ impl LeaseStore for NatsLeases {
     }
 }
 
-/// For tests here and in `lease.rs`: a store under a prefix of its own on the test NATS server
+/// For the tests: a store under a prefix of its own on the test NATS server
 /// (`HERALD_TEST_NATS`, default nats://127.0.0.1:4222). Its bucket is deleted when it is dropped,
 /// also when the test failed.
 #[cfg(test)]
-pub(crate) fn test_store() -> TestLeases {
+fn test_store() -> TestLeases {
     let url = std::env::var("HERALD_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     test_store_at(
         &url,
@@ -321,7 +321,6 @@ pub(crate) fn test_store() -> TestLeases {
 #[cfg(test)]
 fn test_store_at(url: &str, prefix: &str) -> TestLeases {
     let config = BrokerConfig {
-        kind: "nats".into(),
         nats_urls: vec![url.to_string()],
         prefix: prefix.to_string(),
         connect_timeout: Duration::from_millis(500),
@@ -336,7 +335,7 @@ fn test_store_at(url: &str, prefix: &str) -> TestLeases {
 }
 
 #[cfg(test)]
-pub(crate) struct TestLeases(NatsLeases);
+struct TestLeases(NatsLeases);
 
 #[cfg(test)]
 impl std::ops::Deref for TestLeases {
@@ -375,6 +374,17 @@ mod tests {
     use crate::brokers::leases::LeaseStore;
 
     const TTL: Duration = Duration::from_millis(400);
+
+    #[tokio::test]
+    async fn nats_leases() {
+        // Its bucket is deleted when `leases` is dropped.
+        let leases = test_store();
+        crate::brokers::leases::one_holder_at_a_time_and_tokens_grow(
+            &*leases,
+            Duration::from_millis(300),
+        )
+        .await;
+    }
 
     /// Another node of the same cluster: same prefix, its own connection and observations.
     fn peer(of: &NatsLeases) -> TestLeases {

@@ -169,8 +169,31 @@ end
 return redis.call('HGETALL', KEYS[2])
 "#;
 
+/// The broker's scripts, hashed once.
+pub(super) struct Scripts {
+    pub(super) publish: redis::Script,
+    pub(super) history: redis::Script,
+    pub(super) latest: redis::Script,
+    pub(super) remove: redis::Script,
+    pub(super) touch: redis::Script,
+    pub(super) live: redis::Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Scripts {
+        Scripts {
+            publish: redis::Script::new(PUBLISH),
+            history: redis::Script::new(HISTORY),
+            latest: redis::Script::new(LATEST),
+            remove: redis::Script::new(REMOVE),
+            touch: redis::Script::new(TOUCH),
+            live: redis::Script::new(LIVE),
+        }
+    }
+}
+
 /// The text of the script whose SHA1 is `sha` (as `EVALSHA` names it), for sending it as `EVAL`
-/// to a shard that does not have it yet (see `redis_conn`).
+/// to a shard that does not have it yet (see `conn`).
 pub fn text_of(sha: &str) -> Option<&'static str> {
     static BY_SHA: std::sync::OnceLock<Vec<(String, &'static str)>> = std::sync::OnceLock::new();
     BY_SHA

@@ -1,5 +1,8 @@
-//! In-memory presence: which clients are subscribed to a channel, with their info.
+//! In-memory presence (the memory broker's): which clients are subscribed to a channel, with
+//! their info.
 
+use crate::brokers::{BrokerError, PresenceStore};
+use async_trait::async_trait;
 use herald_protocol::ClientInfo;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -64,6 +67,24 @@ impl MemoryPresence {
         };
         let users: HashSet<&str> = clients.values().map(|c| c.user.as_str()).collect();
         (clients.len() as u32, users.len() as u32)
+    }
+}
+
+#[async_trait]
+impl PresenceStore for MemoryPresence {
+    async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
+        MemoryPresence::add(self, channel, info);
+        Ok(())
+    }
+    async fn remove(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
+        MemoryPresence::remove(self, channel, client);
+        Ok(())
+    }
+    async fn get(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, BrokerError> {
+        Ok(MemoryPresence::get(self, channel))
+    }
+    async fn stats(&self, channel: &str) -> Result<(u32, u32), BrokerError> {
+        Ok(MemoryPresence::stats(self, channel))
     }
 }
 
