@@ -407,3 +407,48 @@ fn the_architecture_page_shows_the_layers_as_they_are() {
         "docs/layers.svg lacks {missing:?}: run python3 scripts/draw-layers.py"
     );
 }
+
+#[test]
+fn every_source_path_the_docs_name_exists() {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = crate_dir.join("../..");
+    let src = crate_dir.join("src");
+    let mut pages = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).expect("docs/") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            pages.push(path);
+        }
+    }
+    let layer_folders: Vec<&str> = LAYERS.iter().flat_map(|l| l.iter().copied()).collect();
+    let mut missing = Vec::new();
+    for page in pages {
+        let text = std::fs::read_to_string(&page).expect("readable page");
+        // Paths in code spans: `crates/herald/src/…` from the root, `core/hub.rs` from src.
+        for span in text.split('`').skip(1).step_by(2) {
+            let path = if let Some(rest) = span.strip_prefix("crates/herald/src/") {
+                src.join(rest)
+            } else if layer_folders
+                .iter()
+                .any(|f| span.starts_with(&format!("{f}/")))
+                && (span.ends_with(".rs") || span.ends_with('/'))
+                && !span.contains(' ')
+            {
+                src.join(span)
+            } else {
+                continue;
+            };
+            if !path.exists() {
+                missing.push(format!(
+                    "{}: `{span}`",
+                    page.file_name().unwrap_or_default().to_string_lossy()
+                ));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the docs name source paths that do not exist:\n{}",
+        missing.join("\n")
+    );
+}
