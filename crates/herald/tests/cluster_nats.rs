@@ -7,7 +7,7 @@
 
 mod support;
 
-use herald::config::Config;
+use herald::config::{BrokerKind, Config};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -64,7 +64,7 @@ impl Setup {
     fn configure_history(&self, url: &str, history: bool) -> impl Fn(&mut Config) + '_ {
         let url = url.to_string();
         move |c: &mut Config| {
-            c.broker.kind = "nats".into();
+            c.broker.kind = BrokerKind::Nats;
             c.broker.nats_urls = vec![url.clone()];
             c.broker.prefix = self.prefix.clone();
             c.broker.nats_presence_bucket = self.presence_bucket.clone();

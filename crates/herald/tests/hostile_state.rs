@@ -9,7 +9,7 @@
 
 mod support;
 
-use herald::config::{Config, FeedConfig, NamespaceOptions};
+use herald::config::{BrokerKind, Config, FeedConfig, FeedKind, NamespaceOptions};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use support::upstream::FakeUpstream;
@@ -377,7 +377,7 @@ impl NatsSetup {
     }
 
     fn configure(&self, c: &mut Config) {
-        c.broker.kind = "nats".into();
+        c.broker.kind = BrokerKind::Nats;
         c.broker.nats_urls = vec![test_nats()];
         c.broker.prefix = self.prefix.clone();
         c.broker.nats_presence_bucket = self.presence_bucket.clone();
@@ -562,10 +562,10 @@ async fn oversized_api_and_client_publications_are_refused_naming_the_limit() {
     );
 }
 
-fn feed_base(name: &str, kind: &str, url: String) -> FeedConfig {
+fn feed_base(name: &str, kind: FeedKind, url: String) -> FeedConfig {
     FeedConfig {
         name: name.into(),
-        kind: kind.into(),
+        kind,
         url,
         reconnect_min: Duration::from_millis(50),
         reconnect_max: Duration::from_millis(200),
@@ -603,7 +603,7 @@ async fn an_oversized_redis_feed_message_is_dropped_and_counted_and_subscribers_
         c.feeds.push(FeedConfig {
             subscribe: vec![format!("{prefix}:ticker:*")],
             channel: "market:{$source[2]}".into(),
-            ..feed_base("stocks", "redis", test_redis())
+            ..feed_base("stocks", FeedKind::Redis, test_redis())
         });
     })
     .await;
@@ -716,12 +716,12 @@ async fn oversized_websocket_and_nats_feed_publications_are_dropped_and_counted(
         small_publications(c);
         c.feeds.push(FeedConfig {
             channel: "market:{/s}".into(),
-            ..feed_base("ws", "websocket", upstream.url())
+            ..feed_base("ws", FeedKind::Websocket, upstream.url())
         });
         c.feeds.push(FeedConfig {
             subscribe: vec![format!("{subject}.>")],
             channel: "market:{/s}".into(),
-            ..feed_base("nats", "nats", test_nats())
+            ..feed_base("nats", FeedKind::Nats, test_nats())
         });
     })
     .await;

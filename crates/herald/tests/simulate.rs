@@ -4,6 +4,7 @@
 mod support;
 
 use herald::app::simulate::{run, SimProtocol, SimulateOptions};
+use herald::config::StoreSetting;
 use serde_json::json;
 use std::time::Duration;
 use support::*;
@@ -25,7 +26,7 @@ async fn simulated_devices_of_every_protocol_are_stored() {
             *a = "127.0.0.1:0".into();
         }
         c.devices.spool_dir = dir.path().join("spool").display().to_string();
-        c.devices.store = format!("sqlite:{}", dir.path().join("herald.db").display());
+        c.devices.store = StoreSetting::Sqlite(dir.path().join("herald.db").display().to_string());
         c.channel.namespaces.push(open_namespace("devices"));
     })
     .await;

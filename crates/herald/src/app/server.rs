@@ -3,7 +3,7 @@
 use crate::brokers::nats::NatsBroker;
 use crate::brokers::redis::RedisBroker;
 use crate::brokers::{Broker, MemoryBroker, PresenceStore};
-use crate::config::Config;
+use crate::config::{BrokerKind, Config};
 use crate::core::presence::MemoryPresence;
 use crate::edges::devices::{DeviceAddrs, DeviceIngest};
 use crate::edges::http::{accept_loop, Role, Routes};
@@ -75,8 +75,8 @@ impl Server {
             Option<RedisBroker>,
             Option<NatsBroker>,
         );
-        let (broker, presence, redis, nats): Brokers = match config.broker.kind.as_str() {
-            "redis" | "redis_cluster" => {
+        let (broker, presence, redis, nats): Brokers = match config.broker.kind {
+            BrokerKind::Redis | BrokerKind::RedisCluster => {
                 let redis = RedisBroker::new(&config.broker, config.channel.history_meta_ttl)
                     .map_err(|e| anyhow::anyhow!("broker: {e}"))?;
                 (
@@ -86,7 +86,7 @@ impl Server {
                     None,
                 )
             }
-            "nats" => {
+            BrokerKind::Nats => {
                 let nats =
                     NatsBroker::new(&config.broker).map_err(|e| anyhow::anyhow!("broker: {e}"))?;
                 (
@@ -96,7 +96,7 @@ impl Server {
                     Some(nats),
                 )
             }
-            _ => (
+            BrokerKind::Memory => (
                 Arc::new(MemoryBroker::new(config.channel.max_streams)),
                 Arc::new(MemoryPresence::new()),
                 None,

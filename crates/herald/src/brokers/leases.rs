@@ -163,7 +163,7 @@ impl RedisLeases {
     /// reconnects by itself, so a Redis that is down at start only delays the feeds.
     pub fn lazy(cfg: &crate::config::BrokerConfig) -> Result<RedisLeases, BrokerError> {
         let prefix = format!("{}:", cfg.prefix);
-        if cfg.kind == "redis_cluster" {
+        if cfg.kind == crate::config::BrokerKind::RedisCluster {
             let seeds: Vec<String> = cfg
                 .redis_addresses
                 .iter()

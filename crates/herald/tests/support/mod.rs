@@ -14,7 +14,7 @@ pub mod upstream;
 
 use futures_util::{SinkExt, StreamExt};
 use herald::app::server::Server;
-use herald::config::{Config, NamespaceOptions};
+use herald::config::{BrokerKind, Config, NamespaceOptions, StoreSetting};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -485,8 +485,8 @@ pub fn enable_devices(c: &mut Config, dir: &std::path::Path, fsync: &str) {
         *a = "127.0.0.1:0".into();
     }
     c.devices.spool_dir = dir.join("spool").display().to_string();
-    c.devices.store = format!("sqlite:{}", dir.join("herald.db").display());
-    c.devices.fsync = fsync.into();
+    c.devices.store = StoreSetting::Sqlite(dir.join("herald.db").display().to_string());
+    c.devices.fsync = fsync.parse().expect("a devices.fsync setting");
     c.channel.namespaces.push(open_namespace("devices"));
 }
 
@@ -593,7 +593,7 @@ pub fn unique_prefix(test: &str) -> String {
 
 /// Configures `config` to join the Redis cluster at `address` under `prefix`, with short timers.
 pub fn redis_broker(config: &mut Config, address: &str, prefix: &str) {
-    config.broker.kind = "redis".into();
+    config.broker.kind = BrokerKind::Redis;
     config.broker.redis_addresses = vec![address.to_string()];
     config.broker.prefix = prefix.to_string();
     config.broker.command_timeout = Duration::from_millis(500);

@@ -284,7 +284,7 @@ impl RedisCluster {
     /// [`super::redis_broker`].
     pub fn configure(&self, config: &mut herald::config::Config, prefix: &str) {
         super::redis_broker(config, "unused", prefix);
-        config.broker.kind = "redis_cluster".into();
+        config.broker.kind = herald::config::BrokerKind::RedisCluster;
         config.broker.redis_addresses = self.seeds();
     }
 }

@@ -321,7 +321,7 @@ pub(crate) fn test_store() -> TestLeases {
 #[cfg(test)]
 fn test_store_at(url: &str, prefix: &str) -> TestLeases {
     let config = BrokerConfig {
-        kind: "nats".into(),
+        kind: crate::config::BrokerKind::Nats,
         nats_urls: vec![url.to_string()],
         prefix: prefix.to_string(),
         connect_timeout: Duration::from_millis(500),

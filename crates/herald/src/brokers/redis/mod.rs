@@ -32,7 +32,7 @@ use crate::brokers::{
     unavailable, Broker, BrokerError, BrokerHandler, BrokerHealth, Control, NodeEntry,
     PresenceStore,
 };
-use crate::config::{redis_url, BrokerConfig};
+use crate::config::{redis_url, BrokerConfig, BrokerKind};
 use crate::core::history::{new_epoch, HistoryOptions, HistoryPage, HistoryQuery};
 use crate::core::metrics::Metrics;
 use async_trait::async_trait;
@@ -232,7 +232,7 @@ impl RedisBroker {
             .map(|a| redis::Client::open(redis_url(a).as_str()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| BrokerError::Unavailable(format!("broker.redis_addresses: {e}")))?;
-        let cluster = (config.kind == "redis_cluster").then(|| {
+        let cluster = (config.kind == BrokerKind::RedisCluster).then(|| {
             config
                 .redis_addresses
                 .iter()
