@@ -166,7 +166,7 @@ fn genconfig_checkconfig_and_errors_that_name_the_field() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("client.ping_interval"),
+        String::from_utf8_lossy(&out.stderr).contains("bad.toml:2: client.ping_interval: "),
         "{out:?}"
     );
 
