@@ -5,7 +5,7 @@
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use herald::app::server::Server;
-use herald::config::Config;
+use herald::config::{BrokerKind, Config, LogFormat};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -141,7 +141,7 @@ fn init_logging(config: &Config) {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    if config.log.format == "json" {
+    if config.log.format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
@@ -224,24 +224,26 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
     if node.config.api.key.is_empty() {
         tracing::warn!("api.key is empty: the server API and /metrics answer only requests made on this host (loopback peer and Host, no foreign Origin, Content-Type: application/json)");
     }
-    match node.config.broker.kind.as_str() {
-        "redis" => tracing::info!(
+    match node.config.broker.kind {
+        BrokerKind::Redis => tracing::info!(
             addresses = ?node.config.broker.redis_addresses,
             prefix = %node.config.broker.prefix,
             "broker: redis (cluster), history and presence: redis"
         ),
-        "redis_cluster" => tracing::info!(
+        BrokerKind::RedisCluster => tracing::info!(
             seeds = ?node.config.broker.redis_addresses,
             prefix = %node.config.broker.prefix,
             "broker: redis cluster (sharded pub/sub), history and presence: redis cluster"
         ),
-        "nats" => tracing::info!(
+        BrokerKind::Nats => tracing::info!(
             urls = ?node.config.broker.nats_urls,
             prefix = %node.config.broker.prefix,
             jetstream = node.config.broker.nats_jetstream,
             "broker: nats (cluster), history: none, presence: nats jetstream kv"
         ),
-        _ => tracing::info!("broker: memory (single node), history and presence: memory"),
+        BrokerKind::Memory => {
+            tracing::info!("broker: memory (single node), history and presence: memory")
+        }
     }
     if let Some(demo_token) = demo_token {
         tracing::info!("try it: connect with token {demo_token} (user \"demo\", valid 24h), then");

@@ -5,7 +5,7 @@
 
 mod support;
 
-use herald::config::Config;
+use herald::config::{Config, FsyncSetting, StoreSetting};
 use herald_devices::sim::{self, Fix, Route};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -64,8 +64,8 @@ fn pg_devices(c: &mut Config, dir: &Path, store: String) {
     l.h02 = String::new();
     l.osmand = String::new();
     c.devices.spool_dir = dir.join("spool").display().to_string();
-    c.devices.store = store;
-    c.devices.fsync = "always".into();
+    c.devices.store = StoreSetting::Postgres(store);
+    c.devices.fsync = FsyncSetting::Always;
     c.channel.namespaces.push(open_namespace("devices"));
 }
 

@@ -11,6 +11,11 @@
 //! the connection with the code it shows. When `php` with the curl extension is installed, the PHP
 //! blocks marked `<!-- docs-test: php -->` run too, and the token from the block marked
 //! `<!-- docs-test: php-token -->` must be accepted by the server.
+//!
+//! The configuration errors shown in docs/configuration.md are checked too: a ```toml block marked
+//! `<!-- docs-test: config-file -->` is written as `herald.toml`, each line of the next ```sh block
+//! marked `<!-- docs-test: config-run -->` runs next to it, and together they must print exactly
+//! the block marked `<!-- docs-test: config-output -->` that follows.
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -71,9 +76,15 @@ fn code_blocks(markdown: &str) -> Vec<Block> {
     blocks
 }
 
-fn docs_api() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/api.md");
+fn docs_page(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn docs_api() -> String {
+    docs_page("api.md")
 }
 
 /// The `herald` binary running on a free loopback port; killed on drop.
@@ -458,5 +469,80 @@ async fn every_curl_example_in_the_api_docs_works() {
     assert!(
         connected["connect"]["subs"].get("site:everyone").is_some(),
         "PHP token accepted: {connected}"
+    );
+}
+
+/// What `line` prints (standard output, then standard error) when run through `sh -c` in `dir`,
+/// with the `herald` under test first on `PATH` and no setting from the test's environment.
+fn printed_by(line: &str, dir: &Path) -> String {
+    let bin = Path::new(env!("CARGO_BIN_EXE_herald"))
+        .parent()
+        .expect("the binary's directory");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(line)
+        .current_dir(dir)
+        .env("PATH", path)
+        // A backtrace would follow the message.
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HERALD_") {
+            command.env_remove(key);
+        }
+    }
+    let output = command.output().expect("run sh");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn every_config_error_example_in_the_configuration_docs_is_what_herald_prints() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut file: Option<String> = None;
+    let mut printed: Option<(usize, String)> = None;
+    let mut checked = 0;
+    for block in code_blocks(&docs_page("configuration.md")) {
+        match block.marker.as_deref() {
+            Some("docs-test: config-file") => file = Some(block.text),
+            Some("docs-test: config-run") => {
+                let text = file.as_deref().unwrap_or_else(|| {
+                    panic!("line {}: no config-file block before it", block.line)
+                });
+                std::fs::write(dir.path().join("herald.toml"), text).expect("write herald.toml");
+                let output: String = block
+                    .text
+                    .lines()
+                    .filter(|line| !line.trim().is_empty())
+                    .map(|line| printed_by(line, dir.path()))
+                    .collect();
+                printed = Some((block.line, output));
+            }
+            Some("docs-test: config-output") => {
+                let (line, output) = printed.take().unwrap_or_else(|| {
+                    panic!("line {}: no config-run block before it", block.line)
+                });
+                assert_eq!(
+                    output.trim_end(),
+                    block.text.trim_end(),
+                    "docs/configuration.md line {line}: what herald prints"
+                );
+                checked += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        checked >= 2,
+        "only {checked} config-output blocks found in docs/configuration.md"
     );
 }

@@ -6,7 +6,7 @@ mod support;
 use async_trait::async_trait;
 use herald::brokers::leases::LeaseStore;
 use herald::brokers::MemoryLeases;
-use herald::config::FeedConfig;
+use herald::config::{FeedConfig, FeedKind, FeedPayload};
 use herald::edges::feeds::mapping::Mapped;
 use herald::edges::feeds::{mapping_of, FeedMetrics, FeedPublishError, FeedRunner, FeedSink};
 use parking_lot::Mutex;
@@ -368,7 +368,7 @@ async fn redis_publish(channel: &str, payload: &str) {
 fn redis_feed(url: String, prefix: &str) -> FeedConfig {
     FeedConfig {
         name: "stocks".into(),
-        kind: "redis".into(),
+        kind: FeedKind::Redis,
         url,
         subscribe: vec![format!("{prefix}:ticker:*")],
         channel: "market:{$source[2]}".into(),
@@ -393,7 +393,7 @@ async fn a_redis_pattern_feed_reaches_subscribers_and_survives_a_stalled_redis()
         text.name = "text".into();
         text.subscribe = vec![format!("{prefix}:raw:*")];
         text.channel = "quotes:{$source[2]}".into();
-        text.payload = "text".into();
+        text.payload = FeedPayload::Text;
         c.feeds.push(text);
     })
     .await;
@@ -462,7 +462,7 @@ async fn a_nats_subject_feed_reaches_subscribers() {
         c.channel.namespaces.push(open_namespace("ticks"));
         c.feeds.push(FeedConfig {
             name: "ticks".into(),
-            kind: "nats".into(),
+            kind: FeedKind::Nats,
             url: nats_url.clone(),
             subscribe: vec![format!("{prefix}.ticks.>")],
             channel: "ticks:{$source[2]}.{$source[3]}".into(),

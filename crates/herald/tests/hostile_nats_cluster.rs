@@ -8,7 +8,7 @@
 
 mod support;
 
-use herald::config::Config;
+use herald::config::{BrokerKind, Config};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -101,7 +101,7 @@ impl NatsCluster {
 /// history in the namespaces), short timers.
 fn configure(url: String, prefix: String) -> impl Fn(&mut Config) {
     move |c: &mut Config| {
-        c.broker.kind = "nats".into();
+        c.broker.kind = BrokerKind::Nats;
         c.broker.nats_urls = vec![url.clone()];
         c.broker.nats_jetstream = false;
         c.broker.prefix = prefix.clone();

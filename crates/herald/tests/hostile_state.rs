@@ -361,7 +361,7 @@ async fn reads_of_new_channels_write_no_redis_keys() {
 
 /// A node on the shared NATS under `nats`'s prefix and buckets, with timers for a loaded node.
 fn nats_broker(c: &mut Config, nats: &NatsState) {
-    c.broker.kind = "nats".into();
+    c.broker.kind = herald::config::BrokerKind::Nats;
     c.broker.nats_urls = vec![test_nats()];
     nats.configure(c);
     c.broker.command_timeout = Duration::from_secs(2);
@@ -537,7 +537,7 @@ async fn oversized_api_and_client_publications_are_refused_naming_the_limit() {
 fn feed_base(name: &str, kind: &str, url: String) -> FeedConfig {
     FeedConfig {
         name: name.into(),
-        kind: kind.into(),
+        kind: kind.parse().expect("a feed kind"),
         url,
         reconnect_min: Duration::from_millis(50),
         reconnect_max: Duration::from_millis(200),

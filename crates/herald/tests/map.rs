@@ -3,7 +3,7 @@
 
 mod support;
 
-use herald::config::Config;
+use herald::config::{Config, FsyncSetting, StoreSetting};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
@@ -21,8 +21,8 @@ fn with_devices(c: &mut Config, dir: &Path) {
     }
     l.jsonl = "127.0.0.1:0".into();
     c.devices.spool_dir = dir.join("spool").display().to_string();
-    c.devices.store = format!("sqlite:{}", dir.join("herald.db").display());
-    c.devices.fsync = "never".into();
+    c.devices.store = StoreSetting::Sqlite(dir.join("herald.db").display().to_string());
+    c.devices.fsync = FsyncSetting::Never;
     c.channel.namespaces.push(herald::config::NamespaceOptions {
         allow_subscribe_for_client: false,
         ..open_namespace("devices")

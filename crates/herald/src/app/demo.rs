@@ -3,7 +3,7 @@
 
 use crate::app::server::Server;
 use crate::app::simulate::{SimProtocol, SimulateOptions, SimulateReport};
-use crate::config::{Config, NamespaceOptions};
+use crate::config::{Config, FsyncSetting, NamespaceOptions, StoreSetting};
 use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,9 +57,9 @@ pub fn configure(config: &mut Config, dir: &Path) -> anyhow::Result<()> {
         *address = loopback.clone();
     }
     devices.spool_dir = dir.join("spool").display().to_string();
-    devices.store = format!("sqlite:{}", dir.join("herald.db").display());
+    devices.store = StoreSetting::Sqlite(dir.join("herald.db").display().to_string());
     // A demo's positions are worth no fsync.
-    devices.fsync = "never".into();
+    devices.fsync = FsyncSetting::Never;
     if devices.fleet_channel.is_empty() {
         devices.fleet_channel = "devices:fleet".into();
     }

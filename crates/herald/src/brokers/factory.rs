@@ -6,7 +6,7 @@ use super::memory::{MemoryBroker, MemoryLeases, MemoryPresence};
 use super::nats::{NatsBroker, NatsLeases};
 use super::redis::{RedisBroker, RedisLeases, Topology};
 use super::{Broker, BrokerError, PresenceStore};
-use crate::config::Config;
+use crate::config::{BrokerKind, Config};
 use std::sync::Arc;
 
 /// What a node needs of its backend.
@@ -50,11 +50,11 @@ impl Backend {
 
 /// The links `config.broker.kind` names. Nothing connects yet (see [`Backend::start`]).
 pub fn build(config: &Config) -> Result<Links, BrokerError> {
-    match config.broker.kind.as_str() {
-        "redis" => redis(config, Topology::Single),
-        "redis_cluster" => redis(config, Topology::Cluster),
-        "nats" => nats(config),
-        _ => Ok(memory(config)),
+    match config.broker.kind {
+        BrokerKind::Redis => redis(config, Topology::Single),
+        BrokerKind::RedisCluster => redis(config, Topology::Cluster),
+        BrokerKind::Nats => nats(config),
+        BrokerKind::Memory => Ok(memory(config)),
     }
 }
 

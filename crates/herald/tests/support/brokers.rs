@@ -94,14 +94,14 @@ impl Share {
         c.broker.prefix = self.prefix.clone();
         match &self.owned {
             Owned::Nothing => {
-                c.broker.kind = "redis".into();
+                c.broker.kind = herald::config::BrokerKind::Redis;
                 c.broker.redis_addresses = vec![url.to_string()];
             }
             Owned::RedisCluster(_) => {
                 panic!("a Redis Cluster is reached through its own addresses, not one url")
             }
             Owned::Nats(nats) => {
-                c.broker.kind = "nats".into();
+                c.broker.kind = herald::config::BrokerKind::Nats;
                 c.broker.nats_urls = vec![url.to_string()];
                 nats.configure(c);
             }

@@ -520,8 +520,9 @@ pub fn enable_devices(c: &mut Config, dir: &std::path::Path, fsync: &str) {
         *a = "127.0.0.1:0".into();
     }
     c.devices.spool_dir = dir.join("spool").display().to_string();
-    c.devices.store = format!("sqlite:{}", dir.join("herald.db").display());
-    c.devices.fsync = fsync.into();
+    c.devices.store =
+        herald::config::StoreSetting::Sqlite(dir.join("herald.db").display().to_string());
+    c.devices.fsync = fsync.parse().expect("a devices.fsync setting");
     c.channel.namespaces.push(open_namespace("devices"));
 }
 

@@ -284,7 +284,7 @@ impl RedisCluster {
     /// [`super::brokers::short_timers`].
     pub fn configure(&self, config: &mut herald::config::Config, prefix: &str) {
         super::brokers::short_timers(config);
-        config.broker.kind = "redis_cluster".into();
+        config.broker.kind = herald::config::BrokerKind::RedisCluster;
         config.broker.redis_addresses = self.seeds();
         config.broker.prefix = prefix.to_string();
     }

@@ -130,10 +130,7 @@ impl DeviceIngest {
         budget: &crate::edges::descriptors::Budget,
     ) -> anyhow::Result<Arc<DeviceIngest>> {
         let cfg = node.config.devices.clone();
-        let fsync = match cfg
-            .fsync_setting()
-            .map_err(|m| anyhow::anyhow!("devices.fsync: {m}"))?
-        {
+        let fsync = match cfg.fsync {
             FsyncSetting::Always => FsyncPolicy::Always,
             FsyncSetting::Never => FsyncPolicy::Never,
             FsyncSetting::Every(d) => FsyncPolicy::EveryMillis((d.as_millis() as u64).max(1)),
@@ -150,10 +147,7 @@ impl DeviceIngest {
             .context("devices.spool_dir: opening the spool failed")?
             .with_context(|| format!("devices.spool_dir: cannot open {:?}", cfg.spool_dir))?;
         let spool = SpoolHandle::new(spool);
-        let store: Arc<dyn Store> = match cfg
-            .store_setting()
-            .map_err(|m| anyhow::anyhow!("devices.store: {m}"))?
-        {
+        let store: Arc<dyn Store> = match cfg.store.clone() {
             StoreSetting::Sqlite(path) => {
                 if let Some(parent) = std::path::Path::new(&path).parent() {
                     if !parent.as_os_str().is_empty() {

@@ -12,7 +12,7 @@ pub mod source;
 pub mod upstream;
 
 use crate::brokers::leases::LeaseStore;
-use crate::config::FeedConfig;
+use crate::config::{FeedConfig, FeedPayload};
 use crate::node::{Node, PublishError};
 use async_trait::async_trait;
 use mapping::{Mapped, Mapping, Skip, Template};
@@ -151,7 +151,7 @@ impl FeedMetrics {
 /// Builds a feed's mapping from its (validated) configuration.
 pub fn mapping_of(cfg: &FeedConfig) -> Result<Mapping, mapping::TemplateError> {
     Ok(Mapping {
-        text_payload: cfg.payload == "text",
+        text_payload: cfg.payload == FeedPayload::Text,
         items: cfg.items.clone(),
         matches: cfg
             .matches

@@ -3,7 +3,7 @@
 //! the reader (and the upstream's own buffer limits apply) instead of queueing without bound.
 
 use super::upstream::{self, UpstreamError};
-use crate::config::FeedConfig;
+use crate::config::{FeedConfig, FeedKind};
 use futures_util::StreamExt;
 use std::time::Duration;
 
@@ -40,8 +40,8 @@ fn redis_error(e: redis::RedisError) -> UpstreamError {
 
 /// Opens the feed's source and subscribes.
 pub async fn open(cfg: &FeedConfig) -> Result<Source, UpstreamError> {
-    match cfg.kind.as_str() {
-        "redis" => {
+    match cfg.kind {
+        FeedKind::Redis => {
             let client = redis::Client::open(cfg.url.as_str())
                 .map_err(|e| UpstreamError::Url(e.to_string()))?;
             let pubsub = tokio::time::timeout(cfg.connect_timeout, client.get_async_pubsub())
@@ -64,7 +64,7 @@ pub async fn open(cfg: &FeedConfig) -> Result<Source, UpstreamError> {
                 timeout: cfg.connect_timeout,
             })
         }
-        "nats" => {
+        FeedKind::Nats => {
             let client = async_nats::ConnectOptions::new()
                 .connection_timeout(cfg.connect_timeout)
                 .ping_interval(cfg.heartbeat_interval)
@@ -90,7 +90,7 @@ pub async fn open(cfg: &FeedConfig) -> Result<Source, UpstreamError> {
                 subscribers,
             })
         }
-        _ => Ok(Source::WebSocket {
+        FeedKind::Websocket => Ok(Source::WebSocket {
             url: cfg.url.clone(),
             conn: Box::new(upstream::connect(cfg).await?),
         }),
