@@ -338,10 +338,7 @@ async fn rss_stays_bounded_after_repeated_max_size_batches() {
     };
     // Warm-up: allocator arenas and buffers reach their working size.
     for reply in futures_util::future::join_all((0..2).map(|_| round(big.clone()))).await {
-        assert_eq!(
-            reply["result"]["replies"].as_array().map(Vec::len),
-            Some(1000)
-        );
+        assert_eq!(reply["replies"].as_array().map(Vec::len), Some(1000));
     }
     let before = herald.rss_kib();
     let started = Instant::now();
@@ -353,10 +350,7 @@ async fn rss_stays_bounded_after_repeated_max_size_batches() {
         )
         .await;
         for reply in &replies[..2] {
-            assert_eq!(
-                reply["result"]["replies"].as_array().map(Vec::len),
-                Some(1000)
-            );
+            assert_eq!(reply["replies"].as_array().map(Vec::len), Some(1000));
         }
         for reply in &replies[2..] {
             assert_eq!(reply["error"]["code"], 107, "{reply}");
