@@ -377,17 +377,48 @@ async fn refresh_extends_the_connection() {
 }
 
 #[tokio::test]
-async fn connection_expires_without_refresh() {
-    let server = TestServer::start().await;
+async fn connection_expires_without_refresh_after_the_grace() {
+    let server = TestServer::with(|c| c.client.expired_close_delay = Duration::from_secs(2)).await;
     let mut client = Client::open(&server.ws_url()).await;
+    let exp = now() + 1;
     client
-        .connect(&token_with(json!({"sub": "erin", "exp": now() + 2})))
+        .connect(&token_with(json!({"sub": "erin", "exp": exp})))
         .await;
+    // Past the token's expiry, within client.expired_close_delay: still open for a refresh.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert!(now() > exp);
+    assert!(
+        client.call("ping", json!({})).await.get("ping").is_some(),
+        "open during the grace"
+    );
     let closed = client
-        .closed_within(Duration::from_secs(6))
+        .closed_within(Duration::from_secs(4))
         .await
         .expect("closed");
     assert_eq!(closed, Closed::Code(3005, "connection expired".into()));
+}
+
+#[tokio::test]
+async fn a_refresh_after_the_expiry_within_the_grace_keeps_the_connection() {
+    let server = TestServer::with(|c| c.client.expired_close_delay = Duration::from_secs(3)).await;
+    let mut client = Client::open(&server.ws_url()).await;
+    let exp = now() + 1;
+    client
+        .connect(&token_with(json!({"sub": "erin", "exp": exp})))
+        .await;
+    // The SDK refreshes late: after the token expired (as a slow getToken does).
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert!(now() > exp);
+    let reply = client
+        .call(
+            "refresh",
+            json!({"token": token_with(json!({"sub": "erin", "exp": now() + 3600}))}),
+        )
+        .await;
+    assert_eq!(reply["refresh"]["expires"], true, "{reply}");
+    // Past the old expiry plus the grace: nothing closes the connection.
+    assert_eq!(client.closed_within(Duration::from_secs(3)).await, None);
+    assert!(client.call("ping", json!({})).await.get("ping").is_some());
 }
 
 #[tokio::test]
@@ -520,7 +551,8 @@ async fn anonymous_clients_need_the_anonymous_permission_too() {
 
 #[tokio::test]
 async fn expired_subscription_is_unsubscribed_with_resubscribe_code() {
-    let server = TestServer::start().await;
+    let server =
+        TestServer::with(|c| c.client.expired_sub_close_delay = Duration::from_secs(1)).await;
     let mut client = server.client("alice").await;
     let sub_token =
         token_with(json!({"sub": "alice", "channel": "locked:short", "exp": now() + 2}));
@@ -559,6 +591,54 @@ async fn replies_before_a_fatal_command_are_still_delivered() {
     assert_eq!(
         client.closed().await,
         Closed::Code(3501, "bad request".into())
+    );
+}
+
+#[tokio::test]
+async fn a_sub_refresh_after_the_expiry_within_the_grace_keeps_the_subscription() {
+    let server =
+        TestServer::with(|c| c.client.expired_sub_close_delay = Duration::from_secs(3)).await;
+    let sub_token =
+        |exp: i64| token_with(json!({"sub": "alice", "channel": "locked:late", "exp": exp}));
+    let mut client = server.client("alice").await;
+    let exp = now() + 1;
+    let reply = client
+        .call(
+            "subscribe",
+            json!({"channel": "locked:late", "token": sub_token(exp)}),
+        )
+        .await;
+    assert_eq!(reply["subscribe"]["expires"], true, "{reply}");
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert!(now() > exp);
+    let refreshed = client
+        .call(
+            "sub_refresh",
+            json!({"channel": "locked:late", "token": sub_token(now() + 3600)}),
+        )
+        .await;
+    assert_eq!(refreshed["sub_refresh"]["expires"], true, "{refreshed}");
+    // Past the old expiry plus the grace: no unsubscribe push, and publications still arrive.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server
+        .api_ok(
+            "publish",
+            json!({"channel": "locked:late", "data": {"n": 1}}),
+        )
+        .await;
+    // Only this channel's pushes matter (the personal channel has its own join pushes).
+    let push = loop {
+        let push = client
+            .next_within(Duration::from_secs(2))
+            .await
+            .expect("a push on locked:late");
+        if push["push"]["channel"] == "locked:late" {
+            break push;
+        }
+    };
+    assert!(
+        push["push"].get("pub").is_some(),
+        "a publication, not an unsubscribe: {push}"
     );
 }
 

@@ -58,6 +58,13 @@ pub struct ClientConfig {
     pub max_ping_rate: u32,
     /// Burst of WebSocket pings allowed above the sustained rate.
     pub ping_burst: u32,
+    /// How long a connection stays open after its token expired, for the client's `refresh` to
+    /// arrive (SDKs refresh around the expiry, not before it); then it closes with 3005.
+    #[serde(with = "humantime_serde")]
+    pub expired_close_delay: Duration,
+    /// The same for a subscription token and `sub_refresh`; then the subscription ends with 2501.
+    #[serde(with = "humantime_serde")]
+    pub expired_sub_close_delay: Duration,
     pub token: TokenConfig,
 }
 
@@ -84,6 +91,8 @@ impl Default for ClientConfig {
             write_timeout: Duration::from_secs(10),
             max_ping_rate: 2,
             ping_burst: 10,
+            expired_close_delay: Duration::from_secs(25),
+            expired_sub_close_delay: Duration::from_secs(25),
             token: TokenConfig::default(),
         }
     }

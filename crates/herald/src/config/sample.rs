@@ -76,6 +76,10 @@ write_timeout = "10s"
 # max_ping_rate = 0 disables the limit.
 max_ping_rate = 2
 ping_burst = 10
+# After a connection or subscription token expires, how long the client has to send its
+# refresh before the connection closes (3005) or the subscription ends (2501).
+expired_close_delay = "25s"
+expired_sub_close_delay = "25s"
 
 [client.token]
 # Connection and subscription tokens are JWTs. Configure at least one key source.

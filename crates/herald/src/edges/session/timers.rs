@@ -2,6 +2,7 @@
 //! expiry of the connection and of its subscriptions.
 
 use super::{Close, Ending, Session};
+use crate::hooks::proxy::Hook;
 use bytes::Bytes;
 use herald_protocol::{Disconnect, UnsubscribeCode, PING};
 use std::time::Instant;
@@ -18,18 +19,31 @@ impl Session {
             .ws
             .stalled_since()
             .map(|since| since + self.node.config.client.write_timeout);
-        for candidate in [self.pong_deadline, self.expires_at, write_stall]
+        for candidate in [self.pong_deadline, self.connection_close_at(), write_stall]
             .into_iter()
             .flatten()
         {
             deadline = deadline.min(candidate);
         }
+        let grace = self.node.config.client.expired_sub_close_delay;
         for sub in self.subs.values() {
             if let Some(at) = sub.expires_at {
-                deadline = deadline.min(at);
+                deadline = deadline.min(at + grace);
             }
         }
         deadline
+    }
+
+    /// When an expired connection closes. A client refreshes its own token: it gets
+    /// `client.expired_close_delay` past the expiry, so an SDK that refreshes at the expiry is
+    /// never closed. A connection the backend authenticated is refreshed by the refresh hook at
+    /// the expiry itself (`refresh_by_backend`, which runs first).
+    fn connection_close_at(&self) -> Option<Instant> {
+        let at = self.expires_at?;
+        if self.backend_auth && self.node.hooks.proxy_for(Hook::Refresh).is_some() {
+            return Some(at);
+        }
+        Some(at + self.node.config.client.expired_close_delay)
     }
 
     pub(super) fn on_timer(&mut self) -> Result<(), Close> {
@@ -61,7 +75,7 @@ impl Session {
         if self.pong_deadline.is_some_and(|d| now >= d) {
             return Err(unresponsive(Disconnect::NO_PONG, self.ws.is_writing()));
         }
-        if self.expires_at.is_some_and(|at| now >= at) {
+        if self.connection_close_at().is_some_and(|at| now >= at) {
             return Err(Disconnect::EXPIRED.into());
         }
         if now >= self.next_ping {
@@ -72,14 +86,16 @@ impl Session {
         Ok(())
     }
 
-    /// Ends subscriptions whose token expired without a `sub_refresh`: the client gets an unsubscribe
-    /// push with code 2501, on which SDKs fetch a new subscription token and resubscribe.
+    /// Ends subscriptions whose token expired without a `sub_refresh` within
+    /// `client.expired_sub_close_delay`: the client gets an unsubscribe push with code 2501, on
+    /// which SDKs fetch a new subscription token and resubscribe.
     pub(super) async fn expire_subscriptions(&mut self) -> Result<(), Close> {
         let now = Instant::now();
+        let grace = self.node.config.client.expired_sub_close_delay;
         let expired: Vec<String> = self
             .subs
             .iter()
-            .filter(|(_, s)| s.expires_at.is_some_and(|at| now >= at))
+            .filter(|(_, s)| s.expires_at.is_some_and(|at| now >= at + grace))
             .map(|(c, _)| c.clone())
             .collect();
         for channel in expired {
