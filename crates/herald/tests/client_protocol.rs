@@ -376,17 +376,24 @@ async fn refresh_extends_the_connection() {
     assert_eq!(reply["refresh"]["expires"], true);
 }
 
-#[tokio::test]
-async fn connection_expires_without_refresh_after_the_grace() {
-    let server = TestServer::with(|c| c.client.expired_close_delay = Duration::from_secs(2)).await;
+/// A connection whose token expires 1 s after connecting, on a node giving `grace` after the
+/// expiry (`client.expired_close_delay`); returned once the token has expired.
+async fn connection_past_its_expiry(grace: Duration) -> (TestServer, Client) {
+    let server = TestServer::with(|c| c.client.expired_close_delay = grace).await;
     let mut client = Client::open(&server.ws_url()).await;
     let exp = now() + 1;
     client
         .connect(&token_with(json!({"sub": "erin", "exp": exp})))
         .await;
-    // Past the token's expiry, within client.expired_close_delay: still open for a refresh.
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     assert!(now() > exp);
+    (server, client)
+}
+
+#[tokio::test]
+async fn connection_expires_without_refresh_after_the_grace() {
+    // Past the token's expiry, within client.expired_close_delay: still open for a refresh.
+    let (_server, mut client) = connection_past_its_expiry(Duration::from_secs(2)).await;
     assert!(
         client.call("ping", json!({})).await.get("ping").is_some(),
         "open during the grace"
@@ -400,15 +407,8 @@ async fn connection_expires_without_refresh_after_the_grace() {
 
 #[tokio::test]
 async fn a_refresh_after_the_expiry_within_the_grace_keeps_the_connection() {
-    let server = TestServer::with(|c| c.client.expired_close_delay = Duration::from_secs(3)).await;
-    let mut client = Client::open(&server.ws_url()).await;
-    let exp = now() + 1;
-    client
-        .connect(&token_with(json!({"sub": "erin", "exp": exp})))
-        .await;
     // The SDK refreshes late: after the token expired (as a slow getToken does).
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
-    assert!(now() > exp);
+    let (_server, mut client) = connection_past_its_expiry(Duration::from_secs(3)).await;
     let reply = client
         .call(
             "refresh",
