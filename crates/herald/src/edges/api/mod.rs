@@ -178,8 +178,10 @@ struct ChannelsParams {
     pattern: String,
 }
 
-/// Runs one API method and returns its `result` as JSON text. `Err(None)` is an unknown method.
-/// A `batch` writes its replies one by one into that text, so their trees never pile up.
+/// Runs one API method and returns the response body: `{"result": ...}`, or for a `batch`
+/// `{"replies": [...]}` at the top as Centrifugo answers it (its clients, `cent` among them, read
+/// `replies` there). `Err(None)` is an unknown method. A batch writes its replies one by one into
+/// the body, so their trees never pile up.
 pub async fn handle(
     node: &Node,
     devices: Option<&DeviceIngest>,
@@ -193,8 +195,12 @@ pub async fn handle(
             .inc();
         return Box::pin(batch(node, devices, raw)).await.map_err(Some);
     }
-    let result = call(node, devices, method, raw).await?;
-    Ok(result.to_string())
+    let result = call(node, devices, method, raw).await?.to_string();
+    let mut body = String::with_capacity(result.len() + 11);
+    body.push_str("{\"result\":");
+    body.push_str(&result);
+    body.push('}');
+    Ok(body)
 }
 
 /// Runs one API method. `Err(None)` is an unknown method.

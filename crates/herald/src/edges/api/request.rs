@@ -409,18 +409,7 @@ impl<'de> Visitor<'de> for CommandsSeed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
+    use crate::edges::http::handshake::tests::headers;
 
     fn local(pairs: &[(&str, &str)]) -> Result<(), &'static str> {
         let uri: Uri = "/api/publish".parse().unwrap();

@@ -155,19 +155,9 @@ async fn api(
     // Every publication of the request is queued before any connection writes (crate::core::wakes).
     match crate::core::wakes::batched(crate::edges::api::handle(&node, devices, method, &raw)).await
     {
-        // A batch answers `{"replies": [...]}` as it is, like Centrifugo (its clients, `cent`
-        // among them, read `replies` at the top); every other method wraps its `result`.
-        Ok(result) if method == "batch" => {
+        Ok(body) => {
             drop(raw);
-            respond(StatusCode::OK, "application/json", result)
-        }
-        Ok(result) => {
-            drop(raw);
-            let mut out = String::with_capacity(result.len() + 11);
-            out.push_str("{\"result\":");
-            out.push_str(&result);
-            out.push('}');
-            respond(StatusCode::OK, "application/json", out)
+            respond(StatusCode::OK, "application/json", body)
         }
         Err(Some(e)) => json_response(StatusCode::OK, &e.to_json()),
         Err(None) => api_error(
