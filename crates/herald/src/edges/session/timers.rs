@@ -40,7 +40,15 @@ impl Session {
     /// the expiry itself (`refresh_by_backend`, which runs first).
     fn connection_close_at(&self) -> Option<Instant> {
         let at = self.expires_at?;
-        if self.backend_auth && self.node.hooks.proxy_for(Hook::Refresh).is_some() {
+        // Checked on every pass of the loop: look at the proxy without cloning it.
+        let refresh_hook = || {
+            self.node
+                .hooks
+                .proxy
+                .as_ref()
+                .is_some_and(|p| p.has(Hook::Refresh))
+        };
+        if self.backend_auth && refresh_hook() {
             return Some(at);
         }
         Some(at + self.node.config.client.expired_close_delay)
