@@ -15,6 +15,10 @@ use tokio::net::TcpStream;
 /// hyper's `header_read_timeout` as the transport configures it.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The tests of this file run one at a time: the first counts the process's descriptors, which
+/// the others' sockets would move under it.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
@@ -72,6 +76,7 @@ async fn closed_by_server(mut stream: TcpStream, started: Instant, within: Durat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_sockets_and_slowloris_heads_are_cut_at_the_header_timeout() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start().await;
     let mut honest = server.client("honest").await;
     honest.subscribe("chat:honest").await;
@@ -110,9 +115,11 @@ async fn silent_sockets_and_slowloris_heads_are_cut_at_the_header_timeout() {
             }
         }));
     }
+    // The server accepts from its backlog at its own pace; a connect returns before that.
     assert!(
-        open_fds() >= baseline + 600,
-        "both ends of 300 sockets are open"
+        eventually(WAIT, || open_fds() >= baseline + 600).await,
+        "both ends of 300 sockets are open: {} open, {baseline} before",
+        open_fds()
     );
 
     let publishing = publisher(&server, "chat:honest", 60, Duration::from_millis(200));
@@ -149,6 +156,7 @@ async fn silent_sockets_and_slowloris_heads_are_cut_at_the_header_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_numerous_headers_get_431_and_hold_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start().await;
     let mut honest = server.client("honest").await;
     honest.subscribe("chat:honest").await;
@@ -189,6 +197,7 @@ async fn oversized_and_numerous_headers_get_431_and_hold_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_announcing_huge_payloads_close_with_1009_before_any_is_buffered() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let server = TestServer::with(|c| c.client.max_message_size = 4096).await;
     let mut honest = server.client("honest").await;
     honest.subscribe("chat:honest").await;
