@@ -67,7 +67,7 @@ fi
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     if setup_js; then
         log "running centrifuge-js suite"
-        (cd "$HERE/js" && node --test sdk_test.mjs) || status=1
+        (cd "$HERE/js" && node --test ./*_test.mjs) || status=1
     else
         log "FAILED to install JS dependencies"
         status=1
