@@ -2,10 +2,11 @@
 //! session task.
 
 use super::response::{respond, Body};
-use crate::edges::session::Session;
+use crate::edges::session::{Session, Transport};
 use crate::edges::ws::WsConn;
 use crate::node::Node;
 use bytes::Bytes;
+use herald_protocol::Format;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -92,7 +93,10 @@ pub(super) fn websocket(
                     let ws = WsConn::new(parts.io.into_inner(), &parts.read_buf, max);
                     // hyper's read buffer (8 KiB) must not live as long as the connection.
                     drop(parts.read_buf);
-                    Session::new(node, ws, forwarded).run().await;
+                    let conn = Transport::WebSocket(ws);
+                    Session::new(node, conn, Format::Json, forwarded)
+                        .run()
+                        .await;
                 }
                 Err(_) => tracing::warn!("websocket upgrade over an unexpected transport"),
             },

@@ -4,7 +4,7 @@
 use super::{Close, Handled, Refusal, Session};
 use crate::core::metrics::MethodLabel;
 use bytes::Bytes;
-use herald_protocol::{encode_reply, Disconnect, ErrorCode, Method, ReplyBody, ReplyError};
+use herald_protocol::{Disconnect, ErrorCode, Method, ReplyBody, ReplyError};
 use std::time::Instant;
 
 /// A client that rejects this many commands in a row for rate is disconnected.
@@ -62,7 +62,7 @@ impl Session {
             return;
         }
         let mut out = Vec::new();
-        encode_reply(id, body, &mut out);
+        self.format.encode_reply(id, body, &mut out);
         self.queue(Bytes::from(out));
     }
 

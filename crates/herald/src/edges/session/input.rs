@@ -3,7 +3,7 @@
 
 use super::{Close, Ending, Session};
 use crate::edges::ws::{Incoming, WsError};
-use herald_protocol::{decode_frame, Disconnect, Method};
+use herald_protocol::{Disconnect, Method};
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ impl Session {
     /// allows.
     pub(super) async fn read_input(&mut self) -> Result<(), Close> {
         let mut incoming = Vec::new();
-        let read = match self.ws.read_available(&mut incoming) {
+        let read = match self.conn.read_available(&mut incoming) {
             Ok(read) => read,
             Err(WsError::Eof) => return Err(Close::gone("connection closed")),
             Err(WsError::Io(e)) => {
@@ -44,7 +44,7 @@ impl Session {
         if read > 0 {
             self.node.metrics.bytes_in.inc_by(read as u64);
         }
-        let pings = self.ws.take_pings();
+        let pings = self.conn.take_pings();
         if pings > 0 {
             let now = Instant::now();
             if !(0..pings).all(|_| self.ping_bucket.take(now)) {
@@ -78,7 +78,7 @@ impl Session {
             match backlog.messages.pop_front() {
                 Some(Incoming::Message(payload)) => {
                     let max = self.node.config.client.max_commands_per_frame;
-                    let commands = match decode_frame(&payload, max) {
+                    let commands = match self.format.decode_frame(&payload, max) {
                         Ok(commands) => commands,
                         Err(e) => {
                             tracing::debug!(error = %e, "bad client frame");

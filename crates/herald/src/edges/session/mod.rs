@@ -3,7 +3,8 @@
 //!
 //! The work is split by job: `run` (the loop and closing), `input` (reading frames), `timers`
 //! (pings, timeouts, expiry), `output` (the outbox and writing), `dispatch` (command → handler),
-//! `connect`, `subscribe`, `commands` (the other commands) and `backend` (proxy hooks). The
+//! `connect`, `subscribe`, `commands` (the other commands), `backend` (proxy hooks) and `transport`
+//! (the connection it is served over: every transport shares all of the above). The
 //! decisions are pure functions with their own tests: `permissions`, `positioning`, `tokens`.
 
 mod backend;
@@ -19,17 +20,18 @@ mod run;
 mod subscribe;
 mod timers;
 mod tokens;
+mod transport;
 
 pub use close::{Close, Ending};
+pub use transport::Transport;
 
 use crate::core::outbox::OutItem;
 use crate::core::rate::TokenBucket;
 use crate::core::session_handle::SessionHandle;
-use crate::edges::ws::WsConn;
 use crate::hooks::HookCtx;
 use crate::node::Node;
 use bytes::Bytes;
-use herald_protocol::{ClientInfo, Disconnect, ErrorCode, ReplyBody, ReplyError};
+use herald_protocol::{ClientInfo, Disconnect, ErrorCode, Format, ReplyBody, ReplyError};
 use serde_json::value::RawValue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -72,7 +74,10 @@ impl From<Disconnect> for Refusal {
 
 pub struct Session {
     node: Arc<Node>,
-    ws: WsConn,
+    conn: Transport,
+    /// The wire format chosen at the handshake: every command is decoded and every reply and
+    /// push encoded through it.
+    format: Format,
     handle: Option<Arc<SessionHandle>>,
     user: String,
     conn_info: Option<Box<RawValue>>,
@@ -105,7 +110,8 @@ pub struct Session {
 impl Session {
     pub fn new(
         node: Arc<Node>,
-        ws: WsConn,
+        conn: Transport,
+        format: Format,
         forwarded: Vec<(http::HeaderName, http::HeaderValue)>,
     ) -> Session {
         let now = Instant::now();
@@ -116,7 +122,8 @@ impl Session {
             connect_deadline: now + c.connect_timeout,
             next_ping: now + c.ping_interval,
             node,
-            ws,
+            conn,
+            format,
             handle: None,
             user: String::new(),
             conn_info: None,

@@ -8,7 +8,7 @@ use super::{Close, Ending, Session};
 use crate::brokers::Control;
 use crate::core::outbox::OutItem;
 use bytes::Bytes;
-use herald_protocol::{encode_push, Disconnect, PushBody, UnsubscribeCode};
+use herald_protocol::{Disconnect, PushBody, UnsubscribeCode};
 
 /// Largest frame the server builds when it merges several messages into one.
 pub(super) const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -17,7 +17,7 @@ impl Session {
     /// Whether the output owed to the client (replies, pushes, pongs not yet handed to the
     /// kernel) has reached `client.max_outbox_bytes`.
     pub(super) fn output_full(&self) -> bool {
-        self.pending_bytes + self.ws.queued_out() >= self.node.config.client.max_outbox_bytes
+        self.pending_bytes + self.conn.queued_out() >= self.node.config.client.max_outbox_bytes
     }
 
     /// Tells the client the server ended its subscription to `channel`.
@@ -27,7 +27,7 @@ impl Session {
             code: code.code,
             reason: code.reason,
         };
-        encode_push(channel, &body, &mut out);
+        self.format.encode_push(channel, &body, &mut out);
         self.queue(Bytes::from(out));
     }
 
@@ -40,14 +40,14 @@ impl Session {
     /// Starts writing pending messages (merged with newlines into as few frames as possible) once
     /// the previous write is done, and hands the kernel what it takes without waiting.
     pub(super) fn write_some(&mut self) -> Result<(), Close> {
-        if !self.pending.is_empty() && !self.ws.is_writing() {
+        if !self.pending.is_empty() && !self.conn.is_writing() {
             let messages = std::mem::take(&mut self.pending);
             self.pending_bytes = 0;
-            let (bytes, frames) = self.ws.queue_text(&messages, MAX_BATCH_BYTES);
+            let (bytes, frames) = self.conn.queue_messages(&messages, MAX_BATCH_BYTES);
             self.node.metrics.bytes_out.inc_by(bytes as u64);
             self.node.metrics.frames_out.inc_by(frames as u64);
         }
-        match self.ws.try_write() {
+        match self.conn.try_write() {
             Ok(_) => Ok(()),
             Err(e) => {
                 tracing::debug!(error = %e, "websocket write failed");
@@ -144,10 +144,8 @@ impl Session {
                     *seen = (*seen).max(position.offset);
                 }
                 for publication in latest {
-                    self.queue(herald_protocol::encode_publication_push(
-                        &channel,
-                        &publication,
-                    ));
+                    let push = self.format.encode_publication_push(&channel, &publication);
+                    self.queue(push);
                 }
             }
             Err(e) => {
@@ -174,7 +172,8 @@ impl Session {
                 {
                     Ok(result) => {
                         let mut out = Vec::new();
-                        encode_push(&channel, &PushBody::Subscribe(&result), &mut out);
+                        let body = PushBody::Subscribe(&result);
+                        self.format.encode_push(&channel, &body, &mut out);
                         self.queue(Bytes::from(out));
                     }
                     Err(code) => tracing::debug!(%channel, %code, "server-side subscribe refused"),

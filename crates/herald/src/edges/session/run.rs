@@ -34,7 +34,7 @@ impl Session {
         match close.ending {
             Ending::Abort => {
                 self.pending.clear();
-                self.ws.abort(Some((close.code, &close.reason)));
+                self.conn.abort(Some((close.code, &close.reason)));
             }
             Ending::Silent => {}
             Ending::Polite | Ending::Brief => Box::pin(self.close_politely(&close)).await,
@@ -48,28 +48,28 @@ impl Session {
     async fn close_politely(&mut self, close: &Close) {
         let stall = self.node.config.client.write_timeout;
         let messages = std::mem::take(&mut self.pending);
-        let mut written = self.ws.write_queued(stall).await;
+        let mut written = self.conn.write_queued(stall).await;
         if written.is_ok() && !messages.is_empty() {
-            self.ws.queue_text(&messages, MAX_BATCH_BYTES);
-            written = self.ws.write_queued(stall).await;
+            self.conn.queue_messages(&messages, MAX_BATCH_BYTES);
+            written = self.conn.write_queued(stall).await;
         }
         drop(messages);
         if written.is_ok() {
-            self.ws.queue_close(close.code, &close.reason);
-            written = self.ws.write_queued(stall).await;
+            self.conn.queue_close(close.code, &close.reason);
+            written = self.conn.write_queued(stall).await;
         }
         match (written, close.ending) {
             // Give the peer a moment to acknowledge so the close frame is not lost in a reset.
-            (Ok(()), Ending::Polite) => self.ws.drain_until_closed(Duration::from_secs(1)).await,
-            (Ok(()), _) => self.ws.shutdown().await,
-            (Err(_), _) => self.ws.abort(None),
+            (Ok(()), Ending::Polite) => self.conn.drain_until_closed(Duration::from_secs(1)).await,
+            (Ok(()), _) => self.conn.shutdown().await,
+            (Err(_), _) => self.conn.abort(None),
         }
     }
 
     /// The connection's loop. The idle state is small on purpose (one task per connection, many
     /// thousands idle): the work done on each wake-up runs in boxed futures.
     async fn serve(&mut self) -> Close {
-        if self.ws.has_buffered() {
+        if self.conn.has_buffered() {
             if let Err(close) = Box::pin(self.read_input()).await {
                 return close;
             }
@@ -83,7 +83,7 @@ impl Session {
             if let Err(close) = self.write_some() {
                 return close;
             }
-            let writing = self.ws.is_writing();
+            let writing = self.conn.is_writing();
             // Reading waits while the output is over the bound or input is still unanswered, so
             // what a connection makes the server hold is bounded whatever it sends.
             let reading = self.backlog.is_none() && !self.output_full();
@@ -101,7 +101,7 @@ impl Session {
                     biased;
                     _ = node.shutdown.cancelled() => return Disconnect::SHUTDOWN.into(),
                     _ = wait_outbox(outbox) => Wake::Outbox,
-                    readable = self.ws.readable(), if reading => match readable {
+                    readable = self.conn.readable(), if reading => match readable {
                         Ok(()) => Wake::Readable,
                         Err(_) => return Close::gone("read error"),
                     },
@@ -135,11 +135,11 @@ impl Session {
             _ = self.node.shutdown.cancelled() => Err(Disconnect::SHUTDOWN.into()),
             // Marked slow while the write waits on a full socket: give up now.
             _ = wait_slowed(handle) => Err(Disconnect::SLOW.into()),
-            writable = self.ws.writable() => match writable {
+            writable = self.conn.writable() => match writable {
                 Ok(()) => Ok(Wake::Writable),
                 Err(_) => Err(Close::gone("write error")),
             },
-            readable = self.ws.readable(), if reading => match readable {
+            readable = self.conn.readable(), if reading => match readable {
                 Ok(()) => Ok(Wake::Readable),
                 Err(_) => Err(Close::gone("read error")),
             },

@@ -16,7 +16,7 @@ impl Session {
             self.next_ping
         };
         let write_stall = self
-            .ws
+            .conn
             .stalled_since()
             .map(|since| since + self.node.config.client.write_timeout);
         for candidate in [self.pong_deadline, self.connection_close_at(), write_stall]
@@ -58,7 +58,7 @@ impl Session {
         let now = Instant::now();
         let write_timeout = self.node.config.client.write_timeout;
         if self
-            .ws
+            .conn
             .stalled_since()
             .is_some_and(|since| now >= since + write_timeout)
         {
@@ -76,12 +76,12 @@ impl Session {
         };
         if self.handle.is_none() {
             if now >= self.connect_deadline {
-                return Err(unresponsive(Disconnect::STALE, self.ws.is_writing()));
+                return Err(unresponsive(Disconnect::STALE, self.conn.is_writing()));
             }
             return Ok(());
         }
         if self.pong_deadline.is_some_and(|d| now >= d) {
-            return Err(unresponsive(Disconnect::NO_PONG, self.ws.is_writing()));
+            return Err(unresponsive(Disconnect::NO_PONG, self.conn.is_writing()));
         }
         if self.connection_close_at().is_some_and(|at| now >= at) {
             return Err(Disconnect::EXPIRED.into());
