@@ -144,6 +144,25 @@ fn genconfig_checkconfig_and_errors_that_name_the_field() {
         "{out:?}"
     );
 
+    // A missing file: one line, its cause named once, no backtrace whatever RUST_BACKTRACE says.
+    let missing = dir.join("missing.toml");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&missing)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "error: cannot read {}: No such file or directory (os error 2)",
+            missing.display()
+        ),
+        "{out:?}"
+    );
+
     let out = Command::new(BIN)
         .arg("token")
         .arg("--config")

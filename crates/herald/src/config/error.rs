@@ -24,7 +24,8 @@ impl std::fmt::Display for Origin {
 /// A configuration problem, naming the field (and, once loaded, where its value came from).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    // The cause is the source: printed after this, once.
+    #[error("cannot read {path}")]
     Read {
         path: String,
         source: std::io::Error,

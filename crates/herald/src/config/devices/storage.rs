@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// `devices.fsync`: "always", "never" or "every <duration>" ("every 100ms", "every 1s").
+/// `devices.fsync`: "always", "never" or "every `<duration>`" ("every 100ms", "every 1s").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum FsyncSetting {
@@ -63,7 +63,7 @@ impl From<FsyncSetting> for String {
     }
 }
 
-/// `devices.store`: "sqlite:<path>" or a PostgreSQL conninfo "postgres://user:pass@host/db".
+/// `devices.store`: `"sqlite:<path>"` or a PostgreSQL conninfo "postgres://user:pass@host/db".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum StoreSetting {
