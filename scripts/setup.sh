@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up what the test suite needs on this machine, installing or starting only what is missing:
-# python3 (venv), node/npm, curl, chromium, nginx, php with curl, PostgreSQL (127.0.0.1:5432, trust,
+# python3 (venv), node/npm, curl, chromium, nginx, php with curl, promtool, PostgreSQL (127.0.0.1:5432, trust,
 # database `test`), Redis on 6379 (and its binaries for the Redis Cluster tests), NATS with
 # JetStream on 4222. Debian packages; needs root (or sudo) for what is missing. scripts/test.sh
 # runs it first.
@@ -32,6 +32,8 @@ need_apt curl curl
 need_apt chromium chromium
 # tests/nodes.rs runs the documented nginx configuration in front of two nodes.
 need_apt nginx nginx-light
+# tests/monitoring.rs checks deploy/prometheus with promtool (Debian's prometheus package).
+need_apt promtool prometheus
 # docs_examples runs the PHP snippets of docs/api.md; make sure php with its curl extension is there.
 if ! php -m 2>/dev/null | grep -qix curl; then
     need_apt __php_with_curl__ php-cli php-curl

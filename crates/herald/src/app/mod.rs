@@ -3,5 +3,6 @@
 
 pub mod datadir;
 pub mod demo;
+pub mod process_metrics;
 pub mod server;
 pub mod simulate;

@@ -69,6 +69,7 @@ impl Server {
         // Connects in the background, now that the node is the broker's handler.
         backend.start();
         let config = &node.config;
+        super::process_metrics::register(&node.metrics);
         let budget = descriptor_budget(&node);
         let share = |name: &str| {
             budget
