@@ -1,16 +1,50 @@
-"""The server API through `cent`, Centrifugo's official Python API client, unchanged: single
-calls and a batch whose replies `cent` reads the way Centrifugo answers them."""
+"""The server API through `cent`, Centrifugo's official Python API client, unchanged: every method
+Herald implements, called through cent's typed client, whose replies cent parses into its pydantic
+models — a reply shaped differently from Centrifugo's fails to parse (CentDecodeError). A
+centrifuge-python client is connected meanwhile, so the methods act on a real connection."""
 
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, List, Tuple
+
+import pytest
 from cent import (
     BatchRequest,
+    BroadcastRequest,
+    BroadcastResult,
+    ChannelsRequest,
+    ChannelsResult,
     Client,
+    Disconnect,
+    DisconnectRequest,
+    DisconnectResult,
+    HistoryRemoveRequest,
+    HistoryRemoveResult,
     HistoryRequest,
+    HistoryResult,
     InfoRequest,
+    InfoResult,
+    PresenceRequest,
+    PresenceResult,
     PresenceStatsRequest,
+    PresenceStatsResult,
     PublishRequest,
+    PublishResult,
+    RefreshRequest,
+    StreamPosition,
+    SubscribeRequest,
+    SubscribeResult,
+    UnsubscribeRequest,
+    UnsubscribeResult,
 )
+from cent.exceptions import CentApiResponseError, CentTransportError
+import centrifuge
 
 from conftest import API_KEY
+
+WAIT = 5.0
 
 
 def test_cent_publish_batch_history_and_info(herald, channel_name):
@@ -39,3 +73,176 @@ def test_cent_publish_batch_history_and_info(herald, channel_name):
 
     info = client.info(InfoRequest())
     assert len(info.nodes) == 1
+
+
+class Events(centrifuge.ClientEventHandler):
+    """The connected SDK client's events (server-side subscriptions arrive at the client)."""
+
+    def __init__(self) -> None:
+        self.log: List[Tuple[str, Any]] = []
+
+    def of(self, name: str) -> List[Any]:
+        return [ctx for n, ctx in self.log if n == name]
+
+    async def wait_for(self, name: str, count: int = 1) -> List[Any]:
+        deadline = time.monotonic() + WAIT
+        while len(self.of(name)) < count:
+            assert time.monotonic() < deadline, f"fewer than {count} {name!r} events: {self.log!r}"
+            await asyncio.sleep(0.02)
+        return self.of(name)
+
+    async def on_connected(self, ctx):
+        self.log.append(("connected", ctx))
+
+    async def on_disconnected(self, ctx):
+        self.log.append(("disconnected", ctx))
+
+    async def on_subscribed(self, ctx):
+        self.log.append(("subscribed", ctx))
+
+    async def on_unsubscribed(self, ctx):
+        self.log.append(("unsubscribed", ctx))
+
+    async def on_publication(self, ctx):
+        self.log.append(("publication", ctx))
+
+
+async def test_cent_every_method_herald_implements(herald, channel_name):
+    """publish, broadcast, subscribe, unsubscribe, disconnect, presence, presence_stats, history,
+    history_remove, channels, info and batch, each answering cent's typed result."""
+    api = Client(herald.base_url + "/api", API_KEY)
+
+    async def call(method: str, request: Any) -> Any:
+        # Off the event loop: the SDK client keeps reading its socket meanwhile.
+        return await asyncio.to_thread(getattr(api, method), request)
+
+    channel = channel_name("cent-all", ns="chat")
+    other = channel_name("cent-other", ns="chat")
+    events = Events()
+    sdk = centrifuge.Client(herald.ws_url, events=events, token=herald.token("alice"), proxy=None,
+                            timeout=WAIT)
+    try:
+        await sdk.connect()
+        await events.wait_for("connected")
+        client_id = sdk.client_id
+
+        subscribed = await call("subscribe", SubscribeRequest(user="alice", channel=channel))
+        assert isinstance(subscribed, SubscribeResult)
+        pushed = [ctx.channel for ctx in await events.wait_for("subscribed", 2)]
+        assert channel in pushed, pushed  # besides the personal channel "#alice"
+
+        presence = await call("presence", PresenceRequest(channel=channel))
+        assert isinstance(presence, PresenceResult)
+        assert list(presence.presence) == [client_id]
+        assert presence.presence[client_id].client == client_id
+        assert presence.presence[client_id].user == "alice"
+        empty = await call("presence", PresenceRequest(channel=other))
+        assert empty.presence == {}
+
+        stats = await call("presence_stats", PresenceStatsRequest(channel=channel))
+        assert isinstance(stats, PresenceStatsResult)
+        assert (stats.num_clients, stats.num_users) == (1, 1)
+
+        published = await call("publish", PublishRequest(channel=channel, data={"n": 1},
+                                                         tags={"kind": "first"}))
+        assert isinstance(published, PublishResult)
+        assert published.offset == 1 and published.epoch
+        got = await events.wait_for("publication")
+        assert (got[0].channel, got[0].pub.data) == (channel, {"n": 1})
+
+        broadcast = await call("broadcast", BroadcastRequest(
+            channels=[channel, other, "nowhere:x"], data={"n": 2}))
+        assert isinstance(broadcast, BroadcastResult)
+        ok, ok_other, failed = broadcast.responses
+        assert (ok.result.offset, ok.result.epoch, ok.error) == (2, published.epoch, None)
+        assert ok_other.result.offset == 1
+        assert failed.result is None and failed.error.code == 102
+
+        history = await call("history", HistoryRequest(channel=channel, limit=-1))
+        assert isinstance(history, HistoryResult)
+        assert [(p.offset, p.data) for p in history.publications] == [(1, {"n": 1}), (2, {"n": 2})]
+        assert history.publications[0].tags == {"kind": "first"}
+        assert (history.offset, history.epoch) == (2, published.epoch)
+        since = await call("history", HistoryRequest(
+            channel=channel, limit=-1, since=StreamPosition(offset=1, epoch=published.epoch)))
+        assert [p.offset for p in since.publications] == [2]
+        newest = await call("history", HistoryRequest(channel=channel, limit=1, reverse=True))
+        assert [p.offset for p in newest.publications] == [2]
+
+        channels = await call("channels", ChannelsRequest(pattern="chat:cent-all-*"))
+        assert isinstance(channels, ChannelsResult)
+        assert list(channels.channels) == [channel]
+        assert channels.channels[channel].num_clients == 1
+
+        info = await call("info", InfoRequest())
+        assert isinstance(info, InfoResult)
+        (node,) = info.nodes
+        assert node.uid and node.name and node.version
+        assert (node.num_clients, node.num_users) == (1, 1)
+        assert node.num_channels >= 2 and node.num_subs >= 2  # channel and "#alice"
+
+        unsubscribed = await call("unsubscribe", UnsubscribeRequest(user="alice", channel=channel))
+        assert isinstance(unsubscribed, UnsubscribeResult)
+        gone = await events.wait_for("unsubscribed")
+        assert gone[0].channel == channel
+
+        removed = await call("history_remove", HistoryRemoveRequest(channel=channel))
+        assert isinstance(removed, HistoryRemoveResult)
+        after = await call("history", HistoryRequest(channel=channel, limit=-1))
+        assert after.publications == [] and after.offset == 0
+
+        # A method error is cent's CentApiResponseError with Herald's code.
+        with pytest.raises(CentApiResponseError) as refused:
+            await call("publish", PublishRequest(channel="nowhere:x", data=1))
+        assert refused.value.code == 102
+
+        dropped = await call("disconnect", DisconnectRequest(
+            user="alice", disconnect=Disconnect(code=4501, reason="bye")))
+        assert isinstance(dropped, DisconnectResult)
+        closed = await events.wait_for("disconnected")
+        assert (closed[0].code, closed[0].reason) == (4501, "bye")
+    finally:
+        await asyncio.wait_for(sdk.disconnect(), WAIT)
+
+
+def test_cent_batch_of_every_method(herald, channel_name):
+    """A batch carrying one command of each method; cent parses every reply into the result type
+    of its command."""
+    api = Client(herald.base_url + "/api", API_KEY)
+    channel = channel_name("cent-batch", ns="chat")
+    requests = [
+        PublishRequest(channel=channel, data={"n": 1}),
+        BroadcastRequest(channels=[channel], data={"n": 2}),
+        SubscribeRequest(user="nobody", channel=channel),
+        UnsubscribeRequest(user="nobody", channel=channel),
+        DisconnectRequest(user="nobody"),
+        PresenceRequest(channel=channel),
+        PresenceStatsRequest(channel=channel),
+        HistoryRequest(channel=channel, limit=-1),
+        ChannelsRequest(),
+        InfoRequest(),
+        HistoryRemoveRequest(channel=channel),
+        HistoryRequest(channel=channel),
+    ]
+    for parallel in (False, True):
+        replies = api.batch(BatchRequest(requests=requests, parallel=parallel)).replies
+        assert [type(r) for r in replies] == [r.__returning__ for r in requests]
+        if parallel:
+            continue  # the commands' effects may happen in any order
+        assert replies[0].offset == 1
+        assert replies[1].responses[0].result.offset == 2
+        assert replies[5].presence == {}
+        assert (replies[6].num_clients, replies[6].num_users) == (0, 0)
+        assert [p.data for p in replies[7].publications] == [{"n": 1}, {"n": 2}]
+        assert channel not in replies[8].channels  # nobody is subscribed
+        assert len(replies[9].nodes) == 1
+        assert replies[11].publications == [] and replies[11].offset == 0
+
+
+def test_cent_methods_herald_lacks_answer_404(herald):
+    """Centrifugo's `refresh` (and its PRO methods) are not implemented: cent gets HTTP 404, a
+    clear transport error, rather than a reply it would misread."""
+    api = Client(herald.base_url + "/api", API_KEY)
+    with pytest.raises(CentTransportError) as missing:
+        api.refresh(RefreshRequest(user="alice"))
+    assert missing.value.status_code == 404

@@ -113,6 +113,49 @@ async fn info_describes_the_node() {
 }
 
 #[tokio::test]
+async fn session_and_whitelist_are_refused_not_ignored() {
+    // Centrifugo's `session` and `whitelist` narrow whom a call acts on; ignored, they would let
+    // the call act on every connection of the user.
+    let server = TestServer::start().await;
+    let mut alice = server.client("alice").await;
+    let keep = alice.client_id.clone();
+    let refused = [
+        ("disconnect", json!({"user": "alice", "whitelist": [keep]})),
+        ("disconnect", json!({"user": "alice", "session": "s1"})),
+        (
+            "subscribe",
+            json!({"user": "alice", "channel": "chat:x", "session": "s1"}),
+        ),
+        (
+            "unsubscribe",
+            json!({"user": "alice", "channel": "chat:x", "session": "s1"}),
+        ),
+    ];
+    for (method, body) in refused {
+        let (status, reply) = server.api(method, body.clone()).await;
+        assert_eq!(status, 200, "{method} {body}: {reply}");
+        assert_eq!(reply["error"]["code"], 107, "{method} {body}: {reply}");
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("\"session\"") || message.contains("\"whitelist\""),
+            "the message names the field: {reply}"
+        );
+    }
+    // Nothing happened to the connection; empty values (as some clients send) mean "not set".
+    assert!(alice.call("ping", json!({})).await.get("ping").is_some());
+    server
+        .api_ok(
+            "disconnect",
+            json!({"user": "alice", "whitelist": [], "session": ""}),
+        )
+        .await;
+    assert!(alice
+        .closed_within(std::time::Duration::from_secs(5))
+        .await
+        .is_some());
+}
+
+#[tokio::test]
 async fn batch_runs_commands_in_order_with_per_command_errors() {
     let server = TestServer::start().await;
     let mut alice = server.client("alice").await;

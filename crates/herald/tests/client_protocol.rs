@@ -376,6 +376,40 @@ async fn refresh_extends_the_connection() {
     assert_eq!(reply["refresh"]["expires"], true);
 }
 
+#[tokio::test]
+async fn a_refresh_reply_that_expires_always_says_when_to_refresh_again() {
+    // A valid token (`exp` ahead) whose `expire_at` has already passed: the reply expires, and
+    // the SDKs need a `ttl` with it (without one, centrifuge-js refreshes again at once, in a loop).
+    let server = TestServer::start().await;
+    let mut client = server.client("dave").await;
+    let token = |claims| token_with(claims);
+    let reply = client
+        .call(
+            "refresh",
+            json!({"token": token(json!({"sub": "dave", "exp": now() + 60, "expire_at": now() - 5}))}),
+        )
+        .await;
+    assert_eq!(reply["refresh"]["expires"], true, "{reply}");
+    assert_eq!(reply["refresh"]["ttl"], 1, "{reply}");
+    let sub_token = token(json!({"sub": "dave", "channel": "locked:past", "exp": now() + 60}));
+    client
+        .call(
+            "subscribe",
+            json!({"channel": "locked:past", "token": sub_token}),
+        )
+        .await;
+    let past =
+        json!({"sub": "dave", "channel": "locked:past", "exp": now() + 60, "expire_at": now() - 5});
+    let reply = client
+        .call(
+            "sub_refresh",
+            json!({"channel": "locked:past", "token": token(past)}),
+        )
+        .await;
+    assert_eq!(reply["sub_refresh"]["expires"], true, "{reply}");
+    assert_eq!(reply["sub_refresh"]["ttl"], 1, "{reply}");
+}
+
 /// A connection whose token expires 1 s after connecting, on a node giving `grace` after the
 /// expiry (`client.expired_close_delay`); returned once the token has expired.
 async fn connection_past_its_expiry(grace: Duration) -> (TestServer, Client) {

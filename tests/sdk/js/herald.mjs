@@ -71,10 +71,11 @@ function b64url(value) {
   return Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url');
 }
 
-/** HS256 JWT with {"sub": user, "exp": now + expIn}. */
-export function makeToken(user, { expIn = 3600, secret = HMAC_SECRET } = {}) {
+/** HS256 JWT with {"sub": user, "exp": now + expIn, ...claims} (e.g. claims {channel} for a
+ * subscription token). */
+export function makeToken(user, { expIn = 3600, secret = HMAC_SECRET, claims = {} } = {}) {
   const head = b64url({ alg: 'HS256', typ: 'JWT' });
-  const body = b64url({ sub: user, exp: Math.floor(Date.now() / 1000) + expIn });
+  const body = b64url({ sub: user, exp: Math.floor(Date.now() / 1000) + expIn, ...claims });
   const sig = createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
   return `${head}.${body}.${sig}`;
 }

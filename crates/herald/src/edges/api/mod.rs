@@ -137,6 +137,8 @@ struct UserChannelParams {
     channel: String,
     #[serde(default)]
     client: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +148,26 @@ struct DisconnectParams {
     #[serde(default)]
     client: Option<String>,
     disconnect: Option<DisconnectSpec>,
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    whitelist: Option<Vec<String>>,
+}
+
+/// Centrifugo's `session` (and `disconnect`'s `whitelist`) narrow whom a call acts on. Herald has
+/// neither, and ignoring them would act on more connections than asked: they are refused.
+fn refuse_narrowing(session: Option<&str>, whitelist: &[String]) -> Result<(), ApiError> {
+    if session.is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad(
+            "field \"session\" is not supported (Herald has no sessions): use \"client\"",
+        ));
+    }
+    if !whitelist.is_empty() {
+        return Err(ApiError::bad(
+            "field \"whitelist\" is not supported: disconnect the connections one by one with \"client\"",
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -288,6 +310,7 @@ async fn control(node: &Node, p: UserChannelParams, subscribe: bool) -> Result<V
     if p.user.is_empty() && p.client.is_none() {
         return Err(ApiError::bad("field \"user\" (or \"client\") is required"));
     }
+    refuse_narrowing(p.session.as_deref(), &[])?;
     require_channel(&p.channel)?;
     node.namespaces.resolve(&p.channel)?;
     let control = if subscribe {
@@ -314,6 +337,10 @@ async fn disconnect(node: &Node, p: DisconnectParams) -> Result<Value, ApiError>
     if p.user.is_empty() && p.client.is_none() {
         return Err(ApiError::bad("field \"user\" (or \"client\") is required"));
     }
+    refuse_narrowing(
+        p.session.as_deref(),
+        p.whitelist.as_deref().unwrap_or_default(),
+    )?;
     let (code, reason) = match p.disconnect {
         Some(spec) => {
             if !(3000..=4999).contains(&spec.code) {

@@ -97,9 +97,16 @@ pub(super) fn seconds_left(expires_at: Option<i64>, now: i64) -> Option<u64> {
     expires_at.map(|at| (at - now).max(0) as u64)
 }
 
-/// The protocol's `ttl` field for seconds left: 0 when it never expires, at most `u32::MAX`.
+/// The protocol's `ttl` field for seconds left: 0 when it never expires, at most `u32::MAX`, and
+/// at least 1 when it does. A ttl of 0 is left out of the reply, and an SDK then reads `expires`
+/// without a `ttl`: centrifuge-js refreshes again at once (a getToken loop until the grace ends),
+/// centrifuge-python fails to arm its refresh timer. Asked again in a second, it is closed by the
+/// grace timer all the same if nothing newer comes.
 pub(super) fn ttl_field(seconds: Option<u64>) -> u32 {
-    seconds.unwrap_or(0).min(u64::from(u32::MAX)) as u32
+    match seconds {
+        None => 0,
+        Some(secs) => secs.clamp(1, u64::from(u32::MAX)) as u32,
+    }
 }
 
 #[cfg(test)]
@@ -256,5 +263,7 @@ mod tests {
         assert_eq!(ttl_field(None), 0);
         assert_eq!(ttl_field(Some(42)), 42);
         assert_eq!(ttl_field(Some(u64::MAX)), u32::MAX);
+        // Expiring with no whole second left still says when to refresh.
+        assert_eq!(ttl_field(Some(0)), 1);
     }
 }
