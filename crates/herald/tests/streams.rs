@@ -44,7 +44,11 @@ impl Stream {
                 .await
                 .expect("head in time")
                 .expect("read head");
-            assert!(n > 0, "closed before the head: {:?}", String::from_utf8_lossy(&raw));
+            assert!(
+                n > 0,
+                "closed before the head: {:?}",
+                String::from_utf8_lossy(&raw)
+            );
             raw.extend_from_slice(&buf[..n]);
         };
         Stream {
@@ -65,11 +69,9 @@ impl Stream {
             let Some(eol) = self.raw.windows(2).position(|w| w == b"\r\n") else {
                 return true;
             };
-            let size = usize::from_str_radix(
-                std::str::from_utf8(&self.raw[..eol]).unwrap().trim(),
-                16,
-            )
-            .expect("chunk size");
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&self.raw[..eol]).unwrap().trim(), 16)
+                    .expect("chunk size");
             if size == 0 {
                 return false;
             }
@@ -164,7 +166,13 @@ async fn connected(ts: &TestServer, sse: bool, user: &str) -> (Stream, String, S
         );
         Stream::open(ts.addr, "GET", &path, "").await
     } else {
-        Stream::open(ts.addr, "POST", "/connection/http_stream", &connect_command(user)).await
+        Stream::open(
+            ts.addr,
+            "POST",
+            "/connection/http_stream",
+            &connect_command(user),
+        )
+        .await
     };
     assert_eq!(stream.status(), 200, "{}", stream.head);
     let reply = stream.next_message().await;
@@ -199,7 +207,10 @@ async fn bidirectional(sse: bool) {
     assert_eq!(push["push"]["pub"]["data"]["n"], 1, "{push}");
     // A client publication, presence and history, each in its own request.
     for (id, command) in [
-        (3, json!({"publish": {"channel": "chat:room", "data": {"n": 2}}})),
+        (
+            3,
+            json!({"publish": {"channel": "chat:room", "data": {"n": 2}}}),
+        ),
         (4, json!({"presence": {"channel": "chat:room"}})),
         (5, json!({"history": {"channel": "chat:room", "limit": 10}})),
     ] {
@@ -268,7 +279,10 @@ async fn emulation_refuses_what_it_cannot_deliver() {
     let (status, _) = http_raw(ts.addr, "GET", "/emulation", &[], "").await;
     assert_eq!(status, 405);
     let text = ts.metrics().await;
-    assert!(metric(&text, "herald_emulation_refused_total") >= 4.0, "{text}");
+    assert!(
+        metric(&text, "herald_emulation_refused_total") >= 4.0,
+        "{text}"
+    );
     // An honest stream still works meanwhile.
     let (mut stream, node, session) = connected(&ts, false, "bob").await;
     emulate(ts.addr, &node, &session, &[json!({"id": 2, "ping": {}})]).await;
@@ -278,7 +292,14 @@ async fn emulation_refuses_what_it_cannot_deliver() {
 #[tokio::test]
 async fn bad_connect_requests_are_refused_naming_the_field() {
     let ts = TestServer::start().await;
-    let (status, body) = http_raw(ts.addr, "POST", "/connection/uni_http_stream", &[], r#"{"token": 5}"#).await;
+    let (status, body) = http_raw(
+        ts.addr,
+        "POST",
+        "/connection/uni_http_stream",
+        &[],
+        r#"{"token": 5}"#,
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("token"), "{body}");
     let (status, body) = http_raw(ts.addr, "GET", "/connection/sse", &[], "").await;
@@ -310,15 +331,22 @@ async fn uni_http_stream_pushes_connect_then_publications() {
     assert_eq!(stream.status(), 200);
     let connect = stream.next_message().await;
     assert!(connect["connect"]["client"].is_string(), "{connect}");
-    assert!(connect["connect"]["subs"].get("news").is_some(), "{connect}");
+    assert!(
+        connect["connect"]["subs"].get("news").is_some(),
+        "{connect}"
+    );
     assert!(connect["connect"].get("pong").is_none(), "{connect}");
-    ts.api_ok("publish", json!({"channel": "news", "data": {"x": 1}})).await;
+    ts.api_ok("publish", json!({"channel": "news", "data": {"x": 1}}))
+        .await;
     let publication = stream.next_message().await;
     assert_eq!(publication["channel"], "news", "{publication}");
     assert_eq!(publication["pub"]["data"]["x"], 1, "{publication}");
     let text = ts.metrics().await;
     assert_eq!(
-        metric(&text, "herald_transport_connections{transport=\"uni_http_stream\"}"),
+        metric(
+            &text,
+            "herald_transport_connections{transport=\"uni_http_stream\"}"
+        ),
         1.0,
         "{text}"
     );
@@ -331,7 +359,10 @@ async fn uni_sse_recovers_from_the_position_in_connect() {
     let first = ts
         .api_ok("publish", json!({"channel": "chat:feed", "data": {"i": 1}}))
         .await;
-    let epoch = first["result"]["epoch"].as_str().unwrap_or_default().to_string();
+    let epoch = first.get("result").unwrap_or(&first)["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_string();
     ts.api_ok("publish", json!({"channel": "chat:feed", "data": {"i": 2}}))
         .await;
     let request = json!({"token": token, "subs": {"chat:feed": {"recover": true, "offset": 1, "epoch": epoch}}});
@@ -377,24 +408,46 @@ async fn uni_websocket_takes_the_connect_request_first() {
     ws.send(Message::text(json!({"token": token}).to_string()))
         .await
         .unwrap();
-    let message = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+    let message = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let connect: Value = serde_json::from_str(message.as_text().unwrap()).unwrap();
-    assert!(connect["connect"]["subs"].get("news").is_some(), "{connect}");
+    assert!(
+        connect["connect"]["subs"].get("news").is_some(),
+        "{connect}"
+    );
     // Later messages are ignored, as Centrifugo does.
     ws.send(Message::text(r#"{"id":2,"subscribe":{"channel":"x"}}"#))
         .await
         .unwrap();
-    ts.api_ok("publish", json!({"channel": "news", "data": 7})).await;
-    let message = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
-    let publication: Value = serde_json::from_str(message.as_text().unwrap()).unwrap();
-    assert_eq!(publication["pub"]["data"], 7, "{publication}");
+    ts.api_ok("publish", json!({"channel": "news", "data": 7}))
+        .await;
+    loop {
+        let message = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let push: Value = serde_json::from_str(message.as_text().unwrap()).unwrap();
+        assert!(
+            push.get("id").is_none(),
+            "a reply to an ignored command: {push}"
+        );
+        if push["channel"] == "news" && push.get("pub").is_some() {
+            assert_eq!(push["pub"]["data"], 7, "{push}");
+            break;
+        }
+    }
 }
 
 #[tokio::test]
 async fn streams_share_the_connection_limit_with_websocket() {
     let ts = TestServer::with(|c| c.client.max_connections = 1).await;
-    let mut ws = ts.client("gus").await;
-    ws.connect(&token("gus")).await;
+    let body = json!({"token": token("gus")}).to_string();
+    let mut first = Stream::open(ts.addr, "POST", "/connection/uni_http_stream", &body).await;
+    first.next_message().await;
     let (status, body) = http_raw(
         ts.addr,
         "POST",
@@ -404,6 +457,8 @@ async fn streams_share_the_connection_limit_with_websocket() {
     )
     .await;
     assert_eq!(status, 503, "{body}");
+    let (status, _) = ws_handshake(ts.addr).await;
+    assert_eq!(status, 503);
 }
 
 #[tokio::test]
@@ -418,20 +473,78 @@ async fn a_stream_that_is_not_read_is_closed_as_slow() {
     // Never read past the head.
     let stalled = Stream::open(ts.addr, "POST", "/connection/uni_http_stream", &body).await;
     let honest_body = json!({"token": token_with(json!({"sub": "ida", "exp": now() + 3600, "channels": ["flood"]}))}).to_string();
-    let mut honest = Stream::open(ts.addr, "POST", "/connection/uni_http_stream", &honest_body).await;
+    let mut honest =
+        Stream::open(ts.addr, "POST", "/connection/uni_http_stream", &honest_body).await;
     honest.next_message().await;
     let data = "y".repeat(8000);
     let mut closed = false;
     for i in 0..2000 {
-        ts.api_ok("publish", json!({"channel": "flood", "data": {"i": i, "pad": data}}))
-            .await;
+        ts.api_ok(
+            "publish",
+            json!({"channel": "flood", "data": {"i": i, "pad": data}}),
+        )
+        .await;
         assert_eq!(honest.next_message().await["pub"]["data"]["i"], i);
         let text = ts.metrics().await;
-        if metric(&text, "herald_transport_connections{transport=\"uni_http_stream\"}") == 1.0 {
+        if metric(
+            &text,
+            "herald_transport_connections{transport=\"uni_http_stream\"}",
+        ) == 1.0
+        {
             closed = true;
             break;
         }
     }
     assert!(closed, "the stalled stream was never closed");
     drop(stalled);
+}
+
+/// The stream on one node, its commands POSTed to another: the broker carries them to the node
+/// that holds the session.
+async fn emulation_reaches_the_node_of_the_session(broker: support::brokers::Broker) {
+    let share = broker.share("emulation_cross_node");
+    let cluster = share.cluster(2).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    // Both nodes know each other before the stream starts.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let info = b.api_ok("info", json!({})).await;
+        let nodes = info.get("result").unwrap_or(&info)["nodes"].clone();
+        if nodes.as_array().is_some_and(|n| n.len() == 2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes never met: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut stream, node, session) = connected(a, false, "ivy").await;
+    let (status, body) = emulate(
+        b.addr,
+        &node,
+        &session,
+        &[json!({"id": 2, "subscribe": {"channel": "chat:x"}})],
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let reply = stream.next_message().await;
+    assert_eq!(reply["id"], 2, "{reply}");
+    b.api_ok("publish", json!({"channel": "chat:x", "data": "across"}))
+        .await;
+    let push = stream.next_message().await;
+    assert_eq!(push["push"]["pub"]["data"], "across", "{push}");
+    // A node that is not in the cluster is refused at once.
+    let (status, _) = emulate(b.addr, "gone-node", &session, &[json!({})]).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn emulation_crosses_nodes_on_redis() {
+    emulation_reaches_the_node_of_the_session(support::brokers::Broker::Redis).await;
+}
+
+#[tokio::test]
+async fn emulation_crosses_nodes_on_nats() {
+    emulation_reaches_the_node_of_the_session(support::brokers::Broker::Nats).await;
 }

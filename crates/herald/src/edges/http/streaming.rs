@@ -73,17 +73,22 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 }
 
 /// Reads a request body of at most `max` bytes: 413 beyond.
-async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Response<Body>> {
+async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Box<Response<Body>>> {
     match Limited::new(body, max).collect().await {
         Ok(body) => Ok(body.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than client.max_message_size ({max} bytes)"),
-        )),
-        Err(_) => Err(text(
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Box::new(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than client.max_message_size ({max} bytes)"),
+            )))
+        }
+        Err(_) => Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             "could not read the request body",
-        )),
+        ))),
     }
 }
 
@@ -120,7 +125,7 @@ pub(super) async fn stream(
     }
     let slot = match admit(&node, &parts.headers, peer) {
         Ok(slot) => slot,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let max = node.config.client.max_message_size;
     // The first message: the connect command (bidirectional), or the connect request (uni).
@@ -144,7 +149,7 @@ pub(super) async fn stream(
     } else {
         match read_body(body, max).await {
             Ok(body) => body,
-            Err(response) => return response,
+            Err(response) => return *response,
         }
     };
     let first = if endpoint.uni() {
@@ -170,7 +175,8 @@ pub(super) async fn stream(
         Framing::Events => b"\r\n",
         Framing::Lines => b"",
     };
-    let (mut conn, body) = StreamConn::new(endpoint.framing(), endpoint.uni(), inbox, preamble, abort);
+    let (mut conn, body) =
+        StreamConn::new(endpoint.framing(), endpoint.uni(), inbox, preamble, abort);
     let session = if endpoint.uni() {
         None
     } else {
@@ -189,7 +195,9 @@ pub(super) async fn stream(
     tokio::spawn(async move {
         let _slot = slot;
         let _counted = metrics.transport_opened(endpoint.name());
-        Session::new(node, transport, herald_protocol::Format::Json, forwarded).run().await;
+        Session::new(node, transport, herald_protocol::Format::Json, forwarded)
+            .run()
+            .await;
     });
     let mut response = Response::new(body.boxed_unsync());
     let h = response.headers_mut();
@@ -218,7 +226,10 @@ pub(super) async fn emulation(node: Arc<Node>, req: Request<Incoming>) -> Respon
         return text(StatusCode::NO_CONTENT, "");
     }
     if parts.method != Method::POST {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "/emulation takes POST requests");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "/emulation takes POST requests",
+        );
     }
     if is_protobuf(&parts.headers) {
         return text(
@@ -231,7 +242,7 @@ pub(super) async fn emulation(node: Arc<Node>, req: Request<Incoming>) -> Respon
         Ok(body) => body,
         Err(response) => {
             emulation_refused(&node, "body size");
-            return response;
+            return *response;
         }
     };
     let request = match emulation_request(&body) {

@@ -41,7 +41,7 @@ pub(super) fn websocket(
     };
     let slot = match admit(&node, req.headers(), peer) {
         Ok(slot) => slot,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let accept = crate::edges::http::handshake::accept_key(key.as_bytes());
     // Captured now: the handshake request is gone once the socket belongs to the session.
@@ -98,40 +98,39 @@ pub(super) fn admit(
     node: &Arc<Node>,
     headers: &http::HeaderMap,
     peer: SocketAddr,
-) -> Result<crate::node::ConnectionSlot, Response<Body>> {
+) -> Result<crate::node::ConnectionSlot, Box<Response<Body>>> {
     // Before anything is forwarded: the connect hook runs only once the session runs.
-    if !crate::edges::http::handshake::origin_allowed(&node.config.http.allowed_origins, headers)
-    {
+    if !crate::edges::http::handshake::origin_allowed(&node.config.http.allowed_origins, headers) {
         refused(node, "origin");
-        return Err(respond(
+        return Err(Box::new(respond(
             StatusCode::FORBIDDEN,
             "text/plain; charset=utf-8",
             "origin not allowed (http.allowed_origins)\n",
-        ));
+        )));
     }
     if node.shutdown.is_cancelled() {
         refused(node, "shutdown");
-        return Err(respond(
+        return Err(Box::new(respond(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain; charset=utf-8",
             "shutting down\n",
-        ));
+        )));
     }
     if !node.admit_ip(peer.ip()) {
         refused(node, "ip rate");
-        return Err(respond(
+        return Err(Box::new(respond(
             StatusCode::TOO_MANY_REQUESTS,
             "text/plain; charset=utf-8",
             "too many new connections from this address (client.connection_rate_per_ip)\n",
-        ));
+        )));
     }
     let Some(slot) = node.open_connection() else {
         refused(node, "max connections");
-        return Err(respond(
+        return Err(Box::new(respond(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain; charset=utf-8",
             "connection limit reached\n",
-        ));
+        )));
     };
     Ok(slot)
 }

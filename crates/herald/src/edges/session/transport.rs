@@ -13,7 +13,10 @@ pub enum Transport {
     WebSocket(WsConn),
     /// `/connection/uni_websocket`: the first message is the connect request; later ones are
     /// ignored; the client gets bare pushes.
-    UniWebSocket { ws: WsConn, connected: bool },
+    UniWebSocket {
+        ws: WsConn,
+        connected: bool,
+    },
     /// HTTP streaming or SSE; `session`: the secret `/emulation` requests name (bidirectional).
     Stream {
         conn: StreamConn,
@@ -151,7 +154,9 @@ impl Transport {
                 if pushes.is_empty() {
                     return (0, 0);
                 }
-                ws.queue_text(&pushes, max_frame)
+                // One push per frame, as Centrifugo's uni_websocket sends them by default.
+                let _ = max_frame;
+                ws.queue_text(&pushes, 0)
             }
             Transport::Stream { conn, .. } => conn.queue_messages(messages),
         }

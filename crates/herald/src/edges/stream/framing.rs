@@ -102,7 +102,11 @@ mod tests {
 
     #[test]
     fn lines_keep_every_message_on_its_own_line() {
-        let out = framed(&["{\"id\":1,\"connect\":{}}", "{}\n{\"push\":{}}"], Framing::Lines, false);
+        let out = framed(
+            &["{\"id\":1,\"connect\":{}}", "{}\n{\"push\":{}}"],
+            Framing::Lines,
+            false,
+        );
         assert_eq!(out, "{\"id\":1,\"connect\":{}}\n{}\n{\"push\":{}}\n");
     }
 
