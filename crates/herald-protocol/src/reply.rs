@@ -117,6 +117,9 @@ pub struct ConnectResult {
     pub node: String,
     #[serde(skip_serializing_if = "is_zero_i64")]
     pub time: i64,
+    /// An emulated connection's secret, which its `/emulation` requests carry.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub session: String,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]

@@ -27,6 +27,15 @@ pub enum Control {
         code: u16,
         reason: String,
     },
+    /// Commands of an emulated (HTTP-streaming or SSE) connection, POSTed to `/emulation` on any
+    /// node: only the node holding `session` (a secret, unique across nodes) acts on them.
+    Emulation {
+        node: String,
+        session: String,
+        /// The commands as the transport's format encodes them (JSON text, or Protobuf bytes in
+        /// base64: the control travels as JSON).
+        data: String,
+    },
 }
 
 /// What a node does with what the broker delivers, and what the broker may ask of it.

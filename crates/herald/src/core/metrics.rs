@@ -19,6 +19,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     pub source: &'static str,
 }
@@ -109,6 +114,23 @@ pub struct Metrics {
     pub publications_too_large: Family<SourceLabel, Counter>,
     /// Server API and `/metrics` requests refused before any method ran, by reason.
     pub api_refused: Family<ReasonLabel, Counter>,
+    /// Open client connections by transport (websocket, uni_websocket, http_stream, sse, …).
+    pub transport_connections: Family<TransportLabel, Gauge>,
+    /// Client connections accepted, by transport.
+    pub transport_connects: Family<TransportLabel, Counter>,
+    /// `/emulation` requests refused, by reason.
+    pub emulation_refused: Family<ReasonLabel, Counter>,
+}
+
+/// One open connection counted in `herald_transport_connections{transport}` while it lives.
+pub struct TransportCount {
+    gauge: Gauge,
+}
+
+impl Drop for TransportCount {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// Device ingest counters, copied into the registry when metrics are rendered.
@@ -174,6 +196,9 @@ impl Metrics {
             history_streams_forgotten: Family::default(),
             publications_too_large: Family::default(),
             api_refused: Family::default(),
+            transport_connections: Family::default(),
+            transport_connects: Family::default(),
+            emulation_refused: Family::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
@@ -378,10 +403,34 @@ impl Metrics {
             "Server API and /metrics requests refused before any method ran, by reason (key, peer, host, origin, forwarded, content type, body, body size, batch size)",
             m.api_refused.clone(),
         );
+        registry.register(
+            "transport_connections",
+            "Open client connections by transport",
+            m.transport_connections.clone(),
+        );
+        registry.register(
+            "transport_connects",
+            "Client connections accepted, by transport",
+            m.transport_connects.clone(),
+        );
+        registry.register(
+            "emulation_refused",
+            "/emulation requests refused, by reason (body size, malformed, unknown session, unknown node, inbox full)",
+            m.emulation_refused.clone(),
+        );
         Metrics {
             registry: parking_lot::Mutex::new(registry),
             ..m
         }
+    }
+
+    /// Counts a new connection of `transport` until the returned guard is dropped.
+    pub fn transport_opened(&self, transport: &'static str) -> TransportCount {
+        let label = TransportLabel { transport };
+        self.transport_connects.get_or_create(&label).inc();
+        let gauge = self.transport_connections.get_or_create(&label).clone();
+        gauge.inc();
+        TransportCount { gauge }
     }
 
     /// Brings the device metrics up to `c` (counters only ever move forward).

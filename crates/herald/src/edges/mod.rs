@@ -10,4 +10,5 @@ pub mod http;
 pub mod map;
 pub mod session;
 pub mod sockets;
+pub mod stream;
 pub mod ws;

@@ -65,6 +65,14 @@ impl BrokerHandler for Hub {
             Control::Subscribe { user, client, .. }
             | Control::Unsubscribe { user, client, .. }
             | Control::Disconnect { user, client, .. } => (user, client.as_deref()),
+            Control::Emulation { session, data, .. } => {
+                // Dropped when the session is not here or its inbox is full: the sender already
+                // answered, and the client's command times out as over a lost connection.
+                if let Some(inbox) = self.emulation_inbox(session) {
+                    let _ = inbox.push(Bytes::from(data.clone().into_bytes()));
+                }
+                return;
+            }
         };
         let targets = if user.is_empty() {
             client.and_then(|c| self.session(c)).into_iter().collect()

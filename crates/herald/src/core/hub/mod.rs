@@ -11,7 +11,7 @@
 use crate::core::channel::Namespaces;
 use crate::core::metrics::Metrics;
 use crate::core::outbox::{OutItem, Pushed, Segment};
-use crate::core::session_handle::SessionHandle;
+use crate::core::session_handle::{Inbox, SessionHandle};
 use bytes::Bytes;
 use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
@@ -45,6 +45,8 @@ pub struct Hub {
     channels: Vec<RwLock<HashMap<String, ChannelEntry>>>,
     sessions: RwLock<HashMap<String, Arc<SessionHandle>>>,
     users: RwLock<HashMap<String, Vec<Arc<SessionHandle>>>>,
+    /// Emulated connections by their session secret: where `/emulation` requests go.
+    emulated: RwLock<HashMap<String, Arc<Inbox>>>,
     hasher: RandomState,
     metrics: Arc<Metrics>,
     namespaces: Arc<Namespaces>,
@@ -61,6 +63,7 @@ impl Hub {
             channels: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             sessions: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
+            emulated: RwLock::new(HashMap::new()),
             hasher: RandomState::new(),
             metrics,
             namespaces,
@@ -194,6 +197,22 @@ impl Hub {
                 segments: segments.clone(),
             })
         });
+    }
+
+    /// Registers an emulated connection's inbox under its session secret.
+    pub fn add_emulated(&self, session: &str, inbox: Arc<Inbox>) {
+        self.emulated.write().insert(session.to_string(), inbox);
+    }
+
+    pub fn remove_emulated(&self, session: &str) {
+        if let Some(inbox) = self.emulated.write().remove(session) {
+            inbox.close();
+        }
+    }
+
+    /// The inbox of the emulated connection with this session secret, if it is on this node.
+    pub fn emulation_inbox(&self, session: &str) -> Option<Arc<Inbox>> {
+        self.emulated.read().get(session).cloned()
     }
 
     pub fn session(&self, client: &str) -> Option<Arc<SessionHandle>> {

@@ -82,8 +82,12 @@ async fn serve_connection(
     _permit: crate::edges::descriptors::Permit,
 ) {
     let metrics = routes.node.metrics.clone();
-    let service = hyper::service::service_fn(move |req| {
+    let abort = tokio_util::sync::CancellationToken::new();
+    let abort_here = abort.clone();
+    let service = hyper::service::service_fn(move |mut req| {
         let routes = routes.clone();
+        req.extensions_mut()
+            .insert(super::ConnectionAbort(abort.clone()));
         async move { Ok::<_, std::convert::Infallible>(route(&routes, req, peer, role).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -91,7 +95,12 @@ async fn serve_connection(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    let result = tokio::select! {
+        result = conn => result,
+        // Dropping the connection closes the socket, whatever hyper still had to write.
+        _ = abort_here.cancelled() => Ok(()),
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, %peer, "http connection ended with error");
         if let Some(reason) = http_close_reason(&e) {
             metrics

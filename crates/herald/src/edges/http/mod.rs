@@ -7,6 +7,7 @@ pub mod handshake;
 pub mod listener;
 pub mod response;
 mod router;
+mod streaming;
 mod websocket;
 
 pub use listener::accept_loop;
@@ -16,6 +17,13 @@ use crate::node::Node;
 use std::sync::Arc;
 
 pub const WEBSOCKET_PATH: &str = "/connection/websocket";
+pub const UNI_WEBSOCKET_PATH: &str = "/connection/uni_websocket";
+pub const EMULATION_PATH: &str = "/emulation";
+
+/// Put in every request's extensions by the listener: cancelling it drops the HTTP connection the
+/// request came on (a streaming client that does not read is not waited for).
+#[derive(Clone)]
+pub(crate) struct ConnectionAbort(pub tokio_util::sync::CancellationToken);
 const MAX_API_BODY: usize = 4 << 20;
 
 /// What a listener serves.

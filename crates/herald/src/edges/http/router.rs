@@ -2,9 +2,10 @@
 //! keyless allow-list, body limits, and the JSON reply.
 
 use super::response::{api_error, json_response, respond, Body};
+use super::streaming;
 use super::websocket::websocket;
 use super::{Role, Routes};
-use super::{MAX_API_BODY, WEBSOCKET_PATH};
+use super::{EMULATION_PATH, MAX_API_BODY, UNI_WEBSOCKET_PATH, WEBSOCKET_PATH};
 use crate::edges::devices::DeviceIngest;
 use crate::node::Node;
 use http::{Method, Request, Response, StatusCode};
@@ -26,7 +27,18 @@ pub(super) async fn route(
     let api_here = role != Role::Public;
     let clients_here = role != Role::Internal;
     match (req.method(), path.as_str()) {
-        (&Method::GET, WEBSOCKET_PATH) if clients_here => websocket(node, req, peer),
+        (&Method::GET, WEBSOCKET_PATH) if clients_here => websocket(node, req, peer, false),
+        (&Method::GET, UNI_WEBSOCKET_PATH) if clients_here => websocket(node, req, peer, true),
+        (_, EMULATION_PATH) if clients_here => streaming::emulation(node, req).await,
+        (_, p) if clients_here && streaming::Endpoint::from_path(p).is_some() => {
+            let endpoint =
+                streaming::Endpoint::from_path(p).unwrap_or(streaming::Endpoint::HttpStream);
+            let abort = req
+                .extensions()
+                .get::<super::ConnectionAbort>()
+                .map(|a| a.0.clone());
+            streaming::stream(node, req, peer, endpoint, abort).await
+        }
         (&Method::GET, "/health") => json_response(StatusCode::OK, &json!({})),
         (&Method::GET, "/ready") => match node.readiness() {
             crate::brokers::BrokerHealth::Ready => {

@@ -8,7 +8,7 @@ use crate::node::Node;
 use bytes::Bytes;
 use herald_protocol::Format;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ pub(super) fn websocket(
     node: Arc<Node>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    uni: bool,
 ) -> Response<Body> {
     let key = match crate::edges::http::handshake::validate_upgrade(
         req.method(),
@@ -38,41 +39,9 @@ pub(super) fn websocket(
             return response;
         }
     };
-    // Before anything is forwarded: the connect hook runs only after the upgrade.
-    if !crate::edges::http::handshake::origin_allowed(
-        &node.config.http.allowed_origins,
-        req.headers(),
-    ) {
-        refused(&node, "origin");
-        return respond(
-            StatusCode::FORBIDDEN,
-            "text/plain; charset=utf-8",
-            "origin not allowed (http.allowed_origins)\n",
-        );
-    }
-    if node.shutdown.is_cancelled() {
-        refused(&node, "shutdown");
-        return respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain; charset=utf-8",
-            "shutting down\n",
-        );
-    }
-    if !node.admit_ip(peer.ip()) {
-        refused(&node, "ip rate");
-        return respond(
-            StatusCode::TOO_MANY_REQUESTS,
-            "text/plain; charset=utf-8",
-            "too many new connections from this address (client.connection_rate_per_ip)\n",
-        );
-    }
-    let Some(slot) = node.open_connection() else {
-        refused(&node, "max connections");
-        return respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain; charset=utf-8",
-            "connection limit reached\n",
-        );
+    let slot = match admit(&node, req.headers(), peer) {
+        Ok(slot) => slot,
+        Err(response) => return *response,
     };
     let accept = crate::edges::http::handshake::accept_key(key.as_bytes());
     // Captured now: the handshake request is gone once the socket belongs to the session.
@@ -93,7 +62,15 @@ pub(super) fn websocket(
                     let ws = WsConn::new(parts.io.into_inner(), &parts.read_buf, max);
                     // hyper's read buffer (8 KiB) must not live as long as the connection.
                     drop(parts.read_buf);
-                    let conn = Transport::WebSocket(ws);
+                    let conn = if uni {
+                        Transport::UniWebSocket {
+                            ws,
+                            connected: false,
+                        }
+                    } else {
+                        Transport::WebSocket(ws)
+                    };
+                    let _counted = node.metrics.transport_opened(conn.name());
                     Session::new(node, conn, Format::Json, forwarded)
                         .run()
                         .await;
@@ -103,7 +80,7 @@ pub(super) fn websocket(
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(Full::new(Bytes::new()).boxed_unsync());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -114,7 +91,51 @@ pub(super) fn websocket(
     response
 }
 
-fn refused(node: &Node, reason: &'static str) {
+/// What every client connection passes before the server holds anything for it: the origin,
+/// shutdown, the new-connection rate of its address and the node's connection limit (one count
+/// for every transport).
+pub(super) fn admit(
+    node: &Arc<Node>,
+    headers: &http::HeaderMap,
+    peer: SocketAddr,
+) -> Result<crate::node::ConnectionSlot, Box<Response<Body>>> {
+    // Before anything is forwarded: the connect hook runs only once the session runs.
+    if !crate::edges::http::handshake::origin_allowed(&node.config.http.allowed_origins, headers) {
+        refused(node, "origin");
+        return Err(Box::new(respond(
+            StatusCode::FORBIDDEN,
+            "text/plain; charset=utf-8",
+            "origin not allowed (http.allowed_origins)\n",
+        )));
+    }
+    if node.shutdown.is_cancelled() {
+        refused(node, "shutdown");
+        return Err(Box::new(respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "shutting down\n",
+        )));
+    }
+    if !node.admit_ip(peer.ip()) {
+        refused(node, "ip rate");
+        return Err(Box::new(respond(
+            StatusCode::TOO_MANY_REQUESTS,
+            "text/plain; charset=utf-8",
+            "too many new connections from this address (client.connection_rate_per_ip)\n",
+        )));
+    }
+    let Some(slot) = node.open_connection() else {
+        refused(node, "max connections");
+        return Err(Box::new(respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "connection limit reached\n",
+        )));
+    };
+    Ok(slot)
+}
+
+pub(super) fn refused(node: &Node, reason: &'static str) {
     node.metrics
         .connections_refused
         .get_or_create(&crate::core::metrics::ReasonLabel { reason })

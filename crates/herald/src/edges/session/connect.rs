@@ -77,8 +77,17 @@ impl Session {
             data: admission.data,
             subs,
             ping: node.config.client.ping_interval.as_secs().max(1) as u32,
-            pong: true,
-            node: node.name.clone(),
+            pong: !self.conn.unidirectional(),
+            // An emulated connection's commands name the node that holds it (its unique id).
+            node: match self.conn.emulation_session() {
+                Some(_) => node.uid.clone(),
+                None => node.name.clone(),
+            },
+            session: self
+                .conn
+                .emulation_session()
+                .unwrap_or_default()
+                .to_string(),
             time: 0,
         }))
     }

@@ -180,6 +180,8 @@ impl Session {
                 }
                 Ok(())
             }
+            // Delivered to the hub's inbox of the session, never to an outbox.
+            Control::Emulation { .. } => Ok(()),
             Control::Unsubscribe { channel, .. } => {
                 if self.unsubscribe_channel(&channel).await {
                     self.queue_unsubscribe(&channel, UnsubscribeCode::SERVER);

@@ -89,7 +89,10 @@ impl Session {
         if now >= self.next_ping {
             self.queue(Bytes::from_static(PING));
             self.next_ping = now + self.node.config.client.ping_interval;
-            self.pong_deadline = Some(now + self.node.config.client.pong_timeout);
+            // A unidirectional client cannot answer: it is closed by a failing write instead.
+            if !self.conn.unidirectional() {
+                self.pong_deadline = Some(now + self.node.config.client.pong_timeout);
+            }
         }
         Ok(())
     }

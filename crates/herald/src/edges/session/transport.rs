@@ -1,7 +1,9 @@
-//! What a session reads commands from and writes messages to. Each transport is a variant, so
-//! the session's jobs (commands, limits, storm control) are written once for all of them and the
-//! hot path stays a static call.
+//! What the session reads from and writes to: a WebSocket (bidirectional or unidirectional) or an
+//! HTTP stream. One session core serves them all with the same commands, limits and storm control;
+//! only the framing, the way commands arrive and the way a connection ends differ.
 
+use crate::edges::stream::requests::uni_connect_command;
+use crate::edges::stream::StreamConn;
 use crate::edges::ws::{Incoming, WsConn, WsError};
 use bytes::Bytes;
 use std::io;
@@ -9,113 +11,206 @@ use std::time::{Duration, Instant};
 
 pub enum Transport {
     WebSocket(WsConn),
+    /// `/connection/uni_websocket`: the first message is the connect request; later ones are
+    /// ignored; the client gets bare pushes.
+    UniWebSocket {
+        ws: WsConn,
+        connected: bool,
+    },
+    /// HTTP streaming or SSE; `session`: the secret `/emulation` requests name (bidirectional).
+    Stream {
+        conn: StreamConn,
+        name: &'static str,
+        session: Option<String>,
+    },
 }
 
 impl Transport {
-    /// Whether bytes read earlier may still hold a complete message.
-    pub fn has_buffered(&self) -> bool {
-        match self {
-            Transport::WebSocket(ws) => ws.has_buffered(),
+    pub fn stream(conn: StreamConn, name: &'static str, session: Option<String>) -> Transport {
+        Transport::Stream {
+            conn,
+            name,
+            session,
         }
     }
 
-    /// Waits until input can be read. Cancel-safe.
+    /// The transport's name, as Centrifugo names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transport::WebSocket(_) => "websocket",
+            Transport::UniWebSocket { .. } => "uni_websocket",
+            Transport::Stream { name, .. } => name,
+        }
+    }
+
+    /// The client only receives: no replies but the connect push, and no pongs expected.
+    pub fn unidirectional(&self) -> bool {
+        match self {
+            Transport::WebSocket(_) => false,
+            Transport::UniWebSocket { .. } => true,
+            Transport::Stream { conn, .. } => conn.is_unidirectional(),
+        }
+    }
+
+    /// The session secret of an emulated connection (sent in the connect reply).
+    pub fn emulation_session(&self) -> Option<&str> {
+        match self {
+            Transport::Stream { session, .. } => session.as_deref(),
+            _ => None,
+        }
+    }
+
     pub async fn readable(&self) -> io::Result<()> {
         match self {
-            Transport::WebSocket(ws) => ws.readable().await,
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => ws.readable().await,
+            Transport::Stream { conn, .. } => conn.readable().await,
         }
     }
 
-    /// Waits until more output can be written. Cancel-safe.
     pub async fn writable(&self) -> io::Result<()> {
         match self {
-            Transport::WebSocket(ws) => ws.writable().await,
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => ws.writable().await,
+            Transport::Stream { conn, .. } => conn.writable().await,
         }
     }
 
-    /// Whether output is waiting to be handed to the kernel.
-    pub fn is_writing(&self) -> bool {
+    pub fn has_buffered(&self) -> bool {
         match self {
-            Transport::WebSocket(ws) => ws.is_writing(),
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => ws.has_buffered(),
+            Transport::Stream { conn, .. } => conn.has_buffered(),
         }
     }
 
-    /// Bytes owed to the peer and not yet handed to the kernel.
-    pub fn queued_out(&self) -> usize {
-        match self {
-            Transport::WebSocket(ws) => ws.queued_out(),
-        }
-    }
-
-    /// While a write is pending: since when it has made no progress.
-    pub fn stalled_since(&self) -> Option<Instant> {
-        match self {
-            Transport::WebSocket(ws) => ws.stalled_since(),
-        }
-    }
-
-    /// Transport-level pings received since the last call (already answered).
-    pub fn take_pings(&mut self) -> u32 {
-        match self {
-            Transport::WebSocket(ws) => ws.take_pings(),
-        }
-    }
-
-    /// Reads what is available without waiting and appends complete messages to `out`; returns
-    /// the bytes read.
     pub fn read_available(&mut self, out: &mut Vec<Incoming>) -> Result<usize, WsError> {
         match self {
             Transport::WebSocket(ws) => ws.read_available(out),
+            Transport::UniWebSocket { ws, connected } => {
+                let mut incoming = Vec::new();
+                let read = ws.read_available(&mut incoming)?;
+                for item in incoming {
+                    match item {
+                        Incoming::Message(payload) if !*connected => {
+                            *connected = true;
+                            // A bad request becomes an undecodable command: the session closes
+                            // with `bad request`, as for any malformed command.
+                            let command = uni_connect_command(&payload)
+                                .unwrap_or_else(|_| b"{\"id\":1,\"connect\":".to_vec());
+                            out.push(Incoming::Message(command));
+                        }
+                        // Centrifugo reads and drops what a unidirectional client sends later.
+                        Incoming::Message(_) => {}
+                        close => out.push(close),
+                    }
+                }
+                Ok(read)
+            }
+            Transport::Stream { conn, .. } => conn.read_available(out),
         }
     }
 
-    /// Queues encoded messages, merged into as few frames of at most `max_frame` bytes as the
-    /// transport allows. Call only when nothing is being written. Returns (payload bytes, frames).
+    /// WebSocket pings received since the last call.
+    pub fn take_pings(&mut self) -> u32 {
+        match self {
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => ws.take_pings(),
+            Transport::Stream { .. } => 0,
+        }
+    }
+
+    pub fn queued_out(&self) -> usize {
+        match self {
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => ws.queued_out(),
+            Transport::Stream { conn, .. } => conn.queued_out(),
+        }
+    }
+
+    pub fn is_writing(&self) -> bool {
+        self.queued_out() > 0
+    }
+
+    pub fn stalled_since(&self) -> Option<Instant> {
+        match self {
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => ws.stalled_since(),
+            Transport::Stream { conn, .. } => conn.stalled_since(),
+        }
+    }
+
+    /// Queues messages for the client (merged into frames of at most `max_frame` where the
+    /// transport has frames). Returns (payload bytes, frames or chunks).
     pub fn queue_messages(&mut self, messages: &[Bytes], max_frame: usize) -> (usize, usize) {
         match self {
             Transport::WebSocket(ws) => ws.queue_text(messages, max_frame),
+            Transport::UniWebSocket { ws, .. } => {
+                let pushes: Vec<Bytes> = messages
+                    .iter()
+                    .flat_map(|m| {
+                        m.split(|&b| b == b'\n')
+                            .filter(|line| !line.is_empty())
+                            .filter_map(|line| {
+                                crate::edges::stream::framing::unidirectional(&m.slice_ref(line))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                if pushes.is_empty() {
+                    return (0, 0);
+                }
+                // One push per frame, as Centrifugo's uni_websocket sends them by default.
+                let _ = max_frame;
+                ws.queue_text(&pushes, 0)
+            }
+            Transport::Stream { conn, .. } => conn.queue_messages(messages),
         }
     }
 
-    /// Hands queued output to the kernel as far as it takes it, without waiting.
     pub fn try_write(&mut self) -> io::Result<usize> {
         match self {
-            Transport::WebSocket(ws) => ws.try_write(),
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => ws.try_write(),
+            Transport::Stream { conn, .. } => conn.try_write(),
         }
     }
 
-    /// Writes everything queued; gives up once a write made no progress for `stall`.
     pub async fn write_queued(&mut self, stall: Duration) -> io::Result<()> {
         match self {
-            Transport::WebSocket(ws) => ws.write_queued(stall).await,
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => {
+                ws.write_queued(stall).await
+            }
+            Transport::Stream { conn, .. } => conn.write_queued(stall).await,
         }
     }
 
-    /// Queues the transport's close (a close frame) with `code` and `reason`.
+    /// Queues the end of the connection: a close frame, or a stream's disconnect push.
     pub fn queue_close(&mut self, code: u16, reason: &str) {
         match self {
-            Transport::WebSocket(ws) => ws.queue_close(code, reason),
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => {
+                ws.queue_close(code, reason)
+            }
+            Transport::Stream { conn, .. } => conn.queue_close(code, reason),
         }
     }
 
-    /// Ends the connection at once, offering the close code when that does not wait.
+    /// Ends the connection at once (a client that does not read).
     pub fn abort(&mut self, close: Option<(u16, &str)>) {
         match self {
-            Transport::WebSocket(ws) => ws.abort(close),
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => ws.abort(close),
+            Transport::Stream { conn, .. } => conn.abort(),
         }
     }
 
-    /// Ends our side after what was written.
+    /// Ends the connection after what was written.
     pub async fn shutdown(&mut self) {
         match self {
-            Transport::WebSocket(ws) => ws.shutdown().await,
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => ws.shutdown().await,
+            Transport::Stream { conn, .. } => conn.shutdown(),
         }
     }
 
-    /// Ends our side, then waits up to `wait` for the peer to close, so the close is not lost.
+    /// Closes and waits (at most `wait`) for the peer to close too.
     pub async fn drain_until_closed(&mut self, wait: Duration) {
         match self {
-            Transport::WebSocket(ws) => ws.drain_until_closed(wait).await,
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => {
+                ws.drain_until_closed(wait).await
+            }
+            Transport::Stream { conn, .. } => conn.shutdown(),
         }
     }
 }

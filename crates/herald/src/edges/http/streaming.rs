@@ -1,0 +1,301 @@
+//! The streaming endpoints (`/connection/http_stream`, `/connection/sse`, `/connection/uni_http_stream`,
+//! `/connection/uni_sse`) and `/emulation`: the same admission as the WebSocket upgrade, the
+//! request checked before anything is held, then the response body handed to one session task.
+
+use super::response::{respond, Body};
+use super::websocket::{admit, refused};
+use crate::core::session_handle::{Inbox, InboxRefusal};
+use crate::edges::session::{Session, Transport};
+use crate::edges::stream::requests::{
+    emulation_request, query_param, uni_connect_command, CONNECT_PARAM,
+};
+use crate::edges::stream::{Framing, StreamConn};
+use crate::node::Node;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Which streaming endpoint a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Endpoint {
+    HttpStream,
+    Sse,
+    UniHttpStream,
+    UniSse,
+}
+
+impl Endpoint {
+    pub(super) fn from_path(path: &str) -> Option<Endpoint> {
+        match path {
+            "/connection/http_stream" => Some(Endpoint::HttpStream),
+            "/connection/sse" => Some(Endpoint::Sse),
+            "/connection/uni_http_stream" => Some(Endpoint::UniHttpStream),
+            "/connection/uni_sse" => Some(Endpoint::UniSse),
+            _ => None,
+        }
+    }
+
+    /// The transport's name, as metrics label it and Centrifugo names it.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Endpoint::HttpStream => "http_stream",
+            Endpoint::Sse => "sse",
+            Endpoint::UniHttpStream => "uni_http_stream",
+            Endpoint::UniSse => "uni_sse",
+        }
+    }
+
+    fn framing(self) -> Framing {
+        match self {
+            Endpoint::HttpStream | Endpoint::UniHttpStream => Framing::Lines,
+            Endpoint::Sse | Endpoint::UniSse => Framing::Events,
+        }
+    }
+
+    fn uni(self) -> bool {
+        matches!(self, Endpoint::UniHttpStream | Endpoint::UniSse)
+    }
+}
+
+/// Requests an emulated connection may have waiting at once, and their bytes (in messages of
+/// `client.max_message_size`).
+const INBOX_REQUESTS: usize = 32;
+const INBOX_MESSAGES_OF_MAX_SIZE: usize = 4;
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let mut message = message.into();
+    message.push('\n');
+    respond(status, "text/plain; charset=utf-8", message)
+}
+
+/// Reads a request body of at most `max` bytes: 413 beyond.
+async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Box<Response<Body>>> {
+    match Limited::new(body, max).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Box::new(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than client.max_message_size ({max} bytes)"),
+            )))
+        }
+        Err(_) => Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "could not read the request body",
+        ))),
+    }
+}
+
+fn is_protobuf(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"))
+}
+
+pub(super) async fn stream(
+    node: Arc<Node>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    endpoint: Endpoint,
+    abort: Option<CancellationToken>,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    if parts.method == Method::OPTIONS {
+        return text(StatusCode::NO_CONTENT, "");
+    }
+    let get_allowed = matches!(endpoint, Endpoint::Sse | Endpoint::UniSse);
+    if !(parts.method == Method::POST || (get_allowed && parts.method == Method::GET)) {
+        let allowed = if get_allowed { "GET or POST" } else { "POST" };
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} takes {allowed} requests", parts.uri.path()),
+        );
+    }
+    if is_protobuf(&parts.headers) {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "this server streams JSON only (Content-Type application/json)",
+        );
+    }
+    let slot = match admit(&node, &parts.headers, peer) {
+        Ok(slot) => slot,
+        Err(response) => return *response,
+    };
+    let max = node.config.client.max_message_size;
+    // The first message: the connect command (bidirectional), or the connect request (uni).
+    let first = if parts.method == Method::GET {
+        match query_param(parts.uri.query(), CONNECT_PARAM) {
+            Some(value) if value.len() > max => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("{CONNECT_PARAM} larger than client.max_message_size ({max} bytes)"),
+                )
+            }
+            Some(value) => Bytes::from(value.into_bytes()),
+            None if endpoint.uni() => Bytes::new(),
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("missing the {CONNECT_PARAM} query parameter (the connect command)"),
+                )
+            }
+        }
+    } else {
+        match read_body(body, max).await {
+            Ok(body) => body,
+            Err(response) => return *response,
+        }
+    };
+    let first = if endpoint.uni() {
+        match uni_connect_command(&first) {
+            Ok(command) => Bytes::from(command),
+            Err(e) => {
+                refused(&node, "bad connect request");
+                return text(StatusCode::BAD_REQUEST, e.0);
+            }
+        }
+    } else if first.iter().all(u8::is_ascii_whitespace) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "empty connect command (the request body or cf_connect)",
+        );
+    } else {
+        first
+    };
+    let inbox = Arc::new(Inbox::new(INBOX_REQUESTS, INBOX_MESSAGES_OF_MAX_SIZE * max));
+    // Cannot fail: the inbox is new and empty.
+    let _ = inbox.push(first);
+    let preamble: &'static [u8] = match endpoint.framing() {
+        Framing::Events => b"\r\n",
+        Framing::Lines => b"",
+    };
+    let (mut conn, body) =
+        StreamConn::new(endpoint.framing(), endpoint.uni(), inbox, preamble, abort);
+    let session = if endpoint.uni() {
+        None
+    } else {
+        let session = uuid::Uuid::new_v4().to_string();
+        conn.register(node.hub.clone(), session.clone());
+        Some(session)
+    };
+    let forwarded = node
+        .hooks
+        .proxy
+        .as_ref()
+        .map(|p| p.capture_headers(&parts.headers))
+        .unwrap_or_default();
+    let transport = Transport::stream(conn, endpoint.name(), session);
+    let metrics = node.metrics.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let _counted = metrics.transport_opened(endpoint.name());
+        Session::new(node, transport, herald_protocol::Format::Json, forwarded)
+            .run()
+            .await;
+    });
+    let mut response = Response::new(body.boxed_unsync());
+    let h = response.headers_mut();
+    let content_type = match endpoint.framing() {
+        Framing::Events => "text/event-stream; charset=utf-8",
+        Framing::Lines => "application/json",
+    };
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
+    );
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    h.insert(header::EXPIRES, HeaderValue::from_static("0"));
+    // Proxies (nginx) must pass each chunk on as it comes.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// `POST /emulation`: commands for an emulated connection, on this node or — through the
+/// broker — on the node that holds it. 204 once handed over; 404 for a session or node that is
+/// not there (centrifuge-js then reconnects); 429 while the connection has too many waiting.
+pub(super) async fn emulation(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    if parts.method == Method::OPTIONS {
+        return text(StatusCode::NO_CONTENT, "");
+    }
+    if parts.method != Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "/emulation takes POST requests",
+        );
+    }
+    if is_protobuf(&parts.headers) {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "this server emulates JSON connections only (Content-Type application/json)",
+        );
+    }
+    let max = node.config.client.max_message_size;
+    let body = match read_body(body, max).await {
+        Ok(body) => body,
+        Err(response) => {
+            emulation_refused(&node, "body size");
+            return *response;
+        }
+    };
+    let request = match emulation_request(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            emulation_refused(&node, "malformed");
+            return text(StatusCode::BAD_REQUEST, e.0);
+        }
+    };
+    drop(body);
+    if request.node == node.uid {
+        let Some(inbox) = node.hub.emulation_inbox(&request.session) else {
+            emulation_refused(&node, "unknown session");
+            return text(StatusCode::NOT_FOUND, "no such session on this node");
+        };
+        return match inbox.push(Bytes::from(request.data.into_bytes())) {
+            Ok(()) => text(StatusCode::NO_CONTENT, ""),
+            Err(InboxRefusal::Full) => {
+                emulation_refused(&node, "inbox full");
+                text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many commands waiting for this connection",
+                )
+            }
+            Err(InboxRefusal::Closed) => {
+                emulation_refused(&node, "unknown session");
+                text(StatusCode::NOT_FOUND, "no such session on this node")
+            }
+        };
+    }
+    // Another node's session: only a live node of this cluster is sent anything.
+    let known = match node.broker.nodes().await {
+        Ok(nodes) => nodes.iter().any(|n| n.uid == request.node),
+        Err(_) => return text(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable"),
+    };
+    if !known {
+        emulation_refused(&node, "unknown node");
+        return text(StatusCode::NOT_FOUND, "no such node");
+    }
+    let control = crate::brokers::Control::Emulation {
+        node: request.node,
+        session: request.session,
+        data: request.data,
+    };
+    match node.broker.publish_control(control).await {
+        Ok(()) => text(StatusCode::NO_CONTENT, ""),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable"),
+    }
+}
+
+fn emulation_refused(node: &Node, reason: &'static str) {
+    node.metrics
+        .emulation_refused
+        .get_or_create(&crate::core::metrics::ReasonLabel { reason })
+        .inc();
+}

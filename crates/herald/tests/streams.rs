@@ -1,0 +1,550 @@
+//! The transports besides WebSocket through real sockets: HTTP streaming and SSE with their
+//! `/emulation` commands, the unidirectional HTTP streaming, SSE and WebSocket endpoints, and the
+//! limits on each (bad requests, unknown sessions, oversized bodies, connection limits, clients
+//! that do not read).
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_websockets::{ClientBuilder, Message};
+
+/// A streaming response read from a raw socket: the head, then the chunked body as text lines.
+struct Stream {
+    tcp: TcpStream,
+    head: String,
+    /// Decoded body not yet returned as lines.
+    text: Vec<u8>,
+    /// Raw bytes not yet decoded.
+    raw: Vec<u8>,
+}
+
+impl Stream {
+    async fn open(addr: SocketAddr, method: &str, path: &str, body: &str) -> Stream {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        let head = loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_string();
+                raw.drain(..end + 4);
+                break head;
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+                .await
+                .expect("head in time")
+                .expect("read head");
+            assert!(
+                n > 0,
+                "closed before the head: {:?}",
+                String::from_utf8_lossy(&raw)
+            );
+            raw.extend_from_slice(&buf[..n]);
+        };
+        Stream {
+            tcp,
+            head,
+            text: Vec::new(),
+            raw,
+        }
+    }
+
+    fn status(&self) -> u16 {
+        status_of(&self.head)
+    }
+
+    /// Moves complete chunks from `raw` to `text`; `false` at the last chunk.
+    fn decode(&mut self) -> bool {
+        loop {
+            let Some(eol) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return true;
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&self.raw[..eol]).unwrap().trim(), 16)
+                    .expect("chunk size");
+            if size == 0 {
+                return false;
+            }
+            if self.raw.len() < eol + 2 + size + 2 {
+                return true;
+            }
+            self.text
+                .extend_from_slice(&self.raw[eol + 2..eol + 2 + size]);
+            self.raw.drain(..eol + 2 + size + 2);
+        }
+    }
+
+    /// The next non-empty line of the body, or `None` when the body ended.
+    async fn line_within(&mut self, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let open = self.decode();
+            while let Some(nl) = self.text.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.text.drain(..=nl).collect();
+                let line = String::from_utf8(line).unwrap();
+                let line = line.trim_end_matches(['\n', '\r']);
+                if !line.is_empty() {
+                    return Some(line.to_string());
+                }
+            }
+            if !open {
+                return None;
+            }
+            let mut buf = [0u8; 8192];
+            match tokio::time::timeout_at(deadline, self.tcp.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(n)) => self.raw.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("no line within {wait:?}"),
+            }
+        }
+    }
+
+    /// The next message: a line (HTTP streaming) or an event's data (SSE), as JSON.
+    async fn next(&mut self) -> Value {
+        let line = self.line_within(WAIT).await.expect("stream ended");
+        let json = line.strip_prefix("data: ").unwrap_or(&line);
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+
+    /// The next message that is not a ping, nor a join or leave (the personal channel's).
+    async fn next_message(&mut self) -> Value {
+        loop {
+            let v = self.next().await;
+            let push = v.get("push").unwrap_or(&v);
+            if push.get("join").is_some() || push.get("leave").is_some() {
+                continue;
+            }
+            if v.as_object().is_some_and(|o| !o.is_empty()) {
+                return v;
+            }
+        }
+    }
+}
+
+async fn emulate(addr: SocketAddr, node: &str, session: &str, commands: &[Value]) -> (u16, String) {
+    let data: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
+    let body = json!({"node": node, "session": session, "data": data.join("\n")}).to_string();
+    http_raw(
+        addr,
+        "POST",
+        "/emulation",
+        &[("Content-Type", "application/json")],
+        &body,
+    )
+    .await
+}
+
+fn connect_command(user: &str) -> String {
+    json!({"id": 1, "connect": {"token": token(user)}}).to_string()
+}
+
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Connects a bidirectional stream; returns it with its (node, session).
+async fn connected(ts: &TestServer, sse: bool, user: &str) -> (Stream, String, String) {
+    let mut stream = if sse {
+        let path = format!(
+            "/connection/sse?cf_connect={}",
+            query_escape(&connect_command(user))
+        );
+        Stream::open(ts.addr, "GET", &path, "").await
+    } else {
+        Stream::open(
+            ts.addr,
+            "POST",
+            "/connection/http_stream",
+            &connect_command(user),
+        )
+        .await
+    };
+    assert_eq!(stream.status(), 200, "{}", stream.head);
+    let reply = stream.next_message().await;
+    let connect = &reply["connect"];
+    assert_eq!(reply["id"], 1, "{reply}");
+    let node = connect["node"].as_str().expect("node").to_string();
+    let session = connect["session"].as_str().expect("session").to_string();
+    assert_eq!(node, ts.node().uid);
+    (stream, node, session)
+}
+
+async fn bidirectional(sse: bool) {
+    let ts = TestServer::start().await;
+    let (mut stream, node, session) = connected(&ts, sse, "alice").await;
+    if sse {
+        assert!(stream.head.contains("text/event-stream"), "{}", stream.head);
+    }
+    let (status, _) = emulate(
+        ts.addr,
+        &node,
+        &session,
+        &[json!({"id": 2, "subscribe": {"channel": "chat:room", "recover": true}})],
+    )
+    .await;
+    assert_eq!(status, 204);
+    let reply = stream.next_message().await;
+    assert_eq!(reply["id"], 2, "{reply}");
+    assert!(reply.get("subscribe").is_some(), "{reply}");
+    ts.api_ok("publish", json!({"channel": "chat:room", "data": {"n": 1}}))
+        .await;
+    let push = stream.next_message().await;
+    assert_eq!(push["push"]["pub"]["data"]["n"], 1, "{push}");
+    // A client publication, presence and history, each in its own request.
+    for (id, command) in [
+        (
+            3,
+            json!({"publish": {"channel": "chat:room", "data": {"n": 2}}}),
+        ),
+        (4, json!({"presence": {"channel": "chat:room"}})),
+        (5, json!({"history": {"channel": "chat:room", "limit": 10}})),
+    ] {
+        let mut command = command;
+        command["id"] = json!(id);
+        let (status, _) = emulate(ts.addr, &node, &session, &[command]).await;
+        assert_eq!(status, 204);
+    }
+    let mut replies = Vec::new();
+    while replies.len() < 4 {
+        replies.push(stream.next_message().await);
+    }
+    let text = Value::Array(replies).to_string();
+    assert!(text.contains("\"n\":2"), "{text}");
+    assert!(text.contains("\"presence\""), "{text}");
+    assert!(text.contains("\"history\""), "{text}");
+    // Pongs arrive the same way: `{}`.
+    let (status, _) = emulate(ts.addr, &node, &session, &[json!({})]).await;
+    assert_eq!(status, 204);
+    // The server ends the session: a disconnect push, then the end of the response.
+    ts.api_ok("disconnect", json!({"user": "alice"})).await;
+    let mut last = Value::Null;
+    while let Some(line) = stream.line_within(WAIT).await {
+        let json = line.strip_prefix("data: ").unwrap_or(&line).to_string();
+        last = serde_json::from_str(&json).unwrap();
+    }
+    assert!(last["push"]["disconnect"]["code"].is_u64(), "{last}");
+    // The session is gone: its emulation requests are refused.
+    let (status, body) = emulate(ts.addr, &node, &session, &[json!({"id": 9, "ping": {}})]).await;
+    assert_eq!(status, 404, "{body}");
+}
+
+#[tokio::test]
+async fn http_stream_serves_every_command_through_emulation() {
+    bidirectional(false).await;
+}
+
+#[tokio::test]
+async fn sse_serves_every_command_through_emulation() {
+    bidirectional(true).await;
+}
+
+#[tokio::test]
+async fn emulation_refuses_what_it_cannot_deliver() {
+    let ts = TestServer::with(|c| c.client.max_message_size = 4096).await;
+    let uid = ts.node().uid.clone();
+    let (status, body) = emulate(ts.addr, &uid, "no-such-session", &[json!({})]).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = emulate(ts.addr, "no-such-node", "s", &[json!({})]).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("node"), "{body}");
+    let json_ct = [("Content-Type", "application/json")];
+    let (status, body) = http_raw(
+        ts.addr,
+        "POST",
+        "/emulation",
+        &json_ct,
+        r#"{"node":"n","session":5,"data":""}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("session"), "{body}");
+    let big = json!({"node": uid, "session": "s", "data": "x".repeat(5000)}).to_string();
+    let (status, body) = http_raw(ts.addr, "POST", "/emulation", &json_ct, &big).await;
+    assert_eq!(status, 413, "{body}");
+    let (status, _) = http_raw(ts.addr, "GET", "/emulation", &[], "").await;
+    assert_eq!(status, 405);
+    let text = ts.metrics().await;
+    assert!(
+        metric(&text, "herald_emulation_refused_total") >= 4.0,
+        "{text}"
+    );
+    // An honest stream still works meanwhile.
+    let (mut stream, node, session) = connected(&ts, false, "bob").await;
+    emulate(ts.addr, &node, &session, &[json!({"id": 2, "ping": {}})]).await;
+    assert_eq!(stream.next_message().await["id"], 2);
+}
+
+#[tokio::test]
+async fn bad_connect_requests_are_refused_naming_the_field() {
+    let ts = TestServer::start().await;
+    let (status, body) = http_raw(
+        ts.addr,
+        "POST",
+        "/connection/uni_http_stream",
+        &[],
+        r#"{"token": 5}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("token"), "{body}");
+    let (status, body) = http_raw(ts.addr, "GET", "/connection/sse", &[], "").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("cf_connect"), "{body}");
+    let (status, _) = http_raw(ts.addr, "GET", "/connection/http_stream", &[], "").await;
+    assert_eq!(status, 405);
+    let (status, body) = http_raw(
+        ts.addr,
+        "POST",
+        "/connection/http_stream",
+        &[("Content-Type", "application/octet-stream")],
+        "x",
+    )
+    .await;
+    assert_eq!(status, 415, "{body}");
+    // A bad connect command on a bidirectional stream: the disconnect push names bad request.
+    let mut stream = Stream::open(ts.addr, "POST", "/connection/http_stream", "{nope").await;
+    let v = stream.next_message().await;
+    assert_eq!(v["push"]["disconnect"]["code"], 3501, "{v}");
+}
+
+#[tokio::test]
+async fn uni_http_stream_pushes_connect_then_publications() {
+    let ts = TestServer::start().await;
+    let token = token_with(json!({"sub": "carol", "exp": now() + 3600, "channels": ["news"]}));
+    let body = json!({"token": token}).to_string();
+    let mut stream = Stream::open(ts.addr, "POST", "/connection/uni_http_stream", &body).await;
+    assert_eq!(stream.status(), 200);
+    let connect = stream.next_message().await;
+    assert!(connect["connect"]["client"].is_string(), "{connect}");
+    assert!(
+        connect["connect"]["subs"].get("news").is_some(),
+        "{connect}"
+    );
+    assert!(connect["connect"].get("pong").is_none(), "{connect}");
+    ts.api_ok("publish", json!({"channel": "news", "data": {"x": 1}}))
+        .await;
+    let publication = stream.next_message().await;
+    assert_eq!(publication["channel"], "news", "{publication}");
+    assert_eq!(publication["pub"]["data"]["x"], 1, "{publication}");
+    let text = ts.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "herald_transport_connections{transport=\"uni_http_stream\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn uni_sse_recovers_from_the_position_in_connect() {
+    let ts = TestServer::start().await;
+    let token = token_with(json!({"sub": "dan", "exp": now() + 3600, "channels": ["chat:feed"]}));
+    let first = ts
+        .api_ok("publish", json!({"channel": "chat:feed", "data": {"i": 1}}))
+        .await;
+    let epoch = first.get("result").unwrap_or(&first)["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_string();
+    ts.api_ok("publish", json!({"channel": "chat:feed", "data": {"i": 2}}))
+        .await;
+    let request = json!({"token": token, "subs": {"chat:feed": {"recover": true, "offset": 1, "epoch": epoch}}});
+    let path = format!(
+        "/connection/uni_sse?cf_connect={}",
+        query_escape(&request.to_string())
+    );
+    let mut stream = Stream::open(ts.addr, "GET", &path, "").await;
+    assert_eq!(stream.status(), 200);
+    let connect = stream.next_message().await;
+    let sub = &connect["connect"]["subs"]["chat:feed"];
+    assert_eq!(sub["recovered"], true, "{connect}");
+    assert_eq!(sub["publications"][0]["data"]["i"], 2, "{connect}");
+}
+
+#[tokio::test]
+async fn uni_streams_get_pings_and_no_pong_deadline() {
+    let ts = TestServer::with(|c| {
+        c.client.ping_interval = Duration::from_millis(200);
+        c.client.pong_timeout = Duration::from_millis(100);
+    })
+    .await;
+    let body = json!({"token": token("erin")}).to_string();
+    let mut stream = Stream::open(ts.addr, "POST", "/connection/uni_http_stream", &body).await;
+    stream.next_message().await;
+    // Several pings, and still open long past the pong timeout.
+    let mut pings = 0;
+    while pings < 4 {
+        let v = stream.next().await;
+        if v == json!({}) {
+            pings += 1;
+        }
+    }
+}
+
+#[tokio::test]
+async fn uni_websocket_takes_the_connect_request_first() {
+    let ts = TestServer::start().await;
+    let url = format!("ws://{}/connection/uni_websocket", ts.addr);
+    let uri = http::Uri::try_from(url).unwrap();
+    let (mut ws, _) = ClientBuilder::from_uri(uri).connect().await.expect("ws");
+    let token = token_with(json!({"sub": "fay", "exp": now() + 3600, "channels": ["news"]}));
+    ws.send(Message::text(json!({"token": token}).to_string()))
+        .await
+        .unwrap();
+    let message = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let connect: Value = serde_json::from_str(message.as_text().unwrap()).unwrap();
+    assert!(
+        connect["connect"]["subs"].get("news").is_some(),
+        "{connect}"
+    );
+    // Later messages are ignored, as Centrifugo does.
+    ws.send(Message::text(r#"{"id":2,"subscribe":{"channel":"x"}}"#))
+        .await
+        .unwrap();
+    ts.api_ok("publish", json!({"channel": "news", "data": 7}))
+        .await;
+    loop {
+        let message = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let push: Value = serde_json::from_str(message.as_text().unwrap()).unwrap();
+        assert!(
+            push.get("id").is_none(),
+            "a reply to an ignored command: {push}"
+        );
+        if push["channel"] == "news" && push.get("pub").is_some() {
+            assert_eq!(push["pub"]["data"], 7, "{push}");
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn streams_share_the_connection_limit_with_websocket() {
+    let ts = TestServer::with(|c| c.client.max_connections = 1).await;
+    let body = json!({"token": token("gus")}).to_string();
+    let mut first = Stream::open(ts.addr, "POST", "/connection/uni_http_stream", &body).await;
+    first.next_message().await;
+    let (status, body) = http_raw(
+        ts.addr,
+        "POST",
+        "/connection/uni_http_stream",
+        &[],
+        &json!({"token": token("gus")}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let (status, _) = ws_handshake(ts.addr).await;
+    assert_eq!(status, 503);
+}
+
+#[tokio::test]
+async fn a_stream_that_is_not_read_is_closed_as_slow() {
+    let ts = TestServer::with(|c| {
+        c.client.max_outbox_bytes = 64 * 1024;
+        c.client.write_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let token = token_with(json!({"sub": "hal", "exp": now() + 3600, "channels": ["flood"]}));
+    let body = json!({"token": token}).to_string();
+    // Never read past the head.
+    let stalled = Stream::open(ts.addr, "POST", "/connection/uni_http_stream", &body).await;
+    let honest_body = json!({"token": token_with(json!({"sub": "ida", "exp": now() + 3600, "channels": ["flood"]}))}).to_string();
+    let mut honest =
+        Stream::open(ts.addr, "POST", "/connection/uni_http_stream", &honest_body).await;
+    honest.next_message().await;
+    let data = "y".repeat(8000);
+    let mut closed = false;
+    for i in 0..2000 {
+        ts.api_ok(
+            "publish",
+            json!({"channel": "flood", "data": {"i": i, "pad": data}}),
+        )
+        .await;
+        assert_eq!(honest.next_message().await["pub"]["data"]["i"], i);
+        let text = ts.metrics().await;
+        if metric(
+            &text,
+            "herald_transport_connections{transport=\"uni_http_stream\"}",
+        ) == 1.0
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the stalled stream was never closed");
+    drop(stalled);
+}
+
+/// The stream on one node, its commands POSTed to another: the broker carries them to the node
+/// that holds the session.
+async fn emulation_reaches_the_node_of_the_session(broker: support::brokers::Broker) {
+    let share = broker.share("emulation_cross_node");
+    let cluster = share.cluster(2).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    // Both nodes know each other before the stream starts.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let info = b.api_ok("info", json!({})).await;
+        let nodes = info.get("result").unwrap_or(&info)["nodes"].clone();
+        if nodes.as_array().is_some_and(|n| n.len() == 2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes never met: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut stream, node, session) = connected(a, false, "ivy").await;
+    let (status, body) = emulate(
+        b.addr,
+        &node,
+        &session,
+        &[json!({"id": 2, "subscribe": {"channel": "chat:x"}})],
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let reply = stream.next_message().await;
+    assert_eq!(reply["id"], 2, "{reply}");
+    b.api_ok("publish", json!({"channel": "chat:x", "data": "across"}))
+        .await;
+    let push = stream.next_message().await;
+    assert_eq!(push["push"]["pub"]["data"], "across", "{push}");
+    // A node that is not in the cluster is refused at once.
+    let (status, _) = emulate(b.addr, "gone-node", &session, &[json!({})]).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn emulation_crosses_nodes_on_redis() {
+    emulation_reaches_the_node_of_the_session(support::brokers::Broker::Redis).await;
+}
+
+#[tokio::test]
+async fn emulation_crosses_nodes_on_nats() {
+    emulation_reaches_the_node_of_the_session(support::brokers::Broker::Nats).await;
+}
