@@ -14,6 +14,7 @@
 
 pub mod codes;
 pub mod command;
+pub mod delta;
 pub mod reply;
 
 pub use codes::{Disconnect, ErrorCode, UnsubscribeCode};
