@@ -9,6 +9,8 @@
 //! target is UTF-8 (JSON always is), so is the delta, which can then travel as a JSON string (the
 //! JSON protocol carries patches that way) without being altered.
 
+use crate::reply::{encode_publication_push, Publication};
+use serde_json::value::RawValue;
 use thiserror::Error;
 
 /// Bytes hashed at a time; sources this short are not indexed (the target goes literally).
@@ -263,6 +265,54 @@ fn best_copy(
     best
 }
 
+/// `text` as a JSON string value.
+fn json_string(text: &str) -> Option<Box<RawValue>> {
+    serde_json::to_string(text)
+        .ok()
+        .and_then(|s| RawValue::from_string(s).ok())
+}
+
+/// The publication as a delta-compression subscriber of the JSON protocol receives it in full:
+/// its `data` is the data's JSON text as a JSON string (the SDK keeps those exact bytes as the
+/// base of the next patch).
+pub fn with_data_as_string(publication: &Publication) -> Publication {
+    Publication {
+        data: json_string(publication.data.get()).unwrap_or_else(|| publication.data.clone()),
+        info: publication.info.clone(),
+        offset: publication.offset,
+        tags: publication.tags.clone(),
+        time: publication.time,
+    }
+}
+
+/// A publication push for a delta-compression subscriber (JSON protocol): in full (`patch`:
+/// none), or carrying a fossil patch against the previous publication's data, as a JSON string,
+/// with `"delta":true`. None when the patch is not UTF-8 (never for a patch [`create`] made
+/// between two JSON texts): the caller sends the publication in full instead.
+pub fn encode_delta_publication_push(
+    channel: &str,
+    publication: &Publication,
+    patch: Option<&[u8]>,
+) -> Option<bytes::Bytes> {
+    let Some(patch) = patch else {
+        return Some(encode_publication_push(
+            channel,
+            &with_data_as_string(publication),
+        ));
+    };
+    let data = json_string(std::str::from_utf8(patch).ok()?)?;
+    let patched = Publication {
+        data,
+        ..with_data_as_string(publication)
+    };
+    let mut out = encode_publication_push(channel, &patched).to_vec();
+    // The push ends with the publication object's `}` and the push's `}}`: the flag goes last in
+    // the publication, after `data` (always there), so after a comma.
+    let at = out.len().checked_sub(3)?;
+    out.splice(at..at, b",\"delta\":true".iter().copied());
+    Some(bytes::Bytes::from(out))
+}
+
 struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
@@ -506,5 +556,36 @@ mod tests {
                 .collect();
             let _ = apply(source, &delta);
         }
+    }
+    #[test]
+    fn pushes_carry_data_as_a_json_string_and_patches_with_the_delta_flag() {
+        let publication = |data: &str, offset| Publication {
+            data: RawValue::from_string(data.to_string()).unwrap(),
+            info: None,
+            offset,
+            tags: Default::default(),
+            time: 0,
+        };
+        let first = publication(
+            r#"{"n":"é\"x","list":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]}"#,
+            1,
+        );
+        let second = publication(
+            r#"{"n":"é\"y","list":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]}"#,
+            2,
+        );
+        let full = encode_delta_publication_push("ch", &first, None).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&full).unwrap();
+        assert_eq!(v["push"]["pub"]["data"].as_str(), Some(first.data.get()));
+        assert!(v["push"]["pub"].get("delta").is_none());
+        let patch = create(first.data.get().as_bytes(), second.data.get().as_bytes());
+        let pushed = encode_delta_publication_push("ch", &second, Some(&patch)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&pushed).unwrap();
+        assert_eq!(v["push"]["pub"]["delta"], serde_json::json!(true));
+        assert_eq!(v["push"]["pub"]["offset"], serde_json::json!(2));
+        let wire = v["push"]["pub"]["data"].as_str().unwrap();
+        let rebuilt = apply(first.data.get().as_bytes(), wire.as_bytes()).unwrap();
+        assert_eq!(rebuilt, second.data.get().as_bytes());
+        assert!(encode_delta_publication_push("ch", &second, Some(&[0xff])).is_none());
     }
 }

@@ -40,6 +40,11 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabel {
     pub event: &'static str,
 }
@@ -109,6 +114,10 @@ pub struct Metrics {
     pub publications_too_large: Family<SourceLabel, Counter>,
     /// Server API and `/metrics` requests refused before any method ran, by reason.
     pub api_refused: Family<ReasonLabel, Counter>,
+    /// Fossil patches computed (once per channel and publication, whatever the subscribers).
+    pub delta_patches: Counter,
+    /// Publications queued to delta-compression subscribers, by kind: `delta` or `full`.
+    pub delta_publications: Family<KindLabel, Counter>,
 }
 
 /// Device ingest counters, copied into the registry when metrics are rendered.
@@ -174,6 +183,8 @@ impl Metrics {
             history_streams_forgotten: Family::default(),
             publications_too_large: Family::default(),
             api_refused: Family::default(),
+            delta_patches: Counter::default(),
+            delta_publications: Family::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
@@ -377,6 +388,16 @@ impl Metrics {
             "api_refused",
             "Server API and /metrics requests refused before any method ran, by reason (key, peer, host, origin, forwarded, content type, body, body size, batch size)",
             m.api_refused.clone(),
+        );
+        registry.register(
+            "delta_patches",
+            "Fossil patches computed for delta-compression subscribers (once per channel and publication)",
+            m.delta_patches.clone(),
+        );
+        registry.register(
+            "delta_publications",
+            "Publications queued to delta-compression subscribers, by kind (delta: a patch, full: the whole data)",
+            m.delta_publications.clone(),
         );
         Metrics {
             registry: parking_lot::Mutex::new(registry),
