@@ -182,6 +182,10 @@ async fn publish(ts: &TestServer, channel: &str, version: u64) {
 async fn after_any_break_the_next_publication_is_whole() {
     let ts = server().await;
     let channel = "docs:breaks";
+    // Stays subscribed throughout: the node keeps patching against the previous publication,
+    // which the other client does not always hold.
+    let mut witness = ts.client("bob").await;
+    delta_subscribe(&mut witness, channel, json!({})).await;
     let mut client = ts.client("alice").await;
     let reply = delta_subscribe(&mut client, channel, json!({"recoverable": true})).await;
     let epoch = reply["epoch"].as_str().unwrap().to_string();
@@ -227,6 +231,14 @@ async fn after_any_break_the_next_publication_is_whole() {
     let sixth = client.publication(channel).await;
     assert_eq!(sixth["delta"], json!(true), "{sixth}");
     assert_eq!(decoder.take(&sixth), document(6, 25));
+
+    // The witness got every publication but the first as a patch.
+    let mut witnessed = Decoder::new();
+    for version in 1..=6 {
+        let got = witness.publication(channel).await;
+        assert_eq!(witnessed.take(&got), document(version, 25));
+    }
+    assert_eq!(witnessed.patches, 5);
 }
 
 #[tokio::test]

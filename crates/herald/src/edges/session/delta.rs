@@ -36,6 +36,12 @@ pub(super) fn negotiate(ns: &NamespaceOptions, requested: &str) -> Result<bool, 
     Ok(ns.delta_allowed(requested))
 }
 
+/// Whether a patch against the publication at offset `base` applies for a client holding the
+/// publication at offset `held` (0: none).
+fn patch_applies(held: u64, base: u64) -> bool {
+    held != 0 && held == base
+}
+
 impl Session {
     /// A subscription starts with delta compression: the reply says so, carries its publications
     /// with `data` as a JSON string (how the SDK reads every publication once delta is on), and
@@ -65,7 +71,7 @@ impl Session {
         }
         let held = self.deltas.0.get(&slot).copied().unwrap_or(0);
         let (kind, bytes) = match &push.patch {
-            Some((base, patch)) if held != 0 && *base == held => ("delta", patch.clone()),
+            Some((base, patch)) if patch_applies(held, *base) => ("delta", patch.clone()),
             _ => ("full", push.full.clone()),
         };
         if let Some(base) = self.deltas.0.get_mut(&slot) {
@@ -83,6 +89,15 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_patch_goes_only_to_a_client_holding_its_base() {
+        assert!(patch_applies(7, 7));
+        assert!(!patch_applies(0, 7), "holds nothing yet");
+        assert!(!patch_applies(6, 7), "holds an older publication");
+        assert!(!patch_applies(8, 7), "holds a newer one (after a recovery)");
+        assert!(!patch_applies(0, 0));
+    }
 
     #[test]
     fn negotiation_follows_centrifugo() {
