@@ -589,3 +589,16 @@ mod tests {
         assert!(encode_delta_publication_push("ch", &second, Some(&[0xff])).is_none());
     }
 }
+
+#[cfg(test)]
+mod doc_example {
+    /// The patch shown in docs/protocol.md#delta-compression.
+    #[test]
+    fn the_documented_patch() {
+        let a = br#"{"price":10,"name":"spot","currency":"EUR","venue":"XETR"}"#;
+        let b = br#"{"price":11,"name":"spot","currency":"EUR","venue":"XETR"}"#;
+        let patch = super::create(a, b);
+        assert_eq!(patch, b"v\nB:{\"price\":11k@B,2I8tD;");
+        assert_eq!(super::apply(a, &patch).unwrap(), b);
+    }
+}
