@@ -16,7 +16,12 @@ impl BrokerHandler for Hub {
             Some(Some(window)) => self.add_to_window(channel, window, publication, key),
             Some(None) => {
                 let bytes = encode_publication_push(channel, &publication);
-                self.deliver(channel, publication.offset, bytes, key.is_some(), None);
+                match self.delta_push(channel, &publication) {
+                    None => self.deliver(channel, publication.offset, bytes, key.is_some(), None),
+                    Some(delta) => {
+                        self.deliver_with_delta(channel, &publication, bytes, key.is_some(), delta)
+                    }
+                }
             }
         }
     }

@@ -91,6 +91,9 @@ impl Session {
                         }
                     }
                 }
+                OutItem::DeltaPublication { slot, offset, push } => {
+                    self.queue_delta_publication(slot, offset, &push)
+                }
                 OutItem::Push { slot, bytes } => {
                     if self.slots.contains_key(&slot) {
                         self.queue(bytes);
