@@ -69,7 +69,8 @@ impl BrokerHandler for Hub {
         let (user, client) = match control {
             Control::Subscribe { user, client, .. }
             | Control::Unsubscribe { user, client, .. }
-            | Control::Disconnect { user, client, .. } => (user, client.as_deref()),
+            | Control::Disconnect { user, client, .. }
+            | Control::Refresh { user, client, .. } => (user, client.as_deref()),
             Control::Emulation { session, data, .. } => {
                 // Dropped when the session is not here or its inbox is full: the sender already
                 // answered, and the client's command times out as over a lost connection.
