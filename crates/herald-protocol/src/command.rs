@@ -144,6 +144,12 @@ pub enum Method {
     SubRefresh(SubRefreshRequest),
     /// A command with an id but no request the server knows (newer SDK or a typo).
     Unknown,
+    /// A command whose request could not be taken as sent: a Protobuf `bytes` payload that is not
+    /// JSON. Answered with error 107 naming `field` ([`Method::invalid_error`]); the connection stays.
+    Invalid {
+        method: &'static str,
+        field: &'static str,
+    },
 }
 
 impl Method {
@@ -164,6 +170,16 @@ impl Method {
             Method::Refresh(_) => "refresh",
             Method::SubRefresh(_) => "sub_refresh",
             Method::Unknown => "unknown",
+            Method::Invalid { method, .. } => method,
+        }
+    }
+
+    /// The reply to [`Method::Invalid`]: bad request (107), naming the field.
+    pub fn invalid_error(field: &str) -> crate::ReplyError {
+        crate::ReplyError {
+            code: crate::ErrorCode::BadRequest.code(),
+            message: format!("bad request: {field} must be JSON (UTF-8 text of one JSON value)"),
+            temporary: false,
         }
     }
 }
@@ -220,6 +236,14 @@ pub enum DecodeError {
     TooManyCommands(usize),
     #[error("empty frame")]
     Empty,
+    #[error("a message's length prefix is cut off by the end of the frame")]
+    TruncatedLength,
+    #[error("a message's length prefix is not a valid varint")]
+    MalformedLength,
+    #[error("a message declares {declared} bytes but the frame has {remaining} left")]
+    LengthExceedsFrame { declared: u64, remaining: usize },
+    #[error("invalid Protobuf command: {0}")]
+    InvalidProtobuf(String),
 }
 
 /// Decodes every command of one frame. `max_commands` bounds the work one frame can cause.

@@ -6,6 +6,8 @@
 //! - [`reply`]: replies and pushes the server sends, encoded into a caller-owned buffer;
 //! - [`format`]: the wire format a connection chose, through which every command is decoded and
 //!   every reply and push encoded;
+//! - [`protobuf`]: the same commands, replies and pushes in the Protobuf form, length-delimited in
+//!   binary frames;
 //! - [`codes`]: error codes, disconnect codes and unsubscribe codes with the meaning SDKs give them.
 //!
 //! The JSON shapes follow the public `client.proto` of centrifugal/protocol: field names are the proto
@@ -18,6 +20,7 @@ pub mod codes;
 pub mod command;
 pub mod delta;
 pub mod format;
+pub mod protobuf;
 pub mod reply;
 
 pub use codes::{Disconnect, ErrorCode, UnsubscribeCode};

@@ -47,6 +47,7 @@ impl Session {
             Method::Refresh(req) => self.refresh(req),
             Method::SubRefresh(req) => self.sub_refresh(req),
             Method::Unknown => Err(ErrorCode::MethodNotFound.into()),
+            Method::Invalid { field, .. } => Err(Method::invalid_error(field).into()),
         };
         match handled {
             Ok(body) => self.reply(id, &body),

@@ -1,0 +1,23 @@
+//! The client protocol in its Protobuf form (what centrifuge-js's protobuf build and the mobile SDKs
+//! speak), over binary WebSocket frames.
+//!
+//! Framing: a frame carries one or more messages, each prefixed by its length as a varint (Protobuf's
+//! "length-delimited" stream). Client frames carry `Command`s, server frames carry `Reply`s; a push
+//! is a `Reply` with id 0 and a `push`; an empty `Reply` is the server's ping and an empty `Command`
+//! the client's pong — so both are the single byte `0x00`.
+//!
+//! Data: Herald keeps payloads (`data`, `conn_info`, `chan_info`, …) as JSON text so that JSON and
+//! Protobuf clients of one channel see the same publication. Incoming `bytes` payloads must therefore
+//! be JSON (UTF-8, one JSON value); a command whose payload is not is answered with error 107 naming
+//! the field ([`Method::Invalid`]) and the connection stays open. Outgoing payloads are the JSON text's
+//! bytes. An empty `bytes` field is an absent payload (Protobuf cannot tell them apart).
+
+mod decode;
+mod encode;
+pub mod wire;
+
+pub use decode::decode_frame;
+pub use encode::{encode_publication_push, encode_push, encode_reply, PING};
+
+#[cfg(test)]
+mod tests;
