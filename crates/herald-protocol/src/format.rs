@@ -2,24 +2,51 @@
 //! sends is decoded, and every reply and push it receives is encoded, through its [`Format`], so
 //! the session and the hub never name a codec.
 
-use crate::command::{decode_frame, DecodeError, Method};
-use crate::reply::{
-    encode_publication_push, encode_push, encode_reply, Publication, PushBody, ReplyBody,
-};
+use crate::command::{DecodeError, Method};
+use crate::reply::{Publication, PushBody, ReplyBody};
+use crate::{command, protobuf, reply};
 use bytes::Bytes;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Format {
-    /// JSON objects; several messages in one frame are separated by newlines.
+    /// JSON objects in text frames; several messages in one frame are separated by newlines.
     #[default]
     Json,
+    /// Protobuf messages in binary frames, each prefixed by its varint length; several messages in
+    /// one frame are concatenated ([`crate::protobuf`]).
+    Protobuf,
 }
 
 impl Format {
+    /// Both formats, e.g. for per-format caches.
+    pub const ALL: [Format; 2] = [Format::Json, Format::Protobuf];
+
     /// Stable name for metrics and logs.
     pub fn name(self) -> &'static str {
         match self {
             Format::Json => "json",
+            Format::Protobuf => "protobuf",
+        }
+    }
+
+    /// Whether messages travel in binary frames (else text frames).
+    pub fn is_binary(self) -> bool {
+        matches!(self, Format::Protobuf)
+    }
+
+    /// What separates two messages merged into one frame.
+    pub fn separator(self) -> &'static [u8] {
+        match self {
+            Format::Json => b"\n",
+            Format::Protobuf => b"",
+        }
+    }
+
+    /// The server's ping message.
+    pub fn ping(self) -> &'static [u8] {
+        match self {
+            Format::Json => reply::PING,
+            Format::Protobuf => protobuf::PING,
         }
     }
 
@@ -30,28 +57,54 @@ impl Format {
         max_commands: usize,
     ) -> Result<Vec<(u32, Method)>, DecodeError> {
         match self {
-            Format::Json => decode_frame(frame, max_commands),
+            Format::Json => command::decode_frame(frame, max_commands),
+            Format::Protobuf => protobuf::decode_frame(frame, max_commands),
         }
     }
 
     /// Appends the reply to command `id` to `out`.
     pub fn encode_reply(self, id: u32, body: &ReplyBody, out: &mut Vec<u8>) {
         match self {
-            Format::Json => encode_reply(id, body, out),
+            Format::Json => reply::encode_reply(id, body, out),
+            Format::Protobuf => protobuf::encode_reply(id, body, out),
         }
     }
 
     /// Appends a push about `channel` to `out`.
     pub fn encode_push(self, channel: &str, body: &PushBody<'_>, out: &mut Vec<u8>) {
         match self {
-            Format::Json => encode_push(channel, body, out),
+            Format::Json => reply::encode_push(channel, body, out),
+            Format::Protobuf => protobuf::encode_push(channel, body, out),
         }
     }
 
     /// A publication push, encoded once and shared by every subscriber of this format.
     pub fn encode_publication_push(self, channel: &str, publication: &Publication) -> Bytes {
         match self {
-            Format::Json => encode_publication_push(channel, publication),
+            Format::Json => reply::encode_publication_push(channel, publication),
+            Format::Protobuf => protobuf::encode_publication_push(channel, publication),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_format_round_trips_through_its_own_codec() {
+        for format in Format::ALL {
+            let mut out = Vec::new();
+            format.encode_reply(3, &ReplyBody::Ping, &mut out);
+            assert!(!out.is_empty());
+            // A client's pong in each format decodes to Pong.
+            let pong: &[u8] = if format.is_binary() { &[0] } else { b"{}" };
+            assert!(matches!(
+                format.decode_frame(pong, 1).unwrap()[0],
+                (0, Method::Pong)
+            ));
+        }
+        assert_eq!(Format::Protobuf.ping(), [0]);
+        assert_eq!(Format::Json.ping(), b"{}");
     }
 }

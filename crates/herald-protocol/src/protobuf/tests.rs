@@ -83,7 +83,10 @@ fn decodes_every_command_of_an_official_encoder() {
     let Some(Method::Rpc(r)) = it.next() else {
         panic!("rpc")
     };
-    assert_eq!((r.method.as_str(), r.data.unwrap().get()), ("sum", "[1, 2]"));
+    assert_eq!(
+        (r.method.as_str(), r.data.unwrap().get()),
+        ("sum", "[1, 2]")
+    );
     let Some(Method::Send(s)) = it.next() else {
         panic!("send")
     };
@@ -196,7 +199,9 @@ fn hostile_frames_get_typed_errors() {
     let two = wire::Command {
         id: 1,
         ping: Some(wire::Empty {}),
-        presence: Some(wire::ChannelRequest { channel: "a".into() }),
+        presence: Some(wire::ChannelRequest {
+            channel: "a".into(),
+        }),
         ..Default::default()
     };
     assert_eq!(

@@ -1,6 +1,8 @@
-//! What the hub and the wake-ups know of one connection: who it is and its outbox.
+//! What the hub and the wake-ups know of one connection: who it is, the wire format it reads, and
+//! its outbox.
 
 use crate::core::outbox::Outbox;
+use herald_protocol::Format;
 
 /// What other tasks know of one connection.
 pub struct SessionHandle {
@@ -8,6 +10,8 @@ pub struct SessionHandle {
     pub seq: u64,
     pub client: String,
     pub user: String,
+    /// What the hub encodes this connection's pushes in.
+    pub format: Format,
     pub outbox: Outbox,
 }
 

@@ -121,6 +121,7 @@ mod tests {
             seq: 1,
             client: "c".into(),
             user: "u".into(),
+            format: herald_protocol::Format::Json,
             outbox: Outbox::new(1 << 20, 1024, Gauge::default(), 0),
         })
     }

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod hostile;
 pub mod pg;
 pub mod procs;
+pub mod protobuf;
 pub mod proxy;
 pub mod redis_cluster;
 pub mod upstream;

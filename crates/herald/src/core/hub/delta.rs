@@ -8,7 +8,8 @@
 //! Bounded: one publication per channel, kept only while the channel has delta subscribers here,
 //! and freed with the channel.
 
-use super::Hub;
+use super::handler::publication_item;
+use super::{Hub, PerFormat};
 use crate::core::outbox::{DeltaPush, OutItem};
 use bytes::Bytes;
 use herald_protocol::delta::{create, encode_delta_publication_push};
@@ -94,13 +95,14 @@ impl Hub {
         Some(Arc::new(DeltaPush { full, patch }))
     }
 
-    /// Queues a publication: the plain push for ordinary subscribers, the delta pushes for the
-    /// others.
+    /// Queues a publication: the plain push (in the subscriber's format) for ordinary
+    /// subscribers, the delta pushes for the others (JSON only: Protobuf subscriptions never
+    /// negotiate delta compression).
     pub(super) fn deliver_with_delta(
         &self,
         channel: &str,
         publication: &Publication,
-        bytes: Bytes,
+        encoded: &PerFormat<Bytes>,
         conflated: bool,
         delta: Arc<DeltaPush>,
     ) {
@@ -112,13 +114,7 @@ impl Hub {
                     push: delta.clone(),
                 }
             } else {
-                OutItem::Publication {
-                    slot: sub.slot,
-                    offset: publication.offset,
-                    bytes: bytes.clone(),
-                    conflated,
-                    segments: None,
-                }
+                publication_item(sub, channel, publication, encoded, conflated)
             })
         });
     }
@@ -164,6 +160,7 @@ mod tests {
                 seq,
                 client: format!("c{seq}"),
                 user: "u".into(),
+                format: herald_protocol::Format::Json,
                 outbox: Outbox::new(1 << 20, 1000, metrics.outbox_bytes.clone(), 0),
             })
         };

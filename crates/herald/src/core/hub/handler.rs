@@ -1,11 +1,11 @@
 //! The hub as the broker's handler: what arrives from the broker (publications, joins and leaves,
 //! controls, gap notices) is queued on the local subscribers.
 
-use super::Hub;
+use super::{Hub, PerFormat, Subscriber};
 use crate::core::delivery::{BrokerHandler, Control};
 use crate::core::outbox::OutItem;
 use bytes::Bytes;
-use herald_protocol::{encode_publication_push, encode_push, ClientInfo, Publication, PushBody};
+use herald_protocol::{ClientInfo, Publication, PushBody};
 use std::sync::Arc;
 
 impl BrokerHandler for Hub {
@@ -15,11 +15,20 @@ impl BrokerHandler for Hub {
             None => {}
             Some(Some(window)) => self.add_to_window(channel, window, publication, key),
             Some(None) => {
-                let bytes = encode_publication_push(channel, &publication);
+                let encoded = PerFormat::new();
+                let conflated = key.is_some();
                 match self.delta_push(channel, &publication) {
-                    None => self.deliver(channel, publication.offset, bytes, key.is_some(), None),
+                    None => self.fan_out(channel, |sub| {
+                        Some(publication_item(
+                            sub,
+                            channel,
+                            &publication,
+                            &encoded,
+                            conflated,
+                        ))
+                    }),
                     Some(delta) => {
-                        self.deliver_with_delta(channel, &publication, bytes, key.is_some(), delta)
+                        self.deliver_with_delta(channel, &publication, &encoded, conflated, delta)
                     }
                 }
             }
@@ -27,27 +36,11 @@ impl BrokerHandler for Hub {
     }
 
     fn handle_join(&self, channel: &str, info: &ClientInfo) {
-        let mut out = Vec::new();
-        encode_push(channel, &PushBody::Join(info), &mut out);
-        let bytes = Bytes::from(out);
-        self.fan_out(channel, |sub| {
-            sub.join_leave.then(|| OutItem::Push {
-                slot: sub.slot,
-                bytes: bytes.clone(),
-            })
-        });
+        self.push_join_leave(channel, &PushBody::Join(info));
     }
 
     fn handle_leave(&self, channel: &str, info: &ClientInfo) {
-        let mut out = Vec::new();
-        encode_push(channel, &PushBody::Leave(info), &mut out);
-        let bytes = Bytes::from(out);
-        self.fan_out(channel, |sub| {
-            sub.join_leave.then(|| OutItem::Push {
-                slot: sub.slot,
-                bytes: bytes.clone(),
-            })
-        });
+        self.push_join_leave(channel, &PushBody::Leave(info));
     }
 
     fn handle_gap(&self, channel: &str) {
@@ -88,5 +81,46 @@ impl BrokerHandler for Hub {
         for handle in targets {
             handle.outbox.push(OutItem::Control(control.clone()));
         }
+    }
+}
+
+/// A publication for a subscriber without delta compression, in its format (encoded once per
+/// format in `encoded`).
+pub(super) fn publication_item(
+    sub: &Subscriber,
+    channel: &str,
+    publication: &Publication,
+    encoded: &PerFormat<Bytes>,
+    conflated: bool,
+) -> OutItem {
+    let bytes = encoded.get(sub.format, |format| {
+        format.encode_publication_push(channel, publication)
+    });
+    OutItem::Publication {
+        slot: sub.slot,
+        offset: publication.offset,
+        bytes: bytes.clone(),
+        conflated,
+        segments: None,
+    }
+}
+
+impl Hub {
+    /// A join or leave push for the subscribers that asked for them, encoded once per format.
+    fn push_join_leave(&self, channel: &str, body: &PushBody<'_>) {
+        let encoded = PerFormat::new();
+        self.fan_out(channel, |sub| {
+            sub.join_leave.then(|| {
+                let bytes = encoded.get(sub.format, |format| {
+                    let mut out = Vec::new();
+                    format.encode_push(channel, body, &mut out);
+                    Bytes::from(out)
+                });
+                OutItem::Push {
+                    slot: sub.slot,
+                    bytes: bytes.clone(),
+                }
+            })
+        });
     }
 }

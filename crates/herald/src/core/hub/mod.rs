@@ -1,6 +1,7 @@
 //! Node-local routing: which local connections subscribe to which channel, and which connections
 //! belong to which user. Publications arrive from the broker already positioned; the hub encodes each
-//! one once and queues the shared bytes on every subscriber's outbox.
+//! one at most once per wire format its subscribers read ([`PerFormat`]) and queues the shared bytes
+//! on every subscriber's outbox.
 //!
 //! Channels whose namespace sets a delivery interval (`batch_window`, `max_rate`) are aggregated per
 //! channel, not per subscriber: publications wait in the channel's window, and at its end the window
@@ -12,9 +13,10 @@ use crate::core::channel::Namespaces;
 use crate::core::metrics::Metrics;
 use crate::core::outbox::{OutItem, Pushed, Segment};
 use crate::core::session_handle::{Inbox, SessionHandle};
-use bytes::Bytes;
+use herald_protocol::Format;
 use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Weak};
@@ -26,6 +28,30 @@ struct Subscriber {
     join_leave: bool,
     /// Negotiated delta compression (delta.rs).
     delta: bool,
+    format: Format,
+}
+
+/// A value encoded at most once per wire format, on first need during one fan-out: a publication
+/// sent to JSON and Protobuf subscribers is encoded once for each format present, never per
+/// subscriber, and not at all for a format nobody on the channel reads.
+pub(super) struct PerFormat<T> {
+    encoded: [OnceCell<T>; Format::ALL.len()],
+}
+
+impl<T> PerFormat<T> {
+    pub(super) fn new() -> Self {
+        PerFormat {
+            encoded: [OnceCell::new(), OnceCell::new()],
+        }
+    }
+
+    pub(super) fn get(&self, format: Format, encode: impl FnOnce(Format) -> T) -> &T {
+        let index = match format {
+            Format::Json => 0,
+            Format::Protobuf => 1,
+        };
+        self.encoded[index].get_or_init(|| encode(format))
+    }
 }
 
 struct ChannelEntry {
@@ -134,6 +160,7 @@ impl Hub {
                 slot,
                 join_leave,
                 delta,
+                format: handle.format,
             },
         );
         self.metrics.subscriptions.inc();
@@ -163,7 +190,12 @@ impl Hub {
         false
     }
 
-    fn fan_out(&self, channel: &str, make: impl Fn(&Subscriber) -> Option<OutItem>) {
+    /// Queues what `make` gives each subscriber (nothing, one item, or several).
+    fn fan_out<I: IntoIterator<Item = OutItem>>(
+        &self,
+        channel: &str,
+        make: impl Fn(&Subscriber) -> I,
+    ) {
         let shard = self.shard(channel).read();
         let Some(entry) = shard.get(channel) else {
             return;
@@ -171,45 +203,25 @@ impl Hub {
         let mut delivered = 0u64;
         let mut dropped = 0u64;
         for sub in entry.subscribers.values() {
-            let Some(item) = make(sub) else { continue };
-            let (pushed, needs_wake) = sub.handle.outbox.push_deferred(item);
-            if needs_wake {
-                crate::core::wakes::wake(&sub.handle);
-            }
-            match pushed {
-                Pushed::Queued => delivered += 1,
-                Pushed::Superseded(n) => {
-                    delivered += 1;
-                    dropped += n as u64;
+            for item in make(sub) {
+                let (pushed, needs_wake) = sub.handle.outbox.push_deferred(item);
+                if needs_wake {
+                    crate::core::wakes::wake(&sub.handle);
                 }
-                Pushed::Overflowed | Pushed::Dropped => dropped += 1,
+                match pushed {
+                    Pushed::Queued => delivered += 1,
+                    Pushed::Superseded(n) => {
+                        delivered += 1;
+                        dropped += n as u64;
+                    }
+                    Pushed::Overflowed | Pushed::Dropped => dropped += 1,
+                }
             }
         }
         self.metrics.deliveries.inc_by(delivered);
         if dropped > 0 {
             self.metrics.outbox_drops.inc_by(dropped);
         }
-    }
-
-    /// Queues pre-encoded publication pushes (one publication, or a window's worth) for every
-    /// subscriber. `offset` is the highest offset in `bytes`.
-    fn deliver(
-        &self,
-        channel: &str,
-        offset: u64,
-        bytes: Bytes,
-        conflated: bool,
-        segments: Option<Arc<[Segment]>>,
-    ) {
-        self.fan_out(channel, |sub| {
-            Some(OutItem::Publication {
-                slot: sub.slot,
-                offset,
-                bytes: bytes.clone(),
-                conflated,
-                segments: segments.clone(),
-            })
-        });
     }
 
     /// Registers an emulated connection's inbox under its session secret.
@@ -336,6 +348,7 @@ mod tests {
             seq,
             client: format!("c{seq}"),
             user: format!("u{seq}"),
+            format: herald_protocol::Format::Json,
             outbox: Outbox::new(1 << 20, 10_000, metrics.outbox_bytes.clone(), 0),
         });
         let item = OutItem::Push {
@@ -376,5 +389,136 @@ mod tests {
             "the shed outbox's bytes were released"
         );
         assert_eq!(hub.shed_slowest(100_000), 0, "within budget now");
+    }
+
+    fn subscriber(hub: &Hub, metrics: &Metrics, seq: u64, format: Format) -> Arc<SessionHandle> {
+        let handle = Arc::new(SessionHandle {
+            seq,
+            client: format!("c{seq}"),
+            user: format!("u{seq}"),
+            format,
+            outbox: Outbox::new(1 << 20, 10_000, metrics.outbox_bytes.clone(), 0),
+        });
+        hub.add_subscriber("news", &handle, 1, true, false);
+        handle
+    }
+
+    /// The publication items an outbox holds: (bytes, segments).
+    fn queued(handle: &SessionHandle) -> Vec<(Bytes, Option<Arc<[Segment]>>)> {
+        let mut items = std::collections::VecDeque::new();
+        handle.outbox.drain(&mut items);
+        items
+            .into_iter()
+            .filter_map(|item| match item {
+                OutItem::Publication {
+                    bytes, segments, ..
+                } => Some((bytes, segments)),
+                OutItem::Push { bytes, .. } => Some((bytes, None)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn publication(offset: u64) -> Arc<herald_protocol::Publication> {
+        Arc::new(herald_protocol::Publication {
+            data: serde_json::value::RawValue::from_string(format!("{{\"n\":{offset}}}")).unwrap(),
+            info: None,
+            offset,
+            tags: Default::default(),
+            time: 0,
+        })
+    }
+
+    #[test]
+    fn per_format_encodes_once_per_format_asked_for() {
+        let calls = std::cell::Cell::new(0);
+        let cache = PerFormat::new();
+        for format in [Format::Json, Format::Json, Format::Protobuf, Format::Json] {
+            cache.get(format, |f| {
+                calls.set(calls.get() + 1);
+                f.name()
+            });
+        }
+        assert_eq!(calls.get(), 2);
+        assert_eq!(*cache.get(Format::Protobuf, |_| "again"), "protobuf");
+    }
+
+    #[test]
+    fn a_publication_is_encoded_once_per_format_and_shared() {
+        use crate::core::delivery::BrokerHandler;
+        use prost::Message as _;
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(
+            metrics.clone(),
+            Arc::new(Namespaces::new(&ChannelConfig::default())),
+        );
+        let json: Vec<_> = (1..=3)
+            .map(|seq| subscriber(&hub, &metrics, seq, Format::Json))
+            .collect();
+        let protobuf: Vec<_> = (4..=5)
+            .map(|seq| subscriber(&hub, &metrics, seq, Format::Protobuf))
+            .collect();
+        hub.handle_publication("news", publication(7), None);
+        let info = herald_protocol::ClientInfo {
+            user: "u".into(),
+            client: "c".into(),
+            conn_info: None,
+            chan_info: None,
+        };
+        hub.handle_join("news", &info);
+        let json_items: Vec<_> = json.iter().map(|h| queued(h)).collect();
+        let protobuf_items: Vec<_> = protobuf.iter().map(|h| queued(h)).collect();
+        for items in json_items.iter().chain(&protobuf_items) {
+            assert_eq!(items.len(), 2, "the publication and the join");
+        }
+        for i in 0..2 {
+            // One allocation per format: every subscriber of a format shares the same bytes.
+            assert!(json_items
+                .iter()
+                .all(|items| items[i].0.as_ptr() == json_items[0][i].0.as_ptr()));
+            assert!(protobuf_items
+                .iter()
+                .all(|items| items[i].0.as_ptr() == protobuf_items[0][i].0.as_ptr()));
+        }
+        let text: serde_json::Value = serde_json::from_slice(&json_items[0][0].0).unwrap();
+        assert_eq!(text["push"]["pub"]["data"]["n"], 7);
+        let reply = herald_protocol::protobuf::wire::Reply::decode_length_delimited(
+            protobuf_items[0][0].0.clone(),
+        )
+        .unwrap();
+        let push = reply.push.unwrap();
+        assert_eq!(push.channel, "news");
+        assert_eq!(push.r#pub.unwrap().data, br#"{"n":7}"#);
+    }
+
+    #[test]
+    fn a_window_is_encoded_once_per_format_with_segments_in_that_format() {
+        use prost::Message as _;
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(
+            metrics.clone(),
+            Arc::new(Namespaces::new(&ChannelConfig::default())),
+        );
+        let a = subscriber(&hub, &metrics, 1, Format::Protobuf);
+        let b = subscriber(&hub, &metrics, 2, Format::Protobuf);
+        let c = subscriber(&hub, &metrics, 3, Format::Json);
+        hub.deliver_batch("news", (1..=3).map(publication).collect(), false);
+        let (a, b, c) = (queued(&a), queued(&b), queued(&c));
+        assert_eq!((a.len(), b.len(), c.len()), (1, 1, 1));
+        assert_eq!(a[0].0.as_ptr(), b[0].0.as_ptr());
+        let (bytes, segments) = &a[0];
+        let segments = segments.as_ref().unwrap();
+        assert_eq!(segments.len(), 3);
+        // Protobuf: each segment is one length-delimited reply, and together they are the item.
+        assert_eq!(segments[2].end as usize, bytes.len());
+        for (segment, offset) in segments.iter().zip(1..) {
+            let slice = bytes.slice(segment.start as usize..segment.end as usize);
+            let reply =
+                herald_protocol::protobuf::wire::Reply::decode_length_delimited(slice).unwrap();
+            assert_eq!(reply.push.unwrap().r#pub.unwrap().offset, offset);
+        }
+        // JSON: newline-separated objects.
+        let text = std::str::from_utf8(&c[0].0).unwrap();
+        assert_eq!(text.lines().count(), 3);
     }
 }

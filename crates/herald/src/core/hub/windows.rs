@@ -4,10 +4,11 @@
 //! shared items, and queued on every subscriber. Windows end on a grid shared by every channel of
 //! one interval, and one task flushes all windows due at an instant.
 
-use super::{Hub, Segment};
+use super::{Hub, PerFormat, Segment};
 use crate::config::NamespaceOptions;
+use crate::core::outbox::OutItem;
 use bytes::Bytes;
-use herald_protocol::{encode_publication_push, Publication};
+use herald_protocol::{Format, Publication};
 use indexmap::IndexMap;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -66,6 +67,58 @@ pub(super) fn window_cost(channel: &str, publication: &Publication) -> usize {
 /// Largest item a window is cut into, so no single item outgrows an outbox.
 pub(super) const MAX_WINDOW_ITEM: usize = 64 * 1024;
 
+/// A shared part of an encoded window: one frame's worth of publication pushes.
+pub(super) struct WindowItem {
+    bytes: Bytes,
+    /// Where each publication starts and ends in `bytes`.
+    segments: Arc<[Segment]>,
+    /// The highest offset in `bytes`.
+    offset: u64,
+}
+
+/// Encodes a window's publications in `format`, merged as that format merges messages in one
+/// frame (JSON: newlines; Protobuf: concatenated), into items of at most `MAX_WINDOW_ITEM` bytes
+/// (unless a single publication is larger). Each item records where every publication starts, so a
+/// subscriber that already has some of them (from its subscribe reply) receives only the rest.
+pub(super) fn encode_window(
+    format: Format,
+    channel: &str,
+    batch: &[Arc<Publication>],
+) -> Vec<WindowItem> {
+    let separator = format.separator();
+    let mut items = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut cut = |out: &mut Vec<u8>, segments: &mut Vec<Segment>| {
+        let segments: Arc<[Segment]> = std::mem::take(segments).into();
+        items.push(WindowItem {
+            bytes: Bytes::from(std::mem::take(out)),
+            offset: segments.iter().map(|s| s.offset).max().unwrap_or(0),
+            segments,
+        });
+    };
+    for publication in batch {
+        let encoded = format.encode_publication_push(channel, publication);
+        if !out.is_empty() && out.len() + separator.len() + encoded.len() > MAX_WINDOW_ITEM {
+            cut(&mut out, &mut segments);
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(separator);
+        }
+        let start = out.len() as u32;
+        out.extend_from_slice(&encoded);
+        segments.push(Segment {
+            offset: publication.offset,
+            start,
+            end: out.len() as u32,
+        });
+    }
+    if !out.is_empty() {
+        cut(&mut out, &mut segments);
+    }
+    items
+}
+
 impl Hub {
     pub(super) fn new_window(ns: &NamespaceOptions) -> Option<Arc<Window>> {
         let interval = ns.delivery_interval();
@@ -79,56 +132,26 @@ impl Hub {
         })
     }
 
-    /// Registers a subscriber; returns true when it is the channel's first on this node.
-    /// Encodes a window's publications once, newline-separated, and delivers them as shared items
-    /// of at most `MAX_WINDOW_ITEM` bytes (one frame each, unless a single publication is larger).
-    /// Each item records where every publication starts, so a subscriber that already has some of
-    /// them (from its subscribe reply) receives only the rest.
+    /// Delivers a window's publications as shared items, encoded once per format on first need
+    /// ([`encode_window`]).
     pub(super) fn deliver_batch(
         &self,
         channel: &str,
         batch: Vec<Arc<Publication>>,
         conflated: bool,
     ) {
-        let mut out: Vec<u8> = Vec::new();
-        let mut segments: Vec<Segment> = Vec::new();
-        for publication in &batch {
-            let encoded = encode_publication_push(channel, publication);
-            if !out.is_empty() && out.len() + 1 + encoded.len() > MAX_WINDOW_ITEM {
-                let (full, parts) = (std::mem::take(&mut out), std::mem::take(&mut segments));
-                self.deliver_segments(channel, full, parts, conflated);
-            }
-            if !out.is_empty() {
-                out.push(b'\n');
-            }
-            let start = out.len() as u32;
-            out.extend_from_slice(&encoded);
-            segments.push(Segment {
-                offset: publication.offset,
-                start,
-                end: out.len() as u32,
-            });
-        }
-        if !out.is_empty() {
-            self.deliver_segments(channel, out, segments, conflated);
-        }
-    }
-
-    pub(super) fn deliver_segments(
-        &self,
-        channel: &str,
-        out: Vec<u8>,
-        segments: Vec<Segment>,
-        conflated: bool,
-    ) {
-        let offset = segments.iter().map(|s| s.offset).max().unwrap_or(0);
-        self.deliver(
-            channel,
-            offset,
-            Bytes::from(out),
-            conflated,
-            Some(segments.into()),
-        );
+        let encoded = PerFormat::new();
+        self.fan_out(channel, |sub| {
+            let items = encoded.get(sub.format, |format| encode_window(format, channel, &batch));
+            let slot = sub.slot;
+            items.iter().map(move |item| OutItem::Publication {
+                slot,
+                offset: item.offset,
+                bytes: item.bytes.clone(),
+                conflated,
+                segments: Some(item.segments.clone()),
+            })
+        });
     }
 
     pub(super) fn window_of(&self, channel: &str) -> Option<Option<Arc<Window>>> {

@@ -3,6 +3,7 @@
 //! (status and message) when it does not, the `Origin` policy and the `Sec-WebSocket-Accept` value.
 
 use base64::Engine as _;
+use herald_protocol::Format;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 
 /// The only protocol version Herald speaks (RFC 6455).
@@ -114,6 +115,36 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
 }
 
+/// The subprotocols of the two client protocol formats (what SDKs offer in
+/// `Sec-WebSocket-Protocol`).
+pub const SUBPROTOCOL_PROTOBUF: &str = "centrifuge-protobuf";
+pub const SUBPROTOCOL_JSON: &str = "centrifuge-json";
+
+/// The client protocol format a handshake asks for: Protobuf when `Sec-WebSocket-Protocol` offers
+/// `centrifuge-protobuf` or the query has `format=protobuf` (as Centrifugo), JSON otherwise. Also
+/// the subprotocol to echo: the offered one Herald speaks (a strict client such as node's `ws`
+/// fails the handshake when its offer is not answered), none when nothing known was offered.
+pub fn negotiate_format(
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> (Format, Option<&'static str>) {
+    let offered = |name: &str| has_token(headers, header::SEC_WEBSOCKET_PROTOCOL, name);
+    let by_query = query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.eq_ignore_ascii_case("format=protobuf"))
+    });
+    if offered(SUBPROTOCOL_PROTOBUF) {
+        (Format::Protobuf, Some(SUBPROTOCOL_PROTOBUF))
+    } else if offered(SUBPROTOCOL_JSON) {
+        // An explicit JSON offer wins over the query: the echoed subprotocol must be true.
+        (Format::Json, Some(SUBPROTOCOL_JSON))
+    } else if by_query {
+        (Format::Protobuf, None)
+    } else {
+        (Format::Json, None)
+    }
+}
+
 /// The `http.allowed_origins` policy. An empty list or `"*"` allows every origin. Otherwise a
 /// listed origin is allowed, and so is a handshake without `Origin`: only browsers send it, and the
 /// policy exists to stop other sites' pages, not apps or server-side SDKs.
@@ -199,6 +230,45 @@ pub(crate) mod tests {
         assert!(http10.unwrap_err().message.contains("HTTP/1.1"));
         let post = validate_upgrade(&Method::POST, Version::HTTP_11, &good);
         assert_eq!(post.unwrap_err().status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn the_format_follows_the_subprotocol_or_the_query() {
+        let protobuf = Some(SUBPROTOCOL_PROTOBUF);
+        let json = Some(SUBPROTOCOL_JSON);
+        let offer = |value: &str| headers(&[("Sec-WebSocket-Protocol", value)]);
+        assert_eq!(negotiate_format(&headers(&[]), None), (Format::Json, None));
+        assert_eq!(
+            negotiate_format(&offer("centrifuge-protobuf"), None),
+            (Format::Protobuf, protobuf)
+        );
+        assert_eq!(
+            negotiate_format(&offer("chat, Centrifuge-Protobuf"), None),
+            (Format::Protobuf, protobuf)
+        );
+        assert_eq!(
+            negotiate_format(&offer("centrifuge-json"), None),
+            (Format::Json, json)
+        );
+        assert_eq!(
+            negotiate_format(&offer("centrifuge-json"), Some("format=protobuf")),
+            (Format::Json, json)
+        );
+        assert_eq!(
+            negotiate_format(
+                &headers(&[]),
+                Some("cf_ws_frame_ping_pong=true&format=protobuf")
+            ),
+            (Format::Protobuf, None)
+        );
+        assert_eq!(
+            negotiate_format(&offer("mqtt"), Some("format=json")),
+            (Format::Json, None)
+        );
+        assert_eq!(
+            negotiate_format(&headers(&[]), Some("xformat=protobuf")),
+            (Format::Json, None)
+        );
     }
 
     #[test]

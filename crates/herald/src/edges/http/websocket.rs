@@ -44,6 +44,12 @@ pub(super) fn websocket(
         Err(response) => return *response,
     };
     let accept = crate::edges::http::handshake::accept_key(key.as_bytes());
+    // Unidirectional WebSocket is JSON only, as in Centrifugo.
+    let (format, subprotocol) = if uni {
+        (Format::Json, None)
+    } else {
+        crate::edges::http::handshake::negotiate_format(req.headers(), req.uri().query())
+    };
     // Captured now: the handshake request is gone once the socket belongs to the session.
     let forwarded = node
         .hooks
@@ -59,7 +65,8 @@ pub(super) fn websocket(
             Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
                 Ok(parts) => {
                     let max = node.config.client.max_message_size;
-                    let ws = WsConn::new(parts.io.into_inner(), &parts.read_buf, max);
+                    let ws = WsConn::new(parts.io.into_inner(), &parts.read_buf, max)
+                        .binary(format.is_binary());
                     // hyper's read buffer (8 KiB) must not live as long as the connection.
                     drop(parts.read_buf);
                     let conn = if uni {
@@ -71,9 +78,7 @@ pub(super) fn websocket(
                         Transport::WebSocket(ws)
                     };
                     let _counted = node.metrics.transport_opened(conn.name());
-                    Session::new(node, conn, Format::Json, forwarded)
-                        .run()
-                        .await;
+                    Session::new(node, conn, format, forwarded).run().await;
                 }
                 Err(_) => tracing::warn!("websocket upgrade over an unexpected transport"),
             },
@@ -87,6 +92,12 @@ pub(super) fn websocket(
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Ok(value) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    if let Some(subprotocol) = subprotocol {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(subprotocol),
+        );
     }
     response
 }

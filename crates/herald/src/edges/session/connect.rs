@@ -58,6 +58,7 @@ impl Session {
             seq: node.next_seq(),
             client: client_id,
             user: self.user.clone(),
+            format: self.format,
             outbox: Outbox::new(
                 client_config.max_outbox_bytes,
                 client_config.max_outbox_messages,

@@ -4,7 +4,7 @@
 use super::{Close, Ending, Session};
 use crate::hooks::proxy::Hook;
 use bytes::Bytes;
-use herald_protocol::{Disconnect, UnsubscribeCode, PING};
+use herald_protocol::{Disconnect, UnsubscribeCode};
 use std::time::Instant;
 
 impl Session {
@@ -87,7 +87,7 @@ impl Session {
             return Err(Disconnect::EXPIRED.into());
         }
         if now >= self.next_ping {
-            self.queue(Bytes::from_static(PING));
+            self.queue(Bytes::from_static(self.format.ping()));
             self.next_ping = now + self.node.config.client.ping_interval;
             // A unidirectional client cannot answer: it is closed by a failing write instead.
             if !self.conn.unidirectional() {

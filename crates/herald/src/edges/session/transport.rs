@@ -138,7 +138,7 @@ impl Transport {
     /// transport has frames). Returns (payload bytes, frames or chunks).
     pub fn queue_messages(&mut self, messages: &[Bytes], max_frame: usize) -> (usize, usize) {
         match self {
-            Transport::WebSocket(ws) => ws.queue_text(messages, max_frame),
+            Transport::WebSocket(ws) => ws.queue_messages(messages, max_frame),
             Transport::UniWebSocket { ws, .. } => {
                 let pushes: Vec<Bytes> = messages
                     .iter()
@@ -156,7 +156,7 @@ impl Transport {
                 }
                 // One push per frame, as Centrifugo's uni_websocket sends them by default.
                 let _ = max_frame;
-                ws.queue_text(&pushes, 0)
+                ws.queue_messages(&pushes, 0)
             }
             Transport::Stream { conn, .. } => conn.queue_messages(messages),
         }

@@ -3,8 +3,8 @@
 
 use super::frame::{
     parse_close, parse_frame, violation, write_close, write_header, Violation,
-    CLOSE_INVALID_PAYLOAD, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, OP_CLOSE, OP_CONTINUATION, OP_PING,
-    OP_PONG, OP_TEXT,
+    CLOSE_INVALID_PAYLOAD, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, OP_BINARY,
+    OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
 };
 use bytes::Bytes;
 use std::io;
@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 /// What a read produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
-    /// A complete text or binary message (text already checked to be UTF-8).
+    /// A complete message of the connection's type (text already checked to be UTF-8).
     Message(Vec<u8>),
     /// The peer sent a close frame (its code, if any).
     Close(Option<u16>),
@@ -51,6 +51,8 @@ pub struct WsConn {
     progress_at: Instant,
     /// Pings received since the session last asked ([`WsConn::take_pings`]).
     pings: u32,
+    /// The connection speaks binary messages (Protobuf) instead of text (JSON).
+    binary: bool,
 }
 
 /// Upper bound of one read burst, so one busy client cannot monopolize its task.
@@ -71,7 +73,15 @@ impl WsConn {
             written: 0,
             progress_at: Instant::now(),
             pings: 0,
+            binary: false,
         }
+    }
+
+    /// Makes this a binary connection (the Protobuf protocol): messages both ways are binary, and
+    /// a text message from the client is refused like a binary one on a text connection.
+    pub fn binary(mut self, binary: bool) -> WsConn {
+        self.binary = binary;
+        self
     }
 
     /// Waits until the socket can take more bytes. Cancel-safe.
@@ -167,6 +177,17 @@ impl WsConn {
                         return Err(violation(CLOSE_TOO_BIG, "message too big"));
                     }
                     if !continuation {
+                        let expected = if self.binary { OP_BINARY } else { OP_TEXT };
+                        if opcode != expected {
+                            return Err(violation(
+                                CLOSE_UNSUPPORTED_DATA,
+                                if self.binary {
+                                    "text frame on a Protobuf connection: send binary frames"
+                                } else {
+                                    "binary frame on a JSON connection: send text frames"
+                                },
+                            ));
+                        }
                         self.message_opcode = opcode;
                     }
                     let whole = if frame.fin && !continuation {
@@ -193,13 +214,20 @@ impl WsConn {
         Ok(())
     }
 
-    /// Queues `messages` as text frames: merged with newlines into frames of at most `max_frame`
-    /// bytes (a single larger message keeps its own frame). Call only when nothing is being
-    /// written (`!is_writing()`); [`WsConn::try_write`] hands them to the kernel.
-    /// Returns (bytes of payload, frames queued).
-    pub fn queue_text(&mut self, messages: &[Bytes], max_frame: usize) -> (usize, usize) {
+    /// Queues `messages` as frames of the connection's type: text frames with the messages joined
+    /// by newlines (JSON), or binary frames with them concatenated (Protobuf messages carry their
+    /// own length prefix). Frames hold at most `max_frame` bytes (a single larger message keeps its
+    /// own frame). Call only when nothing is being written (`!is_writing()`);
+    /// [`WsConn::try_write`] hands them to the kernel. Returns (bytes of payload, frames queued).
+    pub fn queue_messages(&mut self, messages: &[Bytes], max_frame: usize) -> (usize, usize) {
         debug_assert!(self.out.len() == self.written);
-        let total: usize = messages.iter().map(|m| m.len() + 1).sum();
+        let (opcode, separator): (u8, &[u8]) = if self.binary {
+            (OP_BINARY, b"")
+        } else {
+            (OP_TEXT, b"\n")
+        };
+        let sep = separator.len();
+        let total: usize = messages.iter().map(|m| m.len() + sep).sum();
         // Pongs owed go first, in the same write.
         let mut out = std::mem::take(&mut self.control);
         out.reserve(total + 10 * (1 + total / max_frame.max(1)));
@@ -209,14 +237,14 @@ impl WsConn {
             // Take as many messages as fit in one frame (at least one).
             let mut len = messages[i].len();
             let mut j = i + 1;
-            while j < messages.len() && len + 1 + messages[j].len() <= max_frame {
-                len += 1 + messages[j].len();
+            while j < messages.len() && len + sep + messages[j].len() <= max_frame {
+                len += sep + messages[j].len();
                 j += 1;
             }
-            write_header(&mut out, OP_TEXT, len);
+            write_header(&mut out, opcode, len);
             for (k, message) in messages[i..j].iter().enumerate() {
                 if k > 0 {
-                    out.push(b'\n');
+                    out.extend_from_slice(separator);
                 }
                 out.extend_from_slice(message);
             }
@@ -224,7 +252,7 @@ impl WsConn {
             i = j;
         }
         self.start(out);
-        (total.saturating_sub(messages.len()), frames)
+        (total.saturating_sub(messages.len() * sep), frames)
     }
 
     fn start(&mut self, out: Vec<u8>) {

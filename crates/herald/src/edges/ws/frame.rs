@@ -10,6 +10,8 @@ pub const OP_PONG: u8 = 0xA;
 
 /// Close codes of RFC 6455 that the framing layer itself sends.
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// A data frame of the type the connection does not speak (binary on JSON, text on Protobuf).
+pub const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
 pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
