@@ -435,3 +435,53 @@ async fn windowed_channels_deliver_merged_publications_to_protobuf_and_json() {
         assert_eq!(json_client.publication("win:a").await["data"], n);
     }
 }
+
+#[tokio::test]
+async fn a_slow_protobuf_consumer_is_closed_by_the_outbox_bound_and_others_get_everything() {
+    const SIZE: usize = 10_000;
+    let server = TestServer::with(|c| c.client.max_outbox_bytes = 64 * 1024).await;
+    let node = server.node().clone();
+    let mut slow = PbClient::connected(&server, "slow").await;
+    slow.subscribe("chat:firehose").await;
+    socket2::SockRef::from(slow.tcp())
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let mut healthy = PbClient::connected(&server, "healthy").await;
+    healthy.subscribe("chat:firehose").await;
+    let payload =
+        serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(SIZE))).unwrap();
+    let mut published = 0u64;
+    while node.metrics.outbox_drops.get() == 0 {
+        assert!(
+            published < 3000,
+            "no overflow after {published} publications"
+        );
+        for _ in 0..4 {
+            node.publish(
+                "chat:firehose",
+                payload.clone(),
+                None,
+                Default::default(),
+                "test",
+            )
+            .await
+            .unwrap();
+            published += 1;
+        }
+        // The healthy client reads along, so only the one that does not read overflows.
+        for _ in 0..4 {
+            let publication = healthy.publication("chat:firehose").await;
+            assert_eq!(publication.data.len(), SIZE + 2);
+        }
+    }
+    assert!(
+        eventually(WAIT, || node.hub.num_clients() == 1).await,
+        "the slow client is gone"
+    );
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(&metrics, "herald_disconnects_total{reason=\"slow\"}"),
+        1.0
+    );
+    assert!(healthy.call(pb::ping()).await.ping.is_some());
+}

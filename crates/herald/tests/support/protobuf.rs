@@ -229,6 +229,15 @@ impl PbClient {
         }
     }
 
+    /// The underlying TCP socket (plain ws:// only), e.g. to shrink its kernel buffers.
+    pub fn tcp(&self) -> &TcpStream {
+        match self.ws.get_ref() {
+            MaybeTlsStream::Plain(stream) => stream,
+            #[allow(unreachable_patterns)]
+            _ => panic!("tests use plain ws://"),
+        }
+    }
+
     /// Reads until the connection ends; returns the close code and reason.
     pub async fn closed(&mut self) -> Closed {
         let deadline = tokio::time::Instant::now() + WAIT;
