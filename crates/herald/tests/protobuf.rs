@@ -255,7 +255,7 @@ async fn pings_need_pongs_and_a_pong_keeps_the_connection() {
 }
 
 #[tokio::test]
-async fn refresh_rpc_and_send() {
+async fn refresh_sub_refresh_rpc_and_send() {
     let server = TestServer::start().await;
     let mut proto = PbClient::open(&server, Ask::Subprotocol).await;
     let expiring = token_with(json!({"sub": "alice", "exp": now() + 60}));
@@ -271,6 +271,32 @@ async fn refresh_rpc_and_send() {
         .await;
     let refresh = reply.refresh.expect("refresh result");
     assert!(refresh.expires && refresh.ttl > 60, "{refresh:?}");
+    // A channel that needs a subscription token, then its sub_refresh.
+    let sub_token =
+        |exp: i64| token_with(json!({"sub": "alice", "channel": "locked:t", "exp": exp}));
+    let reply = proto
+        .call(Command {
+            subscribe: Some(wire::SubscribeRequest {
+                channel: "locked:t".into(),
+                token: sub_token(now() + 60),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    let subscribed = reply.subscribe.expect("subscribe with a token");
+    assert!(subscribed.expires && subscribed.ttl > 0);
+    let reply = proto
+        .call(Command {
+            sub_refresh: Some(wire::SubRefreshRequest {
+                channel: "locked:t".into(),
+                token: sub_token(now() + 600),
+            }),
+            ..Default::default()
+        })
+        .await;
+    let refreshed = reply.sub_refresh.expect("sub_refresh result");
+    assert!(refreshed.expires && refreshed.ttl > 60, "{refreshed:?}");
     // Without an RPC proxy: not available (108).
     let reply = proto
         .call(Command {
