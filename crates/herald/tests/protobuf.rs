@@ -511,3 +511,46 @@ async fn a_slow_protobuf_consumer_is_closed_by_the_outbox_bound_and_others_get_e
     );
     assert!(healthy.call(pb::ping()).await.ping.is_some());
 }
+
+#[tokio::test]
+async fn a_protobuf_subscription_is_not_given_delta_compression() {
+    let server = TestServer::with(|c| {
+        c.channel.namespaces.push(herald::config::NamespaceOptions {
+            allowed_delta_types: vec!["fossil".to_string()],
+            ..open_namespace("docs")
+        });
+    })
+    .await;
+    let mut proto = PbClient::connected(&server, "alice").await;
+    let mut json_client = server.client("bob").await;
+    let reply = proto
+        .call(Command {
+            subscribe: Some(wire::SubscribeRequest {
+                channel: "docs:a".into(),
+                delta: "fossil".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    assert!(!reply.subscribe.expect("subscribed").delta);
+    let json_sub = json_client
+        .call("subscribe", json!({"channel": "docs:a", "delta": "fossil"}))
+        .await;
+    assert_eq!(json_sub["subscribe"]["delta"], true, "{json_sub}");
+    let text = "a long text that stays the same from one publication to the next";
+    for n in 1..=3 {
+        server
+            .api_ok(
+                "publish",
+                json!({"channel": "docs:a", "data": {"text": text, "n": n}}),
+            )
+            .await;
+    }
+    for n in 1..=3 {
+        // In full, as JSON bytes (not the JSON-string form delta subscribers get).
+        let publication = proto.publication("docs:a").await;
+        let data: serde_json::Value = serde_json::from_slice(&publication.data).unwrap();
+        assert_eq!(data, json!({"text": text, "n": n}));
+    }
+}

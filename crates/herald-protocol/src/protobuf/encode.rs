@@ -47,6 +47,7 @@ fn subscribe_result(r: &SubscribeResult) -> wire::SubscribeResult {
         positioned: r.positioned,
         data: bytes(r.data.as_deref()),
         was_recovering: r.was_recovering,
+        delta: r.delta,
     }
 }
 

@@ -333,6 +333,8 @@ pub struct SubscribeResult {
     pub data: Vec<u8>,
     #[prost(bool, tag = "12")]
     pub was_recovering: bool,
+    #[prost(bool, tag = "13")]
+    pub delta: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
