@@ -10,6 +10,9 @@
 #   livemap    GT06 trackers over TCP, viewers of the fleet channel, positions into PostgreSQL
 #   cluster    the broadcast across NODES nodes linked by each of BROKERS (redis, redis_cluster,
 #              nats; or CLUSTER_CONFIG: a TOML fragment with the [broker] section)
+#   floor      Herald against the floor (herald-floor: the cheapest broadcast server) at 1,000, 5,000
+#              and 15,000 subscribers (FLOOR_SUBS), ROUNDS alternating runs each; prints the ratios
+#   formats    Herald's broadcast with JSON subscribers against Protobuf ones, ROUNDS alternating runs
 #   hostile    60 s soak: hostile clients of every kind and 5,000 honest subscribers on one node
 #              with production defaults; fails on any honest loss or disconnect
 #   all        every scenario above, in that order
@@ -24,7 +27,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 scenario=${1:-}
-[ -n "$scenario" ] || { sed -n '2,22p' "$0"; exit 2; }
+[ -n "$scenario" ] || { sed -n '2,24p' "$0"; exit 2; }
 
 SMOKE=${SMOKE:-0}
 [ "$scenario" = smoke ] && SMOKE=1
@@ -386,6 +389,52 @@ run_cluster() { # run_cluster BROKER
     cleanup
 }
 
+# One saturating broadcast step: about 3M deliveries/s offered (more than either server delivers).
+saturating_rate() { echo $(( ${OFFERED:-3000000} / $1 )); }
+
+run_floor() { # Herald and the floor alternate, ROUNDS times at each subscriber count
+    local subs round floor_port=$((PORT + 300))
+    for subs in ${FLOOR_SUBS:-$(pick "1000 5000 15000" "20")}; do
+        for round in $(seq 1 "${ROUNDS:-$(pick 3 1)}"); do
+            write_config "$WORK/f.toml" "127.0.0.1:$PORT" "" plain
+            start_nodes 1 "$WORK/f.toml"
+            wait_http "127.0.0.1:$PORT"
+            bench broadcast --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
+                --subscribers "$subs" --rate "$(saturating_rate "$subs")" --batch "${BATCH:-$(pick 20 10)}" \
+                --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" \
+                --json "$OUT/floor-herald-$subs-$round.json"
+            cleanup
+            PORT=$floor_port "${SERVER_ON[@]}" "$BIN/herald-floor" >>"$WORK/floor.log" 2>&1 &
+            PIDS+=($!)
+            wait_http "127.0.0.1:$floor_port"
+            bench broadcast --target floor --server "127.0.0.1:$floor_port" --server-pid "${PIDS[-1]}" \
+                --subscribers "$subs" --rate "$(saturating_rate "$subs")" --batch "${BATCH:-$(pick 20 10)}" \
+                --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" \
+                --json "$OUT/floor-floor-$subs-$round.json"
+            cleanup
+        done
+    done
+    python3 "$ROOT/bench/ratios.py" "$OUT" floor herald floor
+}
+
+run_formats() { # JSON and Protobuf subscribers alternate, ROUNDS times
+    local round format
+    local subs=${SUBS:-$(pick 5000 20)}
+    for round in $(seq 1 "${ROUNDS:-$(pick 3 1)}"); do
+        for format in json protobuf; do
+            write_config "$WORK/p.toml" "127.0.0.1:$PORT" "" plain
+            start_nodes 1 "$WORK/p.toml"
+            wait_http "127.0.0.1:$PORT"
+            bench broadcast --format "$format" --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
+                --subscribers "$subs" --rate "$(saturating_rate "$subs")" --batch "${BATCH:-$(pick 20 10)}" \
+                --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" \
+                --json "$OUT/formats-$format-$subs-$round.json"
+            cleanup
+        done
+    done
+    python3 "$ROOT/bench/ratios.py" "$OUT" formats protobuf json
+}
+
 run_clusters() { # BROKERS (default: redis redis_cluster nats)
     local b
     for b in ${BROKERS:-redis redis_cluster nats}; do run_cluster "$b"; done
@@ -401,9 +450,11 @@ case "$scenario" in
     livemap) run_livemap ;;
     cluster) run_clusters ;;
     hostile) run_hostile ;;
+    floor) run_floor ;;
+    formats) run_formats ;;
     all | smoke)
         run_idle; run_broadcast; run_peer ws; run_peer socketio
-        run_chat; run_market; run_livemap; run_clusters; run_hostile
+        run_chat; run_market; run_livemap; run_clusters; run_hostile; run_floor; run_formats
         ;;
     *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
 esac

@@ -7,7 +7,7 @@ use crate::procstat;
 use crate::publish::{payload, run_at_rate, Publisher};
 use crate::ramp::{self, RampArgs};
 use crate::stats::{latency_json, Stamp, Stats};
-use crate::wsclient::{Spec, Target};
+use crate::wsclient::{Spec, Target, Wire};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,9 @@ pub struct BroadcastArgs {
     /// What serves the subscribers: Herald, or a Node.js peer in raw mode.
     #[arg(long, value_enum, default_value = "herald")]
     pub target: Target,
+    /// Herald's wire format for the subscribers.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: Wire,
     #[arg(long, default_value = "bench")]
     pub channel: String,
     #[arg(long, default_value_t = 1000)]
@@ -59,6 +62,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<Value> {
                 talk: None,
                 handshake_timeout: Duration::from_secs(30),
                 lite: false,
+                wire: args.format,
             })
         })
         .collect();
@@ -99,6 +103,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<Value> {
     Ok(json!({
         "scenario": if args.common.servers.len() > 1 { "cluster" } else { "broadcast" },
         "target": args.target.name(),
+        "format": if args.target == Target::Herald { format!("{:?}", args.format).to_lowercase() } else { "-".into() },
         "nodes": args.common.servers.len(),
         "subscribers": connected,
         "connect_errors": stats.errors.load(std::sync::atomic::Ordering::Relaxed),

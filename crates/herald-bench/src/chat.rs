@@ -7,7 +7,7 @@ use crate::common::Common;
 use crate::procstat;
 use crate::ramp::{self, RampArgs};
 use crate::stats::{latency_json, Stamp, Stats};
-use crate::wsclient::{Spec, Target};
+use crate::wsclient::{Spec, Target, Wire};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +50,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Value> {
             talk: Some((interval, args.payload)),
             handshake_timeout: Duration::from_secs(30),
             lite: false,
+            wire: Wire::Json,
         }));
     }
     let ramp_args = RampArgs {

@@ -12,7 +12,7 @@ use crate::common::Common;
 use crate::procstat;
 use crate::ramp::{self, RampArgs};
 use crate::stats::{Stamp, Stats};
-use crate::wsclient::{Spec, Target};
+use crate::wsclient::{Spec, Target, Wire};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use std::process::Stdio;
@@ -58,6 +58,7 @@ fn spec(args: &IdleArgs, server: std::net::SocketAddr) -> anyhow::Result<Arc<Spe
         talk: None,
         handshake_timeout: Duration::from_secs(60),
         lite: true,
+        wire: Wire::Json,
     }))
 }
 

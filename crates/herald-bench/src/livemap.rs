@@ -11,7 +11,7 @@ use crate::procstat;
 use crate::publish::Publisher;
 use crate::ramp::{self, RampArgs};
 use crate::stats::{latency_json, Stamp, Stats};
-use crate::wsclient::{Spec, Target};
+use crate::wsclient::{Spec, Target, Wire};
 use anyhow::{bail, Context};
 use herald_devices::sim::{self, Route};
 use serde_json::{json, Value};
@@ -140,6 +140,7 @@ pub async fn run(args: LiveMapArgs) -> anyhow::Result<Value> {
         talk: None,
         handshake_timeout: Duration::from_secs(30),
         lite: false,
+        wire: Wire::Json,
     });
     let ramp_args = RampArgs {
         count: args.viewers,

@@ -9,7 +9,7 @@ use crate::procstat;
 use crate::publish::{payload, run_at_rate, Publisher};
 use crate::ramp::{self, RampArgs};
 use crate::stats::{latency_json, Stamp, Stats};
-use crate::wsclient::{Spec, Target};
+use crate::wsclient::{Spec, Target, Wire};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,6 +65,7 @@ pub async fn run(args: MarketArgs) -> anyhow::Result<Value> {
             talk: None,
             handshake_timeout: Duration::from_secs(30),
             lite: false,
+            wire: Wire::Json,
         }));
     }
     let ramp_args = RampArgs {

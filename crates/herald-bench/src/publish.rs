@@ -44,7 +44,7 @@ impl Publisher {
                 let body = json!({"commands": commands, "parallel": true});
                 ("/api/batch", body.to_string())
             }
-            Target::Ws | Target::Socketio => {
+            Target::Ws | Target::Floor | Target::Socketio => {
                 let mut body = String::new();
                 for (_, data) in items {
                     body.push_str(&data.to_string());

@@ -1,5 +1,5 @@
-//! One subscriber connection: Herald's client protocol (JSON, v2), a raw WebSocket that receives
-//! plain text frames (the Node.js `ws` peer), or the Engine.IO/Socket.IO websocket transport.
+//! One subscriber connection: Herald's client protocol (v2, JSON or Protobuf), a raw WebSocket that
+//! receives plain text frames (the Node.js `ws` peer), or the Engine.IO/Socket.IO websocket transport.
 
 use crate::net::{connect_from, now_micros, source_ip};
 use crate::stats::{scan, Stamp, Stats};
@@ -24,6 +24,8 @@ pub enum Target {
     Ws,
     /// A socket.io server (bench/peers/socketio), Engine.IO v4 over WebSocket only.
     Socketio,
+    /// The floor (`herald-floor`): the cheapest broadcast server, same contract as `ws`.
+    Floor,
 }
 
 impl Target {
@@ -31,6 +33,7 @@ impl Target {
         match self {
             Target::Herald => "herald",
             Target::Ws => "ws",
+            Target::Floor => "floor",
             Target::Socketio => "socketio",
         }
     }
@@ -38,10 +41,19 @@ impl Target {
     fn path(self) -> &'static str {
         match self {
             Target::Herald => "/connection/websocket",
-            Target::Ws => "/",
+            Target::Ws | Target::Floor => "/",
             Target::Socketio => "/socket.io/?EIO=4&transport=websocket",
         }
     }
+}
+
+/// Herald's wire format for the subscribers (the publisher always uses the JSON API).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Wire {
+    #[default]
+    Json,
+    /// Binary frames of length-delimited Protobuf messages (`centrifuge-protobuf`).
+    Protobuf,
 }
 
 /// What a subscriber connects to and listens for.
@@ -60,17 +72,31 @@ pub struct Spec {
     pub handshake_timeout: Duration,
     /// Herald only, receives nothing but heartbeats: the minimal client of [`crate::lite`].
     pub lite: bool,
+    /// Herald only: the client protocol's wire format.
+    pub wire: Wire,
 }
 
 /// Opens a WebSocket from source address number `i` and performs the target's handshake.
 pub async fn open(i: usize, spec: &Spec) -> anyhow::Result<Ws> {
     let stream = connect_from(spec.server, source_ip(i)).await?;
     let uri: http::Uri = format!("ws://{}{}", spec.server, spec.target.path()).parse()?;
-    let (mut ws, _) = ClientBuilder::from_uri(uri).connect_on(stream).await?;
-    match spec.target {
-        Target::Herald => herald_handshake(&mut ws, &spec.token, &spec.channels).await?,
-        Target::Ws => {}
-        Target::Socketio => socketio_handshake(&mut ws).await?,
+    let mut builder = ClientBuilder::from_uri(uri);
+    if spec.wire == Wire::Protobuf {
+        builder = builder.add_header(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static("centrifuge-protobuf"),
+        )?;
+    }
+    let (mut ws, _) = builder.connect_on(stream).await?;
+    match (spec.target, spec.wire) {
+        (Target::Herald, Wire::Json) => {
+            herald_handshake(&mut ws, &spec.token, &spec.channels).await?
+        }
+        (Target::Herald, Wire::Protobuf) => {
+            protobuf_handshake(&mut ws, &spec.token, &spec.channels).await?
+        }
+        (Target::Ws | Target::Floor, _) => {}
+        (Target::Socketio, _) => socketio_handshake(&mut ws).await?,
     }
     Ok(ws)
 }
@@ -110,6 +136,52 @@ async fn herald_handshake(ws: &mut Ws, token: &str, channels: &[String]) -> anyh
     Ok(())
 }
 
+/// The same handshake in Protobuf: length-delimited Commands in one binary frame, every Reply
+/// awaited.
+async fn protobuf_handshake(ws: &mut Ws, token: &str, channels: &[String]) -> anyhow::Result<()> {
+    use herald_protocol::protobuf::wire::{Command, ConnectRequest, Reply, SubscribeRequest};
+    use prost::Message as _;
+    let mut frame = Vec::new();
+    let connect = Command {
+        id: 1,
+        connect: Some(ConnectRequest {
+            token: token.to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    connect.encode_length_delimited(&mut frame)?;
+    for (n, channel) in channels.iter().enumerate() {
+        let subscribe = Command {
+            id: n as u32 + 2,
+            subscribe: Some(SubscribeRequest {
+                channel: channel.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        subscribe.encode_length_delimited(&mut frame)?;
+    }
+    ws.send(Message::binary(frame)).await?;
+    let mut replies = 0;
+    while replies < 1 + channels.len() {
+        let Some(message) = ws.next().await else {
+            bail!("closed during the handshake");
+        };
+        let mut payload: &[u8] = &message?.into_payload();
+        while !payload.is_empty() {
+            let reply = Reply::decode_length_delimited(&mut payload)?;
+            if let Some(error) = reply.error {
+                bail!("connect/subscribe failed: {} {}", error.code, error.message);
+            }
+            if reply.id > 0 {
+                replies += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Engine.IO open packet (`0{...}`), then Socket.IO connect to the main namespace (`40`).
 async fn socketio_handshake(ws: &mut Ws) -> anyhow::Result<()> {
     let open = next_text(ws).await?;
@@ -129,10 +201,12 @@ async fn socketio_handshake(ws: &mut Ws) -> anyhow::Result<()> {
 }
 
 /// A heartbeat the server expects an answer to, and the answer.
-fn heartbeat_reply(target: Target, payload: &[u8]) -> Option<&'static str> {
-    match (target, payload) {
-        (Target::Herald, b"{}") => Some("{}"),
-        (Target::Socketio, b"2") => Some("3"),
+fn heartbeat_reply(target: Target, wire: Wire, payload: &[u8]) -> Option<Message> {
+    match (target, wire, payload) {
+        (Target::Herald, Wire::Json, b"{}") => Some(Message::text("{}")),
+        // An empty Reply (the ping) is answered by an empty Command: both are one length byte 0.
+        (Target::Herald, Wire::Protobuf, [0]) => Some(Message::binary(vec![0u8])),
+        (Target::Socketio, _, b"2") => Some(Message::text("3")),
         _ => None,
     }
 }
@@ -259,8 +333,8 @@ async fn read_loop(
             },
         };
         let payload = message.as_payload();
-        if let Some(reply) = heartbeat_reply(spec.target, payload) {
-            ws.send(Message::text(reply)).await?;
+        if let Some(reply) = heartbeat_reply(spec.target, spec.wire, payload) {
+            ws.send(reply).await?;
             continue;
         }
         ages.clear();

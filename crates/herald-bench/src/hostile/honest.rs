@@ -5,7 +5,7 @@
 use crate::net::now_micros;
 use crate::publish::Publisher;
 use crate::stats::Stats;
-use crate::wsclient::{open, Spec, Target};
+use crate::wsclient::{open, Spec, Target, Wire};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -74,6 +74,7 @@ pub async fn open_fleet(
                 talk: None,
                 handshake_timeout: Duration::from_secs(30),
                 lite: false,
+                wire: Wire::Json,
             })
         })
         .collect();
