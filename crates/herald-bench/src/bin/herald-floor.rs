@@ -41,81 +41,78 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// Serves HTTP requests on one connection (kept alive, as the bench's publisher expects) until
+/// one upgrades to a WebSocket.
 async fn serve(mut stream: TcpStream, tx: broadcast::Sender<Bytes>) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
-    let (head, rest) = read_head(&mut stream).await?;
-    let text = String::from_utf8_lossy(&head);
-    let mut lines = text.split("\r\n");
-    let request_line = lines.next().unwrap_or_default().to_string();
-    let header = |name: &str| {
-        text.split("\r\n").skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-    };
-    if request_line.starts_with("POST /publish ") {
-        let length: usize = header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = rest;
-        while body.len() < length {
-            let mut chunk = vec![0u8; length - body.len()];
-            let n = stream.read(&mut chunk).await?;
-            anyhow::ensure!(n > 0, "body cut short");
-            body.extend_from_slice(&chunk[..n]);
+    let mut buffered = Vec::new();
+    loop {
+        let head = read_head(&mut stream, &mut buffered).await?;
+        let text = String::from_utf8_lossy(&head).to_string();
+        let request_line = text.split("\r\n").next().unwrap_or_default().to_string();
+        let header = |name: &str| {
+            text.split("\r\n").skip(1).find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        if let Some(key) = header("sec-websocket-key") {
+            let mut sha1 = sha1_smol::Sha1::new();
+            sha1.update(key.as_bytes());
+            sha1.update(WS_GUID.as_bytes());
+            let accept = base64::engine::general_purpose::STANDARD.encode(sha1.digest().bytes());
+            let response = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            stream.write_all(response.as_bytes()).await?;
+            return relay(ServerBuilder::new().serve(stream), tx).await;
         }
-        let mut published = 0;
-        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let _ = tx.send(Bytes::copy_from_slice(line));
-            published += 1;
-        }
-        let reply = format!("{{\"published\":{published}}}");
+        let (status, reply) = if request_line.starts_with("POST /publish ") {
+            let length: usize = header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while buffered.len() < length {
+                read_more(&mut stream, &mut buffered).await?;
+            }
+            let body: Vec<u8> = buffered.drain(..length).collect();
+            let mut published = 0;
+            for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let _ = tx.send(Bytes::copy_from_slice(line));
+                published += 1;
+            }
+            ("200 OK", format!("{{\"published\":{published}}}"))
+        } else if request_line.starts_with("GET /health ") {
+            ("200 OK", String::new())
+        } else {
+            ("404 Not Found", String::new())
+        };
         let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
             reply.len()
         );
         stream.write_all(response.as_bytes()).await?;
-        return Ok(());
     }
-    let Some(key) = header("sec-websocket-key") else {
-        let status = if request_line.starts_with("GET /health ") {
-            "200 OK"
-        } else {
-            "404 Not Found"
-        };
-        let response =
-            format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        stream.write_all(response.as_bytes()).await?;
-        return Ok(());
-    };
-    let mut sha1 = sha1_smol::Sha1::new();
-    sha1.update(key.as_bytes());
-    sha1.update(WS_GUID.as_bytes());
-    let accept = base64::engine::general_purpose::STANDARD.encode(sha1.digest().bytes());
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-    );
-    stream.write_all(response.as_bytes()).await?;
-    let ws = ServerBuilder::new().serve(stream);
-    relay(ws, tx).await
 }
 
-/// Reads up to the end of the request head; returns the head and whatever followed it.
-async fn read_head(stream: &mut TcpStream) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
+/// Takes one request head out of `buffered`, reading more as needed; what follows stays there.
+async fn read_head(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> anyhow::Result<Vec<u8>> {
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = buf.split_off(end + 4);
-            return Ok((buf, rest));
+        if let Some(end) = buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(buffered.drain(..end + 4).collect());
         }
-        anyhow::ensure!(buf.len() < MAX_HEAD, "request head too large");
-        let n = stream.read(&mut chunk).await?;
-        anyhow::ensure!(n > 0, "closed before the request head ended");
-        buf.extend_from_slice(&chunk[..n]);
+        anyhow::ensure!(buffered.len() < MAX_HEAD, "request head too large");
+        read_more(stream, buffered).await?;
     }
+}
+
+async fn read_more(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> anyhow::Result<()> {
+    let mut chunk = [0u8; 8192];
+    let n = stream.read(&mut chunk).await?;
+    anyhow::ensure!(n > 0, "closed");
+    buffered.extend_from_slice(&chunk[..n]);
+    Ok(())
 }
 
 /// Sends every broadcast message to this client (as many as are ready, then one flush) and
