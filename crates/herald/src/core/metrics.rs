@@ -415,7 +415,7 @@ impl Metrics {
         );
         registry.register(
             "emulation_refused",
-            "/emulation requests refused, by reason (body size, malformed, unknown session, unknown node, inbox full)",
+            "/emulation requests refused, by reason (origin, body size, malformed, unknown session, unknown node, inbox full)",
             m.emulation_refused.clone(),
         );
         Metrics {
