@@ -66,6 +66,7 @@ pub(super) fn websocket(
                         Transport::UniWebSocket {
                             ws,
                             connected: false,
+                            refused: None,
                         }
                     } else {
                         Transport::WebSocket(ws)
