@@ -32,7 +32,9 @@ from cent import (
     PresenceStatsResult,
     PublishRequest,
     PublishResult,
+    ConnectionsRequest,
     RefreshRequest,
+    RefreshResult,
     StreamPosition,
     SubscribeRequest,
     SubscribeResult,
@@ -93,6 +95,9 @@ class Events(centrifuge.ClientEventHandler):
 
     async def on_connected(self, ctx):
         self.log.append(("connected", ctx))
+
+    async def on_connecting(self, ctx):
+        self.log.append(("connecting", ctx))
 
     async def on_disconnected(self, ctx):
         self.log.append(("disconnected", ctx))
@@ -239,10 +244,41 @@ def test_cent_batch_of_every_method(herald, channel_name):
         assert replies[11].publications == [] and replies[11].offset == 0
 
 
+@pytest.mark.herald_config({"client.expired_close_delay": "0s"})
+async def test_cent_refresh_extends_or_expires_a_connection(herald):
+    """`refresh` through cent: a backend that manages expiry itself extends a connection whose
+    token the SDK cannot renew, then ends it as expired (3005)."""
+    api = Client(herald.base_url + "/api", API_KEY)
+    events = Events()
+
+    async def no_token():
+        # A failure the SDK retries: it keeps the connection, which the server alone can extend.
+        raise RuntimeError("the token service is down")
+
+    sdk = centrifuge.Client(herald.ws_url, events=events, token=herald.token("alice", exp_in=2),
+                            get_token=no_token, proxy=None, timeout=WAIT)
+    try:
+        await sdk.connect()
+        await events.wait_for("connected")
+        extended = await asyncio.to_thread(api.refresh, RefreshRequest(
+            user="alice", client=sdk.client_id, expire_at=int(time.time()) + 3600))
+        assert isinstance(extended, RefreshResult)
+        await asyncio.sleep(3.5)  # past the token's expiry
+        assert events.of("disconnected") == [], events.log
+        assert len(events.of("connecting")) == 1, events.log  # the first connect only
+        expired = await asyncio.to_thread(api.refresh, RefreshRequest(user="alice", expired=True))
+        assert isinstance(expired, RefreshResult)
+        # 3005 tells the SDK to get a new token and reconnect.
+        reconnecting = (await events.wait_for("connecting", 2))[1]
+        assert reconnecting.code == 3005, events.log
+    finally:
+        await asyncio.wait_for(sdk.disconnect(), WAIT)
+
+
 def test_cent_methods_herald_lacks_answer_404(herald):
-    """Centrifugo's `refresh` (and its PRO methods) are not implemented: cent gets HTTP 404, a
-    clear transport error, rather than a reply it would misread."""
+    """Centrifugo's PRO methods are not implemented: cent gets HTTP 404, a clear transport error,
+    rather than a reply it would misread."""
     api = Client(herald.base_url + "/api", API_KEY)
     with pytest.raises(CentTransportError) as missing:
-        api.refresh(RefreshRequest(user="alice"))
+        api.connections(ConnectionsRequest(user="alice", expression=""))
     assert missing.value.status_code == 404

@@ -16,6 +16,7 @@
 
 pub mod codes;
 pub mod command;
+pub mod delta;
 pub mod format;
 pub mod reply;
 

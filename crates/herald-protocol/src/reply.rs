@@ -93,6 +93,9 @@ pub struct SubscribeResult {
     pub data: Option<Json>,
     #[serde(skip_serializing_if = "is_false")]
     pub was_recovering: bool,
+    /// Delta compression was negotiated (the subscribe asked for an allowed `delta` type).
+    #[serde(skip_serializing_if = "is_false")]
+    pub delta: bool,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]

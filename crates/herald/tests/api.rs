@@ -368,3 +368,61 @@ async fn allowed_origins_stop_foreign_pages_but_not_apps() {
         "non-browser clients send no Origin"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_moves_a_connections_expiry_or_ends_it_as_expired() {
+    use std::time::Duration;
+    let server = TestServer::with(|c| c.client.expired_close_delay = Duration::ZERO).await;
+    // Tokens that expire in 2 s, which the clients never refresh themselves.
+    let short = token_with(json!({"sub": "alice", "exp": now() + 2}));
+    let mut kept = Client::open(&server.ws_url()).await;
+    kept.connect(&short).await;
+    let mut other = Client::open(&server.ws_url()).await;
+    other.connect(&short).await;
+
+    // The backend extends one connection by an hour: the client is told with a refresh push.
+    let later = now() + 3600;
+    server
+        .api_ok(
+            "refresh",
+            json!({"user": "alice", "client": kept.client_id, "expire_at": later}),
+        )
+        .await;
+    // (The personal channel's join events come first.)
+    let mut push = kept.push().await;
+    while push.get("refresh").is_none() {
+        push = kept.push().await;
+    }
+    let ttl = push["refresh"]["ttl"].as_u64().unwrap_or_default();
+    assert_eq!(push["refresh"]["expires"], true, "{push}");
+    assert!((3590..=3600).contains(&ttl), "{push}");
+    // The other connection keeps its token's expiry and goes at it; the extended one stays.
+    match other.closed_within(Duration::from_secs(6)).await {
+        Some(Closed::Code(code, _)) => assert_eq!(code, 3005),
+        closed => panic!("the unrefreshed connection expires: {closed:?}"),
+    }
+    kept.assert_alive().await;
+
+    // `expired` ends it as expired: the SDK gets a new token and reconnects.
+    server
+        .api_ok("refresh", json!({"user": "alice", "expired": true}))
+        .await;
+    match kept.closed_within(Duration::from_secs(5)).await {
+        Some(Closed::Code(code, _)) => assert_eq!(code, 3005),
+        closed => panic!("expired by the backend: {closed:?}"),
+    }
+
+    // Bad input names the field.
+    for (body, field) in [
+        (json!({"expire_at": later}), "\"user\""),
+        (json!({"user": "alice", "expire_at": -5}), "\"expire_at\""),
+        (json!({"user": "alice", "session": "s1"}), "\"session\""),
+        (json!({"user": "alice", "expired": "yes"}), "expired"),
+    ] {
+        let (status, reply) = server.api("refresh", body.clone()).await;
+        assert_eq!(status, 200, "{body}: {reply}");
+        assert_eq!(reply["error"]["code"], 107, "{body}: {reply}");
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field), "{body}: {reply}");
+    }
+}

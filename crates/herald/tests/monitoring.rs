@@ -119,7 +119,10 @@ async fn every_metric_the_dashboard_and_alerts_use_is_served() {
     let mut client = server.client("alice").await;
     client.subscribe("chat:monitoring").await;
     server
-        .api_ok("publish", json!({"channel": "chat:monitoring", "data": {"n": 1}}))
+        .api_ok(
+            "publish",
+            json!({"channel": "chat:monitoring", "data": {"n": 1}}),
+        )
         .await;
     client.publication("chat:monitoring").await;
     let unknown = client.call("no_such_method", json!({})).await;

@@ -50,6 +50,10 @@ key = "${API_KEY}"
 ${channelOptions}
 [[channel.namespaces]]
 name = "chat"
+${channelOptions}
+[[channel.namespaces]]
+name = "delta"
+allowed_delta_types = ["fossil"]
 ${channelOptions}${extra ? `\n${extra}\n` : ''}`;
 }
 

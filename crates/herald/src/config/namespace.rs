@@ -60,6 +60,9 @@ pub struct NamespaceOptions {
     /// Most publications one client `history` call returns; a larger `limit`, or -1 (all), is
     /// capped to it. The server API is not limited.
     pub client_history_max_limit: usize,
+    /// Delta types a subscriber may ask for (`delta` in its subscribe request): `["fossil"]` or
+    /// none. Deltas go only where publications carry offsets (history on), as in Centrifugo.
+    pub allowed_delta_types: Vec<String>,
 }
 
 impl Default for NamespaceOptions {
@@ -92,6 +95,7 @@ impl Default for NamespaceOptions {
             proxy_subscribe: false,
             proxy_publish: false,
             client_history_max_limit: 300,
+            allowed_delta_types: Vec::new(),
         }
     }
 }
@@ -114,6 +118,15 @@ impl NamespaceOptions {
 
     pub fn conflated(&self) -> bool {
         !self.conflation_key.is_empty()
+    }
+
+    /// Whether a subscriber asking for `delta` gets it: the type is allowed, and publications
+    /// reach subscribers one by one (a window or conflation merges and drops them, so a
+    /// subscriber's previous publication is not the channel's).
+    pub fn delta_allowed(&self, delta: &str) -> bool {
+        self.allowed_delta_types.iter().any(|t| t == delta)
+            && self.delivery_interval().is_zero()
+            && !self.conflated()
     }
 
     /// Checks the options on their own; `prefix` names the namespace in the error
@@ -160,6 +173,16 @@ impl NamespaceOptions {
                 "must be greater than zero (allow_history_* = false turns client history off)",
             ));
         }
+        if let Some(unknown) = self
+            .allowed_delta_types
+            .iter()
+            .find(|t| t.as_str() != "fossil")
+        {
+            return Err(field(
+                f("allowed_delta_types"),
+                format!("unknown delta type {unknown:?} (known: \"fossil\")"),
+            ));
+        }
         if self.window_max_bytes == 0 {
             return Err(positive(f("window_max_bytes")));
         }
@@ -186,5 +209,39 @@ impl NamespaceOptions {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load::tests::load_str;
+
+    #[test]
+    fn delta_types_are_checked_and_negotiated_only_where_publications_go_one_by_one() {
+        let e = load_str(
+            "[[channel.namespaces]]\nname = \"a\"\nallowed_delta_types = [\"xdelta\"]\n",
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.field(),
+            Some("channel.namespaces[0].allowed_delta_types"),
+            "{e}"
+        );
+        let c = load_str(
+            "[channel.without_namespace]\nallowed_delta_types = [\"fossil\"]\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        let mut ns = c.channel.without_namespace;
+        assert!(ns.delta_allowed("fossil"));
+        assert!(!ns.delta_allowed("xdelta"));
+        ns.max_rate = 10;
+        assert!(
+            !ns.delta_allowed("fossil"),
+            "a windowed channel merges publications"
+        );
     }
 }

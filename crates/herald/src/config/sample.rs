@@ -143,6 +143,8 @@ allow_history_for_client = false
 allow_history_for_anonymous = false
 # Most publications one client history call returns (a larger limit, or -1, is capped).
 client_history_max_limit = 300
+# Delta compression a subscriber may ask for (delta: "fossil" in its subscribe): ["fossil"] or [].
+allowed_delta_types = []
 # Channels "name#alice,bob" may be subscribed to by the listed users only.
 allow_user_limited_channels = false
 # Storm control (docs/storm-control.md). Deliver each channel's publications in windows: one frame

@@ -27,6 +27,14 @@ pub enum Control {
         code: u16,
         reason: String,
     },
+    /// The server API's `refresh`: extends the connections' lifetime to `expire_at` (Unix seconds;
+    /// `None`: no expiry), or ends them as expired.
+    Refresh {
+        user: String,
+        client: Option<String>,
+        expired: bool,
+        expire_at: Option<i64>,
+    },
     /// Commands of an emulated (HTTP-streaming or SSE) connection, POSTed to `/emulation` on any
     /// node: only the node holding `session` (a secret, unique across nodes) acts on them.
     Emulation {

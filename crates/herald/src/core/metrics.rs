@@ -45,6 +45,11 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabel {
     pub event: &'static str,
 }
@@ -120,6 +125,10 @@ pub struct Metrics {
     pub transport_connects: Family<TransportLabel, Counter>,
     /// `/emulation` requests refused, by reason.
     pub emulation_refused: Family<ReasonLabel, Counter>,
+    /// Fossil patches computed (once per channel and publication, whatever the subscribers).
+    pub delta_patches: Counter,
+    /// Publications queued to delta-compression subscribers, by kind: `delta` or `full`.
+    pub delta_publications: Family<KindLabel, Counter>,
 }
 
 /// One open connection counted in `herald_transport_connections{transport}` while it lives.
@@ -199,6 +208,8 @@ impl Metrics {
             transport_connections: Family::default(),
             transport_connects: Family::default(),
             emulation_refused: Family::default(),
+            delta_patches: Counter::default(),
+            delta_publications: Family::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
@@ -417,6 +428,16 @@ impl Metrics {
             "emulation_refused",
             "/emulation requests refused, by reason (origin, body size, malformed, unknown session, unknown node, inbox full)",
             m.emulation_refused.clone(),
+        );
+        registry.register(
+            "delta_patches",
+            "Fossil patches computed for delta-compression subscribers (once per channel and publication)",
+            m.delta_patches.clone(),
+        );
+        registry.register(
+            "delta_publications",
+            "Publications queued to delta-compression subscribers, by kind (delta: a patch, full: the whole data)",
+            m.delta_publications.clone(),
         );
         Metrics {
             registry: parking_lot::Mutex::new(registry),

@@ -30,6 +30,13 @@ pub enum OutItem {
         /// For a window's worth: where each publication's push sits in `bytes`, in offset order.
         segments: Option<std::sync::Arc<[Segment]>>,
     },
+    /// A publication for subscription `slot` with delta compression: the session picks the patch
+    /// when the client holds its base, the full push otherwise.
+    DeltaPublication {
+        slot: u32,
+        offset: u64,
+        push: std::sync::Arc<DeltaPush>,
+    },
     /// Another channel push (join, leave) for subscription `slot`.
     Push { slot: u32, bytes: Bytes },
     /// A server-side command for this connection.
@@ -44,6 +51,8 @@ impl OutItem {
     fn cost(&self) -> usize {
         match self {
             OutItem::Publication { bytes, .. } | OutItem::Push { bytes, .. } => bytes.len(),
+            // The full push: the most the session will write of it.
+            OutItem::DeltaPublication { push, .. } => push.full.len(),
             OutItem::Control(_) | OutItem::Gap { .. } => 64,
         }
     }
@@ -55,6 +64,17 @@ pub struct Segment {
     pub offset: u64,
     pub start: u32,
     pub end: u32,
+}
+
+/// One publication as every delta-compression subscriber of a channel may receive it, encoded
+/// once by the hub (core/hub/delta.rs).
+#[derive(Debug)]
+pub struct DeltaPush {
+    /// In full, `delta: false`.
+    pub full: Bytes,
+    /// A patch against the publication at this offset, `delta: true`; none when the previous
+    /// publication is not the one just before, or the patch is no smaller than the data.
+    pub patch: Option<(u64, Bytes)>,
 }
 
 #[derive(Debug, PartialEq, Eq)]

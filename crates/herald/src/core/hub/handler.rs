@@ -16,7 +16,12 @@ impl BrokerHandler for Hub {
             Some(Some(window)) => self.add_to_window(channel, window, publication, key),
             Some(None) => {
                 let bytes = encode_publication_push(channel, &publication);
-                self.deliver(channel, publication.offset, bytes, key.is_some(), None);
+                match self.delta_push(channel, &publication) {
+                    None => self.deliver(channel, publication.offset, bytes, key.is_some(), None),
+                    Some(delta) => {
+                        self.deliver_with_delta(channel, &publication, bytes, key.is_some(), delta)
+                    }
+                }
             }
         }
     }
@@ -64,7 +69,8 @@ impl BrokerHandler for Hub {
         let (user, client) = match control {
             Control::Subscribe { user, client, .. }
             | Control::Unsubscribe { user, client, .. }
-            | Control::Disconnect { user, client, .. } => (user, client.as_deref()),
+            | Control::Disconnect { user, client, .. }
+            | Control::Refresh { user, client, .. } => (user, client.as_deref()),
             Control::Emulation { session, data, .. } => {
                 // Dropped when the session is not here or its inbox is full: the sender already
                 // answered, and the client's command times out as over a lost connection.

@@ -24,13 +24,17 @@ struct Subscriber {
     handle: Arc<SessionHandle>,
     slot: u32,
     join_leave: bool,
+    /// Negotiated delta compression (delta.rs).
+    delta: bool,
 }
 
 struct ChannelEntry {
     subscribers: IndexMap<u64, Subscriber>,
     window: Option<Arc<Window>>,
+    delta: Arc<delta::DeltaState>,
 }
 
+mod delta;
 mod handler;
 mod windows;
 
@@ -105,6 +109,7 @@ impl Hub {
         handle: &Arc<SessionHandle>,
         slot: u32,
         join_leave: bool,
+        delta: bool,
     ) -> bool {
         let mut shard = self.shard(channel).write();
         let first = !shard.contains_key(channel);
@@ -117,13 +122,18 @@ impl Hub {
                     .resolve(channel)
                     .ok()
                     .and_then(|ns| Self::new_window(ns)),
+                delta: Default::default(),
             });
+        if delta {
+            entry.delta.add_subscriber();
+        }
         entry.subscribers.insert(
             handle.seq,
             Subscriber {
                 handle: handle.clone(),
                 slot,
                 join_leave,
+                delta,
             },
         );
         self.metrics.subscriptions.inc();
@@ -139,8 +149,11 @@ impl Hub {
         let Some(entry) = shard.get_mut(channel) else {
             return false;
         };
-        if entry.subscribers.swap_remove(&seq).is_some() {
+        if let Some(removed) = entry.subscribers.swap_remove(&seq) {
             self.metrics.subscriptions.dec();
+            if removed.delta {
+                entry.delta.remove_subscriber();
+            }
         }
         if entry.subscribers.is_empty() {
             shard.remove(channel);

@@ -79,6 +79,7 @@ pub const METHODS: &[&str] = &[
     "subscribe",
     "unsubscribe",
     "disconnect",
+    "refresh",
     "presence",
     "presence_stats",
     "history",
@@ -171,6 +172,21 @@ fn refuse_narrowing(session: Option<&str>, whitelist: &[String]) -> Result<(), A
 }
 
 #[derive(Deserialize)]
+struct RefreshParams {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    expired: Option<bool>,
+    /// Unix seconds; absent or 0: the connection no longer expires.
+    #[serde(default)]
+    expire_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
 struct DisconnectSpec {
     code: u16,
     #[serde(default)]
@@ -248,6 +264,7 @@ pub async fn call(
         "subscribe" => control(node, params(raw)?, true).await,
         "unsubscribe" => control(node, params(raw)?, false).await,
         "disconnect" => disconnect(node, params(raw)?).await,
+        "refresh" => refresh(node, params(raw)?).await,
         "presence" => presence(node, params(raw)?).await,
         "presence_stats" => presence_stats(node, params(raw)?).await,
         "history" => history(node, params(raw)?).await,
@@ -362,6 +379,31 @@ async fn disconnect(node: &Node, p: DisconnectParams) -> Result<Value, ApiError>
             client: p.client,
             code,
             reason,
+        })
+        .await
+        .map_err(broker_error)?;
+    Ok(json!({}))
+}
+
+/// Centrifugo's `refresh`: a backend that manages expiry itself moves a user's (or one
+/// connection's) expiry, or ends it as expired (3005 "token expired": the SDK gets a new token).
+async fn refresh(node: &Node, p: RefreshParams) -> Result<Value, ApiError> {
+    if p.user.is_empty() {
+        return Err(ApiError::bad("field \"user\" is required"));
+    }
+    refuse_narrowing(p.session.as_deref(), &[])?;
+    let expire_at = p.expire_at.unwrap_or(0);
+    if expire_at < 0 {
+        return Err(ApiError::bad(
+            "field \"expire_at\" must be Unix seconds (0: no expiry)",
+        ));
+    }
+    node.broker
+        .publish_control(Control::Refresh {
+            user: p.user,
+            client: p.client,
+            expired: p.expired.unwrap_or(false),
+            expire_at: (expire_at > 0).then_some(expire_at),
         })
         .await
         .map_err(broker_error)?;

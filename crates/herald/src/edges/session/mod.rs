@@ -3,14 +3,16 @@
 //!
 //! The work is split by job: `run` (the loop and closing), `input` (reading frames), `timers`
 //! (pings, timeouts, expiry), `output` (the outbox and writing), `dispatch` (command → handler),
-//! `connect`, `subscribe`, `commands` (the other commands), `backend` (proxy hooks) and `transport`
-//! (the connection it is served over: every transport shares all of the above). The
+//! `connect`, `subscribe`, `commands` (the other commands), `backend` (proxy hooks), `delta`
+//! (delta compression) and `transport` (the connection it is served over: every transport shares
+//! all of the above). The
 //! decisions are pure functions with their own tests: `permissions`, `positioning`, `tokens`.
 
 mod backend;
 mod close;
 mod commands;
 mod connect;
+mod delta;
 mod dispatch;
 mod input;
 mod output;
@@ -84,6 +86,8 @@ pub struct Session {
     subs: HashMap<String, subscribe::Subscription>,
     /// Live subscription slots → highest offset already delivered in a subscribe reply.
     slots: HashMap<u32, u64>,
+    /// Subscriptions with delta compression, and the publication each client holds.
+    deltas: delta::DeltaBases,
     next_slot: u32,
     bucket: TokenBucket,
     /// WebSocket pings allowed (`client.max_ping_rate`).
@@ -129,6 +133,7 @@ impl Session {
             conn_info: None,
             subs: HashMap::new(),
             slots: HashMap::new(),
+            deltas: Default::default(),
             next_slot: 1,
             rate_rejections: 0,
             expires_at: None,

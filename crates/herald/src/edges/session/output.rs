@@ -4,11 +4,14 @@
 
 use super::positioning::{unseen, Unseen};
 use super::subscribe::SubscribeParams;
+use super::tokens::{seconds_left, ttl_field};
 use super::{Close, Ending, Session};
 use crate::brokers::Control;
+use crate::core::clock::unix_secs;
 use crate::core::outbox::OutItem;
 use bytes::Bytes;
 use herald_protocol::{Disconnect, PushBody, UnsubscribeCode};
+use std::time::{Duration, Instant};
 
 /// Largest frame the server builds when it merges several messages into one.
 pub(super) const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -91,6 +94,9 @@ impl Session {
                         }
                     }
                 }
+                OutItem::DeltaPublication { slot, offset, push } => {
+                    self.queue_delta_publication(slot, offset, &push)
+                }
                 OutItem::Push { slot, bytes } => {
                     if self.slots.contains_key(&slot) {
                         self.queue(bytes);
@@ -154,6 +160,20 @@ impl Session {
         }
     }
 
+    /// The server API extended the connection (to `expire_at`, Unix seconds; `None`: for good):
+    /// the expiry moves, and the client learns it from a `refresh` push.
+    fn refresh_by_server(&mut self, expire_at: Option<i64>) {
+        let ttl = seconds_left(expire_at, unix_secs());
+        self.expires_at = ttl.map(|secs| Instant::now() + Duration::from_secs(secs));
+        let body = PushBody::Refresh {
+            expires: ttl.is_some(),
+            ttl: ttl_field(ttl),
+        };
+        let mut out = Vec::new();
+        self.format.encode_push("", &body, &mut out);
+        self.queue(Bytes::from(out));
+    }
+
     async fn handle_control(&mut self, control: Control) -> Result<(), Close> {
         match control {
             Control::Disconnect { code, reason, .. } => Err(Close {
@@ -178,6 +198,15 @@ impl Session {
                     }
                     Err(code) => tracing::debug!(%channel, %code, "server-side subscribe refused"),
                 }
+                Ok(())
+            }
+            Control::Refresh {
+                expired, expire_at, ..
+            } => {
+                if expired {
+                    return Err(Disconnect::EXPIRED.into());
+                }
+                self.refresh_by_server(expire_at);
                 Ok(())
             }
             // Delivered to the hub's inbox of the session, never to an outbox.

@@ -43,6 +43,8 @@ pub(super) struct SubscribeParams {
     pub data: Option<Box<RawValue>>,
     /// UNIX seconds.
     pub expires_at: Option<i64>,
+    /// Delta compression negotiated (client subscribes only, as in Centrifugo).
+    pub delta: bool,
 }
 
 impl From<&SubscribeRequest> for SubscribeParams {
@@ -65,6 +67,7 @@ impl Session {
     pub(super) async fn subscribe(&mut self, req: SubscribeRequest) -> Handled {
         let ns = self.node.namespaces.resolve(&req.channel)?.clone();
         let mut params = SubscribeParams::from(&req);
+        params.delta = super::delta::negotiate(&ns, &req.delta)?;
         if !req.token.is_empty() {
             // A subscription token grants the channel on its own.
             let verified = self.node.verifier.verify_subscribe(&req.token);
@@ -134,7 +137,9 @@ impl Session {
             ns.join_leave && (ns.force_push_join_leave || params.join_leave || server_side);
         // Register before reading history: whatever is published meanwhile arrives through the outbox,
         // and what the reply already carries is skipped there by offset.
-        let first = node.hub.add_subscriber(channel, &handle, slot, join_leave);
+        let first = node
+            .hub
+            .add_subscriber(channel, &handle, slot, join_leave, params.delta);
         // Listening to the channel (across nodes) must hold before the history read below.
         if let Err(e) = node.broker.subscribe(channel).await {
             // Not yet announced as occupied, so no vacated event either.
@@ -157,6 +162,9 @@ impl Session {
                 self.rollback_subscribe(channel, slot).await;
                 return Err(broker_error(e));
             }
+        }
+        if params.delta {
+            self.start_delta(channel, slot, &mut result);
         }
         let info = self.info(params.chan_info);
         if ns.presence {
@@ -272,6 +280,7 @@ impl Session {
 
     async fn rollback_subscribe(&mut self, channel: &str, slot: u32) {
         self.slots.remove(&slot);
+        self.end_delta(slot);
         if let Some(handle) = &self.handle {
             if self.node.hub.remove_subscriber(channel, handle.seq) {
                 self.node.broker.unsubscribe(channel).await;
@@ -285,6 +294,7 @@ impl Session {
             return false;
         };
         self.slots.remove(&sub.slot);
+        self.end_delta(sub.slot);
         let node = self.node.clone();
         if let Some(handle) = &self.handle {
             if node.hub.remove_subscriber(channel, handle.seq) {

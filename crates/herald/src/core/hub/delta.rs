@@ -1,0 +1,208 @@
+//! Delta compression, hub side (docs/protocol.md#delta-compression): for a channel with
+//! delta-compression subscribers on this node, the hub remembers the previous publication and, for
+//! each new one, encodes once for all of them a full push and, when the previous publication is
+//! the one just before it in the stream (offsets consecutive), a fossil patch against it. Each
+//! session then picks the patch only if its client holds that previous publication
+//! (edges/session/delta.rs).
+//!
+//! Bounded: one publication per channel, kept only while the channel has delta subscribers here,
+//! and freed with the channel.
+
+use super::Hub;
+use crate::core::outbox::{DeltaPush, OutItem};
+use bytes::Bytes;
+use herald_protocol::delta::{create, encode_delta_publication_push};
+use herald_protocol::Publication;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A channel's delta state on this node.
+#[derive(Default)]
+pub(super) struct DeltaState {
+    /// Local subscribers with delta compression.
+    subscribers: AtomicUsize,
+    /// The last publication delivered, the base of the next patch. Its lock also orders the
+    /// patches of one channel.
+    previous: Mutex<Option<Arc<Publication>>>,
+}
+
+impl DeltaState {
+    /// Called under the channel's shard lock, like `remove_subscriber`.
+    pub(super) fn add_subscriber(&self) {
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn remove_subscriber(&self) {
+        if self.subscribers.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *self.previous.lock() = None;
+        }
+    }
+}
+
+impl Hub {
+    /// Offers a publication a delta subscriber was just given (the last of a recovery) as the
+    /// channel's base, unless the hub already has that one or a later one: so the next
+    /// publication can be a patch even when this node had not seen the previous one.
+    pub fn seed_delta(&self, channel: &str, publication: Arc<Publication>) {
+        let Some(state) = self
+            .shard(channel)
+            .read()
+            .get(channel)
+            .map(|entry| entry.delta.clone())
+        else {
+            return;
+        };
+        let mut previous = state.previous.lock();
+        if publication.offset != 0
+            && previous
+                .as_ref()
+                .is_none_or(|p| p.offset < publication.offset)
+        {
+            *previous = Some(publication);
+        }
+    }
+
+    /// The delta pushes of a publication, when the channel has delta subscribers here.
+    pub(super) fn delta_push(
+        &self,
+        channel: &str,
+        publication: &Arc<Publication>,
+    ) -> Option<Arc<DeltaPush>> {
+        let state = self.shard(channel).read().get(channel)?.delta.clone();
+        if state.subscribers.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let full = encode_delta_publication_push(channel, publication, None)?;
+        let mut previous = state.previous.lock();
+        let base = previous
+            .as_ref()
+            .filter(|p| publication.offset != 0 && p.offset + 1 == publication.offset);
+        let patch = base.and_then(|base| {
+            let data = publication.data.get().as_bytes();
+            let patch = create(base.data.get().as_bytes(), data);
+            self.metrics.delta_patches.inc();
+            // As Centrifugo: a patch no smaller than the data is not worth sending.
+            if patch.len() >= data.len() {
+                return None;
+            }
+            let bytes = encode_delta_publication_push(channel, publication, Some(&patch))?;
+            Some((base.offset, bytes))
+        });
+        // Without offsets there is no telling which publication a client holds: no base.
+        *previous = (publication.offset != 0).then(|| publication.clone());
+        Some(Arc::new(DeltaPush { full, patch }))
+    }
+
+    /// Queues a publication: the plain push for ordinary subscribers, the delta pushes for the
+    /// others.
+    pub(super) fn deliver_with_delta(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        bytes: Bytes,
+        conflated: bool,
+        delta: Arc<DeltaPush>,
+    ) {
+        self.fan_out(channel, |sub| {
+            Some(if sub.delta {
+                OutItem::DeltaPublication {
+                    slot: sub.slot,
+                    offset: publication.offset,
+                    push: delta.clone(),
+                }
+            } else {
+                OutItem::Publication {
+                    slot: sub.slot,
+                    offset: publication.offset,
+                    bytes: bytes.clone(),
+                    conflated,
+                    segments: None,
+                }
+            })
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ChannelConfig;
+    use crate::core::channel::Namespaces;
+    use crate::core::delivery::BrokerHandler;
+    use crate::core::metrics::Metrics;
+    use crate::core::outbox::Outbox;
+    use crate::core::session_handle::SessionHandle;
+    use serde_json::value::RawValue;
+    use std::collections::VecDeque;
+
+    fn publication(offset: u64, text: &str) -> Arc<Publication> {
+        Arc::new(Publication {
+            data: RawValue::from_string(format!("{{\"text\":\"{text}\"}}")).unwrap(),
+            info: None,
+            offset,
+            tags: Default::default(),
+            time: 0,
+        })
+    }
+
+    fn previous(hub: &Hub, channel: &str) -> Option<u64> {
+        let state = hub.shard(channel).read().get(channel)?.delta.clone();
+        let previous = state.previous.lock();
+        previous.as_ref().map(|p| p.offset)
+    }
+
+    #[test]
+    fn the_base_is_kept_only_while_the_channel_has_delta_subscribers() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(
+            metrics.clone(),
+            Arc::new(Namespaces::new(&ChannelConfig::default())),
+        );
+        let handle = |seq| {
+            Arc::new(SessionHandle {
+                seq,
+                client: format!("c{seq}"),
+                user: "u".into(),
+                outbox: Outbox::new(1 << 20, 1000, metrics.outbox_bytes.clone(), 0),
+            })
+        };
+        let (plain, delta) = (handle(1), handle(2));
+        let text = "a fairly long text that stays the same from one publication to the next";
+        hub.add_subscriber("ch", &plain, 1, false, false);
+        hub.handle_publication("ch", publication(1, text), None);
+        assert_eq!(
+            previous(&hub, "ch"),
+            None,
+            "no delta subscriber: no base kept"
+        );
+        hub.add_subscriber("ch", &delta, 1, false, true);
+        hub.handle_publication("ch", publication(2, text), None);
+        hub.handle_publication("ch", publication(3, &format!("{text}!")), None);
+        assert_eq!(previous(&hub, "ch"), Some(3));
+        assert_eq!(metrics.delta_patches.get(), 1);
+        let mut items = VecDeque::new();
+        delta.outbox.drain(&mut items);
+        let patches: Vec<bool> = items
+            .iter()
+            .map(|item| match item {
+                OutItem::DeltaPublication { push, .. } => push.patch.is_some(),
+                other => panic!("a delta subscriber gets delta items: {other:?}"),
+            })
+            .collect();
+        assert_eq!(patches, [false, true]);
+        items.clear();
+        plain.outbox.drain(&mut items);
+        assert_eq!(items.len(), 3);
+        assert!(items
+            .iter()
+            .all(|item| matches!(item, OutItem::Publication { .. })));
+        assert!(!hub.remove_subscriber("ch", delta.seq));
+        assert_eq!(previous(&hub, "ch"), None, "the last delta subscriber left");
+        assert!(hub.remove_subscriber("ch", plain.seq));
+        assert!(
+            hub.shard("ch").read().get("ch").is_none(),
+            "freed with the channel"
+        );
+    }
+}
