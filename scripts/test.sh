@@ -12,4 +12,5 @@ cargo build --workspace --bins
 cargo test --workspace
 HERALD_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/herald" bash tests/sdk/run.sh
 HERALD_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/herald" bash tests/map/run.sh
+HERALD_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/herald" bash tests/browser/run.sh
 PROFILE=debug bash bench/run.sh smoke

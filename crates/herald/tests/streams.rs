@@ -548,3 +548,187 @@ async fn emulation_crosses_nodes_on_redis() {
 async fn emulation_crosses_nodes_on_nats() {
     emulation_reaches_the_node_of_the_session(support::brokers::Broker::Nats).await;
 }
+
+#[tokio::test]
+async fn emulation_answers_429_while_the_connection_has_too_many_waiting() {
+    // An RPC hook that never answers holds the session in one command: the requests that follow
+    // wait in its inbox, up to its bound (32 requests).
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = hook.local_addr().unwrap();
+    let (called_tx, called) = tokio::sync::oneshot::channel();
+    let holder = tokio::spawn(async move {
+        let (held, _) = hook.accept().await.unwrap();
+        let _ = called_tx.send(());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(held);
+    });
+    let ts = TestServer::with(move |c| {
+        c.proxy.rpc_endpoint = format!("http://{hook_addr}/rpc");
+        c.proxy.timeout = Duration::from_secs(2);
+        c.proxy.forward_headers = Vec::new();
+        c.client.command_burst = 100;
+    })
+    .await;
+    let (mut stream, node, session) = connected(&ts, false, "jay").await;
+    let rpc = json!({"id": 2, "rpc": {"method": "slow", "data": {}}});
+    assert_eq!(emulate(ts.addr, &node, &session, &[rpc]).await.0, 204);
+    tokio::time::timeout(WAIT, called)
+        .await
+        .expect("the hook is called")
+        .unwrap();
+    let mut refused = None;
+    for i in 0..40u32 {
+        let ping = json!({"id": 10 + i, "ping": {}});
+        let (status, body) = emulate(ts.addr, &node, &session, &[ping]).await;
+        if status == 429 {
+            refused = Some((i, body));
+            break;
+        }
+        assert_eq!(status, 204, "{body}");
+    }
+    let (accepted, body) = refused.expect("never refused with 429");
+    assert_eq!(accepted, 32, "the inbox holds 32 requests");
+    assert!(body.contains("too many"), "{body}");
+    let text = ts.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "herald_emulation_refused_total{reason=\"inbox full\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    // Once the hook times out the session answers the rpc and every waiting request, and takes
+    // new ones again.
+    let mut ids = Vec::new();
+    while ids.len() < 33 {
+        let reply = stream.next_message().await;
+        ids.push(reply["id"].as_u64().expect("a reply"));
+    }
+    assert_eq!(ids[0], 2);
+    assert_eq!(ids[1..], (10..42).collect::<Vec<u64>>()[..]);
+    let ping = json!({"id": 50, "ping": {}});
+    assert_eq!(emulate(ts.addr, &node, &session, &[ping]).await.0, 204);
+    assert_eq!(stream.next_message().await["id"], 50);
+    holder.abort();
+}
+
+#[tokio::test]
+async fn a_refused_unidirectional_connect_ends_at_once_with_its_disconnect() {
+    let ts = TestServer::with(|c| c.client.connect_timeout = Duration::from_secs(30)).await;
+    let expired = token_with(json!({"sub": "kim", "exp": now() - 10}));
+    let cases = [
+        (json!({"token": "not-a-token"}), 3500),
+        (json!({"token": expired}), 3005),
+    ];
+    for (request, code) in cases {
+        let body = request.to_string();
+        let get = format!("/connection/uni_sse?cf_connect={}", query_escape(&body));
+        for (method, path, body) in [
+            ("POST", "/connection/uni_http_stream", body.as_str()),
+            ("GET", get.as_str(), ""),
+            ("POST", "/connection/uni_sse", body.as_str()),
+        ] {
+            let started = std::time::Instant::now();
+            let mut stream = Stream::open(ts.addr, method, path, body).await;
+            assert_eq!(stream.status(), 200, "{}", stream.head);
+            let push = stream.next_message().await;
+            assert_eq!(push["disconnect"]["code"], code, "{path}: {push}");
+            assert_eq!(push["disconnect"]["reconnect"], code < 3500, "{push}");
+            assert_eq!(
+                stream.line_within(WAIT).await,
+                None,
+                "{path}: the response ends after the disconnect"
+            );
+            assert!(started.elapsed() < Duration::from_secs(5), "{path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_bad_uni_websocket_connect_names_the_field_in_the_close_reason() {
+    let ts = TestServer::start().await;
+    let url = format!("ws://{}/connection/uni_websocket", ts.addr);
+    let uri = http::Uri::try_from(url).unwrap();
+    let (mut ws, _) = ClientBuilder::from_uri(uri).connect().await.expect("ws");
+    ws.send(Message::text(r#"{"token": 5}"#)).await.unwrap();
+    let close = loop {
+        let message = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("closed in time")
+            .expect("a close frame")
+            .expect("no error");
+        if let Some(close) = message.as_close() {
+            break (u16::from(close.0), close.1.to_string());
+        }
+    };
+    assert_eq!(close.0, 3501, "{close:?}");
+    assert!(close.1.contains("\"token\""), "{close:?}");
+}
+
+/// The request's response head (the server closes after it).
+async fn head_of(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    http_exchange(addr, &request, WAIT)
+        .await
+        .1
+        .to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn streaming_endpoints_answer_cors_for_allowed_origins() {
+    let ts =
+        TestServer::with(|c| c.http.allowed_origins = vec!["https://app.example".into()]).await;
+    let preflight = [
+        ("Origin", "https://app.example"),
+        ("Access-Control-Request-Method", "POST"),
+        ("Access-Control-Request-Headers", "content-type"),
+    ];
+    for path in [
+        "/emulation",
+        "/connection/http_stream",
+        "/connection/sse",
+        "/connection/uni_http_stream",
+        "/connection/uni_sse",
+    ] {
+        let head = head_of(ts.addr, "OPTIONS", path, &preflight).await;
+        assert_eq!(status_of(&head), 204, "{path}: {head}");
+        assert!(
+            head.contains("access-control-allow-origin: https://app.example"),
+            "{path}: {head}"
+        );
+        assert!(
+            head.contains("access-control-allow-credentials: true"),
+            "{head}"
+        );
+        assert!(
+            head.contains("access-control-allow-headers: content-type"),
+            "{head}"
+        );
+    }
+    // The answer itself carries them too (the browser checks it), errors included.
+    let origin = [("Origin", "https://app.example")];
+    let head = head_of(ts.addr, "GET", "/connection/sse", &origin).await;
+    assert_eq!(status_of(&head), 400, "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    // Another origin gets no CORS answer, and neither a stream nor emulation.
+    let evil = [
+        ("Origin", "https://evil.example"),
+        ("Access-Control-Request-Method", "POST"),
+    ];
+    let head = head_of(ts.addr, "OPTIONS", "/emulation", &evil).await;
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+    let head = head_of(ts.addr, "POST", "/emulation", &evil[..1]).await;
+    assert_eq!(status_of(&head), 403, "{head}");
+    let head = head_of(ts.addr, "POST", "/connection/uni_http_stream", &evil[..1]).await;
+    assert_eq!(status_of(&head), 403, "{head}");
+}

@@ -32,7 +32,7 @@ allow_presence_for_subscriber = true
 allow_history_for_subscriber = true
 `;
 
-export function renderConfig(port) {
+export function renderConfig(port, extra = '') {
   return `[http]
 listen = "127.0.0.1:${port}"
 
@@ -54,7 +54,7 @@ ${channelOptions}
 [[channel.namespaces]]
 name = "delta"
 allowed_delta_types = ["fossil"]
-${channelOptions}`;
+${channelOptions}${extra ? `\n${extra}\n` : ''}`;
 }
 
 function freePort() {
@@ -91,7 +91,9 @@ export function uniqueChannel(prefix = 'ch', ns = null) {
 }
 
 export class Herald {
-  constructor() {
+  /** `extraConfig`: TOML appended to the generated config (e.g. a `[broker]` table). */
+  constructor({ extraConfig = '' } = {}) {
+    this.extraConfig = extraConfig;
     this.dir = mkdtempSync(join(tmpdir(), 'herald-sdk-js-'));
     this.configPath = join(this.dir, 'herald.toml');
     this.logPath = join(this.dir, 'herald.log');
@@ -130,7 +132,7 @@ export class Herald {
     let lastError = '';
     for (let attempt = 0; attempt < 3; attempt++) {
       this.port = await freePort();
-      writeFileSync(this.configPath, renderConfig(this.port));
+      writeFileSync(this.configPath, renderConfig(this.port, this.extraConfig));
       const fd = openSync(this.logPath, 'w');
       this.exit = null;
       try {
@@ -155,7 +157,7 @@ export class Herald {
     await this.stop();
     throw new Error(`Herald did not become healthy: ${lastError}\n` +
       `command: ${HERALD_BIN} serve --config ${this.configPath}\n` +
-      `--- herald.toml ---\n${renderConfig(this.port)}\n--- server output ---\n${this.log()}`);
+      `--- herald.toml ---\n${renderConfig(this.port, this.extraConfig)}\n--- server output ---\n${this.log()}`);
   }
 
   async _waitHealthy() {

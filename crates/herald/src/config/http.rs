@@ -17,7 +17,8 @@ pub struct HttpConfig {
     /// How long a graceful shutdown waits for clients to leave.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
-    /// Allowed `Origin` values for WebSocket handshakes (`*` or exact origins); empty allows all.
+    /// Allowed `Origin` values for WebSocket handshakes, streams and `/emulation` (and their CORS
+    /// answer): `*` or exact origins; empty allows all.
     /// Required (without `*`) when the proxy hooks forward Cookie or Authorization.
     pub allowed_origins: Vec<String>,
 }

@@ -426,7 +426,7 @@ impl Metrics {
         );
         registry.register(
             "emulation_refused",
-            "/emulation requests refused, by reason (body size, malformed, unknown session, unknown node, inbox full)",
+            "/emulation requests refused, by reason (origin, body size, malformed, unknown session, unknown node, inbox full)",
             m.emulation_refused.clone(),
         );
         registry.register(

@@ -72,6 +72,11 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     respond(status, "text/plain; charset=utf-8", message)
 }
 
+/// 204: no body at all (not even a line break).
+fn no_content() -> Response<Body> {
+    respond(StatusCode::NO_CONTENT, "text/plain; charset=utf-8", "")
+}
+
 /// Reads a request body of at most `max` bytes: 413 beyond.
 async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Box<Response<Body>>> {
     match Limited::new(body, max).collect().await {
@@ -98,7 +103,50 @@ fn is_protobuf(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"))
 }
 
+/// The CORS answer of the streaming endpoints and `/emulation`, as Centrifugo gives it: a page of an
+/// origin `http.allowed_origins` allows gets its origin back, with credentials and the request
+/// headers its preflight asked for. Other origins get no CORS headers (the browser refuses).
+fn cors(node: &Node, request: &http::HeaderMap, mut response: Response<Body>) -> Response<Body> {
+    let Some(origin) = request.get(header::ORIGIN).cloned() else {
+        return response;
+    };
+    let h = response.headers_mut();
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    if !crate::edges::http::handshake::origin_allowed(&node.config.http.allowed_origins, request) {
+        return response;
+    }
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    if let Some(asked) = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        if asked.as_bytes() != b"null" && !asked.is_empty() {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+        }
+    }
+    if request.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+    }
+    response
+}
+
 pub(super) async fn stream(
+    node: Arc<Node>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    endpoint: Endpoint,
+    abort: Option<CancellationToken>,
+) -> Response<Body> {
+    let headers = req.headers().clone();
+    let response = open_stream(node.clone(), req, peer, endpoint, abort).await;
+    cors(&node, &headers, response)
+}
+
+async fn open_stream(
     node: Arc<Node>,
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -107,7 +155,7 @@ pub(super) async fn stream(
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
     if parts.method == Method::OPTIONS {
-        return text(StatusCode::NO_CONTENT, "");
+        return no_content();
     }
     let get_allowed = matches!(endpoint, Endpoint::Sse | Endpoint::UniSse);
     if !(parts.method == Method::POST || (get_allowed && parts.method == Method::GET)) {
@@ -221,9 +269,25 @@ pub(super) async fn stream(
 /// broker — on the node that holds it. 204 once handed over; 404 for a session or node that is
 /// not there (centrifuge-js then reconnects); 429 while the connection has too many waiting.
 pub(super) async fn emulation(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    let headers = req.headers().clone();
+    let response = emulate(node.clone(), req).await;
+    cors(&node, &headers, response)
+}
+
+async fn emulate(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
     if parts.method == Method::OPTIONS {
-        return text(StatusCode::NO_CONTENT, "");
+        return no_content();
+    }
+    if !crate::edges::http::handshake::origin_allowed(
+        &node.config.http.allowed_origins,
+        &parts.headers,
+    ) {
+        emulation_refused(&node, "origin");
+        return text(
+            StatusCode::FORBIDDEN,
+            "origin not allowed (http.allowed_origins)",
+        );
     }
     if parts.method != Method::POST {
         return text(
@@ -259,7 +323,7 @@ pub(super) async fn emulation(node: Arc<Node>, req: Request<Incoming>) -> Respon
             return text(StatusCode::NOT_FOUND, "no such session on this node");
         };
         return match inbox.push(Bytes::from(request.data.into_bytes())) {
-            Ok(()) => text(StatusCode::NO_CONTENT, ""),
+            Ok(()) => no_content(),
             Err(InboxRefusal::Full) => {
                 emulation_refused(&node, "inbox full");
                 text(
@@ -288,7 +352,7 @@ pub(super) async fn emulation(node: Arc<Node>, req: Request<Incoming>) -> Respon
         data: request.data,
     };
     match node.broker.publish_control(control).await {
-        Ok(()) => text(StatusCode::NO_CONTENT, ""),
+        Ok(()) => no_content(),
         Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable"),
     }
 }

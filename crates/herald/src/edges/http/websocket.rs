@@ -73,6 +73,7 @@ pub(super) fn websocket(
                         Transport::UniWebSocket {
                             ws,
                             connected: false,
+                            refused: None,
                         }
                     } else {
                         Transport::WebSocket(ws)

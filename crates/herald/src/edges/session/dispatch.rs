@@ -51,6 +51,11 @@ impl Session {
         };
         match handled {
             Ok(body) => self.reply(id, &body),
+            // A unidirectional client cannot read an error reply: it gets the disconnect
+            // Centrifugo gives for it at once, instead of waiting for connect_timeout.
+            Err(Refusal::Reply(error)) if name == "connect" && self.conn.unidirectional() => {
+                return Err(uni_connect_refusal(error.code).into());
+            }
             Err(Refusal::Reply(error)) => self.reply_error(id, name, error),
             Err(Refusal::Close(close)) => return Err(close),
         }
@@ -74,5 +79,34 @@ impl Session {
             .get_or_create(&MethodLabel { method })
             .inc();
         self.reply(id, &ReplyBody::Error(error));
+    }
+}
+
+/// The disconnect that ends a unidirectional connection whose connect is refused with error `code`
+/// (Centrifugo's mapping; any other error is a server error).
+fn uni_connect_refusal(code: u32) -> Disconnect {
+    const TOKEN_EXPIRED: u32 = ErrorCode::TokenExpired as u32;
+    const EXPIRED: u32 = ErrorCode::Expired as u32;
+    const TOO_MANY: u32 = ErrorCode::TooManyRequests as u32;
+    const DENIED: u32 = ErrorCode::PermissionDenied as u32;
+    match code {
+        TOKEN_EXPIRED | EXPIRED => Disconnect::EXPIRED,
+        TOO_MANY => Disconnect::TOO_MANY_REQUESTS,
+        DENIED => Disconnect::PERMISSION_DENIED,
+        _ => Disconnect::SERVER_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unidirectional_connect_errors_become_centrifugos_disconnects() {
+        assert_eq!(uni_connect_refusal(109), Disconnect::EXPIRED);
+        assert_eq!(uni_connect_refusal(110), Disconnect::EXPIRED);
+        assert_eq!(uni_connect_refusal(111), Disconnect::TOO_MANY_REQUESTS);
+        assert_eq!(uni_connect_refusal(103), Disconnect::PERMISSION_DENIED);
+        assert_eq!(uni_connect_refusal(100), Disconnect::SERVER_ERROR);
     }
 }

@@ -44,6 +44,13 @@ impl Session {
         if read > 0 {
             self.node.metrics.bytes_in.inc_by(read as u64);
         }
+        if let Some(reason) = self.conn.take_refusal() {
+            // The close reason names the field, as the HTTP endpoints' 400 does.
+            return Err(Close {
+                reason,
+                ..Disconnect::BAD_REQUEST.into()
+            });
+        }
         let pings = self.conn.take_pings();
         if pings > 0 {
             let now = Instant::now();

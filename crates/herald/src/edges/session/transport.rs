@@ -16,6 +16,9 @@ pub enum Transport {
     UniWebSocket {
         ws: WsConn,
         connected: bool,
+        /// Why the connect request was refused (a message naming the field), until the session
+        /// closes with it.
+        refused: Option<String>,
     },
     /// HTTP streaming or SSE; `session`: the secret `/emulation` requests name (bidirectional).
     Stream {
@@ -84,18 +87,21 @@ impl Transport {
     pub fn read_available(&mut self, out: &mut Vec<Incoming>) -> Result<usize, WsError> {
         match self {
             Transport::WebSocket(ws) => ws.read_available(out),
-            Transport::UniWebSocket { ws, connected } => {
+            Transport::UniWebSocket {
+                ws,
+                connected,
+                refused,
+            } => {
                 let mut incoming = Vec::new();
                 let read = ws.read_available(&mut incoming)?;
                 for item in incoming {
                     match item {
                         Incoming::Message(payload) if !*connected => {
                             *connected = true;
-                            // A bad request becomes an undecodable command: the session closes
-                            // with `bad request`, as for any malformed command.
-                            let command = uni_connect_command(&payload)
-                                .unwrap_or_else(|_| b"{\"id\":1,\"connect\":".to_vec());
-                            out.push(Incoming::Message(command));
+                            match uni_connect_command(&payload) {
+                                Ok(command) => out.push(Incoming::Message(command)),
+                                Err(e) => *refused = Some(e.0),
+                            }
                         }
                         // Centrifugo reads and drops what a unidirectional client sends later.
                         Incoming::Message(_) => {}
@@ -105,6 +111,14 @@ impl Transport {
                 Ok(read)
             }
             Transport::Stream { conn, .. } => conn.read_available(out),
+        }
+    }
+
+    /// Why the unidirectional connect request just read was refused, once.
+    pub fn take_refusal(&mut self) -> Option<String> {
+        match self {
+            Transport::UniWebSocket { refused, .. } => refused.take(),
+            _ => None,
         }
     }
 
