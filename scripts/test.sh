@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs Herald's whole test suite. First scripts/setup.sh installs or starts what is missing
 # (packages, PostgreSQL, Redis, NATS). Then every crate's unit and black-box tests, then the SDK
-# compatibility tests (centrifuge-python and centrifuge-js against the real binary), then the live
-# map in headless Chromium, then a smoke run of every benchmark scenario (bench/run.sh smoke: tiny
-# numbers, seconds each, Herald and the Node.js peers; it checks the harness runs, not speed).
+# compatibility tests (centrifuge-python and centrifuge-js against the real binary, over every
+# transport and format), then the live map and the browser transports (centrifuge-js over SSE and
+# HTTP streaming, EventSource on uni_sse) in headless Chromium, then a smoke run of every benchmark
+# scenario (bench/run.sh smoke: tiny numbers, seconds each, Herald, the Node.js peers and the floor;
+# it checks the harness runs, not speed).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
