@@ -13,7 +13,7 @@ use herald_bench::hostile::{self, HostileArgs};
 use herald_bench::idle::{self, IdleArgs};
 use herald_bench::livemap::{self, LiveMapArgs};
 use herald_bench::market::{self, MarketArgs};
-use herald_bench::wsclient::Target;
+use herald_bench::wsclient::{Target, Wire};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -88,10 +88,20 @@ async fn start() -> (tempfile::TempDir, Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_delivers_every_publication_to_every_subscriber() {
+    broadcast_in(Wire::Json).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_to_protobuf_subscribers_delivers_every_publication() {
+    broadcast_in(Wire::Protobuf).await;
+}
+
+async fn broadcast_in(format: Wire) {
     let (_dir, server) = start().await;
     let args = BroadcastArgs {
         common: common(vec![server.addr]),
         target: Target::Herald,
+        format,
         channel: "smoke".into(),
         subscribers: 20,
         rates: vec![100, 200],
@@ -189,6 +199,7 @@ async fn cluster_harness_spreads_subscribers_over_nodes() {
     let (_a, first) = start().await;
     let (_b, second) = start().await;
     let args = BroadcastArgs {
+        format: Wire::Json,
         common: common(vec![first.addr, second.addr]),
         target: Target::Herald,
         channel: "cluster".into(),
