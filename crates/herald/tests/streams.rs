@@ -6,9 +6,11 @@
 mod support;
 
 use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
+use support::protobuf::{self as pb, wire};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,12 +28,24 @@ struct Stream {
 
 impl Stream {
     async fn open(addr: SocketAddr, method: &str, path: &str, body: &str) -> Stream {
+        Stream::open_as(addr, method, path, "application/json", body.as_bytes()).await
+    }
+
+    async fn open_as(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Stream {
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             body.len()
-        );
-        tcp.write_all(request.as_bytes()).await.expect("write");
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        tcp.write_all(&request).await.expect("write");
         let mut raw = Vec::new();
         let head = loop {
             if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -105,6 +119,48 @@ impl Stream {
                 Ok(Ok(0)) | Ok(Err(_)) => return None,
                 Ok(Ok(n)) => self.raw.extend_from_slice(&buf[..n]),
                 Err(_) => panic!("no line within {wait:?}"),
+            }
+        }
+    }
+
+    /// The next length-delimited Protobuf reply of the body, or `None` when the body ended.
+    async fn reply_within(&mut self, wait: Duration) -> Option<pb::Reply> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let open = self.decode();
+            let mut buf = &self.text[..];
+            if let Ok(len) = prost::encoding::decode_varint(&mut buf) {
+                let header = self.text.len() - buf.len();
+                if buf.len() as u64 >= len {
+                    let end = header + len as usize;
+                    let reply = pb::Reply::decode(&self.text[header..end]).expect("a valid reply");
+                    self.text.drain(..end);
+                    return Some(reply);
+                }
+            }
+            if !open {
+                return None;
+            }
+            let mut buf = [0u8; 8192];
+            match tokio::time::timeout_at(deadline, self.tcp.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(n)) => self.raw.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("no reply within {wait:?}"),
+            }
+        }
+    }
+
+    /// The next Protobuf reply that is not a ping, nor a join or leave.
+    async fn next_reply(&mut self) -> pb::Reply {
+        loop {
+            let reply = self.reply_within(WAIT).await.expect("stream ended");
+            if let Some(push) = &reply.push {
+                if push.join.is_some() || push.leave.is_some() {
+                    continue;
+                }
+            }
+            if reply != pb::Reply::default() {
+                return reply;
             }
         }
     }
@@ -310,7 +366,7 @@ async fn bad_connect_requests_are_refused_naming_the_field() {
     let (status, body) = http_raw(
         ts.addr,
         "POST",
-        "/connection/http_stream",
+        "/connection/sse",
         &[("Content-Type", "application/octet-stream")],
         "x",
     )
@@ -731,4 +787,330 @@ async fn streaming_endpoints_answer_cors_for_allowed_origins() {
     assert_eq!(status_of(&head), 403, "{head}");
     let head = head_of(ts.addr, "POST", "/connection/uni_http_stream", &evil[..1]).await;
     assert_eq!(status_of(&head), 403, "{head}");
+}
+
+// --- Protobuf over HTTP streaming: a length-delimited connect command as the body, length-
+// delimited replies streamed back, commands POSTed to /emulation as a Protobuf EmulationRequest.
+
+const OCTETS: &str = "application/octet-stream";
+
+/// POSTs `body` with `content_type` on a connection of its own: (status, body as text).
+async fn post_bytes(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    // The server may answer (413) before reading it all.
+    let _ = tcp.write_all(&request).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status_of(&text), body)
+}
+
+async fn emulate_pb(
+    addr: SocketAddr,
+    node: &str,
+    session: &str,
+    commands: &[pb::Command],
+) -> (u16, String) {
+    let request = wire::EmulationRequest {
+        node: node.into(),
+        session: session.into(),
+        data: pb::frame(commands),
+    };
+    post_bytes(addr, "/emulation", OCTETS, &request.encode_to_vec()).await
+}
+
+fn with_id(id: u32, mut command: pb::Command) -> pb::Command {
+    command.id = id;
+    command
+}
+
+/// A Protobuf http_stream connected as `user`: the stream, (node, session).
+async fn connected_pb(ts: &TestServer, user: &str) -> (Stream, String, String) {
+    let connect = pb::frame(&[with_id(1, pb::connect(&token(user)))]);
+    let mut stream =
+        Stream::open_as(ts.addr, "POST", "/connection/http_stream", OCTETS, &connect).await;
+    assert_eq!(stream.status(), 200, "{}", stream.head);
+    assert!(
+        stream.head.contains("application/octet-stream"),
+        "{}",
+        stream.head
+    );
+    let reply = stream.next_reply().await;
+    assert_eq!(reply.id, 1, "{reply:?}");
+    let connect = reply.connect.expect("a connect reply");
+    assert_eq!(connect.node, ts.node().uid);
+    assert!(!connect.session.is_empty());
+    (stream, connect.node, connect.session)
+}
+
+#[tokio::test]
+async fn protobuf_http_stream_serves_every_command_through_emulation() {
+    let ts = TestServer::start().await;
+    let (mut stream, node, session) = connected_pb(&ts, "alice").await;
+    let (status, body) = emulate_pb(
+        ts.addr,
+        &node,
+        &session,
+        &[with_id(2, pb::subscribe("chat:room"))],
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let reply = stream.next_reply().await;
+    assert_eq!(reply.id, 2, "{reply:?}");
+    assert!(reply.subscribe.is_some(), "{reply:?}");
+    ts.api_ok("publish", json!({"channel": "chat:room", "data": {"n": 1}}))
+        .await;
+    let push = stream.next_reply().await.push.expect("a push");
+    assert_eq!(push.channel, "chat:room");
+    assert_eq!(push.r#pub.expect("a publication").data, br#"{"n":1}"#);
+    // A publish and a history in one request (two length-delimited commands), a ping in another.
+    let history = pb::Command {
+        history: Some(wire::HistoryRequest {
+            channel: "chat:room".into(),
+            limit: 10,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (status, _) = emulate_pb(
+        ts.addr,
+        &node,
+        &session,
+        &[
+            with_id(3, pb::publish("chat:room", br#"{"n":2}"#)),
+            with_id(4, history),
+        ],
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        emulate_pb(ts.addr, &node, &session, &[with_id(5, pb::ping())])
+            .await
+            .0,
+        204
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        seen.push(stream.next_reply().await);
+    }
+    let history = seen
+        .iter()
+        .find_map(|r| r.history.clone())
+        .expect("a history reply");
+    let data: Vec<&[u8]> = history.publications.iter().map(|p| &p.data[..]).collect();
+    assert_eq!(data, [&br#"{"n":1}"#[..], &br#"{"n":2}"#[..]]);
+    assert!(
+        seen.iter().any(|r| r.id == 3 && r.publish.is_some()),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|r| r.id == 5 && r.ping.is_some()),
+        "{seen:?}"
+    );
+    // A pong (an empty command) is taken too.
+    assert_eq!(
+        emulate_pb(ts.addr, &node, &session, &[pb::Command::default()])
+            .await
+            .0,
+        204
+    );
+    // The server ends the session: a Protobuf disconnect push, then the end of the body.
+    ts.api_ok("disconnect", json!({"user": "alice"})).await;
+    let mut last = None;
+    while let Some(reply) = stream.reply_within(WAIT).await {
+        last = Some(reply);
+    }
+    let last = last.expect("a last reply");
+    assert!(
+        last.id == 0 && last.push.is_some(),
+        "the disconnect push: {last:?}"
+    );
+    assert_eq!(
+        emulate_pb(ts.addr, &node, &session, &[with_id(9, pb::ping())])
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn protobuf_emulation_refuses_garbage_and_oversized_bodies() {
+    let ts = TestServer::with(|c| c.client.max_message_size = 4096).await;
+    let (mut stream, node, session) = connected_pb(&ts, "bob").await;
+    let uid = ts.node().uid.clone();
+    // Not Protobuf at all.
+    let (status, body) = post_bytes(ts.addr, "/emulation", OCTETS, b"\xff\xff\xff\xff\xff").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Protobuf"), "{body}");
+    // Valid Protobuf without a session: named.
+    let no_session = wire::EmulationRequest {
+        node: uid.clone(),
+        ..Default::default()
+    };
+    let (status, body) =
+        post_bytes(ts.addr, "/emulation", OCTETS, &no_session.encode_to_vec()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"session\""), "{body}");
+    // Larger than client.max_message_size.
+    let big = wire::EmulationRequest {
+        node: uid.clone(),
+        session: session.clone(),
+        data: vec![0; 5000],
+    };
+    let (status, body) = post_bytes(ts.addr, "/emulation", OCTETS, &big.encode_to_vec()).await;
+    assert_eq!(status, 413, "{body}");
+    // Unknown session and node.
+    assert_eq!(
+        emulate_pb(ts.addr, &uid, "no-such-session", &[pb::ping()])
+            .await
+            .0,
+        404
+    );
+    let (status, body) = emulate_pb(ts.addr, "no-such-node", "s", &[pb::ping()]).await;
+    assert_eq!(status, 404, "{body}");
+    // The honest stream still works.
+    assert_eq!(
+        emulate_pb(ts.addr, &node, &session, &[with_id(2, pb::ping())])
+            .await
+            .0,
+        204
+    );
+    assert_eq!(stream.next_reply().await.id, 2);
+    // Commands that are not Protobuf reach the session, which ends the connection with a
+    // disconnect push (bad request), as over a WebSocket.
+    let garbage = wire::EmulationRequest {
+        node: node.clone(),
+        session: session.clone(),
+        data: b"\xff\xff\xff".to_vec(),
+    };
+    assert_eq!(
+        post_bytes(ts.addr, "/emulation", OCTETS, &garbage.encode_to_vec())
+            .await
+            .0,
+        204
+    );
+    let mut last = None;
+    while let Some(reply) = stream.reply_within(WAIT).await {
+        last = Some(reply);
+    }
+    assert!(
+        last.and_then(|r| r.push).is_some(),
+        "ends with the disconnect push"
+    );
+    let text = ts.metrics().await;
+    assert!(
+        metric(&text, "herald_emulation_refused_total") >= 5.0,
+        "{text}"
+    );
+    // Another connection is unaffected.
+    let (mut other, node, session) = connected_pb(&ts, "carol").await;
+    assert_eq!(
+        emulate_pb(ts.addr, &node, &session, &[with_id(2, pb::ping())])
+            .await
+            .0,
+        204
+    );
+    assert_eq!(other.next_reply().await.id, 2);
+}
+
+#[tokio::test]
+async fn protobuf_is_refused_where_centrifugo_streams_text() {
+    let ts = TestServer::start().await;
+    let connect = pb::frame(&[with_id(1, pb::connect(&token("dan")))]);
+    for path in [
+        "/connection/sse",
+        "/connection/uni_http_stream",
+        "/connection/uni_sse",
+    ] {
+        let (status, body) = post_bytes(ts.addr, path, OCTETS, &connect).await;
+        assert_eq!(status, 415, "{path}: {body}");
+        assert!(body.contains("http_stream"), "{path}: {body}");
+    }
+    // An empty Protobuf connect body is a bad request, not a session.
+    let (status, body) = post_bytes(ts.addr, "/connection/http_stream", OCTETS, b"").await;
+    assert_eq!(status, 400, "{body}");
+    // A connect body that is not Protobuf opens a stream that ends at once with the disconnect
+    // push (bad request), as a WebSocket closes with 3501.
+    let mut stream =
+        Stream::open_as(ts.addr, "POST", "/connection/http_stream", OCTETS, b"x").await;
+    assert_eq!(stream.status(), 200, "{}", stream.head);
+    let reply = stream
+        .reply_within(WAIT)
+        .await
+        .expect("the disconnect push");
+    assert!(reply.id == 0 && reply.push.is_some(), "{reply:?}");
+    assert!(
+        stream.reply_within(WAIT).await.is_none(),
+        "then the end of the body"
+    );
+}
+
+/// A Protobuf stream on one node, its commands POSTed to the other: the broker carries the bytes
+/// (base64 in the control) to the node that holds the session.
+#[tokio::test]
+async fn protobuf_emulation_crosses_nodes_on_redis() {
+    let share = support::brokers::Broker::Redis.share("emulation_pb_cross_node");
+    let cluster = share.cluster(2).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let info = b.api_ok("info", json!({})).await;
+        let nodes = info.get("result").unwrap_or(&info)["nodes"].clone();
+        if nodes.as_array().is_some_and(|n| n.len() == 2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes never met: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut stream, node, session) = connected_pb(a, "ivy").await;
+    let (status, body) = emulate_pb(
+        b.addr,
+        &node,
+        &session,
+        &[with_id(2, pb::subscribe("chat:x"))],
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let reply = stream.next_reply().await;
+    assert_eq!(reply.id, 2, "{reply:?}");
+    assert!(reply.subscribe.is_some(), "{reply:?}");
+    let (status, _) = emulate_pb(
+        b.addr,
+        &node,
+        &session,
+        &[with_id(3, pb::publish("chat:x", br#""across""#))],
+    )
+    .await;
+    assert_eq!(status, 204);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.push(stream.next_reply().await);
+    }
+    assert!(
+        seen.iter().any(|r| r.id == 3 && r.publish.is_some()),
+        "{seen:?}"
+    );
+    let publication = seen
+        .iter()
+        .find_map(|r| r.push.as_ref()?.r#pub.clone())
+        .expect("the publication");
+    assert_eq!(publication.data, br#""across""#);
 }

@@ -14,10 +14,12 @@
 
 mod decode;
 mod encode;
+mod streams;
 pub mod wire;
 
 pub use decode::decode_frame;
 pub use encode::{encode_publication_push, encode_push, encode_reply, PING};
+pub use streams::{decode_emulation_request, encode_disconnect_push};
 
 #[cfg(test)]
 mod tests;

@@ -374,3 +374,15 @@ pub struct RpcResult {
     #[prost(bytes = "vec", tag = "1")]
     pub data: Vec<u8>,
 }
+
+/// The body of an `/emulation` request in Protobuf (not length-delimited): commands for the
+/// emulated connection `session` held by node `node`, `data` being its length-delimited commands.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EmulationRequest {
+    #[prost(string, tag = "1")]
+    pub node: String,
+    #[prost(string, tag = "2")]
+    pub session: String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: Vec<u8>,
+}

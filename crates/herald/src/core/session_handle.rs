@@ -24,6 +24,8 @@ pub struct Inbox {
     notify: tokio::sync::Notify,
     max_messages: usize,
     max_bytes: usize,
+    /// The connection's format: how the commands of a forwarded request are spelled.
+    format: Format,
 }
 
 #[derive(Default)]
@@ -43,13 +45,30 @@ pub enum InboxRefusal {
 }
 
 impl Inbox {
-    pub fn new(max_messages: usize, max_bytes: usize) -> Inbox {
+    pub fn new(max_messages: usize, max_bytes: usize, format: Format) -> Inbox {
         Inbox {
             queue: parking_lot::Mutex::new(InboxQueue::default()),
             notify: tokio::sync::Notify::new(),
             max_messages,
             max_bytes,
+            format,
         }
+    }
+
+    /// Queues the commands of a request another node forwarded: JSON text as it is, Protobuf bytes
+    /// from base64 (a control travels as JSON). What is not base64 is queued as it came: the
+    /// session fails to decode it and ends the connection, as for the same request sent here.
+    pub fn push_forwarded(&self, data: &str) -> Result<(), InboxRefusal> {
+        use base64::Engine as _;
+        let decoded = match self.format {
+            Format::Json => None,
+            Format::Protobuf => base64::engine::general_purpose::STANDARD.decode(data).ok(),
+        };
+        let data = decoded.map_or_else(
+            || bytes::Bytes::copy_from_slice(data.as_bytes()),
+            bytes::Bytes::from,
+        );
+        self.push(data)
     }
 
     /// Queues one request's commands for the connection.
@@ -93,5 +112,26 @@ impl Inbox {
         queue.closed = true;
         queue.messages.clear();
         queue.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(format: Format, data: &str) -> Vec<u8> {
+        let inbox = Inbox::new(4, 1024, format);
+        inbox.push_forwarded(data).unwrap();
+        let mut out = Vec::new();
+        inbox.take(&mut out);
+        out.concat()
+    }
+
+    #[test]
+    fn forwarded_commands_are_decoded_in_the_connection_format() {
+        assert_eq!(forwarded(Format::Json, "{\"id\":1}"), b"{\"id\":1}");
+        assert_eq!(forwarded(Format::Protobuf, "AAEC"), [0, 1, 2]);
+        // Not base64: queued as it came, for the session to refuse.
+        assert_eq!(forwarded(Format::Protobuf, "{}"), b"{}");
     }
 }

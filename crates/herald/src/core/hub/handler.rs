@@ -68,7 +68,7 @@ impl BrokerHandler for Hub {
                 // Dropped when the session is not here or its inbox is full: the sender already
                 // answered, and the client's command times out as over a lost connection.
                 if let Some(inbox) = self.emulation_inbox(session) {
-                    let _ = inbox.push(Bytes::from(data.clone().into_bytes()));
+                    let _ = inbox.push_forwarded(data);
                 }
                 return;
             }

@@ -165,12 +165,22 @@ async fn open_stream(
             format!("{} takes {allowed} requests", parts.uri.path()),
         );
     }
-    if is_protobuf(&parts.headers) {
-        return text(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "this server streams JSON only (Content-Type application/json)",
-        );
-    }
+    // Protobuf on the bidirectional HTTP stream only, as Centrifugo: SSE is text, and the
+    // unidirectional endpoints take a JSON connect request.
+    let format = if is_protobuf(&parts.headers) {
+        if endpoint != Endpoint::HttpStream {
+            return text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "{} streams JSON only (Content-Type application/json); Protobuf is served on /connection/http_stream",
+                    parts.uri.path()
+                ),
+            );
+        }
+        herald_protocol::Format::Protobuf
+    } else {
+        herald_protocol::Format::Json
+    };
     let slot = match admit(&node, &parts.headers, peer) {
         Ok(slot) => slot,
         Err(response) => return *response,
@@ -208,7 +218,9 @@ async fn open_stream(
                 return text(StatusCode::BAD_REQUEST, e.0);
             }
         }
-    } else if first.iter().all(u8::is_ascii_whitespace) {
+    } else if first.is_empty()
+        || (format == herald_protocol::Format::Json && first.iter().all(u8::is_ascii_whitespace))
+    {
         return text(
             StatusCode::BAD_REQUEST,
             "empty connect command (the request body or cf_connect)",
@@ -216,15 +228,22 @@ async fn open_stream(
     } else {
         first
     };
-    let inbox = Arc::new(Inbox::new(INBOX_REQUESTS, INBOX_MESSAGES_OF_MAX_SIZE * max));
+    let inbox = Arc::new(Inbox::new(
+        INBOX_REQUESTS,
+        INBOX_MESSAGES_OF_MAX_SIZE * max,
+        format,
+    ));
     // Cannot fail: the inbox is new and empty.
     let _ = inbox.push(first);
-    let preamble: &'static [u8] = match endpoint.framing() {
-        Framing::Events => b"\r\n",
-        Framing::Lines => b"",
+    let framing = match format {
+        herald_protocol::Format::Protobuf => Framing::Delimited,
+        herald_protocol::Format::Json => endpoint.framing(),
     };
-    let (mut conn, body) =
-        StreamConn::new(endpoint.framing(), endpoint.uni(), inbox, preamble, abort);
+    let preamble: &'static [u8] = match framing {
+        Framing::Events => b"\r\n",
+        Framing::Lines | Framing::Delimited => b"",
+    };
+    let (mut conn, body) = StreamConn::new(framing, endpoint.uni(), inbox, preamble, abort);
     let session = if endpoint.uni() {
         None
     } else {
@@ -243,15 +262,14 @@ async fn open_stream(
     tokio::spawn(async move {
         let _slot = slot;
         let _counted = metrics.transport_opened(endpoint.name());
-        Session::new(node, transport, herald_protocol::Format::Json, forwarded)
-            .run()
-            .await;
+        Session::new(node, transport, format, forwarded).run().await;
     });
     let mut response = Response::new(body.boxed_unsync());
     let h = response.headers_mut();
-    let content_type = match endpoint.framing() {
+    let content_type = match framing {
         Framing::Events => "text/event-stream; charset=utf-8",
         Framing::Lines => "application/json",
+        Framing::Delimited => "application/octet-stream",
     };
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(
@@ -295,12 +313,6 @@ async fn emulate(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             "/emulation takes POST requests",
         );
     }
-    if is_protobuf(&parts.headers) {
-        return text(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "this server emulates JSON connections only (Content-Type application/json)",
-        );
-    }
     let max = node.config.client.max_message_size;
     let body = match read_body(body, max).await {
         Ok(body) => body,
@@ -309,7 +321,8 @@ async fn emulate(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             return *response;
         }
     };
-    let request = match emulation_request(&body) {
+    let protobuf = is_protobuf(&parts.headers);
+    let request = match emulation_request(&body, protobuf) {
         Ok(request) => request,
         Err(e) => {
             emulation_refused(&node, "malformed");
@@ -322,7 +335,7 @@ async fn emulate(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             emulation_refused(&node, "unknown session");
             return text(StatusCode::NOT_FOUND, "no such session on this node");
         };
-        return match inbox.push(Bytes::from(request.data.into_bytes())) {
+        return match inbox.push(Bytes::from(request.data)) {
             Ok(()) => no_content(),
             Err(InboxRefusal::Full) => {
                 emulation_refused(&node, "inbox full");
@@ -346,10 +359,22 @@ async fn emulate(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         emulation_refused(&node, "unknown node");
         return text(StatusCode::NOT_FOUND, "no such node");
     }
+    // The control travels as JSON: Protobuf commands go in base64 (the holding node's inbox
+    // decodes them, see `Inbox::push_forwarded`).
+    let data = if protobuf {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&request.data)
+    } else {
+        match String::from_utf8(request.data) {
+            Ok(data) => data,
+            // Cannot happen: JSON text came from a JSON string.
+            Err(_) => return text(StatusCode::BAD_REQUEST, "emulation data is not UTF-8"),
+        }
+    };
     let control = crate::brokers::Control::Emulation {
         node: request.node,
         session: request.session,
-        data: request.data,
+        data,
     };
     match node.broker.publish_control(control).await {
         Ok(()) => no_content(),

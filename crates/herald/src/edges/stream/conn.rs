@@ -189,7 +189,7 @@ impl StreamConn {
 
     /// Queues the disconnect push (the stream's close frame) behind what is owed.
     pub fn queue_close(&mut self, code: u16, reason: &str) {
-        self.queue_messages(&[disconnect_push(code, reason)]);
+        self.queue_messages(&[disconnect_push(code, reason, self.framing)]);
     }
 
     /// Ends the HTTP connection at once: a client that does not read is not waited for.

@@ -5,6 +5,9 @@
 //! `{"push":{…}}` and pings `{}`, several of them possibly merged with newlines. A unidirectional
 //! client receives bare pushes instead (`{"channel":…,"pub":…}`, `{"connect":…}`), as Centrifugo
 //! sends them.
+//!
+//! Over Protobuf (bidirectional HTTP streaming only) every message is already a varint-length-
+//! delimited `Reply`: the stream is their concatenation, as a Protobuf WebSocket frame is.
 
 use bytes::Bytes;
 
@@ -15,6 +18,8 @@ pub enum Framing {
     Lines,
     /// One server-sent event per message: `data: <message>\n\n` (`sse`, `uni_sse`).
     Events,
+    /// Length-delimited Protobuf replies back to back (`http_stream` in Protobuf).
+    Delimited,
 }
 
 /// What a unidirectional client receives for one bidirectional message (a single line): the push
@@ -45,6 +50,14 @@ pub fn unidirectional(line: &Bytes) -> Option<Bytes> {
 /// `uni`, as a unidirectional client sees them. Returns the payload bytes (without framing).
 pub fn frame(messages: &[Bytes], framing: Framing, uni: bool, out: &mut Vec<u8>) -> usize {
     let mut payload = 0;
+    if framing == Framing::Delimited {
+        // Delimited already; no unidirectional endpoint takes Protobuf.
+        for message in messages {
+            payload += message.len();
+            out.extend_from_slice(message);
+        }
+        return payload;
+    }
     for message in messages {
         for line in message.split(|&b| b == b'\n') {
             if line.is_empty() {
@@ -70,6 +83,7 @@ pub fn frame(messages: &[Bytes], framing: Framing, uni: bool, out: &mut Vec<u8>)
                     out.extend_from_slice(&line);
                     out.extend_from_slice(b"\n\n");
                 }
+                Framing::Delimited => {}
             }
         }
     }
@@ -77,9 +91,17 @@ pub fn frame(messages: &[Bytes], framing: Framing, uni: bool, out: &mut Vec<u8>)
 }
 
 /// The disconnect push a streaming client gets before its response ends (a WebSocket client gets
-/// the code in the close frame instead): `reconnect` as the SDKs read the code.
-pub fn disconnect_push(code: u16, reason: &str) -> Bytes {
+/// the code in the close frame instead): `reconnect` as the SDKs read the code. In Protobuf for a
+/// `Delimited` stream.
+pub fn disconnect_push(code: u16, reason: &str, framing: Framing) -> Bytes {
     let reconnect = !((3500..4000).contains(&code) || (4500..5000).contains(&code));
+    if framing == Framing::Delimited {
+        return Bytes::from(herald_protocol::protobuf::encode_disconnect_push(
+            u32::from(code),
+            reason,
+            reconnect,
+        ));
+    }
     let body = serde_json::json!({"push": {"disconnect": {
         "code": code, "reason": reason, "reconnect": reconnect,
     }}});
@@ -137,9 +159,25 @@ mod tests {
     #[test]
     fn disconnect_says_whether_to_reconnect() {
         assert_eq!(
-            &disconnect_push(3001, "shutdown")[..],
+            &disconnect_push(3001, "shutdown", Framing::Lines)[..],
             b"{\"push\":{\"disconnect\":{\"code\":3001,\"reason\":\"shutdown\",\"reconnect\":true}}}"
         );
-        assert!(disconnect_push(3501, "bad request").ends_with(b"false}}}"));
+        assert!(disconnect_push(3501, "bad request", Framing::Events).ends_with(b"false}}}"));
+    }
+
+    #[test]
+    fn protobuf_streams_are_concatenated_and_disconnect_in_protobuf() {
+        let messages = [
+            Bytes::from_static(b"\x02\x08\x01"),
+            Bytes::from_static(b"\x00"),
+        ];
+        let mut out = Vec::new();
+        assert_eq!(frame(&messages, Framing::Delimited, false, &mut out), 4);
+        assert_eq!(out, b"\x02\x08\x01\x00");
+        use herald_protocol::protobuf::wire;
+        use prost::Message as _;
+        let push = disconnect_push(3501, "bad request", Framing::Delimited);
+        let reply = wire::Reply::decode_length_delimited(&push[..]).unwrap();
+        assert!(reply.id == 0 && reply.push.is_some());
     }
 }

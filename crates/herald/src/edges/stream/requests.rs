@@ -8,12 +8,21 @@ use serde::Deserialize;
 pub const CONNECT_PARAM: &str = "cf_connect";
 
 /// An `/emulation` request: commands for the session `session` held by node `node`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct EmulationRequest {
     pub node: String,
     pub session: String,
-    /// The commands, encoded as the connection's format (JSON: newline-delimited commands).
-    pub data: String,
+    /// The commands, encoded as the connection's format (JSON: newline-delimited commands;
+    /// Protobuf: length-delimited commands).
+    pub data: Vec<u8>,
+}
+
+/// An `/emulation` body in JSON: the commands as text.
+#[derive(Deserialize)]
+struct JsonEmulationRequest {
+    node: String,
+    session: String,
+    data: String,
 }
 
 /// Why a request was refused: a message naming the field.
@@ -86,10 +95,14 @@ pub fn uni_connect_command(body: &[u8]) -> Result<Vec<u8>, BadRequest> {
     Ok(command)
 }
 
-/// Parses an `/emulation` body.
-pub fn emulation_request(body: &[u8]) -> Result<EmulationRequest, BadRequest> {
+/// Parses an `/emulation` body: a Protobuf `EmulationRequest` (not length-delimited) when
+/// `protobuf`, else JSON.
+pub fn emulation_request(body: &[u8], protobuf: bool) -> Result<EmulationRequest, BadRequest> {
+    if protobuf {
+        return protobuf_emulation_request(body);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let request: JsonEmulationRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {
             BadRequest(format!("bad emulation request: {}", e.inner()))
@@ -99,6 +112,29 @@ pub fn emulation_request(body: &[u8]) -> Result<EmulationRequest, BadRequest> {
                 e.inner()
             ))
         }
+    })?;
+    Ok(EmulationRequest {
+        node: request.node,
+        session: request.session,
+        data: request.data.into_bytes(),
+    })
+}
+
+fn protobuf_emulation_request(body: &[u8]) -> Result<EmulationRequest, BadRequest> {
+    let request = herald_protocol::protobuf::decode_emulation_request(body)
+        .map_err(|e| BadRequest(format!("bad emulation request (Protobuf): {e}")))?;
+    // Protobuf cannot tell a missing string from an empty one; neither names a connection.
+    for (field, value) in [("node", &request.node), ("session", &request.session)] {
+        if value.is_empty() {
+            return Err(BadRequest(format!(
+                "bad emulation request field \"{field}\": missing or empty"
+            )));
+        }
+    }
+    Ok(EmulationRequest {
+        node: request.node,
+        session: request.session,
+        data: request.data,
     })
 }
 
@@ -134,11 +170,37 @@ mod tests {
 
     #[test]
     fn emulation_requests_name_the_bad_field() {
-        let ok = emulation_request(br#"{"node":"n","session":"s","data":"{}"}"#).unwrap();
-        assert_eq!((ok.node.as_str(), ok.data.as_str()), ("n", "{}"));
-        let e = emulation_request(br#"{"node":"n","session":1,"data":""}"#).unwrap_err();
+        let ok = emulation_request(br#"{"node":"n","session":"s","data":"{}"}"#, false).unwrap();
+        assert_eq!((ok.node.as_str(), &ok.data[..]), ("n", &b"{}"[..]));
+        let e = emulation_request(br#"{"node":"n","session":1,"data":""}"#, false).unwrap_err();
         assert!(e.0.contains("\"session\""), "{e}");
-        let e = emulation_request(br#"{"node":"n","data":""}"#).unwrap_err();
+        let e = emulation_request(br#"{"node":"n","data":""}"#, false).unwrap_err();
         assert!(e.0.contains("session"), "{e}");
+    }
+
+    #[test]
+    fn protobuf_emulation_requests_are_decoded_and_checked() {
+        use herald_protocol::protobuf::wire;
+        use prost::Message as _;
+        let body = wire::EmulationRequest {
+            node: "n".into(),
+            session: "s".into(),
+            data: vec![0, 1, 2],
+        }
+        .encode_to_vec();
+        let ok = emulation_request(&body, true).unwrap();
+        assert_eq!((ok.node.as_str(), ok.session.as_str()), ("n", "s"));
+        assert_eq!(ok.data, vec![0, 1, 2]);
+        let no_session = wire::EmulationRequest {
+            node: "n".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let e = emulation_request(&no_session, true).unwrap_err();
+        assert!(e.0.contains("\"session\""), "{e}");
+        let e = emulation_request(b"\xff\xff\xff\xff", true).unwrap_err();
+        assert!(e.0.contains("Protobuf"), "{e}");
+        // A JSON body sent as Protobuf is refused, not misread.
+        assert!(emulation_request(br#"{"node":"n","session":"s","data":""}"#, true).is_err());
     }
 }
