@@ -236,4 +236,70 @@ mod tests {
             "freed with the channel"
         );
     }
+
+    #[test]
+    fn one_patch_encoded_once_per_format_and_the_protobuf_full_push_shared() {
+        use herald_protocol::Format;
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(
+            metrics.clone(),
+            Arc::new(Namespaces::new(&ChannelConfig::default())),
+        );
+        let handle = |seq, format| {
+            Arc::new(SessionHandle {
+                seq,
+                client: format!("c{seq}"),
+                user: "u".into(),
+                format,
+                outbox: Outbox::new(1 << 20, 1000, metrics.outbox_bytes.clone(), 0),
+            })
+        };
+        let plain = handle(1, Format::Protobuf);
+        let pb = [handle(2, Format::Protobuf), handle(3, Format::Protobuf)];
+        let json = handle(4, Format::Json);
+        hub.add_subscriber("ch", &plain, 1, false, false);
+        for sub in pb.iter().chain([&json]) {
+            hub.add_subscriber("ch", sub, 1, false, true);
+        }
+        let text = "a fairly long text that stays the same from one publication to the next";
+        hub.handle_publication("ch", publication(1, text), None);
+        hub.handle_publication("ch", publication(2, &format!("{text}!")), None);
+        assert_eq!(metrics.delta_patches.get(), 1, "one patch for every format");
+        let drain = |handle: &SessionHandle| {
+            let mut items = VecDeque::new();
+            handle.outbox.drain(&mut items);
+            items
+        };
+        let pushes = |handle: &SessionHandle| -> Vec<Arc<DeltaPush>> {
+            drain(handle)
+                .into_iter()
+                .map(|item| match item {
+                    OutItem::DeltaPublication { push, .. } => push,
+                    other => panic!("a delta item: {other:?}"),
+                })
+                .collect()
+        };
+        let (first, second, json) = (pushes(&pb[0]), pushes(&pb[1]), pushes(&json));
+        for (a, b) in first.iter().zip(&second) {
+            assert!(
+                Arc::ptr_eq(a, b),
+                "encoded once for both Protobuf subscribers"
+            );
+        }
+        assert!(
+            !Arc::ptr_eq(&first[1], &json[1]),
+            "JSON has its own encoding"
+        );
+        assert!(first[1].patch.is_some() && json[1].patch.is_some());
+        let plain: Vec<Bytes> = drain(&plain)
+            .into_iter()
+            .map(|item| match item {
+                OutItem::Publication { bytes, .. } => bytes,
+                other => panic!("a plain item: {other:?}"),
+            })
+            .collect();
+        for (push, plain) in first.iter().zip(&plain) {
+            assert_eq!(push.full.as_ptr(), plain.as_ptr(), "the plain push, shared");
+        }
+    }
 }
