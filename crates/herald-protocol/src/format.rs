@@ -4,8 +4,9 @@
 
 use crate::command::{DecodeError, Method};
 use crate::reply::{Publication, PushBody, ReplyBody};
-use crate::{command, protobuf, reply};
+use crate::{command, delta, protobuf, reply};
 use bytes::Bytes;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -83,6 +84,48 @@ impl Format {
         match self {
             Format::Json => reply::encode_publication_push(channel, publication),
             Format::Protobuf => protobuf::encode_publication_push(channel, publication),
+        }
+    }
+
+    /// A publication push for a delta-compression subscriber, encoded once and shared: in full
+    /// (`patch`: none, `delta` false), or carrying `patch`, a fossil patch against the previous
+    /// publication's data, with `delta` true. JSON carries the data (and the patch) as a JSON
+    /// string, Protobuf as raw bytes. None when this format cannot carry the patch (JSON: a
+    /// patch that is not UTF-8): the caller sends the publication in full.
+    pub fn encode_delta_publication_push(
+        self,
+        channel: &str,
+        publication: &Publication,
+        patch: Option<&[u8]>,
+    ) -> Option<Bytes> {
+        match (self, patch) {
+            (Format::Json, patch) => {
+                delta::encode_delta_publication_push(channel, publication, patch)
+            }
+            (Format::Protobuf, None) => {
+                Some(protobuf::encode_publication_push(channel, publication))
+            }
+            (Format::Protobuf, Some(patch)) => Some(protobuf::encode_delta_publication_push(
+                channel,
+                publication,
+                patch,
+            )),
+        }
+    }
+
+    /// Whether [`Format::encode_delta_publication_push`] in full is the plain publication push
+    /// (Protobuf), so the two can share one encoding.
+    pub fn delta_full_is_plain(self) -> bool {
+        matches!(self, Format::Protobuf)
+    }
+
+    /// A publication as a delta-compression subscriber receives it in full in a subscribe reply,
+    /// i.e. as its first base: JSON sends `data` as a JSON string holding the data's JSON text
+    /// (the SDK keeps those bytes as the base), Protobuf sends the data's bytes as they are.
+    pub fn delta_publication(self, publication: &Arc<Publication>) -> Arc<Publication> {
+        match self {
+            Format::Json => Arc::new(delta::with_data_as_string(publication)),
+            Format::Protobuf => publication.clone(),
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Delta compression (`delta: "fossil"`, docs/protocol.md#delta-compression) through a real
-//! WebSocket client: negotiation, patches that rebuild every publication, whole publications after
-//! any break, one patch per channel and publication whatever the subscribers, and hostile input.
+//! Delta compression (`delta: "fossil"`, docs/protocol.md#delta-compression) through real
+//! WebSocket clients: negotiation, patches that rebuild every publication, whole publications after
+//! any break, one patch per channel and publication whatever the subscribers and their formats
+//! (JSON and Protobuf), and hostile input.
 
 mod support;
 
@@ -8,6 +9,7 @@ use herald::config::NamespaceOptions;
 use herald_protocol::delta::apply;
 use serde_json::{json, Value};
 use std::time::Duration;
+use support::protobuf::{wire, Command, PbClient};
 use support::*;
 
 /// `docs`: history and delta; `plain`: delta without history; `windowed`: delta with a window.
@@ -305,4 +307,147 @@ async fn hostile_huge_unlike_and_interleaved_publications() {
     assert_eq!(decoders[0].patches, 3, "channels keep their own base");
     assert_eq!(decoders[1].patches, 0, "no patch larger than the data");
     client.assert_alive().await;
+}
+
+/// A Protobuf delta subscribe (`delta: "fossil"`), with `recover` from `offset` when given.
+async fn pb_delta_subscribe(
+    client: &mut PbClient,
+    channel: &str,
+    recover: Option<(u64, &str)>,
+) -> wire::SubscribeResult {
+    let (offset, epoch) = recover.unwrap_or_default();
+    let reply = client
+        .call(Command {
+            subscribe: Some(wire::SubscribeRequest {
+                channel: channel.into(),
+                delta: "fossil".into(),
+                recoverable: true,
+                recover: recover.is_some(),
+                offset,
+                epoch: epoch.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    reply
+        .subscribe
+        .unwrap_or_else(|| panic!("subscribe {channel} failed: {:?}", reply.error))
+}
+
+/// What a Protobuf delta subscriber reconstructs, as centrifuge-js's protobuf build does: `data`
+/// is raw bytes, the previous data patched when `delta` is set.
+#[derive(Default)]
+struct PbDecoder {
+    previous: Vec<u8>,
+    patches: usize,
+    wire: usize,
+}
+
+impl PbDecoder {
+    fn take(&mut self, publication: &wire::Publication) -> Value {
+        self.wire += publication.data.len();
+        let data = if publication.delta {
+            self.patches += 1;
+            apply(&self.previous, &publication.data).expect("the patch applies")
+        } else {
+            publication.data.clone()
+        };
+        let value = serde_json::from_slice(&data).expect("the data is JSON bytes");
+        self.previous = data;
+        value
+    }
+}
+
+#[tokio::test]
+async fn protobuf_subscribers_get_raw_patches_and_json_ones_string_patches_of_one_channel() {
+    let ts = server().await;
+    let channel = "docs:formats";
+    let mut proto = PbClient::connected(&ts, "alice").await;
+    let mut json_delta = ts.client("bob").await;
+    let mut proto_plain = PbClient::connected(&ts, "carol").await;
+    let reply = pb_delta_subscribe(&mut proto, channel, None).await;
+    assert!(reply.delta, "negotiated over Protobuf: {reply:?}");
+    let reply = delta_subscribe(&mut json_delta, channel, json!({})).await;
+    assert_eq!(reply["delta"], json!(true), "{reply}");
+    assert!(!proto_plain.subscribe(channel).await.delta);
+
+    let (mut pb, mut js) = (PbDecoder::default(), Decoder::new());
+    let mut full_bytes = 0;
+    for version in 1..=10 {
+        let doc = document(version, 30);
+        full_bytes += doc.to_string().len();
+        ts.api_ok("publish", json!({"channel": channel, "data": doc}))
+            .await;
+        let got = proto.publication(channel).await;
+        assert_eq!(got.offset, version);
+        assert_eq!(got.delta, version > 1, "the first one whole: {got:?}");
+        if got.delta {
+            assert!(got.data.ends_with(b";"), "a fossil patch, not wrapped");
+        }
+        assert_eq!(pb.take(&got), doc);
+        assert_eq!(js.take(&json_delta.publication(channel).await), doc);
+        let plain = proto_plain.publication(channel).await;
+        assert!(!plain.delta);
+        assert_eq!(serde_json::from_slice::<Value>(&plain.data).unwrap(), doc);
+    }
+    assert_eq!((pb.patches, js.patches), (9, 9));
+    assert!(
+        pb.wire * 4 < full_bytes,
+        "patches are small: {} bytes on the wire for {full_bytes}",
+        pb.wire
+    );
+    let metrics = ts.metrics().await;
+    assert_eq!(
+        metric(&metrics, "herald_delta_patches_total"),
+        9.0,
+        "one patch per publication for both formats"
+    );
+    assert_eq!(
+        metric(&metrics, "herald_delta_publications_total{kind=\"delta\"}"),
+        18.0
+    );
+    assert_eq!(
+        metric(&metrics, "herald_delta_publications_total{kind=\"full\"}"),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_protobuf_recovery_carries_raw_data_and_the_next_publication_patches_it() {
+    let ts = server().await;
+    let channel = "docs:pbrecover";
+    let mut client = PbClient::connected(&ts, "alice").await;
+    let reply = pb_delta_subscribe(&mut client, channel, None).await;
+    let epoch = reply.epoch.clone();
+    let mut decoder = PbDecoder::default();
+    publish(&ts, channel, 1).await;
+    publish(&ts, channel, 2).await;
+    for version in 1..=2 {
+        let got = client.publication(channel).await;
+        assert_eq!(got.delta, version == 2);
+        assert_eq!(decoder.take(&got), document(version, 25));
+    }
+    let unsubscribe = Command {
+        unsubscribe: Some(wire::ChannelRequest {
+            channel: channel.into(),
+        }),
+        ..Default::default()
+    };
+    client.call(unsubscribe).await;
+    publish(&ts, channel, 3).await;
+    publish(&ts, channel, 4).await;
+    let reply = pb_delta_subscribe(&mut client, channel, Some((2, &epoch))).await;
+    assert!(reply.recovered && reply.delta, "{reply:?}");
+    assert_eq!(reply.publications.len(), 2);
+    for (publication, version) in reply.publications.iter().zip(3..) {
+        assert!(!publication.delta);
+        // The data's JSON bytes as they are, not the JSON-string form JSON subscribers get.
+        assert_eq!(publication.data.first(), Some(&b'{'));
+        assert_eq!(decoder.take(publication), document(version, 25));
+    }
+    publish(&ts, channel, 5).await;
+    let fifth = client.publication(channel).await;
+    assert!(fifth.delta, "a patch against the last recovered one");
+    assert_eq!(decoder.take(&fifth), document(5, 25));
 }

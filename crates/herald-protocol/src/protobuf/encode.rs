@@ -31,6 +31,7 @@ fn publication(p: &Publication) -> wire::Publication {
         info: p.info.as_ref().map(client_info),
         offset: p.offset,
         tags: p.tags.clone(),
+        delta: false,
         time: p.time,
     }
 }
@@ -202,5 +203,30 @@ pub fn encode_push(channel: &str, body: &PushBody<'_>, out: &mut Vec<u8>) {
 pub fn encode_publication_push(channel: &str, publication: &Publication) -> bytes::Bytes {
     let mut out = Vec::with_capacity(32 + channel.len() + publication.data.get().len());
     encode_push(channel, &PushBody::Publication(publication), &mut out);
+    bytes::Bytes::from(out)
+}
+
+/// A publication push for a delta-compression subscriber carrying `patch`, a fossil patch against
+/// the previous publication's data: `data` is the patch's raw bytes and `delta` is true (the SDK
+/// applies it to the bytes it holds). In full, such a subscriber gets the ordinary push.
+pub fn encode_delta_publication_push(channel: &str, p: &Publication, patch: &[u8]) -> bytes::Bytes {
+    let patched = wire::Publication {
+        data: patch.to_vec(),
+        info: p.info.as_ref().map(client_info),
+        offset: p.offset,
+        tags: p.tags.clone(),
+        delta: true,
+        time: p.time,
+    };
+    let reply = wire::Reply {
+        push: Some(wire::Push {
+            channel: channel.to_string(),
+            r#pub: Some(patched),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut out = Vec::with_capacity(32 + channel.len() + patch.len());
+    append(&reply, &mut out);
     bytes::Bytes::from(out)
 }

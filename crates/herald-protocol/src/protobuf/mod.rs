@@ -10,7 +10,9 @@
 //! Protobuf clients of one channel see the same publication. Incoming `bytes` payloads must therefore
 //! be JSON (UTF-8, one JSON value); a command whose payload is not is answered with error 107 naming
 //! the field ([`Method::Invalid`]) and the connection stays open. Outgoing payloads are the JSON text's
-//! bytes. An empty `bytes` field is an absent payload (Protobuf cannot tell them apart).
+//! bytes. An empty `bytes` field is an absent payload (Protobuf cannot tell them apart). The one
+//! exception: a delta-compression patch (`Publication.delta` true) carries the fossil patch's raw
+//! bytes in `data`.
 
 mod decode;
 mod encode;
@@ -18,7 +20,9 @@ mod streams;
 pub mod wire;
 
 pub use decode::decode_frame;
-pub use encode::{encode_publication_push, encode_push, encode_reply, PING};
+pub use encode::{
+    encode_delta_publication_push, encode_publication_push, encode_push, encode_reply, PING,
+};
 pub use streams::{decode_emulation_request, encode_disconnect_push};
 
 #[cfg(test)]

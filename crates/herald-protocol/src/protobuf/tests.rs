@@ -429,3 +429,75 @@ fn merged_messages_are_concatenated_and_split_back() {
     }
     assert_eq!(ids, [1, 0, 2]);
 }
+
+#[test]
+fn delta_pushes_carry_the_raw_patch_with_the_delta_flag() {
+    use crate::delta::{apply, create};
+    use crate::Format;
+    let publication = |data: &str, offset| Publication {
+        data: raw(data),
+        info: None,
+        offset,
+        tags: BTreeMap::from([("k".to_string(), "v".to_string())]),
+        time: 5,
+    };
+    let first = publication(
+        r#"{"n":"é","list":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]}"#,
+        1,
+    );
+    let second = publication(
+        r#"{"n":"è","list":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]}"#,
+        2,
+    );
+    let decode = |bytes: bytes::Bytes| -> wire::Publication {
+        let reply: wire::Reply = prost::Message::decode_length_delimited(bytes).unwrap();
+        let push = reply.push.unwrap();
+        assert_eq!(push.channel, "ch");
+        push.r#pub.unwrap()
+    };
+    let full = Format::Protobuf
+        .encode_delta_publication_push("ch", &first, None)
+        .unwrap();
+    assert_eq!(
+        full,
+        encode_publication_push("ch", &first),
+        "in full: the plain push"
+    );
+    let full = decode(full);
+    assert!(!full.delta);
+    assert_eq!(full.data, first.data.get().as_bytes());
+    let patch = create(first.data.get().as_bytes(), second.data.get().as_bytes());
+    let pushed = decode(
+        Format::Protobuf
+            .encode_delta_publication_push("ch", &second, Some(&patch))
+            .unwrap(),
+    );
+    assert!(pushed.delta);
+    assert_eq!(
+        pushed.data, patch,
+        "the patch's raw bytes, no string wrapping"
+    );
+    assert_eq!((pushed.offset, pushed.time), (2, 5));
+    assert_eq!(pushed.tags, second.tags);
+    assert_eq!(
+        apply(&full.data, &pushed.data).unwrap(),
+        second.data.get().as_bytes()
+    );
+    // Bytes need not be UTF-8 in Protobuf: any patch goes as it is (JSON cannot carry it).
+    assert!(Format::Protobuf
+        .encode_delta_publication_push("ch", &second, Some(&[0xff]))
+        .is_some());
+    assert!(Format::Json
+        .encode_delta_publication_push("ch", &second, Some(&[0xff]))
+        .is_none());
+    // A subscribe reply's publications: data as it is in Protobuf, a JSON string in JSON.
+    let first = Arc::new(first);
+    assert!(Arc::ptr_eq(
+        &Format::Protobuf.delta_publication(&first),
+        &first
+    ));
+    assert_eq!(
+        Format::Json.delta_publication(&first).data.get(),
+        serde_json::to_string(first.data.get()).unwrap()
+    );
+}

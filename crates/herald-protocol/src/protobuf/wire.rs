@@ -226,6 +226,9 @@ pub struct Publication {
     pub offset: u64,
     #[prost(btree_map = "string, string", tag = "7")]
     pub tags: BTreeMap<String, String>,
+    /// `data` is a fossil patch against the previous publication's data (delta compression).
+    #[prost(bool, tag = "8")]
+    pub delta: bool,
     #[prost(int64, tag = "9")]
     pub time: i64,
 }

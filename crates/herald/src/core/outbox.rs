@@ -66,8 +66,8 @@ pub struct Segment {
     pub end: u32,
 }
 
-/// One publication as every delta-compression subscriber of a channel may receive it, encoded
-/// once by the hub (core/hub/delta.rs).
+/// One publication as every delta-compression subscriber of a channel reading one wire format may
+/// receive it, encoded once per format by the hub (core/hub/delta.rs).
 #[derive(Debug)]
 pub struct DeltaPush {
     /// In full, `delta: false`.

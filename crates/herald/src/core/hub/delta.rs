@@ -1,7 +1,8 @@
 //! Delta compression, hub side (docs/protocol.md#delta-compression): for a channel with
 //! delta-compression subscribers on this node, the hub remembers the previous publication and, for
-//! each new one, encodes once for all of them a full push and, when the previous publication is
-//! the one just before it in the stream (offsets consecutive), a fossil patch against it. Each
+//! each new one, computes once for all of them, when the previous publication is the one just
+//! before it in the stream (offsets consecutive), a fossil patch against it; then encodes, once
+//! per wire format its delta subscribers read, a full push and the patch push. Each
 //! session then picks the patch only if its client holds that previous publication
 //! (edges/session/delta.rs).
 //!
@@ -12,7 +13,7 @@ use super::handler::publication_item;
 use super::{Hub, PerFormat};
 use crate::core::outbox::{DeltaPush, OutItem};
 use bytes::Bytes;
-use herald_protocol::delta::{create, encode_delta_publication_push};
+use herald_protocol::delta::create;
 use herald_protocol::Publication;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,17 +65,19 @@ impl Hub {
         }
     }
 
-    /// The delta pushes of a publication, when the channel has delta subscribers here.
-    pub(super) fn delta_push(
+    /// The patch of a publication against the channel's previous one, computed once for every
+    /// delta subscriber here whatever its format: outer None when the channel has no delta
+    /// subscribers here, inner None when there is no patch to offer (no consecutive previous
+    /// publication, or a patch no smaller than the data).
+    pub(super) fn delta_patch(
         &self,
         channel: &str,
         publication: &Arc<Publication>,
-    ) -> Option<Arc<DeltaPush>> {
+    ) -> Option<Option<Patch>> {
         let state = self.shard(channel).read().get(channel)?.delta.clone();
         if state.subscribers.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let full = encode_delta_publication_push(channel, publication, None)?;
         let mut previous = state.previous.lock();
         let base = previous
             .as_ref()
@@ -84,40 +87,71 @@ impl Hub {
             let patch = create(base.data.get().as_bytes(), data);
             self.metrics.delta_patches.inc();
             // As Centrifugo: a patch no smaller than the data is not worth sending.
-            if patch.len() >= data.len() {
-                return None;
-            }
-            let bytes = encode_delta_publication_push(channel, publication, Some(&patch))?;
-            Some((base.offset, bytes))
+            (patch.len() < data.len()).then_some(Patch {
+                base: base.offset,
+                bytes: patch,
+            })
         });
         // Without offsets there is no telling which publication a client holds: no base.
         *previous = (publication.offset != 0).then(|| publication.clone());
-        Some(Arc::new(DeltaPush { full, patch }))
+        Some(patch)
     }
 
     /// Queues a publication: the plain push (in the subscriber's format) for ordinary
-    /// subscribers, the delta pushes for the others (JSON only: Protobuf subscriptions never
-    /// negotiate delta compression).
+    /// subscribers, the delta pushes in its format for the others. Each format's delta pushes
+    /// are encoded once, on first need; the full one of a format whose full delta push is its
+    /// plain push is shared with the plain subscribers.
     pub(super) fn deliver_with_delta(
         &self,
         channel: &str,
         publication: &Publication,
         encoded: &PerFormat<Bytes>,
         conflated: bool,
-        delta: Arc<DeltaPush>,
+        patch: Option<Patch>,
     ) {
+        let pushes: PerFormat<Arc<DeltaPush>> = PerFormat::new();
         self.fan_out(channel, |sub| {
             Some(if sub.delta {
+                let push = pushes.get(sub.format, |format| {
+                    let full = if format.delta_full_is_plain() {
+                        encoded
+                            .get(format, |format| {
+                                format.encode_publication_push(channel, publication)
+                            })
+                            .clone()
+                    } else {
+                        // Never None without a patch.
+                        format
+                            .encode_delta_publication_push(channel, publication, None)
+                            .unwrap_or_default()
+                    };
+                    let patch = patch.as_ref().and_then(|patch| {
+                        let bytes = format.encode_delta_publication_push(
+                            channel,
+                            publication,
+                            Some(&patch.bytes),
+                        )?;
+                        Some((patch.base, bytes))
+                    });
+                    Arc::new(DeltaPush { full, patch })
+                });
                 OutItem::DeltaPublication {
                     slot: sub.slot,
                     offset: publication.offset,
-                    push: delta.clone(),
+                    push: push.clone(),
                 }
             } else {
                 publication_item(sub, channel, publication, encoded, conflated)
             })
         });
     }
+}
+
+/// A fossil patch of a publication's data against the previous publication's.
+pub(super) struct Patch {
+    /// The offset of the publication it applies to.
+    base: u64,
+    bytes: Vec<u8>,
 }
 
 #[cfg(test)]
@@ -201,5 +235,71 @@ mod tests {
             hub.shard("ch").read().get("ch").is_none(),
             "freed with the channel"
         );
+    }
+
+    #[test]
+    fn one_patch_encoded_once_per_format_and_the_protobuf_full_push_shared() {
+        use herald_protocol::Format;
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(
+            metrics.clone(),
+            Arc::new(Namespaces::new(&ChannelConfig::default())),
+        );
+        let handle = |seq, format| {
+            Arc::new(SessionHandle {
+                seq,
+                client: format!("c{seq}"),
+                user: "u".into(),
+                format,
+                outbox: Outbox::new(1 << 20, 1000, metrics.outbox_bytes.clone(), 0),
+            })
+        };
+        let plain = handle(1, Format::Protobuf);
+        let pb = [handle(2, Format::Protobuf), handle(3, Format::Protobuf)];
+        let json = handle(4, Format::Json);
+        hub.add_subscriber("ch", &plain, 1, false, false);
+        for sub in pb.iter().chain([&json]) {
+            hub.add_subscriber("ch", sub, 1, false, true);
+        }
+        let text = "a fairly long text that stays the same from one publication to the next";
+        hub.handle_publication("ch", publication(1, text), None);
+        hub.handle_publication("ch", publication(2, &format!("{text}!")), None);
+        assert_eq!(metrics.delta_patches.get(), 1, "one patch for every format");
+        let drain = |handle: &SessionHandle| {
+            let mut items = VecDeque::new();
+            handle.outbox.drain(&mut items);
+            items
+        };
+        let pushes = |handle: &SessionHandle| -> Vec<Arc<DeltaPush>> {
+            drain(handle)
+                .into_iter()
+                .map(|item| match item {
+                    OutItem::DeltaPublication { push, .. } => push,
+                    other => panic!("a delta item: {other:?}"),
+                })
+                .collect()
+        };
+        let (first, second, json) = (pushes(&pb[0]), pushes(&pb[1]), pushes(&json));
+        for (a, b) in first.iter().zip(&second) {
+            assert!(
+                Arc::ptr_eq(a, b),
+                "encoded once for both Protobuf subscribers"
+            );
+        }
+        assert!(
+            !Arc::ptr_eq(&first[1], &json[1]),
+            "JSON has its own encoding"
+        );
+        assert!(first[1].patch.is_some() && json[1].patch.is_some());
+        let plain: Vec<Bytes> = drain(&plain)
+            .into_iter()
+            .map(|item| match item {
+                OutItem::Publication { bytes, .. } => bytes,
+                other => panic!("a plain item: {other:?}"),
+            })
+            .collect();
+        for (push, plain) in first.iter().zip(&plain) {
+            assert_eq!(push.full.as_ptr(), plain.as_ptr(), "the plain push, shared");
+        }
     }
 }

@@ -17,7 +17,7 @@ impl BrokerHandler for Hub {
             Some(None) => {
                 let encoded = PerFormat::new();
                 let conflated = key.is_some();
-                match self.delta_push(channel, &publication) {
+                match self.delta_patch(channel, &publication) {
                     None => self.fan_out(channel, |sub| {
                         Some(publication_item(
                             sub,
@@ -27,8 +27,8 @@ impl BrokerHandler for Hub {
                             conflated,
                         ))
                     }),
-                    Some(delta) => {
-                        self.deliver_with_delta(channel, &publication, &encoded, conflated, delta)
+                    Some(patch) => {
+                        self.deliver_with_delta(channel, &publication, &encoded, conflated, patch)
                     }
                 }
             }

@@ -10,10 +10,8 @@ use super::Session;
 use crate::config::NamespaceOptions;
 use crate::core::metrics::KindLabel;
 use crate::core::outbox::DeltaPush;
-use herald_protocol::delta::with_data_as_string;
 use herald_protocol::{Disconnect, SubscribeResult};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// The delta types a client may ask for.
 const KNOWN: &[&str] = &["fossil"];
@@ -44,15 +42,15 @@ fn patch_applies(held: u64, base: u64) -> bool {
 
 impl Session {
     /// A subscription starts with delta compression: the reply says so, carries its publications
-    /// with `data` as a JSON string (how the SDK reads every publication once delta is on), and
-    /// the last of them is the client's first base.
+    /// in full as a delta subscriber reads them in this connection's format (JSON: `data` as a
+    /// JSON string), and the last of them is the client's first base.
     pub(super) fn start_delta(&mut self, channel: &str, slot: u32, result: &mut SubscribeResult) {
         result.delta = true;
         if let Some(last) = result.publications.last() {
             self.node.hub.seed_delta(channel, last.clone());
         }
         for publication in &mut result.publications {
-            *publication = Arc::new(with_data_as_string(publication));
+            *publication = self.format.delta_publication(publication);
         }
         let base = result.publications.last().map_or(0, |p| p.offset);
         self.deltas.0.insert(slot, base);

@@ -68,9 +68,6 @@ impl Session {
         let ns = self.node.namespaces.resolve(&req.channel)?.clone();
         let mut params = SubscribeParams::from(&req);
         params.delta = super::delta::negotiate(&ns, &req.delta)?;
-        // Patches are built for the JSON form only: a Protobuf subscription is not given delta
-        // compression (the reply says `delta: false`) and receives every publication in full.
-        params.delta &= !self.format.is_binary();
         if !req.token.is_empty() {
             // A subscription token grants the channel on its own.
             let verified = self.node.verifier.verify_subscribe(&req.token);
