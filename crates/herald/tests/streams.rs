@@ -1114,3 +1114,42 @@ async fn protobuf_emulation_crosses_nodes_on_redis() {
         .expect("the publication");
     assert_eq!(publication.data, br#""across""#);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulated_commands_obey_the_command_rate_and_the_commands_per_frame_bound() {
+    let ts = TestServer::with(|c| {
+        c.client.command_rate = 1;
+        c.client.command_burst = 5;
+        c.client.max_commands_per_frame = 10;
+    })
+    .await;
+    let mut honest = ts.client("bob").await;
+    let (mut stream, node, session) = connected(&ts, false, "alice").await;
+    // The connect took one token of the burst of 5: of 8 pings, 4 are answered and 4 refused
+    // with 111 (too many requests), as on a WebSocket.
+    let pings: Vec<Value> = (10..18).map(|id| json!({"id": id, "ping": {}})).collect();
+    let (status, _) = emulate(ts.addr, &node, &session, &pings).await;
+    assert_eq!(status, 204);
+    let mut answered = 0;
+    let mut refused = 0;
+    for _ in 0..8 {
+        let reply = stream.next_message().await;
+        match reply["error"]["code"].as_u64() {
+            Some(111) => refused += 1,
+            None if reply.get("ping").is_some() || reply["id"].as_u64().is_some() => answered += 1,
+            _ => panic!("unexpected {reply}"),
+        }
+    }
+    assert_eq!((answered, refused), (4, 4));
+    // More commands in one request than client.max_commands_per_frame ends the connection as a
+    // bad request (3501), as a WebSocket frame would.
+    let many: Vec<Value> = (20..31).map(|id| json!({"id": id, "ping": {}})).collect();
+    let (status, _) = emulate(ts.addr, &node, &session, &many).await;
+    assert_eq!(status, 204);
+    let mut last = Value::Null;
+    while let Some(line) = stream.line_within(WAIT).await {
+        last = serde_json::from_str(&line).unwrap_or(Value::Null);
+    }
+    assert_eq!(last["push"]["disconnect"]["code"], 3501, "{last}");
+    honest.assert_alive().await;
+}
