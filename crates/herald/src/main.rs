@@ -5,6 +5,7 @@
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use herald::app::server::Server;
+use herald::app::signals::{Request, Signals};
 use herald::config::{BrokerKind, Config, LogFormat};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -149,6 +150,8 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
+    // First: from here on a SIGHUP or SIGUSR2 is queued instead of ending the process.
+    let mut signals = Signals::install().context("cannot install the signal handlers")?;
     let demo_dir = match demo {
         Some(_) => {
             let dir = herald::app::demo::DemoDir::create()?;
@@ -274,7 +277,17 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    wait_for_signal().await;
+    loop {
+        match signals.next().await {
+            Request::Stop => break,
+            Request::Reload => {
+                tracing::warn!("SIGHUP: reloading the configuration is not supported yet; ignored")
+            }
+            Request::Upgrade => {
+                tracing::warn!("SIGUSR2: handing over the listeners is not supported yet; ignored")
+            }
+        }
+    }
     stop_devices.cancel();
     if let Some(task) = simulation {
         match task.await {
@@ -292,21 +305,6 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
     drop(demo_dir);
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 fn token(

@@ -5,4 +5,5 @@ pub mod datadir;
 pub mod demo;
 pub mod process_metrics;
 pub mod server;
+pub mod signals;
 pub mod simulate;
