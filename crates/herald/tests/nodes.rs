@@ -98,14 +98,19 @@ async fn nodes_share_one_port_with_reuse_port() {
 
 /// The fenced block of docs/operations.md that starts with `# herald-cluster`.
 fn documented_nginx_block() -> String {
+    documented_block("herald-cluster")
+}
+
+/// The fenced nginx block of docs/operations.md that starts with `# <name>`.
+fn documented_block(name: &str) -> String {
     let doc = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../docs/operations.md"
     ))
     .expect("docs/operations.md");
     let start = doc
-        .find("```nginx\n# herald-cluster")
-        .expect("docs/operations.md has the herald-cluster nginx block");
+        .find(&format!("```nginx\n# {name}:"))
+        .unwrap_or_else(|| panic!("docs/operations.md has the {name} nginx block"));
     let body = &doc[start + "```nginx\n".len()..];
     body[..body.find("```").expect("block ends")].to_string()
 }
@@ -148,7 +153,9 @@ http {{
 }}
 "#,
         p = prefix.display(),
-        block = block.replace("listen 8080;", &format!("listen 127.0.0.1:{port};")),
+        block = block
+            .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"))
+            .replace("listen 8081;", &format!("listen 127.0.0.1:{port};")),
     );
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
@@ -284,6 +291,85 @@ async fn nginx_spreads_clients_over_two_nodes_and_moves_them_when_one_dies() {
         started.elapsed()
     );
     assert_eq!(clients_on(a.addr, "a").await, 10);
+    drop(nginx.proc);
+}
+
+#[tokio::test]
+async fn nginx_backup_node_takes_the_clients_only_when_the_primary_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let broker = format!(
+        "[broker]\nkind = \"redis\"\nredis_addresses = [\"{}\"]\nprefix = \"herald-test.backup-{}\"\n",
+        std::env::var("HERALD_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into()),
+        uuid::Uuid::new_v4().simple()
+    );
+    let block = documented_block("herald-failover")
+        .replace("127.0.0.1:8001", &format!("127.0.0.1:{}", ports[0]))
+        .replace("127.0.0.1:8002", &format!("127.0.0.1:{}", ports[1]));
+    let mut primary = start_node(&node_config(
+        dir.path(),
+        "primary",
+        &format!("127.0.0.1:{}", ports[0]),
+        &broker,
+    ))
+    .expect("primary");
+    let backup = start_node(&node_config(
+        dir.path(),
+        "backup",
+        &format!("127.0.0.1:{}", ports[1]),
+        &broker,
+    ))
+    .expect("backup");
+    wait_ready(primary.addr).await;
+    wait_ready(backup.addr).await;
+    let nginx = start_nginx(dir.path(), &block);
+    let front: SocketAddr = format!("127.0.0.1:{}", nginx.port).parse().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(front).await.is_err() {
+        assert!(Instant::now() < deadline, "nginx never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("ws://{front}/connection/websocket");
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let mut c = Client::open(&url).await;
+        c.connect(&token(&format!("p{i}"))).await;
+        c.subscribe("chat:room").await;
+        clients.push(c);
+    }
+    assert_eq!(
+        (
+            clients_on(primary.addr, "primary").await,
+            clients_on(backup.addr, "backup").await
+        ),
+        (6, 0),
+        "while the primary lives, the backup gets nobody"
+    );
+    primary.proc.kill9();
+    for c in clients.iter_mut() {
+        assert!(
+            c.closed_within(WAIT).await.is_some(),
+            "the dead primary's clients are disconnected"
+        );
+    }
+    clients.clear();
+    for i in 0..6 {
+        let mut c = Client::open(&url).await;
+        let reply = c.connect(&token(&format!("b{i}"))).await;
+        assert!(reply.get("client").is_some(), "{reply}");
+        c.subscribe("chat:room").await;
+        clients.push(c);
+    }
+    assert_eq!(clients_on(backup.addr, "backup").await, 6);
+    api_ok(
+        backup.addr,
+        "publish",
+        json!({"channel": "chat:room", "data": {"n": 1}}),
+    )
+    .await;
+    for c in clients.iter_mut() {
+        assert_eq!(c.publication("chat:room").await["data"]["n"], 1);
+    }
     drop(nginx.proc);
 }
 
