@@ -13,6 +13,8 @@
 #   floor      Herald against the floor (herald-floor: the cheapest broadcast server) at 1,000, 5,000
 #              and 15,000 subscribers (FLOOR_SUBS), ROUNDS alternating runs each; prints the ratios
 #   formats    Herald's broadcast with JSON subscribers against Protobuf ones, ROUNDS alternating runs
+#   capacity   memory per connection, per subscription and per channel with history on one node
+#              (CAP_CONNS clients twice, SUBS_PER 10 channels each, HIST_CHANNELS × HIST_SIZE retained)
 #   hostile    60 s soak: hostile clients of every kind and 5,000 honest subscribers on one node
 #              with production defaults; fails on any honest loss or disconnect
 #   all        every scenario above, in that order
@@ -27,7 +29,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 scenario=${1:-}
-[ -n "$scenario" ] || { sed -n '2,24p' "$0"; exit 2; }
+[ -n "$scenario" ] || { sed -n '2,26p' "$0"; exit 2; }
 
 SMOKE=${SMOKE:-0}
 [ "$scenario" = smoke ] && SMOKE=1
@@ -177,6 +179,21 @@ run_idle() {
         --connections "$n" --hold "${HOLD:-$(pick 30s 2s)}" \
         --ramp-concurrency "${CONCURRENCY:-$(pick 2000 20)}" --per-process "${PER_PROC:-19000}" \
         --json "$OUT/idle.json"
+    cleanup
+}
+
+run_capacity() {
+    local size=${HIST_SIZE:-$(pick 100 5)}
+    printf '[[channel.namespaces]]\nname = "capacity"\nhistory_size = %s\nhistory_ttl = "1h"\n' \
+        "$size" >"$WORK/capacity-extra.toml"
+    write_config "$WORK/c.toml" "127.0.0.1:$PORT" "$WORK/capacity-extra.toml" plain
+    start_nodes 1 "$WORK/c.toml"
+    wait_http "127.0.0.1:$PORT"
+    bench capacity --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
+        --connections "${CAP_CONNS:-$(pick 5000 50)}" --subscriptions "${SUBS_PER:-10}" \
+        --channels "${CAP_CHANNELS:-$(pick 100 20)}" --history-channels "${HIST_CHANNELS:-$(pick 1000 10)}" \
+        --history-size "$size" --payload 100 --settle "$(pick 3s 1s)" \
+        --json "$OUT/capacity.json"
     cleanup
 }
 
@@ -452,9 +469,10 @@ case "$scenario" in
     hostile) run_hostile ;;
     floor) run_floor ;;
     formats) run_formats ;;
+    capacity) run_capacity ;;
     all | smoke)
         run_idle; run_broadcast; run_peer ws; run_peer socketio
-        run_chat; run_market; run_livemap; run_clusters; run_hostile; run_floor; run_formats
+        run_chat; run_market; run_livemap; run_clusters; run_hostile; run_floor; run_formats; run_capacity
         ;;
     *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
 esac

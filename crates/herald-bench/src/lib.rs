@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod broadcast;
+pub mod capacity;
 pub mod chat;
 pub mod common;
 pub mod hostile;

@@ -1,13 +1,13 @@
 //! herald-bench: a load generator for Herald and, in raw mode, for the Node.js peers.
 //!
 //! Scenarios: `idle`, `broadcast` (also the cluster scenario, given several `--server`s), `chat`,
-//! `market`, `livemap`. Connections come from source addresses 127.0.0.2–101 (so one host can
+//! `market`, `livemap`, `capacity`, `hostile`. Connections come from source addresses 127.0.0.2–101 (so one host can
 //! open far more than one address allows); `idle` spreads them over several processes. Results
 //! are JSON (standard output and `--json`) and a one-screen summary on standard error. Everything
 //! targets loopback and stops by itself (durations and counts are bounded).
 
 use clap::{Parser, Subcommand};
-use herald_bench::{broadcast, chat, hostile, idle, livemap, market, summary};
+use herald_bench::{broadcast, capacity, chat, hostile, idle, livemap, market, summary};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -29,6 +29,8 @@ enum Command {
     Market(market::MarketArgs),
     /// GT06 trackers over TCP and viewers of the fleet channel.
     Livemap(livemap::LiveMapArgs),
+    /// Memory per connection, per subscription and per channel with history (capacity planning).
+    Capacity(capacity::CapacityArgs),
     /// Hostile clients of every kind against one node while honest subscribers must receive
     /// everything; exits non-zero on any honest loss or disconnect.
     Hostile(hostile::HostileArgs),
@@ -61,6 +63,10 @@ fn main() -> anyhow::Result<()> {
         Command::Livemap(args) => {
             let path = args.common.json.clone();
             (runtime.block_on(livemap::run(args))?, path)
+        }
+        Command::Capacity(args) => {
+            let path = args.common.json.clone();
+            (runtime.block_on(capacity::run(args))?, path)
         }
         Command::Hostile(args) => {
             let path = args.common.json.clone();
