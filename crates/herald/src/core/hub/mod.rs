@@ -282,6 +282,25 @@ impl Hub {
         out
     }
 
+    /// Channels one local connection subscribes to, sorted (scans every channel: for the
+    /// `connections` API, not the hot path).
+    pub fn session_channels(&self, seq: u64) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .channels
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .read()
+                    .iter()
+                    .filter(|(_, entry)| entry.subscribers.contains_key(&seq))
+                    .map(|(name, _)| name.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn num_channels(&self) -> usize {
         self.channels.iter().map(|s| s.read().len()).sum()
     }
