@@ -192,7 +192,7 @@ test("the console: login, live numbers, publish form, CSRF, disconnect, logout",
   await console_.click("#publish-submit");
   await eventually("carol got the form's publication", () =>
     clients.evaluate(() => window.ws.carol.got.some((d) => d && d.from === "the admin form")));
-  assert.match(await text("#publish-result"), /published/);
+  await eventually("the form says it published", async () => /published/.test(await text("#publish-result")));
 
   // A post without the CSRF token is refused, even from the console's own page and session.
   const refused = await console_.evaluate(async () => (await fetch("/admin/api/publish", {

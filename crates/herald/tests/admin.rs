@@ -30,7 +30,9 @@ impl Reply {
     fn header(&self, name: &str) -> Option<String> {
         self.head.lines().find_map(|line| {
             let (n, v) = line.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     }
 
@@ -108,7 +110,10 @@ async fn session(ts: &TestServer) -> (String, String) {
 /// personal channel may).
 async fn no_publication(client: &mut Client) {
     while let Some(message) = client.next_within(Duration::from_millis(300)).await {
-        assert!(message["push"]["pub"].is_null(), "unexpected publication: {message}");
+        assert!(
+            message["push"]["pub"].is_null(),
+            "unexpected publication: {message}"
+        );
     }
 }
 
@@ -120,7 +125,10 @@ const GETS: [&str; 5] = [
     "/admin/api/devices",
 ];
 const POSTS: [(&str, &str); 3] = [
-    ("/admin/api/publish", r#"{"channel":"chat:room","data":{"x":1}}"#),
+    (
+        "/admin/api/publish",
+        r#"{"channel":"chat:room","data":{"x":1}}"#,
+    ),
     ("/admin/api/disconnect", r#"{"user":"alice"}"#),
     ("/admin/logout", "csrf=x"),
 ];
@@ -163,8 +171,8 @@ async fn no_endpoint_answers_without_valid_credentials() {
     let tampered = String::from_utf8(tampered).unwrap();
     let (expiry, rest) = session.split_once('.').unwrap();
     let extended = format!("{}.{rest}", expiry.parse::<u64>().unwrap() + 3600);
-    let foreign = Signer::new("another-secret-another-secret-another", PASSWORD)
-        .issue(now() as u64 + 3600);
+    let foreign =
+        Signer::new("another-secret-another-secret-another", PASSWORD).issue(now() as u64 + 3600);
     let expired = Signer::new(ADMIN_SECRET, PASSWORD).issue(now() as u64 - 1);
     let before = ts.metrics().await;
     for (what, cookie) in [
@@ -187,7 +195,10 @@ async fn no_endpoint_answers_without_valid_credentials() {
     assert_locked(&ts, &[("X-API-Key", API_KEY)], "API key").await;
     let after = ts.metrics().await;
     let refused = |text: &str, reason: &str| {
-        metric(text, &format!("herald_admin_refused_total{{reason=\"{reason}\"}}"))
+        metric(
+            text,
+            &format!("herald_admin_refused_total{{reason=\"{reason}\"}}"),
+        )
     };
     assert!(refused(&after, "expired") > refused(&before, "expired"));
     assert!(refused(&after, "invalid") > refused(&before, "invalid"));
@@ -218,7 +229,12 @@ async fn login_opens_a_session_with_a_strict_cookie_and_the_console_shows_the_cl
     assert_eq!(ok.status, 303);
     assert_eq!(ok.header("location").as_deref(), Some("/admin"));
     let cookie = ok.header("set-cookie").unwrap();
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/admin", "Max-Age=43200"] {
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/admin",
+        "Max-Age=43200",
+    ] {
         assert!(cookie.contains(attribute), "{attribute} in {cookie}");
     }
     assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
@@ -227,11 +243,20 @@ async fn login_opens_a_session_with_a_strict_cookie_and_the_console_shows_the_cl
     assert!(page.body.contains("id=\"stat-clients\""));
     // The map's security headers, stricter: no inline script, no framing.
     let csp = page.header("content-security-policy").unwrap();
-    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
-    assert_eq!(page.header("x-content-type-options").as_deref(), Some("nosniff"));
-    assert_eq!(page.header("referrer-policy").as_deref(), Some("strict-origin"));
+    assert_eq!(
+        page.header("x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    assert_eq!(
+        page.header("referrer-policy").as_deref(),
+        Some("strict-origin")
+    );
     assert_eq!(page.header("x-frame-options").as_deref(), Some("DENY"));
     for asset in ["/admin/admin.js", "/admin/admin.css"] {
         let reply = send(ts.addr, "GET", asset, &[], "").await;
@@ -239,29 +264,72 @@ async fn login_opens_a_session_with_a_strict_cookie_and_the_console_shows_the_cl
         assert!(reply.header("content-security-policy").is_some());
         // The SVG namespace is a name, not an address.
         let body = reply.body.replace("http://www.w3.org/2000/svg", "");
-        assert!(!body.contains("http://") && !body.contains("https://") && !body.contains("//cdn"), "{asset} loads nothing from elsewhere");
+        assert!(
+            !body.contains("http://") && !body.contains("https://") && !body.contains("//cdn"),
+            "{asset} loads nothing from elsewhere"
+        );
     }
     let mut alice = ts.client("alice").await;
     alice.subscribe("chat:room").await;
-    let overview = send(ts.addr, "GET", "/admin/api/overview", &[("Cookie", &header)], "").await;
+    let overview = send(
+        ts.addr,
+        "GET",
+        "/admin/api/overview",
+        &[("Cookie", &header)],
+        "",
+    )
+    .await;
     assert_eq!(overview.status, 200, "{}", overview.body);
-    assert_eq!(overview.header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(
+        overview.header("cache-control").as_deref(),
+        Some("no-store")
+    );
     let o = overview.json();
     assert_eq!(o["totals"]["nodes"], 1);
     assert_eq!(o["totals"]["clients"], 1);
     // chat:room and alice's personal channel.
     assert_eq!(o["totals"]["subscriptions"], 2);
-    let channels = send(ts.addr, "GET", "/admin/api/channels?q=room", &[("Cookie", &header)], "").await.json();
+    let channels = send(
+        ts.addr,
+        "GET",
+        "/admin/api/channels?q=room",
+        &[("Cookie", &header)],
+        "",
+    )
+    .await
+    .json();
     assert_eq!(channels["channels"][0]["channel"], "chat:room");
     assert_eq!(channels["channels"][0]["subscribers"], 1);
     assert_eq!(channels["channels"][0]["presence"]["num_users"], 1);
-    let connections = send(ts.addr, "GET", "/admin/api/connections?user=alice", &[("Cookie", &header)], "").await.json();
+    let connections = send(
+        ts.addr,
+        "GET",
+        "/admin/api/connections?user=alice",
+        &[("Cookie", &header)],
+        "",
+    )
+    .await
+    .json();
     assert_eq!(connections["total"], 1);
-    let (_, info) = connections["connections"].as_object().unwrap().iter().next().unwrap();
+    let (_, info) = connections["connections"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
     assert_eq!(info["channels"], json!(["#alice", "chat:room"]));
     let logins = ts.metrics().await;
-    assert_eq!(metric(&logins, "herald_admin_logins_total{result=\"ok\"}"), 1.0);
-    assert_eq!(metric(&logins, "herald_admin_logins_total{result=\"wrong password\"}"), 1.0);
+    assert_eq!(
+        metric(&logins, "herald_admin_logins_total{result=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &logins,
+            "herald_admin_logins_total{result=\"wrong password\"}"
+        ),
+        1.0
+    );
     ts.shutdown().await;
 }
 
@@ -278,42 +346,123 @@ async fn every_state_change_needs_the_sessions_csrf_token() {
     let foreign = "http://evil.example";
     for (what, headers) in [
         ("no token", vec![("Cookie", cookie.as_str()), json_type]),
-        ("another session's token", vec![("Cookie", cookie.as_str()), json_type, ("X-CSRF-Token", other_csrf.as_str())]),
-        ("foreign origin", vec![("Cookie", cookie.as_str()), json_type, ("X-CSRF-Token", csrf.as_str()), ("Origin", foreign)]),
+        (
+            "another session's token",
+            vec![
+                ("Cookie", cookie.as_str()),
+                json_type,
+                ("X-CSRF-Token", other_csrf.as_str()),
+            ],
+        ),
+        (
+            "foreign origin",
+            vec![
+                ("Cookie", cookie.as_str()),
+                json_type,
+                ("X-CSRF-Token", csrf.as_str()),
+                ("Origin", foreign),
+            ],
+        ),
     ] {
-        for (path, body) in [("/admin/api/publish", publish), ("/admin/api/disconnect", r#"{"user":"alice"}"#)] {
+        for (path, body) in [
+            ("/admin/api/publish", publish),
+            ("/admin/api/disconnect", r#"{"user":"alice"}"#),
+        ] {
             let reply = send(ts.addr, "POST", path, &headers, body).await;
             assert_eq!(reply.status, 403, "{what}: {path}: {}", reply.body);
         }
-        let reply = send(ts.addr, "POST", "/admin/logout", &headers, &format!("csrf={}", if what == "no token" { "" } else { &other_csrf })).await;
+        let reply = send(
+            ts.addr,
+            "POST",
+            "/admin/logout",
+            &headers,
+            &format!("csrf={}", if what == "no token" { "" } else { &other_csrf }),
+        )
+        .await;
         assert_eq!(reply.status, 403, "{what}: logout");
     }
     no_publication(&mut alice).await;
     // A form post (no JSON) is refused even with the token.
-    let form = send(ts.addr, "POST", "/admin/api/publish", &[("Cookie", &cookie), ("X-CSRF-Token", &csrf), ("Content-Type", "text/plain")], publish).await;
+    let form = send(
+        ts.addr,
+        "POST",
+        "/admin/api/publish",
+        &[
+            ("Cookie", &cookie),
+            ("X-CSRF-Token", &csrf),
+            ("Content-Type", "text/plain"),
+        ],
+        publish,
+    )
+    .await;
     assert_eq!(form.status, 415);
     // A body over 256 KiB is not read.
-    let huge = format!(r#"{{"channel":"chat:room","data":"{}"}}"#, "x".repeat(300 << 10));
-    let reply = send(ts.addr, "POST", "/admin/api/publish", &[("Cookie", &cookie), ("X-CSRF-Token", &csrf), json_type], &huge).await;
+    let huge = format!(
+        r#"{{"channel":"chat:room","data":"{}"}}"#,
+        "x".repeat(300 << 10)
+    );
+    let reply = send(
+        ts.addr,
+        "POST",
+        "/admin/api/publish",
+        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf), json_type],
+        &huge,
+    )
+    .await;
     assert_eq!(reply.status, 413);
     let own_origin = format!("http://{}", ts.addr);
-    let good = [("Cookie", cookie.as_str()), json_type, ("X-CSRF-Token", csrf.as_str()), ("Origin", own_origin.as_str())];
+    let good = [
+        ("Cookie", cookie.as_str()),
+        json_type,
+        ("X-CSRF-Token", csrf.as_str()),
+        ("Origin", own_origin.as_str()),
+    ];
     let reply = send(ts.addr, "POST", "/admin/api/publish", &good, publish).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let publication = alice.publication("chat:room").await;
     assert_eq!(publication["data"], json!({"text": "from admin"}));
     // An API error comes back as the API words it.
-    let bad = send(ts.addr, "POST", "/admin/api/publish", &good, r#"{"channel":"chat:room"}"#).await;
+    let bad = send(
+        ts.addr,
+        "POST",
+        "/admin/api/publish",
+        &good,
+        r#"{"channel":"chat:room"}"#,
+    )
+    .await;
     assert_eq!(bad.status, 400);
-    assert!(bad.json()["error"]["message"].as_str().unwrap().contains("data"));
-    let reply = send(ts.addr, "POST", "/admin/api/disconnect", &good, r#"{"user":"alice"}"#).await;
+    assert!(bad.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("data"));
+    let reply = send(
+        ts.addr,
+        "POST",
+        "/admin/api/disconnect",
+        &good,
+        r#"{"user":"alice"}"#,
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert!(alice.closed_within(WAIT).await.is_some(), "alice is disconnected");
+    assert!(
+        alice.closed_within(WAIT).await.is_some(),
+        "alice is disconnected"
+    );
     let metrics = ts.metrics().await;
     assert!(metric(&metrics, "herald_admin_refused_total{reason=\"csrf\"}") >= 4.0);
     assert!(metric(&metrics, "herald_admin_refused_total{reason=\"origin\"}") >= 2.0);
     // Logout with the token clears the cookie.
-    let out = send(ts.addr, "POST", "/admin/logout", &[("Cookie", &cookie), ("Content-Type", "application/x-www-form-urlencoded")], &format!("csrf={csrf}")).await;
+    let out = send(
+        ts.addr,
+        "POST",
+        "/admin/logout",
+        &[
+            ("Cookie", &cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        &format!("csrf={csrf}"),
+    )
+    .await;
     assert_eq!(out.status, 303);
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
     ts.shutdown().await;
@@ -325,7 +474,10 @@ async fn the_admin_token_reaches_the_data_without_a_session() {
     let mut alice = ts.client("alice").await;
     alice.subscribe("chat:room").await;
     let bearer = format!("Bearer {ADMIN_TOKEN}");
-    let auth = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let auth = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "application/json"),
+    ];
     for path in GETS {
         let reply = send(ts.addr, "GET", path, &auth, "").await;
         if path.ends_with("devices") {
@@ -336,7 +488,14 @@ async fn the_admin_token_reaches_the_data_without_a_session() {
             assert_eq!(reply.status, 200, "{path}: {}", reply.body);
         }
     }
-    let reply = send(ts.addr, "POST", "/admin/api/publish", &auth, r#"{"channel":"chat:room","data":1}"#).await;
+    let reply = send(
+        ts.addr,
+        "POST",
+        "/admin/api/publish",
+        &auth,
+        r#"{"channel":"chat:room","data":1}"#,
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(alice.publication("chat:room").await["data"], 1);
     ts.shutdown().await;
@@ -358,8 +517,14 @@ async fn login_attempts_are_limited_per_address() {
     assert!(limited.header("set-cookie").is_none());
     assert_eq!(limited.header("retry-after").as_deref(), Some("60"));
     let metrics = ts.metrics().await;
-    assert_eq!(metric(&metrics, "herald_admin_logins_total{result=\"limited\"}"), 1.0);
-    assert_eq!(metric(&metrics, "herald_admin_logins_total{result=\"ok\"}"), 0.0);
+    assert_eq!(
+        metric(&metrics, "herald_admin_logins_total{result=\"limited\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, "herald_admin_logins_total{result=\"ok\"}"),
+        0.0
+    );
     ts.shutdown().await;
 }
 
@@ -377,12 +542,33 @@ async fn a_session_is_valid_on_every_node_with_the_same_secret() {
     let on = |ts: &TestServer| {
         let cookie = cookie.clone();
         let addr = ts.addr;
-        async move { send(addr, "GET", "/admin/api/overview", &[("Cookie", &cookie)], "").await.status }
+        async move {
+            send(
+                addr,
+                "GET",
+                "/admin/api/overview",
+                &[("Cookie", &cookie)],
+                "",
+            )
+            .await
+            .status
+        }
     };
     assert_eq!(on(&b).await, 200);
     assert_eq!(on(&c).await, 401);
     // Its CSRF token too.
-    let reply = send(b.addr, "POST", "/admin/api/publish", &[("Cookie", &cookie), ("X-CSRF-Token", &csrf), ("Content-Type", "application/json")], r#"{"channel":"chat:x","data":1}"#).await;
+    let reply = send(
+        b.addr,
+        "POST",
+        "/admin/api/publish",
+        &[
+            ("Cookie", &cookie),
+            ("X-CSRF-Token", &csrf),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"channel":"chat:x","data":1}"#,
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     for ts in [&mut a, &mut b, &mut c] {
         ts.shutdown().await;
@@ -393,7 +579,12 @@ async fn a_session_is_valid_on_every_node_with_the_same_secret() {
 async fn the_console_is_served_only_with_credentials_and_only_on_the_internal_listener() {
     let mut plain = TestServer::start().await;
     assert_eq!(send(plain.addr, "GET", "/admin", &[], "").await.status, 404);
-    assert_eq!(send(plain.addr, "GET", "/admin/api/overview", &[], "").await.status, 404);
+    assert_eq!(
+        send(plain.addr, "GET", "/admin/api/overview", &[], "")
+            .await
+            .status,
+        404
+    );
     plain.shutdown().await;
     let mut off = TestServer::with(|c| {
         with_admin(c);
@@ -436,7 +627,10 @@ async fn the_connections_method_lists_a_users_connections_on_this_node() {
         .map(|c| c["channels"].clone())
         .collect();
     // Every connection is in its user's personal channel too.
-    assert!(lists.contains(&json!(["#bob", "chat:a", "chat:b"])), "{result}");
+    assert!(
+        lists.contains(&json!(["#bob", "chat:a", "chat:b"])),
+        "{result}"
+    );
     assert!(lists.contains(&json!(["#bob"])), "{result}");
     let (status, error) = ts.api("connections", json!({})).await;
     assert_eq!(status, 200);

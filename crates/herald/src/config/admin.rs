@@ -49,7 +49,10 @@ impl AdminConfig {
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        for (name, value) in [("admin.password", &self.password), ("admin.token", &self.token)] {
+        for (name, value) in [
+            ("admin.password", &self.password),
+            ("admin.token", &self.token),
+        ] {
             if !value.is_empty() && value.chars().count() < MIN_PASSWORD_CHARS {
                 return Err(field(
                     name,
@@ -71,10 +74,7 @@ impl AdminConfig {
         }
         if !(Duration::from_secs(60)..=Duration::from_secs(30 * 86400)).contains(&self.session_ttl)
         {
-            return Err(field(
-                "admin.session_ttl",
-                "must be within 1m..=30days",
-            ));
+            return Err(field("admin.session_ttl", "must be within 1m..=30days"));
         }
         if self.login_attempts_per_minute == 0 {
             return Err(positive("admin.login_attempts_per_minute"));
@@ -108,7 +108,10 @@ mod tests {
             ("secret = \"too short\"", "admin.secret"),
             ("session_ttl = \"10s\"", "admin.session_ttl"),
             ("session_ttl = \"60days\"", "admin.session_ttl"),
-            ("login_attempts_per_minute = 0", "admin.login_attempts_per_minute"),
+            (
+                "login_attempts_per_minute = 0",
+                "admin.login_attempts_per_minute",
+            ),
         ] {
             let e = load_str(&format!("[admin]\n{text}\n"), &[], &[]).unwrap_err();
             assert_eq!(e.field(), Some(name), "{text}: {e}");

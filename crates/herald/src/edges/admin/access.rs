@@ -52,10 +52,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub fn session(admin: &Admin, headers: &HeaderMap) -> Result<String, Denied> {
     let value = cookie(headers).ok_or(Denied::NoCredentials)?;
     let now = u64::try_from(unix_secs()).unwrap_or(0);
-    admin
-        .signer
-        .verify(value, now)
-        .map_err(Denied::Session)?;
+    admin.signer.verify(value, now).map_err(Denied::Session)?;
     Ok(value.to_string())
 }
 

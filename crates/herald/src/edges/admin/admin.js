@@ -62,11 +62,8 @@ function draw(id, values) {
     .join(" ");
   const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
   line.setAttribute("points", points);
-  const label = document.createElementNS("http://www.w3.org/2000/svg", "text");
-  label.setAttribute("x", "2");
-  label.setAttribute("y", "9");
-  label.textContent = "max " + Math.round(max);
-  svg.replaceChildren(line, label);
+  svg.replaceChildren(line);
+  $(id + "-max").textContent = "(scale: " + rate(max) + ")";
 }
 
 function rate(value) {

@@ -44,7 +44,11 @@ pub async fn serve(
         Ok(access) => access,
         Err(e) => return denied(admin, e),
     };
-    let name = req.uri().path().trim_start_matches("/admin/api/").to_string();
+    let name = req
+        .uri()
+        .path()
+        .trim_start_matches("/admin/api/")
+        .to_string();
     let params: Vec<(String, String)> = query::pairs(req.uri().query().unwrap_or(""));
     let param = |key: &str| {
         params
@@ -57,7 +61,13 @@ pub async fn serve(
         (&Method::GET, "overview") => overview(node).await,
         (&Method::GET, "channels") => channels(node, devices, &param("q")).await,
         (&Method::GET, "presence") => {
-            run(node, devices, "presence", json!({"channel": param("channel")})).await
+            run(
+                node,
+                devices,
+                "presence",
+                json!({"channel": param("channel")}),
+            )
+            .await
         }
         (&Method::GET, "connections") => {
             run(node, devices, "connections", json!({"user": param("user")})).await
@@ -80,29 +90,39 @@ pub async fn serve(
             };
             crate::core::wakes::batched(call(node, devices, &method, &raw)).await
         }
-        (_, "overview" | "channels" | "presence" | "connections" | "devices" | "publish" | "disconnect") => {
-            return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        (
+            _,
+            "overview" | "channels" | "presence" | "connections" | "devices" | "publish"
+            | "disconnect",
+        ) => return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => return error(StatusCode::NOT_FOUND, "no such admin endpoint"),
     };
     let mut response = match result {
         Ok(value) => json_response(StatusCode::OK, &value),
         Err(e) => json_response(StatusCode::BAD_REQUEST, &e.to_json()),
     };
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     response
 }
 
 /// A state change made with a session needs JSON, this site as `Origin`, and the CSRF token.
-fn check_change(admin: &Admin, access: &Access, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+fn check_change(
+    admin: &Admin,
+    access: &Access,
+    req: &Request<Incoming>,
+) -> Result<(), Response<Body>> {
     let Access::Session(session) = access else {
         return Ok(());
     };
     if !access::same_origin(req.headers()) {
         admin.count_refused("origin");
-        return Err(error(StatusCode::FORBIDDEN, "request from another site refused"));
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "request from another site refused",
+        ));
     }
     let token = req
         .headers()
@@ -189,11 +209,7 @@ async fn overview(node: &Node) -> Result<Value, ApiError> {
 
 /// This node's channels matching `q` (a glob, or a substring when it has no `*`/`?`), with
 /// subscriber counts and presence where the namespace keeps it.
-async fn channels(
-    node: &Node,
-    devices: Option<&DeviceIngest>,
-    q: &str,
-) -> Result<Value, ApiError> {
+async fn channels(node: &Node, devices: Option<&DeviceIngest>, q: &str) -> Result<Value, ApiError> {
     let pattern = if q.contains(['*', '?']) {
         q.to_string()
     } else {
@@ -203,10 +219,7 @@ async fn channels(
     let total = all.len();
     let mut out = Vec::new();
     for (name, subscribers) in all.into_iter().take(MAX_CHANNELS_LISTED) {
-        let presence = node
-            .namespaces
-            .resolve(&name)
-            .is_ok_and(|ns| ns.presence);
+        let presence = node.namespaces.resolve(&name).is_ok_and(|ns| ns.presence);
         let stats = if presence {
             run(node, devices, "presence_stats", json!({"channel": name}))
                 .await

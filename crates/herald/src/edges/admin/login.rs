@@ -40,7 +40,10 @@ pub async fn login(
 ) -> Response<Body> {
     if !access::same_origin(req.headers()) {
         admin.count_login("origin");
-        return pages::login(StatusCode::FORBIDDEN, Some("Request from another site refused."));
+        return pages::login(
+            StatusCode::FORBIDDEN,
+            Some("Request from another site refused."),
+        );
     }
     let password = &node.config.admin.password;
     if password.is_empty() {

@@ -104,9 +104,11 @@ pub async fn serve(
         (&Method::POST, "/admin/login") => login::login(admin, node, req, peer).await,
         (&Method::POST, "/admin/logout") => login::logout(admin, req).await,
         (_, p) if p.starts_with("/admin/api/") => data::serve(admin, node, devices, req).await,
-        (_, "/admin" | "/admin/" | "/admin/admin.js" | "/admin/admin.css" | "/admin/login" | "/admin/logout") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        (
+            _,
+            "/admin" | "/admin/" | "/admin/admin.js" | "/admin/admin.css" | "/admin/login"
+            | "/admin/logout",
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "not found"),
     };
     pages::secured(response)
