@@ -317,7 +317,11 @@ async fn login_opens_a_session_with_a_strict_cookie_and_the_console_shows_the_cl
         .iter()
         .next()
         .unwrap();
-    assert_eq!(info["channels"], json!(["#alice", "chat:room"]));
+    assert_eq!(
+        info["state"]["channels"],
+        json!({"#alice": {}, "chat:room": {}})
+    );
+    assert_eq!(info["transport"], "websocket");
     let logins = ts.metrics().await;
     assert_eq!(
         metric(&logins, "herald_admin_logins_total{result=\"ok\"}"),
@@ -624,16 +628,30 @@ async fn the_connections_method_lists_a_users_connections_on_this_node() {
         .as_object()
         .unwrap()
         .values()
-        .map(|c| c["channels"].clone())
+        .map(|c| c["state"]["channels"].clone())
         .collect();
     // Every connection is in its user's personal channel too.
     assert!(
-        lists.contains(&json!(["#bob", "chat:a", "chat:b"])),
+        lists.contains(&json!({"#bob": {}, "chat:a": {}, "chat:b": {}})),
         "{result}"
     );
-    assert!(lists.contains(&json!(["#bob"])), "{result}");
-    let (status, error) = ts.api("connections", json!({})).await;
-    assert_eq!(status, 200);
-    assert_eq!(error["error"]["code"], 107);
+    assert!(lists.contains(&json!({"#bob": {}})), "{result}");
+    for connection in result["connections"].as_object().unwrap().values() {
+        assert_eq!(connection["transport"], "websocket");
+        assert_eq!(connection["protocol"], "json");
+        assert_eq!(connection["user"], "bob");
+    }
+    assert_eq!(
+        ts.api_ok("connections", json!({"user": "nobody"})).await,
+        json!({"node": ts.node().uid, "total": 0, "connections": {}})
+    );
+    for bad in [
+        json!({}),
+        json!({"user": "bob", "expression": "user == 'bob'"}),
+    ] {
+        let (status, error) = ts.api("connections", bad.clone()).await;
+        assert_eq!(status, 200);
+        assert_eq!(error["error"]["code"], 107, "{bad}: {error}");
+    }
     ts.shutdown().await;
 }

@@ -368,6 +368,7 @@ mod tests {
             client: format!("c{seq}"),
             user: format!("u{seq}"),
             format: herald_protocol::Format::Json,
+            transport: "websocket",
             outbox: Outbox::new(1 << 20, 10_000, metrics.outbox_bytes.clone(), 0),
         });
         let item = OutItem::Push {
@@ -416,6 +417,7 @@ mod tests {
             client: format!("c{seq}"),
             user: format!("u{seq}"),
             format,
+            transport: "websocket",
             outbox: Outbox::new(1 << 20, 10_000, metrics.outbox_bytes.clone(), 0),
         });
         hub.add_subscriber("news", &handle, 1, true, false);

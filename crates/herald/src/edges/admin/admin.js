@@ -184,8 +184,8 @@ async function showUser(event) {
     const rows = Object.entries(r.connections);
     fill("connections", rows, (tr, [client, info]) => {
       cell(tr, client);
-      cell(tr, info.format);
-      cell(tr, info.channels.join(", "), "channels");
+      cell(tr, `${info.transport} (${info.protocol})`);
+      cell(tr, Object.keys((info.state && info.state.channels) || {}).join(", "), "channels");
       const td = cell(tr, "");
       const button = document.createElement("button");
       button.type = "button";

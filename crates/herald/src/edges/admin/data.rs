@@ -77,12 +77,12 @@ pub async fn serve(
             .map_err(ApiError::from),
         (&Method::POST, method @ ("publish" | "disconnect")) => {
             let method = method.to_string();
-            if let Err(response) = check_change(admin, &access, &req) {
-                return response;
+            if let Some(refusal) = refuse_change(admin, &access, &req) {
+                return refusal;
             }
             let body = match read_body(req.into_body()).await {
                 Ok(body) => body,
-                Err(response) => return response,
+                Err((status, message)) => return super::error(status, message),
             };
             let raw: Box<RawValue> = match serde_json::from_slice(&body) {
                 Ok(raw) => raw,
@@ -108,18 +108,19 @@ pub async fn serve(
     response
 }
 
-/// A state change made with a session needs JSON, this site as `Origin`, and the CSRF token.
-fn check_change(
+/// A state change made with a session needs JSON, this site as `Origin`, and the CSRF token;
+/// the refusal when it lacks one.
+fn refuse_change(
     admin: &Admin,
     access: &Access,
     req: &Request<Incoming>,
-) -> Result<(), Response<Body>> {
+) -> Option<Response<Body>> {
     let Access::Session(session) = access else {
-        return Ok(());
+        return None;
     };
     if !access::same_origin(req.headers()) {
         admin.count_refused("origin");
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "request from another site refused",
         ));
@@ -131,7 +132,7 @@ fn check_change(
         .unwrap_or("");
     if !admin.signer.csrf_matches(session, token) {
         admin.count_refused("csrf");
-        return Err(error(StatusCode::FORBIDDEN, "missing or wrong CSRF token"));
+        return Some(error(StatusCode::FORBIDDEN, "missing or wrong CSRF token"));
     }
     let json = req
         .headers()
@@ -139,12 +140,12 @@ fn check_change(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if !json {
-        return Err(error(
+        return Some(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "send Content-Type: application/json",
         ));
     }
-    Ok(())
+    None
 }
 
 async fn call(

@@ -68,7 +68,7 @@ pub async fn login(
     let secure = over_tls(&req);
     let body = match read_body(req.into_body()).await {
         Ok(body) => body,
-        Err(response) => return response,
+        Err((status, message)) => return super::error(status, message),
     };
     let given = query::pairs(&String::from_utf8_lossy(&body))
         .into_iter()
@@ -100,7 +100,7 @@ pub async fn logout(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
     let secure = over_tls(&req);
     let body = match read_body(req.into_body()).await {
         Ok(body) => body,
-        Err(response) => return response,
+        Err((status, message)) => return super::error(status, message),
     };
     let token = query::pairs(&String::from_utf8_lossy(&body))
         .into_iter()

@@ -122,18 +122,15 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
     )
 }
 
-/// The whole body, at most [`MAX_BODY`] bytes.
-async fn read_body(body: Incoming) -> Result<bytes::Bytes, Response<Body>> {
+/// The whole body, at most [`MAX_BODY`] bytes; or the refusal's status and message.
+async fn read_body(body: Incoming) -> Result<bytes::Bytes, (StatusCode, &'static str)> {
     use http_body_util::{BodyExt, Limited};
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err((
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body larger than 256 KiB",
         )),
-        Err(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "could not read the request body",
-        )),
+        Err(_) => Err((StatusCode::BAD_REQUEST, "could not read the request body")),
     }
 }

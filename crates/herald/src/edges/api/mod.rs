@@ -215,6 +215,9 @@ struct HistoryParams {
 struct ConnectionsParams {
     #[serde(default)]
     user: String,
+    /// Centrifugo's filter expression: not supported, refused unless empty.
+    #[serde(default)]
+    expression: String,
 }
 
 #[derive(Deserialize)]
@@ -492,23 +495,40 @@ fn channels(node: &Node, p: ChannelsParams) -> Value {
 /// Most connections one `connections` reply lists.
 pub const MAX_CONNECTIONS_LISTED: usize = 1000;
 
-/// A user's connections on this node (not cluster-wide): client id, wire format, channels.
+/// A user's connections on this node (not cluster-wide), shaped as Centrifugo PRO's `connections`
+/// answers: client id → transport, protocol (wire format), user, and `state.channels`.
 fn connections(node: &Node, p: ConnectionsParams) -> Result<Value, ApiError> {
     if p.user.is_empty() {
         return Err(ApiError::bad("field \"user\" is required"));
+    }
+    if !p.expression.is_empty() {
+        return Err(ApiError::bad(
+            "field \"expression\" is not supported: list a user's connections with \"user\"",
+        ));
     }
     let sessions = node.hub.user_sessions(&p.user, None);
     let connections: serde_json::Map<String, Value> = sessions
         .iter()
         .take(MAX_CONNECTIONS_LISTED)
         .map(|h| {
-            let format = match h.format {
+            let protocol = match h.format {
                 herald_protocol::Format::Json => "json",
                 herald_protocol::Format::Protobuf => "protobuf",
             };
+            let channels: serde_json::Map<String, Value> = node
+                .hub
+                .session_channels(h.seq)
+                .into_iter()
+                .map(|channel| (channel, json!({})))
+                .collect();
             (
                 h.client.clone(),
-                json!({"user": h.user, "format": format, "channels": node.hub.session_channels(h.seq)}),
+                json!({
+                    "transport": h.transport,
+                    "protocol": protocol,
+                    "user": h.user,
+                    "state": {"channels": channels},
+                }),
             )
         })
         .collect();
