@@ -1,6 +1,7 @@
 //! The admin console through real sockets: no data without credentials (every endpoint), the
 //! login and its rate limit, tampered and expired sessions, CSRF tokens on every state change,
-//! the admin token, sessions shared by nodes with one secret, and where the console is served.
+//! the admin token, sessions shared by nodes with one secret, where the console is served, the
+//! `connections` API method it lists users with, and the device list with last positions.
 
 mod support;
 
@@ -653,5 +654,56 @@ async fn the_connections_method_lists_a_users_connections_on_this_node() {
         assert_eq!(status, 200);
         assert_eq!(error["error"]["code"], 107, "{bad}: {error}");
     }
+    ts.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_device_list_shows_each_devices_last_position() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut ts = start_with_devices(dir.path(), "never", with_admin).await;
+    let jsonl = addrs(&ts).jsonl.expect("jsonl listener");
+    let mut stream = tokio::net::TcpStream::connect(jsonl)
+        .await
+        .expect("connect");
+    let now_ms = now() * 1000;
+    let lines = format!(
+        "{}\n{}\n",
+        json!({"id": "truck-9", "time": now_ms - 1000, "lat": 52.5, "lon": 13.4, "speed": 10}),
+        json!({"id": "truck-9", "time": now_ms, "lat": 52.6, "lon": 13.5, "speed": 20}),
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, lines.as_bytes())
+        .await
+        .expect("write");
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let device = loop {
+        let reply = send(
+            ts.addr,
+            "GET",
+            "/admin/api/devices",
+            &[("Authorization", &bearer)],
+            "",
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let list = reply.json()["devices"].clone();
+        let found = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["device"] == "truck-9" && d["position"]["lat"] == 52.6)
+            .cloned();
+        if let Some(device) = found {
+            break device;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "truck-9 not listed: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(device["protocol"], "jsonl");
+    assert_eq!(device["position"]["lon"], 13.5);
+    drop(stream);
     ts.shutdown().await;
 }
