@@ -2,7 +2,10 @@
 # Runs the streaming transports in headless Chromium (Debian's chromium) with playwright-core:
 # centrifuge-js's browser build over sse and http_stream, and a plain EventSource on uni_sse.
 #
-#   tests/browser/run.sh
+#   tests/browser/run.sh [test.mjs ...]
+#
+# With test files as arguments it runs those instead (tests/admin/run.sh runs the admin console's
+# test this way): one runner and one node_modules for every Chromium suite but the map's.
 #
 # Needs the server binary already built: HERALD_BIN, default <target>/debug/herald where <target>
 # is CARGO_TARGET_DIR or <repo>/target. Needs /usr/bin/chromium (or CHROMIUM) and node/npm;
@@ -40,8 +43,12 @@ if [ "$want" != "$have" ]; then
     echo "$want" > "$HERE/node_modules/.herald-lock.sha256"
 fi
 
-log "running the transports test in $("$CHROMIUM" --version 2>/dev/null | head -n 1)"
-if ! (cd "$HERE" && node --test transports_test.mjs); then
-    log "browser test FAILED (server logs and page console: $TARGET/browser-test.log)"
+tests=("$@")
+if [ ${#tests[@]} -eq 0 ]; then
+    tests=("$HERE/transports_test.mjs")
+fi
+log "running ${tests[*]##*/} in $("$CHROMIUM" --version 2>/dev/null | head -n 1)"
+if ! (cd "$HERE" && node --test "${tests[@]}"); then
+    log "browser test FAILED (server logs and page consoles: $TARGET/*-test.log)"
     exit 1
 fi

@@ -33,6 +33,7 @@ from cent import (
     PublishRequest,
     PublishResult,
     ConnectionsRequest,
+    ConnectionsResult,
     RefreshRequest,
     RefreshResult,
     StreamPosition,
@@ -40,6 +41,7 @@ from cent import (
     SubscribeResult,
     UnsubscribeRequest,
     UnsubscribeResult,
+    UpdateUserStatusRequest,
 )
 from cent.exceptions import CentApiResponseError, CentTransportError
 import centrifuge
@@ -114,7 +116,7 @@ class Events(centrifuge.ClientEventHandler):
 
 async def test_cent_every_method_herald_implements(herald, channel_name):
     """publish, broadcast, subscribe, unsubscribe, disconnect, presence, presence_stats, history,
-    history_remove, channels, info and batch, each answering cent's typed result."""
+    history_remove, channels, connections, info and batch, each answering cent's typed result."""
     api = Client(herald.base_url + "/api", API_KEY)
 
     async def call(method: str, request: Any) -> Any:
@@ -178,6 +180,13 @@ async def test_cent_every_method_herald_implements(herald, channel_name):
         assert isinstance(channels, ChannelsResult)
         assert list(channels.channels) == [channel]
         assert channels.channels[channel].num_clients == 1
+
+        connections = await call("connections", ConnectionsRequest(user="alice", expression=""))
+        assert isinstance(connections, ConnectionsResult)
+        assert list(connections.connections) == [client_id]
+        mine = connections.connections[client_id]
+        assert (mine.transport, mine.protocol, mine.user) == ("websocket", "json", "alice")
+        assert channel in mine.state.channels and "#alice" in mine.state.channels
 
         info = await call("info", InfoRequest())
         assert isinstance(info, InfoResult)
@@ -280,5 +289,5 @@ def test_cent_methods_herald_lacks_answer_404(herald):
     rather than a reply it would misread."""
     api = Client(herald.base_url + "/api", API_KEY)
     with pytest.raises(CentTransportError) as missing:
-        api.connections(ConnectionsRequest(user="alice", expression=""))
+        api.update_user_status(UpdateUserStatusRequest(users=["alice"]))
     assert missing.value.status_code == 404

@@ -108,6 +108,7 @@ impl Server {
         let routes = Arc::new(Routes {
             node: node.clone(),
             devices: devices.clone(),
+            admin: crate::edges::admin::Admin::new(&node),
         });
         let mut tasks = Vec::new();
         let mut internal_addr = None;

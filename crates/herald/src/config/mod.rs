@@ -8,6 +8,7 @@
 pub mod sample;
 pub mod template;
 
+mod admin;
 mod api;
 mod broker;
 mod channel;
@@ -27,6 +28,7 @@ mod token;
 mod webhooks;
 mod words;
 
+pub use admin::AdminConfig;
 pub use api::ApiConfig;
 pub use broker::{redis_url, BrokerConfig, BrokerKind};
 pub use channel::{ChannelConfig, DEFAULT_MAX_PUBLICATION_BYTES, DEFAULT_MAX_STREAMS};
@@ -62,6 +64,7 @@ pub struct Config {
     /// Upstream WebSocket feeds (`[[feeds]]`), see docs/feeds.md.
     pub feeds: Vec<FeedConfig>,
     pub map: MapConfig,
+    pub admin: AdminConfig,
     pub proxy: ProxyConfig,
     pub webhooks: WebhooksConfig,
     pub broker: BrokerConfig,
@@ -90,6 +93,7 @@ impl Config {
         self.broker.validate()?;
         self.map.validate()?;
         self.api.validate()?;
+        self.admin.validate()?;
         self.proxy.validate()?;
         self.check_origin_policy()?;
         self.webhooks.validate()?;

@@ -305,6 +305,23 @@ tile_url = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 # Shown in the corner of the map; most tile providers require it.
 attribution = "© OpenStreetMap contributors"
 
+[admin]
+# The admin console at /admin (docs/operations.md#admin-console), on the internal listener when
+# http.internal_listen is set. Served only when password or token is set (generated for this file
+# by herald genconfig); set enabled = false to turn it off anyway.
+enabled = true
+# Password of the login form (at least 12 characters).
+password = "{{admin_password}}"
+# Bearer token for scripts (Authorization: Bearer <token>); "" accepts none.
+token = ""
+# Signs session cookies and CSRF tokens. Use the same value on every node behind one load balancer;
+# "" uses a random key per process (sessions then end at restart and work on one node only).
+secret = "{{admin_secret}}"
+# A session lasts this long after login.
+session_ttl = "12h"
+# Login attempts per minute from one IP address; more are refused (429).
+login_attempts_per_minute = 10
+
 # Upstream WebSocket feeds (none by default), each consumed by exactly one node; see docs/feeds.md.
 # [[feeds]]
 # name = "trades"
@@ -326,11 +343,24 @@ attribution = "© OpenStreetMap contributors"
 # max_message_bytes = 1048576
 "#;
 
-/// The template with placeholders replaced by the given secrets.
+/// The template with placeholders replaced by the given secrets, and a fresh admin password and
+/// session secret.
 pub fn render(hmac_secret: &str, api_key: &str) -> String {
+    render_all(hmac_secret, api_key, &random_secret(), &random_secret())
+}
+
+/// The template with every placeholder replaced by the given secrets.
+pub fn render_all(
+    hmac_secret: &str,
+    api_key: &str,
+    admin_password: &str,
+    admin_secret: &str,
+) -> String {
     TEMPLATE
         .replace("{{hmac_secret}}", hmac_secret)
         .replace("{{api_key}}", api_key)
+        .replace("{{admin_password}}", admin_password)
+        .replace("{{admin_secret}}", admin_secret)
 }
 
 /// A random URL-safe secret of 32 bytes.
@@ -349,7 +379,7 @@ mod tests {
 
     #[test]
     fn template_states_the_real_defaults() {
-        let rendered = render("s3cret", "k3y");
+        let rendered = render_all("s3cret", "k3y", "admin-passw0rd", &"z".repeat(43));
         let dir = std::env::temp_dir().join(format!("herald-template-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("herald.toml");
@@ -359,6 +389,8 @@ mod tests {
         let mut expected = Config::default();
         expected.client.token.hmac_secret = "s3cret".into();
         expected.api.key = "k3y".into();
+        expected.admin.password = "admin-passw0rd".into();
+        expected.admin.secret = "z".repeat(43);
         assert_eq!(
             toml::to_string(&parsed).unwrap(),
             toml::to_string(&expected).unwrap()
@@ -369,5 +401,9 @@ mod tests {
     fn secrets_are_random() {
         assert_ne!(random_secret(), random_secret());
         assert!(random_secret().len() >= 43);
+        let a = render("s", "k");
+        let b = render("s", "k");
+        assert_ne!(a, b, "each file gets its own admin password and secret");
+        assert!(!a.contains("{{"), "a placeholder is left");
     }
 }

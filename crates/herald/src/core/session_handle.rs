@@ -12,6 +12,8 @@ pub struct SessionHandle {
     pub user: String,
     /// What the hub encodes this connection's pushes in.
     pub format: Format,
+    /// The transport it is served over (`websocket`, `sse`, …), for the `connections` API.
+    pub transport: &'static str,
     pub outbox: Outbox,
 }
 

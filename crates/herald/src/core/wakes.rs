@@ -122,6 +122,7 @@ mod tests {
             client: "c".into(),
             user: "u".into(),
             format: herald_protocol::Format::Json,
+            transport: "websocket",
             outbox: Outbox::new(1 << 20, 1024, Gauge::default(), 0),
         })
     }

@@ -1,7 +1,8 @@
 //! What talks to the outside world, each edge on top of the node: the HTTP listener and its
-//! routes, the server API, client sessions over WebSocket, device ports, upstream feeds and the
-//! live map.
+//! routes, the server API, client sessions over WebSocket, device ports, upstream feeds, the
+//! live map and the admin console.
 
+pub mod admin;
 pub mod api;
 pub mod descriptors;
 pub mod devices;

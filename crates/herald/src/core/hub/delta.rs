@@ -195,6 +195,7 @@ mod tests {
                 client: format!("c{seq}"),
                 user: "u".into(),
                 format: herald_protocol::Format::Json,
+                transport: "websocket",
                 outbox: Outbox::new(1 << 20, 1000, metrics.outbox_bytes.clone(), 0),
             })
         };
@@ -251,6 +252,7 @@ mod tests {
                 client: format!("c{seq}"),
                 user: "u".into(),
                 format,
+                transport: "websocket",
                 outbox: Outbox::new(1 << 20, 1000, metrics.outbox_bytes.clone(), 0),
             })
         };

@@ -282,6 +282,25 @@ impl Hub {
         out
     }
 
+    /// Channels one local connection subscribes to, sorted (scans every channel: for the
+    /// `connections` API, not the hot path).
+    pub fn session_channels(&self, seq: u64) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .channels
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .read()
+                    .iter()
+                    .filter(|(_, entry)| entry.subscribers.contains_key(&seq))
+                    .map(|(name, _)| name.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn num_channels(&self) -> usize {
         self.channels.iter().map(|s| s.read().len()).sum()
     }
@@ -349,6 +368,7 @@ mod tests {
             client: format!("c{seq}"),
             user: format!("u{seq}"),
             format: herald_protocol::Format::Json,
+            transport: "websocket",
             outbox: Outbox::new(1 << 20, 10_000, metrics.outbox_bytes.clone(), 0),
         });
         let item = OutItem::Push {
@@ -397,6 +417,7 @@ mod tests {
             client: format!("c{seq}"),
             user: format!("u{seq}"),
             format,
+            transport: "websocket",
             outbox: Outbox::new(1 << 20, 10_000, metrics.outbox_bytes.clone(), 0),
         });
         hub.add_subscriber("news", &handle, 1, true, false);

@@ -86,6 +86,7 @@ pub const METHODS: &[&str] = &[
     "history_remove",
     "channels",
     "info",
+    "connections",
     "batch",
     "devices",
     "device_positions",
@@ -211,6 +212,15 @@ struct HistoryParams {
 }
 
 #[derive(Deserialize)]
+struct ConnectionsParams {
+    #[serde(default)]
+    user: String,
+    /// Centrifugo's filter expression: not supported, refused unless empty.
+    #[serde(default)]
+    expression: String,
+}
+
+#[derive(Deserialize)]
 struct ChannelsParams {
     #[serde(default)]
     pattern: String,
@@ -271,6 +281,7 @@ pub async fn call(
         "history_remove" => history_remove(node, params(raw)?).await,
         "channels" => Ok(channels(node, params(raw)?)),
         "info" => info(node).await,
+        "connections" => connections(node, params(raw)?),
         "batch" => Err(ApiError::bad("batch cannot be nested")),
         "devices" => queries::list(devices).map_err(ApiError::from),
         "device_positions" => queries::positions(devices).await.map_err(ApiError::from),
@@ -479,6 +490,49 @@ fn channels(node: &Node, p: ChannelsParams) -> Value {
         .map(|(name, count)| (name, json!({"num_clients": count})))
         .collect();
     json!({"channels": channels})
+}
+
+/// Most connections one `connections` reply lists.
+pub const MAX_CONNECTIONS_LISTED: usize = 1000;
+
+/// A user's connections on this node (not cluster-wide), shaped as Centrifugo PRO's `connections`
+/// answers: client id → transport, protocol (wire format), user, and `state.channels`.
+fn connections(node: &Node, p: ConnectionsParams) -> Result<Value, ApiError> {
+    if p.user.is_empty() {
+        return Err(ApiError::bad("field \"user\" is required"));
+    }
+    if !p.expression.is_empty() {
+        return Err(ApiError::bad(
+            "field \"expression\" is not supported: list a user's connections with \"user\"",
+        ));
+    }
+    let sessions = node.hub.user_sessions(&p.user, None);
+    let connections: serde_json::Map<String, Value> = sessions
+        .iter()
+        .take(MAX_CONNECTIONS_LISTED)
+        .map(|h| {
+            let protocol = match h.format {
+                herald_protocol::Format::Json => "json",
+                herald_protocol::Format::Protobuf => "protobuf",
+            };
+            let channels: serde_json::Map<String, Value> = node
+                .hub
+                .session_channels(h.seq)
+                .into_iter()
+                .map(|channel| (channel, json!({})))
+                .collect();
+            (
+                h.client.clone(),
+                json!({
+                    "transport": h.transport,
+                    "protocol": protocol,
+                    "user": h.user,
+                    "state": {"channels": channels},
+                }),
+            )
+        })
+        .collect();
+    Ok(json!({"node": node.uid, "total": sessions.len(), "connections": connections}))
 }
 
 /// Every live node of the cluster (this one with fresh numbers), from the broker's registry.

@@ -42,4 +42,6 @@ pub enum Role {
 pub struct Routes {
     pub node: Arc<Node>,
     pub devices: Option<Arc<DeviceIngest>>,
+    /// The admin console's state (its routes answer only when `admin.active()`).
+    pub admin: Arc<crate::edges::admin::Admin>,
 }

@@ -81,6 +81,9 @@ pub(super) async fn route(
         (_, p) if clients_here && node.config.map.enabled && crate::edges::map::handles(p) => {
             crate::edges::map::serve(&node, devices, &req).await
         }
+        (_, p) if api_here && node.config.admin.active() && crate::edges::admin::handles(p) => {
+            crate::edges::admin::serve(&routes.admin, &node, devices, req, peer).await
+        }
         (_, p) if api_here && p.starts_with("/api/") => {
             if req.method() != Method::POST {
                 return api_error(

@@ -3,7 +3,7 @@
 //! `/map/api/devices` (latest position per device) and `/map/api/track` (a device's stored track).
 
 mod auth;
-mod query;
+pub(crate) mod query;
 
 pub use auth::{authorize, MapAuthError};
 
@@ -124,7 +124,10 @@ fn page(node: &Node) -> Response<Body> {
 
 /// Latest stored position per device, merged with what this node's registry knows (protocol,
 /// connection, a position not yet written to the database).
-async fn fleet(node: &Node, devices: Option<&DeviceIngest>) -> Result<Value, QueryError> {
+pub(crate) async fn fleet(
+    node: &Node,
+    devices: Option<&DeviceIngest>,
+) -> Result<Value, QueryError> {
     let stored = queries::positions(devices).await?;
     let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
     for position in stored["positions"].as_array().into_iter().flatten() {

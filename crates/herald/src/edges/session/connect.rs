@@ -59,6 +59,7 @@ impl Session {
             client: client_id,
             user: self.user.clone(),
             format: self.format,
+            transport: self.conn.name(),
             outbox: Outbox::new(
                 client_config.max_outbox_bytes,
                 client_config.max_outbox_messages,
