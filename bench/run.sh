@@ -14,7 +14,7 @@
 #              and 15,000 subscribers (FLOOR_SUBS), ROUNDS alternating runs each; prints the ratios
 #   formats    Herald's broadcast with JSON subscribers against Protobuf ones, ROUNDS alternating runs
 #   capacity   memory per connection, per subscription and per channel with history on one node
-#              (CAP_CONNS clients twice, SUBS_PER 10 channels each, HIST_CHANNELS × HIST_SIZE retained)
+#              (CAP_CONNS clients three times, SUBS_PER 50 channels each, HIST_CHANNELS × HIST_SIZE retained)
 #   hostile    60 s soak: hostile clients of every kind and 5,000 honest subscribers on one node
 #              with production defaults; fails on any honest loss or disconnect
 #   all        every scenario above, in that order
@@ -190,10 +190,10 @@ run_capacity() {
     start_nodes 1 "$WORK/c.toml"
     wait_http "127.0.0.1:$PORT"
     bench capacity --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
-        --connections "${CAP_CONNS:-$(pick 5000 50)}" --subscriptions "${SUBS_PER:-10}" \
-        --channels "${CAP_CHANNELS:-$(pick 100 20)}" --history-channels "${HIST_CHANNELS:-$(pick 1000 10)}" \
+        --connections "${CAP_CONNS:-$(pick 5000 50)}" --subscriptions "${SUBS_PER:-$(pick 50 5)}" \
+        --channels "${CAP_CHANNELS:-$(pick 1000 20)}" --history-channels "${HIST_CHANNELS:-$(pick 1000 10)}" \
         --history-size "$size" --payload 100 --settle "$(pick 3s 1s)" \
-        --json "$OUT/capacity.json"
+        --ramp-concurrency "${CONCURRENCY:-$(pick 50 10)}" --json "$OUT/capacity.json"
     cleanup
 }
 

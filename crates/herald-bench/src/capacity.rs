@@ -1,9 +1,13 @@
 //! Capacity: what one more connection, subscription and channel with history costs the server,
 //! for the capacity planning table of docs/operations.md.
 //!
-//! Three steps against one running node, each measured as the growth of the server's RSS over
-//! the whole population the step adds (not a marginal figure):
-//! 1. `--connections` clients that connect and subscribe to nothing;
+//! A warm-up, then three steps against one running node, each measured as the growth of the
+//! server's RSS over the whole population the step adds:
+//! 0. `--connections` clients that connect and subscribe to nothing, not measured: the first
+//!    connections also pay for the server's one-time growth (runtime and allocator caches, tables
+//!    sized for the population), which would otherwise be charged to every connection and make
+//!    step 2's subtraction come out below zero;
+//! 1. as many again, also bare;
 //! 2. as many again, each subscribed to `--subscriptions` channels out of a pool of
 //!    `--channels` (so the pool's channels are a small share of the cost);
 //! 3. `--history-channels` channels of a namespace with history (`--history-namespace`), each
@@ -27,14 +31,14 @@ use std::time::Duration;
 pub struct CapacityArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Clients in each of steps 1 and 2.
+    /// Clients in each of the warm-up and steps 1 and 2.
     #[arg(long, default_value_t = 5_000)]
     pub connections: usize,
     /// Channels each client of step 2 subscribes to.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 50)]
     pub subscriptions: usize,
     /// The pool step 2's clients pick their channels from.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 1_000)]
     pub channels: usize,
     /// Channels with history in step 3.
     #[arg(long, default_value_t = 1_000)]
@@ -62,7 +66,8 @@ fn spec(args: &CapacityArgs, token: &str, channels: Vec<String>) -> Arc<Spec> {
         stamp: Stamp::Micros,
         talk: None,
         handshake_timeout: Duration::from_secs(60),
-        lite: true,
+        // The full client: the lite one subscribes to one channel at most.
+        lite: false,
         wire: Wire::Json,
     })
 }
@@ -126,6 +131,10 @@ pub async fn run(args: CapacityArgs) -> anyhow::Result<Value> {
     let &[pid] = args.common.server_pids.as_slice() else {
         bail!("capacity measures one node: give exactly one --server-pid");
     };
+    if args.subscriptions >= 100 {
+        // connect and the subscribes travel in one frame, and client.max_commands_per_frame is 100
+        bail!("--subscriptions must be below 100 (one frame carries connect and every subscribe)");
+    }
     if args.subscriptions > args.channels {
         bail!("--subscriptions must not exceed --channels (a client subscribes once per channel)");
     }
@@ -133,13 +142,15 @@ pub async fn run(args: CapacityArgs) -> anyhow::Result<Value> {
     let token = args.common.token("capacity")?;
     let n = args.connections;
 
-    let base = rss_after_settling(&args, pid).await?;
+    let start = rss_after_settling(&args, pid).await?;
     let bare_spec = spec(&args, &token, vec![]);
-    let bare = open(&args, &stats, 0, |_| bare_spec.clone()).await?;
+    let warm = open(&args, &stats, 0, |_| bare_spec.clone()).await?;
+    let base = rss_after_settling(&args, pid).await?;
+    let bare = open(&args, &stats, n, |_| bare_spec.clone()).await?;
     let after_bare = rss_after_settling(&args, pid).await?;
     let per_connection = (after_bare - base) / n as f64;
 
-    let subscribed = open(&args, &stats, n, |i| {
+    let subscribed = open(&args, &stats, 2 * n, |i| {
         let channels = (0..args.subscriptions)
             .map(|k| format!("cap{}", (i * args.subscriptions + k) % args.channels))
             .collect();
@@ -157,6 +168,7 @@ pub async fn run(args: CapacityArgs) -> anyhow::Result<Value> {
     let per_history_channel = history_growth / args.history_channels as f64;
     let retained = (args.history_channels * args.history_size) as f64;
 
+    warm.close().await;
     bare.close().await;
     subscribed.close().await;
     Ok(json!({
@@ -168,7 +180,8 @@ pub async fn run(args: CapacityArgs) -> anyhow::Result<Value> {
         "history_channels": args.history_channels,
         "history_size": args.history_size,
         "payload_bytes": args.payload,
-        "server_rss_before_mib": base / 1024.0,
+        "server_rss_before_mib": start / 1024.0,
+        "kib_per_connection_with_warm_up": (base - start) / n as f64,
         "server_rss_after_mib": after_history / 1024.0,
         "kib_per_connection": per_connection,
         "bytes_per_subscription": per_subscription * 1024.0,
