@@ -355,3 +355,51 @@ async fn restart_only_fields_are_named_and_keep_their_running_value() {
         "rotation_grace = 0s ends the old key at once"
     );
 }
+
+/// A PEM of herald-auth's test keys.
+fn test_key(name: &str) -> String {
+    let path = format!(
+        "{}/../herald-auth/tests/keys/{name}.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+async fn rs256_accepted(h: &Herald, private: &str) -> bool {
+    let claims = json!({"sub": "probe", "exp": now() + 3600});
+    let token = herald_auth::sign(&claims, "RS256", &test_key(private), None).expect("sign");
+    let mut c = Client::open(&ws_url(h)).await;
+    c.send(json!({"id": 1, "connect": {"token": token, "name": "t"}}))
+        .await;
+    c.next_within(WAIT)
+        .await
+        .is_some_and(|reply| reply.get("connect").is_some())
+}
+
+#[tokio::test]
+async fn a_key_file_rewritten_in_place_is_a_rotation_with_grace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("herald.toml");
+    let key_file = dir.path().join("token.pem");
+    std::fs::write(&key_file, test_key("rsa_public")).expect("key written");
+    let token_extra = format!("rsa_public_key = \"{}\"", key_file.display());
+    let version = Version {
+        token_extra: &token_extra,
+        ..first()
+    };
+    version.write(&file);
+    let mut h = Herald::start_file(&file);
+    assert!(rs256_accepted(&h, "rsa_private").await);
+    assert!(!rs256_accepted(&h, "rsa2_private").await);
+
+    // The configuration file is unchanged: only the key file's content is new.
+    std::fs::write(&key_file, test_key("rsa2_public")).expect("key rewritten");
+    let outcome = reload(&mut h);
+    assert_eq!(message(&outcome), "configuration reloaded", "{outcome}");
+    assert!(rs256_accepted(&h, "rsa2_private").await, "the new key");
+    assert!(
+        rs256_accepted(&h, "rsa_private").await,
+        "the old key within client.token.rotation_grace (1h by default)"
+    );
+    assert!(token_accepted(&h, OLD_SECRET).await, "the HMAC secret stays");
+}

@@ -7,7 +7,7 @@
 //! configuration per use (docs/operations.md, "Reloading the configuration").
 
 use super::logging::LogLevel;
-use super::server::{verifier, Server};
+use super::server::{verifier_config, Server};
 use crate::config::Config;
 use crate::core::metrics::ResultLabel;
 use serde::Serialize;
@@ -45,24 +45,17 @@ impl Server {
         // The mix of new and running values must hold together too (e.g. a new namespace's
         // history against the running broker).
         new.validate()?;
-        let token = &new.client.token;
-        // Built before anything changes: an unreadable key file refuses the whole reload.
-        let keys = if token.same_keys(&running.client.token) {
-            None
-        } else {
-            Some(verifier(&new)?)
-        };
-        report.keys_rotated = keys.is_some();
+        // Key files are read now, before anything changes: one that cannot be read refuses the
+        // whole reload. The same paths with new content are a rotation too.
+        let keys = verifier_config(&new)?;
+        let grace = new.client.token.rotation_grace;
         report.proxy_changed = differs(&running.proxy, &new.proxy);
         report.log_level_changed = running.log.level != new.log.level;
-        let grace = token.rotation_grace;
-        let proxy = new.proxy.clone();
         drop(running);
-        if let Some(keys) = keys {
-            node.verifier.rotate(keys, grace);
-        }
+        // First: the only step that can still fail, and it changes nothing when it does.
+        report.keys_rotated = node.verifier.rotate(&keys, grace)?;
         if report.proxy_changed {
-            node.hooks.replace_proxy(&proxy);
+            node.hooks.replace_proxy(&new.proxy);
         }
         node.replace_config(new);
         Ok(report)

@@ -45,16 +45,20 @@ fn read_key(field: &str, path: &str) -> anyhow::Result<Option<String>> {
 
 /// Builds the token verifier; errors name the config field.
 pub fn verifier(config: &Config) -> anyhow::Result<Verifier> {
+    Ok(Verifier::new(&verifier_config(config)?)?)
+}
+
+/// The verifier's keys, key files read now (a reload compares them with the running ones).
+pub fn verifier_config(config: &Config) -> anyhow::Result<VerifierConfig> {
     let t = &config.client.token;
-    let cfg = VerifierConfig {
+    Ok(VerifierConfig {
         hmac_secret: optional(&t.hmac_secret),
         rsa_public_key_pem: read_key("client.token.rsa_public_key", &t.rsa_public_key)?,
         ecdsa_public_key_pem: read_key("client.token.ecdsa_public_key", &t.ecdsa_public_key)?,
         jwks_json: read_key("client.token.jwks_file", &t.jwks_file)?,
         audience: optional(&t.audience),
         issuer: optional(&t.issuer),
-    };
-    Ok(Verifier::new(&cfg)?)
+    })
 }
 
 impl Server {
@@ -62,7 +66,7 @@ impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         // Also for configs built in code: forwarding credentials without an Origin policy is unsafe.
         config.check_origin_policy()?;
-        let verifier = verifier(&config)?;
+        let verifier = crate::node::TokenKeys::new(&verifier_config(&config)?)?;
         let links = crate::brokers::build(&config).map_err(|e| anyhow::anyhow!("broker: {e}"))?;
         let backend = links.backend;
         let node = Node::new(config, verifier, links.broker, links.presence, links.leases);

@@ -1,9 +1,9 @@
-//! The token keys in force. A reload that changes `[client.token]` keeps the previous keys
-//! verifying for `client.token.rotation_grace`, so tokens signed before a key rotation still
-//! connect while clients refresh them.
+//! The token keys in force. A reload that changes them (`[client.token]`, or the content of a
+//! key file) keeps the previous keys verifying for `client.token.rotation_grace`, so tokens
+//! signed before a key rotation still connect while clients refresh them.
 
 use arc_swap::ArcSwap;
-use herald_auth::{ConnectClaims, SubscribeClaims, TokenError, Verifier};
+use herald_auth::{ConfigError, ConnectClaims, SubscribeClaims, TokenError, Verifier, VerifierConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,31 +12,41 @@ pub struct TokenKeys {
 }
 
 struct KeySet {
+    /// What `current` was built from, to tell whether a reload changes anything.
+    source: VerifierConfig,
     current: Verifier,
     /// The keys before the last change, and until when they still verify.
     previous: Option<(Verifier, Instant)>,
 }
 
 impl TokenKeys {
-    pub fn new(current: Verifier) -> TokenKeys {
-        TokenKeys {
+    pub fn new(source: &VerifierConfig) -> Result<TokenKeys, ConfigError> {
+        Ok(TokenKeys {
             keys: ArcSwap::from_pointee(KeySet {
-                current,
+                current: Verifier::new(source)?,
+                source: source.clone(),
                 previous: None,
             }),
-        }
+        })
     }
 
-    /// Puts `next` in force; the keys it replaces verify for `grace` more (zero: not at all,
-    /// for a key that leaked). Only one generation is kept: a second rotation within the grace
-    /// drops the oldest keys.
-    pub fn rotate(&self, next: Verifier, grace: Duration) {
+    /// Puts the keys of `next` in force when they differ from the running ones; those they
+    /// replace verify for `grace` more (zero: not at all, for a key that leaked). One generation
+    /// is kept: a second rotation within the grace drops the oldest keys. Returns whether the keys
+    /// changed; on error nothing changed.
+    pub fn rotate(&self, next: &VerifierConfig, grace: Duration) -> Result<bool, ConfigError> {
         let old = self.keys.load_full();
+        if old.source == *next {
+            return Ok(false);
+        }
+        let current = Verifier::new(next)?;
         let previous = (!grace.is_zero()).then(|| (old.current.clone(), Instant::now() + grace));
         self.keys.store(Arc::new(KeySet {
-            current: next,
+            source: next.clone(),
+            current,
             previous,
         }));
+        Ok(true)
     }
 
     pub fn verify_connect(&self, token: &str) -> Result<ConnectClaims, TokenError> {

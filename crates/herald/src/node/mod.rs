@@ -13,7 +13,6 @@ use crate::core::clock::unix_millis;
 use crate::core::history::HistoryOptions;
 use crate::core::hub::Hub;
 use crate::core::metrics::{Metrics, SourceLabel};
-use herald_auth::Verifier;
 use herald_protocol::{single_line, ClientInfo, ErrorCode, Publication, StreamPosition};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -55,7 +54,7 @@ pub struct Node {
 impl Node {
     pub fn new(
         config: Config,
-        verifier: Verifier,
+        verifier: TokenKeys,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceStore>,
         leases: Arc<dyn crate::brokers::leases::LeaseStore>,
@@ -83,7 +82,7 @@ impl Node {
             broker,
             presence,
             leases,
-            verifier: TokenKeys::new(verifier),
+            verifier,
             metrics,
             shutdown: CancellationToken::new(),
             connections: AtomicUsize::new(0),
