@@ -175,11 +175,7 @@ fn reread(
     Ok(config)
 }
 
-async fn serve(
-    mut config: Config,
-    sources: Sources,
-    demo: Option<usize>,
-) -> anyhow::Result<()> {
+async fn serve(mut config: Config, sources: Sources, demo: Option<usize>) -> anyhow::Result<()> {
     // First: from here on a SIGHUP or SIGUSR2 is queued instead of ending the process.
     let mut signals = Signals::install().context("cannot install the signal handlers")?;
     let demo_dir = match demo {

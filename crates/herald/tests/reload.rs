@@ -167,8 +167,14 @@ async fn sighup_applies_namespaces_limits_keys_api_key_origins_and_log_level() {
     assert_eq!(news["error"]["code"], 102, "no news namespace yet: {news}");
     assert_eq!(api_status(&h, OLD_KEY).await, 200);
     assert_eq!(api_status(&h, NEW_KEY).await, 401);
-    assert_eq!(handshake_with_origin(h.api, "https://one.example").await, 101);
-    assert_eq!(handshake_with_origin(h.api, "https://two.example").await, 403);
+    assert_eq!(
+        handshake_with_origin(h.api, "https://one.example").await,
+        101
+    );
+    assert_eq!(
+        handshake_with_origin(h.api, "https://two.example").await,
+        403
+    );
     assert!(!token_accepted(&h, NEW_SECRET).await);
     assert!(!debug_line_for_a_bad_token(&mut h).await, "info level");
 
@@ -210,9 +216,18 @@ async fn sighup_applies_namespaces_limits_keys_api_key_origins_and_log_level() {
     let mut fresh = connected(&h, NEW_SECRET, "bob").await;
     fresh.subscribe("news:a").await;
 
-    assert_eq!(handshake_with_origin(h.api, "https://one.example").await, 403);
-    assert_eq!(handshake_with_origin(h.api, "https://two.example").await, 101);
-    assert!(debug_line_for_a_bad_token(&mut h).await, "debug level applied");
+    assert_eq!(
+        handshake_with_origin(h.api, "https://one.example").await,
+        403
+    );
+    assert_eq!(
+        handshake_with_origin(h.api, "https://two.example").await,
+        101
+    );
+    assert!(
+        debug_line_for_a_bad_token(&mut h).await,
+        "debug level applied"
+    );
 
     let metrics = metrics_text(&h).await;
     assert_eq!(
@@ -220,7 +235,12 @@ async fn sighup_applies_namespaces_limits_keys_api_key_origins_and_log_level() {
         1.0,
         "{metrics}"
     );
-    assert!(metric(&metrics, "herald_config_last_reload_success_timestamp_seconds") >= (now() - 60) as f64);
+    assert!(
+        metric(
+            &metrics,
+            "herald_config_last_reload_success_timestamp_seconds"
+        ) >= (now() - 60) as f64
+    );
 }
 
 #[tokio::test]
@@ -264,13 +284,19 @@ async fn an_invalid_file_is_refused_naming_the_field_and_the_running_configurati
     for (version, field) in &bad {
         version.write(&file);
         let outcome = reload(&mut h);
-        assert!(message(&outcome).starts_with("configuration reload refused"), "{outcome}");
+        assert!(
+            message(&outcome).starts_with("configuration reload refused"),
+            "{outcome}"
+        );
         let error = outcome["fields"]["error"].as_str().unwrap_or_default();
         assert!(error.contains(field), "names {field}: {outcome}");
     }
     std::fs::write(&file, "[client\nmax_channels = 3\n").expect("write");
     let outcome = reload(&mut h);
-    assert!(message(&outcome).starts_with("configuration reload refused"), "{outcome}");
+    assert!(
+        message(&outcome).starts_with("configuration reload refused"),
+        "{outcome}"
+    );
 
     assert!(h.running(), "the process keeps running");
     client.assert_alive().await;
@@ -401,5 +427,8 @@ async fn a_key_file_rewritten_in_place_is_a_rotation_with_grace() {
         rs256_accepted(&h, "rsa_private").await,
         "the old key within client.token.rotation_grace (1h by default)"
     );
-    assert!(token_accepted(&h, OLD_SECRET).await, "the HMAC secret stays");
+    assert!(
+        token_accepted(&h, OLD_SECRET).await,
+        "the HMAC secret stays"
+    );
 }

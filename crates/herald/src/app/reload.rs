@@ -65,6 +65,7 @@ impl Server {
 /// SIGHUP: reloads from `read` (the sources the process started with) and logs the outcome;
 /// the process keeps running whatever happens.
 pub fn apply(server: &Server, read: anyhow::Result<Config>, log: Option<&LogLevel>) {
+    tracing::info!("SIGHUP: reloading the configuration");
     let outcome = match read {
         Ok(config) => {
             let level = config.log.level.clone();

@@ -68,7 +68,11 @@ impl Namespaces {
             return Ok(table.default.clone());
         }
         match name.split_once(NAMESPACE_BOUNDARY) {
-            Some((ns, _)) => table.named.get(ns).cloned().ok_or(ErrorCode::UnknownChannel),
+            Some((ns, _)) => table
+                .named
+                .get(ns)
+                .cloned()
+                .ok_or(ErrorCode::UnknownChannel),
             None => Ok(table.default.clone()),
         }
     }

@@ -85,9 +85,9 @@ impl Hooks {
         let proxy = Proxy::new(&config.proxy, client.clone(), metrics.clone()).map(Arc::new);
         let (webhooks, worker) =
             match Webhooks::new(&config.webhooks, client.clone(), metrics.clone(), node_name) {
-            Some((w, worker)) => (Some(w), Some(worker)),
-            None => (None, None),
-        };
+                Some((w, worker)) => (Some(w), Some(worker)),
+                None => (None, None),
+            };
         Hooks {
             proxy: arc_swap::ArcSwapOption::new(proxy),
             client,

@@ -3,7 +3,9 @@
 //! signed before a key rotation still connect while clients refresh them.
 
 use arc_swap::ArcSwap;
-use herald_auth::{ConfigError, ConnectClaims, SubscribeClaims, TokenError, Verifier, VerifierConfig};
+use herald_auth::{
+    ConfigError, ConnectClaims, SubscribeClaims, TokenError, Verifier, VerifierConfig,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,7 +61,10 @@ impl TokenKeys {
 
     /// The current keys first; the previous ones only for a token the current ones call
     /// invalid (an expired token signed with the old key says "expired", so SDKs refresh it).
-    fn verify<T>(&self, check: impl Fn(&Verifier) -> Result<T, TokenError>) -> Result<T, TokenError> {
+    fn verify<T>(
+        &self,
+        check: impl Fn(&Verifier) -> Result<T, TokenError>,
+    ) -> Result<T, TokenError> {
         let keys = self.keys.load();
         let first = check(&keys.current);
         match (&first, &keys.previous) {

@@ -103,6 +103,13 @@ impl Node {
     /// Puts a new configuration in force (the reload checked it; restart-only fields kept).
     pub fn replace_config(&self, config: Config) {
         self.namespaces.replace(&config.channel);
+        let (old, new) = (&self.config().client, &config.client);
+        if (old.connection_rate_per_ip, old.connection_burst_per_ip)
+            != (new.connection_rate_per_ip, new.connection_burst_per_ip)
+        {
+            // Buckets are sized at their first use: start them over at the new rate.
+            self.ip_buckets.lock().clear();
+        }
         self.config.store(Arc::new(config));
     }
 

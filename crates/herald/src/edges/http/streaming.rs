@@ -112,7 +112,8 @@ fn cors(node: &Node, request: &http::HeaderMap, mut response: Response<Body>) ->
     };
     let h = response.headers_mut();
     h.append(header::VARY, HeaderValue::from_static("Origin"));
-    if !crate::edges::http::handshake::origin_allowed(&node.config().http.allowed_origins, request) {
+    if !crate::edges::http::handshake::origin_allowed(&node.config().http.allowed_origins, request)
+    {
         return response;
     }
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);

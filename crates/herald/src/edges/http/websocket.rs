@@ -111,7 +111,8 @@ pub(super) fn admit(
     peer: SocketAddr,
 ) -> Result<crate::node::ConnectionSlot, Box<Response<Body>>> {
     // Before anything is forwarded: the connect hook runs only once the session runs.
-    if !crate::edges::http::handshake::origin_allowed(&node.config().http.allowed_origins, headers) {
+    if !crate::edges::http::handshake::origin_allowed(&node.config().http.allowed_origins, headers)
+    {
         refused(node, "origin");
         return Err(Box::new(respond(
             StatusCode::FORBIDDEN,
