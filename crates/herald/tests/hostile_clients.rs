@@ -92,7 +92,11 @@ async fn ping_floods_from_clients_that_never_read_are_closed_within_the_timeouts
         c.client.max_connections = MAX_CONNECTIONS;
     })
     .await;
-    assert_eq!(server.node().config().client.max_ping_rate, 2, "the default");
+    assert_eq!(
+        server.node().config().client.max_ping_rate,
+        2,
+        "the default"
+    );
     let honest = honest_reader(&server, "honest", "chat:news", 40).await;
     let rss_before = rss_kib();
     let started = Instant::now();

@@ -152,3 +152,26 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
 fn differs<T: Serialize>(a: &T, b: &T) -> bool {
     serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::keep_restart_only;
+    use crate::config::Config;
+
+    #[test]
+    fn restart_only_fields_keep_the_running_value_and_are_named() {
+        let running = Config::default();
+        let mut new = Config::default();
+        new.http.listen = "127.0.0.1:9999".into();
+        new.broker.prefix = "other".into();
+        new.client.max_channels = 3;
+        new.api.key = "k".into();
+        let kept = keep_restart_only(&running, &mut new);
+        assert_eq!(kept, ["http.listen", "broker"]);
+        assert_eq!(new.http.listen, running.http.listen);
+        assert_eq!(new.broker.prefix, running.broker.prefix);
+        assert_eq!(new.client.max_channels, 3, "reloadable");
+        assert_eq!(new.api.key, "k", "reloadable");
+        assert!(keep_restart_only(&running, &mut Config::default()).is_empty());
+    }
+}

@@ -80,3 +80,95 @@ impl TokenKeys {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn hmac(secret: &str) -> VerifierConfig {
+        VerifierConfig {
+            hmac_secret: Some(secret.into()),
+            ..VerifierConfig::default()
+        }
+    }
+
+    fn signed(secret: &str, exp_in: i64) -> String {
+        let exp = crate::core::clock::unix_secs() + exp_in;
+        herald_auth::sign_hs256(&json!({"sub": "u", "exp": exp}), secret).expect("sign")
+    }
+
+    #[test]
+    fn old_keys_verify_during_the_grace_only() {
+        let keys = TokenKeys::new(&hmac("old-secret-old-secret-old-secret")).expect("keys");
+        let old = signed("old-secret-old-secret-old-secret", 3600);
+        let new = signed("new-secret-new-secret-new-secret", 3600);
+        assert!(keys.verify_connect(&new).is_err());
+        let rotated = keys
+            .rotate(
+                &hmac("new-secret-new-secret-new-secret"),
+                Duration::from_millis(200),
+            )
+            .expect("rotate");
+        assert!(rotated);
+        assert!(keys.verify_connect(&new).is_ok());
+        assert!(keys.verify_connect(&old).is_ok(), "within the grace");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(matches!(
+            keys.verify_connect(&old),
+            Err(TokenError::Invalid(_))
+        ));
+        assert!(keys.verify_connect(&new).is_ok());
+    }
+
+    #[test]
+    fn the_same_keys_are_no_rotation_and_zero_grace_ends_the_old_keys() {
+        let keys = TokenKeys::new(&hmac("old-secret-old-secret-old-secret")).expect("keys");
+        let old = signed("old-secret-old-secret-old-secret", 3600);
+        assert!(!keys
+            .rotate(&hmac("old-secret-old-secret-old-secret"), Duration::ZERO)
+            .expect("same keys"));
+        assert!(keys.verify_connect(&old).is_ok());
+        assert!(keys
+            .rotate(&hmac("new-secret-new-secret-new-secret"), Duration::ZERO)
+            .expect("rotate"));
+        assert!(keys.verify_connect(&old).is_err(), "no grace");
+    }
+
+    #[test]
+    fn an_expired_token_of_the_old_key_says_expired() {
+        let keys = TokenKeys::new(&hmac("old-secret-old-secret-old-secret")).expect("keys");
+        keys.rotate(
+            &hmac("new-secret-new-secret-new-secret"),
+            Duration::from_secs(60),
+        )
+        .expect("rotate");
+        let expired = signed("old-secret-old-secret-old-secret", -10);
+        assert_eq!(
+            keys.verify_connect(&expired).err(),
+            Some(TokenError::Expired)
+        );
+        let foreign = signed("other-secret-other-secret-other", 3600);
+        assert!(matches!(
+            keys.verify_connect(&foreign),
+            Err(TokenError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_key_that_does_not_build_changes_nothing() {
+        let keys = TokenKeys::new(&hmac("old-secret-old-secret-old-secret")).expect("keys");
+        let bad = VerifierConfig {
+            rsa_public_key_pem: Some("not a pem".into()),
+            ..VerifierConfig::default()
+        };
+        let e = keys.rotate(&bad, Duration::from_secs(60)).unwrap_err();
+        assert!(
+            e.to_string().starts_with("client.token.rsa_public_key"),
+            "{e}"
+        );
+        assert!(keys
+            .verify_connect(&signed("old-secret-old-secret-old-secret", 3600))
+            .is_ok());
+    }
+}
