@@ -432,3 +432,68 @@ async fn a_key_file_rewritten_in_place_is_a_rotation_with_grace() {
         "the HMAC secret stays"
     );
 }
+
+// Multi-threaded: the backend serves while `Herald` blocks its thread reading the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_puts_a_connect_hook_in_force() {
+    use support::backend::{Backend, Reply};
+    let backend =
+        Backend::start(|_| Reply::Json(json!({"result": {"user": "from-backend"}}))).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("herald.toml");
+    first().write(&file);
+    let mut h = Herald::start_file(&file);
+    let without_token = |h: &Herald| {
+        let url = ws_url(h);
+        async move {
+            let mut c = Client::open(&url).await;
+            c.send(json!({"id": 1, "connect": {"name": "t"}})).await;
+            c.next_within(WAIT)
+                .await
+                .is_some_and(|reply| reply.get("connect").is_some())
+        }
+    };
+    assert!(!without_token(&h).await, "no hook, no token: refused");
+
+    let proxy = format!(
+        "[proxy]\nconnect_endpoint = \"{}\"",
+        backend.url("/connect")
+    );
+    Version {
+        extra: &proxy,
+        ..first()
+    }
+    .write(&file);
+    let outcome = reload(&mut h);
+    assert_eq!(message(&outcome), "configuration reloaded", "{outcome}");
+    assert!(without_token(&h).await, "the backend authenticates");
+    assert_eq!(backend.requests("/connect").len(), 1);
+}
+
+#[tokio::test]
+async fn a_reload_reads_the_set_overrides_of_the_command_line_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("herald.toml");
+    first().write(&file);
+    let mut h = Herald::start_file_with(&file, &["--set", "api.key=\"key-from-set\""]);
+    assert_eq!(api_status(&h, "key-from-set").await, 200);
+    Version {
+        api_key: NEW_KEY,
+        client: "max_channels = 2",
+        ..first()
+    }
+    .write(&file);
+    let outcome = reload(&mut h);
+    assert_eq!(message(&outcome), "configuration reloaded", "{outcome}");
+    assert_eq!(
+        api_status(&h, "key-from-set").await,
+        200,
+        "--set still wins"
+    );
+    assert_eq!(api_status(&h, NEW_KEY).await, 401);
+    // The file's other change applied: #carol and chat:a fill max_channels = 2.
+    let mut c = connected(&h, OLD_SECRET, "carol").await;
+    c.subscribe("chat:a").await;
+    let more = c.call("subscribe", json!({"channel": "chat:b"})).await;
+    assert_eq!(more["error"]["code"], 106, "{more}");
+}

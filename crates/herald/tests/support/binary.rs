@@ -38,8 +38,14 @@ impl Herald {
     /// Starts `herald serve -c <file>` as the file is (it must ask for JSON logs) and waits until
     /// it listens.
     pub fn start_file(file: &Path) -> Herald {
-        let (proc, lines) =
-            serve([OsStr::new("-c"), file.as_os_str()], None).expect("herald starts");
+        Herald::start_file_with(file, &[])
+    }
+
+    /// [`Herald::start_file`] with more arguments to `serve` (e.g. `--set` overrides).
+    pub fn start_file_with(file: &Path, args: &[&str]) -> Herald {
+        let mut all = vec![OsStr::new("-c"), file.as_os_str()];
+        all.extend(args.iter().map(OsStr::new));
+        let (proc, lines) = serve(all, None).expect("herald starts");
         let mut h = Herald {
             proc,
             api: "127.0.0.1:1".parse().expect("addr"),
