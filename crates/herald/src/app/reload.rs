@@ -17,7 +17,8 @@ use serde::Serialize;
 pub struct ReloadReport {
     /// Restart-only fields whose new value was not applied (the running value stays).
     pub needs_restart: Vec<&'static str>,
-    /// `[client.token]` changed: the previous keys verify for `client.token.rotation_grace`.
+    /// The token keys changed (settings or a key file's content): the previous ones verify for
+    /// `client.token.rotation_grace`.
     pub keys_rotated: bool,
     /// `[proxy]` changed.
     pub proxy_changed: bool,
