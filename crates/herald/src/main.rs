@@ -6,7 +6,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use herald::app::server::Server;
 use herald::app::signals::{Request, Signals};
-use herald::config::{BrokerKind, Config, LogFormat};
+use herald::config::{BrokerKind, Config};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -133,23 +133,49 @@ fn load(config: Option<&PathBuf>, sets: &[String]) -> anyhow::Result<Config> {
     )?)
 }
 
-fn init_logging(config: &Config) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    // Colours only for a terminal: log files and journald get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    if config.log.format == LogFormat::Json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+/// Where `serve` read its configuration, to read it again on SIGHUP.
+struct Sources {
+    file: Option<PathBuf>,
+    sets: Vec<String>,
+    log: herald::app::logging::LogLevel,
 }
 
-async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
+/// SIGHUP: reads the same sources as at start and applies them (TLS certificates reload here too).
+fn reload(
+    server: &Server,
+    sources: &Sources,
+    ephemeral_secret: bool,
+    demo_dir: Option<&herald::app::demo::DemoDir>,
+) {
+    let read = reread(sources, server, ephemeral_secret, demo_dir);
+    herald::app::reload::apply(server, read, Some(&sources.log));
+}
+
+/// The same sources as at start (file, `HERALD_…` environment, `--set`), with the adjustments
+/// `serve` made at start (an ephemeral secret, the demo's settings).
+fn reread(
+    sources: &Sources,
+    server: &Server,
+    ephemeral_secret: bool,
+    demo_dir: Option<&herald::app::demo::DemoDir>,
+) -> anyhow::Result<Config> {
+    let mut config = load(sources.file.as_ref(), &sources.sets)?;
+    let t = &config.client.token;
+    let no_key = t.hmac_secret.is_empty()
+        && t.rsa_public_key.is_empty()
+        && t.ecdsa_public_key.is_empty()
+        && t.jwks_file.is_empty();
+    if ephemeral_secret && no_key {
+        // The secret made at start stays, or every token it signed would stop verifying.
+        config.client.token.hmac_secret = server.node.config().client.token.hmac_secret.clone();
+    }
+    if let Some(dir) = demo_dir {
+        herald::app::demo::configure(&mut config, dir.path())?;
+    }
+    Ok(config)
+}
+
+async fn serve(mut config: Config, sources: Sources, demo: Option<usize>) -> anyhow::Result<()> {
     // First: from here on a SIGHUP or SIGUSR2 is queued instead of ending the process.
     let mut signals = Signals::install().context("cannot install the signal handlers")?;
     let demo_dir = match demo {
@@ -224,24 +250,24 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
         server.addr,
         server.addr
     );
-    if node.config.api.key.is_empty() {
+    if node.config().api.key.is_empty() {
         tracing::warn!("api.key is empty: the server API and /metrics answer only requests made on this host (loopback peer and Host, no foreign Origin, Content-Type: application/json)");
     }
-    match node.config.broker.kind {
+    match node.config().broker.kind {
         BrokerKind::Redis => tracing::info!(
-            addresses = ?node.config.broker.redis_addresses,
-            prefix = %node.config.broker.prefix,
+            addresses = ?node.config().broker.redis_addresses,
+            prefix = %node.config().broker.prefix,
             "broker: redis (cluster), history and presence: redis"
         ),
         BrokerKind::RedisCluster => tracing::info!(
-            seeds = ?node.config.broker.redis_addresses,
-            prefix = %node.config.broker.prefix,
+            seeds = ?node.config().broker.redis_addresses,
+            prefix = %node.config().broker.prefix,
             "broker: redis cluster (sharded pub/sub), history and presence: redis cluster"
         ),
         BrokerKind::Nats => tracing::info!(
-            urls = ?node.config.broker.nats_urls,
-            prefix = %node.config.broker.prefix,
-            jetstream = node.config.broker.nats_jetstream,
+            urls = ?node.config().broker.nats_urls,
+            prefix = %node.config().broker.prefix,
+            jetstream = node.config().broker.nats_jetstream,
             "broker: nats (cluster), history: none, presence: nats jetstream kv"
         ),
         BrokerKind::Memory => {
@@ -254,7 +280,7 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
             "  curl -s -X POST http://{api_where}/api/publish -H 'Content-Type: application/json' -d '{{\"channel\": \"#demo\", \"data\": {{\"text\": \"hello\"}}}}'"
         );
     }
-    if node.config.map.enabled && node.config.devices.enabled {
+    if node.config().map.enabled && node.config().devices.enabled {
         tracing::info!(
             "map: http://{}/map (token in the fragment: /map#token=…)",
             server.addr
@@ -280,9 +306,7 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
     loop {
         match signals.next().await {
             Request::Stop => break,
-            Request::Reload => {
-                tracing::warn!("SIGHUP: reloading the configuration is not supported yet; ignored")
-            }
+            Request::Reload => reload(&server, &sources, ephemeral_secret, demo_dir.as_ref()),
             Request::Upgrade => {
                 tracing::warn!("SIGUSR2: handing over the listeners is not supported yet; ignored")
             }
@@ -361,12 +385,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 sets.push(format!("http.listen=\"{listen}\""));
             }
-            let config = load(config.as_ref(), &sets)?;
-            init_logging(&config);
+            let loaded = load(config.as_ref(), &sets)?;
+            let log = herald::app::logging::init(&loaded);
+            let sources = Sources {
+                file: config,
+                sets,
+                log,
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve(config, demo.then_some(demo_devices)))
+            runtime.block_on(serve(loaded, sources, demo.then_some(demo_devices)))
         }
         Command::Genconfig { output, force } => {
             let text = herald::config::sample::render(

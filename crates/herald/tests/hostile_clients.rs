@@ -92,7 +92,11 @@ async fn ping_floods_from_clients_that_never_read_are_closed_within_the_timeouts
         c.client.max_connections = MAX_CONNECTIONS;
     })
     .await;
-    assert_eq!(server.node().config.client.max_ping_rate, 2, "the default");
+    assert_eq!(
+        server.node().config().client.max_ping_rate,
+        2,
+        "the default"
+    );
     let honest = honest_reader(&server, "honest", "chat:news", 40).await;
     let rss_before = rss_kib();
     let started = Instant::now();
@@ -255,7 +259,7 @@ async fn pipelined_history_calls_cannot_make_the_server_hold_more_than_the_outbo
         });
     })
     .await;
-    let max_outbox = server.node().config.client.max_outbox_bytes as u64;
+    let max_outbox = server.node().config().client.max_outbox_bytes as u64;
     let kilobyte = "k".repeat(1000);
     for n in 0..1000 {
         publish(&server, "archive:big", json!({"n": n, "pad": kilobyte})).await;
@@ -386,7 +390,7 @@ async fn a_slow_consumer_is_reset_at_once_and_its_kernel_memory_is_bounded() {
         c.client.write_timeout = Duration::from_secs(30);
     })
     .await;
-    let send_buffer = server.node().config.client.send_buffer as u64;
+    let send_buffer = server.node().config().client.send_buffer as u64;
     assert_eq!(send_buffer, 256 * 1024, "bounded by default");
     let mut slow = stalled_subscriber(&server, "slow", "chat:firehose").await;
     let slow_port = slow.local_port();

@@ -288,7 +288,7 @@ async fn a_stalled_shard_fails_its_channels_within_the_command_timeout_and_stall
     let prefix = unique_prefix("stalled-shard");
     let cluster = Cluster::start_configured(2, &prefix, |c| redis.configure(c, &prefix)).await;
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
-    let command_timeout = a.node().config.broker.command_timeout;
+    let command_timeout = a.node().config().broker.command_timeout;
     let control = redis.primary_of(redis.slot(&format!("{prefix}.control")));
     let registry = redis.primary_of(redis.slot(&prefix));
     let victim = *by_shard

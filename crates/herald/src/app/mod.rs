@@ -3,7 +3,9 @@
 
 pub mod datadir;
 pub mod demo;
+pub mod logging;
 pub mod process_metrics;
+pub mod reload;
 pub mod server;
 pub mod signals;
 pub mod simulate;

@@ -45,16 +45,20 @@ fn read_key(field: &str, path: &str) -> anyhow::Result<Option<String>> {
 
 /// Builds the token verifier; errors name the config field.
 pub fn verifier(config: &Config) -> anyhow::Result<Verifier> {
+    Ok(Verifier::new(&verifier_config(config)?)?)
+}
+
+/// The verifier's keys, key files read now (a reload compares them with the running ones).
+pub fn verifier_config(config: &Config) -> anyhow::Result<VerifierConfig> {
     let t = &config.client.token;
-    let cfg = VerifierConfig {
+    Ok(VerifierConfig {
         hmac_secret: optional(&t.hmac_secret),
         rsa_public_key_pem: read_key("client.token.rsa_public_key", &t.rsa_public_key)?,
         ecdsa_public_key_pem: read_key("client.token.ecdsa_public_key", &t.ecdsa_public_key)?,
         jwks_json: read_key("client.token.jwks_file", &t.jwks_file)?,
         audience: optional(&t.audience),
         issuer: optional(&t.issuer),
-    };
-    Ok(Verifier::new(&cfg)?)
+    })
 }
 
 impl Server {
@@ -62,13 +66,13 @@ impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         // Also for configs built in code: forwarding credentials without an Origin policy is unsafe.
         config.check_origin_policy()?;
-        let verifier = verifier(&config)?;
+        let verifier = crate::node::TokenKeys::new(&verifier_config(&config)?)?;
         let links = crate::brokers::build(&config).map_err(|e| anyhow::anyhow!("broker: {e}"))?;
         let backend = links.backend;
         let node = Node::new(config, verifier, links.broker, links.presence, links.leases);
         // Connects in the background, now that the node is the broker's handler.
         backend.start();
-        let config = &node.config;
+        let config = &node.config();
         super::process_metrics::register(&node.metrics);
         let budget = descriptor_budget(&node);
         let share = |name: &str| {
@@ -157,7 +161,7 @@ impl Server {
         let node = self.node.clone();
         node.stop_being_ready();
         node.shutdown.cancel();
-        let deadline = Instant::now() + node.config.http.shutdown_timeout;
+        let deadline = Instant::now() + node.config().http.shutdown_timeout;
         while node.open_connections() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -214,7 +218,7 @@ const INTERNAL_MAX: usize = 4096;
 /// `client.max_connections`.
 fn descriptor_budget(node: &Arc<Node>) -> crate::edges::descriptors::Budget {
     use crate::edges::descriptors::{Budget, Limits, ListenerPlan};
-    let config = &node.config;
+    let config = &node.config();
     let weak = Arc::downgrade(node);
     let mut plan = vec![ListenerPlan {
         name: PUBLIC.into(),
@@ -265,7 +269,7 @@ fn descriptor_budget(node: &Arc<Node>) -> crate::edges::descriptors::Budget {
 /// Writes this node's registry entry every `broker.node_announce_interval`, and at once when the
 /// broker becomes ready (at start, after an outage), so `info` lists the node without waiting.
 async fn announcer(node: Arc<Node>) {
-    let interval = node.config.broker.node_announce_interval;
+    let interval = node.config().broker.node_announce_interval;
     let mut poll = tokio::time::interval(interval.min(Duration::from_millis(100)));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<Instant> = None;
@@ -297,10 +301,10 @@ async fn sweeper(node: Arc<Node>) {
             _ = node.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        node.hub.shed_slowest(node.config.client.outbox_budget);
+        node.hub.shed_slowest(node.config().client.outbox_budget);
         ticks += 1;
         if ticks.is_multiple_of(600) {
-            node.broker.sweep(node.config.channel.history_meta_ttl);
+            node.broker.sweep(node.config().channel.history_meta_ttl);
             node.forget_idle_ip_buckets();
         }
     }

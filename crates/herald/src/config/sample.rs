@@ -94,6 +94,10 @@ jwks_file = ""
 # When set, tokens must carry this aud / iss.
 audience = ""
 issuer = ""
+# After a reload (SIGHUP) that changes the keys above or a key file's content, the previous
+# keys still verify for this long, while clients refresh their tokens. "0s" ends them at once
+# (a leaked key).
+rotation_grace = "1h"
 
 [api]
 # Key for X-API-Key or "Authorization: apikey <key>" (generated for this file by herald genconfig).

@@ -20,15 +20,20 @@ pub fn personal_channel(user: &str) -> String {
     format!("{USER_BOUNDARY}{user}")
 }
 
+/// The namespace rules in force; a configuration reload replaces them whole.
 pub struct Namespaces {
+    table: arc_swap::ArcSwap<Table>,
+}
+
+struct Table {
     default: Arc<NamespaceOptions>,
     named: HashMap<String, Arc<NamespaceOptions>>,
     max_length: usize,
 }
 
-impl Namespaces {
-    pub fn new(config: &ChannelConfig) -> Namespaces {
-        Namespaces {
+impl Table {
+    fn new(config: &ChannelConfig) -> Table {
+        Table {
             default: Arc::new(config.without_namespace.clone()),
             named: config
                 .namespaces
@@ -38,18 +43,37 @@ impl Namespaces {
             max_length: config.max_length,
         }
     }
+}
+
+impl Namespaces {
+    pub fn new(config: &ChannelConfig) -> Namespaces {
+        Namespaces {
+            table: arc_swap::ArcSwap::from_pointee(Table::new(config)),
+        }
+    }
+
+    /// Puts new rules in force. Subscriptions made under the old ones keep the options they
+    /// resolved; the next resolve sees the new ones.
+    pub fn replace(&self, config: &ChannelConfig) {
+        self.table.store(Arc::new(Table::new(config)));
+    }
 
     /// The options of a channel's namespace, or the error the client gets for an invalid name.
-    pub fn resolve(&self, channel: &str) -> Result<&Arc<NamespaceOptions>, ErrorCode> {
-        validate_name(channel, self.max_length)?;
+    pub fn resolve(&self, channel: &str) -> Result<Arc<NamespaceOptions>, ErrorCode> {
+        let table = self.table.load();
+        validate_name(channel, table.max_length)?;
         let name = channel.strip_prefix(PRIVATE_PREFIX).unwrap_or(channel);
         // Personal channels (`#user`) have no namespace, whatever characters the user id holds.
         if name.starts_with(USER_BOUNDARY) {
-            return Ok(&self.default);
+            return Ok(table.default.clone());
         }
         match name.split_once(NAMESPACE_BOUNDARY) {
-            Some((ns, _)) => self.named.get(ns).ok_or(ErrorCode::UnknownChannel),
-            None => Ok(&self.default),
+            Some((ns, _)) => table
+                .named
+                .get(ns)
+                .cloned()
+                .ok_or(ErrorCode::UnknownChannel),
+            None => Ok(table.default.clone()),
         }
     }
 }

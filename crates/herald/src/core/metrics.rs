@@ -50,6 +50,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabel {
     pub event: &'static str,
 }
@@ -129,6 +134,11 @@ pub struct Metrics {
     pub delta_patches: Counter,
     /// Publications queued to delta-compression subscribers, by kind: `delta` or `full`.
     pub delta_publications: Family<KindLabel, Counter>,
+    /// Configuration reloads (SIGHUP), by result: `ok` or `refused`.
+    pub config_reloads: Family<ResultLabel, Counter>,
+    /// When the configuration in force was last loaded (at start, then each reload that was not
+    /// refused), UNIX seconds.
+    pub config_last_reload_success: Gauge,
 }
 
 /// One open connection counted in `herald_transport_connections{transport}` while it lives.
@@ -210,6 +220,8 @@ impl Metrics {
             emulation_refused: Family::default(),
             delta_patches: Counter::default(),
             delta_publications: Family::default(),
+            config_reloads: Family::default(),
+            config_last_reload_success: Gauge::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
@@ -438,6 +450,16 @@ impl Metrics {
             "delta_publications",
             "Publications queued to delta-compression subscribers, by kind (delta: a patch, full: the whole data)",
             m.delta_publications.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP), by result (ok, refused: the running configuration stays)",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration in force was loaded (at start, then each reload not refused), UNIX seconds",
+            m.config_last_reload_success.clone(),
         );
         Metrics {
             registry: parking_lot::Mutex::new(registry),

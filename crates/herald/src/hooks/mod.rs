@@ -71,7 +71,10 @@ impl HookError {
 
 /// The node's hooks; each part is `None` when not configured.
 pub struct Hooks {
-    pub proxy: Option<Arc<Proxy>>,
+    /// Swapped by a configuration reload; calls in flight finish with the proxy they started with.
+    proxy: arc_swap::ArcSwapOption<Proxy>,
+    client: http::HttpClient,
+    metrics: Arc<Metrics>,
     pub webhooks: Option<Webhooks>,
     worker: parking_lot::Mutex<Option<WebhookWorker>>,
 }
@@ -80,20 +83,39 @@ impl Hooks {
     pub fn new(config: &Config, metrics: Arc<Metrics>, node_name: &str) -> Hooks {
         let client = http::HttpClient::new();
         let proxy = Proxy::new(&config.proxy, client.clone(), metrics.clone()).map(Arc::new);
-        let (webhooks, worker) = match Webhooks::new(&config.webhooks, client, metrics, node_name) {
-            Some((w, worker)) => (Some(w), Some(worker)),
-            None => (None, None),
-        };
+        let (webhooks, worker) =
+            match Webhooks::new(&config.webhooks, client.clone(), metrics.clone(), node_name) {
+                Some((w, worker)) => (Some(w), Some(worker)),
+                None => (None, None),
+            };
         Hooks {
-            proxy,
+            proxy: arc_swap::ArcSwapOption::new(proxy),
+            client,
+            metrics,
             webhooks,
             worker: parking_lot::Mutex::new(worker),
         }
     }
 
+    /// The proxy, when any hook is configured.
+    pub fn proxy(&self) -> Option<Arc<Proxy>> {
+        self.proxy.load_full()
+    }
+
     /// The proxy, when this hook is configured.
     pub fn proxy_for(&self, hook: proxy::Hook) -> Option<Arc<Proxy>> {
-        self.proxy.clone().filter(|p| p.has(hook))
+        self.proxy().filter(|p| p.has(hook))
+    }
+
+    /// Whether this hook is configured, without cloning the proxy (for per-loop checks).
+    pub fn has(&self, hook: proxy::Hook) -> bool {
+        self.proxy.load().as_ref().is_some_and(|p| p.has(hook))
+    }
+
+    /// Puts new `[proxy]` settings in force (a configuration reload).
+    pub fn replace_proxy(&self, config: &crate::config::ProxyConfig) {
+        let proxy = Proxy::new(config, self.client.clone(), self.metrics.clone()).map(Arc::new);
+        self.proxy.store(proxy);
     }
 
     /// The webhook delivery task, for the server to spawn (once).

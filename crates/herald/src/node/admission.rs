@@ -19,7 +19,7 @@ impl Drop for ConnectionSlot {
 impl Node {
     /// Whether a new connection from `ip` fits its rate limit.
     pub fn admit_ip(&self, ip: std::net::IpAddr) -> bool {
-        let c = &self.config.client;
+        let c = &self.config().client;
         if c.connection_rate_per_ip == 0 {
             return true;
         }
@@ -57,7 +57,7 @@ impl Node {
 
     /// A slot for one more WebSocket connection, or `None` at `client.max_connections`.
     pub fn open_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        let max = self.config.client.max_connections;
+        let max = self.config().client.max_connections;
         if self.connections.fetch_add(1, Ordering::AcqRel) >= max {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return None;

@@ -1,8 +1,10 @@
 //! Everything one Herald node shares between its connections, its API and its background tasks.
 
 mod admission;
+mod keys;
 
 pub use admission::ConnectionSlot;
+pub use keys::TokenKeys;
 
 use crate::brokers::{Broker, BrokerError, BrokerHealth, PresenceStore};
 use crate::config::{Config, NamespaceOptions};
@@ -11,7 +13,6 @@ use crate::core::clock::unix_millis;
 use crate::core::history::HistoryOptions;
 use crate::core::hub::Hub;
 use crate::core::metrics::{Metrics, SourceLabel};
-use herald_auth::Verifier;
 use herald_protocol::{single_line, ClientInfo, ErrorCode, Publication, StreamPosition};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +20,8 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub struct Node {
-    pub config: Config,
+    /// Swapped whole by a reload (`app/reload.rs`); read it through [`Node::config`].
+    config: arc_swap::ArcSwap<Config>,
     /// Unique per process life, so a restarted node is never mistaken for its previous life.
     pub uid: String,
     pub name: String,
@@ -30,7 +32,8 @@ pub struct Node {
     pub presence: Arc<dyn PresenceStore>,
     /// Leases of singleton work (feed consumers), shared through the broker in a cluster.
     pub leases: Arc<dyn crate::brokers::leases::LeaseStore>,
-    pub verifier: Verifier,
+    /// Token keys, with the previous ones kept for `client.token.rotation_grace` after a reload.
+    pub verifier: TokenKeys,
     pub metrics: Arc<Metrics>,
     /// Backend proxy hooks and webhooks (docs/hooks.md).
     pub hooks: crate::hooks::Hooks,
@@ -51,12 +54,15 @@ pub struct Node {
 impl Node {
     pub fn new(
         config: Config,
-        verifier: Verifier,
+        verifier: TokenKeys,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceStore>,
         leases: Arc<dyn crate::brokers::leases::LeaseStore>,
     ) -> Arc<Node> {
         let metrics = Arc::new(Metrics::new());
+        metrics
+            .config_last_reload_success
+            .set(crate::core::clock::unix_secs());
         let namespaces = Arc::new(Namespaces::new(&config.channel));
         let hub = Hub::new(metrics.clone(), namespaces.clone());
         broker.set_handler(hub.clone(), metrics.clone());
@@ -84,8 +90,27 @@ impl Node {
             ip_buckets: parking_lot::Mutex::new(std::collections::HashMap::new()),
             address: std::sync::OnceLock::new(),
             seq: AtomicU64::new(1),
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
         })
+    }
+
+    /// The configuration in force. Read it per use: a reload swaps it (keep the guard short, not
+    /// across an `.await` that may last).
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Puts a new configuration in force (the reload checked it; restart-only fields kept).
+    pub fn replace_config(&self, config: Config) {
+        self.namespaces.replace(&config.channel);
+        let (old, new) = (&self.config().client, &config.client);
+        if (old.connection_rate_per_ip, old.connection_burst_per_ip)
+            != (new.connection_rate_per_ip, new.connection_burst_per_ip)
+        {
+            // Buckets are sized at their first use: start them over at the new rate.
+            self.ip_buckets.lock().clear();
+        }
+        self.config.store(Arc::new(config));
     }
 
     /// This node's entry in the cluster registry (the `info` API).
@@ -135,7 +160,7 @@ impl Node {
         ns.history_enabled().then_some(HistoryOptions {
             size: ns.history_size,
             ttl: ns.history_ttl,
-            meta_ttl: self.config.channel.history_meta_ttl,
+            meta_ttl: self.config().channel.history_meta_ttl,
             max_keys: if ns.conflated() {
                 ns.conflation_max_keys
             } else {
@@ -176,7 +201,7 @@ impl Node {
             tags,
             time: unix_millis(),
         };
-        let limit = self.config.max_publication_bytes();
+        let limit = self.config().max_publication_bytes();
         let size = publication_size(&publication);
         if size > limit {
             self.metrics
@@ -188,9 +213,9 @@ impl Node {
         let history = if skip_history {
             None
         } else {
-            self.history_options(ns)
+            self.history_options(&ns)
         };
-        let key = conflation_key(ns, &publication);
+        let key = conflation_key(&ns, &publication);
         let position = self
             .broker
             .publish(channel, publication, key.as_deref(), history)

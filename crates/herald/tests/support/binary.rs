@@ -32,8 +32,20 @@ impl Herald {
             "[http]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{config}"
         );
         std::fs::write(&file, full).expect("config written");
-        let (proc, lines) =
-            serve([OsStr::new("-c"), file.as_os_str()], None).expect("herald starts");
+        Herald::start_file(&file)
+    }
+
+    /// Starts `herald serve -c <file>` as the file is (it must ask for JSON logs) and waits until
+    /// it listens.
+    pub fn start_file(file: &Path) -> Herald {
+        Herald::start_file_with(file, &[])
+    }
+
+    /// [`Herald::start_file`] with more arguments to `serve` (e.g. `--set` overrides).
+    pub fn start_file_with(file: &Path, args: &[&str]) -> Herald {
+        let mut all = vec![OsStr::new("-c"), file.as_os_str()];
+        all.extend(args.iter().map(OsStr::new));
+        let (proc, lines) = serve(all, None).expect("herald starts");
         let mut h = Herald {
             proc,
             api: "127.0.0.1:1".parse().expect("addr"),
@@ -77,6 +89,36 @@ impl Herald {
         let line = self.lines.recv_timeout(wait).ok()?;
         self.log.push(line.clone());
         Some(line)
+    }
+
+    /// Waits up to `wait` for a JSON log line that `wanted` accepts; returns it.
+    pub fn wait_log(&mut self, wait: Duration, wanted: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Some(line) = self.next_line(left) else {
+                break;
+            };
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if wanted(&v) {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
+
+    /// Sends SIGHUP (what `systemctl reload` sends) with kill(1).
+    pub fn hup(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.proc.0.try_wait(), Ok(None))
     }
 
     /// Collects the log lines written so far.

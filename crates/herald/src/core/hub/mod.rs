@@ -147,7 +147,7 @@ impl Hub {
                     .namespaces
                     .resolve(channel)
                     .ok()
-                    .and_then(|ns| Self::new_window(ns)),
+                    .and_then(|ns| Self::new_window(&ns)),
                 delta: Default::default(),
             });
         if delta {

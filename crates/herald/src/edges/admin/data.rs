@@ -40,7 +40,7 @@ pub async fn serve(
     devices: Option<&DeviceIngest>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let access = match access::authenticate(admin, &node.config.admin.token, req.headers()) {
+    let access = match access::authenticate(admin, &node.config().admin.token, req.headers()) {
         Ok(access) => access,
         Err(e) => return denied(admin, e),
     };

@@ -45,7 +45,7 @@ pub async fn login(
             Some("Request from another site refused."),
         );
     }
-    let password = &node.config.admin.password;
+    let password = &node.config().admin.password;
     if password.is_empty() {
         admin.count_login("wrong password");
         return pages::login(
@@ -80,7 +80,7 @@ pub async fn login(
         return pages::login(StatusCode::UNAUTHORIZED, Some("Wrong password."));
     }
     admin.count_login("ok");
-    let ttl = node.config.admin.session_ttl.as_secs();
+    let ttl = node.config().admin.session_ttl.as_secs();
     let now = u64::try_from(unix_secs()).unwrap_or(0);
     let session = admin.signer.issue(now + ttl);
     see_other(cookie(&session, ttl, secure))

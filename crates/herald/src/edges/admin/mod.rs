@@ -48,7 +48,7 @@ pub struct Admin {
 impl Admin {
     /// Reads `[admin]` and registers the console's metrics.
     pub fn new(node: &Node) -> Arc<Admin> {
-        let config = &node.config.admin;
+        let config = &node.config().admin;
         let admin = Admin {
             signer: Signer::new(&config.secret, &config.password),
             limiter: limiter::LoginLimiter::new(config.login_attempts_per_minute),

@@ -451,7 +451,7 @@ async fn presence_stats(node: &Node, p: ChannelParams) -> Result<Value, ApiError
 async fn history(node: &Node, p: HistoryParams) -> Result<Value, ApiError> {
     require_channel(&p.channel)?;
     let ns = node.namespaces.resolve(&p.channel)?;
-    let options = node.history_options(ns).ok_or(ApiError {
+    let options = node.history_options(&ns).ok_or(ApiError {
         code: ErrorCode::NotAvailable,
         message: "history is not enabled for this channel".into(),
     })?;
@@ -553,7 +553,7 @@ async fn batch(
     devices: Option<&DeviceIngest>,
     raw: &RawValue,
 ) -> Result<String, ApiError> {
-    let max = node.config.api.max_batch_commands;
+    let max = node.config().api.max_batch_commands;
     let request = crate::edges::api::request::parse_batch(raw, max).map_err(|e| {
         if e.contains("api.max_batch_commands") {
             node.metrics

@@ -27,7 +27,7 @@ pub(super) async fn serve(
     let stop = ingest.stop.clone();
     // A silent or trickling client is closed by hyper's header timeout, never later than
     // `devices.login_timeout`.
-    let header_timeout = HEADER_TIMEOUT.min(ingest.node.config.devices.login_timeout);
+    let header_timeout = HEADER_TIMEOUT.min(ingest.node.config().devices.login_timeout);
     let service = hyper::service::service_fn(move |req| {
         let ingest = ingest.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(ingest, req, peer).await) }
@@ -79,7 +79,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     // A body that trickles is cut at `devices.login_timeout` (hyper times only the headers).
-    let body_timeout = ingest.node.config.devices.login_timeout;
+    let body_timeout = ingest.node.config().devices.login_timeout;
     let collected = tokio::time::timeout(
         body_timeout,
         Limited::new(req.into_body(), osmand::MAX_BODY_LEN).collect(),

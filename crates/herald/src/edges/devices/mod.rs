@@ -129,7 +129,7 @@ impl DeviceIngest {
         node: Arc<Node>,
         budget: &crate::edges::descriptors::Budget,
     ) -> anyhow::Result<Arc<DeviceIngest>> {
-        let cfg = node.config.devices.clone();
+        let cfg = node.config().devices.clone();
         let fsync = match cfg.fsync {
             FsyncSetting::Always => FsyncPolicy::Always,
             FsyncSetting::Never => FsyncPolicy::Never,
@@ -263,7 +263,7 @@ impl DeviceIngest {
     }
 
     fn allowed(&self, id: &str) -> bool {
-        let cfg = &self.node.config.devices;
+        let cfg = &self.node.config().devices;
         cfg.accept_unknown || cfg.allowed.iter().any(|a| a == id)
     }
 
@@ -296,7 +296,7 @@ impl DeviceIngest {
 
     /// Publishes positions to their device channel and the fleet channel.
     pub async fn publish(&self, positions: Vec<Position>) {
-        let cfg = &self.node.config.devices;
+        let cfg = &self.node.config().devices;
         for p in positions {
             let Ok(data) = serde_json::value::to_raw_value(&PositionJson::of(&p)) else {
                 continue;
@@ -379,7 +379,7 @@ async fn accept_loop(
     listener: TcpListener,
     share: crate::edges::descriptors::Share,
 ) {
-    let max_per_ip = ingest.node.config.devices.max_connections_per_ip;
+    let max_per_ip = ingest.node.config().devices.max_connections_per_ip;
     let mut last_warning: Option<Instant> = None;
     let mut warn = |message: &str, detail: &str| {
         if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {

@@ -78,7 +78,7 @@ pub(super) async fn serve(
     // Held for the connection's life: its descriptor and its place in the per-address count.
     _admission: Admission,
 ) {
-    let login_deadline = Instant::now() + ingest.node.config.devices.login_timeout;
+    let login_deadline = Instant::now() + ingest.node.config().devices.login_timeout;
     let mut conn = Conn {
         ingest,
         protocol,
@@ -134,7 +134,7 @@ impl Conn {
             // does not extend it); after, each read waits at most `idle_timeout`.
             let identified = !self.devices.is_empty();
             let deadline = if identified {
-                Instant::now() + self.ingest.node.config.devices.idle_timeout
+                Instant::now() + self.ingest.node.config().devices.idle_timeout
             } else {
                 self.login_deadline
             };

@@ -411,13 +411,13 @@ fn jitter(d: Duration) -> Duration {
 
 /// Starts a runner per configured feed on this node; they stop with the node.
 pub fn start(node: &Arc<Node>) -> Vec<JoinHandle<()>> {
-    if node.config.feeds.is_empty() {
+    if node.config().feeds.is_empty() {
         return Vec::new();
     }
     let metrics = FeedMetrics::default();
     metrics.register(&node.metrics);
     let mut tasks = Vec::new();
-    for cfg in &node.config.feeds {
+    for cfg in &node.config().feeds {
         let mapping = match mapping_of(cfg) {
             Ok(m) => m,
             Err(e) => {

@@ -47,7 +47,7 @@ pub async fn accept_loop(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let send_buffer = node.config.client.send_buffer;
+                let send_buffer = node.config().client.send_buffer;
                 if send_buffer > 0 {
                     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
                 }

@@ -57,7 +57,7 @@ pub(super) async fn route(
         },
         (&Method::GET, "/metrics") if api_here => {
             // Metrics need no key (Prometheus); without one they stay on this host like the API.
-            if node.config.api.key.is_empty() {
+            if node.config().api.key.is_empty() {
                 if let Err(refusal) =
                     crate::edges::api::request::keyless_allowed(peer.ip(), req.uri(), req.headers())
                 {
@@ -78,10 +78,10 @@ pub(super) async fn route(
             "text/plain; charset=utf-8",
             format!("Herald {}\n", env!("CARGO_PKG_VERSION")),
         ),
-        (_, p) if clients_here && node.config.map.enabled && crate::edges::map::handles(p) => {
+        (_, p) if clients_here && node.config().map.enabled && crate::edges::map::handles(p) => {
             crate::edges::map::serve(&node, devices, &req).await
         }
-        (_, p) if api_here && node.config.admin.active() && crate::edges::admin::handles(p) => {
+        (_, p) if api_here && node.config().admin.active() && crate::edges::admin::handles(p) => {
             crate::edges::admin::serve(&routes.admin, &node, devices, req, peer).await
         }
         (_, p) if api_here && p.starts_with("/api/") => {
@@ -123,7 +123,7 @@ async fn api(
 ) -> Response<Body> {
     // The API key, or without one the keyless allow-list (crate::edges::api::request).
     if let Err(refusal) = crate::edges::api::request::authorize(
-        &node.config.api.key,
+        &node.config().api.key,
         peer.ip(),
         req.uri(),
         req.headers(),

@@ -112,7 +112,8 @@ fn cors(node: &Node, request: &http::HeaderMap, mut response: Response<Body>) ->
     };
     let h = response.headers_mut();
     h.append(header::VARY, HeaderValue::from_static("Origin"));
-    if !crate::edges::http::handshake::origin_allowed(&node.config.http.allowed_origins, request) {
+    if !crate::edges::http::handshake::origin_allowed(&node.config().http.allowed_origins, request)
+    {
         return response;
     }
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -185,7 +186,7 @@ async fn open_stream(
         Ok(slot) => slot,
         Err(response) => return *response,
     };
-    let max = node.config.client.max_message_size;
+    let max = node.config().client.max_message_size;
     // The first message: the connect command (bidirectional), or the connect request (uni).
     let first = if parts.method == Method::GET {
         match query_param(parts.uri.query(), CONNECT_PARAM) {
@@ -253,8 +254,7 @@ async fn open_stream(
     };
     let forwarded = node
         .hooks
-        .proxy
-        .as_ref()
+        .proxy()
         .map(|p| p.capture_headers(&parts.headers))
         .unwrap_or_default();
     let transport = Transport::stream(conn, endpoint.name(), session);
@@ -298,7 +298,7 @@ async fn emulate(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         return no_content();
     }
     if !crate::edges::http::handshake::origin_allowed(
-        &node.config.http.allowed_origins,
+        &node.config().http.allowed_origins,
         &parts.headers,
     ) {
         emulation_refused(&node, "origin");
@@ -313,7 +313,7 @@ async fn emulate(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             "/emulation takes POST requests",
         );
     }
-    let max = node.config.client.max_message_size;
+    let max = node.config().client.max_message_size;
     let body = match read_body(body, max).await {
         Ok(body) => body,
         Err(response) => {

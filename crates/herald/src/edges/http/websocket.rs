@@ -53,8 +53,7 @@ pub(super) fn websocket(
     // Captured now: the handshake request is gone once the socket belongs to the session.
     let forwarded = node
         .hooks
-        .proxy
-        .as_ref()
+        .proxy()
         .map(|p| p.capture_headers(req.headers()))
         .unwrap_or_default();
     let upgrade = hyper::upgrade::on(&mut req);
@@ -64,7 +63,7 @@ pub(super) fn websocket(
             // Take the TCP stream back from hyper so the session owns the socket directly.
             Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
                 Ok(parts) => {
-                    let max = node.config.client.max_message_size;
+                    let max = node.config().client.max_message_size;
                     let ws = WsConn::new(parts.io.into_inner(), &parts.read_buf, max)
                         .binary(format.is_binary());
                     // hyper's read buffer (8 KiB) must not live as long as the connection.
@@ -112,7 +111,8 @@ pub(super) fn admit(
     peer: SocketAddr,
 ) -> Result<crate::node::ConnectionSlot, Box<Response<Body>>> {
     // Before anything is forwarded: the connect hook runs only once the session runs.
-    if !crate::edges::http::handshake::origin_allowed(&node.config.http.allowed_origins, headers) {
+    if !crate::edges::http::handshake::origin_allowed(&node.config().http.allowed_origins, headers)
+    {
         refused(node, "origin");
         return Err(Box::new(respond(
             StatusCode::FORBIDDEN,

@@ -55,7 +55,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Checks the request's connection token; returns its user.
 pub fn authorize(node: &Node, headers: &HeaderMap) -> Result<String, MapAuthError> {
-    let fleet = node.config.devices.fleet_channel.as_str();
+    let config = node.config();
+    let fleet = config.devices.fleet_channel.as_str();
     if fleet.is_empty() {
         return Err(MapAuthError::NoFleetChannel);
     }
@@ -75,7 +76,7 @@ pub fn authorize(node: &Node, headers: &HeaderMap) -> Result<String, MapAuthErro
     let open = node
         .namespaces
         .resolve(fleet)
-        .is_ok_and(|ns| may_subscribe_without_token(ns, fleet, &claims.sub));
+        .is_ok_and(|ns| may_subscribe_without_token(&ns, fleet, &claims.sub));
     if listed || open {
         Ok(claims.sub)
     } else {

@@ -82,7 +82,7 @@ fn no_store(mut response: Response<Body>) -> Response<Body> {
 
 /// The settings the page needs, as JSON that is safe inside a `<script>` element.
 fn page_config(node: &Node) -> String {
-    let config = &node.config;
+    let config = &node.config();
     let value = json!({
         "tile_url": config.map.tile_url,
         "attribution": config.map.attribution,
@@ -171,7 +171,7 @@ pub(crate) async fn fleet(
         }
     }
     Ok(json!({
-        "fleet_channel": node.config.devices.fleet_channel,
+        "fleet_channel": node.config().devices.fleet_channel,
         "devices": by_id.into_values().collect::<Vec<_>>(),
     }))
 }

@@ -55,7 +55,7 @@ impl Session {
             }
             Ok(outcome) => backend(Ok(outcome))?,
         };
-        if identity.user.is_empty() && !self.node.config.client.allow_anonymous {
+        if identity.user.is_empty() && !self.node.config().client.allow_anonymous {
             return Err(Disconnect::INVALID_TOKEN.into());
         }
         self.backend_auth = true;

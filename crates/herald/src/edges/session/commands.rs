@@ -18,7 +18,7 @@ impl Session {
             return Err(ErrorCode::BadRequest.into());
         };
         let mut skip_history = false;
-        let proxy = self.node.hooks.proxy.clone();
+        let proxy = self.node.hooks.proxy();
         let subscribed = self.subs.contains_key(&req.channel);
         match publish_access(&ns, proxy, &self.user, subscribed, &req.channel) {
             Access::Allowed => {}
@@ -76,7 +76,7 @@ impl Session {
     fn check_presence(&self, channel: &str) -> Handled<()> {
         let ns = self.node.namespaces.resolve(channel)?;
         let subscribed = self.subs.contains_key(channel);
-        presence_access(ns, &self.user, subscribed, channel)?;
+        presence_access(&ns, &self.user, subscribed, channel)?;
         Ok(())
     }
 

@@ -35,9 +35,11 @@ impl Session {
             return Err(Disconnect::BAD_REQUEST.into());
         }
         let node = self.node.clone();
-        let client_config = &node.config.client;
         let client_id = uuid::Uuid::new_v4().to_string();
         let admission = self.admit(&req, &client_id).await?;
+        // Read after the connect hook answered: a reload meanwhile applies to this connection.
+        let config = node.config();
+        let client_config = &config.client;
         let ttl = connection_ttl(admission.expires_at, unix_secs())?;
         self.expires_at = ttl.map(|secs| Instant::now() + Duration::from_secs(secs));
         let mut server_channels = admission.channels;
@@ -78,7 +80,7 @@ impl Session {
             ttl: ttl_field(ttl),
             data: admission.data,
             subs,
-            ping: node.config.client.ping_interval.as_secs().max(1) as u32,
+            ping: node.config().client.ping_interval.as_secs().max(1) as u32,
             pong: !self.conn.unidirectional(),
             // An emulated connection's commands name the node that holds it (its unique id).
             node: match self.conn.emulation_session() {
@@ -117,7 +119,7 @@ impl Session {
                 admission.channels.push((channel, params));
             }
         } else if req.token.is_empty() {
-            if !node.config.client.allow_anonymous {
+            if !node.config().client.allow_anonymous {
                 return Err(Disconnect::INVALID_TOKEN.into());
             }
         } else {

@@ -84,7 +84,7 @@ impl Session {
             }
             match backlog.messages.pop_front() {
                 Some(Incoming::Message(payload)) => {
-                    let max = self.node.config.client.max_commands_per_frame;
+                    let max = self.node.config().client.max_commands_per_frame;
                     let commands = match self.format.decode_frame(&payload, max) {
                         Ok(commands) => commands,
                         Err(e) => {

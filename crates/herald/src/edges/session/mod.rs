@@ -119,7 +119,7 @@ impl Session {
         forwarded: Vec<(http::HeaderName, http::HeaderValue)>,
     ) -> Session {
         let now = Instant::now();
-        let c = &node.config.client;
+        let c = &node.config().client;
         Session {
             bucket: TokenBucket::new(c.command_rate, c.command_burst, now),
             ping_bucket: TokenBucket::new(c.max_ping_rate, c.ping_burst, now),

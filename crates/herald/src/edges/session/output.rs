@@ -20,7 +20,7 @@ impl Session {
     /// Whether the output owed to the client (replies, pushes, pongs not yet handed to the
     /// kernel) has reached `client.max_outbox_bytes`.
     pub(super) fn output_full(&self) -> bool {
-        self.pending_bytes + self.conn.queued_out() >= self.node.config.client.max_outbox_bytes
+        self.pending_bytes + self.conn.queued_out() >= self.node.config().client.max_outbox_bytes
     }
 
     /// Tells the client the server ended its subscription to `channel`.

@@ -46,7 +46,7 @@ impl Session {
     /// frame, as long as the peer keeps reading (a write without progress for `write_timeout`
     /// ends in a reset). Boxed: only closing connections pay for its state.
     async fn close_politely(&mut self, close: &Close) {
-        let stall = self.node.config.client.write_timeout;
+        let stall = self.node.config().client.write_timeout;
         let messages = std::mem::take(&mut self.pending);
         let mut written = self.conn.write_queued(stall).await;
         if written.is_ok() && !messages.is_empty() {

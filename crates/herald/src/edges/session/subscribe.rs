@@ -76,7 +76,7 @@ impl Session {
             params.chan_info = claims.info.map(single_line);
             params.data = claims.data.map(single_line);
         } else {
-            let proxy = self.node.hooks.proxy.clone();
+            let proxy = self.node.hooks.proxy();
             match subscribe_access(&ns, proxy, &self.user, &req.channel) {
                 Access::Allowed => {}
                 Access::AskBackend(proxy) => {
@@ -127,7 +127,7 @@ impl Session {
         if self.subs.contains_key(channel) {
             return Err(ErrorCode::AlreadySubscribed);
         }
-        if self.subs.len() >= node.config.client.max_channels {
+        if self.subs.len() >= node.config().client.max_channels {
             return Err(ErrorCode::LimitExceeded);
         }
         let slot = self.next_slot;

@@ -18,14 +18,14 @@ impl Session {
         let write_stall = self
             .conn
             .stalled_since()
-            .map(|since| since + self.node.config.client.write_timeout);
+            .map(|since| since + self.node.config().client.write_timeout);
         for candidate in [self.pong_deadline, self.connection_close_at(), write_stall]
             .into_iter()
             .flatten()
         {
             deadline = deadline.min(candidate);
         }
-        let grace = self.node.config.client.expired_sub_close_delay;
+        let grace = self.node.config().client.expired_sub_close_delay;
         for sub in self.subs.values() {
             if let Some(at) = sub.expires_at {
                 deadline = deadline.min(at + grace);
@@ -41,22 +41,16 @@ impl Session {
     fn connection_close_at(&self) -> Option<Instant> {
         let at = self.expires_at?;
         // Checked on every pass of the loop: look at the proxy without cloning it.
-        let refresh_hook = || {
-            self.node
-                .hooks
-                .proxy
-                .as_ref()
-                .is_some_and(|p| p.has(Hook::Refresh))
-        };
+        let refresh_hook = || self.node.hooks.has(Hook::Refresh);
         if self.backend_auth && refresh_hook() {
             return Some(at);
         }
-        Some(at + self.node.config.client.expired_close_delay)
+        Some(at + self.node.config().client.expired_close_delay)
     }
 
     pub(super) fn on_timer(&mut self) -> Result<(), Close> {
         let now = Instant::now();
-        let write_timeout = self.node.config.client.write_timeout;
+        let write_timeout = self.node.config().client.write_timeout;
         if self
             .conn
             .stalled_since()
@@ -88,10 +82,10 @@ impl Session {
         }
         if now >= self.next_ping {
             self.queue(Bytes::from_static(self.format.ping()));
-            self.next_ping = now + self.node.config.client.ping_interval;
+            self.next_ping = now + self.node.config().client.ping_interval;
             // A unidirectional client cannot answer: it is closed by a failing write instead.
             if !self.conn.unidirectional() {
-                self.pong_deadline = Some(now + self.node.config.client.pong_timeout);
+                self.pong_deadline = Some(now + self.node.config().client.pong_timeout);
             }
         }
         Ok(())
@@ -102,7 +96,7 @@ impl Session {
     /// which SDKs fetch a new subscription token and resubscribe.
     pub(super) async fn expire_subscriptions(&mut self) -> Result<(), Close> {
         let now = Instant::now();
-        let grace = self.node.config.client.expired_sub_close_delay;
+        let grace = self.node.config().client.expired_sub_close_delay;
         let expired: Vec<String> = self
             .subs
             .iter()
