@@ -63,6 +63,12 @@ impl Node {
         metrics
             .config_last_reload_success
             .set(crate::core::clock::unix_secs());
+        // Both outcomes exist from the start, so `increase()` sees the first refused reload.
+        for result in ["ok", "refused"] {
+            metrics
+                .config_reloads
+                .get_or_create(&crate::core::metrics::ResultLabel { result });
+        }
         let namespaces = Arc::new(Namespaces::new(&config.channel));
         let hub = Hub::new(metrics.clone(), namespaces.clone());
         broker.set_handler(hub.clone(), metrics.clone());
