@@ -421,6 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Checkconfig { file } => {
             let config = Config::load(Some(&file), std::env::vars(), &[])?;
             herald::app::server::verifier(&config)?;
+            herald::edges::tls::check(&config)?;
             println!("{}: ok", file.display());
             Ok(())
         }
