@@ -215,12 +215,19 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
     let node = server.node.clone();
     let api_where = server.internal_addr.unwrap_or(server.addr);
     tracing::info!(node = %node.name, version = env!("CARGO_PKG_VERSION"), "herald started");
-    tracing::info!("websocket: ws://{}/connection/websocket", server.addr);
+    let http = &node.config.http;
+    // The internal listener has TLS with its own pair or, without one, the public pair.
+    let (ws, web, api) = match (http.tls_cert.is_empty(), http.internal_tls_cert.is_empty()) {
+        (true, true) => ("ws", "http", "http"),
+        (true, false) => ("ws", "http", "https"),
+        (false, _) => ("wss", "https", "https"),
+    };
+    tracing::info!("websocket: {ws}://{}/connection/websocket", server.addr);
     tracing::info!(
-        "server api: http://{api_where}/api/<method>, metrics: http://{api_where}/metrics"
+        "server api: {api}://{api_where}/api/<method>, metrics: {api}://{api_where}/metrics"
     );
     tracing::info!(
-        "health: http://{}/health, readiness: http://{}/ready",
+        "health: {web}://{}/health, readiness: {web}://{}/ready",
         server.addr,
         server.addr
     );
