@@ -82,7 +82,13 @@ impl Ca {
 /// Unix seconds of `year`-01-01T00:00:00Z.
 fn new_year(year: i32) -> i64 {
     let days: i64 = (1970..year)
-        .map(|y| if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 { 366 } else { 365 })
+        .map(|y| {
+            if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 {
+                366
+            } else {
+                365
+            }
+        })
         .sum();
     days * 86_400
 }
@@ -129,9 +135,16 @@ async fn tls_connect(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> Tl
 }
 
 /// The certificate a new handshake gets.
-async fn served_cert(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> CertificateDer<'static> {
+async fn served_cert(
+    addr: SocketAddr,
+    client: &Arc<rustls::ClientConfig>,
+) -> CertificateDer<'static> {
     let tls = tls_connect(addr, client).await;
-    tls.get_ref().1.peer_certificates().expect("server certificate")[0].clone()
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .expect("server certificate")[0]
+        .clone()
 }
 
 /// One HTTP/1.1 request over TLS; returns (status, body).
@@ -153,12 +166,23 @@ async fn https(
     let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut response)).await;
     let text = String::from_utf8_lossy(&response).to_string();
     let status = support::status_of(&text);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
     (status, body)
 }
 
 async fn api(h: &Herald, client: &Arc<rustls::ClientConfig>, method: &str, params: Value) -> Value {
-    let (status, body) = https(h.api, client, "POST", &format!("/api/{method}"), &params.to_string()).await;
+    let (status, body) = https(
+        h.api,
+        client,
+        "POST",
+        &format!("/api/{method}"),
+        &params.to_string(),
+    )
+    .await;
     assert_eq!(status, 200, "{method}: {body}");
     let reply: Value = serde_json::from_str(&body).expect("json reply");
     assert!(reply.get("error").is_none(), "{method}: {reply}");
@@ -183,8 +207,20 @@ async fn subscriber(h: &Herald, ca: &Ca, user: &str, channel: &str) -> Client {
 }
 
 /// A publication from the API reaches `client`, and one from `client` comes back to it.
-async fn round_trip(h: &Herald, ca: &Arc<rustls::ClientConfig>, client: &mut Client, channel: &str, n: u32) {
-    api(h, ca, "publish", json!({"channel": channel, "data": {"n": n}})).await;
+async fn round_trip(
+    h: &Herald,
+    ca: &Arc<rustls::ClientConfig>,
+    client: &mut Client,
+    channel: &str,
+    n: u32,
+) {
+    api(
+        h,
+        ca,
+        "publish",
+        json!({"channel": channel, "data": {"n": n}}),
+    )
+    .await;
     assert_eq!(client.publication(channel).await["data"]["n"], n);
     let reply = client
         .call("publish", json!({"channel": channel, "data": {"n": n + 1}}))
@@ -213,7 +249,10 @@ async fn wss_round_trip_https_health_and_alpn() {
 
     let text = metrics(&h, &client).await;
     assert_eq!(
-        metric(&text, "herald_tls_certificate_expiry_timestamp_seconds{listener=\"public\"}"),
+        metric(
+            &text,
+            "herald_tls_certificate_expiry_timestamp_seconds{listener=\"public\"}"
+        ),
         new_year(2031) as f64,
         "{text}"
     );
@@ -240,7 +279,10 @@ async fn silent_and_plain_http_clients_are_dropped_while_wss_works() {
         .expect("the silent connection is closed within the handshake timeout");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(900), "closed after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
 
     // Plain HTTP on the TLS port: no HTTP answer, the connection ends.
     let mut plain = TcpStream::connect(h.api).await.expect("connect");
@@ -251,15 +293,25 @@ async fn silent_and_plain_http_clients_are_dropped_while_wss_works() {
     let mut answer = Vec::new();
     let ended = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
     assert!(ended.is_ok(), "the plain-HTTP connection is closed");
-    assert!(!answer.starts_with(b"HTTP/"), "{:?}", String::from_utf8_lossy(&answer));
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
 
     // The server still serves, the open session included.
     assert_eq!(https(h.api, &client, "GET", "/health", "").await.0, 200);
     round_trip(&h, &client, &mut sub, "chat:slow", 10).await;
     let text = metrics(&h, &client).await;
     let failures = "herald_tls_handshake_failures_total{listener=\"public\",reason=";
-    assert!(metric(&text, &format!("{failures}\"timeout\"}}")) >= 1.0, "{text}");
-    assert!(metric(&text, &format!("{failures}\"error\"}}")) >= 1.0, "{text}");
+    assert!(
+        metric(&text, &format!("{failures}\"timeout\"}}")) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, &format!("{failures}\"error\"}}")) >= 1.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,33 +329,52 @@ async fn certificate_files_replaced_reach_new_handshakes_only() {
     install(dir.path(), &second);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while served_cert(h.api, &client).await != second.der {
-        assert!(tokio::time::Instant::now() < deadline, "new certificate not served");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new certificate not served"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The connection opened before the rotation goes on.
     round_trip(&h, &client, &mut sub, "chat:rotate", 1).await;
     let text = metrics(&h, &client).await;
     assert_eq!(
-        metric(&text, "herald_tls_certificate_expiry_timestamp_seconds{listener=\"public\"}"),
+        metric(
+            &text,
+            "herald_tls_certificate_expiry_timestamp_seconds{listener=\"public\"}"
+        ),
         new_year(2032) as f64
     );
-    assert!(metric(&text, "herald_tls_reloads_total{listener=\"public\",result=\"ok\"}") >= 1.0);
+    assert!(
+        metric(
+            &text,
+            "herald_tls_reloads_total{listener=\"public\",result=\"ok\"}"
+        ) >= 1.0
+    );
 
     // A garbage key: refused, the second certificate stays.
     let third = ca.issue("herald third", 2033);
     replace(&cert, third.cert_pem.as_bytes());
-    replace(&key, b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n");
+    replace(
+        &key,
+        b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    );
     let errors = "herald_tls_reloads_total{listener=\"public\",result=\"error\"}";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while metric(&metrics(&h, &client).await, errors) < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "bad reload not counted");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bad reload not counted"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(served_cert(h.api, &client).await, second.der);
     round_trip(&h, &client, &mut sub, "chat:rotate", 10).await;
     h.drain_log();
     assert!(
-        h.log.iter().any(|l| l.contains("reload failed") && l.contains("http.tls_key")),
+        h.log
+            .iter()
+            .any(|l| l.contains("reload failed") && l.contains("http.tls_key")),
         "{}",
         h.log.join("\n")
     );
@@ -316,7 +387,10 @@ fn mismatched_or_missing_pair_fails_start_and_checkconfig_naming_the_field() {
     let (one, two) = (ca.issue("one", 2031), ca.issue("two", 2031));
     std::fs::write(dir.path().join("cert.pem"), &one.cert_pem).expect("write");
     std::fs::write(dir.path().join("key.pem"), &two.key_pem).expect("write");
-    for (cert, field) in [("cert.pem", "http.tls_key"), ("missing.pem", "http.tls_cert")] {
+    for (cert, field) in [
+        ("cert.pem", "http.tls_key"),
+        ("missing.pem", "http.tls_cert"),
+    ] {
         let config = dir.path().join("herald.toml");
         std::fs::write(
             &config,
@@ -370,7 +444,10 @@ async fn gt06_login_over_tls_is_acked() {
         .await
         .expect("ack in time")
         .expect("ack");
-    assert_eq!(ack.to_vec(), herald_devices::gt06::encode_reply(false, 0x01, 0x0009, &[]));
+    assert_eq!(
+        ack.to_vec(),
+        herald_devices::gt06::encode_reply(false, 0x01, 0x0009, &[])
+    );
 }
 
 fn hex(text: &str) -> Vec<u8> {

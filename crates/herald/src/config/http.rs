@@ -56,7 +56,12 @@ impl HttpConfig {
         if !self.internal_listen.is_empty() {
             parse_addr(&self.internal_listen).map_err(|m| field("http.internal_listen", m))?;
         }
-        pair_given("http.tls_cert", &self.tls_cert, "http.tls_key", &self.tls_key)?;
+        pair_given(
+            "http.tls_cert",
+            &self.tls_cert,
+            "http.tls_key",
+            &self.tls_key,
+        )?;
         pair_given(
             "http.internal_tls_cert",
             &self.internal_tls_cert,
@@ -135,18 +140,29 @@ mod tests {
                 "internal_tls_cert = \"c.pem\"\ninternal_tls_key = \"k.pem\"",
                 "http.internal_tls_cert",
             ),
-            ("tls_handshake_timeout = \"0s\"", "http.tls_handshake_timeout"),
+            (
+                "tls_handshake_timeout = \"0s\"",
+                "http.tls_handshake_timeout",
+            ),
         ] {
             let e = load_str(&format!("[http]\n{text}\n"), &[], &[]).unwrap_err();
             assert_eq!(e.field(), Some(name), "{e}");
         }
-        let c = load_str("[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n", &[], &[]).unwrap();
+        let c = load_str(
+            "[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+            &[],
+            &[],
+        )
+        .unwrap();
         assert_eq!(c.http.tls_cert, "c.pem");
         for (text, name) in [
             ("protocols = [\"osmand\"]", "devices.tls.protocols[0]"),
             ("cert = \"c.pem\"\nkey = \"k.pem\"", "devices.tls.protocols"),
             ("protocols = [\"gt06\"]", "devices.tls.cert"),
-            ("cert = \"c.pem\"\nprotocols = [\"gt06\"]", "devices.tls.key"),
+            (
+                "cert = \"c.pem\"\nprotocols = [\"gt06\"]",
+                "devices.tls.key",
+            ),
         ] {
             let e = load_str(&format!("[devices.tls]\n{text}\n"), &[], &[]).unwrap_err();
             assert_eq!(e.field(), Some(name), "{e}");

@@ -34,7 +34,12 @@ impl DeviceTlsConfig {
                 ));
             }
         }
-        super::super::http::pair_given("devices.tls.cert", &self.cert, "devices.tls.key", &self.key)?;
+        super::super::http::pair_given(
+            "devices.tls.cert",
+            &self.cert,
+            "devices.tls.key",
+            &self.key,
+        )?;
         match (self.cert.is_empty(), self.protocols.is_empty()) {
             (false, true) => Err(field(
                 "devices.tls.protocols",

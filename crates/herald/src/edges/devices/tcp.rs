@@ -2,6 +2,7 @@
 
 use super::admission::Admission;
 use super::{DeviceIngest, Protocol, WRITE_TIMEOUT};
+use crate::edges::tls::{Endpoint, Socket};
 use herald_devices::{
     gt06, h02, jsonl, teltonika, DecodeError, Decoded, FrameError, FrameStatus, SessionState,
 };
@@ -9,7 +10,6 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use crate::edges::tls::{Endpoint, Socket};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 

@@ -60,14 +60,8 @@ impl Certificates {
             public_pair.clone()
         };
         let tls = &config.devices.tls;
-        let devices_pair = (config.devices.enabled && !tls.cert.is_empty()).then(|| {
-            pair(
-                "devices.tls.cert",
-                &tls.cert,
-                "devices.tls.key",
-                &tls.key,
-            )
-        });
+        let devices_pair = (config.devices.enabled && !tls.cert.is_empty())
+            .then(|| pair("devices.tls.cert", &tls.cert, "devices.tls.key", &tls.key));
         let open = |listener, pair: Option<Pair>, http| {
             pair.map(|p| Endpoint::open(listener, p, http, metrics.clone()))
                 .transpose()

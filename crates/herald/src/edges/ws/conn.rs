@@ -6,10 +6,10 @@ use super::frame::{
     CLOSE_INVALID_PAYLOAD, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, OP_BINARY,
     OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
 };
+use crate::edges::tls::Socket;
 use bytes::Bytes;
 use std::io;
 use std::time::{Duration, Instant};
-use crate::edges::tls::Socket;
 use tokio::io::AsyncWriteExt;
 
 /// What a read produced.
