@@ -163,7 +163,7 @@ impl Server {
         })
     }
 
-    /// Reads every TLS listener's certificate and key again (the lead's SIGHUP): new handshakes
+    /// Reads every TLS listener's certificate and key again (for SIGHUP): new handshakes
     /// get the new certificate, open connections keep theirs. A listener whose files are bad
     /// keeps its certificate; the error names the field. Files are also polled for changes.
     pub fn reload_tls(&self) -> anyhow::Result<()> {

@@ -100,8 +100,12 @@ async fn serve_connection(
     let metrics = routes.node.metrics.clone();
     let abort = tokio_util::sync::CancellationToken::new();
     let abort_here = abort.clone();
+    let tls = stream.is_tls();
     let service = hyper::service::service_fn(move |mut req| {
         let routes = routes.clone();
+        if tls {
+            mark_https(&mut req);
+        }
         req.extensions_mut()
             .insert(super::ConnectionAbort(abort.clone()));
         async move { Ok::<_, std::convert::Infallible>(route(&routes, req, peer, role).await) }
@@ -124,6 +128,26 @@ async fn serve_connection(
                 .get_or_create(&crate::core::metrics::ReasonLabel { reason })
                 .inc();
         }
+    }
+}
+
+/// Gives a request that came over TLS the `https` scheme (what the admin console's `Secure`
+/// cookie goes by), with the authority of its Host header when it named none.
+fn mark_https<B>(req: &mut http::Request<B>) {
+    let mut parts = req.uri().clone().into_parts();
+    if parts.authority.is_none() {
+        let host = req.headers().get(http::header::HOST);
+        match host.and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok()) {
+            Some(authority) => parts.authority = Some(authority),
+            None => return,
+        }
+    }
+    parts.scheme = Some(http::uri::Scheme::HTTPS);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
     }
 }
 
