@@ -147,7 +147,7 @@ async fn served_cert(
         .clone()
 }
 
-/// One HTTP/1.1 request over TLS; returns (status, body).
+/// One HTTP/1.1 request over TLS with the API key and a JSON body; returns (status, body).
 async fn https(
     addr: SocketAddr,
     client: &Arc<rustls::ClientConfig>,
@@ -155,23 +155,32 @@ async fn https(
     path: &str,
     body: &str,
 ) -> (u16, String) {
+    let headers = format!("X-API-Key: {API_KEY}\r\nContent-Type: application/json\r\n");
+    let (head, body) = https_with(addr, client, method, path, &headers, body).await;
+    (support::status_of(&head), body)
+}
+
+/// One HTTP/1.1 request over TLS with `headers` (lines ending in CRLF); returns (head, body).
+async fn https_with(
+    addr: SocketAddr,
+    client: &Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (String, String) {
     let mut tls = tls_connect(addr, client).await;
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {API_KEY}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     tls.write_all(request.as_bytes()).await.expect("request");
     let mut response = Vec::new();
     let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut response)).await;
     let text = String::from_utf8_lossy(&response).to_string();
-    let status = support::status_of(&text);
-    let body = text
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_string(), body.to_string())
 }
 
 async fn api(h: &Herald, client: &Arc<rustls::ClientConfig>, method: &str, params: Value) -> Value {
@@ -235,7 +244,10 @@ async fn wss_round_trip_https_health_and_alpn() {
     let ca = Ca::new();
     let leaf = ca.issue("herald one", 2031);
     let (cert, key) = install(dir.path(), &leaf);
-    let h = Herald::start_http(dir.path(), &http_tls(&cert, &key, ""), &server_config());
+    let admin = "[admin]\npassword = \"tls-admin-password\"\n\
+                 secret = \"tls-admin-secret-tls-admin-secret-0123\"\n";
+    let config = format!("{}\n{admin}", server_config());
+    let h = Herald::start_http(dir.path(), &http_tls(&cert, &key, ""), &config);
     let client = ca.client();
 
     let tls = tls_connect(h.api, &client).await;
@@ -243,6 +255,22 @@ async fn wss_round_trip_https_health_and_alpn() {
     drop(tls);
     let (status, body) = https(h.api, &client, "GET", "/health", "").await;
     assert_eq!(status, 200, "{body}");
+    // A login over TLS gets a Secure session cookie.
+    let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+    let (head, _) = https_with(
+        h.api,
+        &client,
+        "POST",
+        "/admin/login",
+        form,
+        "password=tls-admin-password",
+    )
+    .await;
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no session cookie: {head}"));
+    assert!(cookie.contains("; Secure"), "{cookie}");
 
     let mut sub = subscriber(&h, &ca, "alice", "chat:tls").await;
     round_trip(&h, &client, &mut sub, "chat:tls", 1).await;

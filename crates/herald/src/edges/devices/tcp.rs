@@ -84,10 +84,17 @@ pub(super) async fn serve(
     // The handshake is part of logging in: it spends the same `devices.login_timeout`.
     let stream = match tls {
         None => Socket::Plain(stream),
-        Some(tls) => match tls.accept(stream, login_deadline - Instant::now()).await {
-            Some(stream) => Socket::Tls(Box::new(stream)),
-            None => return,
-        },
+        Some(tls) => {
+            let within = login_deadline.saturating_duration_since(Instant::now());
+            let handshake = tokio::select! {
+                handshake = tls.accept(stream, within) => handshake,
+                _ = ingest.stop.cancelled() => None,
+            };
+            match handshake {
+                Some(stream) => Socket::Tls(Box::new(stream)),
+                None => return,
+            }
+        }
     };
     let mut conn = Conn {
         ingest,
