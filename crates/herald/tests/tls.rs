@@ -286,6 +286,66 @@ async fn wss_round_trip_https_health_and_alpn() {
     );
 }
 
+/// Messages larger than a TLS record, and a stream of them, cross wss whole and in order both
+/// ways (the session's non-blocking writes and reads over rustls' buffers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_and_bursts_cross_wss_whole_and_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new();
+    let (cert, key) = install(dir.path(), &ca.issue("herald", 2031));
+    // A small kernel send buffer, so writes block and TLS records wait in rustls.
+    let config = format!("{}\n[client]\nsend_buffer = 4096\n", server_config());
+    let h = Herald::start_http(dir.path(), &http_tls(&cert, &key, ""), &config);
+    let client = ca.client();
+    let mut sub = subscriber(&h, &ca, "dave", "chat:big").await;
+
+    // From the client: 50 KB, about four TLS records.
+    let big = "x".repeat(50_000);
+    let reply = sub
+        .call(
+            "publish",
+            json!({"channel": "chat:big", "data": {"text": big}}),
+        )
+        .await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    assert_eq!(
+        sub.publication("chat:big").await["data"]["text"],
+        big.as_str()
+    );
+
+    // While the client does not read: 25 publications of 30 KB, then read them all.
+    for n in 0..25u32 {
+        let body = json!({"channel": "chat:big", "data": {"n": n, "pad": "z".repeat(30_000)}});
+        let (status, reply) =
+            https(h.api, &client, "POST", "/api/publish", &body.to_string()).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    for n in 0..25u32 {
+        assert_eq!(sub.publication("chat:big").await["data"]["n"], n);
+    }
+
+    // From the API while the client reads: 100 publications of 30 KB.
+    let (addr, config) = (h.api, client.clone());
+    let publisher = tokio::spawn(async move {
+        for n in 0..100u32 {
+            let body = json!({"channel": "chat:big", "data": {"n": n, "pad": "y".repeat(30_000)}});
+            let (status, reply) =
+                https(addr, &config, "POST", "/api/publish", &body.to_string()).await;
+            assert_eq!(status, 200, "{reply}");
+        }
+    });
+    for n in 0..100u32 {
+        let publication = sub.publication("chat:big").await;
+        assert_eq!(publication["data"]["n"], n);
+        assert_eq!(
+            publication["data"]["pad"].as_str().map(str::len),
+            Some(30_000)
+        );
+    }
+    publisher.await.expect("publisher");
+    round_trip(&h, &client, &mut sub, "chat:big", 1000).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_plain_http_clients_are_dropped_while_wss_works() {
     let dir = tempfile::tempdir().expect("tempdir");
