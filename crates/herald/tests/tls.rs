@@ -468,6 +468,75 @@ async fn certificate_files_replaced_reach_new_handshakes_only() {
     );
 }
 
+/// The public listener's address, from the start log's `websocket: wss://…` line.
+fn public_addr(h: &Herald) -> SocketAddr {
+    h.log
+        .iter()
+        .find_map(|l| l.split("websocket: wss://").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no wss address in the log:\n{}", h.log.join("\n")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_listener_serves_the_public_pair_by_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new();
+    let leaf = ca.issue("herald both", 2031);
+    let (cert, key) = install(dir.path(), &leaf);
+    let http = http_tls(&cert, &key, "internal_listen = \"127.0.0.1:0\"\n");
+    let h = Herald::start_http(dir.path(), &http, &server_config());
+    let client = ca.client();
+    let public = public_addr(&h);
+    assert_ne!(public, h.api);
+    for addr in [public, h.api] {
+        assert_eq!(served_cert(addr, &client).await, leaf.der);
+        assert_eq!(https(addr, &client, "GET", "/health", "").await.0, 200);
+    }
+    // The API and metrics are on the internal listener only, over TLS.
+    assert_eq!(https(public, &client, "GET", "/metrics", "").await.0, 404);
+    let text = metrics(&h, &client).await;
+    for listener in ["public", "internal"] {
+        let gauge =
+            format!("herald_tls_certificate_expiry_timestamp_seconds{{listener=\"{listener}\"}}");
+        assert_eq!(metric(&text, &gauge), new_year(2031) as f64, "{text}");
+    }
+}
+
+/// `Server::reload_tls` (what SIGHUP calls) applies new files at once, before any poll, and a bad
+/// pair keeps the certificate and names the field.
+#[tokio::test]
+async fn reload_tls_applies_at_once_and_a_bad_pair_names_its_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new();
+    let first = ca.issue("first", 2031);
+    let (cert, key) = install(dir.path(), &first);
+    let ts = support::TestServer::with(|c| {
+        c.http.tls_cert = cert.display().to_string();
+        c.http.tls_key = key.display().to_string();
+    })
+    .await;
+    let server = ts.server.as_ref().expect("server");
+    let client = ca.client();
+    assert_eq!(served_cert(ts.addr, &client).await, first.der);
+
+    let second = ca.issue("second", 2032);
+    install(dir.path(), &second);
+    server.reload_tls().expect("reload");
+    assert_eq!(served_cert(ts.addr, &client).await, second.der);
+
+    let other = ca.issue("other", 2033);
+    replace(&key, other.key_pem.as_bytes());
+    let error = server
+        .reload_tls()
+        .expect_err("a key of another certificate");
+    assert!(error.to_string().starts_with("http.tls_key: "), "{error}");
+    std::fs::remove_file(&cert).expect("remove");
+    let error = server.reload_tls().expect_err("no certificate file");
+    assert!(error.to_string().starts_with("http.tls_cert: "), "{error}");
+    assert_eq!(served_cert(ts.addr, &client).await, second.der);
+}
+
 #[test]
 fn mismatched_or_missing_pair_fails_start_and_checkconfig_naming_the_field() {
     let dir = tempfile::tempdir().expect("tempdir");
