@@ -149,6 +149,9 @@ fn reload(
 ) {
     let read = reread(sources, server, ephemeral_secret, demo_dir);
     herald::app::reload::apply(server, read, Some(&sources.log));
+    // Certificates reload on their own when the files change; SIGHUP does it at once. A bad
+    // pair keeps the previous certificate; the TLS code has logged and counted it already.
+    let _ = server.reload_tls();
 }
 
 /// The same sources as at start (file, `HERALD_…` environment, `--set`), with the adjustments
@@ -241,12 +244,23 @@ async fn serve(mut config: Config, sources: Sources, demo: Option<usize>) -> any
     let node = server.node.clone();
     let api_where = server.internal_addr.unwrap_or(server.addr);
     tracing::info!(node = %node.name, version = env!("CARGO_PKG_VERSION"), "herald started");
-    tracing::info!("websocket: ws://{}/connection/websocket", server.addr);
+    let (public_plain, internal_plain) = {
+        let config = node.config();
+        let http = &config.http;
+        (http.tls_cert.is_empty(), http.internal_tls_cert.is_empty())
+    };
+    // The internal listener has TLS with its own pair or, without one, the public pair.
+    let (ws, web, api) = match (public_plain, internal_plain) {
+        (true, true) => ("ws", "http", "http"),
+        (true, false) => ("ws", "http", "https"),
+        (false, _) => ("wss", "https", "https"),
+    };
+    tracing::info!("websocket: {ws}://{}/connection/websocket", server.addr);
     tracing::info!(
-        "server api: http://{api_where}/api/<method>, metrics: http://{api_where}/metrics"
+        "server api: {api}://{api_where}/api/<method>, metrics: {api}://{api_where}/metrics"
     );
     tracing::info!(
-        "health: http://{}/health, readiness: http://{}/ready",
+        "health: {web}://{}/health, readiness: {web}://{}/ready",
         server.addr,
         server.addr
     );
@@ -450,6 +464,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Checkconfig { file } => {
             let config = Config::load(Some(&file), std::env::vars(), &[])?;
             herald::app::server::verifier(&config)?;
+            herald::edges::tls::check(&config)?;
             println!("{}: ok", file.display());
             Ok(())
         }

@@ -104,6 +104,10 @@ fn every_dashboard_query_parses() {
 
 /// Families that exist only where their feature is configured; the reference lists them.
 const ONLY_WHEN_CONFIGURED: &[(&str, &str)] = &[
+    (
+        "herald_tls_certificate_expiry_timestamp_seconds",
+        "native TLS",
+    ),
     ("herald_broker_shards", "the Redis Cluster broker"),
     ("herald_proxy_calls_total", "proxy hooks"),
     ("herald_proxy_errors_total", "proxy hooks"),

@@ -137,6 +137,11 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("http.listen", http.listen);
     keep!("http.internal_listen", http.internal_listen);
     keep!("http.reuse_port", http.reuse_port);
+    // The files reload on change and on SIGHUP; which files (or TLS at all) is set at start.
+    keep!("http.tls_cert", http.tls_cert);
+    keep!("http.tls_key", http.tls_key);
+    keep!("http.internal_tls_cert", http.internal_tls_cert);
+    keep!("http.internal_tls_key", http.internal_tls_key);
     keep!("log.format", log.format);
     keep!("client.max_connections", client.max_connections);
     keep!("channel.max_streams", channel.max_streams);

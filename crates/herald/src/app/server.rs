@@ -28,6 +28,8 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
     /// The broker's backend (for the crash hook).
     backend: Backend,
+    /// The TLS listeners' certificates (see [`Server::reload_tls`]).
+    tls: crate::edges::tls::Certificates,
 }
 
 fn optional(s: &str) -> Option<String> {
@@ -74,6 +76,10 @@ impl Server {
         backend.start();
         let config = &node.config();
         super::process_metrics::register(&node.metrics);
+        let tls_metrics = crate::edges::tls::TlsMetrics::default();
+        let tls = crate::edges::tls::Certificates::open(config, &tls_metrics)
+            .map_err(anyhow::Error::msg)?;
+        tls_metrics.register(&node.metrics);
         let budget = descriptor_budget(&node);
         let share = |name: &str| {
             budget
@@ -99,7 +105,7 @@ impl Server {
                 node.shutdown.cancel();
                 anyhow::anyhow!("devices.spool_dir: {e}")
             })?;
-            match DeviceIngest::start(node.clone(), &budget).await {
+            match DeviceIngest::start(node.clone(), &budget, tls.devices.clone()).await {
                 Ok(d) => (Some(lock), Some(d)),
                 Err(e) => {
                     node.shutdown.cancel();
@@ -124,6 +130,7 @@ impl Server {
                     listener,
                     Role::Internal,
                     share(INTERNAL)?,
+                    tls.internal.clone(),
                 )));
                 Role::Public
             }
@@ -134,7 +141,11 @@ impl Server {
             public,
             public_role,
             share(PUBLIC)?,
+            tls.public.clone(),
         )));
+        if tls.any() {
+            tasks.push(tokio::spawn(tls.clone().watch(node.shutdown.clone())));
+        }
         let device_addrs = devices.as_ref().map(|d| d.addrs).unwrap_or_default();
         tasks.push(tokio::spawn(sweeper(node.clone())));
         tasks.push(tokio::spawn(announcer(node.clone())));
@@ -152,7 +163,15 @@ impl Server {
             devices,
             device_addrs,
             tasks,
+            tls,
         })
+    }
+
+    /// Reads every TLS listener's certificate and key again (for SIGHUP): new handshakes
+    /// get the new certificate, open connections keep theirs. A listener whose files are bad
+    /// keeps its certificate; the error names the field. Files are also polled for changes.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        self.tls.reload().map_err(anyhow::Error::msg)
     }
 
     /// Graceful stop: refuse new connections, tell clients to reconnect elsewhere (`shutdown`, 3001),

@@ -21,6 +21,16 @@ pub struct HttpConfig {
     /// answer): `*` or exact origins; empty allows all.
     /// Required (without `*`) when the proxy hooks forward Cookie or Authorization.
     pub allowed_origins: Vec<String>,
+    /// PEM certificate chain (leaf first) and private key: the public listener serves https/wss.
+    /// Reloaded when the files change (docs/operations.md#tls).
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// The internal listener's pair; when empty, the internal listener uses `tls_cert`/`tls_key`.
+    pub internal_tls_cert: String,
+    pub internal_tls_key: String,
+    /// A TLS client must finish its handshake within this, or it is dropped.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -31,6 +41,11 @@ impl Default for HttpConfig {
             reuse_port: false,
             shutdown_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            internal_tls_cert: String::new(),
+            internal_tls_key: String::new(),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -40,6 +55,27 @@ impl HttpConfig {
         parse_addr(&self.listen).map_err(|m| field("http.listen", m))?;
         if !self.internal_listen.is_empty() {
             parse_addr(&self.internal_listen).map_err(|m| field("http.internal_listen", m))?;
+        }
+        pair_given(
+            "http.tls_cert",
+            &self.tls_cert,
+            "http.tls_key",
+            &self.tls_key,
+        )?;
+        pair_given(
+            "http.internal_tls_cert",
+            &self.internal_tls_cert,
+            "http.internal_tls_key",
+            &self.internal_tls_key,
+        )?;
+        if !self.internal_tls_cert.is_empty() && self.internal_listen.is_empty() {
+            return Err(field(
+                "http.internal_tls_cert",
+                "is set but http.internal_listen is not",
+            ));
+        }
+        if self.tls_handshake_timeout.is_zero() {
+            return Err(super::error::positive("http.tls_handshake_timeout"));
         }
         Ok(())
     }
@@ -55,6 +91,20 @@ impl HttpConfig {
             return None;
         }
         parse_addr(&self.internal_listen).ok()
+    }
+}
+
+/// A certificate and its key are given together or not at all (the files are read at start).
+pub(super) fn pair_given(
+    cert_field: &str,
+    cert: &str,
+    key_field: &str,
+    key: &str,
+) -> Result<(), ConfigError> {
+    match (cert.is_empty(), key.is_empty()) {
+        (false, true) => Err(field(key_field, format!("is required with {cert_field}"))),
+        (true, false) => Err(field(cert_field, format!("is required with {key_field}"))),
+        _ => Ok(()),
     }
 }
 
@@ -78,5 +128,44 @@ mod tests {
         assert_eq!(e.field(), Some("http.listen"));
         let e = load_str("[http]\ninternal_listen = \"localhost:9000\"\n", &[], &[]).unwrap_err();
         assert_eq!(e.field(), Some("http.internal_listen"));
+    }
+
+    #[test]
+    fn tls_pairs_are_given_whole() {
+        for (text, name) in [
+            ("tls_cert = \"c.pem\"", "http.tls_key"),
+            ("tls_key = \"k.pem\"", "http.tls_cert"),
+            ("internal_tls_key = \"k.pem\"", "http.internal_tls_cert"),
+            (
+                "internal_tls_cert = \"c.pem\"\ninternal_tls_key = \"k.pem\"",
+                "http.internal_tls_cert",
+            ),
+            (
+                "tls_handshake_timeout = \"0s\"",
+                "http.tls_handshake_timeout",
+            ),
+        ] {
+            let e = load_str(&format!("[http]\n{text}\n"), &[], &[]).unwrap_err();
+            assert_eq!(e.field(), Some(name), "{e}");
+        }
+        let c = load_str(
+            "[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.http.tls_cert, "c.pem");
+        for (text, name) in [
+            ("protocols = [\"osmand\"]", "devices.tls.protocols[0]"),
+            ("cert = \"c.pem\"\nkey = \"k.pem\"", "devices.tls.protocols"),
+            ("protocols = [\"gt06\"]", "devices.tls.cert"),
+            (
+                "cert = \"c.pem\"\nprotocols = [\"gt06\"]",
+                "devices.tls.key",
+            ),
+        ] {
+            let e = load_str(&format!("[devices.tls]\n{text}\n"), &[], &[]).unwrap_err();
+            assert_eq!(e.field(), Some(name), "{e}");
+        }
     }
 }

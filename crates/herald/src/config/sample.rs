@@ -23,6 +23,15 @@ shutdown_timeout = "10s"
 # Allowed Origin values for WebSocket handshakes from browsers; empty allows all. Must list your
 # pages' origins (not "*") when [proxy] hooks forward Cookie or Authorization.
 allowed_origins = []
+# Native TLS (docs/operations.md#tls): PEM certificate chain (leaf first) and private key; the
+# public listener then serves https:// and wss://. Reloaded when the files change (and on SIGHUP).
+# tls_cert = "/etc/herald/tls/fullchain.pem"
+# tls_key = "/etc/herald/tls/privkey.pem"
+# The internal listener's own pair; when unset it uses tls_cert/tls_key (if those are set).
+# internal_tls_cert = ""
+# internal_tls_key = ""
+# A TLS client that has not finished its handshake after this is dropped.
+tls_handshake_timeout = "10s"
 
 [log]
 # error, warn, info, debug, trace, or a filter such as "herald=debug,info".
@@ -298,6 +307,13 @@ teltonika = "0.0.0.0:5027"
 osmand = "0.0.0.0:5055"
 # Herald JSON lines.
 jsonl = "0.0.0.0:5099"
+
+# [devices.tls]
+# TLS on chosen TCP device listeners (gt06, h02, teltonika, jsonl); the others stay plain.
+# The handshake counts against login_timeout.
+# cert = "/etc/herald/tls/devices-fullchain.pem"
+# key = "/etc/herald/tls/devices-privkey.pem"
+# protocols = ["gt06", "teltonika"]
 
 [map]
 # The live map page at /map (docs/map.md): device positions, trails and track replay. It reads

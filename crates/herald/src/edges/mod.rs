@@ -12,4 +12,5 @@ pub mod map;
 pub mod session;
 pub mod sockets;
 pub mod stream;
+pub mod tls;
 pub mod ws;

@@ -65,7 +65,7 @@ impl Node {
             .set(crate::core::clock::unix_secs());
         // Both outcomes exist from the start, so `increase()` sees the first refused reload.
         for result in ["ok", "refused"] {
-            metrics
+            let _ = metrics
                 .config_reloads
                 .get_or_create(&crate::core::metrics::ResultLabel { result });
         }

@@ -27,9 +27,14 @@ impl Herald {
     /// `[log]` and `[http]` are added (JSON logs, loopback port 0). Blocks the calling thread:
     /// in a test whose runtime also serves the binary (a proxy), use a multi-threaded runtime.
     pub fn start(dir: &Path, config: &str) -> Herald {
+        Herald::start_http(dir, "", config)
+    }
+
+    /// [`Herald::start`] with more `[http]` settings (`http` is TOML lines of that table).
+    pub fn start_http(dir: &Path, http: &str, config: &str) -> Herald {
         let file = dir.join("herald.toml");
         let full = format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{config}"
+            "[http]\nlisten = \"127.0.0.1:0\"\n{http}\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{config}"
         );
         std::fs::write(&file, full).expect("config written");
         Herald::start_file(&file)
@@ -77,7 +82,10 @@ impl Herald {
                         .insert(p.to_string(), a.parse().expect("listener addr"));
                 }
             }
-            if let Some(rest) = message.strip_prefix("server api: http://") {
+            let api = message
+                .strip_prefix("server api: http://")
+                .or_else(|| message.strip_prefix("server api: https://"));
+            if let Some(rest) = api {
                 let addr = rest.split('/').next().unwrap_or_default();
                 h.api = addr.parse().expect("api addr");
                 return h;

@@ -423,6 +423,17 @@ impl Client {
         Client::on(ws)
     }
 
+    /// Like `open` (a `wss://` url) with a TLS connector, e.g. one trusting a test CA.
+    pub async fn open_tls(url: &str, connector: &tokio_websockets::Connector) -> Client {
+        let uri = http::Uri::try_from(url).expect("url");
+        let (ws, _) = ClientBuilder::from_uri(uri)
+            .connector(connector)
+            .connect()
+            .await
+            .expect("wss connects");
+        Client::on(ws)
+    }
+
     /// A client on an open WebSocket, nothing received yet.
     fn on(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
         Client {

@@ -1,8 +1,10 @@
 //! `[devices]`: GPS device ingest (docs/devices.md).
 
 mod storage;
+mod tls;
 
 pub use storage::{FsyncSetting, StoreSetting};
+pub use tls::DeviceTlsConfig;
 
 use super::error::{field, positive, ConfigError};
 use super::http::parse_addr;
@@ -51,6 +53,8 @@ pub struct DevicesConfig {
     /// the disconnected devices seen longest ago are forgotten (their positions stay stored);
     /// when every entry is connected, new ids are refused.
     pub max_devices: usize,
+    /// TLS on chosen TCP listeners (`[devices.tls]`).
+    pub tls: DeviceTlsConfig,
 }
 
 /// Listen addresses of the device protocols.
@@ -109,6 +113,7 @@ impl Default for DevicesConfig {
             max_connections: 50_000,
             max_connections_per_ip: 500,
             max_devices: 100_000,
+            tls: DeviceTlsConfig::default(),
         }
     }
 }
@@ -173,7 +178,7 @@ impl DevicesConfig {
                 "is empty while accept_unknown = false: no device could connect",
             ));
         }
-        Ok(())
+        self.tls.validate()
     }
 }
 

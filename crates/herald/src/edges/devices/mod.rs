@@ -120,14 +120,18 @@ pub struct DeviceIngest {
     /// Open device connections per source address (`devices.max_connections_per_ip`).
     per_ip: Arc<admission::PerIp>,
     connection_metrics: Arc<admission::ConnectionMetrics>,
+    /// The certificate of the listeners named in `devices.tls.protocols`.
+    tls: Option<Arc<crate::edges::tls::Endpoint>>,
 }
 
 impl DeviceIngest {
     /// Opens the spool and the store, starts the writer and binds every enabled listener; each
-    /// listener holds connections within its share of `budget` (named by protocol).
+    /// listener holds connections within its share of `budget` (named by protocol). The listeners
+    /// of `devices.tls.protocols` speak TLS with `tls`.
     pub async fn start(
         node: Arc<Node>,
         budget: &crate::edges::descriptors::Budget,
+        tls: Option<Arc<crate::edges::tls::Endpoint>>,
     ) -> anyhow::Result<Arc<DeviceIngest>> {
         let cfg = node.config().devices.clone();
         let fsync = match cfg.fsync {
@@ -194,6 +198,7 @@ impl DeviceIngest {
             publish_warned: AtomicBool::new(false),
             per_ip: Arc::default(),
             connection_metrics: admission::ConnectionMetrics::register(&node.metrics),
+            tls,
         });
         ingest.registry.register_metrics(&node.metrics);
         for (protocol, listener, share) in listeners {
@@ -380,6 +385,9 @@ async fn accept_loop(
     share: crate::edges::descriptors::Share,
 ) {
     let max_per_ip = ingest.node.config().devices.max_connections_per_ip;
+    let tls = (ingest.node.config().devices.tls.covers(protocol.name()))
+        .then(|| ingest.tls.clone())
+        .flatten();
     let mut last_warning: Option<Instant> = None;
     let mut warn = |message: &str, detail: &str| {
         if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
@@ -420,6 +428,7 @@ async fn accept_loop(
                         ingest.clone(),
                         protocol,
                         stream,
+                        tls.clone(),
                         peer,
                         admission,
                     ))

@@ -2,6 +2,7 @@
 
 use super::admission::Admission;
 use super::{DeviceIngest, Protocol, WRITE_TIMEOUT};
+use crate::edges::tls::{Endpoint, Socket};
 use herald_devices::{
     gt06, h02, jsonl, teltonika, DecodeError, Decoded, FrameError, FrameStatus, SessionState,
 };
@@ -61,7 +62,7 @@ enum End {
 struct Conn {
     ingest: Arc<DeviceIngest>,
     protocol: Protocol,
-    stream: TcpStream,
+    stream: Socket,
     peer: SocketAddr,
     session: SessionState,
     /// Device ids registered as connected through this connection (empty: not identified yet).
@@ -74,11 +75,27 @@ pub(super) async fn serve(
     ingest: Arc<DeviceIngest>,
     protocol: Protocol,
     stream: TcpStream,
+    tls: Option<Arc<Endpoint>>,
     peer: SocketAddr,
     // Held for the connection's life: its descriptor and its place in the per-address count.
     _admission: Admission,
 ) {
     let login_deadline = Instant::now() + ingest.node.config().devices.login_timeout;
+    // The handshake is part of logging in: it spends the same `devices.login_timeout`.
+    let stream = match tls {
+        None => Socket::Plain(stream),
+        Some(tls) => {
+            let within = login_deadline.saturating_duration_since(Instant::now());
+            let handshake = tokio::select! {
+                handshake = tls.accept(stream, within) => handshake,
+                _ = ingest.stop.cancelled() => None,
+            };
+            match handshake {
+                Some(stream) => Socket::Tls(Box::new(stream)),
+                None => return,
+            }
+        }
+    };
     let mut conn = Conn {
         ingest,
         protocol,
@@ -220,7 +237,12 @@ impl Conn {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await {
+        // The flush matters over TLS only: records rustls still holds go out with it.
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(End::Because(format!("write: {e}"))),
             Err(_) => Err(End::Because("write timeout".into())),

@@ -3,6 +3,7 @@
 
 use super::router::route;
 use super::{Role, Routes};
+use crate::edges::tls::Socket;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,12 +12,13 @@ use tokio::net::TcpListener;
 
 /// Accepts until shutdown. A connection beyond the listener's descriptor share is closed at
 /// once (crate::edges::descriptors); running out of descriptors anyway pauses accepting instead of
-/// spinning.
+/// spinning. With `tls`, each connection's handshake runs in its own task, holding its permit.
 pub async fn accept_loop(
     routes: Arc<Routes>,
     listener: TcpListener,
     role: Role,
     share: crate::edges::descriptors::Share,
+    tls: Option<Arc<crate::edges::tls::Endpoint>>,
 ) {
     let node = routes.node.clone();
     let mut last_warning: Option<Instant> = None;
@@ -51,7 +53,21 @@ pub async fn accept_loop(
                 if send_buffer > 0 {
                     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
                 }
-                tokio::spawn(serve_connection(routes.clone(), stream, peer, role, permit));
+                let routes = routes.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let socket = match tls {
+                        None => Socket::Plain(stream),
+                        Some(tls) => {
+                            let timeout = routes.node.config().http.tls_handshake_timeout;
+                            match tls.accept(stream, timeout).await {
+                                Some(stream) => Socket::Tls(Box::new(stream)),
+                                None => return,
+                            }
+                        }
+                    };
+                    serve_connection(routes, socket, peer, role, permit).await
+                });
             }
             Err(e) => {
                 let out_of_files =
@@ -75,7 +91,7 @@ pub async fn accept_loop(
 
 async fn serve_connection(
     routes: Arc<Routes>,
-    stream: tokio::net::TcpStream,
+    stream: Socket,
     peer: SocketAddr,
     role: Role,
     // Held while hyper serves the socket; an upgraded WebSocket is counted by node.connections.
@@ -84,8 +100,12 @@ async fn serve_connection(
     let metrics = routes.node.metrics.clone();
     let abort = tokio_util::sync::CancellationToken::new();
     let abort_here = abort.clone();
+    let tls = stream.is_tls();
     let service = hyper::service::service_fn(move |mut req| {
         let routes = routes.clone();
+        if tls {
+            mark_https(&mut req);
+        }
         req.extensions_mut()
             .insert(super::ConnectionAbort(abort.clone()));
         async move { Ok::<_, std::convert::Infallible>(route(&routes, req, peer, role).await) }
@@ -108,6 +128,26 @@ async fn serve_connection(
                 .get_or_create(&crate::core::metrics::ReasonLabel { reason })
                 .inc();
         }
+    }
+}
+
+/// Gives a request that came over TLS the `https` scheme (what the admin console's `Secure`
+/// cookie goes by), with the authority of its Host header when it named none.
+fn mark_https<B>(req: &mut http::Request<B>) {
+    let mut parts = req.uri().clone().into_parts();
+    if parts.authority.is_none() {
+        let host = req.headers().get(http::header::HOST);
+        match host.and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok()) {
+            Some(authority) => parts.authority = Some(authority),
+            None => return,
+        }
+    }
+    parts.scheme = Some(http::uri::Scheme::HTTPS);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
     }
 }
 

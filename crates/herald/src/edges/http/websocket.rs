@@ -60,8 +60,8 @@ pub(super) fn websocket(
     tokio::spawn(async move {
         let _slot = slot;
         match upgrade.await {
-            // Take the TCP stream back from hyper so the session owns the socket directly.
-            Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+            // Take the socket back from hyper so the session owns it directly.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<crate::edges::tls::Socket>>() {
                 Ok(parts) => {
                     let max = node.config().client.max_message_size;
                     let ws = WsConn::new(parts.io.into_inner(), &parts.read_buf, max)

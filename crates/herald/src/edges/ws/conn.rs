@@ -6,11 +6,11 @@ use super::frame::{
     CLOSE_INVALID_PAYLOAD, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, OP_BINARY,
     OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
 };
+use crate::edges::tls::Socket;
 use bytes::Bytes;
 use std::io;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// What a read produced.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,9 +31,9 @@ pub enum WsError {
     Violation(Violation),
 }
 
-/// A server-side WebSocket connection over a TCP stream.
+/// A server-side WebSocket connection over a TCP stream, plain or TLS.
 pub struct WsConn {
-    io: TcpStream,
+    io: Socket,
     /// Bytes of an incomplete frame; empty (no allocation) while idle.
     partial: Vec<u8>,
     /// Fragments of an incomplete message.
@@ -60,7 +60,7 @@ const READ_BURST: usize = 256 * 1024;
 
 impl WsConn {
     /// `preread`: bytes the HTTP layer read past the handshake.
-    pub fn new(io: TcpStream, preread: &[u8], max_message: usize) -> WsConn {
+    pub fn new(io: Socket, preread: &[u8], max_message: usize) -> WsConn {
         WsConn {
             io,
             partial: preread.to_vec(),
@@ -95,9 +95,9 @@ impl WsConn {
         self.out.len() - self.written + self.control.len()
     }
 
-    /// Whether anything is waiting to be handed to the kernel.
+    /// Whether anything is waiting to be handed to the kernel (TLS records included).
     pub fn is_writing(&self) -> bool {
-        self.queued_out() > 0
+        self.queued_out() > 0 || self.io.has_pending_output()
     }
 
     /// While a write is pending: since when it has made no progress.
@@ -273,6 +273,8 @@ impl WsConn {
                 self.out = Vec::new();
                 self.written = 0;
                 if self.control.is_empty() {
+                    // TLS holds encrypted records until the kernel takes them.
+                    self.io.try_flush()?;
                     return Ok(total);
                 }
                 let control = std::mem::take(&mut self.control);
@@ -323,7 +325,7 @@ impl WsConn {
             write_close(&mut frame, code, reason);
             let _ = self.io.try_write(&frame);
         }
-        let _ = socket2::SockRef::from(&self.io).set_linger(Some(Duration::ZERO));
+        let _ = socket2::SockRef::from(self.io.tcp()).set_linger(Some(Duration::ZERO));
     }
 
     /// Sends FIN after what was written, without waiting for the peer.
