@@ -468,6 +468,55 @@ async fn certificate_files_replaced_reach_new_handshakes_only() {
     );
 }
 
+/// SIGHUP (systemctl reload) reloads the certificates at once, without waiting for the poll. The
+/// new files get the old ones' modification times, so the poll sees nothing new unless the sizes
+/// differ; the new certificate must be served within a second of the signal either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificates_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new();
+    let first = ca.issue("herald hup 1", 2031);
+    let (cert, key) = install(dir.path(), &first);
+    let mut h = Herald::start_http(dir.path(), &http_tls(&cert, &key, ""), &server_config());
+    let client = ca.client();
+    assert_eq!(served_cert(h.api, &client).await, first.der);
+    let mut sub = subscriber(&h, &ca, "dave", "chat:hup").await;
+
+    let modified = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .expect("mtime")
+    };
+    let (cert_time, key_time) = (modified(&cert), modified(&key));
+    let second = ca.issue("herald hup 2", 2032);
+    install(dir.path(), &second);
+    for (path, time) in [(&cert, cert_time), (&key, key_time)] {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(time))
+            .expect("set mtime");
+    }
+    h.hup();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while served_cert(h.api, &client).await != second.der {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload the certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The configuration reload ran too, and the connection opened before it goes on.
+    assert!(
+        h.wait_log(Duration::from_secs(5), |l| l["fields"]["message"]
+            == "configuration reloaded")
+            .is_some(),
+        "{}",
+        h.log.join("\n")
+    );
+    round_trip(&h, &client, &mut sub, "chat:hup", 1).await;
+}
+
 /// The public listener's address, from the start log's `websocket: wss://…` line.
 fn public_addr(h: &Herald) -> SocketAddr {
     h.log
