@@ -17,6 +17,15 @@ pub struct HttpConfig {
     /// How long a graceful shutdown waits for clients to leave.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// On a graceful stop (SIGTERM, or after handing the listeners to a new process), the clients
+    /// are told to reconnect (3001) at random moments spread over this period, so the node that
+    /// takes them is not hit by all reconnects at once. `0s`: all at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_period: Duration,
+    /// SIGUSR2: how long the new process may take to become ready before the old one gives up,
+    /// stops it and keeps serving.
+    #[serde(with = "humantime_serde")]
+    pub upgrade_timeout: Duration,
     /// Allowed `Origin` values for WebSocket handshakes, streams and `/emulation` (and their CORS
     /// answer): `*` or exact origins; empty allows all.
     /// Required (without `*`) when the proxy hooks forward Cookie or Authorization.
@@ -30,6 +39,8 @@ impl Default for HttpConfig {
             internal_listen: String::new(),
             reuse_port: false,
             shutdown_timeout: Duration::from_secs(10),
+            drain_period: Duration::ZERO,
+            upgrade_timeout: Duration::from_secs(30),
             allowed_origins: Vec::new(),
         }
     }
@@ -40,6 +51,9 @@ impl HttpConfig {
         parse_addr(&self.listen).map_err(|m| field("http.listen", m))?;
         if !self.internal_listen.is_empty() {
             parse_addr(&self.internal_listen).map_err(|m| field("http.internal_listen", m))?;
+        }
+        if self.upgrade_timeout.is_zero() {
+            return Err(field("http.upgrade_timeout", "must be above 0"));
         }
         Ok(())
     }

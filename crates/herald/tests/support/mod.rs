@@ -423,6 +423,16 @@ impl Client {
         Client::on(ws)
     }
 
+    /// Like `open`, returning a refused or failed handshake instead of panicking.
+    pub async fn try_open(url: &str) -> Result<Client, String> {
+        let uri = http::Uri::try_from(url).map_err(|e| e.to_string())?;
+        let (ws, _) = ClientBuilder::from_uri(uri)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Client::on(ws))
+    }
+
     /// A client on an open WebSocket, nothing received yet.
     fn on(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
         Client {

@@ -1,0 +1,413 @@
+//! Zero-downtime restarts of real `herald` processes with real WebSocket clients: a SIGUSR2
+//! handover to a new process under 2,000 subscribed clients and a steady publication stream (no
+//! refused handshake, no lost or repeated publication, the time until every client is back), a
+//! new process that fails (the old one serves on), the drain that spreads the reconnect advice
+//! over `http.drain_period`, and the plain `http.reuse_port` way (start the new, SIGTERM the old).
+
+mod support;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::procs::*;
+use support::*;
+
+const CHANNEL: &str = "chat:restart";
+/// Every publication of a run stays in the history, so a client that reconnects recovers.
+const HISTORY: &str = r#"[[channel.namespaces]]
+name = "chat"
+allow_subscribe_for_client = true
+history_size = 10000
+history_ttl = "5m""#;
+/// Publications per second during a restart.
+const PUBLISH_EVERY: Duration = Duration::from_millis(20);
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a process this test started (or its handover successor).
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// The process a handover started (not the test's child): killed when the test ends.
+struct Successor(u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        signal(self.0, libc::SIGKILL);
+    }
+}
+
+/// A node config (see `node_config_with`) with lines added to `[http]`.
+fn config(dir: &Path, name: &str, listen: &str, http: &str, extra: &str) -> PathBuf {
+    let path = node_config_with(dir, name, listen, HISTORY, extra);
+    let text = std::fs::read_to_string(&path)
+        .expect("config")
+        .replace("[http]\n", &format!("[http]\n{http}\n"));
+    std::fs::write(&path, text).expect("config written");
+    path
+}
+
+fn redis_broker(test: &str) -> String {
+    let redis = test_redis();
+    let address = redis.trim_start_matches("redis://");
+    format!(
+        "[broker]\nkind = \"redis\"\nredis_addresses = [\"{address}\"]\nprefix = \"{}\"\n",
+        unique_prefix(test)
+    )
+}
+
+/// The log of a process (and of its successor, which writes to the same stderr), as it comes.
+#[derive(Clone)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn follow(lines: mpsc::Receiver<String>) -> Log {
+        let log = Log(Arc::new(Mutex::new(Vec::new())));
+        let into = log.clone();
+        std::thread::spawn(move || {
+            for line in lines {
+                into.0.lock().expect("log").push(line);
+            }
+        });
+        log
+    }
+
+    /// The first line containing `text`, waiting at most `wait`.
+    async fn wait(&self, text: &str, wait: Duration) -> String {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(line) = self.0.lock().expect("log").iter().find(|l| l.contains(text)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {text:?} within {wait:?}:\n{}",
+                self.0.lock().expect("log").join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `key=value` number of the first line containing `text`.
+    async fn number(&self, text: &str, key: &str, wait: Duration) -> u32 {
+        let line = self.wait(text, wait).await;
+        line.split(&format!("{key}="))
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}= in {line}"))
+    }
+}
+
+async fn wait_exit(proc: &mut Proc, wait: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(status) = proc.0.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process still running after {wait:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What one subscriber saw.
+#[derive(Default)]
+struct Report {
+    failures: Vec<String>,
+    /// When the server told it to reconnect (3001).
+    told: Vec<Instant>,
+    /// When it was subscribed again, with what it missed recovered.
+    back: Vec<Instant>,
+    /// The last offset it holds.
+    offset: u64,
+}
+
+/// Shared by the subscribers of a run.
+#[derive(Default)]
+struct Fleet {
+    subscribed: AtomicUsize,
+    back: AtomicUsize,
+    /// Set when the publisher stopped: the offset every subscriber must reach.
+    last: AtomicU64,
+    finished: AtomicBool,
+}
+
+impl Fleet {
+    fn done(&self, offset: u64) -> bool {
+        self.finished.load(Ordering::SeqCst) && offset >= self.last.load(Ordering::SeqCst)
+    }
+
+    async fn wait(&self, what: &str, counter: &AtomicUsize, n: usize, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while counter.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} of {n} within {wait:?}",
+                counter.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The next publication offset: exactly one more than the last, or a failure.
+fn take(report: &mut Report, got: Option<u64>) {
+    match got {
+        Some(got) if got == report.offset + 1 => report.offset = got,
+        Some(got) if got <= report.offset => report
+            .failures
+            .push(format!("offset {got} again (held {})", report.offset)),
+        Some(got) => {
+            report
+                .failures
+                .push(format!("gap: offset {got} after {}", report.offset));
+            report.offset = got;
+        }
+        None => report.failures.push("publication without offset".into()),
+    }
+}
+
+/// Handles one message of the live stream; `Err(code)` when the connection closed.
+async fn on_message(client: &mut Client, report: &mut Report, v: Value) {
+    if v.as_object().is_some_and(|o| o.is_empty()) {
+        client.send_text("{}").await;
+    } else if v["push"]["channel"] == CHANNEL && v["push"].get("pub").is_some() {
+        take(report, v["push"]["pub"]["offset"].as_u64());
+    }
+}
+
+/// A client that subscribes to CHANNEL, reads every publication, and on the reconnect advice
+/// reconnects and resubscribes with recovery, as an SDK does.
+async fn subscriber(url: String, user: String, fleet: Arc<Fleet>) -> Report {
+    let mut report = Report::default();
+    let mut epoch: Option<String> = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    'connection: while Instant::now() < deadline {
+        let mut client = match Client::try_open(&url).await {
+            Ok(client) => client,
+            Err(e) => {
+                report.failures.push(format!("handshake: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        client.connect(&token(&user)).await;
+        let params = match &epoch {
+            None => json!({"channel": CHANNEL}),
+            Some(epoch) => {
+                json!({"channel": CHANNEL, "recover": true, "offset": report.offset, "epoch": epoch})
+            }
+        };
+        let reply = client.call("subscribe", params).await;
+        let Some(sub) = reply.get("subscribe") else {
+            report.failures.push(format!("subscribe: {reply}"));
+            return report;
+        };
+        if epoch.is_some() {
+            if sub["recovered"] != true {
+                report.failures.push(format!("not recovered: {sub}"));
+            }
+            for publication in sub["publications"].as_array().into_iter().flatten() {
+                take(&mut report, publication["offset"].as_u64());
+            }
+            report.back.push(Instant::now());
+            fleet.back.fetch_add(1, Ordering::SeqCst);
+        } else {
+            report.offset = sub["offset"].as_u64().unwrap_or(0);
+            epoch = Some(sub["epoch"].as_str().unwrap_or_default().to_string());
+            fleet.subscribed.fetch_add(1, Ordering::SeqCst);
+        }
+        // Pushes that came with the reply.
+        while let Some(v) = client.next_within(Duration::ZERO).await {
+            on_message(&mut client, &mut report, v).await;
+        }
+        while !fleet.done(report.offset) {
+            let message =
+                match tokio::time::timeout(Duration::from_millis(100), client.ws.next()).await {
+                    Err(_) => continue,
+                    Ok(Some(Ok(message))) => message,
+                    Ok(_) => {
+                        report.failures.push("connection lost without a close".into());
+                        continue 'connection;
+                    }
+                };
+            if let Some((code, reason)) = message.as_close() {
+                let code = u16::from(code);
+                if code == 3001 {
+                    report.told.push(Instant::now());
+                } else {
+                    report.failures.push(format!("closed with {code} {reason}"));
+                }
+                continue 'connection;
+            }
+            if let Some(text) = message.as_text() {
+                for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
+                    match serde_json::from_str(line) {
+                        Ok(v) => on_message(&mut client, &mut report, v).await,
+                        Err(e) => report.failures.push(format!("not JSON: {e}")),
+                    }
+                }
+            }
+        }
+        let _ = client.ws.close().await;
+        return report;
+    }
+    report.failures.push(format!("not done at offset {}", report.offset));
+    report
+}
+
+/// Publishes to CHANNEL every PUBLISH_EVERY until `stop`; returns the last offset.
+async fn publisher(api: Arc<Mutex<SocketAddr>>, stop: Arc<AtomicBool>) -> u64 {
+    let mut tick = tokio::time::interval(PUBLISH_EVERY);
+    let mut last = 0;
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        tick.tick().await;
+        n += 1;
+        let addr = *api.lock().expect("api addr");
+        let result = api_ok(addr, "publish", json!({"channel": CHANNEL, "data": {"n": n}})).await;
+        last = result["offset"].as_u64().expect("publish offset");
+    }
+    last
+}
+
+/// Subscribers and a publisher around a restart.
+struct Run {
+    fleet: Arc<Fleet>,
+    clients: Vec<tokio::task::JoinHandle<Report>>,
+    stop: Arc<AtomicBool>,
+    publisher: Option<tokio::task::JoinHandle<u64>>,
+    api: Arc<Mutex<SocketAddr>>,
+}
+
+impl Run {
+    async fn start(url: &str, api: SocketAddr, n: usize) -> Run {
+        let fleet = Arc::new(Fleet::default());
+        let clients = (0..n)
+            .map(|i| tokio::spawn(subscriber(url.to_string(), format!("u{i}"), fleet.clone())))
+            .collect();
+        fleet
+            .wait("subscribed", &fleet.subscribed, n, Duration::from_secs(90))
+            .await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let api = Arc::new(Mutex::new(api));
+        let publisher = Some(tokio::spawn(publisher(api.clone(), stop.clone())));
+        Run {
+            fleet,
+            clients,
+            stop,
+            publisher,
+            api,
+        }
+    }
+
+    /// Stops publishing, lets every client reach the last offset, and checks what they saw:
+    /// every client told to reconnect `reconnects` times, back as often, and no failure.
+    async fn finish(mut self, reconnects: usize) -> Vec<Report> {
+        self.stop.store(true, Ordering::SeqCst);
+        let last = match self.publisher.take() {
+            Some(publisher) => publisher.await.expect("publisher"),
+            None => 0,
+        };
+        assert!(last > 0, "publications were made");
+        self.fleet.last.store(last, Ordering::SeqCst);
+        self.fleet.finished.store(true, Ordering::SeqCst);
+        let mut reports = Vec::new();
+        for client in self.clients {
+            reports.push(client.await.expect("subscriber"));
+        }
+        let failures: Vec<String> = reports
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.failures.iter().map(move |f| format!("u{i}: {f}")))
+            .collect();
+        assert!(
+            failures.is_empty(),
+            "{} failures, first: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(10)]
+        );
+        for (i, r) in reports.iter().enumerate() {
+            assert_eq!(r.offset, last, "u{i} holds every publication");
+            assert_eq!(r.told.len(), reconnects, "u{i} told to reconnect");
+            assert_eq!(r.back.len(), reconnects, "u{i} back");
+        }
+        reports
+    }
+}
+
+/// Seconds from `t0` to the earliest and the latest of `at`.
+fn span(t0: Instant, at: impl Iterator<Item = Instant>) -> (f64, f64) {
+    let secs: Vec<f64> = at.map(|t| t.duration_since(t0).as_secs_f64()).collect();
+    let min = secs.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = secs.iter().cloned().fold(0.0, f64::max);
+    (min, max)
+}
+
+/// The measured scenario of docs/operations.md: 2,000 clients, 50 publications a second,
+/// SIGUSR2 with a 3 s drain period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_hands_over_2000_clients_without_a_refusal_or_a_lost_publication() {
+    const CLIENTS: usize = 2000;
+    const DRAIN: Duration = Duration::from_secs(3);
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(
+        dir.path(),
+        "a",
+        "127.0.0.1:0",
+        "drain_period = \"3s\"\nshutdown_timeout = \"5s\"",
+        &redis_broker("handover"),
+    );
+    let mut old = start_node(&path).expect("herald starts");
+    let old_pid = old.proc.0.id();
+    let addr = old.addr;
+    let (_tx, idle) = mpsc::channel();
+    let log = Log::follow(std::mem::replace(&mut old.lines, idle));
+    wait_ready(addr).await;
+    let url = format!("ws://{addr}/connection/websocket");
+    let run = Run::start(&url, addr, CLIENTS).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let t0 = Instant::now();
+    signal(old_pid, libc::SIGUSR2);
+    let new_pid = log
+        .number("upgrade: new process started", "pid", Duration::from_secs(10))
+        .await;
+    let _successor = Successor(new_pid);
+    assert_ne!(new_pid, old_pid);
+    log.wait("upgrade: the new process serves", Duration::from_secs(30))
+        .await;
+    let handed = t0.elapsed();
+    run.fleet
+        .wait("back", &run.fleet.back, CLIENTS, DRAIN + Duration::from_secs(20))
+        .await;
+    let all_back = t0.elapsed();
+    let status = wait_exit(&mut old.proc, Duration::from_secs(15)).await;
+    assert!(status.success(), "the old process exits cleanly: {status}");
+    // The port is the new process's now.
+    assert_eq!(http_raw(addr, "GET", "/ready", &[], "").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reports = run.finish(1).await;
+    let (first_told, last_told) = span(t0, reports.iter().flat_map(|r| r.told.clone()));
+    let publications = reports[0].offset;
+    println!(
+        "handover of {CLIENTS} clients ({publications} publications at {}/s): new process ready \
+         {:.2}s after SIGUSR2; reconnect advice from {first_told:.2}s to {last_told:.2}s; every \
+         client back {:.2}s after SIGUSR2; 0 refused handshakes, 0 lost publications",
+        1000 / PUBLISH_EVERY.as_millis(),
+        handed.as_secs_f64(),
+        all_back.as_secs_f64()
+    );
+    // Spread over the drain period, not all at once, and back within it plus a margin.
+    assert!(
+        last_told - first_told > DRAIN.as_secs_f64() * 0.6,
+        "advice spread over the drain period: {first_told:.2}..{last_told:.2}"
+    );
+    assert!(
+        all_back < handed + DRAIN + Duration::from_secs(5),
+        "every client back within the drain period and a margin: {all_back:?}"
+    );
+}
