@@ -44,20 +44,35 @@ struct Listening {
     task: JoinHandle<()>,
 }
 
-/// The listener `name` handed over (or passed by systemd), else bound anew.
+/// The listener `name` handed over (or passed by systemd), else bound anew; and whether another
+/// process shares it (inherited, or `SO_REUSEPORT`).
 fn listen(
     inherited: &mut Inherited,
     name: &str,
     addr: SocketAddr,
     reuse_port: bool,
-) -> std::io::Result<tokio::net::TcpListener> {
+) -> std::io::Result<(tokio::net::TcpListener, bool)> {
     match inherited.take(name, addr) {
         Some(listener) => {
             tracing::info!(listener = name, addr = %listener.local_addr()?, "listener inherited");
-            tokio::net::TcpListener::from_std(listener)
+            Ok((tokio::net::TcpListener::from_std(listener)?, true))
         }
-        None => bind(addr, reuse_port),
+        None => Ok((bind(addr, reuse_port)?, reuse_port)),
     }
+}
+
+/// A listener another process shares accepts only once this node is ready (its broker
+/// connected): until then its connections wait in the backlog, or the kernel gives them to the
+/// other process, instead of landing on a node that would refuse their publications. Bounded by
+/// `http.upgrade_timeout`, after which it accepts anyway (health checks must get an answer).
+async fn accept_when_ready(node: Arc<Node>, shared: bool, accepting: impl std::future::Future<Output = ()>) {
+    if shared {
+        let deadline = Instant::now() + node.config.http.upgrade_timeout;
+        while !node.is_ready() && Instant::now() < deadline && !node.shutdown.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    accepting.await
 }
 
 fn optional(s: &str) -> Option<String> {
@@ -111,7 +126,7 @@ impl Server {
                 .share(name)
                 .context("listener missing from the descriptor plan")
         };
-        let public = listen(inherited, PUBLIC, config.listen_addr(), config.http.reuse_port)
+        let (public, public_shared) = listen(inherited, PUBLIC, config.listen_addr(), config.http.reuse_port)
             .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
         let addr = public.local_addr()?;
         node.set_address(addr.to_string());
@@ -153,17 +168,16 @@ impl Server {
         let mut listening = Vec::new();
         let mut internal_addr = None;
         let public_role = match internal {
-            Some(listener) => {
+            Some((listener, shared)) => {
                 internal_addr = Some(listener.local_addr()?);
                 let socket = listener.as_fd().try_clone_to_owned()?;
                 listening.push(Listening {
                     name: INTERNAL,
                     socket,
-                    task: tokio::spawn(accept_loop(
-                        routes.clone(),
-                        listener,
-                        Role::Internal,
-                        share(INTERNAL)?,
+                    task: tokio::spawn(accept_when_ready(
+                        node.clone(),
+                        shared,
+                        accept_loop(routes.clone(), listener, Role::Internal, share(INTERNAL)?),
                     )),
                 });
                 Role::Public
@@ -174,7 +188,11 @@ impl Server {
         listening.push(Listening {
             name: PUBLIC,
             socket,
-            task: tokio::spawn(accept_loop(routes, public, public_role, share(PUBLIC)?)),
+            task: tokio::spawn(accept_when_ready(
+                node.clone(),
+                public_shared,
+                accept_loop(routes, public, public_role, share(PUBLIC)?),
+            )),
         });
         let device_addrs = devices.as_ref().map(|d| d.addrs).unwrap_or_default();
         tasks.push(tokio::spawn(sweeper(node.clone())));
