@@ -428,3 +428,159 @@ async fn sigusr2_hands_over_2000_clients_without_a_refusal_or_a_lost_publication
         "every client back within the drain period and a margin: {all_back:?}"
     );
 }
+
+/// A new process that cannot start (here: a broken config file at upgrade time) leaves the old
+/// one serving its clients; once the file is fixed, the next SIGUSR2 goes through.
+#[tokio::test]
+async fn a_failed_upgrade_leaves_the_old_process_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), "a", "127.0.0.1:0", "", "");
+    let good = std::fs::read_to_string(&path).unwrap();
+    let mut old = start_node(&path).expect("herald starts");
+    let old_pid = old.proc.0.id();
+    let (_tx, idle) = mpsc::channel();
+    let log = Log::follow(std::mem::replace(&mut old.lines, idle));
+    let url = format!("ws://{}/connection/websocket", old.addr);
+    let mut client = Client::open(&url).await;
+    client.connect(&token("alice")).await;
+    client.subscribe(CHANNEL).await;
+
+    std::fs::write(&path, "[http]\nlisten = \"nowhere\"\n").unwrap();
+    signal(old_pid, libc::SIGUSR2);
+    let failed = log.wait("upgrade failed", Duration::from_secs(20)).await;
+    assert!(failed.contains("exited before it was ready"), "{failed}");
+    let child = log
+        .number("upgrade: new process started", "pid", Duration::from_secs(1))
+        .await;
+    assert!(
+        eventually(Duration::from_secs(5), || !Path::new(&format!("/proc/{child}")).exists())
+            .await,
+        "the failed process is gone (reaped)"
+    );
+    // The old process serves on: its client still receives, a new client connects.
+    assert!(old.proc.0.try_wait().unwrap().is_none(), "old process alive");
+    api_ok(old.addr, "publish", json!({"channel": CHANNEL, "data": {"n": 1}})).await;
+    assert_eq!(client.publication(CHANNEL).await["data"]["n"], 1);
+    Client::open(&url).await.connect(&token("bob")).await;
+
+    // Fixed: the upgrade goes through; the client is told to reconnect and finds the new process.
+    std::fs::write(&path, good).unwrap();
+    signal(old_pid, libc::SIGUSR2);
+    let new_pid = log
+        .number("upgrade: the new process serves", "pid", Duration::from_secs(20))
+        .await;
+    let _successor = Successor(new_pid);
+    assert_eq!(client.closed().await, Closed::Code(3001, "shutdown".into()));
+    assert!(wait_exit(&mut old.proc, Duration::from_secs(10)).await.success());
+    let mut again = Client::open(&url).await;
+    again.connect(&token("alice")).await;
+    again.subscribe(CHANNEL).await;
+    api_ok(old.addr, "publish", json!({"channel": CHANNEL, "data": {"n": 2}})).await;
+    assert_eq!(again.publication(CHANNEL).await["data"]["n"], 2);
+}
+
+/// SIGTERM with `http.drain_period`: the public listener closes at once, the clients are told to
+/// reconnect at moments spread over the period (not all at once), and the internal listener,
+/// which no other process shares, shows the drain in the metrics meanwhile.
+#[tokio::test]
+async fn sigterm_spreads_the_reconnect_advice_over_the_drain_period() {
+    const CLIENTS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let internal = format!("127.0.0.1:{}", free_port());
+    let path = config(
+        dir.path(),
+        "a",
+        "127.0.0.1:0",
+        &format!("drain_period = \"2s\"\ninternal_listen = \"{internal}\""),
+        "",
+    );
+    let mut node = start_node(&path).expect("herald starts");
+    let internal: SocketAddr = internal.parse().unwrap();
+    let url = format!("ws://{}/connection/websocket", node.addr);
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let mut c = Client::open(&url).await;
+        c.connect(&token(&format!("u{i}"))).await;
+        clients.push(c);
+    }
+    let t0 = Instant::now();
+    signal(node.proc.0.id(), libc::SIGTERM);
+    let waits: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let closed = c.closed_within(Duration::from_secs(10)).await;
+                (closed, t0.elapsed())
+            })
+        })
+        .collect();
+    // Meanwhile: the public port refuses, the metrics tell the drain.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(node.addr).await.is_err(),
+        "the public listener is closed during the drain"
+    );
+    let metrics = http_raw(internal, "GET", "/metrics", &[], "").await.1;
+    assert_eq!(metric(&metrics, "herald_draining"), 1.0, "{metrics}");
+    let pending = metric(&metrics, "herald_drain_pending_clients");
+    assert!(pending > 0.0 && pending < CLIENTS as f64, "pending {pending}");
+    let mut at = Vec::new();
+    for wait in waits {
+        let (closed, when) = wait.await.unwrap();
+        assert_eq!(closed, Some(Closed::Code(3001, "shutdown".into())));
+        at.push(when.as_secs_f64());
+    }
+    at.sort_by(f64::total_cmp);
+    let early = at.iter().filter(|t| **t < 0.3).count();
+    println!("drain of {CLIENTS} clients over 2s: advice from {:.2}s to {:.2}s", at[0], at[CLIENTS - 1]);
+    assert!(at[CLIENTS - 1] - at[0] > 1.2, "spread over the period: {at:?}");
+    assert!(early < CLIENTS / 3, "not all at once: {early} in the first 300 ms");
+    assert!(at[CLIENTS - 1] < 3.0, "within the period: {at:?}");
+    assert!(wait_exit(&mut node.proc, Duration::from_secs(10)).await.success());
+}
+
+/// The supervisor's way: a second process on the same port with `http.reuse_port`, then SIGTERM
+/// to the first. Its clients move to the second one, recovering what they missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_then_sigterm_moves_every_client_to_the_new_process() {
+    const CLIENTS: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let broker = redis_broker("reuse-port");
+    let node = |name: &str| {
+        let internal = format!("127.0.0.1:{}", free_port());
+        let path = config(
+            dir.path(),
+            name,
+            &listen,
+            &format!("reuse_port = true\ndrain_period = \"2s\"\ninternal_listen = \"{internal}\""),
+            &broker,
+        );
+        (path, internal.parse::<SocketAddr>().unwrap())
+    };
+    let (old_config, old_api) = node("old");
+    let mut old = start_node(&old_config).expect("old starts");
+    wait_ready(old_api).await;
+    let url = format!("ws://{listen}/connection/websocket");
+    let run = Run::start(&url, old_api, CLIENTS).await;
+    let (new_config, new_api) = node("new");
+    let _new = start_node(&new_config).expect("new starts");
+    wait_ready(new_api).await;
+    // Publications go through the new process's own API port from now on.
+    *run.api.lock().unwrap() = new_api;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    signal(old.proc.0.id(), libc::SIGTERM);
+    run.fleet
+        .wait("back", &run.fleet.back, CLIENTS, Duration::from_secs(30))
+        .await;
+    let all_back = t0.elapsed();
+    assert!(wait_exit(&mut old.proc, Duration::from_secs(10)).await.success());
+    assert_eq!(clients_on(new_api, "new").await, CLIENTS as u64);
+    let reports = run.finish(1).await;
+    println!(
+        "reuse_port + SIGTERM, {CLIENTS} clients: every client back on the new process {:.2}s after SIGTERM ({} publications, none lost)",
+        all_back.as_secs_f64(),
+        reports[0].offset
+    );
+}

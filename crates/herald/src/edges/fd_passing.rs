@@ -99,6 +99,10 @@ pub fn send_ready(socket: impl AsFd) -> std::io::Result<()> {
 /// end (it exited) first. Blocking; bounded by the socket's read timeout.
 pub fn wait_ready(socket: impl AsFd) -> std::io::Result<bool> {
     let mut bytes = [0u8; MAX_PACKET];
-    let n = rustix::net::recv(socket, &mut bytes, RecvFlags::empty())?.0;
-    Ok(bytes.get(..n) == Some(READY))
+    match rustix::net::recv(socket, &mut bytes, RecvFlags::empty()) {
+        Ok((n, _)) => Ok(bytes.get(..n) == Some(READY)),
+        // It exited without reading what was sent (it failed before adopting the listeners).
+        Err(rustix::io::Errno::CONNRESET) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
