@@ -292,11 +292,16 @@ async fn serve(mut config: Config, demo: Option<usize>) -> anyhow::Result<()> {
             Request::Upgrade => {
                 let handed = match &binary {
                     Ok(binary) => herald::app::handover::hand_over(&mut server, binary).await,
-                    Err(e) => Err(anyhow::anyhow!("upgrade: cannot tell this binary's path: {e}")),
+                    Err(e) => Err(anyhow::anyhow!(
+                        "upgrade: cannot tell this binary's path: {e}"
+                    )),
                 };
                 match handed {
                     Ok(pid) => {
-                        tracing::info!(pid, "upgrade: the new process serves; this one drains and exits");
+                        tracing::info!(
+                            pid,
+                            "upgrade: the new process serves; this one drains and exits"
+                        );
                         break;
                     }
                     Err(e) => tracing::error!(

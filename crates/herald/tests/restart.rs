@@ -82,7 +82,13 @@ impl Log {
     async fn wait(&self, text: &str, wait: Duration) -> String {
         let deadline = Instant::now() + wait;
         loop {
-            if let Some(line) = self.0.lock().expect("log").iter().find(|l| l.contains(text)) {
+            if let Some(line) = self
+                .0
+                .lock()
+                .expect("log")
+                .iter()
+                .find(|l| l.contains(text))
+            {
                 return line.clone();
             }
             assert!(
@@ -111,7 +117,10 @@ async fn wait_exit(proc: &mut Proc, wait: Duration) -> std::process::ExitStatus 
         if let Some(status) = proc.0.try_wait().expect("try_wait") {
             return status;
         }
-        assert!(Instant::now() < deadline, "process still running after {wait:?}");
+        assert!(
+            Instant::now() < deadline,
+            "process still running after {wait:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -243,7 +252,9 @@ async fn subscriber(url: String, user: String, fleet: Arc<Fleet>) -> Report {
                     Err(_) => continue,
                     Ok(Some(Ok(message))) => message,
                     Ok(_) => {
-                        report.failures.push("connection lost without a close".into());
+                        report
+                            .failures
+                            .push("connection lost without a close".into());
                         continue 'connection;
                     }
                 };
@@ -268,7 +279,9 @@ async fn subscriber(url: String, user: String, fleet: Arc<Fleet>) -> Report {
         let _ = client.ws.close().await;
         return report;
     }
-    report.failures.push(format!("not done at offset {}", report.offset));
+    report
+        .failures
+        .push(format!("not done at offset {}", report.offset));
     report
 }
 
@@ -281,7 +294,12 @@ async fn publisher(api: Arc<Mutex<SocketAddr>>, stop: Arc<AtomicBool>) -> u64 {
         tick.tick().await;
         n += 1;
         let addr = *api.lock().expect("api addr");
-        let result = api_ok(addr, "publish", json!({"channel": CHANNEL, "data": {"n": n}})).await;
+        let result = api_ok(
+            addr,
+            "publish",
+            json!({"channel": CHANNEL, "data": {"n": n}}),
+        )
+        .await;
         last = result["offset"].as_u64().expect("publish offset");
     }
     last
@@ -299,7 +317,12 @@ struct Run {
 impl Run {
     async fn start(url: &str, api: SocketAddr, n: usize) -> Run {
         // The stream exists (with its epoch) before anyone subscribes.
-        api_ok(api, "publish", json!({"channel": CHANNEL, "data": {"n": 0}})).await;
+        api_ok(
+            api,
+            "publish",
+            json!({"channel": CHANNEL, "data": {"n": 0}}),
+        )
+        .await;
         let fleet = Arc::new(Fleet::default());
         let clients = (0..n)
             .map(|i| tokio::spawn(subscriber(url.to_string(), format!("u{i}"), fleet.clone())))
@@ -389,7 +412,11 @@ async fn sigusr2_hands_over_2000_clients_without_a_refusal_or_a_lost_publication
     let t0 = Instant::now();
     signal(old_pid, libc::SIGUSR2);
     let new_pid = log
-        .number("upgrade: new process started", "pid", Duration::from_secs(10))
+        .number(
+            "upgrade: new process started",
+            "pid",
+            Duration::from_secs(10),
+        )
         .await;
     let _successor = Successor(new_pid);
     assert_ne!(new_pid, old_pid);
@@ -397,7 +424,12 @@ async fn sigusr2_hands_over_2000_clients_without_a_refusal_or_a_lost_publication
         .await;
     let handed = t0.elapsed();
     run.fleet
-        .wait("back", &run.fleet.back, CLIENTS, DRAIN + Duration::from_secs(20))
+        .wait(
+            "back",
+            &run.fleet.back,
+            CLIENTS,
+            DRAIN + Duration::from_secs(20),
+        )
         .await;
     let all_back = t0.elapsed();
     let status = wait_exit(&mut old.proc, Duration::from_secs(15)).await;
@@ -450,16 +482,31 @@ async fn a_failed_upgrade_leaves_the_old_process_serving() {
     let failed = log.wait("upgrade failed", Duration::from_secs(20)).await;
     assert!(failed.contains("exited before it was ready"), "{failed}");
     let child = log
-        .number("upgrade: new process started", "pid", Duration::from_secs(1))
+        .number(
+            "upgrade: new process started",
+            "pid",
+            Duration::from_secs(1),
+        )
         .await;
     assert!(
-        eventually(Duration::from_secs(5), || !Path::new(&format!("/proc/{child}")).exists())
-            .await,
+        eventually(Duration::from_secs(5), || !Path::new(&format!(
+            "/proc/{child}"
+        ))
+        .exists())
+        .await,
         "the failed process is gone (reaped)"
     );
     // The old process serves on: its client still receives, a new client connects.
-    assert!(old.proc.0.try_wait().unwrap().is_none(), "old process alive");
-    api_ok(old.addr, "publish", json!({"channel": CHANNEL, "data": {"n": 1}})).await;
+    assert!(
+        old.proc.0.try_wait().unwrap().is_none(),
+        "old process alive"
+    );
+    api_ok(
+        old.addr,
+        "publish",
+        json!({"channel": CHANNEL, "data": {"n": 1}}),
+    )
+    .await;
     assert_eq!(client.publication(CHANNEL).await["data"]["n"], 1);
     Client::open(&url).await.connect(&token("bob")).await;
 
@@ -467,15 +514,26 @@ async fn a_failed_upgrade_leaves_the_old_process_serving() {
     std::fs::write(&path, good).unwrap();
     signal(old_pid, libc::SIGUSR2);
     let new_pid = log
-        .number("upgrade: the new process serves", "pid", Duration::from_secs(20))
+        .number(
+            "upgrade: the new process serves",
+            "pid",
+            Duration::from_secs(20),
+        )
         .await;
     let _successor = Successor(new_pid);
     assert_eq!(client.closed().await, Closed::Code(3001, "shutdown".into()));
-    assert!(wait_exit(&mut old.proc, Duration::from_secs(10)).await.success());
+    assert!(wait_exit(&mut old.proc, Duration::from_secs(10))
+        .await
+        .success());
     let mut again = Client::open(&url).await;
     again.connect(&token("alice")).await;
     again.subscribe(CHANNEL).await;
-    api_ok(old.addr, "publish", json!({"channel": CHANNEL, "data": {"n": 2}})).await;
+    api_ok(
+        old.addr,
+        "publish",
+        json!({"channel": CHANNEL, "data": {"n": 2}}),
+    )
+    .await;
     assert_eq!(again.publication(CHANNEL).await["data"]["n"], 2);
 }
 
@@ -523,7 +581,10 @@ async fn sigterm_spreads_the_reconnect_advice_over_the_drain_period() {
     let metrics = http_raw(internal, "GET", "/metrics", &[], "").await.1;
     assert_eq!(metric(&metrics, "herald_draining"), 1.0, "{metrics}");
     let pending = metric(&metrics, "herald_drain_pending_clients");
-    assert!(pending > 0.0 && pending < CLIENTS as f64, "pending {pending}");
+    assert!(
+        pending > 0.0 && pending < CLIENTS as f64,
+        "pending {pending}"
+    );
     let mut at = Vec::new();
     for wait in waits {
         let (closed, when) = wait.await.unwrap();
@@ -532,11 +593,23 @@ async fn sigterm_spreads_the_reconnect_advice_over_the_drain_period() {
     }
     at.sort_by(f64::total_cmp);
     let early = at.iter().filter(|t| **t < 0.3).count();
-    println!("drain of {CLIENTS} clients over 2s: advice from {:.2}s to {:.2}s", at[0], at[CLIENTS - 1]);
-    assert!(at[CLIENTS - 1] - at[0] > 1.2, "spread over the period: {at:?}");
-    assert!(early < CLIENTS / 3, "not all at once: {early} in the first 300 ms");
+    println!(
+        "drain of {CLIENTS} clients over 2s: advice from {:.2}s to {:.2}s",
+        at[0],
+        at[CLIENTS - 1]
+    );
+    assert!(
+        at[CLIENTS - 1] - at[0] > 1.2,
+        "spread over the period: {at:?}"
+    );
+    assert!(
+        early < CLIENTS / 3,
+        "not all at once: {early} in the first 300 ms"
+    );
     assert!(at[CLIENTS - 1] < 3.0, "within the period: {at:?}");
-    assert!(wait_exit(&mut node.proc, Duration::from_secs(10)).await.success());
+    assert!(wait_exit(&mut node.proc, Duration::from_secs(10))
+        .await
+        .success());
 }
 
 /// The supervisor's way: a second process on the same port with `http.reuse_port`, then SIGTERM
@@ -575,7 +648,9 @@ async fn reuse_port_then_sigterm_moves_every_client_to_the_new_process() {
         .wait("back", &run.fleet.back, CLIENTS, Duration::from_secs(30))
         .await;
     let all_back = t0.elapsed();
-    assert!(wait_exit(&mut old.proc, Duration::from_secs(10)).await.success());
+    assert!(wait_exit(&mut old.proc, Duration::from_secs(10))
+        .await
+        .success());
     assert_eq!(clients_on(new_api, "new").await, CLIENTS as u64);
     let reports = run.finish(1).await;
     println!(

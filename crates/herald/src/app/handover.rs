@@ -50,7 +50,9 @@ pub async fn hand_over(server: &mut Server, binary: &Path) -> anyhow::Result<u32
     tracing::info!(pid, binary = %binary.display(), "upgrade: new process started; handing over the listeners");
     let outcome = match fd_passing::send(&ours, &server.listeners()) {
         Ok(()) => wait_ready(ours, timeout).await,
-        Err(e) => Err(anyhow::anyhow!("upgrade: cannot hand over the listeners: {e}")),
+        Err(e) => Err(anyhow::anyhow!(
+            "upgrade: cannot hand over the listeners: {e}"
+        )),
     };
     match outcome {
         Ok(()) => {
@@ -82,7 +84,9 @@ async fn wait_ready(ours: OwnedFd, timeout: Duration) -> anyhow::Result<()> {
         Ok(true) => Ok(()),
         Ok(false) => bail!("upgrade: the new process exited before it was ready (see its log)"),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            bail!("upgrade: the new process was not ready within http.upgrade_timeout ({timeout:?})")
+            bail!(
+                "upgrade: the new process was not ready within http.upgrade_timeout ({timeout:?})"
+            )
         }
         Err(e) => bail!("upgrade: waiting for the new process: {e}"),
     }
@@ -95,7 +99,9 @@ pub async fn report_ready(node: Arc<Node>, channel: OwnedFd) {
     while !node.is_ready() {
         if Instant::now() >= deadline || node.shutdown.is_cancelled() {
             // Closing the channel tells the old process, which stops this one and serves on.
-            tracing::error!("upgrade: not ready within http.upgrade_timeout; the old process keeps serving");
+            tracing::error!(
+                "upgrade: not ready within http.upgrade_timeout; the old process keeps serving"
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

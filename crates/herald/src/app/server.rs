@@ -65,7 +65,11 @@ fn listen(
 /// connected): until then its connections wait in the backlog, or the kernel gives them to the
 /// other process, instead of landing on a node that would refuse their publications. Bounded by
 /// `http.upgrade_timeout`, after which it accepts anyway (health checks must get an answer).
-async fn accept_when_ready(node: Arc<Node>, shared: bool, accepting: impl std::future::Future<Output = ()>) {
+async fn accept_when_ready(
+    node: Arc<Node>,
+    shared: bool,
+    accepting: impl std::future::Future<Output = ()>,
+) {
     if shared {
         let deadline = Instant::now() + node.config.http.upgrade_timeout;
         while !node.is_ready() && Instant::now() < deadline && !node.shutdown.is_cancelled() {
@@ -126,16 +130,21 @@ impl Server {
                 .share(name)
                 .context("listener missing from the descriptor plan")
         };
-        let (public, public_shared) = listen(inherited, PUBLIC, config.listen_addr(), config.http.reuse_port)
-            .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
+        let (public, public_shared) = listen(
+            inherited,
+            PUBLIC,
+            config.listen_addr(),
+            config.http.reuse_port,
+        )
+        .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
         let addr = public.local_addr()?;
         node.set_address(addr.to_string());
         let internal = match config.internal_addr() {
-            Some(internal) => {
-                Some(listen(inherited, INTERNAL, internal, config.http.reuse_port).with_context(|| {
-                    format!("http.internal_listen: cannot listen on {internal}")
-                })?)
-            }
+            Some(internal) => Some(
+                listen(inherited, INTERNAL, internal, config.http.reuse_port).with_context(
+                    || format!("http.internal_listen: cannot listen on {internal}"),
+                )?,
+            ),
             None => None,
         };
         // Devices start before the HTTP listeners, which serve their API methods and the map.

@@ -92,7 +92,10 @@ fn from_handover() -> anyhow::Result<Inherited> {
     })?;
     let mut listeners = Vec::new();
     for (name, fd) in received {
-        listeners.push((name.clone(), listener(fd).map_err(|e| anyhow::anyhow!("{HANDOVER_ENV}: listener {name:?}: {e}"))?));
+        listeners.push((
+            name.clone(),
+            listener(fd).map_err(|e| anyhow::anyhow!("{HANDOVER_ENV}: listener {name:?}: {e}"))?,
+        ));
     }
     Ok(Inherited {
         listeners,

@@ -344,14 +344,21 @@ impl Client {
 
     /// Like `call`, waiting at most `wait` for the reply (`None`: none came, or the connection
     /// ended).
-    pub async fn call_within(&mut self, method: &str, params: Value, wait: Duration) -> Option<Value> {
+    pub async fn call_within(
+        &mut self,
+        method: &str,
+        params: Value,
+        wait: Duration,
+    ) -> Option<Value> {
         let id = self.next_id;
         self.next_id += 1;
         self.send(json!({"id": id, method: params})).await;
         let deadline = tokio::time::Instant::now() + wait;
         let mut skipped = Vec::new();
         loop {
-            let v = self.next_within(deadline - tokio::time::Instant::now()).await?;
+            let v = self
+                .next_within(deadline - tokio::time::Instant::now())
+                .await?;
             if v["id"].as_u64() == Some(u64::from(id)) {
                 for s in skipped.into_iter().rev() {
                     self.inbox.push_front(s);
