@@ -659,3 +659,68 @@ async fn reuse_port_then_sigterm_moves_every_client_to_the_new_process() {
         reports[0].offset
     );
 }
+
+/// systemd socket activation: a listening socket at descriptor 3 with `LISTEN_PID`,
+/// `LISTEN_FDS` and `LISTEN_FDNAMES` is adopted instead of bound. (A shell plays systemd: it
+/// sets `LISTEN_PID` to its own pid and execs Herald, which keeps that pid.)
+#[tokio::test]
+async fn systemd_socket_activation_is_adopted() {
+    use std::os::fd::AsRawFd as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let socket = socket2::Socket::from(listener);
+    socket.listen(128).unwrap();
+    // Inherited by the shell, which places it at descriptor 3 for Herald.
+    socket.set_cloexec(false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Herald binding this address itself would fail: the test holds it.
+    let path = config(dir.path(), "a", &addr.to_string(), "", "");
+    let script = format!(
+        "export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=public; exec \"$0\" serve -c \"$1\" 3<&{}",
+        socket.as_raw_fd()
+    );
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(BIN)
+        .arg(&path)
+        .env_remove("HERALD_CONFIG")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let stderr = child.stderr.take().unwrap();
+    let _proc = Proc(child);
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let log = Log::follow(lines);
+    let adopted = log
+        .wait("listener inherited", Duration::from_secs(20))
+        .await;
+    assert!(
+        adopted.contains("public") && adopted.contains(&addr.to_string()),
+        "{adopted}"
+    );
+    drop(socket);
+    let mut client = Client::open(&format!("ws://{addr}/connection/websocket")).await;
+    client.connect(&token("alice")).await;
+    client.subscribe(CHANNEL).await;
+    api_ok(
+        addr,
+        "publish",
+        json!({"channel": CHANNEL, "data": {"n": 1}}),
+    )
+    .await;
+    assert_eq!(client.publication(CHANNEL).await["data"]["n"], 1);
+}

@@ -93,4 +93,14 @@ mod tests {
         let e = load_str("[http]\ninternal_listen = \"localhost:9000\"\n", &[], &[]).unwrap_err();
         assert_eq!(e.field(), Some("http.internal_listen"));
     }
+
+    #[test]
+    fn drain_period_and_upgrade_timeout() {
+        let c = load_str("", &[], &[]).unwrap();
+        assert!(c.http.drain_period.is_zero(), "all at once unless asked");
+        let c = load_str("[http]\ndrain_period = \"10s\"\n", &[], &[]).unwrap();
+        assert_eq!(c.http.drain_period, std::time::Duration::from_secs(10));
+        let e = load_str("[http]\nupgrade_timeout = \"0s\"\n", &[], &[]).unwrap_err();
+        assert_eq!(e.field(), Some("http.upgrade_timeout"));
+    }
 }
