@@ -661,7 +661,7 @@ async fn reuse_port_then_sigterm_moves_every_client_to_the_new_process() {
 }
 
 /// systemd socket activation: a listening socket at descriptor 3 with `LISTEN_PID`,
-/// `LISTEN_FDS` and `LISTEN_FDNAMES` is adopted instead of bound. (A shell plays systemd: it
+/// `LISTEN_FDS` and `LISTEN_FDNAMES` is adopted instead of bound. (bash plays systemd: it
 /// sets `LISTEN_PID` to its own pid and execs Herald, which keeps that pid.)
 #[tokio::test]
 async fn systemd_socket_activation_is_adopted() {
@@ -679,7 +679,8 @@ async fn systemd_socket_activation_is_adopted() {
         "export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=public; exec \"$0\" serve -c \"$1\" 3<&{}",
         socket.as_raw_fd()
     );
-    let mut child = std::process::Command::new("sh")
+    // bash: dash refuses descriptor numbers above 9 in a redirection.
+    let mut child = std::process::Command::new("bash")
         .arg("-c")
         .arg(script)
         .arg(BIN)
