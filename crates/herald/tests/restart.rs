@@ -27,7 +27,7 @@ force_recovery = true"#;
 /// The longest wait for a reply to `connect` or `subscribe`.
 const REPLY_WAIT: Duration = Duration::from_secs(30);
 /// Publications per second during a restart.
-const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a process this test started (or its handover successor).
@@ -385,7 +385,7 @@ fn span(t0: Instant, at: impl Iterator<Item = Instant>) -> (f64, f64) {
     (min, max)
 }
 
-/// The measured scenario of docs/operations.md: 2,000 clients, 10 publications a second,
+/// The measured scenario of docs/operations.md: 2,000 clients, 50 publications a second,
 /// SIGUSR2 with a 5 s drain period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr2_hands_over_2000_clients_without_a_refusal_or_a_lost_publication() {
