@@ -48,11 +48,6 @@ impl Inherited {
         }
     }
 
-    /// Whether this process was started by a handover (and owes the old process an answer).
-    pub fn is_handover(&self) -> bool {
-        self.handover.is_some()
-    }
-
     /// The listener named `name`, or an unnamed one bound to `addr`. A named one is taken only
     /// when it listens on `addr` (or `addr` asks for any port): a changed `http.listen` binds anew.
     pub fn take(&mut self, name: &str, addr: SocketAddr) -> Option<TcpListener> {
