@@ -181,6 +181,9 @@ fn reread(
 async fn serve(mut config: Config, sources: Sources, demo: Option<usize>) -> anyhow::Result<()> {
     // First: from here on a SIGHUP or SIGUSR2 is queued instead of ending the process.
     let mut signals = Signals::install().context("cannot install the signal handlers")?;
+    // Listeners handed over by the process this one replaces (SIGUSR2) or by systemd.
+    let mut inherited = herald::edges::inherited::Inherited::from_env()?;
+    let binary = herald::app::handover::own_binary();
     let demo_dir = match demo {
         Some(_) => {
             let dir = herald::app::demo::DemoDir::create()?;
@@ -227,7 +230,7 @@ async fn serve(mut config: Config, sources: Sources, demo: Option<usize>) -> any
         ),
         None => None,
     };
-    let server = if demo.is_some() && config.http.listen == herald::app::demo::DEFAULT_LISTEN {
+    let mut server = if demo.is_some() && config.http.listen == herald::app::demo::DEFAULT_LISTEN {
         // A newcomer's port 8000 may be taken (another Herald, a dev server): any port will do.
         let mut fallback = config.clone();
         match Server::start(config).await {
@@ -239,9 +242,12 @@ async fn serve(mut config: Config, sources: Sources, demo: Option<usize>) -> any
             }
         }
     } else {
-        Server::start(config).await?
+        Server::start_with(config, &mut inherited).await?
     };
     let node = server.node.clone();
+    if let Some(channel) = inherited.handover.take() {
+        tokio::spawn(herald::app::handover::report_ready(node.clone(), channel));
+    }
     let api_where = server.internal_addr.unwrap_or(server.addr);
     tracing::info!(node = %node.name, version = env!("CARGO_PKG_VERSION"), "herald started");
     let (public_plain, internal_plain) = {
@@ -322,7 +328,25 @@ async fn serve(mut config: Config, sources: Sources, demo: Option<usize>) -> any
             Request::Stop => break,
             Request::Reload => reload(&server, &sources, ephemeral_secret, demo_dir.as_ref()),
             Request::Upgrade => {
-                tracing::warn!("SIGUSR2: handing over the listeners is not supported yet; ignored")
+                let handed = match &binary {
+                    Ok(binary) => herald::app::handover::hand_over(&mut server, binary).await,
+                    Err(e) => Err(anyhow::anyhow!(
+                        "upgrade: cannot tell this binary's path: {e}"
+                    )),
+                };
+                match handed {
+                    Ok(pid) => {
+                        tracing::info!(
+                            pid,
+                            "upgrade: the new process serves; this one drains and exits"
+                        );
+                        break;
+                    }
+                    Err(e) => tracing::error!(
+                        error = %format!("{e:#}"),
+                        "upgrade failed; this process keeps serving"
+                    ),
+                }
             }
         }
     }

@@ -3,6 +3,8 @@
 
 pub mod datadir;
 pub mod demo;
+pub mod drain;
+pub mod handover;
 pub mod logging;
 pub mod process_metrics;
 pub mod reload;

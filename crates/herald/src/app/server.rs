@@ -4,11 +4,13 @@ use crate::brokers::Backend;
 use crate::config::Config;
 use crate::edges::devices::{DeviceAddrs, DeviceIngest};
 use crate::edges::http::{accept_loop, Role, Routes};
+use crate::edges::inherited::Inherited;
 use crate::edges::sockets::bind;
 use crate::node::Node;
 use anyhow::Context as _;
 use herald_auth::{Verifier, VerifierConfig};
 use std::net::SocketAddr;
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -26,10 +28,57 @@ pub struct Server {
     /// Feed runners; they release their leases when the node shuts down.
     feeds: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
+    /// The HTTP listeners: stopped first on shutdown, handed to a new process on SIGUSR2.
+    listening: Vec<Listening>,
+    drain: super::drain::DrainGauges,
+    /// Set once a new process took over the listeners (SIGUSR2).
+    pub(super) handed_over: bool,
     /// The broker's backend (for the crash hook).
     backend: Backend,
     /// The TLS listeners' certificates (see [`Server::reload_tls`]).
     tls: crate::edges::tls::Certificates,
+}
+
+/// An HTTP listener's accept loop, and a copy of its socket to hand over.
+struct Listening {
+    name: &'static str,
+    socket: OwnedFd,
+    task: JoinHandle<()>,
+}
+
+/// The listener `name` handed over (or passed by systemd), else bound anew; and whether another
+/// process shares it (inherited, or `SO_REUSEPORT`).
+fn listen(
+    inherited: &mut Inherited,
+    name: &str,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> std::io::Result<(tokio::net::TcpListener, bool)> {
+    match inherited.take(name, addr) {
+        Some(listener) => {
+            tracing::info!(listener = name, addr = %listener.local_addr()?, "listener inherited");
+            Ok((tokio::net::TcpListener::from_std(listener)?, true))
+        }
+        None => Ok((bind(addr, reuse_port)?, reuse_port)),
+    }
+}
+
+/// A listener another process shares accepts only once this node is ready (its broker
+/// connected): until then its connections wait in the backlog, or the kernel gives them to the
+/// other process, instead of landing on a node that would refuse their publications. Bounded by
+/// `http.upgrade_timeout`, after which it accepts anyway (health checks must get an answer).
+async fn accept_when_ready(
+    node: Arc<Node>,
+    shared: bool,
+    accepting: impl std::future::Future<Output = ()>,
+) {
+    if shared {
+        let deadline = Instant::now() + node.config().http.upgrade_timeout;
+        while !node.is_ready() && Instant::now() < deadline && !node.shutdown.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    accepting.await
 }
 
 fn optional(s: &str) -> Option<String> {
@@ -66,6 +115,11 @@ pub fn verifier_config(config: &Config) -> anyhow::Result<VerifierConfig> {
 impl Server {
     /// Binds and starts serving. Port 0 picks a free port (see `addr`).
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        Server::start_with(config, &mut Inherited::none()).await
+    }
+
+    /// [`Server::start`] on the listeners it is handed where they fit (see [`Inherited::take`]).
+    pub async fn start_with(config: Config, inherited: &mut Inherited) -> anyhow::Result<Server> {
         // Also for configs built in code: forwarding credentials without an Origin policy is unsafe.
         config.check_origin_policy()?;
         let verifier = crate::node::TokenKeys::new(&verifier_config(&config)?)?;
@@ -86,16 +140,21 @@ impl Server {
                 .share(name)
                 .context("listener missing from the descriptor plan")
         };
-        let public = bind(config.listen_addr(), config.http.reuse_port)
-            .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
+        let (public, public_shared) = listen(
+            inherited,
+            PUBLIC,
+            config.listen_addr(),
+            config.http.reuse_port,
+        )
+        .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
         let addr = public.local_addr()?;
         node.set_address(addr.to_string());
         let internal = match config.internal_addr() {
-            Some(internal) => {
-                Some(bind(internal, config.http.reuse_port).with_context(|| {
-                    format!("http.internal_listen: cannot listen on {internal}")
-                })?)
-            }
+            Some(internal) => Some(
+                listen(inherited, INTERNAL, internal, config.http.reuse_port).with_context(
+                    || format!("http.internal_listen: cannot listen on {internal}"),
+                )?,
+            ),
             None => None,
         };
         // Devices start before the HTTP listeners, which serve their API methods and the map.
@@ -120,29 +179,52 @@ impl Server {
             devices: devices.clone(),
             admin: crate::edges::admin::Admin::new(&node),
         });
+        let untaken = inherited.untaken();
+        if !untaken.is_empty() {
+            tracing::warn!(listeners = ?untaken, "inherited listeners not in the configuration; closed");
+        }
         let mut tasks = Vec::new();
+        let mut listening = Vec::new();
         let mut internal_addr = None;
         let public_role = match internal {
-            Some(listener) => {
+            Some((listener, shared)) => {
                 internal_addr = Some(listener.local_addr()?);
-                tasks.push(tokio::spawn(accept_loop(
-                    routes.clone(),
-                    listener,
-                    Role::Internal,
-                    share(INTERNAL)?,
-                    tls.internal.clone(),
-                )));
+                let socket = listener.as_fd().try_clone_to_owned()?;
+                listening.push(Listening {
+                    name: INTERNAL,
+                    socket,
+                    task: tokio::spawn(accept_when_ready(
+                        node.clone(),
+                        shared,
+                        accept_loop(
+                            routes.clone(),
+                            listener,
+                            Role::Internal,
+                            share(INTERNAL)?,
+                            tls.internal.clone(),
+                        ),
+                    )),
+                });
                 Role::Public
             }
             None => Role::Everything,
         };
-        tasks.push(tokio::spawn(accept_loop(
-            routes,
-            public,
-            public_role,
-            share(PUBLIC)?,
-            tls.public.clone(),
-        )));
+        let socket = public.as_fd().try_clone_to_owned()?;
+        listening.push(Listening {
+            name: PUBLIC,
+            socket,
+            task: tokio::spawn(accept_when_ready(
+                node.clone(),
+                public_shared,
+                accept_loop(
+                    routes,
+                    public,
+                    public_role,
+                    share(PUBLIC)?,
+                    tls.public.clone(),
+                ),
+            )),
+        });
         if tls.any() {
             tasks.push(tokio::spawn(tls.clone().watch(node.shutdown.clone())));
         }
@@ -153,7 +235,11 @@ impl Server {
             tasks.push(tokio::spawn(worker.run(node.shutdown.clone())));
         }
         let feeds = crate::edges::feeds::start(&node);
+        let drain = super::drain::DrainGauges::register(&node.metrics);
         Ok(Server {
+            listening,
+            drain,
+            handed_over: false,
             backend,
             _data_lock: data_lock,
             feeds,
@@ -174,11 +260,42 @@ impl Server {
         self.tls.reload().map_err(anyhow::Error::msg)
     }
 
-    /// Graceful stop: refuse new connections, tell clients to reconnect elsewhere (`shutdown`, 3001),
-    /// and wait for them to leave, at most `http.shutdown_timeout`.
-    pub async fn shutdown(self) {
+    /// The HTTP listeners by name (`public`, `internal`), for a new process to adopt.
+    pub fn listeners(&self) -> Vec<(&'static str, BorrowedFd<'_>)> {
+        self.listening
+            .iter()
+            .map(|l| (l.name, l.socket.as_fd()))
+            .collect()
+    }
+
+    /// Stops accepting: the HTTP listeners close (unless another process holds them too, after a
+    /// handover), so the kernel sends new connections to whoever else listens on the port.
+    async fn stop_accepting(&mut self, keep_internal: bool) {
+        let (kept, stopped) = self
+            .listening
+            .drain(..)
+            .partition(|l| keep_internal && l.name == INTERNAL);
+        self.listening = kept;
+        for listening in stopped {
+            listening.task.abort();
+            // Awaited: the listener is closed once the aborted task is gone, before any client
+            // is told to reconnect (which must not land in this node's backlog).
+            let _ = listening.task.await;
+        }
+    }
+
+    /// Graceful stop: stop accepting and report not ready, tell clients to reconnect elsewhere
+    /// (`shutdown`, 3001) spread over `http.drain_period`, and wait for them to leave, at most
+    /// `http.shutdown_timeout` more.
+    pub async fn shutdown(mut self) {
         let node = self.node.clone();
+        // The internal listener (API, metrics) stays through the drain when no other process
+        // shares it, so the operator can watch the drain.
+        let keep_internal = !self.handed_over && !node.config().http.reuse_port;
+        self.stop_accepting(keep_internal).await;
         node.stop_being_ready();
+        super::drain::drain(&node, node.config().http.drain_period, &self.drain).await;
+        self.stop_accepting(false).await;
         node.shutdown.cancel();
         let deadline = Instant::now() + node.config().http.shutdown_timeout;
         while node.open_connections() > 0 && Instant::now() < deadline {

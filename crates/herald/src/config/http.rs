@@ -17,6 +17,15 @@ pub struct HttpConfig {
     /// How long a graceful shutdown waits for clients to leave.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// On a graceful stop (SIGTERM, or after handing the listeners to a new process), the clients
+    /// are told to reconnect (3001) at random moments spread over this period, so the node that
+    /// takes them is not hit by all reconnects at once. `0s`: all at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_period: Duration,
+    /// SIGUSR2: how long the new process may take to become ready before the old one gives up,
+    /// stops it and keeps serving.
+    #[serde(with = "humantime_serde")]
+    pub upgrade_timeout: Duration,
     /// Allowed `Origin` values for WebSocket handshakes, streams and `/emulation` (and their CORS
     /// answer): `*` or exact origins; empty allows all.
     /// Required (without `*`) when the proxy hooks forward Cookie or Authorization.
@@ -40,6 +49,8 @@ impl Default for HttpConfig {
             internal_listen: String::new(),
             reuse_port: false,
             shutdown_timeout: Duration::from_secs(10),
+            drain_period: Duration::ZERO,
+            upgrade_timeout: Duration::from_secs(30),
             allowed_origins: Vec::new(),
             tls_cert: String::new(),
             tls_key: String::new(),
@@ -76,6 +87,9 @@ impl HttpConfig {
         }
         if self.tls_handshake_timeout.is_zero() {
             return Err(super::error::positive("http.tls_handshake_timeout"));
+        }
+        if self.upgrade_timeout.is_zero() {
+            return Err(field("http.upgrade_timeout", "must be above 0"));
         }
         Ok(())
     }
@@ -167,5 +181,15 @@ mod tests {
             let e = load_str(&format!("[devices.tls]\n{text}\n"), &[], &[]).unwrap_err();
             assert_eq!(e.field(), Some(name), "{e}");
         }
+    }
+
+    #[test]
+    fn drain_period_and_upgrade_timeout() {
+        let c = load_str("", &[], &[]).unwrap();
+        assert!(c.http.drain_period.is_zero(), "all at once unless asked");
+        let c = load_str("[http]\ndrain_period = \"10s\"\n", &[], &[]).unwrap();
+        assert_eq!(c.http.drain_period, std::time::Duration::from_secs(10));
+        let e = load_str("[http]\nupgrade_timeout = \"0s\"\n", &[], &[]).unwrap_err();
+        assert_eq!(e.field(), Some("http.upgrade_timeout"));
     }
 }

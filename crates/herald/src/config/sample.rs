@@ -20,6 +20,11 @@ internal_listen = ""
 reuse_port = false
 # Graceful shutdown waits this long for clients to leave after telling them to reconnect elsewhere.
 shutdown_timeout = "10s"
+# On a graceful stop, tell clients to reconnect at random moments spread over this period (0s: all
+# at once). Worth setting (e.g. "10s") with many clients, so their new node is not hit at once.
+drain_period = "0s"
+# SIGUSR2 (zero-downtime upgrade): how long the new process may take to become ready.
+upgrade_timeout = "30s"
 # Allowed Origin values for WebSocket handshakes from browsers; empty allows all. Must list your
 # pages' origins (not "*") when [proxy] hooks forward Cookie or Authorization.
 allowed_origins = []

@@ -342,6 +342,33 @@ impl Client {
         }
     }
 
+    /// Like `call`, waiting at most `wait` for the reply (`None`: none came, or the connection
+    /// ended).
+    pub async fn call_within(
+        &mut self,
+        method: &str,
+        params: Value,
+        wait: Duration,
+    ) -> Option<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(json!({"id": id, method: params})).await;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut skipped = Vec::new();
+        loop {
+            let v = self
+                .next_within(deadline - tokio::time::Instant::now())
+                .await?;
+            if v["id"].as_u64() == Some(u64::from(id)) {
+                for s in skipped.into_iter().rev() {
+                    self.inbox.push_front(s);
+                }
+                return Some(v);
+            }
+            skipped.push(v);
+        }
+    }
+
     /// Waits for the reply with `id`, keeping pushes that arrive first.
     pub async fn reply(&mut self, id: u32) -> Value {
         let mut skipped = Vec::new();
@@ -432,6 +459,16 @@ impl Client {
             .await
             .expect("wss connects");
         Client::on(ws)
+    }
+
+    /// Like `open`, returning a refused or failed handshake instead of panicking.
+    pub async fn try_open(url: &str) -> Result<Client, String> {
+        let uri = http::Uri::try_from(url).map_err(|e| e.to_string())?;
+        let (ws, _) = ClientBuilder::from_uri(uri)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Client::on(ws))
     }
 
     /// A client on an open WebSocket, nothing received yet.

@@ -256,6 +256,11 @@ impl Hub {
             .collect()
     }
 
+    /// Every connected session, for a drain that tells them to leave one by one.
+    pub fn all_sessions(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions.read().values().cloned().collect()
+    }
+
     pub fn user_connection_count(&self, user: &str) -> usize {
         self.users.read().get(user).map_or(0, Vec::len)
     }
