@@ -245,9 +245,19 @@ async fn serve(mut config: Config, sources: Sources, demo: Option<usize>) -> any
         Server::start_with(config, &mut inherited).await?
     };
     let node = server.node.clone();
-    if let Some(channel) = inherited.handover.take() {
-        tokio::spawn(herald::app::handover::report_ready(node.clone(), channel));
-    }
+    // systemd (Type=notify): ready once the broker is; a handover's process becomes the main one.
+    let notifier = herald::app::notify::Notifier::from_env();
+    match inherited.handover.take() {
+        Some(channel) => tokio::spawn(herald::app::handover::report_ready(
+            node.clone(),
+            channel,
+            notifier.clone(),
+        )),
+        None => tokio::spawn(herald::app::notify::report_ready(
+            node.clone(),
+            notifier.clone(),
+        )),
+    };
     let api_where = server.internal_addr.unwrap_or(server.addr);
     tracing::info!(node = %node.name, version = env!("CARGO_PKG_VERSION"), "herald started");
     let (public_plain, internal_plain) = {
@@ -325,8 +335,15 @@ async fn serve(mut config: Config, sources: Sources, demo: Option<usize>) -> any
     };
     loop {
         match signals.next().await {
-            Request::Stop => break,
-            Request::Reload => reload(&server, &sources, ephemeral_secret, demo_dir.as_ref()),
+            Request::Stop => {
+                notifier.stopping();
+                break;
+            }
+            Request::Reload => {
+                notifier.reloading();
+                reload(&server, &sources, ephemeral_secret, demo_dir.as_ref());
+                notifier.reloaded();
+            }
             Request::Upgrade => {
                 let handed = match &binary {
                     Ok(binary) => herald::app::handover::hand_over(&mut server, binary).await,
@@ -336,6 +353,7 @@ async fn serve(mut config: Config, sources: Sources, demo: Option<usize>) -> any
                 };
                 match handed {
                     Ok(pid) => {
+                        // No STOPPING=1: the service goes on in the new process, now the main one.
                         tracing::info!(
                             pid,
                             "upgrade: the new process serves; this one drains and exits"

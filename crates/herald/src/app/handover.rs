@@ -40,6 +40,7 @@ pub async fn hand_over(server: &mut Server, binary: &Path) -> anyhow::Result<u32
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_FDNAMES")
+        // NOTIFY_SOCKET stays: the new process tells systemd it is the main one now.
         .stdin(Stdio::from(theirs));
     let mut child = command
         .spawn()
@@ -93,8 +94,9 @@ async fn wait_ready(ours: OwnedFd, timeout: Duration) -> anyhow::Result<()> {
 }
 
 /// In a process started by a handover: tells the old process once the node is ready (its broker
-/// connected), so the old one drains its clients to a node that can serve them.
-pub async fn report_ready(node: Arc<Node>, channel: OwnedFd) {
+/// connected), so the old one drains its clients to a node that can serve them. Under systemd it
+/// first becomes the service's main process, before the old one can exit.
+pub async fn report_ready(node: Arc<Node>, channel: OwnedFd, notifier: super::notify::Notifier) {
     let deadline = Instant::now() + node.config().http.upgrade_timeout;
     while !node.is_ready() {
         if Instant::now() >= deadline || node.shutdown.is_cancelled() {
@@ -106,6 +108,7 @@ pub async fn report_ready(node: Arc<Node>, channel: OwnedFd) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    notifier.ready_as_main();
     match fd_passing::send_ready(&channel) {
         Ok(()) => tracing::info!("upgrade: ready; the old process drains its clients to this one"),
         Err(e) => tracing::warn!(error = %e, "upgrade: cannot tell the old process"),

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod drain;
 pub mod handover;
 pub mod logging;
+pub mod notify;
 pub mod process_metrics;
 pub mod reload;
 pub mod server;
