@@ -96,10 +96,20 @@ pub fn serve<A: AsRef<OsStr>>(
     args: impl IntoIterator<Item = A>,
     rust_log: Option<&str>,
 ) -> std::io::Result<(Proc, mpsc::Receiver<String>)> {
+    serve_env(args, rust_log, &[])
+}
+
+/// [`serve`] with more environment variables (e.g. `NOTIFY_SOCKET`).
+pub fn serve_env<A: AsRef<OsStr>>(
+    args: impl IntoIterator<Item = A>,
+    rust_log: Option<&str>,
+    env: &[(&str, &OsStr)],
+) -> std::io::Result<(Proc, mpsc::Receiver<String>)> {
     let mut command = Command::new(BIN);
     command
         .arg("serve")
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("HERALD_CONFIG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -156,8 +166,13 @@ pub fn serve_logged(config: &Path, log: &Path, fd_limit: Option<u64>) -> Proc {
 
 /// Starts `herald serve -c config`; returns once it logs its WebSocket address.
 pub fn start_node(config: &Path) -> Result<Node, String> {
-    let (mut proc, lines) =
-        serve([OsStr::new("-c"), config.as_os_str()], Some("info")).map_err(|e| e.to_string())?;
+    start_node_env(config, &[])
+}
+
+/// [`start_node`] with more environment variables.
+pub fn start_node_env(config: &Path, env: &[(&str, &OsStr)]) -> Result<Node, String> {
+    let (mut proc, lines) = serve_env([OsStr::new("-c"), config.as_os_str()], Some("info"), env)
+        .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
