@@ -106,8 +106,8 @@ async fn ready_reload_and_stop_are_announced() {
     let socket = dir.path().join("notify.sock");
     let manager = Manager::bind(&socket);
     let config = node_config(dir.path(), "a", "127.0.0.1:0", "");
-    let mut node = start_node_env(&config, &[("NOTIFY_SOCKET", socket.as_os_str())])
-        .expect("herald starts");
+    let mut node =
+        start_node_env(&config, &[("NOTIFY_SOCKET", socket.as_os_str())]).expect("herald starts");
     let pid = node.proc.0.id();
 
     let ready = manager.expect(Duration::from_secs(20), "READY=1 after start");
@@ -165,7 +165,10 @@ async fn a_handover_makes_the_new_process_the_main_one_and_the_old_one_exits_qui
     let old_pid = old.proc.0.id();
     let ready = manager.expect(Duration::from_secs(20), "READY=1 after start");
     assert!(has(&ready, "READY=1"), "{ready:?}");
-    assert!(value(&ready, "MAINPID").is_none(), "the first process is the main one: {ready:?}");
+    assert!(
+        value(&ready, "MAINPID").is_none(),
+        "the first process is the main one: {ready:?}"
+    );
 
     signal(old_pid, libc::SIGUSR2);
     let announced = manager.expect(Duration::from_secs(30), "MAINPID= after SIGUSR2");

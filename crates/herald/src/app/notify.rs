@@ -149,7 +149,10 @@ mod tests {
         );
         let abstract_name = address(b"@herald/notify").expect("abstract");
         use std::os::linux::net::SocketAddrExt as _;
-        assert_eq!(abstract_name.as_abstract_name(), Some(&b"herald/notify"[..]));
+        assert_eq!(
+            abstract_name.as_abstract_name(),
+            Some(&b"herald/notify"[..])
+        );
         assert!(address(b"").is_err());
         assert!(address(b"relative").is_err());
         assert!(address(b"vsock:2:1234").is_err());
@@ -159,9 +162,10 @@ mod tests {
     fn an_abstract_socket_receives_the_notification() {
         use std::os::linux::net::SocketAddrExt as _;
         let name = format!("herald-notify-test-{}", std::process::id());
-        let receiver =
-            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).expect("name"))
-                .expect("bind");
+        let receiver = UnixDatagram::bind_addr(
+            &SocketAddr::from_abstract_name(name.as_bytes()).expect("name"),
+        )
+        .expect("bind");
         Notifier::to(format!("@{name}").as_bytes()).stopping();
         let mut buf = [0u8; 256];
         receiver
