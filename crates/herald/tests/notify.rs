@@ -220,3 +220,39 @@ async fn a_handover_makes_the_new_process_the_main_one_and_the_old_one_exits_qui
     let stopping = manager.expect(Duration::from_secs(10), "STOPPING=1 from the new process");
     assert!(has(&stopping, "STOPPING=1"), "{stopping:?}");
 }
+
+/// `NOTIFY_SOCKET=@name`: an abstract socket, as systemd may give (no file on disk).
+#[tokio::test]
+async fn an_abstract_notify_socket_is_used() {
+    use std::os::linux::net::SocketAddrExt as _;
+    let name = format!("herald-notify-test-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let manager = Manager {
+        socket: UnixDatagram::bind_addr(&addr).expect("bind the abstract socket"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = node_config(dir.path(), "a", "127.0.0.1:0", "");
+    let value = format!("@{name}");
+    let node =
+        start_node_env(&config, &[("NOTIFY_SOCKET", value.as_ref())]).expect("herald starts");
+    let ready = manager.expect(Duration::from_secs(20), "READY=1 on the abstract socket");
+    assert!(has(&ready, "READY=1"), "{ready:?}");
+    assert_eq!(http_raw(node.addr, "GET", "/health", &[], "").await.0, 200);
+}
+
+/// A `NOTIFY_SOCKET` nobody listens on (or that is no address) is no reason not to serve.
+#[tokio::test]
+async fn an_unusable_notify_socket_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = node_config(dir.path(), "a", "127.0.0.1:0", "");
+    let nowhere = dir.path().join("nobody-listens.sock");
+    for value in [nowhere.as_os_str(), "not-an-address".as_ref()] {
+        let mut node = start_node_env(&config, &[("NOTIFY_SOCKET", value)]).expect("herald starts");
+        wait_ready(node.addr).await;
+        signal(node.proc.0.id(), libc::SIGHUP);
+        signal(node.proc.0.id(), libc::SIGTERM);
+        assert!(wait_exit(&mut node.proc, Duration::from_secs(15))
+            .await
+            .success());
+    }
+}

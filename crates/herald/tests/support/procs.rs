@@ -109,6 +109,8 @@ pub fn serve_env<A: AsRef<OsStr>>(
     command
         .arg("serve")
         .args(args)
+        // A manager that runs the tests must not hear from the servers they start.
+        .env_remove("NOTIFY_SOCKET")
         .envs(env.iter().copied())
         .env_remove("HERALD_CONFIG")
         .stdout(Stdio::null())
