@@ -2,7 +2,8 @@
 //! binds a datagram socket and gives its path as `NOTIFY_SOCKET`. It checks `READY=1` once the
 //! node is ready, `RELOADING=1` with `MONOTONIC_USEC` then `READY=1` around a SIGHUP,
 //! `STOPPING=1` on SIGTERM, and after a SIGUSR2 handover `MAINPID=` of the new process with
-//! `READY=1`, and no `STOPPING=1` from the old one as it exits.
+//! `READY=1`, and no `STOPPING=1` from the old one as it exits. `READY=1` waits for the broker;
+//! an abstract socket works; an unusable one does not keep the server from serving.
 
 mod support;
 
@@ -255,4 +256,35 @@ async fn an_unusable_notify_socket_does_not_stop_the_server() {
             .await
             .success());
     }
+}
+
+/// READY=1 waits for the broker: with Redis refusing connections the node listens (and /ready
+/// says 503) but systemd is not told; once Redis answers, READY=1 comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_the_broker() {
+    let redis: std::net::SocketAddr = test_redis()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("HERALD_TEST_REDIS is host:port");
+    let proxy = proxy::Proxy::start(redis).await;
+    proxy.refuse(true);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify.sock");
+    let manager = Manager::bind(&socket);
+    let broker = format!(
+        "[broker]\nkind = \"redis\"\nredis_addresses = [\"{}\"]\nprefix = \"{}\"\n",
+        proxy.addr,
+        unique_prefix("notify-ready")
+    );
+    let config = node_config(dir.path(), "a", "127.0.0.1:0", &broker);
+    let node =
+        start_node_env(&config, &[("NOTIFY_SOCKET", socket.as_os_str())]).expect("herald starts");
+    assert_eq!(http_raw(node.addr, "GET", "/health", &[], "").await.0, 200);
+    assert_eq!(http_raw(node.addr, "GET", "/ready", &[], "").await.0, 503);
+    let early = manager.next(Duration::from_millis(1500));
+    assert!(early.is_none(), "notified before the broker: {early:?}");
+    proxy.refuse(false);
+    let ready = manager.expect(Duration::from_secs(30), "READY=1 once Redis answers");
+    assert!(has(&ready, "READY=1"), "{ready:?}");
+    assert_eq!(http_raw(node.addr, "GET", "/ready", &[], "").await.0, 200);
 }
