@@ -259,7 +259,7 @@ async fn an_unusable_notify_socket_does_not_stop_the_server() {
 }
 
 /// READY=1 waits for the broker: with Redis refusing connections the node listens (and /ready
-/// says 503) but systemd is not told; once Redis answers, READY=1 comes.
+/// says 503) but systemd is not told, not even by a reload; once Redis answers, READY=1 comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_waits_for_the_broker() {
     let redis: std::net::SocketAddr = test_redis()
@@ -281,6 +281,8 @@ async fn ready_waits_for_the_broker() {
         start_node_env(&config, &[("NOTIFY_SOCKET", socket.as_os_str())]).expect("herald starts");
     assert_eq!(http_raw(node.addr, "GET", "/health", &[], "").await.0, 200);
     assert_eq!(http_raw(node.addr, "GET", "/ready", &[], "").await.0, 503);
+    // A SIGHUP while starting reloads, but says nothing: READY=1 would end the start early.
+    signal(node.proc.0.id(), libc::SIGHUP);
     let early = manager.next(Duration::from_millis(1500));
     assert!(early.is_none(), "notified before the broker: {early:?}");
     proxy.refuse(false);

@@ -9,6 +9,7 @@
 
 use crate::node::Node;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub struct Notifier {
 struct Target {
     socket: UnixDatagram,
     addr: SocketAddr,
+    /// READY=1 was sent: before it, a reload's READY=1 would end the start too early.
+    ready: AtomicBool,
 }
 
 impl Notifier {
@@ -41,7 +44,11 @@ impl Notifier {
             let socket = UnixDatagram::unbound()?;
             // A full queue must not stall the runtime: the notification is dropped instead.
             socket.set_nonblocking(true)?;
-            Ok(Target { socket, addr })
+            Ok(Target {
+                socket,
+                addr,
+                ready: AtomicBool::new(false),
+            })
         });
         match target {
             Ok(target) => Notifier {
@@ -57,6 +64,7 @@ impl Notifier {
     /// Startup finished: the node serves and its broker is connected.
     pub fn ready(&self) {
         self.send("READY=1\nSTATUS=serving");
+        self.mark_ready();
     }
 
     /// A process started by a SIGUSR2 handover is ready: it becomes the service's main process
@@ -67,11 +75,15 @@ impl Notifier {
             "MAINPID={}\nREADY=1\nSTATUS=serving (took over by SIGUSR2)",
             std::process::id()
         ));
+        self.mark_ready();
     }
 
     /// A SIGHUP reload begins; [`Notifier::reloaded`] must follow. `MONOTONIC_USEC` lets a
-    /// `Type=notify-reload` manager match this to the signal it sent.
+    /// `Type=notify-reload` manager match this to the signal it sent. Nothing while starting.
     pub fn reloading(&self) {
+        if !self.is_ready() {
+            return;
+        }
         self.send(&format!(
             "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading the configuration",
             monotonic_usec()
@@ -80,12 +92,27 @@ impl Notifier {
 
     /// The reload is over (applied or refused: either way the process serves).
     pub fn reloaded(&self) {
+        if !self.is_ready() {
+            return;
+        }
         self.send("READY=1\nSTATUS=serving");
     }
 
     /// A graceful stop begins (not after a handover: the service goes on in the new process).
     pub fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=draining and stopping");
+    }
+
+    fn mark_ready(&self) {
+        if let Some(target) = &self.target {
+            target.ready.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.target
+            .as_ref()
+            .is_some_and(|t| t.ready.load(Ordering::Relaxed))
     }
 
     fn send(&self, state: &str) {
