@@ -346,6 +346,40 @@ async fn large_messages_and_bursts_cross_wss_whole_and_in_order() {
     round_trip(&h, &client, &mut sub, "chat:big", 1000).await;
 }
 
+/// The last TLS records of a burst reach a client that takes them a few KB at a time, with no
+/// later event (publication, ping) to push them out: the session keeps waiting for the socket
+/// while rustls holds records, not only while frames are left to encrypt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_reaches_a_slow_reader_to_its_last_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new();
+    let (cert, key) = install(dir.path(), &ca.issue("herald", 2031));
+    let config = format!("{}\n[client]\nsend_buffer = 4096\n", server_config());
+    let h = Herald::start_http(dir.path(), &http_tls(&cert, &key, ""), &config);
+    let client = ca.client();
+    // A small receive window (set before connecting): each write the server makes is smaller
+    // than what rustls holds, so the burst ends with records still in rustls.
+    let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+    tcp.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = tcp.connect(h.api).await.expect("tcp connect");
+    let url = format!("wss://localhost:{}/connection/websocket", h.api.port());
+    let mut sub = Client::open_tls_on(&url, &connector(&ca), tcp).await;
+    sub.connect(&token("erin")).await;
+    sub.subscribe("chat:slow").await;
+
+    // Published while the client does not read, then read: the pings come every 25 s, so each
+    // publication arriving within WAIT was flushed by the burst's own writes.
+    for n in 0..20u32 {
+        let body = json!({"channel": "chat:slow", "data": {"n": n, "pad": "s".repeat(30_000)}});
+        let (status, reply) =
+            https(h.api, &client, "POST", "/api/publish", &body.to_string()).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    for n in 0..20u32 {
+        assert_eq!(sub.publication("chat:slow").await["data"]["n"], n);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_plain_http_clients_are_dropped_while_wss_works() {
     let dir = tempfile::tempdir().expect("tempdir");

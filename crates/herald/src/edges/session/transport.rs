@@ -137,8 +137,13 @@ impl Transport {
         }
     }
 
+    /// Whether output is still on its way to the kernel: the loop then waits for the socket.
+    /// Over TLS that includes records rustls holds after every frame was handed to it.
     pub fn is_writing(&self) -> bool {
-        self.queued_out() > 0
+        match self {
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => ws.is_writing(),
+            Transport::Stream { conn, .. } => conn.is_writing(),
+        }
     }
 
     pub fn stalled_since(&self) -> Option<Instant> {
