@@ -380,6 +380,60 @@ async fn a_burst_reaches_a_slow_reader_to_its_last_record() {
     }
 }
 
+/// A slow reader is not a stalled one: while the records rustls holds drain a few KB at a time
+/// for longer than `client.write_timeout`, the connection stays and gets everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_wss_reader_is_not_timed_out_while_records_drain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new();
+    let (cert, key) = install(dir.path(), &ca.issue("herald", 2031));
+    let config = format!(
+        "{}\n[client]\nsend_buffer = 4096\nwrite_timeout = \"1s\"\n",
+        server_config()
+    );
+    let h = Herald::start_http(dir.path(), &http_tls(&cert, &key, ""), &config);
+    let client = ca.client();
+    // A relay that passes the server's bytes on at about 20 KB/s: 64 KB held by rustls take
+    // about three write timeouts to drain, each step of it progress.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("relay");
+    let (relay_addr, server) = (relay.local_addr().expect("relay addr"), h.api);
+    tokio::spawn(async move {
+        let Ok((downstream, _)) = relay.accept().await else {
+            return;
+        };
+        let upstream = tokio::net::TcpSocket::new_v4().expect("socket");
+        upstream.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let upstream = upstream.connect(server).await.expect("relay connects");
+        let (mut down_read, mut down_write) = downstream.into_split();
+        let (mut up_read, mut up_write) = upstream.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut down_read, &mut up_write).await });
+        let mut buf = [0u8; 2048];
+        while let Ok(n @ 1..) = up_read.read(&mut buf).await {
+            if down_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let tcp = TcpStream::connect(relay_addr).await.expect("tcp connect");
+    let url = format!("wss://localhost:{}/connection/websocket", relay_addr.port());
+    let mut sub = Client::open_tls_on(&url, &connector(&ca), tcp).await;
+    sub.connect(&token("frank")).await;
+    sub.subscribe("chat:drip").await;
+
+    for n in 0..3u32 {
+        let body = json!({"channel": "chat:drip", "data": {"n": n, "pad": "d".repeat(30_000)}});
+        let (status, reply) =
+            https(h.api, &client, "POST", "/api/publish", &body.to_string()).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    for n in 0..3u32 {
+        assert_eq!(sub.publication("chat:drip").await["data"]["n"], n);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_plain_http_clients_are_dropped_while_wss_works() {
     let dir = tempfile::tempdir().expect("tempdir");

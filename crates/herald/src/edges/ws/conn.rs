@@ -273,8 +273,11 @@ impl WsConn {
                 self.out = Vec::new();
                 self.written = 0;
                 if self.control.is_empty() {
-                    // TLS holds encrypted records until the kernel takes them.
-                    self.io.try_flush()?;
+                    // TLS holds encrypted records until the kernel takes them; the kernel
+                    // taking them is progress (a slow reader is not a stalled one).
+                    if self.io.try_flush()? > 0 {
+                        self.progress_at = Instant::now();
+                    }
                     return Ok(total);
                 }
                 let control = std::mem::take(&mut self.control);
