@@ -293,8 +293,13 @@ async fn large_messages_and_bursts_cross_wss_whole_and_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new();
     let (cert, key) = install(dir.path(), &ca.issue("herald", 2031));
-    // A small kernel send buffer, so writes block and TLS records wait in rustls.
-    let config = format!("{}\n[client]\nsend_buffer = 4096\n", server_config());
+    // A small kernel send buffer, so writes block and TLS records wait in rustls. The outbox
+    // holds the whole 3 MB burst: the publisher may outrun the client, which is then behind by
+    // more than the default 1 MB (a slow consumer, closed with 3008), not a wss failure.
+    let config = format!(
+        "{}\n[client]\nsend_buffer = 4096\nmax_outbox_bytes = 4194304\n",
+        server_config()
+    );
     let h = Herald::start_http(dir.path(), &http_tls(&cert, &key, ""), &config);
     let client = ca.client();
     let mut sub = subscriber(&h, &ca, "dave", "chat:big").await;

@@ -137,12 +137,19 @@ impl Transport {
         }
     }
 
-    /// Whether output is still on its way to the kernel: the loop then waits for the socket.
-    /// Over TLS that includes records rustls holds after every frame was handed to it.
+    /// Whether frames are still being handed to the connection (new ones wait behind them).
     pub fn is_writing(&self) -> bool {
+        self.queued_out() > 0
+    }
+
+    /// Whether TLS records are waiting for the kernel after every frame was handed over: nothing
+    /// else may come to write them, so the session waits for the socket.
+    pub fn has_pending_output(&self) -> bool {
         match self {
-            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => ws.is_writing(),
-            Transport::Stream { conn, .. } => conn.is_writing(),
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => {
+                ws.has_pending_output()
+            }
+            Transport::Stream { .. } => false,
         }
     }
 
