@@ -293,8 +293,13 @@ async fn large_messages_and_bursts_cross_wss_whole_and_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new();
     let (cert, key) = install(dir.path(), &ca.issue("herald", 2031));
-    // A small kernel send buffer, so writes block and TLS records wait in rustls.
-    let config = format!("{}\n[client]\nsend_buffer = 4096\n", server_config());
+    // A small kernel send buffer, so writes block and TLS records wait in rustls. The outbox
+    // holds the whole 3 MB burst: the publisher may outrun the client, which is then behind by
+    // more than the default 1 MB (a slow consumer, closed with 3008), not a wss failure.
+    let config = format!(
+        "{}\n[client]\nsend_buffer = 4096\nmax_outbox_bytes = 4194304\n",
+        server_config()
+    );
     let h = Herald::start_http(dir.path(), &http_tls(&cert, &key, ""), &config);
     let client = ca.client();
     let mut sub = subscriber(&h, &ca, "dave", "chat:big").await;
@@ -344,6 +349,94 @@ async fn large_messages_and_bursts_cross_wss_whole_and_in_order() {
     }
     publisher.await.expect("publisher");
     round_trip(&h, &client, &mut sub, "chat:big", 1000).await;
+}
+
+/// The last TLS records of a burst reach a client that takes them a few KB at a time, with no
+/// later event (publication, ping) to push them out: the session keeps waiting for the socket
+/// while rustls holds records, not only while frames are left to encrypt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_reaches_a_slow_reader_to_its_last_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new();
+    let (cert, key) = install(dir.path(), &ca.issue("herald", 2031));
+    let config = format!("{}\n[client]\nsend_buffer = 4096\n", server_config());
+    let h = Herald::start_http(dir.path(), &http_tls(&cert, &key, ""), &config);
+    let client = ca.client();
+    // A small receive window (set before connecting): each write the server makes is smaller
+    // than what rustls holds, so the burst ends with records still in rustls.
+    let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+    tcp.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = tcp.connect(h.api).await.expect("tcp connect");
+    let url = format!("wss://localhost:{}/connection/websocket", h.api.port());
+    let mut sub = Client::open_tls_on(&url, &connector(&ca), tcp).await;
+    sub.connect(&token("erin")).await;
+    sub.subscribe("chat:slow").await;
+
+    // Published while the client does not read, then read: the pings come every 25 s, so each
+    // publication arriving within WAIT was flushed by the burst's own writes.
+    for n in 0..20u32 {
+        let body = json!({"channel": "chat:slow", "data": {"n": n, "pad": "s".repeat(30_000)}});
+        let (status, reply) =
+            https(h.api, &client, "POST", "/api/publish", &body.to_string()).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    for n in 0..20u32 {
+        assert_eq!(sub.publication("chat:slow").await["data"]["n"], n);
+    }
+}
+
+/// A slow reader is not a stalled one: while the records rustls holds drain a few KB at a time
+/// for longer than `client.write_timeout`, the connection stays and gets everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_wss_reader_is_not_timed_out_while_records_drain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new();
+    let (cert, key) = install(dir.path(), &ca.issue("herald", 2031));
+    let config = format!(
+        "{}\n[client]\nsend_buffer = 4096\nwrite_timeout = \"1s\"\n",
+        server_config()
+    );
+    let h = Herald::start_http(dir.path(), &http_tls(&cert, &key, ""), &config);
+    let client = ca.client();
+    // A relay that passes the server's bytes on at about 20 KB/s: 64 KB held by rustls take
+    // about three write timeouts to drain, each step of it progress.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("relay");
+    let (relay_addr, server) = (relay.local_addr().expect("relay addr"), h.api);
+    tokio::spawn(async move {
+        let Ok((downstream, _)) = relay.accept().await else {
+            return;
+        };
+        let upstream = tokio::net::TcpSocket::new_v4().expect("socket");
+        upstream.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let upstream = upstream.connect(server).await.expect("relay connects");
+        let (mut down_read, mut down_write) = downstream.into_split();
+        let (mut up_read, mut up_write) = upstream.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut down_read, &mut up_write).await });
+        let mut buf = [0u8; 2048];
+        while let Ok(n @ 1..) = up_read.read(&mut buf).await {
+            if down_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let tcp = TcpStream::connect(relay_addr).await.expect("tcp connect");
+    let url = format!("wss://localhost:{}/connection/websocket", relay_addr.port());
+    let mut sub = Client::open_tls_on(&url, &connector(&ca), tcp).await;
+    sub.connect(&token("frank")).await;
+    sub.subscribe("chat:drip").await;
+
+    for n in 0..3u32 {
+        let body = json!({"channel": "chat:drip", "data": {"n": n, "pad": "d".repeat(30_000)}});
+        let (status, reply) =
+            https(h.api, &client, "POST", "/api/publish", &body.to_string()).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    for n in 0..3u32 {
+        assert_eq!(sub.publication("chat:drip").await["data"]["n"], n);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

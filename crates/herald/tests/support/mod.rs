@@ -471,6 +471,22 @@ impl Client {
         Ok(Client::on(ws))
     }
 
+    /// Like `open_tls`, over a TCP connection the caller opened (e.g. with a small receive buffer).
+    pub async fn open_tls_on(
+        url: &str,
+        connector: &tokio_websockets::Connector,
+        tcp: TcpStream,
+    ) -> Client {
+        let uri = http::Uri::try_from(url).expect("url");
+        let host = uri.host().expect("url names a host").to_string();
+        let stream = connector.wrap(&host, tcp).await.expect("tls handshake");
+        let (ws, _) = ClientBuilder::from_uri(uri)
+            .connect_on(stream)
+            .await
+            .expect("wss connects");
+        Client::on(ws)
+    }
+
     /// A client on an open WebSocket, nothing received yet.
     fn on(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
         Client {

@@ -84,13 +84,16 @@ impl Session {
                 return close;
             }
             let writing = self.conn.is_writing();
+            // Every frame handed over but TLS records still wait for the kernel: wait for the
+            // socket too (nothing else may come to write them), and keep draining the outbox.
+            let flushing = !writing && self.conn.has_pending_output();
             // Reading waits while the output is over the bound or input is still unanswered, so
             // what a connection makes the server hold is bounded whatever it sends.
             let reading = self.backlog.is_none() && !self.output_full();
             let deadline = self.next_deadline();
-            let wake = if writing {
+            let wake = if writing || flushing {
                 // Boxed: only connections with a write pending pay for this state.
-                match Box::pin(self.wait_writing(deadline, reading)).await {
+                match Box::pin(self.wait_writing(deadline, reading, flushing)).await {
                     Ok(wake) => wake,
                     Err(close) => return close,
                 }
@@ -127,8 +130,15 @@ impl Session {
     }
 
     /// Waits while a write is pending. The outbox is not drained meanwhile: a client that does not
-    /// read lets its outbox fill and overflow (slow consumer) instead of growing `pending`.
-    async fn wait_writing(&self, deadline: Instant, reading: bool) -> Result<Wake, Close> {
+    /// read lets its outbox fill and overflow (slow consumer) instead of growing `pending`. Only
+    /// TLS records left (`flushing`): the outbox is drained as when idle, and new frames queue
+    /// behind the records.
+    async fn wait_writing(
+        &self,
+        deadline: Instant,
+        reading: bool,
+        flushing: bool,
+    ) -> Result<Wake, Close> {
         let handle = self.handle.as_deref();
         tokio::select! {
             biased;
@@ -139,6 +149,7 @@ impl Session {
                 Ok(()) => Ok(Wake::Writable),
                 Err(_) => Err(Close::gone("write error")),
             },
+            _ = wait_outbox(handle.map(|h| &h.outbox)), if flushing => Ok(Wake::Outbox),
             readable = self.conn.readable(), if reading => match readable {
                 Ok(()) => Ok(Wake::Readable),
                 Err(_) => Err(Close::gone("read error")),

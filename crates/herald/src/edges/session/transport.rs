@@ -137,8 +137,20 @@ impl Transport {
         }
     }
 
+    /// Whether frames are still being handed to the connection (new ones wait behind them).
     pub fn is_writing(&self) -> bool {
         self.queued_out() > 0
+    }
+
+    /// Whether TLS records are waiting for the kernel after every frame was handed over: nothing
+    /// else may come to write them, so the session waits for the socket.
+    pub fn has_pending_output(&self) -> bool {
+        match self {
+            Transport::WebSocket(ws) | Transport::UniWebSocket { ws, .. } => {
+                ws.has_pending_output()
+            }
+            Transport::Stream { .. } => false,
+        }
     }
 
     pub fn stalled_since(&self) -> Option<Instant> {

@@ -59,13 +59,26 @@ impl Socket {
     }
 
     /// Hands the kernel what TLS still holds, without waiting (nothing to do on a plain socket).
-    pub fn try_flush(&mut self) -> io::Result<()> {
+    /// Returns the bytes the kernel took, so a caller timing stalls sees this progress too.
+    pub fn try_flush(&mut self) -> io::Result<usize> {
         match self {
-            Socket::Plain(_) => Ok(()),
-            Socket::Tls(tls) => match once(|cx| Pin::new(&mut **tls).poll_flush(cx)) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-                other => other,
-            },
+            Socket::Plain(_) => Ok(0),
+            Socket::Tls(tls) => {
+                let (tcp, session) = tls.get_mut();
+                // A fatal error rustls met earlier.
+                io::Write::flush(&mut session.writer())?;
+                let mut total = 0;
+                while session.wants_write() {
+                    match session.write_tls(&mut TryWriter(tcp)) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => total += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(total)
+            }
         }
     }
 
@@ -94,6 +107,24 @@ impl Socket {
     /// Waits until the socket can take more bytes. Cancel-safe.
     pub async fn writable(&self) -> io::Result<()> {
         self.tcp().writable().await
+    }
+}
+
+/// The TCP stream as a `Write` that never waits: `WouldBlock` clears tokio's readiness, so a
+/// later `writable()` waits for the kernel to make room.
+struct TryWriter<'a>(&'a TcpStream);
+
+impl io::Write for TryWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -100,6 +100,11 @@ impl WsConn {
         self.queued_out() > 0 || self.io.has_pending_output()
     }
 
+    /// Whether TLS records wait for the kernel (never on a plain socket).
+    pub fn has_pending_output(&self) -> bool {
+        self.io.has_pending_output()
+    }
+
     /// While a write is pending: since when it has made no progress.
     pub fn stalled_since(&self) -> Option<Instant> {
         self.is_writing().then_some(self.progress_at)
@@ -217,8 +222,9 @@ impl WsConn {
     /// Queues `messages` as frames of the connection's type: text frames with the messages joined
     /// by newlines (JSON), or binary frames with them concatenated (Protobuf messages carry their
     /// own length prefix). Frames hold at most `max_frame` bytes (a single larger message keeps its
-    /// own frame). Call only when nothing is being written (`!is_writing()`);
-    /// [`WsConn::try_write`] hands them to the kernel. Returns (bytes of payload, frames queued).
+    /// own frame). Call only when no frame is being written (`queued_out() == 0`; TLS records
+    /// rustls still holds go first); [`WsConn::try_write`] hands them to the kernel. Returns
+    /// (bytes of payload, frames queued).
     pub fn queue_messages(&mut self, messages: &[Bytes], max_frame: usize) -> (usize, usize) {
         debug_assert!(self.out.len() == self.written);
         let (opcode, separator): (u8, &[u8]) = if self.binary {
@@ -273,8 +279,11 @@ impl WsConn {
                 self.out = Vec::new();
                 self.written = 0;
                 if self.control.is_empty() {
-                    // TLS holds encrypted records until the kernel takes them.
-                    self.io.try_flush()?;
+                    // TLS holds encrypted records until the kernel takes them; the kernel
+                    // taking them is progress (a slow reader is not a stalled one).
+                    if self.io.try_flush()? > 0 {
+                        self.progress_at = Instant::now();
+                    }
                     return Ok(total);
                 }
                 let control = std::mem::take(&mut self.control);
