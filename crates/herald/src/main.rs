@@ -163,12 +163,7 @@ fn reread(
     demo_dir: Option<&herald::app::demo::DemoDir>,
 ) -> anyhow::Result<Config> {
     let mut config = load(sources.file.as_ref(), &sources.sets)?;
-    let t = &config.client.token;
-    let no_key = t.hmac_secret.is_empty()
-        && t.rsa_public_key.is_empty()
-        && t.ecdsa_public_key.is_empty()
-        && t.jwks_file.is_empty();
-    if ephemeral_secret && no_key {
+    if ephemeral_secret && config.client.token.has_no_key() {
         // The secret made at start stays, or every token it signed would stop verifying.
         config.client.token.hmac_secret = server.node.config().client.token.hmac_secret.clone();
     }
@@ -192,11 +187,7 @@ async fn serve(mut config: Config, sources: Sources, demo: Option<usize>) -> any
         }
         None => None,
     };
-    let t = &config.client.token;
-    let ephemeral_secret = t.hmac_secret.is_empty()
-        && t.rsa_public_key.is_empty()
-        && t.ecdsa_public_key.is_empty()
-        && t.jwks_file.is_empty();
+    let ephemeral_secret = config.client.token.has_no_key();
     if ephemeral_secret {
         // Zero-config runs must be usable: sign tokens with a secret that lives as long as this process.
         config.client.token.hmac_secret = herald::config::sample::random_secret();

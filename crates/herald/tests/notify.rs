@@ -68,37 +68,9 @@ fn value(state: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a process this test started (or its handover successor).
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
-}
-
 fn monotonic_usec() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
-}
-
-async fn wait_exit(proc: &mut Proc, wait: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + wait;
-    loop {
-        if let Some(status) = proc.0.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process still running after {wait:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The process a handover started (not the test's child): killed when the test ends.
-struct Successor(u32);
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        signal(self.0, libc::SIGKILL);
-    }
 }
 
 #[tokio::test]

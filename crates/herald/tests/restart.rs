@@ -29,20 +29,6 @@ const REPLY_WAIT: Duration = Duration::from_secs(30);
 /// Publications per second during a restart.
 const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a process this test started (or its handover successor).
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
-}
-
-/// The process a handover started (not the test's child): killed when the test ends.
-struct Successor(u32);
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        signal(self.0, libc::SIGKILL);
-    }
-}
-
 /// A node config (see `node_config_with`) with lines added to `[http]`.
 fn config(dir: &Path, name: &str, listen: &str, http: &str, extra: &str) -> PathBuf {
     let path = node_config_with(dir, name, listen, HISTORY, extra);
@@ -108,20 +94,6 @@ impl Log {
             .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no {key}= in {line}"))
-    }
-}
-
-async fn wait_exit(proc: &mut Proc, wait: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + wait;
-    loop {
-        if let Some(status) = proc.0.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process still running after {wait:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

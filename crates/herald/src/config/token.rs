@@ -26,6 +26,16 @@ pub struct TokenConfig {
     pub rotation_grace: Duration,
 }
 
+impl TokenConfig {
+    /// No key of any kind is configured (a zero-config run signs with an ephemeral secret).
+    pub fn has_no_key(&self) -> bool {
+        self.hmac_secret.is_empty()
+            && self.rsa_public_key.is_empty()
+            && self.ecdsa_public_key.is_empty()
+            && self.jwks_file.is_empty()
+    }
+}
+
 impl Default for TokenConfig {
     fn default() -> Self {
         TokenConfig {

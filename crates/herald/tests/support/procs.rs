@@ -38,6 +38,36 @@ impl Proc {
     }
 }
 
+/// Sends `sig` to a process a test started (or to its handover successor).
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a process this test started (or its handover successor).
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// The process a handover started (not the test's child): killed when the test ends.
+pub struct Successor(pub u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        signal(self.0, libc::SIGKILL);
+    }
+}
+
+/// Waits until the process exits, at most `wait` (then the test fails).
+pub async fn wait_exit(proc: &mut Proc, wait: std::time::Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if let Some(status) = proc.0.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process still running after {wait:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub struct Node {
     pub proc: Proc,
     pub addr: SocketAddr,
