@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """bench/ratios.py OUT PREFIX A B: A against B from alternating runs of one saturating broadcast step.
 
-Reads OUT/PREFIX-A-SUBS-ROUND.json and OUT/PREFIX-B-SUBS-ROUND.json (written by bench/run.sh floor or
-formats), pairs the runs of each round, and prints, per subscriber count, the ratio A/B of deliveries/s
+Reads OUT/PREFIX-A-SUBS-ROUND.json and OUT/PREFIX-B-SUBS-ROUND.json (written by bench/run.sh floor,
+whose prefixes are floor-api, floor-client and the same with -compete, or formats), pairs the runs of each round, and prints, per subscriber count, the ratio A/B of deliveries/s
 (each pair, the median and the spread) with both medians, and each server's RSS per subscriber. Writes
 the same as OUT/PREFIX-ratios.json.
 """
@@ -34,7 +34,7 @@ def main():
     runs = {}
     pattern = re.compile(rf"{re.escape(prefix)}-([a-z]+)-(\d+)-(\d+)\.json$")
     for path in glob.glob(os.path.join(out, f"{prefix}-*-*-*.json")):
-        m = pattern.search(os.path.basename(path))
+        m = pattern.match(os.path.basename(path))
         if not m or m.group(1) not in (a, b):
             continue
         measured = step(path)

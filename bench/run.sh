@@ -10,8 +10,13 @@
 #   livemap    GT06 trackers over TCP, viewers of the fleet channel, positions into PostgreSQL
 #   cluster    the broadcast across NODES nodes linked by each of BROKERS (redis, redis_cluster,
 #              nats; or CLUSTER_CONFIG: a TOML fragment with the [broker] section)
-#   floor      Herald against the floor (herald-floor: the cheapest broadcast server) at 1,000, 5,000
-#              and 15,000 subscribers (FLOOR_SUBS), ROUNDS alternating runs each; prints the ratios
+#   floor      Herald against the floor (bench/peers/floor: the cheapest broadcast server) at 1,000,
+#              5,000 and 15,000 subscribers (FLOOR_SUBS), published through the API and by a client
+#              on a WebSocket (VIA), ROUNDS alternating runs each; prints the ratios. COMPETE=1 runs
+#              it again beside a process that keeps one core busy
+#   instructions  instructions per delivery of Herald and of the floor under callgrind (repeatable,
+#              not disturbed by other load): the difference of a short and a long run, API and
+#              client publishing (VIA), CG_SUBS subscribers; prints the ratios
 #   formats    Herald's broadcast with JSON subscribers against Protobuf ones, ROUNDS alternating runs
 #   capacity   memory per connection, per subscription and per channel with history on one node
 #              (CAP_CONNS clients three times, SUBS_PER 50 channels each, HIST_CHANNELS × HIST_SIZE retained)
@@ -48,10 +53,10 @@ mkdir -p "$OUT"
 if [ -n "${BIN:-}" ]; then
     : # prebuilt binaries (herald, herald-bench) in BIN, e.g. to compare two builds
 elif [ "$PROFILE" = release ]; then
-    cargo build --release -q -p herald -p herald-bench
+    cargo build --release -q -p herald -p herald-bench -p herald-floor
     BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 else
-    cargo build -q -p herald -p herald-bench
+    cargo build -q -p herald -p herald-bench -p herald-floor
     BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
 fi
 WORK=$(mktemp -d /tmp/herald-bench.XXXXXX)
@@ -87,12 +92,17 @@ level = "warn"
 max_connections = 1000000
 # A live-map window holds up to one position per device (10,000 × ~300 B); it must fit an outbox.
 max_outbox_bytes = 8388608
+# The client-publish broadcast's one publisher sends thousands of commands a second.
+command_rate = 1000000
+command_burst = 1000000
 [client.token]
 hmac_secret = "$SECRET"
 [api]
 key = "$API_KEY"
 [channel.without_namespace]
 allow_subscribe_for_client = true
+# The client-publish broadcast: the publisher is a subscriber of the channel.
+allow_publish_for_subscriber = true
 EOF
     [ "${4:-}" = plain ] || cat >>"$1" <<EOF
 [[channel.namespaces]]
@@ -129,12 +139,13 @@ wait_http() { # wait_http ADDR [PATH]: until GET PATH (/health) answers 200 (30 
 }
 
 NODE_PIDS=()
+WRAP=() # a command the servers run under (the instructions scenario: valgrind)
 start_nodes() { # start_nodes COUNT CONFIG: COUNT herald processes sharing the config's port
     local n
     NODE_PIDS=()
     for n in $(seq 1 "$1"); do
         # The hard limit here is 20,000 descriptors per process: one node holds ~19,000 clients.
-        (ulimit -n 20000 2>/dev/null || true; exec "${SERVER_ON[@]}" "$BIN/herald" serve --config "$2" \
+        (ulimit -n 20000 2>/dev/null || true; exec "${SERVER_ON[@]}" "${WRAP[@]}" "$BIN/herald" serve --config "$2" \
             --set "node.name=bench-$n") >>"$WORK/herald.log" 2>&1 &
         PIDS+=($!)
         NODE_PIDS+=($!)
@@ -409,29 +420,96 @@ run_cluster() { # run_cluster BROKER
 # One saturating broadcast step: about 3M deliveries/s offered (more than either server delivers).
 saturating_rate() { echo $(( ${OFFERED:-3000000} / $1 )); }
 
-run_floor() { # Herald and the floor alternate, ROUNDS times at each subscriber count
-    local subs round floor_port=$((PORT + 300))
-    for subs in ${FLOOR_SUBS:-$(pick "1000 5000 15000" "20")}; do
-        for round in $(seq 1 "${ROUNDS:-$(pick 3 1)}"); do
-            write_config "$WORK/f.toml" "127.0.0.1:$PORT" "" plain
-            start_nodes 1 "$WORK/f.toml"
-            wait_http "127.0.0.1:$PORT"
-            bench broadcast --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
-                --subscribers "$subs" --rate "$(saturating_rate "$subs")" --batch "${BATCH:-$(pick 20 10)}" \
-                --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" \
-                --json "$OUT/floor-herald-$subs-$round.json"
-            cleanup
-            PORT=$floor_port "${SERVER_ON[@]}" "$BIN/herald-floor" >>"$WORK/floor.log" 2>&1 &
-            PIDS+=($!)
-            wait_http "127.0.0.1:$floor_port"
-            bench broadcast --target floor --server "127.0.0.1:$floor_port" --server-pid "${PIDS[-1]}" \
-                --subscribers "$subs" --rate "$(saturating_rate "$subs")" --batch "${BATCH:-$(pick 20 10)}" \
-                --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" \
-                --json "$OUT/floor-floor-$subs-$round.json"
-            cleanup
+# COMPETE=1: a competing CPU load (one busy process, as another service on the box) while
+# servers are measured; stopped with the run.
+start_competitor() {
+    [ "${COMPETE:-0}" = 1 ] || return 0
+    (trap 'exit 0' TERM; while :; do :; done) &
+    PIDS+=($!)
+}
+
+floor_step() { # floor_step herald|floor SUBS VIA ROUND: one saturating broadcast, its JSON
+    local target=$1 subs=$2 via=$3 round=$4 port=$PORT pid
+    local name="$(floor_prefix "$via")-$target-$subs-$round"
+    if [ "$target" = herald ]; then
+        write_config "$WORK/f.toml" "127.0.0.1:$PORT" "" plain
+        start_nodes 1 "$WORK/f.toml"
+        pid=$(node_pids_csv)
+    else
+        port=$((PORT + 300))
+        PORT=$port "${SERVER_ON[@]}" "$BIN/herald-floor" >>"$WORK/floor.log" 2>&1 &
+        PIDS+=($!)
+        pid=${PIDS[-1]}
+    fi
+    wait_http "127.0.0.1:$port"
+    start_competitor
+    bench broadcast --target "$target" --server "127.0.0.1:$port" --server-pid "$pid" \
+        --subscribers "$subs" --rate "$(saturating_rate "$subs")" --batch "${BATCH:-$(pick 20 10)}" \
+        --publish-via "$via" --in-flight "${IN_FLIGHT:-8}" \
+        --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" --json "$OUT/$name.json"
+    cleanup
+}
+
+floor_prefix() { # floor_prefix VIA: floor-api, floor-client, floor-api-compete, ...
+    if [ "${COMPETE:-0}" = 1 ]; then echo "floor-$1-compete"; else echo "floor-$1"; fi
+}
+
+run_floor() { # Herald and the floor alternate, ROUNDS times at each subscriber count and source
+    local subs round via
+    for via in ${VIA:-api client}; do
+        for subs in ${FLOOR_SUBS:-$(pick "1000 5000 15000" "20")}; do
+            for round in $(seq 1 "${ROUNDS:-$(pick 3 1)}"); do
+                floor_step herald "$subs" "$via" "$round"
+                floor_step floor "$subs" "$via" "$round"
+            done
         done
     done
-    python3 "$ROOT/bench/ratios.py" "$OUT" floor herald floor
+    for via in ${VIA:-api client}; do
+        python3 "$ROOT/bench/ratios.py" "$OUT" "$(floor_prefix "$via")" herald floor
+    done
+}
+
+cg_run() { # cg_run herald|floor VIA SECONDS: one broadcast under callgrind; prints "INSTRUCTIONS DELIVERIES"
+    local target=$1 via=$2 seconds=$3 port=$PORT pid out="$WORK/cg-$1-$2-$3.out"
+    # Below what either server delivers under callgrind, so a run's batching does not depend on
+    # timing: API batches of 20 every 100 ms; client publications 50 ms apart, each on its own.
+    local rate=${CG_RATE:-200}
+    [ "$via" = client ] && rate=${CG_CLIENT_RATE:-20}
+    WRAP=(valgrind -q --tool=callgrind --callgrind-out-file="$out")
+    if [ "$target" = herald ]; then
+        write_config "$WORK/cg.toml" "127.0.0.1:$PORT" "" plain
+        start_nodes 1 "$WORK/cg.toml"
+        pid=$(node_pids_csv)
+    else
+        port=$((PORT + 300))
+        PORT=$port "${WRAP[@]}" "$BIN/herald-floor" >>"$WORK/floor.log" 2>&1 &
+        PIDS+=($!)
+        pid=${PIDS[-1]}
+    fi
+    WRAP=()
+    wait_http "127.0.0.1:$port" >&2
+    bench broadcast --target "$target" --server "127.0.0.1:$port" --server-pid "$pid" \
+        --subscribers "${CG_SUBS:-$(pick 200 10)}" --rate "$rate" --batch 20 \
+        --publish-via "$via" --in-flight "${IN_FLIGHT:-8}" --payload 100 --duration "${seconds}s" \
+        --drain 60s --json "$WORK/cg.json" >/dev/null 2>&1
+    cleanup
+    echo "$(awk '/^(summary|totals):/ {print $2; exit}' "$out") $(jq '[.steps[].deliveries] | add' "$WORK/cg.json")"
+}
+
+run_instructions() { # marginal instructions per delivery: (long - short) / (its extra deliveries)
+    command -v valgrind >/dev/null || { echo "instructions needs valgrind" >&2; return 1; }
+    local via target short long result="$OUT/instructions.json" rows=()
+    for via in ${VIA:-api client}; do
+        for target in herald floor; do
+            read -r i1 d1 < <(cg_run "$target" "$via" "$(pick 2 1)")
+            read -r i2 d2 < <(cg_run "$target" "$via" "$(pick 6 2)")
+            rows+=("{\"target\":\"$target\",\"via\":\"$via\",\"short\":[$i1,$d1],\"long\":[$i2,$d2],\"per_delivery\":$(( (i2 - i1) / (d2 - d1 > 0 ? d2 - d1 : 1) ))}")
+            echo "$target ($via): $(( (i2 - i1) / (d2 - d1 > 0 ? d2 - d1 : 1) )) instructions per delivery ($i1/$d1, $i2/$d2)"
+        done
+    done
+    (IFS=,; echo "[${rows[*]}]") | jq . >"$result"
+    jq -r 'group_by(.via)[] | "\(.[0].via): herald/floor instructions per delivery " +
+        ((map(select(.target == "herald"))[0].per_delivery / map(select(.target == "floor"))[0].per_delivery * 1000 | round / 1000 | tostring))' "$result"
 }
 
 run_formats() { # JSON and Protobuf subscribers alternate, ROUNDS times
@@ -469,10 +547,12 @@ case "$scenario" in
     hostile) run_hostile ;;
     floor) run_floor ;;
     formats) run_formats ;;
+    instructions) run_instructions ;;
     capacity) run_capacity ;;
     all | smoke)
         run_idle; run_broadcast; run_peer ws; run_peer socketio
         run_chat; run_market; run_livemap; run_clusters; run_hostile; run_floor; run_formats; run_capacity
+        run_instructions
         ;;
     *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 //! several `--server`s the subscribers are spread over the nodes and the publisher talks to one,
 //! so every delivery to another node crosses the broker.
 
+use crate::client_publish::ClientPublisher;
 use crate::common::Common;
 use crate::procstat;
 use crate::publish::{payload, run_at_rate, Publisher};
@@ -42,6 +43,25 @@ pub struct BroadcastArgs {
     /// Longest wait after a step for deliveries still in flight.
     #[arg(long, default_value = "3s")]
     pub drain: humantime::Duration,
+    /// Who publishes: the server API (batches of `--batch` over HTTP), or a client on a
+    /// WebSocket subscribed to the channel (chat, live commentary).
+    #[arg(long, value_enum, default_value = "api")]
+    pub publish_via: PublishVia,
+    /// Client publishing: publications sent and not yet back at the publisher, at most.
+    #[arg(long, default_value_t = 8)]
+    pub in_flight: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublishVia {
+    Api,
+    Client,
+}
+
+/// One of the two publishing sides.
+enum Source {
+    Api(Publisher),
+    Client(ClientPublisher),
 }
 
 pub async fn run(args: BroadcastArgs) -> anyhow::Result<Value> {
@@ -80,8 +100,12 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<Value> {
         args.subscribers,
         fleet.seconds
     );
-    let mut publisher =
-        Publisher::connect(args.target, args.common.api_addr(), &args.common.api_key).await?;
+    let mut publisher = match args.publish_via {
+        PublishVia::Api => Source::Api(
+            Publisher::connect(args.target, args.common.api_addr(), &args.common.api_key).await?,
+        ),
+        PublishVia::Client => Source::Client(ClientPublisher::connect(&specs[0]).await?),
+    };
     let mut steps = Vec::new();
     for rate in &args.rates {
         let step = step(&args, *rate, fleet.connected as u64, &stats, &mut publisher).await;
@@ -111,6 +135,8 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<Value> {
         "connections_per_second": connect_rate,
         "payload_bytes": args.payload,
         "batch": args.batch,
+        "publish_via": format!("{:?}", args.publish_via).to_lowercase(),
+        "in_flight": if args.publish_via == PublishVia::Client { json!(args.in_flight) } else { Value::Null },
         "steps": steps,
     }))
 }
@@ -120,7 +146,7 @@ async fn step(
     rate: u64,
     subscribers: u64,
     stats: &Stats,
-    publisher: &mut Publisher,
+    publisher: &mut Source,
 ) -> anyhow::Result<Value> {
     // Whatever a previous step left in flight belongs to it, not to this one.
     stats.take_latency()?;
@@ -128,10 +154,20 @@ async fn step(
     let before = procstat::sample_group(&args.common.server_pids);
     let started = Instant::now();
     let channel = args.channel.clone();
-    let published = run_at_rate(publisher, rate, args.batch, args.duration.into(), |_| {
-        (channel.clone(), payload(args.payload, None))
-    })
-    .await?;
+    let duration = args.duration.into();
+    let published = match publisher {
+        Source::Api(publisher) => {
+            run_at_rate(publisher, rate, args.batch, duration, |_| {
+                (channel.clone(), payload(args.payload, None))
+            })
+            .await?
+        }
+        Source::Client(publisher) => {
+            publisher
+                .run(rate, args.in_flight, duration, args.payload)
+                .await?
+        }
+    };
     let publish_seconds = started.elapsed().as_secs_f64();
     let after_publish = procstat::sample_group(&args.common.server_pids);
     let expected = published * subscribers;

@@ -6,6 +6,7 @@
 pub mod broadcast;
 pub mod capacity;
 pub mod chat;
+pub mod client_publish;
 pub mod common;
 pub mod hostile;
 pub mod idle;

@@ -6,7 +6,7 @@
 
 use herald::app::server::Server;
 use herald::config::Config;
-use herald_bench::broadcast::{self, BroadcastArgs};
+use herald_bench::broadcast::{self, BroadcastArgs, PublishVia};
 use herald_bench::chat::{self, ChatArgs};
 use herald_bench::common::Common;
 use herald_bench::hostile::{self, HostileArgs};
@@ -28,8 +28,12 @@ listen = "127.0.0.1:0"
 hmac_secret = "bench-secret"
 [api]
 key = "bench-key"
+[client]
+command_rate = 100000
+command_burst = 100000
 [channel.without_namespace]
 allow_subscribe_for_client = true
+allow_publish_for_subscriber = true
 [[channel.namespaces]]
 name = "chat"
 allow_subscribe_for_client = true
@@ -109,6 +113,8 @@ async fn broadcast_in(format: Wire) {
         payload: 100,
         duration: Duration::from_millis(500).into(),
         drain: Duration::from_secs(5).into(),
+        publish_via: PublishVia::Api,
+        in_flight: 8,
     };
     let result = broadcast::run(args).await.expect("broadcast runs");
     assert_eq!(result["subscribers"], 20, "{result}");
@@ -121,6 +127,35 @@ async fn broadcast_in(format: Wire) {
         assert!(f(&step["latency_ms"]["p50"]) > 0.0, "{step}");
         assert!(f(&step["server_rss_mib"]) > 0.0, "{step}");
     }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_publisher_reaches_every_subscriber_with_a_bounded_window() {
+    let (_dir, server) = start().await;
+    let args = BroadcastArgs {
+        common: common(vec![server.addr]),
+        target: Target::Herald,
+        format: Wire::Json,
+        channel: "smoke".into(),
+        subscribers: 20,
+        rates: vec![200],
+        batch: 10,
+        payload: 100,
+        duration: Duration::from_millis(500).into(),
+        drain: Duration::from_secs(5).into(),
+        publish_via: PublishVia::Client,
+        in_flight: 4,
+    };
+    let result = broadcast::run(args).await.expect("client-publish broadcast runs");
+    assert_eq!(result["publish_via"], "client", "{result}");
+    assert_eq!(result["in_flight"], 4, "{result}");
+    let step = &result["steps"][0];
+    let published = step["publications"].as_u64().expect("publications");
+    assert!(published >= 10, "{step}");
+    // The publisher is a subscriber too, but only the 20 measured subscribers count.
+    assert_eq!(step["deliveries"].as_u64(), Some(published * 20), "{step}");
+    assert!(f(&step["latency_ms"]["p50"]) > 0.0, "{step}");
     server.shutdown().await;
 }
 
@@ -209,6 +244,8 @@ async fn cluster_harness_spreads_subscribers_over_nodes() {
         payload: 100,
         duration: Duration::from_millis(500).into(),
         drain: Duration::from_millis(500).into(),
+        publish_via: PublishVia::Api,
+        in_flight: 8,
     };
     let result = broadcast::run(args).await.expect("cluster runs");
     assert_eq!(result["scenario"], "cluster");

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast;
 use tokio_websockets::{Message, ServerBuilder};
 
@@ -19,7 +20,8 @@ const MAX_HEAD: usize = 16 * 1024;
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 fn main() -> anyhow::Result<()> {
-    herald_bench::net::raise_nofile();
+    // Thousands of subscribers: as many descriptors as the hard limit allows.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let port: u16 = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -31,8 +33,13 @@ fn main() -> anyhow::Result<()> {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         eprintln!("floor listening on 127.0.0.1:{port}");
         let (tx, _) = broadcast::channel::<Bytes>(BACKLOG);
+        // SIGTERM ends the process normally, so a profiler around it (callgrind) writes its data.
+        let mut terminate = signal(SignalKind::terminate())?;
         loop {
-            let (stream, _) = listener.accept().await?;
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                _ = terminate.recv() => return Ok(()),
+            };
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _ = serve(stream, tx).await;
