@@ -161,13 +161,13 @@ impl Server {
         let (data_lock, devices) = if config.devices.enabled {
             let dir = std::path::Path::new(&config.devices.spool_dir);
             let lock = crate::app::datadir::lock(dir).map_err(|e| {
-                node.shutdown.cancel();
+                node.stop();
                 anyhow::anyhow!("devices.spool_dir: {e}")
             })?;
             match DeviceIngest::start(node.clone(), &budget, tls.devices.clone()).await {
                 Ok(d) => (Some(lock), Some(d)),
                 Err(e) => {
-                    node.shutdown.cancel();
+                    node.stop();
                     return Err(e);
                 }
             }
@@ -296,7 +296,7 @@ impl Server {
         node.stop_being_ready();
         super::drain::drain(&node, node.config().http.drain_period, &self.drain).await;
         self.stop_accepting(false).await;
-        node.shutdown.cancel();
+        node.stop();
         let deadline = Instant::now() + node.config().http.shutdown_timeout;
         while node.open_connections() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -331,7 +331,7 @@ impl Server {
     pub async fn crash(self) {
         self.backend.abandon();
         self.node.stop_being_ready();
-        self.node.shutdown.cancel();
+        self.node.stop();
         for task in self.tasks {
             task.abort();
         }

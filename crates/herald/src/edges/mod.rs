@@ -13,6 +13,7 @@ pub mod inherited;
 pub mod map;
 pub mod session;
 pub mod sockets;
+pub mod spare;
 pub mod stream;
 pub mod tls;
 pub mod ws;

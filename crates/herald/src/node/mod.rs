@@ -134,6 +134,13 @@ impl Node {
         }
     }
 
+    /// Starts the node's stop: whatever waits on `shutdown` ends, and every connection closes
+    /// with `shutdown`.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+        self.hub.stop_sessions();
+    }
+
     /// Ready to serve: not stopping, and the broker connected (possibly degraded: a lost Redis
     /// Cluster shard fails only its own channels, so the node stays in the load balancer).
     pub fn is_ready(&self) -> bool {

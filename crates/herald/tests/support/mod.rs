@@ -126,7 +126,7 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(server) = &self.server {
-            server.node.shutdown.cancel();
+            server.node.stop();
         }
     }
 }

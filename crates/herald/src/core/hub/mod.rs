@@ -19,6 +19,7 @@ use parking_lot::{Mutex, RwLock};
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -85,6 +86,9 @@ pub struct Hub {
     /// Windows waiting for their end, by the instant they end (on the grid from `grid_start`).
     flushes: Mutex<HashMap<Instant, DueWindows>>,
     grid_start: Instant,
+    /// Set once when the node stops: connections see it when their outbox wakes them, so no
+    /// connection waits on a shutdown future shared by all of them on every wake-up.
+    stopping: AtomicBool,
 }
 
 impl Hub {
@@ -100,7 +104,21 @@ impl Hub {
             this: this.clone(),
             flushes: Mutex::new(HashMap::new()),
             grid_start: Instant::now(),
+            stopping: AtomicBool::new(false),
         })
+    }
+
+    /// The node stops: every connection is woken and closes with `shutdown`. A connection
+    /// registering meanwhile wakes itself (`add_session` reads the flag after inserting).
+    pub fn stop_sessions(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for handle in self.all_sessions() {
+            handle.outbox.wake();
+        }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     fn shard(&self, channel: &str) -> &RwLock<HashMap<String, ChannelEntry>> {
@@ -111,6 +129,9 @@ impl Hub {
         self.sessions
             .write()
             .insert(handle.client.clone(), handle.clone());
+        if self.stopping.load(Ordering::SeqCst) {
+            handle.outbox.wake();
+        }
         self.users
             .write()
             .entry(handle.user.clone())

@@ -11,7 +11,7 @@ use crate::config::NamespaceOptions;
 use crate::core::metrics::KindLabel;
 use crate::core::outbox::DeltaPush;
 use herald_protocol::{Disconnect, SubscribeResult};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// The delta types a client may ask for.
 const KNOWN: &[&str] = &["fossil"];
@@ -19,7 +19,7 @@ const KNOWN: &[&str] = &["fossil"];
 /// Subscriptions with delta compression, by slot → the offset of the publication the client
 /// holds as its base (0: none yet). One entry per subscription, removed with it.
 #[derive(Default)]
-pub(super) struct DeltaBases(HashMap<u32, u64>);
+pub(super) struct DeltaBases(FxHashMap<u32, u64>);
 
 /// Whether a client subscribe asking for `requested` gets delta compression. An unknown type is a
 /// bad request (as Centrifugo: the connection is closed); a known one the namespace does not

@@ -34,6 +34,7 @@ use crate::hooks::HookCtx;
 use crate::node::Node;
 use bytes::Bytes;
 use herald_protocol::{ClientInfo, Disconnect, ErrorCode, Format, ReplyBody, ReplyError};
+use rustc_hash::FxHashMap;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -84,8 +85,9 @@ pub struct Session {
     user: String,
     conn_info: Option<Box<RawValue>>,
     subs: HashMap<String, subscribe::Subscription>,
-    /// Live subscription slots → highest offset already delivered in a subscribe reply.
-    slots: HashMap<u32, u64>,
+    /// Live subscription slots → highest offset already delivered in a subscribe reply. Looked
+    /// up once per delivered item: a fast hash (slots are numbers the session assigns itself).
+    slots: FxHashMap<u32, u64>,
     /// Subscriptions with delta compression, and the publication each client holds.
     deltas: delta::DeltaBases,
     next_slot: u32,
@@ -132,7 +134,7 @@ impl Session {
             user: String::new(),
             conn_info: None,
             subs: HashMap::new(),
-            slots: HashMap::new(),
+            slots: FxHashMap::default(),
             deltas: Default::default(),
             next_slot: 1,
             rate_rejections: 0,

@@ -9,12 +9,28 @@ use super::{Close, Ending, Session};
 use crate::brokers::Control;
 use crate::core::clock::unix_secs;
 use crate::core::outbox::OutItem;
+use crate::edges::spare;
 use bytes::Bytes;
 use herald_protocol::{Disconnect, PushBody, UnsubscribeCode};
 use std::time::{Duration, Instant};
 
 /// Largest frame the server builds when it merges several messages into one.
 pub(super) const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// Outbox items that wait on the hub or the broker.
+enum Waits {
+    Gap(u32),
+    Control(Control),
+}
+
+impl Waits {
+    fn into_item(self) -> OutItem {
+        match self {
+            Waits::Gap(slot) => OutItem::Gap { slot },
+            Waits::Control(control) => OutItem::Control(control),
+        }
+    }
+}
 
 impl Session {
     /// Whether the output owed to the client (replies, pushes, pongs not yet handed to the
@@ -47,6 +63,7 @@ impl Session {
             let messages = std::mem::take(&mut self.pending);
             self.pending_bytes = 0;
             let (bytes, frames) = self.conn.queue_messages(&messages, MAX_BATCH_BYTES);
+            spare::give_messages(messages);
             self.node.metrics.bytes_out.inc_by(bytes as u64);
             self.node.metrics.frames_out.inc_by(frames as u64);
         }
@@ -60,49 +77,41 @@ impl Session {
     }
 
     /// Turns what the node left in the outbox into pending messages; a full outbox (the client
-    /// does not read fast enough) ends the connection.
-    pub(super) async fn drain_outbox(&mut self) -> Result<(), Close> {
-        let Some(handle) = self.handle.clone() else {
-            return Ok(());
+    /// does not read fast enough) ends the connection. Publications and pushes, nearly all of
+    /// it, are handled here without waiting or allocating per wake-up; returns `Some` when a
+    /// gap or a server-side command (left at the front of `drained`) or a resync (the slots
+    /// returned) needs [`Session::finish_outbox`].
+    pub(super) fn take_outbox(&mut self) -> Result<Option<Vec<u32>>, Close> {
+        let drained = match &self.handle {
+            Some(handle) => handle.outbox.drain(&mut self.drained),
+            None => return Ok(None),
         };
-        let mut items = std::mem::take(&mut self.drained);
-        let drained = handle.outbox.drain(&mut items);
         if drained.overflowed {
             return Err(Disconnect::SLOW.into());
         }
+        // Most items become one message: room for all at once, in a spare list when we hold none.
+        if self.pending.capacity() == 0 {
+            self.pending = spare::take_messages();
+        }
+        self.pending.reserve(self.drained.len());
+        while let Some(item) = self.drained.pop_front() {
+            if let Some(waits) = self.queue_item(item) {
+                self.drained.push_front(waits.into_item());
+                return Ok(Some(drained.resync));
+            }
+        }
+        Ok((!drained.resync.is_empty()).then_some(drained.resync))
+    }
+
+    /// The rest of [`Session::take_outbox`]: gaps and server-side commands, which wait on the
+    /// hub or the broker, then the resyncs of conflated subscriptions.
+    pub(super) async fn finish_outbox(&mut self, resync: Vec<u32>) -> Result<(), Close> {
+        let mut items = std::mem::take(&mut self.drained);
         let mut result = Ok(());
         while let Some(item) = items.pop_front() {
-            match item {
-                OutItem::Publication {
-                    slot,
-                    offset,
-                    bytes,
-                    segments,
-                    ..
-                } => {
-                    let seen = self.slots.get(&slot).copied();
-                    match unseen(seen, offset, segments.as_deref()) {
-                        Unseen::Nothing => {}
-                        Unseen::All => self.queue(bytes),
-                        // Zero-copy slices of the shared bytes.
-                        Unseen::Newer(segments) => {
-                            for segment in segments {
-                                self.queue(
-                                    bytes.slice(segment.start as usize..segment.end as usize),
-                                );
-                            }
-                        }
-                    }
-                }
-                OutItem::DeltaPublication { slot, offset, push } => {
-                    self.queue_delta_publication(slot, offset, &push)
-                }
-                OutItem::Push { slot, bytes } => {
-                    if self.slots.contains_key(&slot) {
-                        self.queue(bytes);
-                    }
-                }
-                OutItem::Gap { slot } => {
+            match self.queue_item(item) {
+                None => {}
+                Some(Waits::Gap(slot)) => {
                     let channel = self
                         .subs
                         .iter()
@@ -113,7 +122,7 @@ impl Session {
                         self.queue_unsubscribe(&channel, UnsubscribeCode::INSUFFICIENT);
                     }
                 }
-                OutItem::Control(control) => {
+                Some(Waits::Control(control)) => {
                     if let Err(close) = self.handle_control(control).await {
                         result = Err(close);
                         break;
@@ -125,11 +134,47 @@ impl Session {
         self.drained = items;
         if result.is_ok() {
             // After what was still queued: the snapshot is newer than any of it.
-            for slot in drained.resync {
+            for slot in resync {
                 self.resync(slot).await;
             }
         }
         result
+    }
+
+    /// Queues a publication or push the client has not seen; hands back what must wait.
+    fn queue_item(&mut self, item: OutItem) -> Option<Waits> {
+        match item {
+            OutItem::Publication {
+                slot,
+                offset,
+                bytes,
+                segments,
+                ..
+            } => {
+                let seen = self.slots.get(&slot).copied();
+                match unseen(seen, offset, segments.as_deref()) {
+                    Unseen::Nothing => {}
+                    Unseen::All => self.queue(bytes),
+                    // Zero-copy slices of the shared bytes.
+                    Unseen::Newer(segments) => {
+                        for segment in segments {
+                            self.queue(bytes.slice(segment.start as usize..segment.end as usize));
+                        }
+                    }
+                }
+            }
+            OutItem::DeltaPublication { slot, offset, push } => {
+                self.queue_delta_publication(slot, offset, &push)
+            }
+            OutItem::Push { slot, bytes } => {
+                if self.slots.contains_key(&slot) {
+                    self.queue(bytes);
+                }
+            }
+            OutItem::Gap { slot } => return Some(Waits::Gap(slot)),
+            OutItem::Control(control) => return Some(Waits::Control(control)),
+        }
+        None
     }
 
     /// A conflated subscription lost superseded values to its full outbox: send the latest value of

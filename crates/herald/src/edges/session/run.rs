@@ -98,11 +98,16 @@ impl Session {
                     Err(close) => return close,
                 }
             } else {
-                let node = self.node.clone();
                 let outbox = self.handle.as_deref().map(|h| &h.outbox);
+                // A registered connection learns of a shutdown from its outbox (the hub wakes
+                // every one): only a connection still in its handshake waits on the node's
+                // shutdown future, which every waiter shares.
+                let handshaking = outbox.is_none();
                 tokio::select! {
                     biased;
-                    _ = node.shutdown.cancelled() => return Disconnect::SHUTDOWN.into(),
+                    _ = self.node.shutdown.cancelled(), if handshaking => {
+                        return Disconnect::SHUTDOWN.into()
+                    }
                     _ = wait_outbox(outbox) => Wake::Outbox,
                     readable = self.conn.readable(), if reading => match readable {
                         Ok(()) => Wake::Readable,
@@ -111,8 +116,16 @@ impl Session {
                     _ = sleep_until(deadline.into()) => Wake::Timer,
                 }
             };
+            if self.handle.is_some() && self.node.hub.is_stopping() {
+                return Disconnect::SHUTDOWN.into();
+            }
             let result = match wake {
-                Wake::Outbox => Box::pin(self.drain_outbox()).await,
+                Wake::Outbox => match self.take_outbox() {
+                    Ok(None) => Ok(()),
+                    // Boxed: only the rare wake-up with a command or a gap pays for its state.
+                    Ok(Some(resync)) => Box::pin(self.finish_outbox(resync)).await,
+                    Err(close) => Err(close),
+                },
                 Wake::Writable => Ok(()),
                 Wake::Readable => Box::pin(self.read_input()).await,
                 Wake::Timer => match Box::pin(self.refresh_by_backend())

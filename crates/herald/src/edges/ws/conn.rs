@@ -6,6 +6,7 @@ use super::frame::{
     CLOSE_INVALID_PAYLOAD, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, OP_BINARY,
     OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
 };
+use crate::edges::spare;
 use crate::edges::tls::Socket;
 use bytes::Bytes;
 use std::io;
@@ -236,6 +237,9 @@ impl WsConn {
         let total: usize = messages.iter().map(|m| m.len() + sep).sum();
         // Pongs owed go first, in the same write.
         let mut out = std::mem::take(&mut self.control);
+        if out.capacity() == 0 {
+            out = spare::take_frames();
+        }
         out.reserve(total + 10 * (1 + total / max_frame.max(1)));
         let mut frames = 0;
         let mut i = 0;
@@ -276,7 +280,7 @@ impl WsConn {
         loop {
             if self.written == self.out.len() {
                 // Done: give the buffer back (an idle connection holds none).
-                self.out = Vec::new();
+                spare::give_frames(std::mem::take(&mut self.out));
                 self.written = 0;
                 if self.control.is_empty() {
                     // TLS holds encrypted records until the kernel takes them; the kernel
