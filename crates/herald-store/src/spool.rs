@@ -12,7 +12,9 @@
 //!   [`Spool::append_group`] does the same for many callers' batches with one `write` and one
 //!   flush decision (group commit); [`SpoolHandle::append`] funnels concurrent appends into it.
 //! * [`Spool::read_batch`] reads from the committed cursor; [`Spool::commit`] persists the cursor
-//!   (write-temp, fsync, rename) and then deletes segments that are entirely consumed.
+//!   (write-temp, fsync, rename) and then deletes segments that are entirely consumed. Through
+//!   [`SpoolHandle::read_batch`] the lock is taken only to look up segments ([`frames`]): the
+//!   records are read and decoded while appends go on.
 //! * [`Spool::open`] validates the last segment and truncates a torn tail (an incomplete record
 //!   or one whose CRC does not match, as left by kill -9 or power loss mid-write). Complete
 //!   records are never dropped. Reading resumes after the committed cursor, so records read but
@@ -20,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +32,9 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::record;
+use frames::{frame_header, FrameReader, SegmentSlice};
+
+mod frames;
 
 /// Frame header: length and CRC32, both u32 LE.
 const HEADER: u64 = 8;
@@ -216,7 +221,8 @@ pub struct Spool {
     cfg: SpoolConfig,
     segments: VecDeque<Segment>,
     active: Option<File>,
-    reader: Option<(u64, File)>,
+    /// A read handle of the segment reading is in, shared with reads outside the lock.
+    reader: Option<(u64, Arc<File>)>,
     next_seq: u64,
     committed: u64,
     read_pos: Pos,
@@ -249,11 +255,9 @@ fn read_frame(r: &mut impl Read, remaining: u64) -> io::Result<Frame> {
     }
     let mut h = [0u8; HEADER as usize];
     r.read_exact(&mut h)?;
-    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    if len > MAX_RECORD_BYTES || HEADER + u64::from(len) > remaining {
+    let Some((len, crc)) = frame_header(&h, remaining) else {
         return Ok(Frame::Bad);
-    }
+    };
     let mut payload = vec![0u8; len as usize];
     r.read_exact(&mut payload)?;
     if crc32fast::hash(&payload) != crc {
@@ -364,9 +368,10 @@ impl Spool {
         };
         // Skip to the first record after the committed cursor.
         let mut pos = spool.read_pos;
+        let mut reader = FrameReader::default();
         loop {
             let before = pos;
-            match spool.next_record(&mut pos, false)? {
+            match reader.next(&mut pos, &mut |p: &mut Pos| spool.slice_at(p))? {
                 Some((seq, _)) if seq <= committed => continue,
                 Some(_) => {
                     pos = before;
@@ -556,25 +561,21 @@ impl Spool {
     /// returns the same records. A record that passes its CRC but cannot be decoded is logged
     /// and skipped.
     pub fn read_batch(&mut self, max: usize) -> Result<Vec<(SpoolSeq, Position)>, SpoolError> {
-        self.last_read.clear();
-        let mut out = Vec::with_capacity(max.min(4096));
-        let mut pos = self.read_pos;
-        while out.len() < max {
-            match self.next_record(&mut pos, true)? {
-                Some((seq, Some(p))) => {
-                    out.push((SpoolSeq(seq), p));
-                    self.last_read.push((seq, pos));
-                }
-                Some((_, None)) => {
-                    if out.is_empty() {
-                        // Nothing to lose by stepping over it for good.
-                        self.read_pos = pos;
-                    }
-                }
-                None => break,
+        let read = read_records(self.read_pos, max, &mut |p: &mut Pos| self.slice_at(p))?;
+        Ok(self.finish_read(read))
+    }
+
+    /// Takes note of what a batch read found (see [`read_records`]) and returns its records.
+    fn finish_read(&mut self, read: BatchRead) -> Vec<(SpoolSeq, Position)> {
+        // A commit since the read started moved the cursor: what the read found about the old
+        // start no longer applies, and `commit` finds positions by scanning instead.
+        if self.read_pos == read.start {
+            self.last_read = read.ends;
+            if let Some(after) = read.skip_to {
+                self.read_pos = after;
             }
         }
-        Ok(out)
+        read.records
     }
 
     /// Mark every record up to and including `seq` consumed: persist the cursor, then delete the
@@ -604,7 +605,8 @@ impl Spool {
         }
         let mut pos = self.read_pos;
         let mut after = pos;
-        while let Some((s, _)) = self.next_record(&mut pos, false)? {
+        let mut reader = FrameReader::default();
+        while let Some((s, _)) = reader.next(&mut pos, &mut |p: &mut Pos| self.slice_at(p))? {
             if s > seq {
                 break;
             }
@@ -653,15 +655,9 @@ impl Spool {
         Ok(())
     }
 
-    /// Read the record at `pos` and advance `pos` past it. Moves across segment ends; a corrupt
-    /// frame ends its segment. `Some((seq, None))`: the record exists but was not decoded (not
-    /// wanted, or undecodable).
-    #[allow(clippy::type_complexity)]
-    fn next_record(
-        &mut self,
-        pos: &mut Pos,
-        decode: bool,
-    ) -> Result<Option<(u64, Option<Position>)>, SpoolError> {
+    /// The written part of the segment `pos` is in, with a read handle; moves `pos` to the next
+    /// segment at a segment's end. `None`: no record is written at or after `pos`.
+    fn slice_at(&mut self, pos: &mut Pos) -> Result<Option<SegmentSlice>, SpoolError> {
         loop {
             let idx = match self
                 .segments
@@ -677,8 +673,8 @@ impl Spool {
                     None => return Ok(None),
                 },
             };
-            let (seg_len, path) = (self.segments[idx].len, self.segments[idx].path.clone());
-            if pos.offset >= seg_len {
+            let seg = &self.segments[idx];
+            if pos.offset >= seg.len {
                 match self.segments.get(idx + 1) {
                     Some(next) => {
                         *pos = Pos::start(next.first_seq);
@@ -687,38 +683,20 @@ impl Spool {
                     None => return Ok(None),
                 }
             }
-            let file = match &mut self.reader {
-                Some((first, f)) if *first == pos.seg_first => f,
+            let file = match &self.reader {
+                Some((first, f)) if *first == seg.first_seq => f.clone(),
                 _ => {
-                    let f = File::open(&path).map_err(io_err("open", &path))?;
-                    &mut self.reader.insert((pos.seg_first, f)).1
+                    let f = Arc::new(File::open(&seg.path).map_err(io_err("open", &seg.path))?);
+                    self.reader = Some((seg.first_seq, f.clone()));
+                    f
                 }
             };
-            file.seek(SeekFrom::Start(pos.offset))
-                .map_err(io_err("seek", &path))?;
-            match read_frame(file, seg_len - pos.offset).map_err(io_err("read", &path))? {
-                Frame::Bad => {
-                    tracing::warn!(path = %path.display(), offset = pos.offset, "corrupt spool record; skipping the rest of the segment");
-                    pos.offset = seg_len;
-                }
-                Frame::Ok(payload) => {
-                    let seq = pos.seq;
-                    pos.offset += HEADER + payload.len() as u64;
-                    pos.seq += 1;
-                    let p = if decode {
-                        match record::decode(&payload) {
-                            Ok(p) => Some(p),
-                            Err(e) => {
-                                tracing::warn!(seq, error = %e, "undecodable spool record skipped");
-                                None
-                            }
-                        }
-                    } else {
-                        None
-                    };
-                    return Ok(Some((seq, p)));
-                }
-            }
+            return Ok(Some(SegmentSlice {
+                first_seq: seg.first_seq,
+                path: seg.path.clone(),
+                file,
+                end: seg.len,
+            }));
         }
     }
 
@@ -737,6 +715,54 @@ impl Spool {
             last_seq: self.next_seq - 1,
         }
     }
+}
+
+/// What one batch read found.
+#[derive(Debug)]
+struct BatchRead {
+    /// The read position it started from.
+    start: Pos,
+    records: Vec<(SpoolSeq, Position)>,
+    /// Per record, where reading resumes after it (a commit of that seq moves there).
+    ends: Vec<(u64, Pos)>,
+    /// Past the undecodable records it found before its first record, which are stepped over for
+    /// good (nothing to lose).
+    skip_to: Option<Pos>,
+}
+
+/// Reads and decodes up to `max` records from `start`; `lookup` gives segment slices (see
+/// [`Spool::slice_at`]), so only it needs the spool.
+fn read_records(
+    start: Pos,
+    max: usize,
+    lookup: &mut impl FnMut(&mut Pos) -> Result<Option<SegmentSlice>, SpoolError>,
+) -> Result<BatchRead, SpoolError> {
+    let mut read = BatchRead {
+        start,
+        records: Vec::with_capacity(max.min(4096)),
+        ends: Vec::with_capacity(max.min(4096)),
+        skip_to: None,
+    };
+    let mut reader = FrameReader::default();
+    let mut pos = start;
+    while read.records.len() < max {
+        let Some((seq, payload)) = reader.next(&mut pos, lookup)? else {
+            break;
+        };
+        match record::decode(payload) {
+            Ok(p) => {
+                read.records.push((SpoolSeq(seq), p));
+                read.ends.push((seq, pos));
+            }
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "undecodable spool record skipped");
+                if read.records.is_empty() {
+                    read.skip_to = Some(pos);
+                }
+            }
+        }
+    }
+    Ok(read)
 }
 
 fn read_cursor(dir: &Path) -> Result<u64, SpoolError> {
@@ -869,9 +895,17 @@ impl SpoolHandle {
         self.appends.max_capacity() - self.appends.capacity()
     }
 
-    /// See [`Spool::read_batch`].
+    /// See [`Spool::read_batch`]. The lock is held only to look up segments, not while the
+    /// records are read and decoded, so appends are not held up by a batch read.
     pub async fn read_batch(&self, max: usize) -> Result<Vec<(SpoolSeq, Position)>, SpoolError> {
-        self.blocking(move |s| s.read_batch(max)).await
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let start = inner.lock().read_pos;
+            let read = read_records(start, max, &mut |p: &mut Pos| inner.lock().slice_at(p))?;
+            Ok(inner.lock().finish_read(read))
+        })
+        .await
+        .map_err(|e| SpoolError::Task(e.to_string()))?
     }
 
     /// See [`Spool::commit`]. The cursor file is written and fsynced without the spool lock,

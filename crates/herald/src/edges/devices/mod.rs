@@ -303,15 +303,12 @@ impl DeviceIngest {
     pub async fn publish(&self, positions: Vec<Position>) {
         let cfg = &self.node.config().devices;
         for p in positions {
-            let Ok(data) = serde_json::value::to_raw_value(&PositionJson::of(&p)) else {
-                continue;
-            };
             let device_channel = format!("{}{}", cfg.device_channel_prefix, p.device_id);
             let channels = [device_channel.as_str(), cfg.fleet_channel.as_str()];
-            for channel in channels.into_iter().filter(|c| !c.is_empty()) {
+            for (channel, data) in payloads(&p, channels) {
                 let result = self
                     .node
-                    .publish(channel, data.clone(), None, Default::default(), "device")
+                    .publish(channel, data, None, Default::default(), "device")
                     .await;
                 if let Err(code) = result {
                     if !self.publish_warned.swap(true, Ordering::Relaxed) {
@@ -443,6 +440,26 @@ async fn accept_loop(
     }
 }
 
+/// The non-empty ones of `channels`, each with the JSON of `p` as published. The JSON is encoded
+/// once; [`Node::publish`] takes its payload by value, so each channel before the last gets a
+/// copy and the last one the original.
+fn payloads<'c>(
+    p: &Position,
+    channels: [&'c str; 2],
+) -> impl Iterator<Item = (&'c str, Box<serde_json::value::RawValue>)> {
+    let mut data = serde_json::value::to_raw_value(&PositionJson::of(p)).ok();
+    let mut targets = channels.into_iter().filter(|c| !c.is_empty()).peekable();
+    std::iter::from_fn(move || {
+        let channel = targets.next()?;
+        let payload = if targets.peek().is_some() {
+            data.clone()
+        } else {
+            data.take()
+        }?;
+        Some((channel, payload))
+    })
+}
+
 /// The JSON of a position as published and returned by the API.
 pub fn position_json(p: &Position) -> Value {
     serde_json::to_value(PositionJson::of(p)).unwrap_or_default()
@@ -536,6 +553,32 @@ mod tests {
             let raw = serde_json::value::to_raw_value(&PositionJson::of(&p)).unwrap();
             assert_eq!(raw.get(), want);
             assert_eq!(position_json(&p), reference(&p));
+            // What `publish` hands to each channel: the same JSON, the copies as the original.
+            let published: Vec<_> = payloads(&p, ["devices:1", "devices:fleet"])
+                .map(|(channel, data)| (channel, data.get().to_string()))
+                .collect();
+            assert_eq!(
+                published,
+                [("devices:1", want.clone()), ("devices:fleet", want.clone())]
+            );
+        }
+    }
+
+    #[test]
+    fn payloads_leave_out_disabled_channels() {
+        let p = Position::new("359710049000001");
+        let want = serde_json::to_string(&reference(&p)).unwrap();
+        for (channels, expected) in [
+            (["devices:1", ""], vec!["devices:1"]),
+            (["", "devices:fleet"], vec!["devices:fleet"]),
+            (["", ""], vec![]),
+        ] {
+            let published: Vec<_> = payloads(&p, channels).collect();
+            assert_eq!(
+                published.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+                expected
+            );
+            assert!(published.iter().all(|(_, data)| data.get() == want));
         }
     }
 }
