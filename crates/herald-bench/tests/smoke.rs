@@ -147,7 +147,9 @@ async fn a_client_publisher_reaches_every_subscriber_with_a_bounded_window() {
         publish_via: PublishVia::Client,
         in_flight: 4,
     };
-    let result = broadcast::run(args).await.expect("client-publish broadcast runs");
+    let result = broadcast::run(args)
+        .await
+        .expect("client-publish broadcast runs");
     assert_eq!(result["publish_via"], "client", "{result}");
     assert_eq!(result["in_flight"], 4, "{result}");
     let step = &result["steps"][0];

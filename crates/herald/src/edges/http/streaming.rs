@@ -262,7 +262,9 @@ async fn open_stream(
     tokio::spawn(async move {
         let _slot = slot;
         let _counted = metrics.transport_opened(endpoint.name());
-        Session::new(node, transport, format, forwarded).run().await;
+        Box::new(Session::new(node, transport, format, forwarded))
+            .run()
+            .await;
     });
     let mut response = Response::new(body.boxed_unsync());
     let h = response.headers_mut();

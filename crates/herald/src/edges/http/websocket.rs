@@ -58,7 +58,6 @@ pub(super) fn websocket(
         .unwrap_or_default();
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        let _slot = slot;
         match upgrade.await {
             // Take the socket back from hyper so the session owns it directly.
             Ok(upgraded) => match upgraded.downcast::<TokioIo<crate::edges::tls::Socket>>() {
@@ -77,8 +76,14 @@ pub(super) fn websocket(
                     } else {
                         Transport::WebSocket(ws)
                     };
-                    let _counted = node.metrics.transport_opened(conn.name());
-                    Session::new(node, conn, format, forwarded).run().await;
+                    let counted = node.metrics.transport_opened(conn.name());
+                    let session = Box::new(Session::new(node, conn, format, forwarded));
+                    // A task of its own: this one's state (the upgrade) ends here, and what a
+                    // connection holds for its lifetime is only the session's.
+                    tokio::spawn(async move {
+                        let (_slot, _counted) = (slot, counted);
+                        session.run().await;
+                    });
                 }
                 Err(_) => tracing::warn!("websocket upgrade over an unexpected transport"),
             },

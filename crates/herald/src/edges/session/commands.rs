@@ -32,7 +32,7 @@ impl Session {
         let chan_info = self
             .subs
             .get(&req.channel)
-            .and_then(|s| s.info.chan_info.clone());
+            .and_then(|s| s.chan_info.clone());
         let info = self.info(chan_info);
         self.node
             .publish_with(

@@ -18,7 +18,9 @@ enum Wake {
 }
 
 impl Session {
-    pub async fn run(mut self) {
+    /// Serves the connection to its end. Boxed: an async fn keeps a by-value argument twice in
+    /// its state, and this state lives as long as the connection.
+    pub async fn run(mut self: Box<Self>) {
         let close = self.serve().await;
         self.node.metrics.disconnect(close.label);
         if let Some(handle) = &self.handle {

@@ -16,8 +16,7 @@ use crate::core::history::HistoryOptions;
 use crate::node::{broker_error, conflation_key};
 use herald_protocol::command::{ChannelRequest, SubRefreshRequest, SubscribeRequest};
 use herald_protocol::{
-    single_line, ClientInfo, ErrorCode, ReplyBody, StreamPosition, SubRefreshResult,
-    SubscribeResult,
+    single_line, ErrorCode, ReplyBody, StreamPosition, SubRefreshResult, SubscribeResult,
 };
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -28,8 +27,9 @@ pub(super) struct Subscription {
     /// Tags this subscription's items in the outbox.
     pub slot: u32,
     pub ns: Arc<NamespaceOptions>,
-    /// How presence and join/leave events show this subscriber.
-    pub info: ClientInfo,
+    /// This subscriber's channel info; with the connection's identity it is how presence and
+    /// join/leave events show it (built when needed, not kept per subscription).
+    pub chan_info: Option<Box<RawValue>>,
     /// When the subscription token runs out (none: never).
     pub expires_at: Option<Instant>,
 }
@@ -166,7 +166,8 @@ impl Session {
         if params.delta {
             self.start_delta(channel, slot, &mut result);
         }
-        let info = self.info(params.chan_info);
+        let chan_info = params.chan_info;
+        let info = self.info(chan_info.clone());
         if ns.presence {
             if let Err(e) = node.presence.add(channel, info.clone()).await {
                 self.rollback_subscribe(channel, slot).await;
@@ -192,7 +193,7 @@ impl Session {
             Subscription {
                 slot,
                 ns,
-                info,
+                chan_info,
                 expires_at: ttl.map(|secs| Instant::now() + Duration::from_secs(secs)),
             },
         );
@@ -302,16 +303,18 @@ impl Session {
                 node.broker.unsubscribe(channel).await;
             }
         }
-        if sub.ns.presence || sub.ns.join_leave {
-            node.hooks.leave(channel, &sub.info);
+        if !sub.ns.presence && !sub.ns.join_leave {
+            return true;
         }
+        let info = self.info(sub.chan_info);
+        node.hooks.leave(channel, &info);
         if sub.ns.presence {
-            if let Err(e) = node.presence.remove(channel, &sub.info.client).await {
+            if let Err(e) = node.presence.remove(channel, &info.client).await {
                 tracing::warn!(%channel, error = %e, "presence not removed");
             }
         }
         if sub.ns.join_leave {
-            if let Err(e) = node.broker.publish_leave(channel, &sub.info).await {
+            if let Err(e) = node.broker.publish_leave(channel, &info).await {
                 tracing::warn!(%channel, error = %e, "leave event not published");
             }
         }
