@@ -5,6 +5,7 @@
 #              (SO_REUSEPORT); process and kernel memory per connection, CPU at rest
 #   broadcast  one channel, SUBS subscribers, a sweep of publication rates (Herald)
 #   peers      the same sweep against the Node.js `ws` and `socket.io` peers (bench/peers/)
+#   sweep      Herald's broadcast sweep, then the floor's at the same rates (latency at each load)
 #   chat       ROOMS rooms of MEMBERS members, every member publishes every INTERVAL
 #   market     1,000 symbols, each client on 20, conflated 100 ms windows
 #   livemap    GT06 trackers over TCP, viewers of the fleet channel, positions into PostgreSQL
@@ -208,6 +209,8 @@ run_capacity() {
     cleanup
 }
 
+broadcast_rates() { echo "${RATES:-$(pick 250,500,1000,1500,2000,2500,3000,4000 50,100)}"; }
+
 run_broadcast() { # run_broadcast [OUTNAME]
     write_config "$WORK/b.toml" "127.0.0.1:$PORT"
     start_nodes 1 "$WORK/b.toml"
@@ -215,16 +218,20 @@ run_broadcast() { # run_broadcast [OUTNAME]
     [ -n "${PERF:-}" ] && profile "${NODE_PIDS[0]}" broadcast
     bench broadcast --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
         --subscribers "${SUBS:-$(pick 1000 20)}" \
-        --rate "${RATES:-$(pick 250,500,1000,1500,2000,2500,3000,4000 50,100)}" \
+        --rate "$(broadcast_rates)" \
         --batch "${BATCH:-$(pick 20 10)}" --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" \
         --json "$OUT/${1:-broadcast}-herald.json"
     wait_profiler
     cleanup
 }
 
-run_peer() { # run_peer ws|socketio
+run_peer() { # run_peer ws|socketio|floor
     local peer=$1 port=$((PORT + 100))
-    "${SERVER_ON[@]}" bash "$ROOT/bench/peers/start.sh" "$peer" "$port" >>"$WORK/$peer.log" 2>&1 &
+    if [ "$peer" = floor ]; then
+        PORT=$port "${SERVER_ON[@]}" "$BIN/herald-floor" >>"$WORK/floor.log" 2>&1 &
+    else
+        "${SERVER_ON[@]}" bash "$ROOT/bench/peers/start.sh" "$peer" "$port" >>"$WORK/$peer.log" 2>&1 &
+    fi
     PIDS+=($!)
     wait_http "127.0.0.1:$port"
     # start.sh execs node, so the pid is the server's.
@@ -540,6 +547,8 @@ case "$scenario" in
     broadcast) run_broadcast ;;
     peers) run_peer ws; run_peer socketio ;;
     ws | socketio) run_peer "$scenario" ;;
+    # Herald's broadcast sweep against the floor's at the same rates (RATES), for latency.
+    sweep) run_broadcast; PEER_RATES=$(broadcast_rates) run_peer floor ;;
     chat) run_chat ;;
     market) run_market ;;
     livemap) run_livemap ;;
