@@ -69,24 +69,20 @@ impl Inner {
             == Some(primary)
     }
 
-    /// A push from a cluster connection of `generation`. A lost shard connection or a slot moved
-    /// away from a subscribed channel (the shard sends `sunsubscribe`) may have dropped messages:
-    /// the connection is rebuilt, which resubscribes every channel and checks it for gaps.
+    /// One of the current cluster connection's shard connections was lost (its reader has
+    /// delivered what it read before). Which shard's is unknown here: the probe finds out. A
+    /// shard that stays lost fails its own channels; a connection that came back by itself may
+    /// have dropped messages of any channel, so everything is rebuilt.
+    pub(super) fn shard_connection_lost(&self) {
+        self.disconnected.store(true, Ordering::SeqCst);
+        self.probe.notify_one();
+    }
+
+    /// A push other than a message or a lost shard connection from a cluster connection of
+    /// `generation`. A slot moved away from a subscribed channel (the shard sends `sunsubscribe`)
+    /// may have dropped messages: the connection is rebuilt, which resubscribes every channel and
+    /// checks it for gaps.
     pub(super) fn on_cluster_push(&self, generation: u64, push: &redis::PushInfo) {
-        if let Some((name, payload)) = conn::sharded_message(push) {
-            self.on_message(&name, payload);
-            return;
-        }
-        if push.kind == redis::PushKind::Disconnection {
-            // Which shard's is unknown here: the probe finds out. A shard that stays lost fails
-            // its own channels; a connection that came back by itself may have dropped messages
-            // of any channel, so everything is rebuilt.
-            if self.generation.load(Ordering::SeqCst) == generation {
-                self.disconnected.store(true, Ordering::SeqCst);
-                self.probe.notify_one();
-            }
-            return;
-        }
         if let Some(name) = conn::sharded_unsubscribe(push) {
             // Our own unsubscribe removed the channel from the set before sending SUNSUBSCRIBE.
             let ours = name == self.keys.control()

@@ -174,19 +174,6 @@ impl Subscriber {
     }
 }
 
-/// The pubsub channel name and payload of a sharded message push, or `None` for other pushes.
-pub fn sharded_message(push: &redis::PushInfo) -> Option<(String, &[u8])> {
-    if push.kind != redis::PushKind::SMessage {
-        return None;
-    }
-    match push.data.as_slice() {
-        [Value::BulkString(name), Value::BulkString(payload), ..] => {
-            Some((String::from_utf8_lossy(name).into_owned(), payload))
-        }
-        _ => None,
-    }
-}
-
 /// The channel of a server-sent `sunsubscribe` push.
 pub fn sharded_unsubscribe(push: &redis::PushInfo) -> Option<String> {
     if push.kind != redis::PushKind::SUnsubscribe {

@@ -26,7 +26,8 @@
 //!
 //! The files, by job: `keys.rs` (names), `scripts.rs` (Lua), `conn.rs` (a single Redis or a
 //! cluster behind one connection type), `supervisor.rs` (connect, resubscribe, listen,
-//! reconnect), `delivery.rs` (pub/sub to the node, gap checks), `cluster.rs` (shards lost and
+//! reconnect), `inbox.rs` (a connection's pub/sub traffic read and delivered in bursts),
+//! `delivery.rs` (pub/sub to the node, gap checks), `cluster.rs` (shards lost and
 //! returned), `broker.rs` (the [`Broker`](crate::brokers::Broker) trait), `history.rs`,
 //! `expiring.rs` (expiring hashes), `presence.rs`, `registry.rs` (the node registry) and
 //! `leases.rs`.
@@ -37,6 +38,7 @@ mod conn;
 mod delivery;
 mod expiring;
 mod history;
+mod inbox;
 mod keys;
 pub mod leases;
 mod presence;

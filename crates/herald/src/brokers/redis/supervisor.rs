@@ -4,16 +4,15 @@
 
 use super::cluster::Shards;
 use super::conn::{RedisConn, Subscriber};
+use super::inbox::{self, Inbox, Received};
 use super::Inner;
-use futures_util::StreamExt;
-use redis::aio::PubSubStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What [`connect`] opens: the command connection, the subscriber, and (single Redis) the stream
-/// of pub/sub messages; a cluster delivers its messages through the push handler instead.
-type Connected = (RedisConn, Subscriber, Option<PubSubStream>);
+/// What [`connect`] opens: the command connection, the subscriber, and what its subscriptions
+/// receive.
+type Connected = (RedisConn, Subscriber, Inbox);
 
 /// Connects to the first address that answers (single Redis) or to the cluster.
 async fn connect(inner: &Arc<Inner>, generation: u64) -> Result<Connected, String> {
@@ -34,7 +33,7 @@ async fn connect(inner: &Arc<Inner>, generation: u64) -> Result<Connected, Strin
                 return Ok((
                     RedisConn::Single(conn),
                     Subscriber::Single(sink),
-                    Some(stream),
+                    Inbox::Single(stream),
                 ));
             }
             Ok(Err(e)) => errors.push(e.to_string()),
@@ -44,17 +43,34 @@ async fn connect(inner: &Arc<Inner>, generation: u64) -> Result<Connected, Strin
     Err(errors.join("; "))
 }
 
-/// A cluster connection whose pushes (sharded messages, lost shard connections, slots moved away
-/// from under a subscription) are handled as they arrive, with no queue in between.
+/// A cluster connection. Its sharded messages, and the loss of a shard connection behind the
+/// messages that connection read, are queued for the connection's reader (`inbox.rs`). Its other
+/// pushes are handled as they arrive: the confirmation of our own `SUNSUBSCRIBE`, handled after
+/// a later resubscription of the channel, would look like its slot moving away.
 async fn connect_cluster(
     inner: &Arc<Inner>,
     seeds: &[String],
     generation: u64,
 ) -> Result<Connected, String> {
     let weak = Arc::downgrade(inner);
+    let (queue, inbox) = tokio::sync::mpsc::unbounded_channel();
     let on_push = move |push: redis::PushInfo| -> Result<(), std::convert::Infallible> {
-        if let Some(inner) = weak.upgrade() {
-            inner.on_cluster_push(generation, &push);
+        // A send fails once the connection's reader is gone: the node gave the connection up.
+        match push.kind {
+            redis::PushKind::SMessage => {
+                if let Some(msg) = redis::Msg::from_push_info(push) {
+                    let _ = queue.send(Received::Message(msg));
+                }
+            }
+            // Behind the messages that shard connection read before.
+            redis::PushKind::Disconnection => {
+                let _ = queue.send(Received::ShardConnectionLost);
+            }
+            _ => {
+                if let Some(inner) = weak.upgrade() {
+                    inner.on_cluster_push(generation, &push);
+                }
+            }
         }
         Ok(())
     };
@@ -71,19 +87,10 @@ async fn connect_cluster(
         Ok(Ok(conn)) => Ok((
             RedisConn::Cluster(conn.clone()),
             Subscriber::Cluster(conn),
-            None,
+            Inbox::Cluster(inbox),
         )),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("cluster connect timed out after {timeout:?}")),
-    }
-}
-
-/// The next message of a single Redis's pub/sub stream; never resolves on a cluster (whose
-/// messages arrive through the push handler). `None`: the connection closed.
-async fn next_message(stream: &mut Option<PubSubStream>) -> Option<redis::Msg> {
-    match stream {
-        Some(stream) => stream.next().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -139,11 +146,7 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
 }
 
 /// One connection's life. Returns why it ended.
-async fn serve(
-    inner: &Arc<Inner>,
-    mut sink: Subscriber,
-    mut stream: Option<PubSubStream>,
-) -> String {
+async fn serve(inner: &Arc<Inner>, mut sink: Subscriber, inbox: Inbox) -> String {
     let timeout = inner.config.command_timeout;
     // A cluster's shards are learned first: the channels of a lost one are not subscribed (their
     // subscribers are told) until it returns, and every other channel works meanwhile.
@@ -186,8 +189,9 @@ async fn serve(
         }
         channels
     };
-    // Publications arriving from here on queue in the stream until the check is done, and the
-    // check's order (subscribe, then read positions) means none can fall between the two.
+    // Publications arriving from here on queue in the inbox until the check is done (its reader
+    // starts once the connection is ready), and the check's order (subscribe, then read
+    // positions) means none can fall between the two.
     if let Err(e) = inner.check_gaps(&channels).await {
         return format!("gap check failed: {e}");
     }
@@ -201,6 +205,21 @@ async fn serve(
         metrics.broker_ready.set(1);
     }
     tracing::info!(channels = channels.len(), "redis broker: ready");
+    let mut reader = tokio::spawn(inbox::read(inner.clone(), inbox));
+    tokio::select! {
+        read = &mut reader => read.unwrap_or_else(|e| format!("pub/sub reader failed: {e}")),
+        reason = listen(inner, sink, cluster.is_some()) => {
+            // Nothing this connection reads is delivered once the next one is being set up.
+            reader.abort();
+            let _ = reader.await;
+            reason
+        }
+    }
+}
+
+/// Watches a ready connection (its reader delivers meanwhile) until it fails. Returns why.
+async fn listen(inner: &Arc<Inner>, mut sink: Subscriber, cluster: bool) -> String {
+    let timeout = inner.config.command_timeout;
     let health = Duration::from_millis(500).min(timeout);
     let mut health_tick = tokio::time::interval(health);
     let mut presence_tick = tokio::time::interval(inner.config.presence_ttl / 3);
@@ -214,16 +233,7 @@ async fn serve(
                     return "a command failed".into();
                 }
             }
-            msg = next_message(&mut stream) => match msg {
-                // One message per turn (not a burst as on NATS): draining what is ready in one go
-                // made the stall test (tests/cluster_redis.rs) miss its gap notice about one run
-                // in six, for a reason not yet understood.
-                Some(msg) => crate::core::wakes::batched_sync(|| {
-                    inner.on_message(msg.get_channel_name(), msg.get_payload_bytes())
-                }),
-                None => return "pub/sub connection closed".into(),
-            },
-            _ = inner.probe.notified(), if cluster.is_some() => {
+            _ = inner.probe.notified(), if cluster => {
                 if let Err(reason) = inner.probe_shards().await {
                     return reason;
                 }
@@ -231,7 +241,7 @@ async fn serve(
             _ = health_tick.tick() => {
                 // A stalled shard answers nothing: every primary is probed on its own, so a
                 // node finds out within the command timeout even when it has no traffic.
-                if cluster.is_some() {
+                if cluster {
                     if let Err(reason) = inner.probe_shards().await {
                         return reason;
                     }
@@ -254,7 +264,7 @@ async fn serve(
             _ = presence_tick.tick() => {
                 if let Err(e) = inner.refresh_presence().await {
                     // On a cluster the probe tells a lost shard from a lost connection.
-                    if cluster.is_none() {
+                    if !cluster {
                         return format!("presence refresh failed: {e}");
                     }
                     tracing::debug!(error = %e, "redis broker: presence refresh failed");
