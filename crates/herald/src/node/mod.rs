@@ -13,6 +13,7 @@ use crate::core::clock::unix_millis;
 use crate::core::history::HistoryOptions;
 use crate::core::hub::Hub;
 use crate::core::metrics::{Metrics, SourceLabel};
+use crate::core::pointer_key::pointer_key;
 use herald_protocol::{single_line, ClientInfo, ErrorCode, Publication, StreamPosition};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -305,12 +306,8 @@ pub fn conflation_key(ns: &NamespaceOptions, publication: &Publication) -> Optio
     if let Some(tag) = ns.conflation_key.strip_prefix("tag:") {
         return publication.tags.get(tag).cloned();
     }
-    let data: serde_json::Value = serde_json::from_str(publication.data.get()).ok()?;
-    match data.pointer(&ns.conflation_key)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Null => None,
-        other => Some(other.to_string()),
-    }
+    // Read in one pass without building the data's tree: it runs for every publication.
+    pointer_key(publication.data.get(), &ns.conflation_key)
 }
 
 pub fn broker_error(e: BrokerError) -> ErrorCode {
