@@ -19,14 +19,18 @@ use redis::Msg;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
+
+/// Most messages a cluster connection queues for its reader before the node gives the
+/// connection up (its subscribers then recover from history): a bound, not a working size.
+pub(super) const MAX_QUEUED: usize = 65_536;
 
 /// The pub/sub traffic of one connection.
 pub(super) enum Inbox {
     /// A single Redis's pub/sub connection.
     Single(PubSubStream),
     /// What the cluster connection's push handler queued, in the order the cluster reported it.
-    Cluster(UnboundedReceiver<Received>),
+    Cluster(Receiver<Received>),
 }
 
 /// One item of an [`Inbox`].

@@ -53,24 +53,37 @@ async fn connect_cluster(
     generation: u64,
 ) -> Result<Connected, String> {
     let weak = Arc::downgrade(inner);
-    let (queue, inbox) = tokio::sync::mpsc::unbounded_channel();
+    let (queue, inbox) = tokio::sync::mpsc::channel(super::inbox::MAX_QUEUED);
+    // A full queue means the reader fell behind by a whole queue: the connection is given up
+    // (what it still reads is not delivered) and the reconnect's gap check tells the subscribers
+    // to recover, instead of the queue growing without bound. A send also fails once the
+    // connection's reader is gone: the node gave the connection up.
+    let overflowed = {
+        let weak = weak.clone();
+        move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.fail(generation, "the pub/sub queue is full: the reader fell behind");
+            }
+        }
+    };
     let on_push = move |push: redis::PushInfo| -> Result<(), std::convert::Infallible> {
-        // A send fails once the connection's reader is gone: the node gave the connection up.
-        match push.kind {
-            redis::PushKind::SMessage => {
-                if let Some(msg) = redis::Msg::from_push_info(push) {
-                    let _ = queue.send(Received::Message(msg));
-                }
-            }
+        use tokio::sync::mpsc::error::TrySendError;
+        let sent = match push.kind {
+            redis::PushKind::SMessage => match redis::Msg::from_push_info(push) {
+                Some(msg) => queue.try_send(Received::Message(msg)),
+                None => Ok(()),
+            },
             // Behind the messages that shard connection read before.
-            redis::PushKind::Disconnection => {
-                let _ = queue.send(Received::ShardConnectionLost);
-            }
+            redis::PushKind::Disconnection => queue.try_send(Received::ShardConnectionLost),
             _ => {
                 if let Some(inner) = weak.upgrade() {
                     inner.on_cluster_push(generation, &push);
                 }
+                Ok(())
             }
+        };
+        if let Err(TrySendError::Full(_)) = sent {
+            overflowed();
         }
         Ok(())
     };
