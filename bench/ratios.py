@@ -3,7 +3,8 @@
 
 Reads OUT/PREFIX-A-SUBS-ROUND.json and OUT/PREFIX-B-SUBS-ROUND.json (written by bench/run.sh floor,
 whose prefixes are floor-api, floor-client and the same with -compete, or formats), pairs the runs of each round, and prints, per subscriber count, the ratio A/B of deliveries/s
-(each pair, the median and the spread) with both medians, and each server's RSS per subscriber. Writes
+(each pair, the median and the spread) with both medians, the same ratio per second of server CPU (what
+a delivery costs the server, whatever else runs), and each server's RSS per subscriber. Writes
 the same as OUT/PREFIX-ratios.json.
 """
 import glob
@@ -25,6 +26,9 @@ def step(path):
     return {
         "deliveries_per_second": s["deliveries_per_second"],
         "p99_ms": s.get("latency_ms", {}).get("p99"),
+        # Deliveries per second of server CPU: what each delivery costs the server, whoever
+        # else (the load generator, a competing process) takes the rest of the machine.
+        "deliveries_per_cpu_second": s["deliveries_per_second"] / max(s.get("server_cpu_percent", 0) / 100, 1e-9),
         "rss_kib_per_subscriber": s.get("server_rss_mib", 0) * 1024 / subscribers,
     }
 
@@ -46,12 +50,15 @@ def main():
         if not pairs:
             continue
         ratios = [p[a]["deliveries_per_second"] / max(p[b]["deliveries_per_second"], 1e-9) for p in pairs]
+        efficiency = [p[a]["deliveries_per_cpu_second"] / max(p[b]["deliveries_per_cpu_second"], 1e-9) for p in pairs]
         row = {
             "subscribers": subs,
             "rounds": len(pairs),
             "ratios": [round(r, 3) for r in ratios],
             "median_ratio": round(statistics.median(ratios), 3),
             "spread": [round(min(ratios), 3), round(max(ratios), 3)],
+            "median_ratio_per_cpu": round(statistics.median(efficiency), 3),
+            "spread_per_cpu": [round(min(efficiency), 3), round(max(efficiency), 3)],
         }
         for name in (a, b):
             row[f"{name}_deliveries_per_second"] = round(statistics.median(p[name]["deliveries_per_second"] for p in pairs))
@@ -60,6 +67,8 @@ def main():
         print(
             f"{subs:>6} subscribers: {a}/{b} deliveries/s median {row['median_ratio']} "
             f"(spread {row['spread'][0]}–{row['spread'][1]}, {len(pairs)} rounds); "
+            f"per server CPU-second {row['median_ratio_per_cpu']} "
+            f"({row['spread_per_cpu'][0]}–{row['spread_per_cpu'][1]}); "
             f"{a} {row[f'{a}_deliveries_per_second']}/s, {b} {row[f'{b}_deliveries_per_second']}/s; "
             f"RSS/subscriber {a} {row[f'{a}_rss_kib_per_subscriber']} KiB, {b} {row[f'{b}_rss_kib_per_subscriber']} KiB"
         )

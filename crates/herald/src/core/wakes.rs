@@ -2,7 +2,7 @@
 //!
 //! Queuing a publication on a connection's outbox wakes its task, which may run at once on the
 //! other worker thread and write that one publication. Code that delivers several publications in
-//! a row (an API batch, a burst of NATS messages) runs inside [`batched`] (per poll) or [`batched_sync`]:
+//! a row (an API batch, a burst of NATS or Redis messages) runs inside [`batched`] (per poll) or [`batched_sync`]:
 //! the wake-ups wait until the whole burst is queued, so each connection writes it in one syscall
 //! instead of one per publication. On this machine a write to a loopback socket costs ~7 µs of
 //! CPU, the fan-out of a queued publication ~0.1 µs, so this is where a burst's time goes.
