@@ -62,7 +62,10 @@ async fn connect_cluster(
         let weak = weak.clone();
         move || {
             if let Some(inner) = weak.upgrade() {
-                inner.fail(generation, "the pub/sub queue is full: the reader fell behind");
+                inner.fail(
+                    generation,
+                    "the pub/sub queue is full: the reader fell behind",
+                );
             }
         }
     };
