@@ -435,22 +435,28 @@ start_competitor() {
     PIDS+=($!)
 }
 
-floor_step() { # floor_step herald|floor SUBS VIA ROUND: one saturating broadcast, its JSON
-    local target=$1 subs=$2 via=$3 round=$4 port=$PORT pid
-    local name="$(floor_prefix "$via")-$target-$subs-$round"
-    if [ "$target" = herald ]; then
-        write_config "$WORK/f.toml" "127.0.0.1:$PORT" "" plain
-        start_nodes 1 "$WORK/f.toml"
-        pid=$(node_pids_csv)
+TARGET_PORT= TARGET_PID=
+start_target() { # start_target herald|floor: one plain Herald node or the floor, under WRAP
+    if [ "$1" = herald ]; then
+        TARGET_PORT=$PORT
+        write_config "$WORK/target.toml" "127.0.0.1:$PORT" "" plain
+        start_nodes 1 "$WORK/target.toml"
+        TARGET_PID=$(node_pids_csv)
     else
-        port=$((PORT + 300))
-        PORT=$port "${SERVER_ON[@]}" "$BIN/herald-floor" >>"$WORK/floor.log" 2>&1 &
+        TARGET_PORT=$((PORT + 300))
+        PORT=$TARGET_PORT "${SERVER_ON[@]}" "${WRAP[@]}" "$BIN/herald-floor" >>"$WORK/floor.log" 2>&1 &
         PIDS+=($!)
-        pid=${PIDS[-1]}
+        TARGET_PID=${PIDS[-1]}
     fi
-    wait_http "127.0.0.1:$port"
+}
+
+floor_step() { # floor_step herald|floor SUBS VIA ROUND: one saturating broadcast, its JSON
+    local target=$1 subs=$2 via=$3 round=$4
+    local name="$(floor_prefix "$via")-$target-$subs-$round"
+    start_target "$target"
+    wait_http "127.0.0.1:$TARGET_PORT"
     start_competitor
-    bench broadcast --target "$target" --server "127.0.0.1:$port" --server-pid "$pid" \
+    bench broadcast --target "$target" --server "127.0.0.1:$TARGET_PORT" --server-pid "$TARGET_PID" \
         --subscribers "$subs" --rate "$(saturating_rate "$subs")" --batch "${BATCH:-$(pick 20 10)}" \
         --publish-via "$via" --in-flight "${IN_FLIGHT:-8}" \
         --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" --json "$OUT/$name.json"
@@ -477,25 +483,16 @@ run_floor() { # Herald and the floor alternate, ROUNDS times at each subscriber 
 }
 
 cg_run() { # cg_run herald|floor VIA SECONDS: one broadcast under callgrind; prints "INSTRUCTIONS DELIVERIES"
-    local target=$1 via=$2 seconds=$3 port=$PORT pid out="$WORK/cg-$1-$2-$3.out"
+    local target=$1 via=$2 seconds=$3 out="$WORK/cg-$1-$2-$3.out"
     # Below what either server delivers under callgrind, so a run's batching does not depend on
     # timing: API batches of 20 every 100 ms; client publications 50 ms apart, each on its own.
     local rate=${CG_RATE:-200}
     [ "$via" = client ] && rate=${CG_CLIENT_RATE:-20}
     WRAP=(valgrind -q --tool=callgrind --callgrind-out-file="$out")
-    if [ "$target" = herald ]; then
-        write_config "$WORK/cg.toml" "127.0.0.1:$PORT" "" plain
-        start_nodes 1 "$WORK/cg.toml"
-        pid=$(node_pids_csv)
-    else
-        port=$((PORT + 300))
-        PORT=$port "${WRAP[@]}" "$BIN/herald-floor" >>"$WORK/floor.log" 2>&1 &
-        PIDS+=($!)
-        pid=${PIDS[-1]}
-    fi
+    start_target "$target"
     WRAP=()
-    wait_http "127.0.0.1:$port" >&2
-    bench broadcast --target "$target" --server "127.0.0.1:$port" --server-pid "$pid" \
+    wait_http "127.0.0.1:$TARGET_PORT" >&2
+    bench broadcast --target "$target" --server "127.0.0.1:$TARGET_PORT" --server-pid "$TARGET_PID" \
         --subscribers "${CG_SUBS:-$(pick 200 10)}" --rate "$rate" --batch 20 \
         --publish-via "$via" --in-flight "${IN_FLIGHT:-8}" --payload 100 --duration "${seconds}s" \
         --drain 60s --json "$WORK/cg.json" >/dev/null 2>&1

@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 /// Spares kept per thread: one per connection writing at once on it, in practice a few.
 const KEPT: usize = 16;
@@ -19,46 +20,43 @@ thread_local! {
 
 /// An empty byte buffer, with whatever capacity a spare had.
 pub fn take_frames() -> Vec<u8> {
-    FRAMES
-        .try_with(|spares| spares.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    take(&FRAMES)
 }
 
 /// Gives a byte buffer back for the next writer on this thread.
-pub fn give_frames(mut buffer: Vec<u8>) {
-    if buffer.capacity() == 0 || buffer.capacity() > MAX_KEPT_BYTES {
-        return;
-    }
-    buffer.clear();
-    let _ = FRAMES.try_with(|spares| {
-        let mut spares = spares.borrow_mut();
-        if spares.len() < KEPT {
-            spares.push(buffer);
-        }
-    });
+pub fn give_frames(buffer: Vec<u8>) {
+    give(&FRAMES, buffer, MAX_KEPT_BYTES)
 }
 
 /// An empty message list, with whatever capacity a spare had.
 pub fn take_messages() -> Vec<Bytes> {
-    MESSAGES
+    take(&MESSAGES)
+}
+
+/// Gives a message list back (its messages are dropped now).
+pub fn give_messages(list: Vec<Bytes>) {
+    give(&MESSAGES, list, MAX_KEPT_MESSAGES)
+}
+
+type Spares<T> = LocalKey<RefCell<Vec<Vec<T>>>>;
+
+fn take<T: 'static>(spares: &'static Spares<T>) -> Vec<T> {
+    spares
         .try_with(|spares| spares.borrow_mut().pop())
         .ok()
         .flatten()
         .unwrap_or_default()
 }
 
-/// Gives a message list back (its messages are dropped now).
-pub fn give_messages(mut list: Vec<Bytes>) {
-    if list.capacity() == 0 || list.capacity() > MAX_KEPT_MESSAGES {
+fn give<T: 'static>(spares: &'static Spares<T>, mut spare: Vec<T>, max_capacity: usize) {
+    if spare.capacity() == 0 || spare.capacity() > max_capacity {
         return;
     }
-    list.clear();
-    let _ = MESSAGES.try_with(|spares| {
+    spare.clear();
+    let _ = spares.try_with(|spares| {
         let mut spares = spares.borrow_mut();
         if spares.len() < KEPT {
-            spares.push(list);
+            spares.push(spare);
         }
     });
 }
