@@ -285,6 +285,17 @@ impl Child {
     /// Starts `herald serve` with the device listeners GT06, H02 and OsmAnd, `extra` appended to
     /// `[devices]`, and (when given) RLIMIT_NOFILE set to `fd_limit` before exec.
     async fn start(extra: &str, fd_limit: Option<u64>) -> Child {
+        // A port found free can be taken by another test before Herald binds it; Herald then
+        // exits naming the address, and the start is tried again on fresh ports.
+        for _ in 0..5 {
+            if let Some(child) = Self::try_start(extra, fd_limit).await {
+                return child;
+            }
+        }
+        panic!("herald found no free ports in 5 tries");
+    }
+
+    async fn try_start(extra: &str, fd_limit: Option<u64>) -> Option<Child> {
         let dir = tempfile::tempdir().unwrap();
         let port = |_| SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let [public, gt06, h02, osmand] = [0; 4].map(port);
@@ -299,7 +310,7 @@ impl Child {
         let config_path = dir.path().join("herald.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = dir.path().join("stderr.log");
-        let child = Child {
+        let mut child = Child {
             process: serve_logged(&config_path, &log, fd_limit),
             public,
             gt06,
@@ -315,11 +326,19 @@ impl Child {
                 if TcpStream::connect(public).await.is_ok() {
                     let (status, _) = http_raw(public, "GET", "/health", &[], "").await;
                     if status == 200 {
-                        return child;
+                        return Some(child);
                     }
                 }
             }
-            assert!(Instant::now() < up, "herald did not start: {}", child.log());
+            let exited = child.process.0.try_wait().expect("try_wait").is_some();
+            if exited && child.log().contains("Address already in use") {
+                return None;
+            }
+            assert!(
+                !exited && Instant::now() < up,
+                "herald did not start: {}",
+                child.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
