@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""bench/ratios.py OUT PREFIX A B: A against B from alternating runs of one saturating broadcast step.
+"""bench/ratios.py OUT PREFIX A B [NAME]: A against B from alternating runs of one saturating broadcast step.
 
 Reads OUT/PREFIX-A-SUBS-ROUND.json and OUT/PREFIX-B-SUBS-ROUND.json (written by bench/run.sh floor,
-whose prefixes are floor-api, floor-client and the same with -compete, or formats), pairs the runs of each round, and prints, per subscriber count, the ratio A/B of deliveries/s
+whose prefixes are floor-api, floor-client and the same with -compete, formats, or cores), pairs the runs of each round, and prints, per subscriber count, the ratio A/B of deliveries/s
 (each pair, the median and the spread) with both medians, the same ratio per second of server CPU (what
 a delivery costs the server, whatever else runs), and each server's RSS per subscriber. Writes
-the same as OUT/PREFIX-ratios.json.
+the same as OUT/NAME (default PREFIX-ratios.json).
 """
 import glob
 import json
@@ -35,6 +35,7 @@ def step(path):
 
 def main():
     out, prefix, a, b = sys.argv[1:5]
+    report_name = sys.argv[5] if len(sys.argv) > 5 else f"{prefix}-ratios.json"
     runs = {}
     pattern = re.compile(rf"{re.escape(prefix)}-([a-z]+)-(\d+)-(\d+)\.json$")
     for path in glob.glob(os.path.join(out, f"{prefix}-*-*-*.json")):
@@ -74,7 +75,7 @@ def main():
         )
     if not report:
         sys.exit(f"no paired {prefix} runs of {a} and {b} in {out}")
-    with open(os.path.join(out, f"{prefix}-ratios.json"), "w") as f:
+    with open(os.path.join(out, report_name), "w") as f:
         json.dump(report, f, indent=2)
 
 

@@ -11,6 +11,9 @@
 #   livemap    GT06 trackers over TCP, viewers of the fleet channel, positions into PostgreSQL
 #   cluster    the broadcast across NODES nodes linked by each of BROKERS (redis, redis_cluster,
 #              nats; or CLUSTER_CONFIG: a TOML fragment with the [broker] section)
+#   cores      deliveries per core used: CORES_NODES (3) nodes linked by Redis and by NATS (the
+#              broker's process counted with them) against one node on the embedded broker, one
+#              saturating step at CORES_SUBS subscribers, ROUNDS alternating runs; prints the ratios
 #   floor      Herald against the floor (bench/peers/floor: the cheapest broadcast server) at 1,000,
 #              5,000 and 15,000 subscribers (FLOOR_SUBS), published through the API and by a client
 #              on a WebSocket (VIA), ROUNDS alternating runs each; prints the ratios. COMPETE=1 runs
@@ -26,7 +29,7 @@
 #   all        every scenario above, in that order
 #   smoke      every scenario with tiny numbers (seconds each): checks that the suite still runs
 #
-# PERF=SECONDS with broadcast samples the server with perf (see profile below).
+# PERF=SECONDS with broadcast or floor samples the server with perf (see profile below).
 # Knobs are environment variables (defaults below). Results go to $OUT (default docs/bench/results)
 # as <scenario>[-<target>].json; `python3 bench/plot.py` turns them into the SVG plots of
 # docs/benchmarks.md. Every run is bounded in time and count, and stops the servers it started.
@@ -158,13 +161,18 @@ node_pids_csv() { local IFS=,; echo "${NODE_PIDS[*]}"; }
 bench() { "${BENCH_ON[@]}" "$BIN/herald-bench" "$@"; }
 
 # PERF=SECONDS: sample the server with perf for that long, PERF_DELAY seconds after the start
-# (after the ramp, inside a step), and write the hottest symbols to $OUT/perf-<name>.txt.
+# (after the ramp, inside a step), and write the hottest symbols to $OUT/perf-<name>.txt and its
+# CPU time, context switches and migrations in that window to $OUT/perf-<name>-stat.txt. The
+# software clock, since virtual machines often have no hardware counters.
 profile() { # profile PID NAME
     command -v perf >/dev/null || { echo "perf is not installed" >&2; return 0; }
     (sleep "${PERF_DELAY:-5}"
-     perf record -q -F 499 -g -p "$1" -o "$WORK/perf-$2.data" -- sleep "$PERF" >/dev/null 2>&1 &&
+     perf stat -e task-clock,context-switches,cpu-migrations -p "$1" -o "$OUT/perf-$2-stat.txt" \
+        -- sleep "$PERF" >/dev/null 2>&1 &
+     perf record -q -e cpu-clock -F 499 -g -p "$1" -o "$WORK/perf-$2.data" -- sleep "$PERF" >/dev/null 2>&1 &&
      perf report -i "$WORK/perf-$2.data" --stdio --no-children -g none --percent-limit 0.7 2>/dev/null \
-        | grep -v '^$' | head -n 150 >"$OUT/perf-$2.txt") &
+        | grep -v '^$' | head -n 150 >"$OUT/perf-$2.txt"
+     wait) &
     PROFILER=$!
 }
 PROFILER=
@@ -395,12 +403,12 @@ broker_config() { # broker_config KIND FILE: the [broker] section for one cluste
     esac >"$2"
 }
 
-run_cluster() { # run_cluster BROKER
-    # NODES nodes on consecutive ports linked by BROKER (or with CLUSTER_CONFIG, a TOML fragment,
-    # appended instead). Subscribers are spread round-robin; the publisher talks to the first
-    # node, so 1 - 1/NODES of the deliveries cross the broker. With the memory broker only the
-    # first node's subscribers receive anything: a harness check only.
-    local broker=$1 nodes=${NODES:-$(pick 3 2)} servers=() pids=() fragment="$WORK/broker.toml"
+CLUSTER_SERVERS=() CLUSTER_PIDS=
+start_cluster() { # start_cluster BROKER NODES: NODES nodes linked by BROKER, ready
+    # Nodes on consecutive ports linked by BROKER (or with CLUSTER_CONFIG, a TOML fragment,
+    # appended instead); sets CLUSTER_SERVERS (--server arguments) and CLUSTER_PIDS (csv).
+    local broker=$1 nodes=$2 pids=() fragment="$WORK/broker.toml" n
+    CLUSTER_SERVERS=()
     if [ -n "${CLUSTER_CONFIG:-}" ]; then
         cp "$CLUSTER_CONFIG" "$fragment"
     else
@@ -412,16 +420,60 @@ run_cluster() { # run_cluster BROKER
         write_config "$WORK/n$n.toml" "127.0.0.1:$port" "$fragment" plain
         start_nodes 1 "$WORK/n$n.toml"
         pids+=("${NODE_PIDS[@]}")
-        servers+=(--server "127.0.0.1:$port")
+        CLUSTER_SERVERS+=(--server "127.0.0.1:$port")
     done
     # Ready, not only alive: connected to the broker.
     for n in $(seq 1 "$nodes"); do wait_http "127.0.0.1:$((PORT + 200 + n))" /ready; done
-    local csv; csv=$(IFS=,; echo "${pids[*]}")
-    bench broadcast "${servers[@]}" --server-pid "$csv" --subscribers "${SUBS:-$(pick 3000 20)}" \
+    CLUSTER_PIDS=$(IFS=,; echo "${pids[*]}")
+}
+
+run_cluster() { # run_cluster BROKER
+    # Subscribers are spread round-robin; the publisher talks to the first node, so 1 - 1/NODES
+    # of the deliveries cross the broker. With the memory broker only the first node's
+    # subscribers receive anything: a harness check only.
+    local broker=$1
+    start_cluster "$broker" "${NODES:-$(pick 3 2)}"
+    bench broadcast "${CLUSTER_SERVERS[@]}" --server-pid "$CLUSTER_PIDS" --subscribers "${SUBS:-$(pick 3000 20)}" \
         --rate "${RATES:-$(pick 250,500,1000,1500,2000 50)}" --batch "${BATCH:-$(pick 20 10)}" \
         --duration "${DURATION:-$(pick 5s 1s)}" --drain "$(pick 3s 1s)" \
         --json "$OUT/cluster-${CLUSTER_NAME:-$broker}.json"
     cleanup
+}
+
+broker_pid() { # broker_pid redis|nats: the pid of the broker this machine runs on its standard port
+    local port
+    case "$1" in redis) port=6379 ;; nats) port=4222 ;; *) return 1 ;; esac
+    ss -ltnpH "sport = :$port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2
+}
+
+cores_step() { # cores_step one|redis|nats SUBS ROUND: one saturating broadcast, its JSON
+    # "one": a single node on the embedded broker. Otherwise CORES_NODES nodes linked by the
+    # broker, whose process's CPU counts with theirs: a cluster's cores include its broker's.
+    local setup=$1 subs=$2 round=$3 pids
+    if [ "$setup" = one ]; then
+        start_cluster memory 1
+        pids=$CLUSTER_PIDS
+    else
+        start_cluster "$setup" "${CORES_NODES:-$(pick 3 2)}"
+        local broker; broker=$(broker_pid "$setup" || true)
+        pids="$CLUSTER_PIDS${broker:+,$broker}"
+    fi
+    bench broadcast "${CLUSTER_SERVERS[@]}" --server-pid "$pids" --subscribers "$subs" \
+        --rate "$(saturating_rate "$subs")" --batch "${BATCH:-$(pick 20 10)}" --payload 100 \
+        --duration "${DURATION:-$(pick 5s 1s)}" --json "$OUT/cores-$setup-$subs-$round.json"
+    cleanup
+}
+
+run_cores() { # cluster against one node, per core used: alternating, ROUNDS times
+    local subs round setup
+    for subs in ${CORES_SUBS:-$(pick "5000" "20")}; do
+        for round in $(seq 1 "${ROUNDS:-$(pick 3 1)}"); do
+            for setup in one ${CORES_BROKERS:-redis nats}; do cores_step "$setup" "$subs" "$round"; done
+        done
+    done
+    for setup in ${CORES_BROKERS:-redis nats}; do
+        python3 "$ROOT/bench/ratios.py" "$OUT" cores "$setup" one "cores-$setup-ratios.json"
+    done
 }
 
 # One saturating broadcast step: about 3M deliveries/s offered (more than either server delivers).
@@ -456,10 +508,12 @@ floor_step() { # floor_step herald|floor SUBS VIA ROUND: one saturating broadcas
     start_target "$target"
     wait_http "127.0.0.1:$TARGET_PORT"
     start_competitor
+    [ -n "${PERF:-}" ] && profile "$TARGET_PID" "$name"
     bench broadcast --target "$target" --server "127.0.0.1:$TARGET_PORT" --server-pid "$TARGET_PID" \
         --subscribers "$subs" --rate "$(saturating_rate "$subs")" --batch "${BATCH:-$(pick 20 10)}" \
         --publish-via "$via" --in-flight "${IN_FLIGHT:-8}" \
         --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" --json "$OUT/$name.json"
+    wait_profiler
     cleanup
 }
 
@@ -550,6 +604,7 @@ case "$scenario" in
     market) run_market ;;
     livemap) run_livemap ;;
     cluster) run_clusters ;;
+    cores) run_cores ;;
     hostile) run_hostile ;;
     floor) run_floor ;;
     formats) run_formats ;;
@@ -557,7 +612,7 @@ case "$scenario" in
     capacity) run_capacity ;;
     all | smoke)
         run_idle; run_broadcast; run_peer ws; run_peer socketio
-        run_chat; run_market; run_livemap; run_clusters; run_hostile; run_floor; run_formats; run_capacity
+        run_chat; run_market; run_livemap; run_clusters; run_cores; run_hostile; run_floor; run_formats; run_capacity
         run_instructions
         ;;
     *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
