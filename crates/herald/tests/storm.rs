@@ -749,3 +749,73 @@ async fn max_rate_with_a_key_conflates_the_excess() {
         .await
         .is_none());
 }
+
+/// A channel that never goes quiet must not keep its subscribers' own commands unread: the
+/// connection's task serves its socket and timers between outbox drains, however soon the next
+/// publication is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_answered_while_a_channel_streams_without_pause() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let server = quiet_server(|c| c.client.max_outbox_bytes = 64 << 20).await;
+    let mut client = server.client("reader").await;
+    client.subscribe("stream").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let node = server.node().clone();
+        let (stop, published) = (stop.clone(), published.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..20 {
+                    let n = published.fetch_add(1, Ordering::Relaxed);
+                    let raw =
+                        serde_json::value::RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap();
+                    node.publish("stream", raw, None, Default::default(), "test")
+                        .await
+                        .unwrap();
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    // The stream reaches the client before the commands start.
+    assert_eq!(client.publication("stream").await["data"]["n"], 0);
+    let mut slowest = Duration::ZERO;
+    for i in 0..20u32 {
+        let id = 10_000 + i;
+        let sent = Instant::now();
+        client
+            .send(json!({"id": id, "subscribe": {"channel": format!("side-{i}")}}))
+            .await;
+        loop {
+            let message = client
+                .next_within(Duration::from_secs(10))
+                .await
+                .expect("the connection stays open");
+            if message["id"].as_u64() == Some(u64::from(id)) {
+                assert!(message.get("error").is_none(), "{message}");
+                break;
+            }
+        }
+        slowest = slowest.max(sent.elapsed());
+        // Reading on meanwhile, so the stream runs at full speed between commands.
+        let until = Instant::now() + Duration::from_millis(50);
+        while Instant::now() < until {
+            client
+                .next_within(Duration::from_secs(10))
+                .await
+                .expect("stream");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    publisher.await.unwrap();
+    eprintln!(
+        "{} publications streamed; slowest command reply {slowest:?}",
+        published.load(Ordering::Relaxed)
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a command waited {slowest:?} behind the stream"
+    );
+}
