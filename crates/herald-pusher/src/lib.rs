@@ -60,12 +60,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod channel;
 pub mod codes;
 mod sign;
 pub mod socket_id;
+pub mod user;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};
 pub use codes::{CloseAction, ErrorCode};
 pub use sign::{hmac_sha256_hex, md5_hex, verify_hmac_sha256_hex};
 pub use socket_id::SocketId;
+pub use user::{PresenceMember, UserData};
