@@ -63,12 +63,15 @@
 pub mod auth;
 pub mod channel;
 pub mod codes;
+pub mod incoming;
+pub mod outgoing;
 mod sign;
 pub mod socket_id;
 pub mod user;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};
 pub use codes::{CloseAction, ErrorCode};
+pub use incoming::{ClientEvent, ClientMessage, DecodeError, Subscribe};
 pub use sign::{hmac_sha256_hex, md5_hex, verify_hmac_sha256_hex};
 pub use socket_id::SocketId;
 pub use user::{PresenceMember, UserData};
