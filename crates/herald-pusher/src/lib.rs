@@ -63,6 +63,7 @@
 pub mod auth;
 pub mod channel;
 pub mod codes;
+pub mod http_auth;
 pub mod incoming;
 pub mod outgoing;
 mod sign;
