@@ -60,15 +60,18 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod codes;
+pub mod connect;
 pub mod http_auth;
 pub mod incoming;
 pub mod outgoing;
 mod sign;
 pub mod socket_id;
 pub mod user;
+pub mod webhook;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};
 pub use codes::{CloseAction, ErrorCode};
