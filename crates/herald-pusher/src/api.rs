@@ -516,7 +516,10 @@ mod tests {
         let t = parse_trigger(body, &limits()).expect("valid");
         assert_eq!(t.name, "foo");
         assert_eq!(t.data, r#"{"some":"data"}"#);
-        assert_eq!(t.channels, [ChannelName::parse("project-3").expect("valid")]);
+        assert_eq!(
+            t.channels,
+            [ChannelName::parse("project-3").expect("valid")]
+        );
         assert_eq!((t.socket_id, t.info), (None, InfoAttributes::default()));
     }
 
@@ -532,8 +535,11 @@ mod tests {
             .expect("valid");
         assert_eq!(t.data, r#"{"b": 1}"#);
         // The node SDK's sendToUser triggers on the user's reserved channel.
-        let t = parse_trigger(br#"{"name":"e","channels":["#server-to-user-42"],"data":"x"}"#, &limits())
-            .expect("valid");
+        let t = parse_trigger(
+            br##"{"name":"e","channels":["#server-to-user-42"],"data":"x"}"##,
+            &limits(),
+        )
+        .expect("valid");
         assert_eq!(t.channels[0].server_to_user_id(), Some("42"));
     }
 
@@ -544,7 +550,11 @@ mod tests {
         let err = parse_trigger(body.as_bytes(), &limits()).unwrap_err();
         assert_eq!(
             err,
-            ApiError::TooMany { field: "channels".into(), count: 101, max: 100 }
+            ApiError::TooMany {
+                field: "channels".into(),
+                count: 101,
+                max: 100
+            }
         );
         assert_eq!(err.status(), 400);
 
@@ -554,12 +564,24 @@ mod tests {
 
         let body = json!({"name": "e", "channel": "a", "data": "x".repeat(10 * 1024)}).to_string();
         assert!(parse_trigger(body.as_bytes(), &limits()).is_ok());
-        let body = json!({"name": "e", "channel": "a", "data": "x".repeat(10 * 1024 + 1)}).to_string();
+        let body =
+            json!({"name": "e", "channel": "a", "data": "x".repeat(10 * 1024 + 1)}).to_string();
         let err = parse_trigger(body.as_bytes(), &limits()).unwrap_err();
         assert_eq!((err.field(), err.status()), ("data", 413));
-        let small = ApiLimits { max_data_bytes: 4, ..limits() };
-        let err = parse_trigger(br#"{"name":"e","channel":"a","data":"12345"}"#, &small).unwrap_err();
-        assert_eq!(err, ApiError::DataTooLarge { field: "data".into(), len: 5, max: 4 });
+        let small = ApiLimits {
+            max_data_bytes: 4,
+            ..limits()
+        };
+        let err =
+            parse_trigger(br#"{"name":"e","channel":"a","data":"12345"}"#, &small).unwrap_err();
+        assert_eq!(
+            err,
+            ApiError::DataTooLarge {
+                field: "data".into(),
+                len: 5,
+                max: 4
+            }
+        );
     }
 
     #[test]
@@ -570,23 +592,60 @@ mod tests {
         };
         assert_eq!(field("nope"), ("body".into(), 400));
         assert_eq!(field(r#"{"channel":"a","data":"x"}"#), ("name".into(), 400));
-        assert_eq!(field(r#"{"name":"","channel":"a","data":"x"}"#), ("name".into(), 400));
-        assert_eq!(field(r#"{"name":5,"channel":"a","data":"x"}"#), ("name".into(), 400));
-        assert_eq!(field(r#"{"name":"e","data":"x"}"#), ("channels".into(), 400));
+        assert_eq!(
+            field(r#"{"name":"","channel":"a","data":"x"}"#),
+            ("name".into(), 400)
+        );
+        assert_eq!(
+            field(r#"{"name":5,"channel":"a","data":"x"}"#),
+            ("name".into(), 400)
+        );
+        assert_eq!(
+            field(r#"{"name":"e","data":"x"}"#),
+            ("channels".into(), 400)
+        );
         assert_eq!(field(r#"{"name":"e","channel":"a"}"#), ("data".into(), 400));
-        assert_eq!(field(r#"{"name":"e","channel":"a","data":null}"#), ("data".into(), 400));
-        assert_eq!(field(r#"{"name":"e","channels":[],"data":"x"}"#), ("channels".into(), 400));
-        assert_eq!(field(r#"{"name":"e","channels":"a","data":"x"}"#), ("channels".into(), 400));
-        assert_eq!(field(r#"{"name":"e","channels":["a","b c"],"data":"x"}"#), ("channels[1]".into(), 400));
-        assert_eq!(field(r#"{"name":"e","channel":"a","channels":["a"],"data":"x"}"#), ("channels".into(), 400));
-        assert_eq!(field(r#"{"name":"e","channel":"a","data":"x","socket_id":"1"}"#), ("socket_id".into(), 400));
-        assert_eq!(field(r#"{"name":"e","channel":"a","data":"x","info":"bogus"}"#), ("info".into(), 400));
+        assert_eq!(
+            field(r#"{"name":"e","channel":"a","data":null}"#),
+            ("data".into(), 400)
+        );
+        assert_eq!(
+            field(r#"{"name":"e","channels":[],"data":"x"}"#),
+            ("channels".into(), 400)
+        );
+        assert_eq!(
+            field(r#"{"name":"e","channels":"a","data":"x"}"#),
+            ("channels".into(), 400)
+        );
+        assert_eq!(
+            field(r#"{"name":"e","channels":["a","b c"],"data":"x"}"#),
+            ("channels[1]".into(), 400)
+        );
+        assert_eq!(
+            field(r#"{"name":"e","channel":"a","channels":["a"],"data":"x"}"#),
+            ("channels".into(), 400)
+        );
+        assert_eq!(
+            field(r#"{"name":"e","channel":"a","data":"x","socket_id":"1"}"#),
+            ("socket_id".into(), 400)
+        );
+        assert_eq!(
+            field(r#"{"name":"e","channel":"a","data":"x","info":"bogus"}"#),
+            ("info".into(), 400)
+        );
         assert_eq!(
             field(r#"{"name":"e","channels":["private-encrypted-a","b"],"data":"x"}"#),
             ("channels".into(), 400)
         );
-        let err = parse_trigger(br#"{"name":"e","channels":["a","b c"],"data":"x"}"#, &limits()).unwrap_err();
-        assert!(err.to_string().starts_with("channels[1] \"b c\": "), "{err}");
+        let err = parse_trigger(
+            br#"{"name":"e","channels":["a","b c"],"data":"x"}"#,
+            &limits(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("channels[1] \"b c\": "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -597,24 +656,52 @@ mod tests {
         assert_eq!(events[1].channels[0].as_str(), "presence-c2");
         assert!(events[1].info.user_count);
 
-        let items: Vec<_> = (0..11).map(|i| json!({"name": "e", "channel": format!("c{i}"), "data": "x"})).collect();
+        let items: Vec<_> = (0..11)
+            .map(|i| json!({"name": "e", "channel": format!("c{i}"), "data": "x"}))
+            .collect();
         let body = json!({"batch": items}).to_string();
         let err = parse_batch(body.as_bytes(), &limits()).unwrap_err();
-        assert_eq!(err, ApiError::TooMany { field: "batch".into(), count: 11, max: 10 });
+        assert_eq!(
+            err,
+            ApiError::TooMany {
+                field: "batch".into(),
+                count: 11,
+                max: 10
+            }
+        );
 
-        let field = |body: &str| parse_batch(body.as_bytes(), &limits()).unwrap_err().field().to_string();
+        let field = |body: &str| {
+            parse_batch(body.as_bytes(), &limits())
+                .unwrap_err()
+                .field()
+                .to_string()
+        };
         assert_eq!(field("{}"), "batch");
         assert_eq!(field(r#"{"batch":{}}"#), "batch");
         assert_eq!(field(r#"{"batch":[1]}"#), "batch[0]");
-        assert_eq!(field(r#"{"batch":[{"name":"a","channel":"c","data":"1"},{"name":"b","data":"2"}]}"#), "batch[1].channel");
-        assert_eq!(field(r#"{"batch":[{"name":"a","channel":"c"}]}"#), "batch[0].data");
-        assert_eq!(field(r#"{"batch":[{"channel":"c","data":"1","name":"a","info":"x"}]}"#), "batch[0].info");
-        assert!(parse_batch(br#"{"batch":[]}"#, &limits()).expect("valid").is_empty());
+        assert_eq!(
+            field(r#"{"batch":[{"name":"a","channel":"c","data":"1"},{"name":"b","data":"2"}]}"#),
+            "batch[1].channel"
+        );
+        assert_eq!(
+            field(r#"{"batch":[{"name":"a","channel":"c"}]}"#),
+            "batch[0].data"
+        );
+        assert_eq!(
+            field(r#"{"batch":[{"channel":"c","data":"1","name":"a","info":"x"}]}"#),
+            "batch[0].info"
+        );
+        assert!(parse_batch(br#"{"batch":[]}"#, &limits())
+            .expect("valid")
+            .is_empty());
     }
 
     #[test]
     fn info_attributes() {
-        assert_eq!(InfoAttributes::parse("").expect("valid"), InfoAttributes::default());
+        assert_eq!(
+            InfoAttributes::parse("").expect("valid"),
+            InfoAttributes::default()
+        );
         assert!(InfoAttributes::parse("").expect("valid").is_empty());
         let all = InfoAttributes::parse("user_count, subscription_count,cache").expect("valid");
         assert!(all.user_count && all.subscription_count && all.cache);
@@ -623,13 +710,19 @@ mod tests {
         let presence = ChannelName::parse("presence-a").expect("valid");
         let public = ChannelName::parse("a").expect("valid");
         let cache = ChannelName::parse("cache-a").expect("valid");
-        let users = InfoAttributes { user_count: true, ..Default::default() };
+        let users = InfoAttributes {
+            user_count: true,
+            ..Default::default()
+        };
         assert!(check_channels_query(&users, Some("presence-")).is_ok());
         assert!(check_channels_query(&users, None).is_err());
         assert!(check_channels_query(&users, Some("private-")).is_err());
         assert!(check_channel_query(&users, &presence).is_ok());
         assert!(check_channel_query(&users, &public).is_err());
-        let cached = InfoAttributes { cache: true, ..Default::default() };
+        let cached = InfoAttributes {
+            cache: true,
+            ..Default::default()
+        };
         assert!(check_channel_query(&cached, &cache).is_ok());
         assert!(check_channel_query(&cached, &public).is_err());
         assert!(check_channels_query(&cached, None).is_err());
@@ -639,16 +732,28 @@ mod tests {
 
     #[test]
     fn responses_serialize_as_documented() {
-        assert_eq!(serde_json::to_string(&TriggerResponse::default()).expect("json"), "{}");
-        assert_eq!(serde_json::to_string(&BatchResponse::default()).expect("json"), "{}");
+        assert_eq!(
+            serde_json::to_string(&TriggerResponse::default()).expect("json"),
+            "{}"
+        );
+        assert_eq!(
+            serde_json::to_string(&BatchResponse::default()).expect("json"),
+            "{}"
+        );
 
         let info = InfoAttributes::parse("user_count,subscription_count").expect("valid");
         let mut channels = BTreeMap::new();
-        for (name, users, subs) in [("presence-foobar", 42, 51), ("presence-another", 123, 140), ("another", 0, 13)] {
+        for (name, users, subs) in [
+            ("presence-foobar", 42, 51),
+            ("presence-another", 123, 140),
+            ("another", 0, 13),
+        ] {
             let channel = ChannelName::parse(name).expect("valid");
             channels.insert(name.to_string(), info.attributes(&channel, users, subs));
         }
-        let response = TriggerResponse { channels: Some(channels) };
+        let response = TriggerResponse {
+            channels: Some(channels),
+        };
         assert_eq!(
             serde_json::to_value(&response).expect("json"),
             json!({"channels": {
@@ -660,9 +765,15 @@ mod tests {
 
         let batch = BatchResponse {
             batch: Some(vec![
-                ChannelAttributes { user_count: Some(42), subscription_count: Some(51) },
+                ChannelAttributes {
+                    user_count: Some(42),
+                    subscription_count: Some(51),
+                },
                 ChannelAttributes::default(),
-                ChannelAttributes { user_count: None, subscription_count: Some(13) },
+                ChannelAttributes {
+                    user_count: None,
+                    subscription_count: Some(13),
+                },
             ]),
         };
         assert_eq!(
@@ -674,18 +785,27 @@ mod tests {
             occupied: true,
             user_count: Some(42),
             subscription_count: Some(42),
-            cache: Some(Some(CachedEvent { event: None, data: "event data".into(), ttl: 60 })),
+            cache: Some(Some(CachedEvent {
+                event: None,
+                data: "event data".into(),
+                ttl: 60,
+            })),
         };
         assert_eq!(
             serde_json::to_value(&one).expect("json"),
             json!({"occupied": true, "user_count": 42, "subscription_count": 42, "cache": {"data": "event data", "ttl": 60}})
         );
-        let empty_cache = ChannelResponse { cache: Some(None), ..Default::default() };
+        let empty_cache = ChannelResponse {
+            cache: Some(None),
+            ..Default::default()
+        };
         assert_eq!(
             serde_json::to_value(&empty_cache).expect("json"),
             json!({"occupied": false, "cache": null})
         );
-        let users = UsersResponse { users: vec![UserEntry { id: "1".into() }, UserEntry { id: "2".into() }] };
+        let users = UsersResponse {
+            users: vec![UserEntry { id: "1".into() }, UserEntry { id: "2".into() }],
+        };
         assert_eq!(
             serde_json::to_value(&users).expect("json"),
             json!({"users": [{"id": "1"}, {"id": "2"}]})
@@ -695,25 +815,60 @@ mod tests {
     #[test]
     fn routes() {
         let app = || "3".to_string();
-        assert_eq!(Route::parse("POST", "/apps/3/events"), Ok(Route::Trigger { app_id: app() }));
-        assert_eq!(Route::parse("POST", "/apps/3/batch_events"), Ok(Route::BatchTrigger { app_id: app() }));
-        assert_eq!(Route::parse("GET", "/apps/3/channels"), Ok(Route::Channels { app_id: app() }));
+        assert_eq!(
+            Route::parse("POST", "/apps/3/events"),
+            Ok(Route::Trigger { app_id: app() })
+        );
+        assert_eq!(
+            Route::parse("POST", "/apps/3/batch_events"),
+            Ok(Route::BatchTrigger { app_id: app() })
+        );
+        assert_eq!(
+            Route::parse("GET", "/apps/3/channels"),
+            Ok(Route::Channels { app_id: app() })
+        );
         assert_eq!(
             Route::parse("GET", "/apps/3/channels/presence-a%40b"),
-            Ok(Route::Channel { app_id: app(), channel: "presence-a@b".into() })
+            Ok(Route::Channel {
+                app_id: app(),
+                channel: "presence-a@b".into()
+            })
         );
         assert_eq!(
             Route::parse("GET", "/apps/3/channels/presence-a/users"),
-            Ok(Route::ChannelUsers { app_id: app(), channel: "presence-a".into() })
+            Ok(Route::ChannelUsers {
+                app_id: app(),
+                channel: "presence-a".into()
+            })
         );
         assert_eq!(
             Route::parse("POST", "/apps/3/users/u%201/terminate_connections"),
-            Ok(Route::TerminateUserConnections { app_id: app(), user_id: "u 1".into() })
+            Ok(Route::TerminateUserConnections {
+                app_id: app(),
+                user_id: "u 1".into()
+            })
         );
-        assert_eq!(Route::parse("GET", "/apps/3/events"), Err(RouteError::MethodNotAllowed));
-        assert_eq!(Route::parse("POST", "/apps/3/channels"), Err(RouteError::MethodNotAllowed));
-        for path in ["/", "/apps/3", "/apps//events", "/apps/3/events/", "/apps/3/nope", "/app/3/events"] {
-            assert_eq!(Route::parse("POST", path), Err(RouteError::NotFound), "{path}");
+        assert_eq!(
+            Route::parse("GET", "/apps/3/events"),
+            Err(RouteError::MethodNotAllowed)
+        );
+        assert_eq!(
+            Route::parse("POST", "/apps/3/channels"),
+            Err(RouteError::MethodNotAllowed)
+        );
+        for path in [
+            "/",
+            "/apps/3",
+            "/apps//events",
+            "/apps/3/events/",
+            "/apps/3/nope",
+            "/app/3/events",
+        ] {
+            assert_eq!(
+                Route::parse("POST", path),
+                Err(RouteError::NotFound),
+                "{path}"
+            );
         }
         assert_eq!(RouteError::MethodNotAllowed.status(), 405);
     }

@@ -37,7 +37,11 @@ impl AuthError {
 }
 
 /// The string a channel authorization signs.
-pub fn channel_string_to_sign(socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
+pub fn channel_string_to_sign(
+    socket_id: &str,
+    channel: &str,
+    channel_data: Option<&str>,
+) -> String {
     match channel_data {
         Some(data) => format!("{socket_id}:{channel}:{data}"),
         None => format!("{socket_id}:{channel}"),
@@ -107,7 +111,11 @@ pub fn verify_user_auth(
     auth: Option<&str>,
 ) -> Result<(), AuthError> {
     let signature = split_token(key, auth)?;
-    check(secret, &user_string_to_sign(socket_id, user_data), signature)
+    check(
+        secret,
+        &user_string_to_sign(socket_id, user_data),
+        signature,
+    )
 }
 
 fn split_token<'a>(key: &str, auth: Option<&'a str>) -> Result<&'a str, AuthError> {
@@ -149,7 +157,14 @@ mod tests {
             "278d425bdf160c739803:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4"
         );
         assert_eq!(
-            verify_channel_auth(KEY, SECRET, "1234.1234", "private-foobar", None, Some(&auth)),
+            verify_channel_auth(
+                KEY,
+                SECRET,
+                "1234.1234",
+                "private-foobar",
+                None,
+                Some(&auth)
+            ),
             Ok(())
         );
     }
@@ -160,7 +175,13 @@ mod tests {
         // prose was later renamed to "Mr. Channels" without recomputing it (server SDK test
         // suites still use "Mr. Pusher" with this same signature).
         let channel_data = r#"{"user_id":10,"user_info":{"name":"Mr. Pusher"}}"#;
-        let auth = channel_auth(KEY, SECRET, "1234.1234", "presence-foobar", Some(channel_data));
+        let auth = channel_auth(
+            KEY,
+            SECRET,
+            "1234.1234",
+            "presence-foobar",
+            Some(channel_data),
+        );
         assert_eq!(
             auth,
             "278d425bdf160c739803:afaed3695da2ffd16931f457e338e6c9f2921fa133ce7dac49f529792be6304c"
@@ -179,7 +200,14 @@ mod tests {
         // Any change to the channel data breaks the signature.
         let renamed = r#"{"user_id":10,"user_info":{"name":"Mr. Channels"}}"#;
         assert_eq!(
-            verify_channel_auth(KEY, SECRET, "1234.1234", "presence-foobar", Some(renamed), Some(&auth)),
+            verify_channel_auth(
+                KEY,
+                SECRET,
+                "1234.1234",
+                "presence-foobar",
+                Some(renamed),
+                Some(&auth)
+            ),
             Err(AuthError::InvalidSignature)
         );
     }
@@ -205,13 +233,17 @@ mod tests {
     #[test]
     fn refusals_say_why() {
         let ok = channel_auth(KEY, SECRET, "1.2", "private-a", None);
-        let verify = |auth: Option<&str>| verify_channel_auth(KEY, SECRET, "1.2", "private-a", None, auth);
+        let verify =
+            |auth: Option<&str>| verify_channel_auth(KEY, SECRET, "1.2", "private-a", None, auth);
         assert_eq!(verify(None), Err(AuthError::Missing));
         assert_eq!(verify(Some("")), Err(AuthError::Missing));
         assert_eq!(verify(Some("no-colon")), Err(AuthError::Malformed));
         let other_key = ok.replacen(KEY, "otherkey", 1);
         assert_eq!(verify(Some(&other_key)), Err(AuthError::WrongKey));
-        assert_eq!(verify(Some(&format!("{KEY}:00"))), Err(AuthError::InvalidSignature));
+        assert_eq!(
+            verify(Some(&format!("{KEY}:00"))),
+            Err(AuthError::InvalidSignature)
+        );
         // Same token, other socket or channel: refused.
         assert_eq!(
             verify_channel_auth(KEY, SECRET, "1.3", "private-a", None, Some(&ok)),

@@ -54,9 +54,7 @@ pub enum ChannelNameError {
     Empty,
     #[error("channel name is {len} bytes long, at most {max} are allowed")]
     TooLong { len: usize, max: usize },
-    #[error(
-        "channel name has {ch:?} at byte {index}; allowed are A-Z a-z 0-9 and _ - = @ , . ;"
-    )]
+    #[error("channel name has {ch:?} at byte {index}; allowed are A-Z a-z 0-9 and _ - = @ , . ;")]
     InvalidChar { ch: char, index: usize },
     #[error("#server-to-user- channel names need a user id")]
     EmptyUserId,
@@ -162,7 +160,11 @@ fn allowed(c: char) -> bool {
 fn classify(name: &str) -> (ChannelKind, bool) {
     // Longest prefixes first: `private-encrypted-` also starts with `private-`.
     const PREFIXES: [(&str, ChannelKind, bool); 7] = [
-        ("private-encrypted-cache-", ChannelKind::PrivateEncrypted, true),
+        (
+            "private-encrypted-cache-",
+            ChannelKind::PrivateEncrypted,
+            true,
+        ),
         ("private-encrypted-", ChannelKind::PrivateEncrypted, false),
         ("private-cache-", ChannelKind::Private, true),
         ("private-", ChannelKind::Private, false),
@@ -218,8 +220,14 @@ mod tests {
         assert_eq!(kind("cache-location"), (ChannelKind::Public, true));
         assert_eq!(kind("private-foobar"), (ChannelKind::Private, false));
         assert_eq!(kind("private-cache-x"), (ChannelKind::Private, true));
-        assert_eq!(kind("private-encrypted-x"), (ChannelKind::PrivateEncrypted, false));
-        assert_eq!(kind("private-encrypted-cache-x"), (ChannelKind::PrivateEncrypted, true));
+        assert_eq!(
+            kind("private-encrypted-x"),
+            (ChannelKind::PrivateEncrypted, false)
+        );
+        assert_eq!(
+            kind("private-encrypted-cache-x"),
+            (ChannelKind::PrivateEncrypted, true)
+        );
         assert_eq!(kind("presence-foobar"), (ChannelKind::Presence, false));
         assert_eq!(kind("presence-cache-x"), (ChannelKind::Presence, true));
         // A prefix only counts at the start, and matching is case-sensitive as in pusher-js.
@@ -272,7 +280,9 @@ mod tests {
         );
         assert!(ChannelName::parse("#server-to-user-a\nb").is_err());
         assert_eq!(
-            ChannelName::parse("private-x").expect("valid").server_to_user_id(),
+            ChannelName::parse("private-x")
+                .expect("valid")
+                .server_to_user_id(),
             None
         );
     }
@@ -281,7 +291,12 @@ mod tests {
     fn auth_and_client_events() {
         let public = ChannelName::parse("cache-x").expect("valid");
         assert!(!public.requires_auth() && !public.allows_client_events());
-        for name in ["private-x", "private-encrypted-x", "presence-x", "presence-cache-x"] {
+        for name in [
+            "private-x",
+            "private-encrypted-x",
+            "presence-x",
+            "presence-cache-x",
+        ] {
             let c = ChannelName::parse(name).expect(name);
             assert!(c.requires_auth() && c.allows_client_events(), "{name}");
         }
@@ -291,7 +306,10 @@ mod tests {
     fn serde_validates() {
         let c: ChannelName = serde_json::from_str("\"presence-room\"").expect("valid");
         assert!(c.is_presence());
-        assert_eq!(serde_json::to_string(&c).expect("serializes"), "\"presence-room\"");
+        assert_eq!(
+            serde_json::to_string(&c).expect("serializes"),
+            "\"presence-room\""
+        );
         assert!(serde_json::from_str::<ChannelName>("\"bad name\"").is_err());
     }
 }

@@ -88,7 +88,9 @@ impl ErrorCode {
     /// A short reason, fit for a close frame (well under the 123 bytes a close reason may hold).
     pub fn message(self) -> &'static str {
         match self {
-            ErrorCode::TlsOnly => "Application only accepts TLS connections, reconnect using wss://",
+            ErrorCode::TlsOnly => {
+                "Application only accepts TLS connections, reconnect using wss://"
+            }
             ErrorCode::AppNotFound => "Application does not exist",
             ErrorCode::AppDisabled => "Application is disabled",
             ErrorCode::OverConnectionQuota => "Application is over its connection quota",
@@ -150,11 +152,17 @@ mod tests {
         let numbers: Vec<u16> = ErrorCode::ALL.iter().map(|c| c.code()).collect();
         assert_eq!(
             numbers,
-            [4000, 4001, 4003, 4004, 4005, 4006, 4007, 4008, 4009, 4100, 4200, 4201, 4202, 4301, 4302]
+            [
+                4000, 4001, 4003, 4004, 4005, 4006, 4007, 4008, 4009, 4100, 4200, 4201, 4202, 4301,
+                4302
+            ]
         );
         for code in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_code(code.code()), Some(code));
-            assert!(code.message().len() <= 123, "{code:?} reason fits a close frame");
+            assert!(
+                code.message().len() <= 123,
+                "{code:?} reason fits a close frame"
+            );
         }
         assert_eq!(ErrorCode::from_code(4002), None);
     }
@@ -163,11 +171,26 @@ mod tests {
     fn ranges_map_to_what_pusher_js_does() {
         assert_eq!(ErrorCode::TlsOnly.client_action(), CloseAction::TlsOnly);
         assert_eq!(ErrorCode::AppNotFound.client_action(), CloseAction::Refused);
-        assert_eq!(ErrorCode::Unauthorized.client_action(), CloseAction::Refused);
-        assert_eq!(ErrorCode::OverCapacity.client_action(), CloseAction::Backoff);
-        assert_eq!(ErrorCode::ReconnectImmediately.client_action(), CloseAction::Retry);
-        assert_eq!(ErrorCode::PongNotReceived.client_action(), CloseAction::Retry);
-        assert_eq!(ErrorCode::ClientEventRateLimit.client_action(), CloseAction::Refused);
+        assert_eq!(
+            ErrorCode::Unauthorized.client_action(),
+            CloseAction::Refused
+        );
+        assert_eq!(
+            ErrorCode::OverCapacity.client_action(),
+            CloseAction::Backoff
+        );
+        assert_eq!(
+            ErrorCode::ReconnectImmediately.client_action(),
+            CloseAction::Retry
+        );
+        assert_eq!(
+            ErrorCode::PongNotReceived.client_action(),
+            CloseAction::Retry
+        );
+        assert_eq!(
+            ErrorCode::ClientEventRateLimit.client_action(),
+            CloseAction::Refused
+        );
         assert_eq!(close_action(1000), None);
         assert_eq!(close_action(1006), None);
         assert_eq!(close_action(1003), Some(CloseAction::Backoff));

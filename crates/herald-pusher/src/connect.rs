@@ -41,8 +41,7 @@ pub fn parse_connect(path: &str, query: &str) -> Result<ConnectRequest, ErrorCod
     if let Some(v) = &version {
         let valid = !v.is_empty()
             && v.len() <= 32
-            && v
-                .bytes()
+            && v.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'_'));
         if !valid {
             return Err(ErrorCode::InvalidVersionFormat);
@@ -80,17 +79,41 @@ mod tests {
 
     #[test]
     fn refusals_carry_their_close_code() {
-        assert_eq!(parse_connect("/apps/k", "protocol=7"), Err(ErrorCode::PathNotFound));
-        assert_eq!(parse_connect("/app/", "protocol=7"), Err(ErrorCode::PathNotFound));
-        assert_eq!(parse_connect("/app/k/x", "protocol=7"), Err(ErrorCode::PathNotFound));
-        assert_eq!(parse_connect("/app/k", "client=js"), Err(ErrorCode::NoProtocolVersion));
-        assert_eq!(parse_connect("/app/k", "protocol=3"), Err(ErrorCode::UnsupportedProtocolVersion));
-        assert_eq!(parse_connect("/app/k", "protocol=8"), Err(ErrorCode::UnsupportedProtocolVersion));
-        assert_eq!(parse_connect("/app/k", "protocol=x"), Err(ErrorCode::UnsupportedProtocolVersion));
+        assert_eq!(
+            parse_connect("/apps/k", "protocol=7"),
+            Err(ErrorCode::PathNotFound)
+        );
+        assert_eq!(
+            parse_connect("/app/", "protocol=7"),
+            Err(ErrorCode::PathNotFound)
+        );
+        assert_eq!(
+            parse_connect("/app/k/x", "protocol=7"),
+            Err(ErrorCode::PathNotFound)
+        );
+        assert_eq!(
+            parse_connect("/app/k", "client=js"),
+            Err(ErrorCode::NoProtocolVersion)
+        );
+        assert_eq!(
+            parse_connect("/app/k", "protocol=3"),
+            Err(ErrorCode::UnsupportedProtocolVersion)
+        );
+        assert_eq!(
+            parse_connect("/app/k", "protocol=8"),
+            Err(ErrorCode::UnsupportedProtocolVersion)
+        );
+        assert_eq!(
+            parse_connect("/app/k", "protocol=x"),
+            Err(ErrorCode::UnsupportedProtocolVersion)
+        );
         assert_eq!(
             parse_connect("/app/k", "protocol=7&version=1%202"),
             Err(ErrorCode::InvalidVersionFormat)
         );
-        assert_eq!(parse_connect("/app/k", "protocol=5").map(|r| r.protocol), Ok(5));
+        assert_eq!(
+            parse_connect("/app/k", "protocol=5").map(|r| r.protocol),
+            Ok(5)
+        );
     }
 }

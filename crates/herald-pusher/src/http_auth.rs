@@ -49,7 +49,11 @@ pub enum RequestAuthError {
     #[error(
         "auth_timestamp {timestamp} is not within {window}s of the server time {now}; check the client clock"
     )]
-    StaleTimestamp { timestamp: u64, now: u64, window: u64 },
+    StaleTimestamp {
+        timestamp: u64,
+        now: u64,
+        window: u64,
+    },
     #[error("body_md5 does not match the body")]
     BodyMd5Mismatch,
     #[error("auth_signature is invalid")]
@@ -136,7 +140,11 @@ pub fn sign_request(
     if !body.is_empty() {
         all.push(("body_md5".into(), md5_hex(body)));
     }
-    all.extend(params.iter().map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_owned())));
+    all.extend(
+        params
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_owned())),
+    );
     let to_sign = string_to_sign(method, path, &all);
     let signature = hmac_sha256_hex(secret.as_bytes(), to_sign.as_bytes());
     format!("{}&auth_signature={signature}", sorted_query(&all))
@@ -175,7 +183,8 @@ pub fn verify_request(
         let to_sign = string_to_sign(req.method, path, &params);
         verify_hmac_sha256_hex(secret.as_bytes(), to_sign.as_bytes(), signature)
     };
-    let valid = signed_by(req.path) || (req.path.contains('%') && signed_by(&percent_decode(req.path, false)));
+    let valid = signed_by(req.path)
+        || (req.path.contains('%') && signed_by(&percent_decode(req.path, false)));
     if !valid {
         return Err(RequestAuthError::InvalidSignature);
     }
@@ -201,7 +210,10 @@ pub fn verify_request(
     Ok(())
 }
 
-fn single<'a>(params: &'a [(String, String)], key: &'static str) -> Result<&'a str, RequestAuthError> {
+fn single<'a>(
+    params: &'a [(String, String)],
+    key: &'static str,
+) -> Result<&'a str, RequestAuthError> {
     optional_single(params, key)?.ok_or(RequestAuthError::Missing(key))
 }
 
@@ -209,7 +221,10 @@ fn optional_single<'a>(
     params: &'a [(String, String)],
     key: &'static str,
 ) -> Result<Option<&'a str>, RequestAuthError> {
-    let mut found = params.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let mut found = params
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str());
     let first = found.next();
     if found.next().is_some() {
         return Err(RequestAuthError::Duplicate(key));
@@ -286,18 +301,35 @@ mod tests {
 
     #[test]
     fn worked_example_signature() {
-        let query = sign_request(KEY, SECRET, "POST", "/apps/3/events", &[], BODY.as_bytes(), TIMESTAMP);
+        let query = sign_request(
+            KEY,
+            SECRET,
+            "POST",
+            "/apps/3/events",
+            &[],
+            BODY.as_bytes(),
+            TIMESTAMP,
+        );
         assert_eq!(query, QUERY);
         let to_sign = string_to_sign("POST", "/apps/3/events", &parse_query(QUERY));
-        assert_eq!(hmac_sha256_hex(SECRET.as_bytes(), to_sign.as_bytes()), SIGNATURE);
+        assert_eq!(
+            hmac_sha256_hex(SECRET.as_bytes(), to_sign.as_bytes()),
+            SIGNATURE
+        );
     }
 
     #[test]
     fn worked_example_verifies_within_the_window() {
         let req = request(QUERY, BODY);
         assert_eq!(verify_request(&req, KEY, SECRET, TIMESTAMP, 600), Ok(()));
-        assert_eq!(verify_request(&req, KEY, SECRET, TIMESTAMP + 600, 600), Ok(()));
-        assert_eq!(verify_request(&req, KEY, SECRET, TIMESTAMP - 600, 600), Ok(()));
+        assert_eq!(
+            verify_request(&req, KEY, SECRET, TIMESTAMP + 600, 600),
+            Ok(())
+        );
+        assert_eq!(
+            verify_request(&req, KEY, SECRET, TIMESTAMP - 600, 600),
+            Ok(())
+        );
         assert_eq!(
             verify_request(&req, KEY, SECRET, TIMESTAMP + 601, 600),
             Err(RequestAuthError::StaleTimestamp {
@@ -311,7 +343,10 @@ mod tests {
     #[test]
     fn parameter_order_and_key_case_do_not_matter() {
         let reordered = "AUTH_VERSION=1.0&auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c&body_md5=ec365a775a4cd0599faeb73354201b6f&auth_timestamp=1353088179&auth_key=278d425bdf160c739803";
-        assert_eq!(verify_request(&request(reordered, BODY), KEY, SECRET, TIMESTAMP, 600), Ok(()));
+        assert_eq!(
+            verify_request(&request(reordered, BODY), KEY, SECRET, TIMESTAMP, 600),
+            Ok(())
+        );
     }
 
     #[test]
@@ -343,10 +378,22 @@ mod tests {
     fn missing_and_malformed_parameters_name_the_field() {
         let now = TIMESTAMP;
         let cases = [
-            ("auth_timestamp=1&auth_version=1.0&auth_signature=x", "auth_key"),
-            ("auth_key=k&auth_version=1.0&auth_signature=x", "auth_timestamp"),
-            ("auth_key=k&auth_timestamp=1&auth_signature=x", "auth_version"),
-            ("auth_key=k&auth_timestamp=1&auth_version=1.0", "auth_signature"),
+            (
+                "auth_timestamp=1&auth_version=1.0&auth_signature=x",
+                "auth_key",
+            ),
+            (
+                "auth_key=k&auth_version=1.0&auth_signature=x",
+                "auth_timestamp",
+            ),
+            (
+                "auth_key=k&auth_timestamp=1&auth_signature=x",
+                "auth_version",
+            ),
+            (
+                "auth_key=k&auth_timestamp=1&auth_version=1.0",
+                "auth_signature",
+            ),
         ];
         for (query, field) in cases {
             let err = verify_request(&request(query, ""), "k", "s", now, 600).unwrap_err();
@@ -383,14 +430,39 @@ mod tests {
             .replace("auth_timestamp=0", "auth_timestamp=-5");
         // The signature no longer matches, so that is what is reported.
         assert_eq!(
-            verify_request(&SignedRequest { method: "GET", path: "/apps/1/channels", query: &query, body: b"" }, "k", "s", 0, 600),
+            verify_request(
+                &SignedRequest {
+                    method: "GET",
+                    path: "/apps/1/channels",
+                    query: &query,
+                    body: b""
+                },
+                "k",
+                "s",
+                0,
+                600
+            ),
             Err(RequestAuthError::InvalidSignature)
         );
         let query = "auth_key=k&auth_timestamp=1e9&auth_version=1.0";
         let to_sign = string_to_sign("GET", "/p", &parse_query(query));
-        let query = format!("{query}&auth_signature={}", hmac_sha256_hex(b"s", to_sign.as_bytes()));
+        let query = format!(
+            "{query}&auth_signature={}",
+            hmac_sha256_hex(b"s", to_sign.as_bytes())
+        );
         assert_eq!(
-            verify_request(&SignedRequest { method: "GET", path: "/p", query: &query, body: b"" }, "k", "s", 0, 600),
+            verify_request(
+                &SignedRequest {
+                    method: "GET",
+                    path: "/p",
+                    query: &query,
+                    body: b""
+                },
+                "k",
+                "s",
+                0,
+                600
+            ),
             Err(RequestAuthError::BadTimestamp("1e9".into()))
         );
     }
@@ -398,14 +470,31 @@ mod tests {
     #[test]
     fn get_requests_sign_their_extra_parameters_unescaped() {
         // As pusher-http-node signs GET /channels?filter_by_prefix=presence-&info=user_count.
-        let params = [("filter_by_prefix", "presence-"), ("info", "user_count,subscription_count")];
+        let params = [
+            ("filter_by_prefix", "presence-"),
+            ("info", "user_count,subscription_count"),
+        ];
         let query = sign_request("k", "s", "GET", "/apps/1/channels", &params, b"", 100);
-        assert!(query.contains("info=user_count,subscription_count"), "{query}");
-        let req = SignedRequest { method: "GET", path: "/apps/1/channels", query: &query, body: b"" };
+        assert!(
+            query.contains("info=user_count,subscription_count"),
+            "{query}"
+        );
+        let req = SignedRequest {
+            method: "GET",
+            path: "/apps/1/channels",
+            query: &query,
+            body: b"",
+        };
         assert_eq!(verify_request(&req, "k", "s", 100, 600), Ok(()));
         // An HTTP client escaping the comma still verifies: values are decoded before signing.
-        let escaped = query.replace("user_count,subscription_count", "user_count%2Csubscription_count");
-        let req = SignedRequest { query: &escaped, ..req };
+        let escaped = query.replace(
+            "user_count,subscription_count",
+            "user_count%2Csubscription_count",
+        );
+        let req = SignedRequest {
+            query: &escaped,
+            ..req
+        };
         assert_eq!(verify_request(&req, "k", "s", 100, 600), Ok(()));
     }
 

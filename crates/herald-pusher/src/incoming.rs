@@ -135,7 +135,10 @@ pub fn decode(text: &str) -> Result<ClientMessage, DecodeError> {
             if name.len() > MAX_EVENT_NAME_LEN {
                 return Err(DecodeError::EventNameTooLong { len: name.len() });
             }
-            let name_channel = frame.channel.as_deref().ok_or(DecodeError::MissingChannel)?;
+            let name_channel = frame
+                .channel
+                .as_deref()
+                .ok_or(DecodeError::MissingChannel)?;
             let channel = channel(name_channel)?;
             Ok(ClientMessage::ClientEvent(ClientEvent {
                 event: name.to_owned(),
@@ -208,16 +211,26 @@ mod tests {
 
     #[test]
     fn pings_and_pongs() {
-        assert_eq!(decode(r#"{"event":"pusher:ping","data":{}}"#), Ok(ClientMessage::Ping));
-        assert_eq!(decode(r#"{"event":"pusher:pong","data":{}}"#), Ok(ClientMessage::Pong));
-        assert_eq!(decode(r#"{"event":"pusher:ping"}"#), Ok(ClientMessage::Ping));
+        assert_eq!(
+            decode(r#"{"event":"pusher:ping","data":{}}"#),
+            Ok(ClientMessage::Ping)
+        );
+        assert_eq!(
+            decode(r#"{"event":"pusher:pong","data":{}}"#),
+            Ok(ClientMessage::Pong)
+        );
+        assert_eq!(
+            decode(r#"{"event":"pusher:ping"}"#),
+            Ok(ClientMessage::Ping)
+        );
     }
 
     #[test]
     fn public_subscribe_as_pusher_js_sends_it() {
         // pusher-js authorizes public channels with {auth: ""} and channel_data undefined,
         // which JSON.stringify drops.
-        let s = subscribe(r#"{"event":"pusher:subscribe","data":{"auth":"","channel":"my-channel"}}"#);
+        let s =
+            subscribe(r#"{"event":"pusher:subscribe","data":{"auth":"","channel":"my-channel"}}"#);
         assert_eq!(s.channel.as_str(), "my-channel");
         assert_eq!((s.auth, s.channel_data), (None, None));
     }
@@ -228,15 +241,26 @@ mod tests {
             r#"{"event":"pusher:subscribe","data":{"channel":"presence-example-channel","auth":"<APP_KEY>:<server_generated_signature>","channel_data":"{ \"user_id\": \"<unique_user_id>\", \"user_info\": { \"name\": \"Phil Leggetter\", \"twitter\": \"@leggetter\", \"blogUrl\":\"http://blog.pusher.com\" } }"}}"#,
         );
         assert!(s.channel.is_presence());
-        assert_eq!(s.auth.as_deref(), Some("<APP_KEY>:<server_generated_signature>"));
+        assert_eq!(
+            s.auth.as_deref(),
+            Some("<APP_KEY>:<server_generated_signature>")
+        );
         let data = s.channel_data.expect("channel_data");
-        assert!(data.starts_with(r#"{ "user_id": "<unique_user_id>""#), "{data}");
+        assert!(
+            data.starts_with(r#"{ "user_id": "<unique_user_id>""#),
+            "{data}"
+        );
     }
 
     #[test]
     fn double_encoded_data_is_accepted() {
-        let s = subscribe(r#"{"event":"pusher:subscribe","data":"{\"channel\":\"private-a\",\"auth\":\"k:s\"}"}"#);
-        assert_eq!((s.channel.as_str(), s.auth.as_deref()), ("private-a", Some("k:s")));
+        let s = subscribe(
+            r#"{"event":"pusher:subscribe","data":"{\"channel\":\"private-a\",\"auth\":\"k:s\"}"}"#,
+        );
+        assert_eq!(
+            (s.channel.as_str(), s.auth.as_deref()),
+            ("private-a", Some("k:s"))
+        );
     }
 
     #[test]
@@ -248,7 +272,9 @@ mod tests {
             })
         );
         assert_eq!(
-            decode(r#"{"event":"pusher:signin","data":{"auth":"k:s","user_data":"{\"id\":\"1\"}"}}"#),
+            decode(
+                r#"{"event":"pusher:signin","data":{"auth":"k:s","user_data":"{\"id\":\"1\"}"}}"#
+            ),
             Ok(ClientMessage::Signin {
                 auth: "k:s".into(),
                 user_data: r#"{"id":"1"}"#.into()
@@ -259,11 +285,14 @@ mod tests {
     #[test]
     fn client_event_data_keeps_its_wire_form() {
         // pusher-js: channel.trigger("client-event", {"some": "data"}).
-        let e = client_event(r#"{"event":"client-event","data":{"some": "data"},"channel":"private-channel"}"#);
+        let e = client_event(
+            r#"{"event":"client-event","data":{"some": "data"},"channel":"private-channel"}"#,
+        );
         assert_eq!(e.event, "client-event");
         assert_eq!(e.channel.as_str(), "private-channel");
         assert_eq!(e.data.as_deref(), Some(r#"{"some": "data"}"#));
-        let e = client_event(r#"{"event":"client-x","data":"plain \"text\"","channel":"presence-a"}"#);
+        let e =
+            client_event(r#"{"event":"client-x","data":"plain \"text\"","channel":"presence-a"}"#);
         assert_eq!(e.data.as_deref(), Some(r#"plain "text""#));
         let e = client_event(r#"{"event":"client-x","data":42,"channel":"presence-a"}"#);
         assert_eq!(e.data.as_deref(), Some("42"));
@@ -274,19 +303,30 @@ mod tests {
     #[test]
     fn refusals_say_why() {
         assert!(matches!(decode("not json"), Err(DecodeError::Json(_))));
-        assert!(matches!(decode(r#"{"data":{}}"#), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            decode(r#"{"data":{}}"#),
+            Err(DecodeError::Json(_))
+        ));
         assert!(matches!(decode(r#"[1]"#), Err(DecodeError::Json(_))));
         assert!(matches!(
             decode(r#"{"event":"pusher:subscribe"}"#),
-            Err(DecodeError::BadData { event: "pusher:subscribe", .. })
+            Err(DecodeError::BadData {
+                event: "pusher:subscribe",
+                ..
+            })
         ));
         assert!(matches!(
-            decode(r#"{"event":"pusher:subscribe","data":{"channel":"x","channel_data":{"user_id":1}}}"#),
+            decode(
+                r#"{"event":"pusher:subscribe","data":{"channel":"x","channel_data":{"user_id":1}}}"#
+            ),
             Err(DecodeError::BadData { .. })
         ));
         assert!(matches!(
             decode(r#"{"event":"pusher:signin","data":{"auth":"k:s"}}"#),
-            Err(DecodeError::BadData { event: "pusher:signin", .. })
+            Err(DecodeError::BadData {
+                event: "pusher:signin",
+                ..
+            })
         ));
         assert!(matches!(
             decode(r#"{"event":"pusher:subscribe","data":{"channel":"bad name"}}"#),
@@ -296,8 +336,14 @@ mod tests {
             decode(r#"{"event":"client-x","data":{}}"#),
             Err(DecodeError::MissingChannel)
         );
-        let long = format!(r#"{{"event":"client-{}","channel":"private-a"}}"#, "x".repeat(200));
-        assert_eq!(decode(&long), Err(DecodeError::EventNameTooLong { len: 207 }));
+        let long = format!(
+            r#"{{"event":"client-{}","channel":"private-a"}}"#,
+            "x".repeat(200)
+        );
+        assert_eq!(
+            decode(&long),
+            Err(DecodeError::EventNameTooLong { len: 207 })
+        );
         assert_eq!(
             decode(r#"{"event":"my-event","channel":"private-a","data":{}}"#),
             Err(DecodeError::UnsupportedEvent("my-event".into()))

@@ -38,7 +38,12 @@ pub fn connection_established(socket_id: &SocketId, activity_timeout_secs: u32) 
         "socket_id": socket_id.as_str(),
         "activity_timeout": activity_timeout_secs.max(1),
     });
-    frame("pusher:connection_established", None, Some(&data.to_string()), None)
+    frame(
+        "pusher:connection_established",
+        None,
+        Some(&data.to_string()),
+        None,
+    )
 }
 
 /// `pusher:error`. The code is optional in the protocol.
@@ -146,7 +151,11 @@ pub fn cache_miss(channel: &str) -> String {
 
 /// `pusher:signin_success`, echoing the `user_data` string that was signed.
 pub fn signin_success(user_data: &str) -> String {
-    object_frame("pusher:signin_success", None, &json!({"user_data": user_data}))
+    object_frame(
+        "pusher:signin_success",
+        None,
+        &json!({"user_data": user_data}),
+    )
 }
 
 /// A channel event: an API trigger, a replayed cache event or a client event. `data` is sent as
@@ -284,10 +293,8 @@ mod tests {
             user_id: "71dd6a29da2a4833336d2a964becf820".into(),
             user_info: Some(json!({"name": "Max Williams", "twitter": "@maxthelion"})),
         };
-        let text = presence_subscription_succeeded(
-            "presence-example-channel",
-            [&phil, &max, &phil],
-        );
+        let text =
+            presence_subscription_succeeded("presence-example-channel", [&phil, &max, &phil]);
         assert!(parse(&text)["data"].is_string());
         assert_eq!(
             as_pusher_js_sees_it(&text),
@@ -339,7 +346,12 @@ mod tests {
             v,
             json!({"event": "pusher:signin_success", "data": {"user_data": "{\"id\":\"1\"}"}})
         );
-        let v = parse(&subscription_error("private-a", "AuthError", "Invalid signature", 401));
+        let v = parse(&subscription_error(
+            "private-a",
+            "AuthError",
+            "Invalid signature",
+            401,
+        ));
         assert_eq!(v["channel"], "private-a");
         assert_eq!(
             v["data"],
@@ -355,11 +367,19 @@ mod tests {
             text,
             r#"{"event":"foo","channel":"project-3","data":"{\"some\":\"data\"}"}"#
         );
-        let text = event("client-x", "presence-a", Some("line\nbreak \u{1}"), Some("u1"));
+        let text = event(
+            "client-x",
+            "presence-a",
+            Some("line\nbreak \u{1}"),
+            Some("u1"),
+        );
         assert_eq!(
             parse(&text),
             json!({"event": "client-x", "channel": "presence-a", "data": "line\nbreak \u{1}", "user_id": "u1"})
         );
-        assert_eq!(parse(&event("e", "c", None, None)), json!({"event": "e", "channel": "c"}));
+        assert_eq!(
+            parse(&event("e", "c", None, None)),
+            json!({"event": "e", "channel": "c"})
+        );
     }
 }

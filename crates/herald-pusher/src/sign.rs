@@ -80,14 +80,26 @@ mod tests {
             mac,
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
-        assert!(verify_hmac_sha256_hex(b"Jefe", b"what do ya want for nothing?", &mac));
+        assert!(verify_hmac_sha256_hex(
+            b"Jefe",
+            b"what do ya want for nothing?",
+            &mac
+        ));
         assert!(verify_hmac_sha256_hex(
             b"Jefe",
             b"what do ya want for nothing?",
             &mac.to_uppercase()
         ));
-        assert!(!verify_hmac_sha256_hex(b"Jefe", b"what do ya want for nothing!", &mac));
-        assert!(!verify_hmac_sha256_hex(b"Jefe", b"what do ya want for nothing?", &mac[..62]));
+        assert!(!verify_hmac_sha256_hex(
+            b"Jefe",
+            b"what do ya want for nothing!",
+            &mac
+        ));
+        assert!(!verify_hmac_sha256_hex(
+            b"Jefe",
+            b"what do ya want for nothing?",
+            &mac[..62]
+        ));
         assert!(!verify_hmac_sha256_hex(b"Jefe", b"x", &"g".repeat(64)));
         assert!(!verify_hmac_sha256_hex(b"Jefe", b"x", "é"));
     }

@@ -22,7 +22,9 @@ pub struct SocketIdError(pub String);
 
 impl SocketId {
     pub fn parse(s: &str) -> Result<Self, SocketIdError> {
-        let valid = s.split_once('.').is_some_and(|(a, b)| digits(a) && digits(b));
+        let valid = s
+            .split_once('.')
+            .is_some_and(|(a, b)| digits(a) && digits(b));
         if valid {
             Ok(SocketId(s.to_owned()))
         } else {
@@ -84,14 +86,27 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_form() {
-        assert_eq!(SocketId::parse("1234.1234").expect("valid").as_str(), "1234.1234");
+        assert_eq!(
+            SocketId::parse("1234.1234").expect("valid").as_str(),
+            "1234.1234"
+        );
         assert!(SocketId::parse("0.0").is_ok());
     }
 
     #[test]
     fn refuses_everything_else() {
         for bad in [
-            "", "1234", ".1", "1.", "1.2.3", "a.1", "1.a", " 1.2", "1.2\n", "-1.2", "1,2",
+            "",
+            "1234",
+            ".1",
+            "1.",
+            "1.2.3",
+            "a.1",
+            "1.a",
+            " 1.2",
+            "1.2\n",
+            "-1.2",
+            "1,2",
             "123456789012345678901.1",
         ] {
             assert!(SocketId::parse(bad).is_err(), "{bad:?}");

@@ -183,10 +183,22 @@ mod tests {
         let err = |s: &str| PresenceMember::from_channel_data(s).unwrap_err();
         assert!(matches!(err("{"), UserDataError::NotJson { .. }));
         assert!(matches!(err("[]"), UserDataError::NotObject { .. }));
-        assert!(matches!(err("{}"), UserDataError::MissingId { key: "user_id", .. }));
-        assert!(matches!(err(r#"{"user_id":""}"#), UserDataError::BadId { .. }));
-        assert!(matches!(err(r#"{"user_id":1.5}"#), UserDataError::BadId { .. }));
-        assert!(matches!(err(r#"{"user_id":{"a":1}}"#), UserDataError::BadId { .. }));
+        assert!(matches!(
+            err("{}"),
+            UserDataError::MissingId { key: "user_id", .. }
+        ));
+        assert!(matches!(
+            err(r#"{"user_id":""}"#),
+            UserDataError::BadId { .. }
+        ));
+        assert!(matches!(
+            err(r#"{"user_id":1.5}"#),
+            UserDataError::BadId { .. }
+        ));
+        assert!(matches!(
+            err(r#"{"user_id":{"a":1}}"#),
+            UserDataError::BadId { .. }
+        ));
         let long = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(129));
         assert!(matches!(err(&long), UserDataError::BadId { .. }));
         assert_eq!(
@@ -197,10 +209,9 @@ mod tests {
 
     #[test]
     fn reads_sign_in_user_data() {
-        let u = UserData::parse(
-            r#"{"id":"45678","user_info":{"name":"Ann"},"watchlist":["1","2"]}"#,
-        )
-        .expect("valid");
+        let u =
+            UserData::parse(r#"{"id":"45678","user_info":{"name":"Ann"},"watchlist":["1","2"]}"#)
+                .expect("valid");
         assert_eq!(u.id, "45678");
         assert_eq!(u.watchlist, ["1", "2"]);
         assert!(!u.watchlist_truncated);

@@ -92,8 +92,12 @@ mod tests {
         let body = WebhookBody {
             time_ms: 1327078148132,
             events: vec![
-                WebhookEvent::ChannelOccupied { channel: "my-channel".into() },
-                WebhookEvent::ChannelVacated { channel: "my-channel".into() },
+                WebhookEvent::ChannelOccupied {
+                    channel: "my-channel".into(),
+                },
+                WebhookEvent::ChannelVacated {
+                    channel: "my-channel".into(),
+                },
                 WebhookEvent::MemberAdded {
                     channel: "presence-your_channel_name".into(),
                     user_id: "a_user_id".into(),
@@ -109,7 +113,9 @@ mod tests {
                     socket_id: "1.2".into(),
                     user_id: None,
                 },
-                WebhookEvent::CacheMiss { channel: "cache-a".into() },
+                WebhookEvent::CacheMiss {
+                    channel: "cache-a".into(),
+                },
                 WebhookEvent::SubscriptionCount {
                     channel: "a".into(),
                     subscription_count: 2,
@@ -149,11 +155,16 @@ mod tests {
     fn signed_webhooks_verify() {
         let body = WebhookBody {
             time_ms: 1,
-            events: vec![WebhookEvent::ChannelOccupied { channel: "a".into() }],
+            events: vec![WebhookEvent::ChannelOccupied {
+                channel: "a".into(),
+            }],
         };
         let signed = body.sign("key", "secret").expect("json");
         assert_eq!(signed.key, "key");
-        assert_eq!(signed.signature, signature("secret", signed.body.as_bytes()));
+        assert_eq!(
+            signed.signature,
+            signature("secret", signed.body.as_bytes())
+        );
         assert!(verify("secret", signed.body.as_bytes(), &signed.signature));
         assert!(!verify("other", signed.body.as_bytes(), &signed.signature));
         assert!(!verify("secret", b"{}", &signed.signature));
