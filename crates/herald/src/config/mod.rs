@@ -24,6 +24,7 @@ mod map;
 mod namespace;
 mod node;
 mod proxy;
+mod pusher;
 mod token;
 mod webhooks;
 mod words;
@@ -43,6 +44,7 @@ pub use map::MapConfig;
 pub use namespace::NamespaceOptions;
 pub use node::NodeConfig;
 pub use proxy::{parse_http_url, ProxyConfig};
+pub use pusher::{PusherApp, PusherConfig};
 pub use token::TokenConfig;
 pub use webhooks::{WebhooksConfig, WEBHOOK_EVENTS};
 
@@ -67,6 +69,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub proxy: ProxyConfig,
     pub webhooks: WebhooksConfig,
+    /// Pusher Channels apps (`[[pusher.apps]]`), see docs/pusher.md.
+    pub pusher: PusherConfig,
     pub broker: BrokerConfig,
 }
 
@@ -97,6 +101,13 @@ impl Config {
         self.proxy.validate()?;
         self.check_origin_policy()?;
         self.webhooks.validate()?;
+        let namespaces = self
+            .channel
+            .namespaces
+            .iter()
+            .map(|ns| ns.name.as_str())
+            .collect();
+        self.pusher.validate(&namespaces)?;
         self.check_namespace_hooks()?;
         self.check_feeds()
     }

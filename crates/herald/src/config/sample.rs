@@ -271,6 +271,22 @@ retry_backoff = "500ms"
 # Deadline of one attempt.
 timeout = "5s"
 
+[pusher]
+# Pusher Channels HTTP API for the apps below (docs/pusher.md): POST /apps/<id>/events and
+# /apps/<id>/batch_events, GET /apps/<id>/channels[/<name>[/users]], POST
+# /apps/<id>/users/<user>/terminate_connections, served where the server API is.
+# Largest data of one event, in bytes.
+max_event_bytes = 10240
+# Signed requests further than this from the server's clock are refused.
+timestamp_window = "10m"
+# One [[pusher.apps]] table per app:
+# [[pusher.apps]]
+# id = "1"
+# key = "app-key"
+# secret = "app-secret"
+# # Pusher channel "orders" is Herald channel "<namespace>:orders" ("" for none).
+# namespace = ""
+
 [devices]
 # GPS device ingest (docs/devices.md): tracker listeners, an on-disk spool and a database writer.
 enabled = false
