@@ -295,6 +295,14 @@ impl Hub {
     }
 
     /// Channels with local subscribers matching a glob pattern, with their subscriber counts.
+    /// This node's subscribers of one channel.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.shard(channel)
+            .read()
+            .get(channel)
+            .map_or(0, |entry| entry.subscribers.len())
+    }
+
     pub fn channels(&self, pattern: &str) -> Vec<(String, usize)> {
         let mut out = Vec::new();
         for shard in &self.channels {

@@ -84,6 +84,11 @@ pub(super) async fn route(
         (_, p) if api_here && node.config().admin.active() && crate::edges::admin::handles(p) => {
             crate::edges::admin::serve(&routes.admin, &node, devices, req, peer).await
         }
+        (_, p)
+            if api_here && node.config().pusher.enabled() && crate::edges::pusher::handles(p) =>
+        {
+            crate::edges::pusher::serve(&node, req).await
+        }
         (_, p) if api_here && p.starts_with("/api/") => {
             if req.method() != Method::POST {
                 return api_error(
