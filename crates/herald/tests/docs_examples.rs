@@ -546,3 +546,53 @@ fn every_config_error_example_in_the_configuration_docs_is_what_herald_prints() 
         "only {checked} config-output blocks found in docs/configuration.md"
     );
 }
+
+/// docs/pusher.md: its app configuration starts Herald, and its signed `curl` trigger is accepted
+/// and reaches a client subscribed to the Herald channel the page names, with the data and the
+/// event tag it shows.
+#[tokio::test]
+async fn the_pusher_page_configuration_and_signed_trigger_work() {
+    let markdown = docs_page("pusher.md");
+    let blocks = code_blocks(&markdown);
+    let marked = |marker: &str| {
+        blocks
+            .iter()
+            .find(|b| b.marker.as_deref() == Some(marker))
+            .unwrap_or_else(|| panic!("docs/pusher.md has a block marked <!-- {marker} -->"))
+    };
+    // The page's app, with a token secret so that a test client can connect.
+    let config = format!(
+        "[client.token]\nhmac_secret = \"docs-test-secret-0123456789\"\n\n{}",
+        marked("docs-test: pusher-config").text
+    );
+    let herald = Herald::start(&config).await;
+    let token = herald.token("alice", "shop:orders").await;
+    let (ws, connected) = ws_connect(&herald.addr, &token).await;
+    assert!(connected.get("connect").is_some(), "{connected}");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let reader = spawn_reader(ws, seen.clone());
+
+    let trigger = marked("docs-test: pusher-trigger");
+    assert!(trigger.text.contains(DOCS_HOST), "the example uses {DOCS_HOST}");
+    let script = trigger
+        .text
+        .replace(DOCS_HOST, &format!("http://{}", herald.addr));
+    let (ok, output) = run_shell(&script).await;
+    assert!(ok, "the trigger example failed: {output}");
+    assert_eq!(output.trim(), "{}", "what the trigger example prints");
+
+    let deadline = Instant::now() + WAIT;
+    let publication = loop {
+        let found = seen.lock().unwrap().messages.iter().find_map(|m| {
+            (m["push"]["channel"] == "shop:orders").then(|| m["push"]["pub"].clone())
+        });
+        if let Some(publication) = found {
+            break publication;
+        }
+        assert!(Instant::now() < deadline, "no publication on shop:orders");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(publication["data"], json!({"id": 7}));
+    assert_eq!(publication["tags"]["event"], "order.created");
+    reader.abort();
+}
