@@ -573,7 +573,10 @@ async fn the_pusher_page_configuration_and_signed_trigger_work() {
     let reader = spawn_reader(ws, seen.clone());
 
     let trigger = marked("docs-test: pusher-trigger");
-    assert!(trigger.text.contains(DOCS_HOST), "the example uses {DOCS_HOST}");
+    assert!(
+        trigger.text.contains(DOCS_HOST),
+        "the example uses {DOCS_HOST}"
+    );
     let script = trigger
         .text
         .replace(DOCS_HOST, &format!("http://{}", herald.addr));
