@@ -765,3 +765,96 @@ fn the_publication_limit_must_fit_the_outbox() {
         .to_string()
         .contains("channel.max_streams"));
 }
+
+/// A client that asks to recover a whole history (offset 0 of a deep stream) gets at most the
+/// namespace's `recovery_max_publications`, and at most `client.max_outbox_bytes` of their data:
+/// the oldest missed publications, answered `recovered: false` and counted. An honest recovery
+/// of a few publications is still exact.
+#[tokio::test]
+async fn a_recovery_of_a_whole_history_is_bounded_in_count_and_bytes() {
+    let _serial = SERIAL.lock().await;
+    recovery_is_bounded(|_| {}).await;
+}
+
+/// The same through Redis, whose read takes only the bound from the stream.
+#[tokio::test]
+async fn a_recovery_through_redis_is_bounded_the_same() {
+    let _serial = SERIAL.lock().await;
+    let share = Broker::Redis.share("recovery_bound");
+    recovery_is_bounded(|c| share.configure(c)).await;
+}
+
+/// And through NATS, whose read stops walking the stream at the bound.
+#[tokio::test]
+async fn a_recovery_through_nats_is_bounded_the_same() {
+    let _serial = SERIAL.lock().await;
+    let share = Broker::Nats.share("recovery_bound");
+    recovery_is_bounded(|c| share.configure(c)).await;
+}
+
+async fn recovery_is_bounded(broker: impl FnOnce(&mut Config)) {
+    let server = TestServer::with(|c| {
+        broker(c);
+        c.client.max_outbox_bytes = 256 << 10;
+        c.channel.max_publication_bytes = Some(4096);
+        c.channel.namespaces.push(NamespaceOptions {
+            history_size: 2000,
+            recovery_max_publications: 100,
+            ..readable("deep")
+        });
+        c.channel.namespaces.push(NamespaceOptions {
+            history_size: 2000,
+            recovery_max_publications: 2000,
+            ..readable("wide")
+        });
+    })
+    .await;
+    assert!(server.wait_ready(WAIT).await, "connected to the broker");
+    let pad = "x".repeat(2000);
+    let mut epochs = Vec::new();
+    for channel in ["deep:log", "wide:log"] {
+        let mut first = server.client("writer").await;
+        let sub = first.subscribe(channel).await;
+        epochs.push(sub["epoch"].as_str().expect("epoch").to_string());
+        for n in 1..=1000 {
+            server
+                .api_ok(
+                    "publish",
+                    json!({"channel": channel, "data": {"n": n, "pad": pad}}),
+                )
+                .await;
+        }
+    }
+
+    // By count: 100 of the 1,000 missed, the oldest first.
+    let mut attacker = server.client("mallory").await;
+    let (recovered, offsets) = resubscribe(&mut attacker, "deep:log", 0, &epochs[0]).await;
+    assert!(!recovered, "a cut recovery is not recovered");
+    assert_eq!(offsets, (1..=100).collect::<Vec<u64>>());
+    // By bytes: 2,000-byte publications under a 256 KiB bound, though 2,000 are allowed.
+    let (recovered, offsets) = resubscribe(&mut attacker, "wide:log", 0, &epochs[1]).await;
+    assert!(!recovered);
+    assert_eq!(offsets.first(), Some(&1));
+    assert!(
+        (100..=131).contains(&offsets.len()),
+        "{} publications of ~2 KiB under 256 KiB",
+        offsets.len()
+    );
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, "herald_client_recovery_capped_total"), 2.0);
+
+    // An honest client that missed five recovers them exactly.
+    let mut honest = server.client("alice").await;
+    let (recovered, offsets) = resubscribe(&mut honest, "deep:log", 995, &epochs[0]).await;
+    assert!(recovered);
+    assert_eq!(offsets, vec![996, 997, 998, 999, 1000]);
+    // And live publications follow the cut recovery without a gap past the top.
+    server
+        .api_ok(
+            "publish",
+            json!({"channel": "deep:log", "data": {"n": 1001}}),
+        )
+        .await;
+    assert_eq!(attacker.publication("deep:log").await["offset"], 1001);
+    attacker.assert_alive().await;
+}

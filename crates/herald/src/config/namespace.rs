@@ -60,6 +60,10 @@ pub struct NamespaceOptions {
     /// Most publications one client `history` call returns; a larger `limit`, or -1 (all), is
     /// capped to it. The server API is not limited.
     pub client_history_max_limit: usize,
+    /// Most publications one subscribe recovery replays (also at most `client.max_outbox_bytes`
+    /// of their data); a recovery that needs more replays the oldest and answers
+    /// `recovered: false`, as Centrifugo's `client.recovery_max_publication_limit` does.
+    pub recovery_max_publications: usize,
     /// Delta types a subscriber may ask for (`delta` in its subscribe request): `["fossil"]` or
     /// none. Deltas go only where publications carry offsets (history on), as in Centrifugo.
     pub allowed_delta_types: Vec<String>,
@@ -95,6 +99,7 @@ impl Default for NamespaceOptions {
             proxy_subscribe: false,
             proxy_publish: false,
             client_history_max_limit: 300,
+            recovery_max_publications: 300,
             allowed_delta_types: Vec::new(),
         }
     }
@@ -172,6 +177,9 @@ impl NamespaceOptions {
                 f("client_history_max_limit"),
                 "must be greater than zero (allow_history_* = false turns client history off)",
             ));
+        }
+        if self.recovery_max_publications == 0 {
+            return Err(positive(f("recovery_max_publications")));
         }
         if let Some(unknown) = self
             .allowed_delta_types

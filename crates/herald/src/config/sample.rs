@@ -161,6 +161,9 @@ allow_history_for_client = false
 allow_history_for_anonymous = false
 # Most publications one client history call returns (a larger limit, or -1, is capped).
 client_history_max_limit = 300
+# Most publications one subscribe recovery replays (and at most client.max_outbox_bytes of data);
+# a recovery that needs more replays the oldest and answers recovered: false.
+recovery_max_publications = 300
 # Delta compression a subscriber may ask for (delta: "fossil" in its subscribe): ["fossil"] or [].
 allowed_delta_types = []
 # Channels "name#alice,bob" may be subscribed to by the listed users only.

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub client_reads_paused: Counter,
     /// Client `history` calls whose limit was capped at the namespace's `client_history_max_limit`.
     pub client_history_capped: Counter,
+    /// Recoveries cut at the namespace's `recovery_max_publications` or the outbox bound in bytes.
+    pub client_recovery_capped: Counter,
     /// History streams kept in memory (memory broker; bounded by `channel.max_streams`).
     pub history_streams: Gauge,
     /// History streams forgotten, by reason: idle, empty, limit, removed.
@@ -211,6 +213,7 @@ impl Metrics {
             device_writer_errors: Counter::default(),
             client_reads_paused: Counter::default(),
             client_history_capped: Counter::default(),
+            client_recovery_capped: Counter::default(),
             history_streams: Gauge::default(),
             history_streams_forgotten: Family::default(),
             publications_too_large: Family::default(),
@@ -405,6 +408,11 @@ impl Metrics {
             "client_history_capped",
             "Client history calls whose limit was capped at the namespace's client_history_max_limit",
             m.client_history_capped.clone(),
+        );
+        registry.register(
+            "client_recovery_capped",
+            "Subscribe recoveries cut at the namespace's recovery_max_publications or at client.max_outbox_bytes of data (answered recovered: false)",
+            m.client_recovery_capped.clone(),
         );
         registry.register(
             "history_streams",

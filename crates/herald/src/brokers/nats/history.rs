@@ -291,12 +291,15 @@ impl HistoryStore {
     }
 
     /// The channel's position and its stored publications up to it (oldest first, contiguous,
-    /// markers left out).
+    /// markers left out), those after `since` only and at most `count` of them when given (a
+    /// recovery stops reading at its bound instead of fetching the whole history).
     pub async fn read(
         &self,
         js: &jetstream::Context,
         channel: &str,
         entries: bool,
+        since: Option<u64>,
+        count: Option<usize>,
         options: &HistoryOptions,
     ) -> Result<(StreamPosition, Vec<Publication>), BrokerError> {
         let stream = self.stream(js, options).await?;
@@ -316,6 +319,13 @@ impl HistoryStore {
         if !entries || top.offset == 0 {
             return Ok((position, Vec::new()));
         }
+        // The stream keeps the largest size of any namespace: this one's is what counts, so what
+        // is older than its last `size` offsets is skipped.
+        let oldest = top
+            .offset
+            .saturating_sub(options.size as u64)
+            .saturating_add(1)
+            .max(since.map_or(0, |s| s.saturating_add(1)));
         let mut items: Vec<Publication> = Vec::new();
         let mut next = 1;
         // One MSG.GET per stored message, oldest first, up to the position read above.
@@ -337,7 +347,7 @@ impl HistoryStore {
             }
             next = message.sequence + 1;
             let stored = parse_headers(message.sequence, &message.headers)?;
-            if stored.epoch != top.epoch || stored.offset == 0 {
+            if stored.epoch != top.epoch || stored.offset < oldest.max(1) {
                 continue;
             }
             // Trimmed while we walked: what came before the hole is older than what is kept.
@@ -347,13 +357,10 @@ impl HistoryStore {
             let publication = crate::brokers::wire::stored(stored.offset, &message.payload)
                 .map_err(unavailable)?;
             items.push(publication);
-            if message.sequence == top.sequence {
+            if message.sequence == top.sequence || count.is_some_and(|n| items.len() >= n) {
                 break;
             }
         }
-        // The stream keeps the largest size of any namespace: this one's is what counts.
-        let keep = items.len().saturating_sub(options.size);
-        items.drain(..keep);
         Ok((position, items))
     }
 

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 impl Inner {
-    /// Reads a stream position and, optionally, its entries after `since`.
+    /// Reads a stream position and, optionally, its entries after `since` (at most `count`).
     async fn read_stream(
         &self,
         channel: &str,
         since: Option<u64>,
         entries: bool,
+        count: Option<usize>,
         meta_ttl: Duration,
     ) -> Result<Positioned, BrokerError> {
         let (generation, mut conn) = self.conn()?;
@@ -24,7 +25,8 @@ impl Inner {
             .key(self.keys.meta(channel))
             .arg(millis(meta_ttl))
             .arg(since.map(|s| s.to_string()).unwrap_or_default())
-            .arg(if entries { "1" } else { "0" });
+            .arg(if entries { "1" } else { "0" })
+            .arg(count.map(|n| n.to_string()).unwrap_or_default());
         let flat: Vec<Vec<u8>> = self
             .timed(generation, invocation.invoke_async(&mut conn))
             .await?;
@@ -42,8 +44,22 @@ impl Inner {
         let since = query.since.as_ref();
         // The position alone is enough for a `limit: 0` read without `since`.
         let entries = since.is_some() || query.limit != Some(0);
+        // A forward read from a position takes only what its limit keeps (a recovery reads its
+        // bound, not the whole stream): expiry drops the oldest first, so the first `limit`
+        // entries after `since` are what the full read would keep. At least one: the first entry
+        // is what proves the position can be continued.
+        let count = match (since, query.reverse) {
+            (Some(_), false) => query.limit.map(|n| n.max(1)),
+            _ => None,
+        };
         let (position, items) = self
-            .read_stream(channel, since.map(|s| s.offset), entries, options.meta_ttl)
+            .read_stream(
+                channel,
+                since.map(|s| s.offset),
+                entries,
+                count,
+                options.meta_ttl,
+            )
             .await?;
         self.note_read(channel, &position);
         let publications = items

@@ -88,7 +88,7 @@ local out = {epoch, tostring(offset)}
 }
 
 /// KEYS: stream, meta. ARGV: meta ttl ms, since offset ('' for the whole history), '1' to read
-/// entries ('0' for the position only).
+/// entries ('0' for the position only), the most entries to read ('' for all).
 /// Returns {epoch, offset, id1, payload1, id2, payload2, ...}.
 pub const HISTORY: &str = concat!(
     "local stream = KEYS[1]\n",
@@ -97,7 +97,12 @@ pub const HISTORY: &str = concat!(
 if ARGV[3] == '1' then
   local from = '-'
   if ARGV[2] ~= '' then from = string.format('%d-0', tonumber(ARGV[2]) + 1) end
-  local entries = redis.call('XRANGE', stream, from, '+')
+  local entries
+  if ARGV[4] ~= '' then
+    entries = redis.call('XRANGE', stream, from, '+', 'COUNT', tonumber(ARGV[4]))
+  else
+    entries = redis.call('XRANGE', stream, from, '+')
+  end
   for _, e in ipairs(entries) do
     out[#out + 1] = e[1]
     out[#out + 1] = e[2][2]

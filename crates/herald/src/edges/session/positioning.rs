@@ -62,6 +62,8 @@ pub(super) struct StartPoint {
     pub publications: Vec<Arc<Publication>>,
     pub position: StreamPosition,
     pub recovered: bool,
+    /// A recovery cut by its bound (counted in `herald_client_recovery_capped_total`).
+    pub capped: bool,
 }
 
 /// Why a start read gave no start point.
@@ -73,10 +75,23 @@ pub(super) enum Fallback {
     Failed(BrokerError),
 }
 
-/// The history read for a start: everything after `since` when recovering, otherwise only the
-/// stream position.
-pub(super) fn start_query(since: Option<StreamPosition>) -> HistoryQuery {
-    let limit = if since.is_some() { None } else { Some(0) };
+/// The most one recovery replays into a subscribe reply, so that a client cannot make the node
+/// build a reply of a whole history (`history_size` × `max_publication_bytes`): the namespace's
+/// `recovery_max_publications`, and the connection's outbox bound in bytes of publication data.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RecoveryBound {
+    pub publications: usize,
+    pub bytes: usize,
+}
+
+/// The history read for a start: the oldest publications after `since` when recovering (at most
+/// the bound's count), otherwise only the stream position.
+pub(super) fn start_query(since: Option<StreamPosition>, bound: RecoveryBound) -> HistoryQuery {
+    let limit = if since.is_some() {
+        Some(bound.publications)
+    } else {
+        Some(0)
+    };
     HistoryQuery {
         limit,
         since,
@@ -84,17 +99,47 @@ pub(super) fn start_query(since: Option<StreamPosition>) -> HistoryQuery {
     }
 }
 
-/// A plain channel's start read (`start_query`): recovered when it read from a position.
+/// Everything after `since`: a conflated channel's recovery keeps only the latest value of each
+/// key, so it must read all of them (its reply is bounded by the channel's keys instead).
+pub(super) fn full_query(since: Option<StreamPosition>) -> HistoryQuery {
+    HistoryQuery {
+        limit: None,
+        since,
+        reverse: false,
+    }
+}
+
+/// A plain channel's start read (`start_query`). A recovery from `since` is recovered when what
+/// it replays reaches the stream's top; cut by the bound (in count, or in bytes here), the
+/// client gets the oldest missed publications and `recovered: false`, as Centrifugo answers.
 pub(super) fn plain_start(
     read: Result<HistoryPage, BrokerError>,
-    recovering: bool,
+    since: Option<u64>,
+    bound: RecoveryBound,
 ) -> Result<StartPoint, Fallback> {
     match read {
-        Ok(page) => Ok(StartPoint {
-            publications: page.publications,
-            position: page.position,
-            recovered: recovering,
-        }),
+        Ok(page) => {
+            let mut publications = page.publications;
+            let mut bytes = 0usize;
+            let fit = publications
+                .iter()
+                .take_while(|p| {
+                    bytes = bytes.saturating_add(p.data.get().len());
+                    bytes <= bound.bytes
+                })
+                .count();
+            publications.truncate(fit);
+            let reached_top = match publications.last() {
+                Some(last) => last.offset == page.position.offset,
+                None => since == Some(page.position.offset),
+            };
+            Ok(StartPoint {
+                publications,
+                recovered: since.is_some() && reached_top,
+                capped: since.is_some() && !reached_top,
+                position: page.position,
+            })
+        }
         Err(e) => Err(fallback(e)),
     }
 }
@@ -105,6 +150,7 @@ pub(super) fn fresh_start(position: StreamPosition) -> StartPoint {
         publications: Vec::new(),
         position,
         recovered: false,
+        capped: false,
     }
 }
 
@@ -119,6 +165,7 @@ pub(super) fn conflated_recovery(
             publications: latest_per_key(page.publications, key_of),
             position: page.position,
             recovered: true,
+            capped: false,
         }),
         Err(e) => Err(fallback(e)),
     }
@@ -138,6 +185,7 @@ pub(super) fn snapshot_start(
         publications: latest,
         position,
         recovered,
+        capped: false,
     }
 }
 
@@ -322,36 +370,66 @@ mod tests {
         );
     }
 
+    const BOUND: RecoveryBound = RecoveryBound {
+        publications: 300,
+        bytes: 1 << 20,
+    };
+
     #[test]
-    fn the_start_query_reads_all_since_or_only_the_position() {
-        let since = start_query(Some(position(3, "e1")));
+    fn the_start_query_reads_the_oldest_since_or_only_the_position() {
+        let since = start_query(Some(position(3, "e1")), BOUND);
         assert_eq!(since.since, Some(position(3, "e1")));
-        assert_eq!(since.limit, None);
+        assert_eq!(since.limit, Some(300));
         assert!(!since.reverse);
-        let current = start_query(None);
+        let current = start_query(None, BOUND);
         assert_eq!(current.since, None);
         assert_eq!(current.limit, Some(0));
         assert!(!current.reverse);
+        assert_eq!(full_query(Some(position(3, "e1"))).limit, None);
     }
 
     #[test]
-    fn a_plain_read_is_recovered_when_recovering() {
-        let start = plain_start(Ok(page(&[(8, ""), (9, "")], 9)), true).expect("read");
+    fn a_plain_read_is_recovered_when_it_reaches_the_top() {
+        let start = plain_start(Ok(page(&[(8, ""), (9, "")], 9)), Some(7), BOUND).expect("read");
         assert_eq!(offsets(&start.publications), [8, 9]);
         assert_eq!(start.position, position(9, "e1"));
-        assert!(start.recovered);
-        let start = plain_start(Ok(page(&[], 9)), false).expect("read");
-        assert!(!start.recovered);
+        assert!(start.recovered && !start.capped);
+        // Nothing missed: recovered with nothing to replay.
+        let start = plain_start(Ok(page(&[], 9)), Some(9), BOUND).expect("read");
+        assert!(start.recovered && !start.capped);
+        let start = plain_start(Ok(page(&[], 9)), None, BOUND).expect("read");
+        assert!(!start.recovered && !start.capped);
+    }
+
+    #[test]
+    fn a_recovery_over_its_bound_replays_the_oldest_and_is_not_recovered() {
+        // The read stopped at the count (8 and 9 of 8..=20): not the top.
+        let start = plain_start(Ok(page(&[(8, ""), (9, "")], 20)), Some(7), BOUND).expect("read");
+        assert_eq!(offsets(&start.publications), [8, 9]);
+        assert_eq!(start.position, position(20, "e1"));
+        assert!(!start.recovered && start.capped);
+        // Each publication's data is 2 bytes ("{}"): a 5-byte budget keeps two of three.
+        let small = RecoveryBound {
+            publications: 300,
+            bytes: 5,
+        };
+        let start =
+            plain_start(Ok(page(&[(8, ""), (9, ""), (10, "")], 10)), Some(7), small).expect("read");
+        assert_eq!(offsets(&start.publications), [8, 9]);
+        assert!(!start.recovered && start.capped);
     }
 
     #[test]
     fn an_unrecoverable_position_restarts_and_a_broker_failure_fails() {
         // Another epoch, older than history retains, or ahead of the stream: all `Unrecoverable`.
         let read = Err(BrokerError::Unrecoverable);
-        assert_eq!(plain_start(read, true).err(), Some(Fallback::Restart));
+        assert_eq!(
+            plain_start(read, Some(1), BOUND).err(),
+            Some(Fallback::Restart)
+        );
         let down = || BrokerError::Unavailable("down".to_string());
         assert_eq!(
-            plain_start(Err(down()), true).err(),
+            plain_start(Err(down()), Some(1), BOUND).err(),
             Some(Fallback::Failed(down()))
         );
         let read = Err(BrokerError::Unrecoverable);

@@ -4,8 +4,8 @@
 
 use super::permissions::{subscribe_access, Access};
 use super::positioning::{
-    self, conflated_recovery, fresh_start, plan_start, snapshot_start, start_query, Fallback,
-    PositionWish, Start, StartPoint,
+    self, conflated_recovery, fresh_start, full_query, plan_start, snapshot_start, start_query,
+    Fallback, PositionWish, RecoveryBound, Start, StartPoint,
 };
 use super::tokens::{seconds_left, sub_refresh_token, subscribe_token, ttl_field};
 use super::{Handled, Session};
@@ -221,8 +221,16 @@ impl Session {
             self.read_conflated_start(channel, ns, since, history)
                 .await?
         } else {
-            self.read_plain_start(channel, since, history).await?
+            let bound = RecoveryBound {
+                publications: ns.recovery_max_publications,
+                bytes: self.node.config().client.max_outbox_bytes,
+            };
+            self.read_plain_start(channel, since, history, bound)
+                .await?
         };
+        if start.capped {
+            self.node.metrics.client_recovery_capped.inc();
+        }
         self.slots.insert(slot, start.position.offset);
         result.recovered = start.recovered;
         result.was_recovering = was_recovering;
@@ -241,14 +249,19 @@ impl Session {
         channel: &str,
         since: Option<StreamPosition>,
         history: HistoryOptions,
+        bound: RecoveryBound,
     ) -> Result<StartPoint, BrokerError> {
         let broker = &self.node.broker;
-        let recovering = since.is_some();
-        let read = broker.history(channel, &start_query(since), history).await;
-        match positioning::plain_start(read, recovering) {
+        let since_offset = since.as_ref().map(|s| s.offset);
+        let read = broker
+            .history(channel, &start_query(since, bound), history)
+            .await;
+        match positioning::plain_start(read, since_offset, bound) {
             Ok(start) => Ok(start),
             Err(Fallback::Restart) => {
-                let page = broker.history(channel, &start_query(None), history).await?;
+                let page = broker
+                    .history(channel, &start_query(None, bound), history)
+                    .await?;
                 Ok(fresh_start(page.position))
             }
             Err(Fallback::Failed(e)) => Err(e),
@@ -268,7 +281,7 @@ impl Session {
         let broker = &self.node.broker;
         let since_epoch = since.as_ref().map(|s| s.epoch.clone());
         if since.is_some() {
-            let read = broker.history(channel, &start_query(since), history).await;
+            let read = broker.history(channel, &full_query(since), history).await;
             match conflated_recovery(read, |p| conflation_key(ns, p)) {
                 Ok(start) => return Ok(start),
                 Err(Fallback::Restart) => {}
