@@ -819,3 +819,56 @@ async fn commands_are_answered_while_a_channel_streams_without_pause() {
         "a command waited {slowest:?} behind the stream"
     );
 }
+
+/// Many connections of one user at once, on two worker threads: never more than
+/// `connections_per_user` get in (the count and the registration are one step), the others are
+/// closed with 3504, and a place freed is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_connections_of_one_user_stay_within_the_limit() {
+    let server = quiet_server(|c| c.client.connections_per_user = 3).await;
+    let url = server.ws_url();
+    let mut opened = Vec::new();
+    for _ in 0..40 {
+        opened.push(Client::open(&url).await);
+    }
+    // Every connect is on the wire before any reply is read.
+    for client in &mut opened {
+        client
+            .send(json!({"id": 1, "connect": {"token": token("bob")}}))
+            .await;
+    }
+    // Each answer is a connect reply or a close frame.
+    let attempts = opened.into_iter().map(|mut client| {
+        tokio::spawn(async move {
+            let first = tokio::time::timeout(WAIT, client.ws.next())
+                .await
+                .expect("an answer in time")
+                .expect("a frame")
+                .expect("a valid frame");
+            let refusal = first
+                .as_close()
+                .map(|(code, reason)| (u16::from(code), reason.to_string()));
+            (refusal, client)
+        })
+    });
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for attempt in attempts.collect::<Vec<_>>() {
+        match attempt.await.unwrap() {
+            (None, client) => admitted.push(client),
+            (Some(refusal), _) => {
+                assert_eq!(refusal, (3504, "connection limit".to_string()));
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((admitted.len(), refused), (3, 37));
+    assert_eq!(server.node().hub.num_clients(), 3);
+    drop(admitted.pop());
+    assert!(
+        eventually(WAIT, || server.node().hub.num_clients() == 2).await,
+        "the closed connection left"
+    );
+    let mut again = server.client("bob").await;
+    again.assert_alive().await;
+}

@@ -126,17 +126,28 @@ impl Hub {
     }
 
     pub fn add_session(&self, handle: Arc<SessionHandle>) {
+        self.try_add_session(handle, 0);
+    }
+
+    /// Registers a connection unless its user already has `per_user` of them here (0: no
+    /// limit); false when refused. The count and the insert happen under one lock, so
+    /// connections of one user racing on several threads cannot pass the limit together.
+    pub fn try_add_session(&self, handle: Arc<SessionHandle>, per_user: usize) -> bool {
+        {
+            let mut users = self.users.write();
+            let list = users.entry(handle.user.clone()).or_default();
+            if per_user > 0 && !handle.user.is_empty() && list.len() >= per_user {
+                return false;
+            }
+            list.push(handle.clone());
+        }
         self.sessions
             .write()
             .insert(handle.client.clone(), handle.clone());
         if self.stopping.load(Ordering::SeqCst) {
             handle.outbox.wake();
         }
-        self.users
-            .write()
-            .entry(handle.user.clone())
-            .or_default()
-            .push(handle);
+        true
     }
 
     pub fn remove_session(&self, handle: &SessionHandle) {
@@ -282,10 +293,6 @@ impl Hub {
         self.sessions.read().values().cloned().collect()
     }
 
-    pub fn user_connection_count(&self, user: &str) -> usize {
-        self.users.read().get(user).map_or(0, Vec::len)
-    }
-
     pub fn num_clients(&self) -> usize {
         self.sessions.read().len()
     }
@@ -294,7 +301,6 @@ impl Hub {
         self.users.read().len()
     }
 
-    /// Channels with local subscribers matching a glob pattern, with their subscriber counts.
     /// This node's subscribers of one channel.
     pub fn subscriber_count(&self, channel: &str) -> usize {
         self.shard(channel)
@@ -303,6 +309,7 @@ impl Hub {
             .map_or(0, |entry| entry.subscribers.len())
     }
 
+    /// Channels with local subscribers matching a glob pattern, with their subscriber counts.
     pub fn channels(&self, pattern: &str) -> Vec<(String, usize)> {
         let mut out = Vec::new();
         for shard in &self.channels {

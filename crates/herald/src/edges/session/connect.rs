@@ -49,13 +49,6 @@ impl Session {
                 (personal_channel(&self.user), SubscribeParams::default()),
             );
         }
-        let per_user = client_config.connections_per_user;
-        if per_user > 0
-            && !self.user.is_empty()
-            && node.hub.user_connection_count(&self.user) >= per_user
-        {
-            return Err(Disconnect::CONNECTION_LIMIT.into());
-        }
         let handle = Arc::new(SessionHandle {
             seq: node.next_seq(),
             client: client_id,
@@ -69,7 +62,12 @@ impl Session {
                 client_config.outbox_budget,
             ),
         });
-        node.hub.add_session(handle.clone());
+        if !node
+            .hub
+            .try_add_session(handle.clone(), client_config.connections_per_user)
+        {
+            return Err(Disconnect::CONNECTION_LIMIT.into());
+        }
         self.handle = Some(handle.clone());
         self.next_ping = Instant::now() + client_config.ping_interval;
         let subs = self.subscribe_server_side(server_channels, &req).await?;
