@@ -7,24 +7,27 @@ mod support;
 
 use herald_pusher::http_auth::sign_request;
 use std::time::{SystemTime, UNIX_EPOCH};
+use support::brokers::Broker;
 use support::*;
 
 const APP_ID: &str = "42";
 const KEY: &str = "app-key";
 const SECRET: &str = "app-secret";
 
+/// The app `42` in namespace `shop` (open, with presence), events of at most 1 KiB.
+fn pusher_app(c: &mut herald::config::Config) {
+    c.channel.namespaces.push(open_namespace("shop"));
+    c.pusher.max_event_bytes = 1024;
+    c.pusher.apps.push(herald::config::PusherApp {
+        id: APP_ID.into(),
+        key: KEY.into(),
+        secret: SECRET.into(),
+        namespace: "shop".into(),
+    });
+}
+
 async fn pusher_server() -> TestServer {
-    TestServer::with(|c| {
-        c.channel.namespaces.push(open_namespace("shop"));
-        c.pusher.max_event_bytes = 1024;
-        c.pusher.apps.push(herald::config::PusherApp {
-            id: APP_ID.into(),
-            key: KEY.into(),
-            secret: SECRET.into(),
-            namespace: "shop".into(),
-        });
-    })
-    .await
+    TestServer::with(pusher_app).await
 }
 
 fn now() -> u64 {
@@ -46,6 +49,19 @@ fn signed(method: &str, path: &str, params: &[(&str, &str)], body: &str, timesta
         timestamp,
     );
     format!("{path}?{query}")
+}
+
+async fn get(server: &TestServer, path: &str, params: &[(&str, &str)]) -> serde_json::Value {
+    let (status, reply) = http_raw(
+        server.addr,
+        "GET",
+        &signed("GET", path, params, "", now()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{path}: {reply}");
+    serde_json::from_str(&reply).expect("JSON answer")
 }
 
 async fn post(server: &TestServer, target: &str, body: &str) -> (u16, String) {
@@ -173,4 +189,77 @@ async fn wrong_methods_unknown_routes_and_a_node_without_apps() {
     let plain = TestServer::start().await;
     let (status, _) = http_raw(plain.addr, "POST", "/apps/42/events", &[], "{}").await;
     assert_eq!(status, 404);
+}
+
+/// Two nodes linked by Redis: an event triggered on one reaches subscribers on the other, presence
+/// users are counted across both, and terminating a user closes its connections on both.
+#[tokio::test]
+async fn across_two_nodes_triggers_presence_and_termination_reach_every_node() {
+    let share = Broker::Redis.share("pusher_api_cluster");
+    let cluster = share.cluster_with(2, pusher_app).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut alice_a = a.client("alice").await;
+    let mut alice_b = b.client("alice").await;
+    let mut bob_b = b.client("bob").await;
+    for client in [&mut alice_a, &mut alice_b, &mut bob_b] {
+        client.subscribe("shop:presence-room").await;
+    }
+
+    let body =
+        serde_json::json!({"name": "hello", "channel": "presence-room", "data": "{\"n\":1}"})
+            .to_string();
+    let (status, _) = post(
+        a,
+        &signed("POST", "/apps/42/events", &[], &body, now()),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for client in [&mut alice_a, &mut alice_b, &mut bob_b] {
+        let publication = client.publication("shop:presence-room").await;
+        assert_eq!(publication["data"]["n"], 1);
+        assert_eq!(publication["tags"]["event"], "hello");
+    }
+
+    // Users from the presence store, whichever node answers.
+    for node in [a, b] {
+        let users = get(node, "/apps/42/channels/presence-room/users", &[]).await;
+        let mut ids: Vec<&str> = users["users"]
+            .as_array()
+            .expect("users")
+            .iter()
+            .filter_map(|u| u["id"].as_str())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["alice", "bob"]);
+        let info = get(
+            node,
+            "/apps/42/channels/presence-room",
+            &[("info", "user_count")],
+        )
+        .await;
+        assert_eq!(info["user_count"], 2, "{info}");
+    }
+
+    // Terminated from node a: alice's connections on both nodes close, bob's stays.
+    let (status, _) = post(
+        a,
+        &signed(
+            "POST",
+            "/apps/42/users/alice/terminate_connections",
+            &[],
+            "{}",
+            now(),
+        ),
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 200);
+    for alice in [&mut alice_a, &mut alice_b] {
+        assert!(
+            matches!(alice.closed().await, Closed::Code(..)),
+            "alice is closed"
+        );
+    }
+    bob_b.assert_alive().await;
 }
