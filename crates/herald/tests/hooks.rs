@@ -808,3 +808,59 @@ fn documented_hook_configs_are_valid() {
     }
     assert_eq!(checked, 2);
 }
+
+/// A shutdown closes every connection; their disconnect events, queued while the node stops, are
+/// all delivered before the shutdown returns (within `http.shutdown_timeout`), even to a receiver
+/// that takes its time.
+#[tokio::test]
+async fn disconnects_of_a_shutdown_are_delivered_before_the_node_ends() {
+    let receiver =
+        Backend::start(|_| Reply::Slow(Duration::from_millis(20), Box::new(Reply::Status(200))))
+            .await;
+    let mut server =
+        webhook_server(&receiver, |c| c.webhooks.events = vec!["disconnect".into()]).await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(server.client(&format!("user{i}")).await);
+    }
+    server.shutdown().await;
+    let mut users: Vec<String> = events(&receiver)
+        .iter()
+        .filter(|e| e["event"] == "disconnect")
+        .filter_map(|e| e["user"].as_str().map(str::to_string))
+        .collect();
+    users.sort();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("user{i}")).collect();
+    expected.sort();
+    assert_eq!(users, expected, "every connection's disconnect arrived");
+    drop(clients);
+}
+
+/// A receiver that never answers cannot hold a shutdown: the events left when the shutdown
+/// budget runs out are dropped and counted, and the node ends in time.
+#[tokio::test]
+async fn a_hanging_receiver_holds_a_shutdown_no_longer_than_its_budget() {
+    let receiver = Backend::start(|_| Reply::Hang).await;
+    let mut server = webhook_server(&receiver, |c| {
+        c.webhooks.events = vec!["disconnect".into()];
+        c.webhooks.timeout = Duration::from_secs(30);
+    })
+    .await;
+    let node = server.node().clone();
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(server.client(&format!("user{i}")).await);
+    }
+    let started = std::time::Instant::now();
+    server.shutdown().await;
+    let took = started.elapsed();
+    // The test config's shutdown_timeout is 3 s: the connections' wait, then the webhooks'.
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
+    let text = node.metrics.render();
+    assert_eq!(
+        metric(&text, "herald_webhooks_dropped_total{reason=\"shutdown\"}"),
+        5.0,
+        "{text}"
+    );
+    drop(clients);
+}

@@ -14,6 +14,7 @@ use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub struct Server {
     pub node: Arc<Node>,
@@ -28,6 +29,8 @@ pub struct Server {
     /// Feed runners; they release their leases when the node shuts down.
     feeds: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
+    /// The webhook worker and what tells it to deliver what is left and end.
+    webhooks: Option<(JoinHandle<()>, CancellationToken)>,
     /// The HTTP listeners: stopped first on shutdown, handed to a new process on SIGUSR2.
     listening: Vec<Listening>,
     drain: super::drain::DrainGauges,
@@ -231,9 +234,13 @@ impl Server {
         let device_addrs = devices.as_ref().map(|d| d.addrs).unwrap_or_default();
         tasks.push(tokio::spawn(sweeper(node.clone())));
         tasks.push(tokio::spawn(announcer(node.clone())));
-        if let Some(worker) = node.hooks.take_worker() {
-            tasks.push(tokio::spawn(worker.run(node.shutdown.clone())));
-        }
+        // The webhook worker outlives the connections: their disconnects are delivered at shutdown.
+        let webhooks = node.hooks.take_worker().map(|worker| {
+            let finish = CancellationToken::new();
+            let budget = node.config().http.shutdown_timeout;
+            let task = tokio::spawn(worker.run(finish.clone(), budget));
+            (task, finish)
+        });
         let feeds = crate::edges::feeds::start(&node);
         let drain = super::drain::DrainGauges::register(&node.metrics);
         Ok(Server {
@@ -249,6 +256,7 @@ impl Server {
             devices,
             device_addrs,
             tasks,
+            webhooks,
             tls,
         })
     }
@@ -318,6 +326,11 @@ impl Server {
                 abort.abort();
             }
         }
+        if let Some((task, finish)) = self.webhooks {
+            // Bounded by the worker's own budget (the shutdown timeout).
+            finish.cancel();
+            let _ = task.await;
+        }
         for task in self.tasks {
             task.abort();
         }
@@ -333,6 +346,9 @@ impl Server {
         self.node.stop_being_ready();
         self.node.stop();
         for task in self.tasks {
+            task.abort();
+        }
+        if let Some((task, _)) = self.webhooks {
             task.abort();
         }
         if let Some(devices) = &self.devices {

@@ -4,7 +4,9 @@
 //! When the queue is full the **new** event is dropped and counted (`herald_webhooks_dropped{reason=
 //! "queue_full"}`): a receiver that is down must not make the node hold unbounded memory, and the
 //! events already queued are older and were promised first. An event that fails every attempt is
-//! dropped too (`reason="failed"`).
+//! dropped too (`reason="failed"`). At shutdown the events still queued, the disconnects of the
+//! closing connections among them, are delivered within the shutdown budget; what is left when it
+//! runs out is counted (`reason="shutdown"`).
 
 use super::http::HttpClient;
 use super::sign::signature;
@@ -249,21 +251,59 @@ impl Webhooks {
 }
 
 impl WebhookWorker {
-    /// Delivers queued events one at a time, in order, until `shutdown`. Events still queued then
-    /// are lost (the queue lives in memory).
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Delivers queued events one at a time, in order. Once `finish` is cancelled (the node's
+    /// connections have closed), what is still queued is delivered within `budget`; the rest is
+    /// dropped and counted.
+    pub async fn run(mut self, finish: CancellationToken, budget: Duration) {
+        let mut deadline = None;
         loop {
-            let queued = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                queued = self.rx.recv() => match queued {
-                    Some(q) => q,
-                    None => return,
+            let queued = match deadline {
+                None => tokio::select! {
+                    _ = finish.cancelled() => {
+                        deadline = Some(tokio::time::Instant::now() + budget);
+                        continue;
+                    }
+                    queued = self.rx.recv() => match queued {
+                        Some(q) => q,
+                        None => return,
+                    },
+                },
+                // Finishing: only what is queued already, until the budget runs out.
+                Some(_) => match self.rx.try_recv() {
+                    Ok(q) => q,
+                    Err(_) => return,
                 },
             };
             self.metrics.webhook_queue_length.dec();
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.deliver(&queued) => {}
+            let delivered = {
+                let delivery = self.deliver(&queued);
+                tokio::pin!(delivery);
+                match deadline {
+                    None => tokio::select! {
+                        _ = &mut delivery => true,
+                        // An event started before the finish may run on into the budget.
+                        _ = finish.cancelled() => {
+                            let end = tokio::time::Instant::now() + budget;
+                            deadline = Some(end);
+                            tokio::time::timeout_at(end, &mut delivery).await.is_ok()
+                        }
+                    },
+                    Some(end) => tokio::time::timeout_at(end, &mut delivery).await.is_ok(),
+                }
+            };
+            if !delivered {
+                // The budget ran out: this event and every one still queued are lost.
+                let left = 1 + std::iter::from_fn(|| self.rx.try_recv().ok()).count();
+                self.metrics.webhook_queue_length.dec_by(left as i64 - 1);
+                self.metrics
+                    .webhooks_dropped
+                    .get_or_create(&ReasonLabel { reason: "shutdown" })
+                    .inc_by(left as u64);
+                tracing::warn!(
+                    left,
+                    "webhooks still queued when the shutdown budget ran out"
+                );
+                return;
             }
         }
     }
