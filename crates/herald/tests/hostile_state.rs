@@ -858,3 +858,64 @@ async fn recovery_is_bounded(broker: impl FnOnce(&mut Config)) {
     assert_eq!(attacker.publication("deep:log").await["offset"], 1001);
     attacker.assert_alive().await;
 }
+
+/// A node whose Redis connection receives more than it can fan out holds at most
+/// `broker.max_queued_messages` of the backlog: it gives the connection up and reconnects, and a
+/// subscriber of the channel that missed publications is told (2500) and recovers every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_its_redis_connection_by_a_whole_queue_reconnects_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    behind_by_a_whole_queue(Broker::Redis).await;
+}
+
+/// The same on a Redis Cluster, whose sharded messages come through the same bounded queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_its_redis_cluster_connection_reconnects_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    behind_by_a_whole_queue(Broker::RedisCluster).await;
+}
+
+async fn behind_by_a_whole_queue(broker: Broker) {
+    let share = broker.share("queue_overflow");
+    let cluster = share
+        .cluster_with(2, |c| {
+            c.broker.max_queued_messages = 8;
+            c.channel.namespaces.push(NamespaceOptions {
+                history_size: 1000,
+                recovery_max_publications: 1000,
+                ..readable("flood")
+            });
+        })
+        .await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    // Node b fans every message out to 1,000 connections, far slower than node a publishes (all
+    // at once: a parallel batch goes to Redis pipelined).
+    let mut crowd = Vec::new();
+    for i in 0..1000 {
+        let mut client = b.client(&format!("crowd{i}")).await;
+        client.subscribe("flood:x").await;
+        crowd.push(client);
+    }
+    let mut alice = b.client("alice").await;
+    let sub = alice.subscribe("flood:x").await;
+    let epoch = sub["epoch"].as_str().expect("epoch").to_string();
+    let commands: Vec<Value> = (1..=400)
+        .map(|n| json!({"publish": {"channel": "flood:x", "data": {"n": n}}}))
+        .collect();
+    a.api_ok("batch", json!({"commands": commands, "parallel": true}))
+        .await;
+
+    // Live publications until the gap notice, then a recovery of the rest.
+    let (code, mut offsets) = unsubscribe_push(&mut alice, "flood:x").await;
+    assert_eq!(code, 2500, "told of the gap");
+    assert!(b.wait_ready(WAIT).await, "node b reconnected");
+    let last = offsets.last().copied().unwrap_or(0);
+    let (recovered, rest) = resubscribe(&mut alice, "flood:x", last, &epoch).await;
+    assert!(recovered, "the missed publications are in history");
+    offsets.extend(rest);
+    offsets.extend(offsets_until_quiet(&mut alice, "flood:x", Duration::from_millis(500)).await);
+    assert_eq!(offsets, (1..=400).collect::<Vec<u64>>());
+    let m = b.metrics().await;
+    assert!(metric(&m, "herald_broker_reconnects_total") >= 1.0, "{m}");
+    drop(crowd);
+}

@@ -57,6 +57,10 @@ pub struct BrokerConfig {
     /// Longest pause between reconnection attempts (the backoff starts at 50 ms and doubles).
     #[serde(with = "humantime_serde")]
     pub max_reconnect_delay: Duration,
+    /// Redis: messages a pub/sub connection queues for the node's reader. A reader that falls
+    /// this far behind gives the connection up: the node reconnects and the subscribers of what
+    /// it missed recover from history, instead of the queue growing without bound.
+    pub max_queued_messages: usize,
 }
 
 impl Default for BrokerConfig {
@@ -74,6 +78,7 @@ impl Default for BrokerConfig {
             presence_ttl: Duration::from_secs(60),
             node_announce_interval: Duration::from_secs(3),
             max_reconnect_delay: Duration::from_secs(2),
+            max_queued_messages: 65_536,
         }
     }
 }
@@ -94,6 +99,9 @@ impl BrokerConfig {
             if value.is_zero() {
                 return Err(positive(name));
             }
+        }
+        if self.max_queued_messages == 0 {
+            return Err(positive("broker.max_queued_messages"));
         }
         if self.presence_ttl < Duration::from_secs(1) {
             return Err(field("broker.presence_ttl", "must be at least 1s"));

@@ -236,6 +236,9 @@ presence_ttl = "1m"
 node_announce_interval = "3s"
 # Reconnection backoff starts at 50ms and doubles up to this.
 max_reconnect_delay = "2s"
+# Redis: messages a pub/sub connection queues for the node; a node this far behind reconnects and
+# the subscribers of what it missed recover from history (instead of memory growing).
+max_queued_messages = 65536
 
 [proxy]
 # Calls to your application backend in Centrifugo's HTTP proxy format (docs/hooks.md). Each hook is

@@ -1,15 +1,16 @@
 //! The two shapes of Redis the Redis broker runs on, behind one command connection and one
 //! subscriber, so the broker's logic (scripts, gap checks, presence) is written once:
 //!
-//! - a single Redis (`broker.kind = "redis"`): a multiplexed command connection and a RESP2
-//!   pub/sub connection (`SUBSCRIBE`/`PUBLISH`);
+//! - a single Redis (`broker.kind = "redis"`): a multiplexed command connection and a RESP3
+//!   connection for pub/sub (`SUBSCRIBE`/`PUBLISH`), whose messages come through its push sender
+//!   into a bounded queue (`inbox.rs`);
 //! - a Redis Cluster (`broker.kind = "redis_cluster"`): one cluster connection (RESP3) that routes
 //!   each command to the shard owning its keys and carries sharded pub/sub
 //!   (`SSUBSCRIBE`/`SPUBLISH`), so pub/sub traffic spreads over the shards instead of being copied
 //!   to every node as classic cluster pub/sub is.
 
 use futures_util::{stream, StreamExt};
-use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection, PubSubSink};
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
@@ -126,8 +127,8 @@ impl RedisConn {
 /// Where a node's pub/sub subscriptions live.
 #[derive(Clone)]
 pub enum Subscriber {
-    /// A RESP2 pub/sub connection; messages come from its stream.
-    Single(PubSubSink),
+    /// A RESP3 connection of its own; messages come through its push sender.
+    Single(MultiplexedConnection),
     /// The cluster connection; messages come through its push sender, and the subscriptions of a
     /// shard move with the shard's slots when the connection refreshes its slot map.
     Cluster(ClusterConnection),
@@ -136,9 +137,9 @@ pub enum Subscriber {
 impl Subscriber {
     pub async fn subscribe(&mut self, names: &[String]) -> RedisResult<()> {
         match self {
-            Subscriber::Single(sink) => {
+            Subscriber::Single(conn) => {
                 for chunk in names.chunks(500) {
-                    sink.subscribe(chunk).await?;
+                    conn.subscribe(chunk).await?;
                 }
                 Ok(())
             }
@@ -159,7 +160,7 @@ impl Subscriber {
 
     pub async fn unsubscribe(&mut self, name: &str) -> RedisResult<()> {
         match self {
-            Subscriber::Single(sink) => sink.unsubscribe(name).await,
+            Subscriber::Single(conn) => conn.unsubscribe(name).await,
             Subscriber::Cluster(conn) => conn.sunsubscribe(name).await,
         }
     }
@@ -168,7 +169,10 @@ impl Subscriber {
     /// cluster, whose subscriptions share its connections).
     pub async fn ping(&mut self) -> RedisResult<()> {
         match self {
-            Subscriber::Single(sink) => sink.ping::<Value>().await.map(|_| ()),
+            Subscriber::Single(conn) => redis::cmd("PING")
+                .query_async::<Value>(conn)
+                .await
+                .map(|_| ()),
             Subscriber::Cluster(_) => Ok(()),
         }
     }

@@ -13,25 +13,16 @@
 
 use super::Inner;
 use crate::core::wakes;
-use futures_util::{FutureExt, StreamExt};
-use redis::aio::PubSubStream;
 use redis::Msg;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::Receiver;
 
-/// Most messages a cluster connection queues for its reader before the node gives the
-/// connection up (its subscribers then recover from history): a bound, not a working size.
-pub(super) const MAX_QUEUED: usize = 65_536;
-
-/// The pub/sub traffic of one connection.
-pub(super) enum Inbox {
-    /// A single Redis's pub/sub connection.
-    Single(PubSubStream),
-    /// What the cluster connection's push handler queued, in the order the cluster reported it.
-    Cluster(Receiver<Received>),
-}
+/// The pub/sub traffic of one connection, queued by its push sender in the order it arrived
+/// (at most `broker.max_queued_messages`: the push handler gives the connection up when it is
+/// full).
+pub(super) struct Inbox(pub(super) Receiver<Received>);
 
 /// One item of an [`Inbox`].
 pub(super) enum Received {
@@ -39,29 +30,22 @@ pub(super) enum Received {
     /// One of the cluster's shard connections was lost: what it read before is delivered before
     /// the probe follows the loss.
     ShardConnectionLost,
+    /// The single Redis's pub/sub connection was lost, after what it read before.
+    Closed,
 }
 
 impl Inbox {
     /// The next item; `None`: the connection closed.
     async fn next(&mut self) -> Option<Received> {
-        match self {
-            Inbox::Single(stream) => stream.next().await.map(Received::Message),
-            Inbox::Cluster(queue) => queue.recv().await,
-        }
+        self.0.recv().await
     }
 
     /// The next item if one is there already: `Some(None)` means the connection closed.
     fn next_ready(&mut self) -> Option<Option<Received>> {
-        match self {
-            Inbox::Single(stream) => stream
-                .next()
-                .now_or_never()
-                .map(|msg| msg.map(Received::Message)),
-            Inbox::Cluster(queue) => match queue.try_recv() {
-                Ok(item) => Some(Some(item)),
-                Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Disconnected) => Some(None),
-            },
+        match self.0.try_recv() {
+            Ok(item) => Some(Some(item)),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(None),
         }
     }
 }
@@ -71,10 +55,12 @@ impl Inbox {
 pub(super) async fn read(inner: Arc<Inner>, mut inbox: Inbox) -> String {
     while let Some(first) = inbox.next().await {
         let mut dropped = 0;
+        let mut closed = false;
         let open = wakes::burst(
             first,
             || inbox.next_ready(),
             |item| match item {
+                Received::Closed => closed = true,
                 Received::Message(_) | Received::ShardConnectionLost if given_up(&inner) => {
                     dropped += 1;
                 }
@@ -90,7 +76,7 @@ pub(super) async fn read(inner: Arc<Inner>, mut inbox: Inbox) -> String {
                 "redis broker: not delivering what a connection given up still read"
             );
         }
-        if !open {
+        if !open || closed {
             break;
         }
         if given_up(&inner) {

@@ -22,18 +22,33 @@ async fn connect(inner: &Arc<Inner>, generation: u64) -> Result<Connected, Strin
     let mut errors = Vec::new();
     for client in &inner.clients {
         let timeout = inner.config.connect_timeout;
+        let (queue, inbox) = tokio::sync::mpsc::channel(inner.config.max_queued_messages);
+        let on_push = push_handler(inner, generation, queue, false);
         let attempt = async {
             let conn = client.get_multiplexed_async_connection().await?;
-            let pubsub = client.get_async_pubsub().await?;
-            redis::RedisResult::Ok((conn, pubsub))
+            // Pub/sub on a RESP3 connection of its own: its messages arrive through the push
+            // sender, into the bounded queue, instead of a stream the crate buffers without bound.
+            let info = client.get_connection_info().clone();
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            let subscriber = redis::Client::open(info.set_redis_settings(settings))?
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(timeout))
+                        .set_response_timeout(Some(inner.config.command_timeout))
+                        .set_push_sender(on_push),
+                )
+                .await?;
+            redis::RedisResult::Ok((conn, subscriber))
         };
         match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok((conn, pubsub))) => {
-                let (sink, stream) = pubsub.split();
+            Ok(Ok((conn, subscriber))) => {
                 return Ok((
                     RedisConn::Single(conn),
-                    Subscriber::Single(sink),
-                    Inbox::Single(stream),
+                    Subscriber::Single(subscriber),
+                    Inbox(inbox),
                 ));
             }
             Ok(Err(e)) => errors.push(e.to_string()),
@@ -43,24 +58,46 @@ async fn connect(inner: &Arc<Inner>, generation: u64) -> Result<Connected, Strin
     Err(errors.join("; "))
 }
 
-/// A cluster connection. Its sharded messages, and the loss of a shard connection behind the
-/// messages that connection read, are queued for the connection's reader (`inbox.rs`). Its other
-/// pushes are handled as they arrive: the confirmation of our own `SUNSUBSCRIBE`, handled after
-/// a later resubscription of the channel, would look like its slot moving away.
-async fn connect_cluster(
+/// What a connection's push sender does with each push: messages (and the loss of the
+/// connection, behind what it read before) are queued for the connection's reader
+/// (`inbox.rs`); a cluster's other pushes are handled as they arrive (the confirmation of our own
+/// `SUNSUBSCRIBE`, handled after a later resubscription of the channel, would look like its slot
+/// moving away).
+///
+/// A full queue means the reader fell behind by a whole queue: the connection is given up (what
+/// it still reads is not delivered) and the reconnect's gap check tells the subscribers to
+/// recover, instead of the queue growing without bound. A send also fails once the connection's
+/// reader is gone: the node gave the connection up.
+fn push_handler(
     inner: &Arc<Inner>,
-    seeds: &[String],
     generation: u64,
-) -> Result<Connected, String> {
+    queue: tokio::sync::mpsc::Sender<Received>,
+    cluster: bool,
+) -> impl Fn(redis::PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static {
     let weak = Arc::downgrade(inner);
-    let (queue, inbox) = tokio::sync::mpsc::channel(super::inbox::MAX_QUEUED);
-    // A full queue means the reader fell behind by a whole queue: the connection is given up
-    // (what it still reads is not delivered) and the reconnect's gap check tells the subscribers
-    // to recover, instead of the queue growing without bound. A send also fails once the
-    // connection's reader is gone: the node gave the connection up.
-    let overflowed = {
-        let weak = weak.clone();
-        move || {
+    move |push: redis::PushInfo| {
+        use tokio::sync::mpsc::error::TrySendError;
+        let sent = match push.kind {
+            redis::PushKind::SMessage | redis::PushKind::Message => {
+                match redis::Msg::from_push_info(push) {
+                    Some(msg) => queue.try_send(Received::Message(msg)),
+                    None => Ok(()),
+                }
+            }
+            redis::PushKind::Disconnection if cluster => {
+                queue.try_send(Received::ShardConnectionLost)
+            }
+            redis::PushKind::Disconnection => queue.try_send(Received::Closed),
+            _ if cluster => {
+                if let Some(inner) = weak.upgrade() {
+                    inner.on_cluster_push(generation, &push);
+                }
+                Ok(())
+            }
+            // Subscription confirmations of the single Redis: nothing to do.
+            _ => Ok(()),
+        };
+        if let Err(TrySendError::Full(_)) = sent {
             if let Some(inner) = weak.upgrade() {
                 inner.fail(
                     generation,
@@ -68,28 +105,19 @@ async fn connect_cluster(
                 );
             }
         }
-    };
-    let on_push = move |push: redis::PushInfo| -> Result<(), std::convert::Infallible> {
-        use tokio::sync::mpsc::error::TrySendError;
-        let sent = match push.kind {
-            redis::PushKind::SMessage => match redis::Msg::from_push_info(push) {
-                Some(msg) => queue.try_send(Received::Message(msg)),
-                None => Ok(()),
-            },
-            // Behind the messages that shard connection read before.
-            redis::PushKind::Disconnection => queue.try_send(Received::ShardConnectionLost),
-            _ => {
-                if let Some(inner) = weak.upgrade() {
-                    inner.on_cluster_push(generation, &push);
-                }
-                Ok(())
-            }
-        };
-        if let Err(TrySendError::Full(_)) = sent {
-            overflowed();
-        }
         Ok(())
-    };
+    }
+}
+
+/// A cluster connection. Its sharded messages, and the loss of a shard connection behind the
+/// messages that connection read, are queued for the connection's reader ([`push_handler`]).
+async fn connect_cluster(
+    inner: &Arc<Inner>,
+    seeds: &[String],
+    generation: u64,
+) -> Result<Connected, String> {
+    let (queue, inbox) = tokio::sync::mpsc::channel(inner.config.max_queued_messages);
+    let on_push = push_handler(inner, generation, queue, true);
     let client = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
         .use_protocol(redis::ProtocolVersion::RESP3)
         .connection_timeout(inner.config.connect_timeout)
@@ -103,7 +131,7 @@ async fn connect_cluster(
         Ok(Ok(conn)) => Ok((
             RedisConn::Cluster(conn.clone()),
             Subscriber::Cluster(conn),
-            Inbox::Cluster(inbox),
+            Inbox(inbox),
         )),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("cluster connect timed out after {timeout:?}")),
