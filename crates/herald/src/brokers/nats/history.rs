@@ -327,8 +327,10 @@ impl HistoryStore {
             .saturating_add(1)
             .max(since.map_or(0, |s| s.saturating_add(1)));
         let mut items: Vec<Publication> = Vec::new();
-        let mut next = 1;
-        // One MSG.GET per stored message, oldest first, up to the position read above.
+        let mut next = self
+            .first_sequence_from(&stream, &subject, &top, oldest)
+            .await?;
+        // One MSG.GET per stored message from there, oldest first, up to the position read above.
         loop {
             let got = tokio::time::timeout(
                 self.timeout,
@@ -362,6 +364,47 @@ impl HistoryStore {
             }
         }
         Ok((position, items))
+    }
+
+    /// Where the walk of `read` starts: a stream sequence at or before the subject's first message
+    /// of `top`'s epoch with an offset of at least `wanted`, found by bisection (a few MSG.GETs,
+    /// however long the history) instead of walking from the start. Along the stream a subject's
+    /// messages are: older epochs, then this epoch's marker (offset 0), then offsets 1, 2, … up to
+    /// `top`, so "an older epoch, or a smaller offset" holds for a prefix of the sequences.
+    async fn first_sequence_from(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+        top: &Stored,
+        wanted: u64,
+    ) -> Result<u64, BrokerError> {
+        let (mut lo, mut hi) = (1, top.sequence);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let got = tokio::time::timeout(
+                self.timeout,
+                stream.get_first_raw_message_by_subject(subject, mid),
+            )
+            .await
+            .map_err(|_| unavailable("NATS history read timed out"))?;
+            match got {
+                Ok(message) => {
+                    let stored = parse_headers(message.sequence, &message.headers)?;
+                    if stored.epoch == top.epoch && stored.offset >= wanted {
+                        hi = mid;
+                    } else {
+                        // Every sequence up to this message leads to it: start after it.
+                        lo = message.sequence.max(mid) + 1;
+                    }
+                }
+                // Nothing at or after `mid` (expired meanwhile): the walk finds nothing either.
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                    return Ok(mid)
+                }
+                Err(e) => return Err(self.read_failed(e).await),
+            }
+        }
+        Ok(lo)
     }
 
     /// Forgets a channel's history; a subject that held any continues from offset 0 under a fresh
