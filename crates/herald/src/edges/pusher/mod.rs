@@ -65,11 +65,10 @@ pub async fn serve(node: &Node, req: Request<Incoming>) -> Response<Body> {
 
 async fn answer(node: &Node, req: Request<Incoming>) -> Result<Vec<u8>, Refusal> {
     let route = Route::parse(req.method().as_str(), req.uri().path()).map_err(|e| {
+        let path = short(req.uri().path());
         let message = match e {
-            RouteError::NotFound => format!("no Pusher endpoint at {}", req.uri().path()),
-            RouteError::MethodNotAllowed => {
-                format!("{} is not allowed on {}", req.method(), req.uri().path())
-            }
+            RouteError::NotFound => format!("no Pusher endpoint at {path}"),
+            RouteError::MethodNotAllowed => format!("{} is not allowed on {path}", req.method()),
         };
         Refusal::new(e.status(), "pusher route", message)
     })?;
