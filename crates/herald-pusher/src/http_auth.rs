@@ -15,7 +15,7 @@
 //! Every failure answers HTTP 401 (Pusher's "authentication error") with a message that names the
 //! parameter at fault.
 
-use crate::sign::{hmac_sha256_hex, md5_hex, verify_hmac_sha256_hex};
+use crate::sign::{hmac_sha256_hex, md5_hex, nibble, verify_hmac_sha256_hex};
 
 /// The only signing scheme version.
 pub const AUTH_VERSION: &str = "1.0";
@@ -245,7 +245,10 @@ pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> String {
     while i < b.len() {
         match b[i] {
             b'+' if plus_is_space => out.push(b' '),
-            b'%' => match (b.get(i + 1).and_then(hex), b.get(i + 2).and_then(hex)) {
+            b'%' => match (
+                b.get(i + 1).and_then(|&c| nibble(c)),
+                b.get(i + 2).and_then(|&c| nibble(c)),
+            ) {
                 (Some(hi), Some(lo)) => {
                     out.push((hi << 4) | lo);
                     i += 2;
@@ -257,15 +260,6 @@ pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: &u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
