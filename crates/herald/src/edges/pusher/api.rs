@@ -80,7 +80,8 @@ async fn trigger(
                 )
             })?;
         if !event.info.is_empty() {
-            let counts = counts(node, app, channel, &event.info).await?;
+            let subscribers = node.hub.subscriber_count(&herald);
+            let counts = counts(node, &herald, channel, subscribers, &event.info).await?;
             attributes.insert(channel.as_str().to_string(), counts);
         }
     }
@@ -94,7 +95,12 @@ async fn channels(node: &Node, app: &PusherApp, query: &str) -> Result<Vec<u8>, 
     let info = InfoAttributes::parse(param(&params, "info").unwrap_or("")).map_err(bad_query)?;
     wire::check_channels_query(&info, prefix).map_err(bad_query)?;
     let mut channels = BTreeMap::new();
-    for (herald, _) in node.hub.channels("") {
+    // Only the app's namespace is listed (without one: every channel, filtered below).
+    let pattern = match app.namespace.as_str() {
+        "" => String::new(),
+        ns => format!("{ns}:*"),
+    };
+    for (herald, subscribers) in node.hub.channels(&pattern) {
         let Some(name) = app.pusher_channel(&herald) else {
             continue;
         };
@@ -105,7 +111,7 @@ async fn channels(node: &Node, app: &PusherApp, query: &str) -> Result<Vec<u8>, 
         let Ok(channel) = ChannelName::parse(name) else {
             continue;
         };
-        let attributes = counts(node, app, &channel, &info).await?;
+        let attributes = counts(node, &herald, &channel, subscribers, &info).await?;
         channels.insert(name.to_string(), attributes);
     }
     json(&ChannelsResponse { channels })
@@ -129,8 +135,9 @@ async fn channel_info(
             "info=cache is not answered: Herald does not serve Pusher cache channels yet",
         ));
     }
-    let subscribers = node.hub.subscriber_count(&app.herald_channel(name));
-    let attributes = counts(node, app, &channel, &info).await?;
+    let herald = app.herald_channel(name);
+    let subscribers = node.hub.subscriber_count(&herald);
+    let attributes = counts(node, &herald, &channel, subscribers, &info).await?;
     json(&ChannelResponse {
         occupied: subscribers > 0,
         user_count: attributes.user_count,
@@ -172,24 +179,23 @@ async fn terminate(node: &Node, user: &str) -> Result<(), Refusal> {
         .map_err(unavailable)
 }
 
-/// The attributes `info` asks for: `subscription_count` is this node's subscribers of the
-/// channel, `user_count` the distinct users of a presence channel (all nodes, from the presence
-/// store).
+/// The attributes `info` asks for: `subscription_count` is `subscribers`, this node's
+/// subscribers of the channel (`herald`, its Herald name), `user_count` the distinct users of a
+/// presence channel (all nodes, from the presence store).
 async fn counts(
     node: &Node,
-    app: &PusherApp,
+    herald: &str,
     channel: &ChannelName,
+    subscribers: usize,
     info: &InfoAttributes,
 ) -> Result<ChannelAttributes, Refusal> {
-    let herald = app.herald_channel(channel.as_str());
-    let subscriptions = node.hub.subscriber_count(&herald) as u64;
     let users = if info.user_count && channel.is_presence() {
-        let (_, users) = node.presence.stats(&herald).await.map_err(unavailable)?;
+        let (_, users) = node.presence.stats(herald).await.map_err(unavailable)?;
         u64::from(users)
     } else {
         0
     };
-    Ok(info.attributes(channel, users, subscriptions))
+    Ok(info.attributes(channel, users, subscribers as u64))
 }
 
 fn channel_name(name: &str) -> Result<ChannelName, Refusal> {
