@@ -136,15 +136,8 @@ impl Broker for NatsBroker {
     ) -> Result<HistoryPage, BrokerError> {
         let inner = &self.inner;
         let js = inner.jetstream()?;
-        // The position alone is enough for a `limit: 0` read without `since`.
-        let entries = query.since.is_some() || query.limit != Some(0);
+        let (entries, count) = (query.needs_entries(), query.entries_to_read());
         let since = query.since.as_ref().map(|s| s.offset);
-        // As in Redis: a forward read from a position stops at its limit (at least one entry,
-        // which proves the position continues).
-        let count = match (since, query.reverse) {
-            (Some(_), false) => query.limit.map(|n| n.max(1)),
-            _ => None,
-        };
         let (position, items) = inner
             .history
             .read(&js, channel, entries, since, count, &options)

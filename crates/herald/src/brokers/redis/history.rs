@@ -42,16 +42,7 @@ impl Inner {
     ) -> Result<HistoryPage, BrokerError> {
         self.shard_available(channel)?;
         let since = query.since.as_ref();
-        // The position alone is enough for a `limit: 0` read without `since`.
-        let entries = since.is_some() || query.limit != Some(0);
-        // A forward read from a position takes only what its limit keeps (a recovery reads its
-        // bound, not the whole stream): expiry drops the oldest first, so the first `limit`
-        // entries after `since` are what the full read would keep. At least one: the first entry
-        // is what proves the position can be continued.
-        let count = match (since, query.reverse) {
-            (Some(_), false) => query.limit.map(|n| n.max(1)),
-            _ => None,
-        };
+        let (entries, count) = (query.needs_entries(), query.entries_to_read());
         let (position, items) = self
             .read_stream(
                 channel,

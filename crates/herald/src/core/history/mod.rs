@@ -32,6 +32,26 @@ pub struct HistoryQuery {
     pub reverse: bool,
 }
 
+impl HistoryQuery {
+    /// Whether a store must read entries at all: a `limit: 0` read without `since` needs only
+    /// the stream position.
+    pub fn needs_entries(&self) -> bool {
+        self.since.is_some() || self.limit != Some(0)
+    }
+
+    /// How many stored entries after `since` a store needs to read, at most (`None`: all). A
+    /// forward read from a position takes only what its limit keeps (a recovery reads its bound,
+    /// not the whole stream): expiry drops the oldest first, so the first `limit` entries after
+    /// `since` are what a full read would keep. At least one: the first entry is what proves the
+    /// position can be continued.
+    pub fn entries_to_read(&self) -> Option<usize> {
+        match (&self.since, self.reverse) {
+            (Some(_), false) => self.limit.map(|n| n.max(1)),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct HistoryPage {
     pub publications: Vec<Arc<Publication>>,
