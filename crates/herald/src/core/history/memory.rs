@@ -334,10 +334,12 @@ impl MemoryHistory {
                     if first_kept > since.offset + 1 {
                         return Err(HistoryError::Unrecoverable);
                     }
+                    // A recovery takes its bound, not the rest of the stream.
                     stream
                         .items
                         .iter()
                         .filter(|(_, p)| p.offset > since.offset)
+                        .take(query.entries_to_read().unwrap_or(usize::MAX))
                         .map(|(_, p)| p.clone())
                         .collect()
                 }
