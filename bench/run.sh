@@ -458,9 +458,8 @@ cores_step() { # cores_step one|redis|nats SUBS ROUND: one saturating broadcast,
         local broker; broker=$(broker_pid "$setup" || true)
         pids="$CLUSTER_PIDS${broker:+,$broker}"
     fi
-    bench broadcast "${CLUSTER_SERVERS[@]}" --server-pid "$pids" --subscribers "$subs" \
-        --rate "$(saturating_rate "$subs")" --batch "${BATCH:-$(pick 20 10)}" --payload 100 \
-        --duration "${DURATION:-$(pick 5s 1s)}" --json "$OUT/cores-$setup-$subs-$round.json"
+    saturating_broadcast "$subs" "$OUT/cores-$setup-$subs-$round.json" \
+        "${CLUSTER_SERVERS[@]}" --server-pid "$pids"
     cleanup
 }
 
@@ -478,6 +477,14 @@ run_cores() { # cluster against one node, per core used: alternating, ROUNDS tim
 
 # One saturating broadcast step: about 3M deliveries/s offered (more than either server delivers).
 saturating_rate() { echo $(( ${OFFERED:-3000000} / $1 )); }
+
+saturating_broadcast() { # saturating_broadcast SUBS JSON [herald-bench args]: one such step
+    local subs=$1 json=$2
+    shift 2
+    bench broadcast "$@" --subscribers "$subs" --rate "$(saturating_rate "$subs")" \
+        --batch "${BATCH:-$(pick 20 10)}" --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" \
+        --json "$json"
+}
 
 # COMPETE=1: a competing CPU load (one busy process, as another service on the box) while
 # servers are measured; stopped with the run.
@@ -509,10 +516,9 @@ floor_step() { # floor_step herald|floor SUBS VIA ROUND: one saturating broadcas
     wait_http "127.0.0.1:$TARGET_PORT"
     start_competitor
     [ -n "${PERF:-}" ] && profile "$TARGET_PID" "$name"
-    bench broadcast --target "$target" --server "127.0.0.1:$TARGET_PORT" --server-pid "$TARGET_PID" \
-        --subscribers "$subs" --rate "$(saturating_rate "$subs")" --batch "${BATCH:-$(pick 20 10)}" \
-        --publish-via "$via" --in-flight "${IN_FLIGHT:-8}" \
-        --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" --json "$OUT/$name.json"
+    saturating_broadcast "$subs" "$OUT/$name.json" --target "$target" \
+        --server "127.0.0.1:$TARGET_PORT" --server-pid "$TARGET_PID" \
+        --publish-via "$via" --in-flight "${IN_FLIGHT:-8}"
     wait_profiler
     cleanup
 }
@@ -578,10 +584,8 @@ run_formats() { # JSON and Protobuf subscribers alternate, ROUNDS times
             write_config "$WORK/p.toml" "127.0.0.1:$PORT" "" plain
             start_nodes 1 "$WORK/p.toml"
             wait_http "127.0.0.1:$PORT"
-            bench broadcast --format "$format" --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)" \
-                --subscribers "$subs" --rate "$(saturating_rate "$subs")" --batch "${BATCH:-$(pick 20 10)}" \
-                --payload 100 --duration "${DURATION:-$(pick 5s 1s)}" \
-                --json "$OUT/formats-$format-$subs-$round.json"
+            saturating_broadcast "$subs" "$OUT/formats-$format-$subs-$round.json" \
+                --format "$format" --server "127.0.0.1:$PORT" --server-pid "$(node_pids_csv)"
             cleanup
         done
     done
