@@ -150,12 +150,8 @@ pub fn sign_request(
     format!("{}&auth_signature={signature}", sorted_query(&all))
 }
 
-/// Verifies a request for the app with `key` and `secret`, at `now` unix seconds.
-///
-/// Checked in this order: the parameters are there, once each; the version; the key; the
-/// signature; the timestamp; the body hash. The signature is tried over the path as received and,
-/// when that fails and the path holds `%`, over the percent-decoded path (SDKs sign the path
-/// unescaped, and an HTTP client may escape a channel name's `@ , ; =` on the way).
+/// Verifies a request for the app with `key` and `secret`, at `now` unix seconds: its signed
+/// query ([`verify_query`]), then its body ([`SignedQuery::check_body`]).
 pub fn verify_request(
     req: &SignedRequest<'_>,
     key: &str,
@@ -163,13 +159,51 @@ pub fn verify_request(
     now: u64,
     window_secs: u64,
 ) -> Result<(), RequestAuthError> {
-    let params = parse_query(req.query);
+    verify_query(
+        req.method,
+        req.path,
+        req.query,
+        !req.body.is_empty(),
+        key,
+        secret,
+        now,
+        window_secs,
+    )?
+    .check_body(req.body)
+}
+
+/// A request whose query carries a valid signature; its body is still to be checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedQuery {
+    body_md5: Option<String>,
+}
+
+/// Verifies everything the signature covers without the body, so a server can refuse an
+/// unsigned request before it reads a byte of its body.
+///
+/// Checked in this order: the parameters are there, once each (`body_md5` too when the request
+/// has a body: `has_body`, as its headers announce it); the version; the key; the signature; the
+/// timestamp. The signature is tried over the path as received and, when that
+/// fails and the path holds `%`, over the percent-decoded path (SDKs sign the path unescaped, and
+/// an HTTP client may escape a channel name's `@ , ; =` on the way).
+#[allow(clippy::too_many_arguments)] // the parts of a request, each named
+pub fn verify_query(
+    method: &str,
+    path: &str,
+    query: &str,
+    has_body: bool,
+    key: &str,
+    secret: &str,
+    now: u64,
+    window_secs: u64,
+) -> Result<SignedQuery, RequestAuthError> {
+    let params = parse_query(query);
     let signature = single(&params, "auth_signature")?;
     let given_key = single(&params, "auth_key")?;
     let timestamp = single(&params, "auth_timestamp")?;
     let version = single(&params, "auth_version")?;
-    let body_md5 = optional_single(&params, "body_md5")?;
-    if !req.body.is_empty() && body_md5.is_none() {
+    let body_md5 = optional_single(&params, "body_md5")?.map(str::to_string);
+    if has_body && body_md5.is_none() {
         return Err(RequestAuthError::Missing("body_md5"));
     }
     if version != AUTH_VERSION {
@@ -180,11 +214,10 @@ pub fn verify_request(
     }
 
     let signed_by = |path: &str| {
-        let to_sign = string_to_sign(req.method, path, &params);
+        let to_sign = string_to_sign(method, path, &params);
         verify_hmac_sha256_hex(secret.as_bytes(), to_sign.as_bytes(), signature)
     };
-    let valid = signed_by(req.path)
-        || (req.path.contains('%') && signed_by(&percent_decode(req.path, false)));
+    let valid = signed_by(path) || (path.contains('%') && signed_by(&percent_decode(path, false)));
     if !valid {
         return Err(RequestAuthError::InvalidSignature);
     }
@@ -200,14 +233,20 @@ pub fn verify_request(
             window: window_secs,
         });
     }
+    Ok(SignedQuery { body_md5 })
+}
 
-    // body_md5 is covered by the signature, so a match ties the body to the signed request.
-    if let Some(given) = body_md5 {
-        if !given.eq_ignore_ascii_case(&md5_hex(req.body)) {
-            return Err(RequestAuthError::BodyMd5Mismatch);
+impl SignedQuery {
+    /// Checks the body against the signed `body_md5`, which a request with a body must carry.
+    pub fn check_body(&self, body: &[u8]) -> Result<(), RequestAuthError> {
+        match &self.body_md5 {
+            None if !body.is_empty() => Err(RequestAuthError::Missing("body_md5")),
+            None => Ok(()),
+            // body_md5 is covered by the signature, so a match ties the body to the request.
+            Some(given) if given.eq_ignore_ascii_case(&md5_hex(body)) => Ok(()),
+            Some(_) => Err(RequestAuthError::BodyMd5Mismatch),
         }
     }
-    Ok(())
 }
 
 fn single<'a>(

@@ -263,3 +263,27 @@ async fn across_two_nodes_triggers_presence_and_termination_reach_every_node() {
     }
     bob_b.assert_alive().await;
 }
+
+/// An unsigned request is refused on its query alone: the node answers 401 before reading a byte
+/// of the body it announces, so a caller without the secret cannot make it hold one.
+#[tokio::test]
+async fn an_unsigned_request_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = pusher_server().await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /apps/{APP_ID}/events?auth_key={KEY}&auth_timestamp={}&auth_version=1.0&body_md5=0123456789abcdef0123456789abcdef&auth_signature=00 HTTP/1.1\r\n\
+         Host: x\r\nContent-Type: application/json\r\nContent-Length: 300000\r\n\r\n{{\"name\":",
+        now()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The rest of the body never comes; the answer must not wait for it.
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert_eq!(status_of(&text), 401, "{text}");
+    assert!(text.contains("auth_signature"), "{text}");
+}

@@ -13,7 +13,7 @@ use crate::core::metrics::ReasonLabel;
 use crate::edges::http::response::{respond, Body};
 use crate::node::Node;
 use herald_pusher::api::{Route, RouteError};
-use herald_pusher::http_auth::{verify_request, SignedRequest};
+use herald_pusher::http_auth::{verify_query, RequestAuthError};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -84,29 +84,35 @@ async fn answer(node: &Node, req: Request<Incoming>) -> Result<Vec<u8>, Refusal>
             )
         })?
         .clone();
-    let method = req.method().as_str().to_string();
-    let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let body = read_body(req, body_limit(config.pusher.max_event_bytes)).await?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let signed = SignedRequest {
-        method: &method,
-        path: &path,
-        query: &query,
-        body: &body,
+    // The signed query first: an unsigned caller cannot make the node read a body.
+    // A body is announced by its length, or sent chunked without one.
+    let has_body = match req.headers().get(http::header::CONTENT_LENGTH) {
+        Some(length) => length.as_bytes() != b"0",
+        None => req.headers().contains_key(http::header::TRANSFER_ENCODING),
     };
-    verify_request(
-        &signed,
+    let signed = verify_query(
+        req.method().as_str(),
+        req.uri().path(),
+        &query,
+        has_body,
         &app.key,
         &app.secret,
         now,
         config.pusher.timestamp_window.as_secs(),
     )
-    .map_err(|e| Refusal::new(e.status(), "pusher signature", e.to_string()))?;
+    .map_err(signature_refused)?;
+    let body = read_body(req, body_limit(config.pusher.max_event_bytes)).await?;
+    signed.check_body(&body).map_err(signature_refused)?;
     api::handle(node, &app, route, &query, &body).await
+}
+
+fn signature_refused(e: RequestAuthError) -> Refusal {
+    Refusal::new(e.status(), "pusher signature", e.to_string())
 }
 
 fn app_id(route: &Route) -> &str {
