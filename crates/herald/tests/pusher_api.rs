@@ -23,6 +23,7 @@ fn pusher_app(c: &mut herald::config::Config) {
         key: KEY.into(),
         secret: SECRET.into(),
         namespace: "shop".into(),
+        ..Default::default()
     });
 }
 

@@ -16,6 +16,14 @@ pub struct PusherConfig {
     /// refused (Pusher: 600 s).
     #[serde(with = "humantime_serde")]
     pub timestamp_window: Duration,
+    /// Told to WebSocket clients in `pusher:connection_established`: a client pings after this
+    /// long without a message, and the server pings a client silent for this long, closing it
+    /// (4201) when no answer comes within `client.pong_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub activity_timeout: Duration,
+    /// Client events one connection may send per second (Pusher: 10); the excess is refused
+    /// with a `pusher:error` 4301.
+    pub client_event_rate: u32,
 }
 
 impl Default for PusherConfig {
@@ -24,11 +32,13 @@ impl Default for PusherConfig {
             apps: Vec::new(),
             max_event_bytes: 10 * 1024,
             timestamp_window: Duration::from_secs(600),
+            activity_timeout: Duration::from_secs(120),
+            client_event_rate: 10,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PusherApp {
     /// The app id in `/apps/<id>/…` (Laravel: `PUSHER_APP_ID`).
@@ -40,6 +50,27 @@ pub struct PusherApp {
     /// The Herald namespace the app's channels live in: Pusher channel `orders` is Herald
     /// channel `<namespace>:orders`; empty puts them outside any namespace.
     pub namespace: String,
+    /// Whether WebSocket clients may send client events (`client-*`) on private and presence
+    /// channels.
+    pub client_events: bool,
+    /// WebSocket connections of this app on one node (0: only the node's limits).
+    pub max_connections: usize,
+    /// Distinct users on one presence channel (Pusher: 100); a subscriber past it is refused.
+    pub max_presence_members: usize,
+}
+
+impl Default for PusherApp {
+    fn default() -> Self {
+        PusherApp {
+            id: String::new(),
+            key: String::new(),
+            secret: String::new(),
+            namespace: String::new(),
+            client_events: false,
+            max_connections: 0,
+            max_presence_members: 100,
+        }
+    }
 }
 
 impl PusherApp {
@@ -73,6 +104,10 @@ impl PusherConfig {
         self.apps.iter().find(|app| app.id == id)
     }
 
+    pub fn app_by_key(&self, key: &str) -> Option<&PusherApp> {
+        self.apps.iter().find(|app| app.key == key)
+    }
+
     /// Checks the section; `namespaces` are the names `[[channel.namespaces]]` defines.
     pub(super) fn validate(&self, namespaces: &HashSet<&str>) -> Result<(), ConfigError> {
         if self.max_event_bytes == 0 {
@@ -80,6 +115,12 @@ impl PusherConfig {
         }
         if self.timestamp_window.is_zero() {
             return Err(positive("pusher.timestamp_window"));
+        }
+        if self.activity_timeout < Duration::from_secs(1) {
+            return Err(field("pusher.activity_timeout", "must be at least 1s"));
+        }
+        if self.client_event_rate == 0 {
+            return Err(positive("pusher.client_event_rate"));
         }
         let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
         for (i, app) in self.apps.iter().enumerate() {
@@ -100,6 +141,9 @@ impl PusherConfig {
                         format!("{value:?} may hold only letters, digits, '-', '_' and '.'"),
                     ));
                 }
+            }
+            if app.max_presence_members == 0 {
+                return Err(positive(name("max_presence_members")));
             }
             if !ids.insert(app.id.as_str()) {
                 return Err(field(name("id"), format!("{:?} is used twice", app.id)));

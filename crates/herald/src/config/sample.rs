@@ -278,13 +278,19 @@ retry_backoff = "500ms"
 timeout = "5s"
 
 [pusher]
-# Pusher Channels HTTP API for the apps below (docs/pusher.md): POST /apps/<id>/events and
-# /apps/<id>/batch_events, GET /apps/<id>/channels[/<name>[/users]], POST
-# /apps/<id>/users/<user>/terminate_connections, served where the server API is.
-# Largest data of one event, in bytes.
+# Pusher Channels for the apps below (docs/pusher.md): the WebSocket protocol (pusher-js,
+# Laravel Echo) at /app/<key> where clients connect, and the HTTP API where the server API is:
+# POST /apps/<id>/events and /apps/<id>/batch_events, GET /apps/<id>/channels[/<name>[/users]],
+# POST /apps/<id>/users/<user>/terminate_connections.
+# Largest data of one event (API or client event), in bytes.
 max_event_bytes = 10240
 # Signed requests further than this from the server's clock are refused.
 timestamp_window = "10m"
+# Told to WebSocket clients: each side pings after this long without a message; a client that
+# does not answer within client.pong_timeout is closed (4201).
+activity_timeout = "2m"
+# Client events one connection may send per second; the excess gets a pusher:error 4301.
+client_event_rate = 10
 # One [[pusher.apps]] table per app:
 # [[pusher.apps]]
 # id = "1"
@@ -292,6 +298,12 @@ timestamp_window = "10m"
 # secret = "app-secret"
 # # Pusher channel "orders" is Herald channel "<namespace>:orders" ("" for none).
 # namespace = ""
+# # Clients may send client-* events on private and presence channels.
+# client_events = false
+# # WebSocket connections of this app on one node (0: only the node's limits).
+# max_connections = 0
+# # Distinct users on one presence channel.
+# max_presence_members = 100
 
 [devices]
 # GPS device ingest (docs/devices.md): tracker listeners, an on-disk spool and a database writer.

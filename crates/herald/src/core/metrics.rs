@@ -126,6 +126,10 @@ pub struct Metrics {
     pub publications_too_large: Family<SourceLabel, Counter>,
     /// Server API and `/metrics` requests refused before any method ran, by reason.
     pub api_refused: Family<ReasonLabel, Counter>,
+    /// What Pusher WebSocket clients asked and were refused, by reason.
+    pub pusher_refused: Family<ReasonLabel, Counter>,
+    /// Client events Pusher WebSocket clients published.
+    pub pusher_client_events: Counter,
     /// Open client connections by transport (websocket, uni_websocket, http_stream, sse, …).
     pub transport_connections: Family<TransportLabel, Gauge>,
     /// Client connections accepted, by transport.
@@ -218,6 +222,8 @@ impl Metrics {
             history_streams_forgotten: Family::default(),
             publications_too_large: Family::default(),
             api_refused: Family::default(),
+            pusher_refused: Family::default(),
+            pusher_client_events: Counter::default(),
             transport_connections: Family::default(),
             transport_connects: Family::default(),
             emulation_refused: Family::default(),
@@ -433,6 +439,16 @@ impl Metrics {
             "api_refused",
             "Server API and /metrics requests refused before any method ran, by reason (key, peer, host, origin, forwarded, content type, body, body size, batch size)",
             m.api_refused.clone(),
+        );
+        registry.register(
+            "pusher_refused",
+            "Pusher WebSocket requests refused, by reason (subscribe auth, subscribe limit, subscribe unavailable, client event, client event rate, signin, message)",
+            m.pusher_refused.clone(),
+        );
+        registry.register(
+            "pusher_client_events",
+            "Client events published by Pusher WebSocket clients",
+            m.pusher_client_events.clone(),
         );
         registry.register(
             "transport_connections",

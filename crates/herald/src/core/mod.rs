@@ -1,7 +1,7 @@
 //! What one node does with publications, with no knowledge of brokers, sockets or protocols on
 //! the wire: channel names and options, the hub that fans publications out, the per-connection
 //! outboxes, batched wake-ups, in-memory history, metrics, the clock and conflation keys read out of
-//! JSON.
+//! JSON, and the wires connections read (`wire`).
 
 pub mod channel;
 pub mod clock;
@@ -14,3 +14,4 @@ pub mod pointer_key;
 pub mod rate;
 pub mod session_handle;
 pub mod wakes;
+pub mod wire;

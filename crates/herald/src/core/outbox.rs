@@ -39,6 +39,13 @@ pub enum OutItem {
     },
     /// Another channel push (join, leave) for subscription `slot`.
     Push { slot: u32, bytes: Bytes },
+    /// A connection joined or left presence channel subscription `slot`, for a Pusher
+    /// connection: its session announces members (users), not connections.
+    Member {
+        slot: u32,
+        joined: bool,
+        info: std::sync::Arc<herald_protocol::ClientInfo>,
+    },
     /// A server-side command for this connection.
     Control(Control),
     /// The broker cannot vouch for subscription `slot`'s stream (it lost publications while
@@ -53,6 +60,9 @@ impl OutItem {
             OutItem::Publication { bytes, .. } | OutItem::Push { bytes, .. } => bytes.len(),
             // The full push: the most the session will write of it.
             OutItem::DeltaPublication { push, .. } => push.full.len(),
+            OutItem::Member { info, .. } => {
+                64 + info.user.len() + info.chan_info.as_ref().map_or(0, |i| i.get().len())
+            }
             OutItem::Control(_) | OutItem::Gap { .. } => 64,
         }
     }

@@ -2,6 +2,7 @@
 //! its outbox.
 
 use crate::core::outbox::Outbox;
+use crate::core::wire::Wire;
 use herald_protocol::Format;
 
 /// What other tasks know of one connection.
@@ -11,7 +12,7 @@ pub struct SessionHandle {
     pub client: String,
     pub user: String,
     /// What the hub encodes this connection's pushes in.
-    pub format: Format,
+    pub wire: Wire,
     /// The transport it is served over (`websocket`, `sse`, …), for the `connections` API.
     pub transport: &'static str,
     pub outbox: Outbox,

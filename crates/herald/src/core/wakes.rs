@@ -121,7 +121,7 @@ mod tests {
             seq: 1,
             client: "c".into(),
             user: "u".into(),
-            format: herald_protocol::Format::Json,
+            wire: crate::core::wire::Wire::Json,
             transport: "websocket",
             outbox: Outbox::new(1 << 20, 1024, Gauge::default(), 0),
         })

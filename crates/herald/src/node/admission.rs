@@ -16,7 +16,41 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// One open connection of a Pusher app, counted while this lives.
+pub struct AppSlot {
+    node: Arc<Node>,
+    app: String,
+}
+
+impl Drop for AppSlot {
+    fn drop(&mut self) {
+        let mut counts = self.node.app_connections.lock();
+        if let Some(count) = counts.get_mut(&self.app) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.app);
+            }
+        }
+    }
+}
+
 impl Node {
+    /// A slot for one more connection of Pusher app `app`, or `None` when it has `max` (0: no
+    /// limit of its own). Only configured apps are counted, so the map is as small as the
+    /// config.
+    pub fn open_app_connection(self: &Arc<Self>, app: &str, max: usize) -> Option<AppSlot> {
+        let mut counts = self.app_connections.lock();
+        let count = counts.entry(app.to_string()).or_default();
+        if max > 0 && *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(AppSlot {
+            node: self.clone(),
+            app: app.to_string(),
+        })
+    }
+
     /// Whether a new connection from `ip` fits its rate limit.
     pub fn admit_ip(&self, ip: std::net::IpAddr) -> bool {
         let c = &self.config().client;

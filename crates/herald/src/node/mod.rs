@@ -3,7 +3,7 @@
 mod admission;
 mod keys;
 
-pub use admission::ConnectionSlot;
+pub use admission::{AppSlot, ConnectionSlot};
 pub use keys::TokenKeys;
 
 use crate::brokers::{Broker, BrokerError, BrokerHealth, PresenceStore};
@@ -50,6 +50,8 @@ pub struct Node {
         std::collections::HashMap<std::net::IpAddr, crate::core::rate::TokenBucket>,
     >,
     seq: AtomicU64,
+    /// Open connections per Pusher app id (`pusher.apps[].max_connections`).
+    app_connections: parking_lot::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl Node {
@@ -97,6 +99,7 @@ impl Node {
             ip_buckets: parking_lot::Mutex::new(std::collections::HashMap::new()),
             address: std::sync::OnceLock::new(),
             seq: AtomicU64::new(1),
+            app_connections: parking_lot::Mutex::new(std::collections::HashMap::new()),
             config: arc_swap::ArcSwap::from_pointee(config),
         })
     }

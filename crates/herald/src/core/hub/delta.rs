@@ -111,13 +111,13 @@ impl Hub {
     ) {
         let pushes: PerFormat<Arc<DeltaPush>> = PerFormat::new();
         self.fan_out(channel, |sub| {
-            Some(if sub.delta {
-                let push = pushes.get(sub.format, |format| {
+            // Only Centrifugo connections negotiate delta compression.
+            let delta_format = sub.wire.format().filter(|_| sub.delta);
+            Some(if let Some(format) = delta_format {
+                let push = pushes.get(sub.wire, |wire| {
                     let full = if format.delta_full_is_plain() {
                         encoded
-                            .get(format, |format| {
-                                format.encode_publication_push(channel, publication)
-                            })
+                            .get(wire, |wire| wire.encode_publication(channel, publication))
                             .clone()
                     } else {
                         // Never None without a patch.
@@ -194,7 +194,7 @@ mod tests {
                 seq,
                 client: format!("c{seq}"),
                 user: "u".into(),
-                format: herald_protocol::Format::Json,
+                wire: crate::core::wire::Wire::Json,
                 transport: "websocket",
                 outbox: Outbox::new(1 << 20, 1000, metrics.outbox_bytes.clone(), 0),
             })
@@ -246,12 +246,12 @@ mod tests {
             metrics.clone(),
             Arc::new(Namespaces::new(&ChannelConfig::default())),
         );
-        let handle = |seq, format| {
+        let handle = |seq, format: Format| {
             Arc::new(SessionHandle {
                 seq,
                 client: format!("c{seq}"),
                 user: "u".into(),
-                format,
+                wire: format.into(),
                 transport: "websocket",
                 outbox: Outbox::new(1 << 20, 1000, metrics.outbox_bytes.clone(), 0),
             })

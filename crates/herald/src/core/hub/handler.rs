@@ -4,6 +4,7 @@
 use super::{Hub, PerFormat, Subscriber};
 use crate::core::delivery::{BrokerHandler, Control};
 use crate::core::outbox::OutItem;
+use crate::core::wire::Wire;
 use bytes::Bytes;
 use herald_protocol::{ClientInfo, Publication, PushBody};
 use std::sync::Arc;
@@ -19,13 +20,9 @@ impl BrokerHandler for Hub {
                 let conflated = key.is_some();
                 match self.delta_patch(channel, &publication) {
                     None => self.fan_out(channel, |sub| {
-                        Some(publication_item(
-                            sub,
-                            channel,
-                            &publication,
-                            &encoded,
-                            conflated,
-                        ))
+                        (!own_client_event(sub, &publication)).then(|| {
+                            publication_item(sub, channel, &publication, &encoded, conflated)
+                        })
                     }),
                     Some(patch) => {
                         self.deliver_with_delta(channel, &publication, &encoded, conflated, patch)
@@ -36,11 +33,11 @@ impl BrokerHandler for Hub {
     }
 
     fn handle_join(&self, channel: &str, info: &ClientInfo) {
-        self.push_join_leave(channel, &PushBody::Join(info));
+        self.push_join_leave(channel, info, true);
     }
 
     fn handle_leave(&self, channel: &str, info: &ClientInfo) {
-        self.push_join_leave(channel, &PushBody::Leave(info));
+        self.push_join_leave(channel, info, false);
     }
 
     fn handle_gap(&self, channel: &str) {
@@ -84,6 +81,16 @@ impl BrokerHandler for Hub {
     }
 }
 
+/// Pusher never echoes an event to the connection that sent it: a client event, or an API
+/// trigger naming that connection's `socket_id`.
+fn own_client_event(sub: &Subscriber, publication: &Publication) -> bool {
+    sub.wire == Wire::Pusher
+        && publication
+            .info
+            .as_ref()
+            .is_some_and(|info| info.client == sub.handle.client)
+}
+
 /// A publication for a subscriber without delta compression, in its format (encoded once per
 /// format in `encoded`).
 pub(super) fn publication_item(
@@ -93,8 +100,8 @@ pub(super) fn publication_item(
     encoded: &PerFormat<Bytes>,
     conflated: bool,
 ) -> OutItem {
-    let bytes = encoded.get(sub.format, |format| {
-        format.encode_publication_push(channel, publication)
+    let bytes = encoded.get(sub.wire, |wire| {
+        wire.encode_publication(channel, publication)
     });
     OutItem::Publication {
         slot: sub.slot,
@@ -107,13 +114,28 @@ pub(super) fn publication_item(
 
 impl Hub {
     /// A join or leave push for the subscribers that asked for them, encoded once per format.
-    fn push_join_leave(&self, channel: &str, body: &PushBody<'_>) {
+    /// Pusher subscribers get the member itself: their session tells members (users) from
+    /// connections.
+    fn push_join_leave(&self, channel: &str, info: &ClientInfo, joined: bool) {
         let encoded = PerFormat::new();
+        let member = std::cell::OnceCell::new();
         self.fan_out(channel, |sub| {
             sub.join_leave.then(|| {
-                let bytes = encoded.get(sub.format, |format| {
+                let Some(format) = sub.wire.format() else {
+                    return OutItem::Member {
+                        slot: sub.slot,
+                        joined,
+                        info: member.get_or_init(|| Arc::new(info.clone())).clone(),
+                    };
+                };
+                let bytes = encoded.get(sub.wire, |_| {
+                    let body = if joined {
+                        PushBody::Join(info)
+                    } else {
+                        PushBody::Leave(info)
+                    };
                     let mut out = Vec::new();
-                    format.encode_push(channel, body, &mut out);
+                    format.encode_push(channel, &body, &mut out);
                     Bytes::from(out)
                 });
                 OutItem::Push {

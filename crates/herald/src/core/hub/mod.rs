@@ -13,7 +13,7 @@ use crate::core::channel::Namespaces;
 use crate::core::metrics::Metrics;
 use crate::core::outbox::{OutItem, Pushed, Segment};
 use crate::core::session_handle::{Inbox, SessionHandle};
-use herald_protocol::Format;
+use crate::core::wire::Wire;
 use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 use std::cell::OnceCell;
@@ -29,29 +29,25 @@ struct Subscriber {
     join_leave: bool,
     /// Negotiated delta compression (delta.rs).
     delta: bool,
-    format: Format,
+    wire: Wire,
 }
 
-/// A value encoded at most once per wire format, on first need during one fan-out: a publication
-/// sent to JSON and Protobuf subscribers is encoded once for each format present, never per
-/// subscriber, and not at all for a format nobody on the channel reads.
+/// A value encoded at most once per wire, on first need during one fan-out: a publication sent
+/// to JSON, Protobuf and Pusher subscribers is encoded once for each wire present, never per
+/// subscriber, and not at all for a wire nobody on the channel reads.
 pub(super) struct PerFormat<T> {
-    encoded: [OnceCell<T>; Format::ALL.len()],
+    encoded: [OnceCell<T>; Wire::COUNT],
 }
 
 impl<T> PerFormat<T> {
     pub(super) fn new() -> Self {
         PerFormat {
-            encoded: [OnceCell::new(), OnceCell::new()],
+            encoded: [OnceCell::new(), OnceCell::new(), OnceCell::new()],
         }
     }
 
-    pub(super) fn get(&self, format: Format, encode: impl FnOnce(Format) -> T) -> &T {
-        let index = match format {
-            Format::Json => 0,
-            Format::Protobuf => 1,
-        };
-        self.encoded[index].get_or_init(|| encode(format))
+    pub(super) fn get(&self, wire: Wire, encode: impl FnOnce(Wire) -> T) -> &T {
+        self.encoded[wire.index()].get_or_init(|| encode(wire))
     }
 }
 
@@ -150,6 +146,30 @@ impl Hub {
         true
     }
 
+    /// Files a connection under a user it proved after connecting (a Pusher sign-in), unless
+    /// that user already has `per_user` connections here (0: no limit); false when refused. The
+    /// connection is then among the user's for server-side disconnects and the `connections` API.
+    pub fn sign_in(&self, user: &str, handle: &Arc<SessionHandle>, per_user: usize) -> bool {
+        let mut users = self.users.write();
+        let list = users.entry(user.to_string()).or_default();
+        if per_user > 0 && list.len() >= per_user {
+            return false;
+        }
+        list.push(handle.clone());
+        true
+    }
+
+    /// Undoes [`Hub::sign_in`].
+    pub fn sign_out(&self, user: &str, seq: u64) {
+        let mut users = self.users.write();
+        if let Some(list) = users.get_mut(user) {
+            list.retain(|h| h.seq != seq);
+            if list.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
     pub fn remove_session(&self, handle: &SessionHandle) {
         self.sessions.write().remove(&handle.client);
         let mut users = self.users.write();
@@ -192,7 +212,7 @@ impl Hub {
                 slot,
                 join_leave,
                 delta,
-                format: handle.format,
+                wire: handle.wire,
             },
         );
         self.metrics.subscriptions.inc();
@@ -402,13 +422,14 @@ mod tests {
     use crate::config::ChannelConfig;
     use crate::core::outbox::Outbox;
     use bytes::Bytes;
+    use herald_protocol::Format;
 
     fn session(hub: &Hub, metrics: &Metrics, seq: u64, queued: usize) -> Arc<SessionHandle> {
         let handle = Arc::new(SessionHandle {
             seq,
             client: format!("c{seq}"),
             user: format!("u{seq}"),
-            format: herald_protocol::Format::Json,
+            wire: Wire::Json,
             transport: "websocket",
             outbox: Outbox::new(1 << 20, 10_000, metrics.outbox_bytes.clone(), 0),
         });
@@ -453,11 +474,12 @@ mod tests {
     }
 
     fn subscriber(hub: &Hub, metrics: &Metrics, seq: u64, format: Format) -> Arc<SessionHandle> {
+        let wire = Wire::from(format);
         let handle = Arc::new(SessionHandle {
             seq,
             client: format!("c{seq}"),
             user: format!("u{seq}"),
-            format,
+            wire,
             transport: "websocket",
             outbox: Outbox::new(1 << 20, 10_000, metrics.outbox_bytes.clone(), 0),
         });
@@ -495,14 +517,20 @@ mod tests {
     fn per_format_encodes_once_per_format_asked_for() {
         let calls = std::cell::Cell::new(0);
         let cache = PerFormat::new();
-        for format in [Format::Json, Format::Json, Format::Protobuf, Format::Json] {
-            cache.get(format, |f| {
+        for wire in [
+            Wire::Json,
+            Wire::Json,
+            Wire::Protobuf,
+            Wire::Json,
+            Wire::Pusher,
+        ] {
+            cache.get(wire, |w| {
                 calls.set(calls.get() + 1);
-                f.name()
+                w
             });
         }
-        assert_eq!(calls.get(), 2);
-        assert_eq!(*cache.get(Format::Protobuf, |_| "again"), "protobuf");
+        assert_eq!(calls.get(), 3);
+        assert_eq!(*cache.get(Wire::Protobuf, |_| Wire::Json), Wire::Protobuf);
     }
 
     #[test]

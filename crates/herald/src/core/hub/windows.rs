@@ -7,8 +7,9 @@
 use super::{Hub, PerFormat, Segment};
 use crate::config::NamespaceOptions;
 use crate::core::outbox::OutItem;
+use crate::core::wire::Wire;
 use bytes::Bytes;
-use herald_protocol::{Format, Publication};
+use herald_protocol::Publication;
 use indexmap::IndexMap;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -81,7 +82,7 @@ pub(super) struct WindowItem {
 /// (unless a single publication is larger). Each item records where every publication starts, so a
 /// subscriber that already has some of them (from its subscribe reply) receives only the rest.
 pub(super) fn encode_window(
-    format: Format,
+    format: Wire,
     channel: &str,
     batch: &[Arc<Publication>],
 ) -> Vec<WindowItem> {
@@ -98,7 +99,7 @@ pub(super) fn encode_window(
         });
     };
     for publication in batch {
-        let encoded = format.encode_publication_push(channel, publication);
+        let encoded = format.encode_publication(channel, publication);
         if !out.is_empty() && out.len() + separator.len() + encoded.len() > MAX_WINDOW_ITEM {
             cut(&mut out, &mut segments);
         }
@@ -142,7 +143,7 @@ impl Hub {
     ) {
         let encoded = PerFormat::new();
         self.fan_out(channel, |sub| {
-            let items = encoded.get(sub.format, |format| encode_window(format, channel, &batch));
+            let items = encoded.get(sub.wire, |wire| encode_window(wire, channel, &batch));
             let slot = sub.slot;
             items.iter().map(move |item| OutItem::Publication {
                 slot,

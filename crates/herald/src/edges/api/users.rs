@@ -120,10 +120,7 @@ pub(super) fn connections(node: &Node, p: ConnectionsParams) -> Result<Value, Ap
         .iter()
         .take(MAX_CONNECTIONS_LISTED)
         .map(|h| {
-            let protocol = match h.format {
-                herald_protocol::Format::Json => "json",
-                herald_protocol::Format::Protobuf => "protobuf",
-            };
+            let protocol = h.wire.name();
             let channels: serde_json::Map<String, Value> = node
                 .hub
                 .session_channels(h.seq)

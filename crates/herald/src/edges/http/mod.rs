@@ -5,6 +5,7 @@
 
 pub mod handshake;
 pub mod listener;
+mod pusher_upgrade;
 pub mod response;
 mod router;
 mod streaming;

@@ -1,6 +1,7 @@
 //! Which path goes where (by the listener's role), and the server API endpoint: its key or
 //! keyless allow-list, body limits, and the JSON reply.
 
+use super::pusher_upgrade;
 use super::response::{api_error, json_response, respond, Body};
 use super::streaming;
 use super::websocket::websocket;
@@ -29,6 +30,11 @@ pub(super) async fn route(
     match (req.method(), path.as_str()) {
         (&Method::GET, WEBSOCKET_PATH) if clients_here => websocket(node, req, peer, false),
         (&Method::GET, UNI_WEBSOCKET_PATH) if clients_here => websocket(node, req, peer, true),
+        (&Method::GET, p)
+            if clients_here && node.config().pusher.enabled() && pusher_upgrade::handles(p) =>
+        {
+            pusher_upgrade::pusher_websocket(node, req, peer)
+        }
         (_, EMULATION_PATH) if clients_here => streaming::emulation(node, req).await,
         (_, p) if clients_here && streaming::Endpoint::from_path(p).is_some() => {
             let endpoint =

@@ -20,24 +20,9 @@ pub(super) fn websocket(
     peer: SocketAddr,
     uni: bool,
 ) -> Response<Body> {
-    let key = match crate::edges::http::handshake::validate_upgrade(
-        req.method(),
-        req.version(),
-        req.headers(),
-    ) {
-        Ok(key) => key.clone(),
-        Err(refusal) => {
-            refused(&node, refusal.reason);
-            let mut response =
-                respond(refusal.status, "text/plain; charset=utf-8", refusal.message);
-            if refusal.needs_version_header() {
-                response.headers_mut().insert(
-                    header::SEC_WEBSOCKET_VERSION,
-                    HeaderValue::from_static(crate::edges::http::handshake::WEBSOCKET_VERSION),
-                );
-            }
-            return response;
-        }
+    let key = match upgrade_key(&node, &req) {
+        Ok(key) => key,
+        Err(response) => return *response,
     };
     let slot = match admit(&node, req.headers(), peer) {
         Ok(slot) => slot,
@@ -59,14 +44,9 @@ pub(super) fn websocket(
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
-            // Take the socket back from hyper so the session owns it directly.
-            Ok(upgraded) => match upgraded.downcast::<TokioIo<crate::edges::tls::Socket>>() {
-                Ok(parts) => {
-                    let max = node.config().client.max_message_size;
-                    let ws = WsConn::new(parts.io.into_inner(), &parts.read_buf, max)
-                        .binary(format.is_binary());
-                    // hyper's read buffer (8 KiB) must not live as long as the connection.
-                    drop(parts.read_buf);
+            Ok(upgraded) => match into_ws(upgraded, node.config().client.max_message_size) {
+                Some(ws) => {
+                    let ws = ws.binary(format.is_binary());
                     let conn = if uni {
                         Transport::UniWebSocket {
                             ws,
@@ -85,17 +65,61 @@ pub(super) fn websocket(
                         session.run().await;
                     });
                 }
-                Err(_) => tracing::warn!("websocket upgrade over an unexpected transport"),
+                None => tracing::warn!("websocket upgrade over an unexpected transport"),
             },
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
+    switching_protocols(&accept, subprotocol)
+}
+
+/// The key of a valid upgrade request, or the refusal it gets.
+pub(super) fn upgrade_key(
+    node: &Node,
+    req: &Request<Incoming>,
+) -> Result<HeaderValue, Box<Response<Body>>> {
+    match crate::edges::http::handshake::validate_upgrade(
+        req.method(),
+        req.version(),
+        req.headers(),
+    ) {
+        Ok(key) => Ok(key.clone()),
+        Err(refusal) => {
+            refused(node, refusal.reason);
+            let mut response =
+                respond(refusal.status, "text/plain; charset=utf-8", refusal.message);
+            if refusal.needs_version_header() {
+                response.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static(crate::edges::http::handshake::WEBSOCKET_VERSION),
+                );
+            }
+            Err(Box::new(response))
+        }
+    }
+}
+
+/// Takes the socket back from hyper so the session owns it directly.
+pub(super) fn into_ws(upgraded: hyper::upgrade::Upgraded, max_message: usize) -> Option<WsConn> {
+    let parts = upgraded
+        .downcast::<TokioIo<crate::edges::tls::Socket>>()
+        .ok()?;
+    let ws = WsConn::new(parts.io.into_inner(), &parts.read_buf, max_message);
+    // hyper's read buffer (8 KiB) must not live as long as the connection: dropped here.
+    Some(ws)
+}
+
+/// The 101 answer to an accepted upgrade.
+pub(super) fn switching_protocols(
+    accept: &str,
+    subprotocol: Option<&'static str>,
+) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::new()).boxed_unsync());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(value) = HeaderValue::from_str(&accept) {
+    if let Ok(value) = HeaderValue::from_str(accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     if let Some(subprotocol) = subprotocol {

@@ -63,10 +63,18 @@ async fn trigger(
 ) -> Result<BTreeMap<String, ChannelAttributes>, Refusal> {
     let data = events::publication_data(&event.data);
     let tags = events::publication_tags(&event.name);
+    // `socket_id` leaves that Pusher connection out: the hub skips the connection a
+    // publication names as its sender.
+    let sender = event.socket_id.as_ref().map(|id| herald_protocol::ClientInfo {
+        user: String::new(),
+        client: id.as_str().to_string(),
+        conn_info: None,
+        chan_info: None,
+    });
     let mut attributes = BTreeMap::new();
     for channel in &event.channels {
         let herald = app.herald_channel(channel.as_str());
-        node.publish(&herald, data.clone(), None, tags.clone(), "pusher")
+        node.publish(&herald, data.clone(), sender.clone(), tags.clone(), "pusher")
             .await
             .map_err(|e| {
                 let status = match e {

@@ -6,8 +6,10 @@
 
 mod api;
 mod events;
+mod session;
 
 pub use events::EVENT_TAG;
+pub use session::{PusherSession, TRANSPORT};
 
 use crate::core::metrics::ReasonLabel;
 use crate::edges::http::response::{respond, Body};

@@ -53,7 +53,7 @@ impl Session {
             seq: node.next_seq(),
             client: client_id,
             user: self.user.clone(),
-            format: self.format,
+            wire: self.format.into(),
             transport: self.conn.name(),
             outbox: Outbox::new(
                 client_config.max_outbox_bytes,

@@ -171,6 +171,8 @@ impl Session {
                     self.queue(bytes);
                 }
             }
+            // Only Pusher subscribers are handed members.
+            OutItem::Member { .. } => {}
             OutItem::Gap { slot } => return Some(Waits::Gap(slot)),
             OutItem::Control(control) => return Some(Waits::Control(control)),
         }
