@@ -166,7 +166,18 @@ impl Pusher {
                 channel_auth(key, self.secret, &self.socket_id, channel, channel_data)
             });
         self.subscribe(channel, auth, channel_data).await;
-        let reply = self.next().await;
+        // The answer about this channel (events of other channels may come first).
+        let mut skipped = Vec::new();
+        let reply = loop {
+            let v = self.next().await;
+            if v["channel"] == channel {
+                break v;
+            }
+            skipped.push(v);
+        };
+        for v in skipped.into_iter().rev() {
+            self.stash.push_front(v);
+        }
         assert_eq!(
             reply["event"], "pusher_internal:subscription_succeeded",
             "{channel}: {reply}"
@@ -619,6 +630,27 @@ async fn cache_channels_replay_the_last_event_or_say_it_is_missing() {
     assert_eq!(data_of(&replayed), json!({"v": 2}), "only the last one");
     late.expect_silence(Duration::from_millis(200)).await;
 
+    // The HTTP API tells what a cache channel holds, and for how long still.
+    let path = format!("/apps/{APP_ID}/channels/cache-prices");
+    let query = sign_request(KEY, SECRET, "GET", &path, &[("info", "cache")], b"", now());
+    let (status, reply) = http_raw(server.addr, "GET", &format!("{path}?{query}"), &[], "").await;
+    assert_eq!(status, 200, "{reply}");
+    let info: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(info["cache"]["event"], "price", "{info}");
+    assert_eq!(info["cache"]["data"], r#"{"v":2}"#);
+    let ttl = info["cache"]["ttl"].as_u64().unwrap_or(0);
+    assert!(
+        (290..=300).contains(&ttl),
+        "the namespace keeps history 300 s: {ttl}"
+    );
+    let path = format!("/apps/{APP_ID}/channels/cache-empty");
+    let query = sign_request(KEY, SECRET, "GET", &path, &[("info", "cache")], b"", now());
+    let (_, reply) = http_raw(server.addr, "GET", &format!("{path}?{query}"), &[], "").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply).unwrap(),
+        json!({"occupied": false, "cache": null})
+    );
+
     // Private cache channels need their signature like any private channel.
     let mut private = Pusher::open(server.addr, KEY).await;
     private.join("private-cache-state", None).await;
@@ -831,4 +863,110 @@ async fn across_two_nodes_members_client_events_and_publications_reach_every_nod
     drop(bob);
     let removed = alice.event("pusher_internal:member_removed").await;
     assert_eq!(data_of(&removed)["user_id"], "bob");
+}
+
+/// Pusher webhooks of an app: every event kind, signed with the app's key and secret, from
+/// Pusher and Centrifugo connections alike; members once per user.
+#[tokio::test]
+async fn webhooks_tell_the_app_of_channels_members_client_events_and_cache_misses() {
+    use support::backend::{Backend, Recorded, Reply};
+    let receiver = Backend::start(|_| Reply::Json(json!({}))).await;
+    let url = receiver.url("/pusher");
+    let server = pusher_server(|c| {
+        c.pusher.apps[0].webhook_url = url;
+        c.pusher.apps[0].webhook_events = herald::config::PUSHER_WEBHOOK_EVENTS
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        c.webhooks.retry_backoff = Duration::from_millis(50);
+    })
+    .await;
+    let events = || -> Vec<Value> {
+        receiver
+            .requests("/pusher")
+            .iter()
+            .flat_map(|r: &Recorded| {
+                // Signed as Pusher signs: the app key, and the HMAC of the exact body.
+                assert_eq!(r.header("x-pusher-key").as_deref(), Some(KEY));
+                let signature = r.header("x-pusher-signature").unwrap_or_default();
+                assert!(herald_pusher::webhook::verify(SECRET, &r.body, &signature));
+                assert_eq!(
+                    r.header("content-type").as_deref(),
+                    Some("application/json")
+                );
+                let body = r.json();
+                assert!(body["time_ms"].as_u64().unwrap_or(0) > 1_600_000_000_000);
+                body["events"].as_array().cloned().unwrap_or_default()
+            })
+            .collect()
+    };
+    let wait_for = |name: &'static str, count: usize| {
+        let events = events.clone();
+        async move {
+            let found = eventually(WAIT, || {
+                events().iter().filter(|e| e["name"] == name).count() >= count
+            })
+            .await;
+            assert!(found, "{count} × {name}: {:?}", events());
+            events()
+                .into_iter()
+                .filter(|e| e["name"] == name)
+                .collect::<Vec<_>>()
+        }
+    };
+
+    let mut alice = Pusher::open(server.addr, KEY).await;
+    alice
+        .join("presence-room", Some(r#"{"user_id":"alice"}"#))
+        .await;
+    let occupied = wait_for("channel_occupied", 1).await;
+    assert_eq!(occupied[0]["channel"], "presence-room");
+    let added = wait_for("member_added", 1).await;
+    assert_eq!(added[0]["user_id"], "alice");
+    // Her second connection is no new member; a Centrifugo user is.
+    let mut alice_again = Pusher::open(server.addr, KEY).await;
+    alice_again
+        .join("presence-room", Some(r#"{"user_id":"alice"}"#))
+        .await;
+    let mut carol = server.client("carol").await;
+    carol.subscribe("shop:presence-room").await;
+    let added = wait_for("member_added", 2).await;
+    assert_eq!(added[1]["user_id"], "carol");
+
+    alice
+        .send(json!({"event": "client-typing", "channel": "presence-room", "data": {"on": 1}}))
+        .await;
+    let client_events = wait_for("client_event", 1).await;
+    let event = &client_events[0];
+    assert_eq!(
+        (event["channel"].as_str(), event["event"].as_str()),
+        (Some("presence-room"), Some("client-typing"))
+    );
+    assert_eq!(event["socket_id"], alice.socket_id.as_str());
+    assert_eq!(event["user_id"], "alice");
+    assert_eq!(data_of(&json!({"data": event["data"]})), json!({"on": 1}));
+
+    alice.join("cache-news", None).await;
+    assert_eq!(wait_for("cache_miss", 1).await[0]["channel"], "cache-news");
+
+    // Members leave with their last connection; the channel is vacated with its last subscriber.
+    drop(alice_again);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(events().iter().all(|e| e["name"] != "member_removed"));
+    drop(alice);
+    let removed = wait_for("member_removed", 1).await;
+    assert_eq!(removed[0]["user_id"], "alice");
+    drop(carol);
+    let vacated = wait_for("channel_vacated", 2).await;
+    let mut channels: Vec<&str> = vacated
+        .iter()
+        .filter_map(|e| e["channel"].as_str())
+        .collect();
+    channels.sort();
+    assert_eq!(channels, ["cache-news", "presence-room"]);
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("herald_webhooks_delivered_total{event=\"member_added\"} 2"),
+        "{metrics}"
+    );
 }

@@ -30,7 +30,8 @@ pub struct Server {
     feeds: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     /// The webhook worker and what tells it to deliver what is left and end.
-    webhooks: Option<(JoinHandle<()>, CancellationToken)>,
+    /// The webhook delivery tasks, and what tells them to finish.
+    webhooks: (Vec<JoinHandle<()>>, CancellationToken),
     /// The HTTP listeners: stopped first on shutdown, handed to a new process on SIGUSR2.
     listening: Vec<Listening>,
     drain: super::drain::DrainGauges,
@@ -235,12 +236,15 @@ impl Server {
         tasks.push(tokio::spawn(sweeper(node.clone())));
         tasks.push(tokio::spawn(announcer(node.clone())));
         // The webhook worker outlives the connections: their disconnects are delivered at shutdown.
-        let webhooks = node.hooks.take_worker().map(|worker| {
-            let finish = CancellationToken::new();
-            let budget = node.config().http.shutdown_timeout;
-            let task = tokio::spawn(worker.run(finish.clone(), budget));
-            (task, finish)
-        });
+        let finish = CancellationToken::new();
+        let budget = node.config().http.shutdown_timeout;
+        let webhook_tasks = node
+            .hooks
+            .take_workers()
+            .into_iter()
+            .map(|worker| tokio::spawn(worker.run(finish.clone(), budget)))
+            .collect();
+        let webhooks = (webhook_tasks, finish);
         let feeds = crate::edges::feeds::start(&node);
         let drain = super::drain::DrainGauges::register(&node.metrics);
         Ok(Server {
@@ -326,9 +330,10 @@ impl Server {
                 abort.abort();
             }
         }
-        if let Some((task, finish)) = self.webhooks {
-            // Bounded by the worker's own budget (the shutdown timeout).
-            finish.cancel();
+        let (webhook_tasks, finish) = self.webhooks;
+        // Bounded by the workers' own budget (the shutdown timeout), which they spend together.
+        finish.cancel();
+        for task in webhook_tasks {
             let _ = task.await;
         }
         for task in self.tasks {
@@ -348,7 +353,7 @@ impl Server {
         for task in self.tasks {
             task.abort();
         }
-        if let Some((task, _)) = self.webhooks {
+        for task in self.webhooks.0 {
             task.abort();
         }
         if let Some(devices) = &self.devices {

@@ -44,7 +44,7 @@ pub use map::MapConfig;
 pub use namespace::NamespaceOptions;
 pub use node::NodeConfig;
 pub use proxy::{parse_http_url, ProxyConfig};
-pub use pusher::{PusherApp, PusherConfig};
+pub use pusher::{PusherApp, PusherConfig, PUSHER_WEBHOOK_EVENTS};
 pub use token::TokenConfig;
 pub use webhooks::{WebhooksConfig, WEBHOOK_EVENTS};
 

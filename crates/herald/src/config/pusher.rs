@@ -57,7 +57,22 @@ pub struct PusherApp {
     pub max_connections: usize,
     /// Distinct users on one presence channel (Pusher: 100); a subscriber past it is refused.
     pub max_presence_members: usize,
+    /// Where Pusher webhooks of this app are POSTed, signed with its key and secret; empty: none.
+    /// Queue, retries and timeouts are `[webhooks]`'s.
+    pub webhook_url: String,
+    /// Events sent, among [`PUSHER_WEBHOOK_EVENTS`].
+    pub webhook_events: Vec<String>,
 }
+
+/// The Pusher webhook events Herald sends.
+pub const PUSHER_WEBHOOK_EVENTS: [&str; 6] = [
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+];
 
 impl Default for PusherApp {
     fn default() -> Self {
@@ -69,6 +84,13 @@ impl Default for PusherApp {
             client_events: false,
             max_connections: 0,
             max_presence_members: 100,
+            webhook_url: String::new(),
+            // Client events can be many: sent only when asked for, as Pusher does.
+            webhook_events: PUSHER_WEBHOOK_EVENTS
+                .iter()
+                .filter(|e| **e != "client_event")
+                .map(|e| e.to_string())
+                .collect(),
         }
     }
 }
@@ -142,6 +164,21 @@ impl PusherConfig {
                     ));
                 }
             }
+            if !app.webhook_url.is_empty() {
+                super::proxy::parse_http_url(&app.webhook_url)
+                    .map_err(|m| field(name("webhook_url"), m))?;
+            }
+            for (j, event) in app.webhook_events.iter().enumerate() {
+                if !PUSHER_WEBHOOK_EVENTS.contains(&event.as_str()) {
+                    return Err(field(
+                        name(&format!("webhook_events[{j}]")),
+                        format!(
+                            "{event:?} is not one of {}",
+                            PUSHER_WEBHOOK_EVENTS.join(", ")
+                        ),
+                    ));
+                }
+            }
             if app.max_presence_members == 0 {
                 return Err(positive(name("max_presence_members")));
             }
@@ -194,6 +231,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.pusher.apps[0].namespace, "shop");
+    }
+
+    #[test]
+    fn websocket_and_webhook_options_are_validated_naming_the_field() {
+        for (toml, field) in [
+            (
+                format!("{APP}webhook_url = \"ftp://x\"\n"),
+                "pusher.apps[0].webhook_url",
+            ),
+            (
+                format!("{APP}webhook_url = \"http://127.0.0.1:9/h\"\nwebhook_events = [\"member_added\", \"join\"]\n"),
+                "pusher.apps[0].webhook_events[1]",
+            ),
+            (
+                format!("{APP}max_presence_members = 0\n"),
+                "pusher.apps[0].max_presence_members",
+            ),
+            (
+                "[pusher]\nactivity_timeout = \"100ms\"\n".to_string(),
+                "pusher.activity_timeout",
+            ),
+            (
+                "[pusher]\nclient_event_rate = 0\n".to_string(),
+                "pusher.client_event_rate",
+            ),
+        ] {
+            let e = load_str(&toml, &[], &[]).unwrap_err();
+            assert_eq!(e.field(), Some(field), "{e}");
+        }
+        let config = load_str(&format!("{APP}client_events = true\n"), &[], &[]).unwrap();
+        let app = &config.pusher.apps[0];
+        assert!(app.client_events);
+        assert_eq!((app.max_connections, app.max_presence_members), (0, 100));
+        assert!(!app.webhook_events.iter().any(|e| e == "client_event"));
+        assert_eq!(app.webhook_events.len(), 5);
     }
 
     #[test]

@@ -304,6 +304,10 @@ client_event_rate = 10
 # max_connections = 0
 # # Distinct users on one presence channel.
 # max_presence_members = 100
+# # Pusher webhooks of this app, signed with its key and secret ("" for none); the queue,
+# # retries and timeouts are [webhooks]'s.
+# webhook_url = ""
+# webhook_events = ["channel_occupied", "channel_vacated", "member_added", "member_removed", "cache_miss"]
 
 [devices]
 # GPS device ingest (docs/devices.md): tracker listeners, an on-disk spool and a database writer.

@@ -82,22 +82,33 @@ pub fn pusher_channel(channel: &str) -> &str {
 /// channels the sender of a client event as `user_id`.
 pub fn pusher_event(channel: &str, publication: &Publication) -> String {
     let name = pusher_channel(channel);
-    let event = publication
-        .tags
-        .get(PUSHER_EVENT_TAG)
-        .map_or(PUSHER_DEFAULT_EVENT, String::as_str);
-    let raw = publication.data.get();
-    let text: std::borrow::Cow<'_, str> = if raw.starts_with('"') {
-        serde_json::from_str::<String>(raw).map_or(raw.into(), Into::into)
-    } else {
-        raw.into()
-    };
+    let event = pusher_event_name(publication);
+    let text = pusher_data(publication);
     let user_id = publication
         .info
         .as_ref()
         .filter(|_| event.starts_with("client-") && name.starts_with("presence-"))
         .map(|info| info.user.as_str());
     herald_pusher::outgoing::event(event, name, Some(&text), user_id)
+}
+
+/// A publication's Pusher event name: its tag `event`, or `message`.
+pub fn pusher_event_name(publication: &Publication) -> &str {
+    publication
+        .tags
+        .get(PUSHER_EVENT_TAG)
+        .map_or(PUSHER_DEFAULT_EVENT, String::as_str)
+}
+
+/// A publication's data as the string a Pusher event carries: a JSON string's text, any other
+/// JSON as its text.
+pub fn pusher_data(publication: &Publication) -> std::borrow::Cow<'_, str> {
+    let raw = publication.data.get();
+    if raw.starts_with('"') {
+        serde_json::from_str::<String>(raw).map_or(raw.into(), Into::into)
+    } else {
+        raw.into()
+    }
 }
 
 #[cfg(test)]

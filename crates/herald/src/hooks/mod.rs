@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod proxy;
+pub mod pusher_webhook;
 pub mod sign;
 pub mod webhook;
 pub mod wire;
@@ -76,24 +77,30 @@ pub struct Hooks {
     client: http::HttpClient,
     metrics: Arc<Metrics>,
     pub webhooks: Option<Webhooks>,
-    worker: parking_lot::Mutex<Option<WebhookWorker>>,
+    /// Pusher apps' webhooks (`pusher.apps[].webhook_url`).
+    pub pusher: pusher_webhook::PusherWebhooks,
+    workers: parking_lot::Mutex<Vec<WebhookWorker>>,
 }
 
 impl Hooks {
     pub fn new(config: &Config, metrics: Arc<Metrics>, node_name: &str) -> Hooks {
         let client = http::HttpClient::new();
         let proxy = Proxy::new(&config.proxy, client.clone(), metrics.clone()).map(Arc::new);
-        let (webhooks, worker) =
+        let (webhooks, mut workers) =
             match Webhooks::new(&config.webhooks, client.clone(), metrics.clone(), node_name) {
-                Some((w, worker)) => (Some(w), Some(worker)),
-                None => (None, None),
+                Some((w, worker)) => (Some(w), vec![worker]),
+                None => (None, Vec::new()),
             };
+        let (pusher, pusher_workers) =
+            pusher_webhook::PusherWebhooks::new(config, &client, &metrics);
+        workers.extend(pusher_workers);
         Hooks {
             proxy: arc_swap::ArcSwapOption::new(proxy),
             client,
             metrics,
             webhooks,
-            worker: parking_lot::Mutex::new(worker),
+            pusher,
+            workers: parking_lot::Mutex::new(workers),
         }
     }
 
@@ -118,21 +125,24 @@ impl Hooks {
         self.proxy.store(proxy);
     }
 
-    /// The webhook delivery task, for the server to spawn (once).
-    pub fn take_worker(&self) -> Option<WebhookWorker> {
-        self.worker.lock().take()
+    /// The webhook delivery tasks (Herald's, and one per Pusher app with webhooks), for the
+    /// server to spawn (once).
+    pub fn take_workers(&self) -> Vec<WebhookWorker> {
+        std::mem::take(&mut *self.workers.lock())
     }
 
     pub fn channel_occupied(&self, channel: &str) {
         if let Some(w) = &self.webhooks {
             w.channel_event(webhook::Event::ChannelOccupied, channel);
         }
+        self.pusher.channel(channel, true);
     }
 
     pub fn channel_vacated(&self, channel: &str) {
         if let Some(w) = &self.webhooks {
             w.channel_event(webhook::Event::ChannelVacated, channel);
         }
+        self.pusher.channel(channel, false);
     }
 
     pub fn join(&self, channel: &str, info: &ClientInfo) {

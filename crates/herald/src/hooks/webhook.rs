@@ -91,10 +91,17 @@ struct Body<'a> {
     reason: Option<&'a str>,
 }
 
-struct Queued {
-    event: Event,
-    time_secs: i64,
-    body: Bytes,
+pub(super) struct Queued {
+    /// The event's name: the metrics' label and the `X-Herald-Event` header.
+    pub(super) name: &'static str,
+    pub(super) time_secs: i64,
+    pub(super) body: Bytes,
+}
+
+/// How a delivery is signed: with Herald's headers, or as Pusher signs an app's webhooks.
+pub(super) enum Signing {
+    Herald { secret: Vec<u8> },
+    Pusher { key: String, secret: String },
 }
 
 /// The sending side, held by the node.
@@ -110,7 +117,7 @@ pub struct WebhookWorker {
     rx: mpsc::Receiver<Queued>,
     client: HttpClient,
     url: Uri,
-    secret: Vec<u8>,
+    signing: Signing,
     retries: u32,
     backoff: Duration,
     timeout: Duration,
@@ -134,17 +141,10 @@ impl Webhooks {
             .iter()
             .filter_map(|e| Event::from_name(e))
             .fold(0, |bits, e| bits | e.bit());
-        let (tx, rx) = mpsc::channel(config.queue_size.max(1));
-        let worker = WebhookWorker {
-            rx,
-            client,
-            url,
+        let signing = Signing::Herald {
             secret: config.secret.as_bytes().to_vec(),
-            retries: config.retries,
-            backoff: config.retry_backoff,
-            timeout: config.timeout,
-            metrics: metrics.clone(),
         };
+        let (tx, worker) = WebhookWorker::new(config, client, url, signing, metrics.clone());
         Some((
             Webhooks {
                 tx,
@@ -218,39 +218,66 @@ impl Webhooks {
         self.enqueue(Event::Disconnect, time, &body);
     }
 
-    /// Never waits: a session must not stall because the receiver is slow.
     fn enqueue(&self, event: Event, time_ms: i64, body: &Body<'_>) {
         let Ok(body) = serde_json::to_vec(body) else {
             return;
         };
         let queued = Queued {
-            event,
+            name: event.name(),
             time_secs: time_ms / 1000,
             body: Bytes::from(body),
         };
-        match self.tx.try_send(queued) {
-            Ok(()) => {
-                self.metrics.webhook_queue_length.inc();
-                self.metrics
-                    .webhooks_queued
-                    .get_or_create(&EventLabel {
-                        event: event.name(),
-                    })
-                    .inc();
-            }
-            Err(_) => {
-                self.metrics
-                    .webhooks_dropped
-                    .get_or_create(&ReasonLabel {
-                        reason: "queue_full",
-                    })
-                    .inc();
-            }
+        enqueue(&self.tx, &self.metrics, queued);
+    }
+}
+
+/// Queues an event for its worker. Never waits: a session must not stall because the receiver
+/// is slow; a full queue drops the new event and counts it.
+pub(super) fn enqueue(tx: &mpsc::Sender<Queued>, metrics: &Metrics, queued: Queued) {
+    let name = queued.name;
+    match tx.try_send(queued) {
+        Ok(()) => {
+            metrics.webhook_queue_length.inc();
+            metrics
+                .webhooks_queued
+                .get_or_create(&EventLabel { event: name })
+                .inc();
+        }
+        Err(_) => {
+            metrics
+                .webhooks_dropped
+                .get_or_create(&ReasonLabel {
+                    reason: "queue_full",
+                })
+                .inc();
         }
     }
 }
 
 impl WebhookWorker {
+    /// A worker delivering to `url` with the queue, retries and timeout of `[webhooks]`, and the
+    /// sender that queues for it.
+    pub(super) fn new(
+        config: &WebhooksConfig,
+        client: HttpClient,
+        url: Uri,
+        signing: Signing,
+        metrics: Arc<Metrics>,
+    ) -> (mpsc::Sender<Queued>, WebhookWorker) {
+        let (tx, rx) = mpsc::channel(config.queue_size.max(1));
+        let worker = WebhookWorker {
+            rx,
+            client,
+            url,
+            signing,
+            retries: config.retries,
+            backoff: config.retry_backoff,
+            timeout: config.timeout,
+            metrics,
+        };
+        (tx, worker)
+    }
+
     /// Delivers queued events one at a time, in order. Once `finish` is cancelled (the node's
     /// connections have closed), what is still queued is delivered within `budget`; the rest is
     /// dropped and counted.
@@ -309,9 +336,7 @@ impl WebhookWorker {
     }
 
     async fn deliver(&self, queued: &Queued) {
-        let label = EventLabel {
-            event: queued.event.name(),
-        };
+        let label = EventLabel { event: queued.name };
         let headers = self.headers(queued);
         let mut backoff = self.backoff;
         for attempt in 0..=self.retries {
@@ -347,18 +372,36 @@ impl WebhookWorker {
 
     fn headers(&self, queued: &Queued) -> Vec<(HeaderName, HeaderValue)> {
         let mut headers = Vec::with_capacity(3);
-        let signature = signature(&self.secret, &queued.body);
-        if let Ok(value) = HeaderValue::from_str(&signature) {
-            headers.push((HeaderName::from_static(SIGNATURE_HEADER), value));
+        match &self.signing {
+            Signing::Herald { secret } => {
+                let signature = signature(secret, &queued.body);
+                if let Ok(value) = HeaderValue::from_str(&signature) {
+                    headers.push((HeaderName::from_static(SIGNATURE_HEADER), value));
+                }
+                headers.push((
+                    HeaderName::from_static(TIMESTAMP_HEADER),
+                    HeaderValue::from(queued.time_secs),
+                ));
+                headers.push((
+                    HeaderName::from_static(EVENT_HEADER),
+                    HeaderValue::from_static(queued.name),
+                ));
+            }
+            Signing::Pusher { key, secret } => {
+                let signature = herald_pusher::webhook::signature(secret, &queued.body);
+                for (name, value) in [
+                    (herald_pusher::webhook::KEY_HEADER, key.as_str()),
+                    (herald_pusher::webhook::SIGNATURE_HEADER, signature.as_str()),
+                ] {
+                    if let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
+                        HeaderValue::from_str(value),
+                    ) {
+                        headers.push((name, value));
+                    }
+                }
+            }
         }
-        headers.push((
-            HeaderName::from_static(TIMESTAMP_HEADER),
-            HeaderValue::from(queued.time_secs),
-        ));
-        headers.push((
-            HeaderName::from_static(EVENT_HEADER),
-            HeaderValue::from_static(queued.event.name()),
-        ));
         headers
     }
 }

@@ -2,6 +2,7 @@
 
 mod admission;
 mod keys;
+mod members;
 
 pub use admission::{AppSlot, ConnectionSlot};
 pub use keys::TokenKeys;

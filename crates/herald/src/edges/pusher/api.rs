@@ -6,8 +6,9 @@ use crate::brokers::Control;
 use crate::config::PusherApp;
 use crate::node::Node;
 use herald_pusher::api::{
-    self as wire, ApiLimits, BatchResponse, ChannelAttributes, ChannelResponse, ChannelsResponse,
-    InfoAttributes, Route, TriggerEvent, TriggerResponse, UserEntry, UsersResponse,
+    self as wire, ApiLimits, BatchResponse, CachedEvent, ChannelAttributes, ChannelResponse,
+    ChannelsResponse, InfoAttributes, Route, TriggerEvent, TriggerResponse, UserEntry,
+    UsersResponse,
 };
 use herald_pusher::channel::ChannelName;
 use herald_pusher::http_auth::parse_query;
@@ -65,28 +66,37 @@ async fn trigger(
     let tags = events::publication_tags(&event.name);
     // `socket_id` leaves that Pusher connection out: the hub skips the connection a
     // publication names as its sender.
-    let sender = event.socket_id.as_ref().map(|id| herald_protocol::ClientInfo {
-        user: String::new(),
-        client: id.as_str().to_string(),
-        conn_info: None,
-        chan_info: None,
-    });
+    let sender = event
+        .socket_id
+        .as_ref()
+        .map(|id| herald_protocol::ClientInfo {
+            user: String::new(),
+            client: id.as_str().to_string(),
+            conn_info: None,
+            chan_info: None,
+        });
     let mut attributes = BTreeMap::new();
     for channel in &event.channels {
         let herald = app.herald_channel(channel.as_str());
-        node.publish(&herald, data.clone(), sender.clone(), tags.clone(), "pusher")
-            .await
-            .map_err(|e| {
-                let status = match e {
-                    crate::node::PublishError::TooLarge { .. } => 413,
-                    crate::node::PublishError::Refused(_) => 400,
-                };
-                Refusal::new(
-                    status,
-                    "pusher publish",
-                    format!("channel {:?}: {e}", channel.as_str()),
-                )
-            })?;
+        node.publish(
+            &herald,
+            data.clone(),
+            sender.clone(),
+            tags.clone(),
+            "pusher",
+        )
+        .await
+        .map_err(|e| {
+            let status = match e {
+                crate::node::PublishError::TooLarge { .. } => 413,
+                crate::node::PublishError::Refused(_) => 400,
+            };
+            Refusal::new(
+                status,
+                "pusher publish",
+                format!("channel {:?}: {e}", channel.as_str()),
+            )
+        })?;
         if !event.info.is_empty() {
             let subscribers = node.hub.subscriber_count(&herald);
             let counts = counts(node, &herald, channel, subscribers, &event.info).await?;
@@ -136,22 +146,40 @@ async fn channel_info(
     let params = parse_query(query);
     let info = InfoAttributes::parse(param(&params, "info").unwrap_or("")).map_err(bad_query)?;
     wire::check_channel_query(&info, &channel).map_err(bad_query)?;
-    if info.cache {
-        return Err(Refusal::new(
-            400,
-            "pusher request",
-            "info=cache is not answered: Herald does not serve Pusher cache channels yet",
-        ));
-    }
     let herald = app.herald_channel(name);
     let subscribers = node.hub.subscriber_count(&herald);
     let attributes = counts(node, &herald, &channel, subscribers, &info).await?;
+    let cache = if info.cache {
+        Some(cached_event(node, &herald).await?)
+    } else {
+        None
+    };
     json(&ChannelResponse {
         occupied: subscribers > 0,
         user_count: attributes.user_count,
         subscription_count: attributes.subscription_count,
-        cache: None,
+        cache,
     })
+}
+
+/// What a cache channel holds: its last event, with the seconds its history keeps it still.
+async fn cached_event(node: &Node, herald: &str) -> Result<Option<CachedEvent>, Refusal> {
+    let Some(last) = super::cache::last_event(node, herald)
+        .await
+        .map_err(unavailable)?
+    else {
+        return Ok(None);
+    };
+    let ttl = node
+        .namespaces
+        .resolve(herald)
+        .map_or(0, |ns| ns.history_ttl.as_millis() as i64);
+    let left_ms = last.time + ttl - crate::core::clock::unix_millis();
+    Ok(Some(CachedEvent {
+        event: Some(crate::core::wire::pusher_event_name(&last).to_string()),
+        data: crate::core::wire::pusher_data(&last).into_owned(),
+        ttl: u64::try_from(left_ms / 1000).unwrap_or(0),
+    }))
 }
 
 /// `GET /apps/<id>/channels/<presence channel>/users`: each user once.

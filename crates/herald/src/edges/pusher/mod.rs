@@ -5,6 +5,7 @@
 //! bodies, limits) is `herald_pusher`, which does no I/O.
 
 mod api;
+mod cache;
 mod events;
 mod session;
 

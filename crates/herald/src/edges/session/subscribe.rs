@@ -173,6 +173,7 @@ impl Session {
                 self.rollback_subscribe(channel, slot).await;
                 return Err(broker_error(e));
             }
+            node.announce_member(channel, &info.user, true).await;
         }
         if ns.join_leave {
             if let Err(e) = node.broker.publish_join(channel, &info).await {
@@ -325,6 +326,7 @@ impl Session {
             if let Err(e) = node.presence.remove(channel, &info.client).await {
                 tracing::warn!(%channel, error = %e, "presence not removed");
             }
+            node.announce_member(channel, &info.user, false).await;
         }
         if sub.ns.join_leave {
             if let Err(e) = node.broker.publish_leave(channel, &info).await {

@@ -74,8 +74,15 @@ impl PusherSession {
             conn_info: None,
             chan_info: None,
         };
+        let user_id = sub
+            .presence
+            .is_some()
+            .then(|| info.user.clone())
+            .filter(|u| !u.is_empty());
         let herald = sub.herald.clone();
-        let data = publication_data(event.data.as_deref().unwrap_or(""));
+        let text = event.data.as_deref().unwrap_or("");
+        let data = publication_data(text);
+        let socket_id = info.client.clone();
         let published = self
             .node
             .publish(
@@ -89,6 +96,15 @@ impl PusherSession {
         match published {
             Ok(_) => {
                 self.node.metrics.pusher_client_events.inc();
+                let hooks = &self.node.hooks.pusher;
+                hooks.client_event(
+                    &app.id,
+                    &herald,
+                    &event.event,
+                    text,
+                    &socket_id,
+                    user_id.as_deref(),
+                );
             }
             Err(e) => {
                 self.count_refusal("client event");

@@ -4,7 +4,6 @@
 //! `pusher:subscription_error` on its channel; the connection stays open.
 
 use super::{PusherSession, Subscription};
-use crate::core::history::HistoryQuery;
 use crate::core::wire::pusher_event;
 use herald_protocol::ClientInfo;
 use herald_pusher::auth::verify_channel_auth;
@@ -219,11 +218,9 @@ impl PusherSession {
         let name = channel.as_str().to_string();
         let herald = app.herald_channel(&name);
         let node = self.node.clone();
-        let ns = node
-            .namespaces
+        node.namespaces
             .resolve(&herald)
-            .map_err(|e| Refusal::new("SubscriptionError", 400, e.to_string()))?
-            .clone();
+            .map_err(|e| Refusal::new("SubscriptionError", 400, e.to_string()))?;
         let slot = self.next_slot;
         self.next_slot = self.next_slot.wrapping_add(1);
         // Registered before presence and history are read: what happens meanwhile arrives
@@ -263,7 +260,7 @@ impl PusherSession {
             },
         );
         if channel.is_cache() {
-            self.replay_cache(&name, &herald, &ns).await;
+            self.replay_cache(&name, &herald).await;
         }
         Ok(())
     }
@@ -310,6 +307,7 @@ impl PusherSession {
             .await
             .map_err(Refusal::unavailable)?;
         presence.join(&info);
+        node.announce_member(herald, &info.user, true).await;
         if let Err(e) = node.broker.publish_join(herald, &info).await {
             tracing::warn!(channel = %herald, error = %e, "join event not published");
         }
@@ -317,34 +315,23 @@ impl PusherSession {
         Ok(presence)
     }
 
-    /// A cache channel's last event for a new subscriber, or `pusher:cache_miss`. The last event
-    /// is the channel's history (its namespace needs `history_size` and `history_ttl`).
-    async fn replay_cache(
-        &mut self,
-        name: &str,
-        herald: &str,
-        ns: &crate::config::NamespaceOptions,
-    ) {
-        let last = match self.node.history_options(ns) {
-            Some(options) => {
-                let query = HistoryQuery {
-                    since: None,
-                    limit: Some(1),
-                    reverse: true,
-                };
-                match self.node.broker.history(herald, &query, options).await {
-                    Ok(page) => page.publications.into_iter().next(),
-                    Err(e) => {
-                        tracing::warn!(channel = %herald, error = %e, "cache channel not read");
-                        None
-                    }
-                }
+    /// A cache channel's last event for a new subscriber, or `pusher:cache_miss`.
+    async fn replay_cache(&mut self, name: &str, herald: &str) {
+        let last = match crate::edges::pusher::cache::last_event(&self.node, herald).await {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::warn!(channel = %herald, error = %e, "cache channel not read");
+                None
             }
-            None => None,
         };
         match last {
             Some(publication) => self.queue(pusher_event(herald, &publication)),
-            None => self.queue(outgoing::cache_miss(name)),
+            None => {
+                if let Some(app) = &self.app {
+                    self.node.hooks.pusher.cache_miss(&app.id, herald);
+                }
+                self.queue(outgoing::cache_miss(name));
+            }
         }
     }
 
@@ -384,6 +371,7 @@ impl PusherSession {
             if let Err(e) = node.presence.remove(&sub.herald, &info.client).await {
                 tracing::warn!(channel = %sub.herald, error = %e, "presence not removed");
             }
+            node.announce_member(&sub.herald, &info.user, false).await;
             if let Err(e) = node.broker.publish_leave(&sub.herald, &info).await {
                 tracing::warn!(channel = %sub.herald, error = %e, "leave event not published");
             }
