@@ -901,7 +901,6 @@ async fn webhooks_tell_the_app_of_channels_members_client_events_and_cache_misse
             .collect()
     };
     let wait_for = |name: &'static str, count: usize| {
-        let events = events.clone();
         async move {
             let found = eventually(WAIT, || {
                 events().iter().filter(|e| e["name"] == name).count() >= count
