@@ -549,7 +549,7 @@ fn every_config_error_example_in_the_configuration_docs_is_what_herald_prints() 
 
 /// docs/pusher.md: its app configuration starts Herald, and its signed `curl` trigger is accepted
 /// and reaches a client subscribed to the Herald channel the page names, with the data and the
-/// event tag it shows.
+/// event tag it shows, and a Pusher client of the Pusher channel as exactly the event it shows.
 #[tokio::test]
 async fn the_pusher_page_configuration_and_signed_trigger_work() {
     let markdown = docs_page("pusher.md");
@@ -571,6 +571,7 @@ async fn the_pusher_page_configuration_and_signed_trigger_work() {
     assert!(connected.get("connect").is_some(), "{connected}");
     let seen = Arc::new(Mutex::new(Seen::default()));
     let reader = spawn_reader(ws, seen.clone());
+    let mut pusher = pusher_subscriber(&herald.addr, "app-key", "orders").await;
 
     let trigger = marked("docs-test: pusher-trigger");
     assert!(
@@ -598,4 +599,46 @@ async fn the_pusher_page_configuration_and_signed_trigger_work() {
     assert_eq!(publication["data"], json!({"id": 7}));
     assert_eq!(publication["tags"]["event"], "order.created");
     reader.abort();
+    let event = next_text(&mut pusher).await;
+    assert_eq!(
+        event,
+        marked("docs-test: pusher-event").text.trim(),
+        "the event the page shows, byte for byte"
+    );
+}
+
+/// A Pusher protocol client of app `key`, subscribed to public channel `channel`.
+async fn pusher_subscriber(addr: &str, key: &str, channel: &str) -> Ws {
+    let url = format!("ws://{addr}/app/{key}?protocol=7&client=js&version=8.6.0");
+    let (mut ws, _) = ClientBuilder::from_uri(http::Uri::try_from(url).expect("uri"))
+        .connect()
+        .await
+        .expect("pusher websocket connects");
+    let hello = next_text(&mut ws).await;
+    assert!(hello.contains("pusher:connection_established"), "{hello}");
+    let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+    ws.send(Message::text(subscribe.to_string()))
+        .await
+        .expect("send subscribe");
+    let answer = next_text(&mut ws).await;
+    assert!(
+        answer.contains("pusher_internal:subscription_succeeded"),
+        "{answer}"
+    );
+    ws
+}
+
+/// The next text message of a WebSocket, within WAIT.
+async fn next_text(ws: &mut Ws) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let message = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no message within {WAIT:?}"))
+            .expect("connection open")
+            .expect("websocket read");
+        if let Some(text) = message.as_text() {
+            return text.to_string();
+        }
+    }
 }

@@ -900,18 +900,16 @@ async fn webhooks_tell_the_app_of_channels_members_client_events_and_cache_misse
             })
             .collect()
     };
-    let wait_for = |name: &'static str, count: usize| {
-        async move {
-            let found = eventually(WAIT, || {
-                events().iter().filter(|e| e["name"] == name).count() >= count
-            })
-            .await;
-            assert!(found, "{count} × {name}: {:?}", events());
-            events()
-                .into_iter()
-                .filter(|e| e["name"] == name)
-                .collect::<Vec<_>>()
-        }
+    let wait_for = |name: &'static str, count: usize| async move {
+        let found = eventually(WAIT, || {
+            events().iter().filter(|e| e["name"] == name).count() >= count
+        })
+        .await;
+        assert!(found, "{count} × {name}: {:?}", events());
+        events()
+            .into_iter()
+            .filter(|e| e["name"] == name)
+            .collect::<Vec<_>>()
     };
 
     let mut alice = Pusher::open(server.addr, KEY).await;
