@@ -685,6 +685,21 @@ async fn signed_in_users_get_their_channel_and_are_terminated_by_the_api() {
         403
     );
 
+    // One identity per connection: a second sign-in as someone else is refused, she stays alice.
+    let bob_data = r#"{"id":"bob"}"#;
+    let auth = user_auth(KEY, SECRET, &alice.socket_id, bob_data);
+    alice
+        .send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": bob_data}}))
+        .await;
+    let refused = alice.event("pusher:error").await;
+    assert!(
+        refused["data"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("already signed in as \"alice\""),
+        "{refused}"
+    );
+
     // The server API sees her among the user's connections.
     let connections = server.api_ok("connections", json!({"user": "alice"})).await;
     let list = connections["connections"].as_object().unwrap();
@@ -966,4 +981,46 @@ async fn webhooks_tell_the_app_of_channels_members_client_events_and_cache_misse
         metrics.contains("herald_webhooks_delivered_total{event=\"member_added\"} 2"),
         "{metrics}"
     );
+}
+
+/// Storm control applies to Pusher channels: a window's publications, encoded once for every
+/// subscriber, reach a Pusher client as one event per message, in order.
+#[tokio::test]
+async fn a_delivery_window_reaches_pusher_clients_event_by_event() {
+    let server = pusher_server(|c| {
+        c.channel.namespaces.push(herald::config::NamespaceOptions {
+            batch_window: Duration::from_millis(200),
+            ..open_namespace("ticks")
+        });
+        c.pusher.apps.push(herald::config::PusherApp {
+            id: "44".into(),
+            key: "ticks-key".into(),
+            secret: "ticks-secret".into(),
+            namespace: "ticks".into(),
+            ..Default::default()
+        });
+    })
+    .await;
+    let mut client = Pusher::open(server.addr, "ticks-key").await;
+    client.join("prices", None).await;
+    let mut centrifugo = server.client("watcher").await;
+    centrifugo.subscribe("ticks:prices").await;
+    for i in 0..5 {
+        server
+            .api_ok(
+                "publish",
+                json!({"channel": "ticks:prices", "data": {"i": i}, "tags": {"event": "tick"}}),
+            )
+            .await;
+    }
+    for i in 0..5 {
+        let tick = client.event("tick").await;
+        assert_eq!(
+            (tick["channel"].as_str(), data_of(&tick)),
+            (Some("prices"), json!({"i": i}))
+        );
+    }
+    for i in 0..5 {
+        assert_eq!(centrifugo.publication("ticks:prices").await["data"]["i"], i);
+    }
 }

@@ -151,6 +151,25 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("admin", admin);
     keep!("webhooks", webhooks);
     keep!("broker", broker);
+    // Each Pusher app's webhook queue and task are built at start, for the apps there then.
+    let mut webhooks_kept = false;
+    for app in &mut new.pusher.apps {
+        let (url, events) = running
+            .pusher
+            .apps
+            .iter()
+            .find(|a| a.id == app.id)
+            .map(|a| (a.webhook_url.clone(), a.webhook_events.clone()))
+            .unwrap_or_else(|| (String::new(), app.webhook_events.clone()));
+        if app.webhook_url != url || app.webhook_events != events {
+            app.webhook_url = url;
+            app.webhook_events = events;
+            webhooks_kept = true;
+        }
+    }
+    if webhooks_kept {
+        kept.push("pusher.apps[].webhook_url");
+    }
     kept
 }
 
@@ -179,5 +198,25 @@ mod tests {
         assert_eq!(new.client.max_channels, 3, "reloadable");
         assert_eq!(new.api.key, "k", "reloadable");
         assert!(keep_restart_only(&running, &mut Config::default()).is_empty());
+
+        // Pusher apps reload, but not their webhooks: those of the apps running stay.
+        let app = |id: &str, url: &str| crate::config::PusherApp {
+            id: id.into(),
+            webhook_url: url.into(),
+            ..Default::default()
+        };
+        let mut running = Config::default();
+        running.pusher.apps = vec![app("1", "http://127.0.0.1:1/a")];
+        let mut new = Config::default();
+        new.pusher.apps = vec![app("1", "http://127.0.0.1:1/b"), app("2", "http://x:1/")];
+        new.pusher.apps[0].client_events = true;
+        let kept = keep_restart_only(&running, &mut new);
+        assert_eq!(kept, ["pusher.apps[].webhook_url"]);
+        assert_eq!(new.pusher.apps[0].webhook_url, "http://127.0.0.1:1/a");
+        assert!(new.pusher.apps[0].client_events, "reloadable");
+        assert_eq!(
+            new.pusher.apps[1].webhook_url, "",
+            "a new app gets none until a restart"
+        );
     }
 }

@@ -131,10 +131,16 @@ impl PusherSession {
             return Err(refuse(self, format!("signin: {e}")));
         }
         let user = UserData::parse(user_data).map_err(|e| refuse(self, e.to_string()))?;
-        if self.user.as_deref() != Some(user.id.as_str()) {
-            if let Some(previous) = self.user.take() {
-                self.node.hub.sign_out(&previous, handle.seq);
-            }
+        if let Some(current) = self.user.as_deref().filter(|u| *u != user.id) {
+            // One identity per connection: its user channel and presence stay whose they are.
+            let message = format!(
+                "already signed in as {current:?}; connect again to sign in as another user"
+            );
+            self.count_refusal("signin");
+            self.queue_error(None, &message);
+            return Ok(());
+        }
+        if self.user.is_none() {
             let per_user = self.node.config().client.connections_per_user;
             if !self.node.hub.sign_in(&user.id, &handle, per_user) {
                 return Err(refuse(
