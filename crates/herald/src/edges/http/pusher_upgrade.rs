@@ -5,7 +5,7 @@
 //! which tell pusher-js whether to retry.
 
 use super::response::Body;
-use super::websocket::{admit, into_ws, switching_protocols, upgrade_key};
+use super::websocket::{checked_upgrade, into_ws, switching_protocols};
 use crate::edges::pusher::PusherSession;
 use crate::node::Node;
 use herald_pusher::codes::ErrorCode;
@@ -25,12 +25,8 @@ pub(super) fn pusher_websocket(
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let key = match upgrade_key(&node, &req) {
-        Ok(key) => key,
-        Err(response) => return *response,
-    };
-    let slot = match admit(&node, req.headers(), peer) {
-        Ok(slot) => slot,
+    let (key, slot) = match checked_upgrade(&node, &req, peer) {
+        Ok(admitted) => admitted,
         Err(response) => return *response,
     };
     let config = node.config();

@@ -20,12 +20,8 @@ pub(super) fn websocket(
     peer: SocketAddr,
     uni: bool,
 ) -> Response<Body> {
-    let key = match upgrade_key(&node, &req) {
-        Ok(key) => key,
-        Err(response) => return *response,
-    };
-    let slot = match admit(&node, req.headers(), peer) {
-        Ok(slot) => slot,
+    let (key, slot) = match checked_upgrade(&node, &req, peer) {
+        Ok(admitted) => admitted,
         Err(response) => return *response,
     };
     let accept = crate::edges::http::handshake::accept_key(key.as_bytes());
@@ -73,8 +69,19 @@ pub(super) fn websocket(
     switching_protocols(&accept, subprotocol)
 }
 
+/// What every WebSocket upgrade passes: a valid request (its key), then [`admit`] (its slot).
+pub(super) fn checked_upgrade(
+    node: &Arc<Node>,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<(HeaderValue, crate::node::ConnectionSlot), Box<Response<Body>>> {
+    let key = upgrade_key(node, req)?;
+    let slot = admit(node, req.headers(), peer)?;
+    Ok((key, slot))
+}
+
 /// The key of a valid upgrade request, or the refusal it gets.
-pub(super) fn upgrade_key(
+fn upgrade_key(
     node: &Node,
     req: &Request<Incoming>,
 ) -> Result<HeaderValue, Box<Response<Body>>> {
