@@ -17,12 +17,15 @@ use support::procs::*;
 use support::*;
 
 const CHANNEL: &str = "chat:restart";
-/// Every publication of a run stays in the history, so a client that reconnects recovers.
+/// Every publication of a run stays in the history, and a recovery may replay all of them (on a
+/// loaded machine a handover can take seconds, longer than the default 300 publications), so a
+/// client that reconnects recovers.
 const HISTORY: &str = r#"[[channel.namespaces]]
 name = "chat"
 allow_subscribe_for_client = true
 history_size = 10000
 history_ttl = "5m"
+recovery_max_publications = 10000
 force_recovery = true"#;
 /// The longest wait for a reply to `connect` or `subscribe`.
 const REPLY_WAIT: Duration = Duration::from_secs(30);
