@@ -18,9 +18,10 @@ impl BrokerHandler for Hub {
             Some(None) => {
                 let encoded = PerFormat::new();
                 let conflated = key.is_some();
+                let sender = self.pusher_sender(&publication);
                 match self.delta_patch(channel, &publication) {
                     None => self.fan_out(channel, |sub| {
-                        (!own_client_event(sub, &publication)).then(|| {
+                        (sender != Some(sub.handle.seq)).then(|| {
                             publication_item(sub, channel, &publication, &encoded, conflated)
                         })
                     }),
@@ -81,16 +82,6 @@ impl BrokerHandler for Hub {
     }
 }
 
-/// Pusher never echoes an event to the connection that sent it: a client event, or an API
-/// trigger naming that connection's `socket_id`.
-fn own_client_event(sub: &Subscriber, publication: &Publication) -> bool {
-    sub.wire == Wire::Pusher
-        && publication
-            .info
-            .as_ref()
-            .is_some_and(|info| info.client == sub.handle.client)
-}
-
 /// A publication for a subscriber without delta compression, in its format (encoded once per
 /// format in `encoded`).
 pub(super) fn publication_item(
@@ -113,6 +104,16 @@ pub(super) fn publication_item(
 }
 
 impl Hub {
+    /// The local Pusher connection a publication names as its sender (`info.client`): Pusher
+    /// never echoes an event to the connection that sent it, a client event or an API trigger
+    /// naming its `socket_id`. Looked up once per publication, so the fan-out compares numbers.
+    fn pusher_sender(&self, publication: &Publication) -> Option<u64> {
+        let client = &publication.info.as_ref()?.client;
+        self.session(client)
+            .filter(|h| h.wire == Wire::Pusher)
+            .map(|h| h.seq)
+    }
+
     /// A join or leave push for the subscribers that asked for them, encoded once per format.
     /// Pusher subscribers get the member itself: their session tells members (users) from
     /// connections.
