@@ -22,6 +22,12 @@
 #              not disturbed by other load): the difference of a short and a long run, API and
 #              client publishing (VIA), CG_SUBS subscribers; prints the ratios
 #   formats    Herald's broadcast with JSON subscribers against Protobuf ones, ROUNDS alternating runs
+#   pusher     one saturating broadcast over Herald's Centrifugo protocol, over its Pusher protocol
+#              (/app/<key>) and to Sockudo (a Rust Pusher server, SOCKUDO_VERSION 5.2.0; skipped
+#              with a message when not installed, SOCKUDO_INSTALL=1 installs it), alternating,
+#              ROUNDS rounds at 5,000 and 15,000 subscribers (PUSHER_SUBS), published by a client
+#              on a WebSocket (Pusher: client events on a private- channel; VIA=api: the server APIs);
+#              memory per idle subscribed connection; results and summary in $OUT/pusher/
 #   capacity   memory per connection, per subscription and per channel with history on one node
 #              (CAP_CONNS clients three times, SUBS_PER 50 channels each, HIST_CHANNELS × HIST_SIZE retained)
 #   hostile    60 s soak: hostile clients of every kind and 5,000 honest subscribers on one node
@@ -38,7 +44,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 scenario=${1:-}
-[ -n "$scenario" ] || { sed -n '2,26p' "$0"; exit 2; }
+[ -n "$scenario" ] || { sed -n '2,36p' "$0"; exit 2; }
 
 SMOKE=${SMOKE:-0}
 [ "$scenario" = smoke ] && SMOKE=1
@@ -592,6 +598,142 @@ run_formats() { # JSON and Protobuf subscribers alternate, ROUNDS times
     python3 "$ROOT/bench/ratios.py" "$OUT" formats protobuf json
 }
 
+# Herald's Pusher app for the pusher step: channel X of the app is Herald channel pusher:X. Rates
+# as high as a publisher needs (the default is 10 client events a second per connection).
+write_pusher_app() { # write_pusher_app FILE
+    cat >"$1" <<EOF
+[[channel.namespaces]]
+name = "pusher"
+[pusher]
+client_event_rate = 1000000
+activity_timeout = "120s"
+[[pusher.apps]]
+id = "bench-app"
+key = "bench-app-key"
+secret = "bench-app-secret"
+namespace = "pusher"
+client_events = true
+max_connections = 0
+EOF
+}
+
+SOCKUDO_VERSION=${SOCKUDO_VERSION:-5.2.0}
+SOCKUDO_BIN=
+find_sockudo() { # sets SOCKUDO_BIN: $SOCKUDO, on PATH or in ~/.cargo/bin; SOCKUDO_INSTALL=1 installs it
+    local candidate
+    for candidate in "${SOCKUDO:-}" "$(command -v sockudo 2>/dev/null || true)" "$HOME/.cargo/bin/sockudo"; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ]; then SOCKUDO_BIN=$candidate; return 0; fi
+    done
+    if [ "${SOCKUDO_INSTALL:-0}" = 1 ]; then
+        command -v protoc >/dev/null ||
+            { echo "installing Sockudo needs protoc (Debian: apt-get install protobuf-compiler)" >&2; return 1; }
+        CARGO_TARGET_DIR=${SOCKUDO_TARGET_DIR:-$ROOT/target/sockudo} \
+            cargo install sockudo --version "$SOCKUDO_VERSION" --locked >&2 || return 1
+        SOCKUDO_BIN=$HOME/.cargo/bin/sockudo
+        return 0
+    fi
+    return 1
+}
+
+# Sockudo with the same app, memory adapter, app manager and cache, no queue (so no webhooks),
+# client events on and every limit off: no per-connection client event limit (0), no IP rate
+# limiter, no connection limits; no metrics listener; warnings only in its log, as Herald's (at
+# info it logs every connection). Run with a clean environment: Sockudo reads PORT, HOST and
+# many more settings from it.
+start_sockudo() { # start_sockudo PORT; sets TARGET_PID
+    local dir="$WORK/sockudo"
+    mkdir -p "$dir"
+    cat >"$dir/bench.toml" <<EOF
+host = "127.0.0.1"
+port = $1
+mode = "production"
+debug = false
+activity_timeout = 120
+max_connections = 0
+[adapter]
+driver = "local"
+[app_manager]
+driver = "memory"
+[[app_manager.array.apps]]
+id = "bench-app"
+key = "bench-app-key"
+secret = "bench-app-secret"
+enabled = true
+enable_client_messages = true
+max_connections = 0
+max_client_events_per_second = 0
+[cache]
+driver = "memory"
+[queue]
+driver = "none"
+[metrics]
+enabled = false
+[rate_limiter]
+enabled = false
+EOF
+    (cd "$dir" && ulimit -n 20000 2>/dev/null; exec env -i PATH="$PATH" HOME="$HOME" RUST_LOG=warn \
+        "${SERVER_ON[@]}" "$SOCKUDO_BIN" --config "$dir/bench.toml") >>"$WORK/sockudo.log" 2>&1 &
+    PIDS+=($!)
+    TARGET_PID=$!
+}
+
+pusher_step() { # pusher_step centrifugo|pusher|sockudo SUBS VIA ROUND: one saturating broadcast
+    local server=$1 subs=$2 via=$3 round=$4 port=$PORT args=()
+    local name="pusher-$via-$server-$subs-$round"
+    if [ "$server" = sockudo ]; then
+        port=$((PORT + 400))
+        start_sockudo "$port"
+        # Sockudo keeps its defaults (port 6001) when it cannot load the file: an answer on this
+        # port is the file loaded.
+        wait_http "127.0.0.1:$port" /up || { tail -n 20 "$WORK/sockudo.log" >&2; return 1; }
+    else
+        write_pusher_app "$WORK/pusher-app.toml"
+        write_config "$WORK/pusher.toml" "127.0.0.1:$PORT" "$WORK/pusher-app.toml" plain
+        start_nodes 1 "$WORK/pusher.toml"
+        TARGET_PID=$(node_pids_csv)
+        wait_http "127.0.0.1:$PORT"
+    fi
+    # The same channel in each protocol: Centrifugo "bench" (no namespace), Pusher "bench" or,
+    # for client events, which Pusher allows on private channels only, "private-bench".
+    if [ "$server" = centrifugo ]; then
+        args=(--target herald --channel bench)
+    elif [ "$via" = client ]; then
+        args=(--target pusher --channel private-bench)
+    else
+        args=(--target pusher --channel bench)
+    fi
+    [ -n "${PERF:-}" ] && profile "$TARGET_PID" "$name"
+    saturating_broadcast "$subs" "$OUT/$name.json" "${args[@]}" \
+        --server "127.0.0.1:$port" --server-pid "$TARGET_PID" --settle "${SETTLE:-2s}" \
+        --publish-via "$via" --in-flight "${IN_FLIGHT:-8}"
+    wait_profiler
+    cleanup
+}
+
+run_pusher() { # Herald (Centrifugo), Herald (Pusher) and Sockudo alternate, ROUNDS times at each size
+    local OUT="$OUT/pusher" subs round server via servers="centrifugo pusher sockudo"
+    mkdir -p "$OUT"
+    if find_sockudo; then
+        echo "Sockudo: $SOCKUDO_BIN ($("$SOCKUDO_BIN" --version 2>/dev/null || echo '?'))" | tee "$OUT/sockudo-version.txt"
+    else
+        echo "Sockudo is not installed (SOCKUDO=path, or SOCKUDO_INSTALL=1 to run" \
+            "cargo install sockudo --version $SOCKUDO_VERSION, which needs protoc): measuring Herald only" >&2
+        servers="centrifugo pusher"
+    fi
+    for via in ${VIA:-client}; do
+        for subs in ${PUSHER_SUBS:-$(pick "5000 15000" "20")}; do
+            for round in $(seq 1 "${ROUNDS:-$(pick 3 1)}"); do
+                for server in $servers; do pusher_step "$server" "$subs" "$via" "$round"; done
+            done
+        done
+        python3 "$ROOT/bench/ratios.py" "$OUT" "pusher-$via" pusher centrifugo "pusher-$via-vs-centrifugo.json"
+        if [[ " $servers " == *" sockudo "* ]]; then
+            python3 "$ROOT/bench/ratios.py" "$OUT" "pusher-$via" pusher sockudo "pusher-$via-vs-sockudo.json"
+        fi
+        python3 "$ROOT/bench/pusher_summary.py" "$OUT" "pusher-$via"
+    done
+}
+
 run_clusters() { # BROKERS (default: redis redis_cluster nats)
     local b
     for b in ${BROKERS:-redis redis_cluster nats}; do run_cluster "$b"; done
@@ -612,11 +754,12 @@ case "$scenario" in
     hostile) run_hostile ;;
     floor) run_floor ;;
     formats) run_formats ;;
+    pusher) run_pusher ;;
     instructions) run_instructions ;;
     capacity) run_capacity ;;
     all | smoke)
         run_idle; run_broadcast; run_peer ws; run_peer socketio
-        run_chat; run_market; run_livemap; run_clusters; run_cores; run_hostile; run_floor; run_formats; run_capacity
+        run_chat; run_market; run_livemap; run_clusters; run_cores; run_hostile; run_floor; run_formats; run_pusher; run_capacity
         run_instructions
         ;;
     *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
