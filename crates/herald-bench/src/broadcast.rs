@@ -65,6 +65,10 @@ pub struct BroadcastArgs {
     /// Client publishing: publications sent and not yet back at the publisher, at most.
     #[arg(long, default_value_t = 8)]
     pub in_flight: usize,
+    /// Client publishing: count a publication as back when another subscribed connection (the
+    /// watcher) receives it, not the publisher; always so with `--target pusher`.
+    #[arg(long)]
+    pub watcher: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -128,7 +132,9 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<Value> {
         PublishVia::Api => Source::Api(
             Publisher::connect(args.target, args.common.api_addr(), &args.common.api_key).await?,
         ),
-        PublishVia::Client => Source::Client(Box::new(ClientPublisher::connect(&specs[0]).await?)),
+        PublishVia::Client => Source::Client(Box::new(
+            ClientPublisher::connect(&specs[0], args.watcher).await?,
+        )),
     };
     let mut steps = Vec::new();
     for rate in &args.rates {
@@ -161,6 +167,11 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<Value> {
         "batch": args.batch,
         "publish_via": format!("{:?}", args.publish_via).to_lowercase(),
         "in_flight": if args.publish_via == PublishVia::Client { json!(args.in_flight) } else { Value::Null },
+        "paced_by": match args.publish_via {
+            PublishVia::Client if args.watcher || args.target == Target::Pusher => "watcher",
+            PublishVia::Client => "publisher",
+            PublishVia::Api => "rate",
+        },
         "channel": args.channel,
         "steps": steps,
     });

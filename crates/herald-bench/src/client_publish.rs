@@ -34,14 +34,19 @@ pub struct ClientPublisher {
 
 impl ClientPublisher {
     /// Connects and subscribes like a subscriber of `spec` (Herald) or joins the broadcast (peers).
-    pub async fn connect(spec: &Spec) -> anyhow::Result<Self> {
+    /// With `watcher` (always for Pusher), publications count as back when a second subscribed
+    /// connection receives them, not the publisher: a server may serve the publisher's own
+    /// connection first (Herald writes the echo from the publishing task), so its echo says
+    /// little about how far the fan-out is.
+    pub async fn connect(spec: &Spec, watcher: bool) -> anyhow::Result<Self> {
         if spec.target == Target::Socketio {
             bail!("client publishing is not implemented for the socket.io peer");
         }
         let ws = wsclient::open(PUBLISHER_SOURCE, spec).await?;
-        let watcher = match spec.target {
-            Target::Pusher => Some(wsclient::open(WATCHER_SOURCE, spec).await?),
-            _ => None,
+        let watcher = if watcher || spec.target == Target::Pusher {
+            Some(wsclient::open(WATCHER_SOURCE, spec).await?)
+        } else {
+            None
         };
         Ok(ClientPublisher {
             ws,
@@ -77,7 +82,9 @@ impl ClientPublisher {
                 message = self.ws.next() => {
                     let Some(message) = message else { bail!("publisher closed by the server") };
                     let back = self.receive(message?).await?;
-                    in_flight = in_flight.saturating_sub(back);
+                    if self.watcher.is_none() {
+                        in_flight = in_flight.saturating_sub(back);
+                    }
                 }
                 message = next_of(&mut self.watcher) => {
                     let Some(message) = message else { bail!("watcher closed by the server") };

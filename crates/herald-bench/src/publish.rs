@@ -90,7 +90,14 @@ impl Publisher {
         request.push_str("\r\n");
         request.push_str(body);
         self.stream.write_all(request.as_bytes()).await?;
-        read_response(&mut self.stream, &mut self.buf).await
+        let (body, close) = read_response(&mut self.stream, &mut self.buf).await?;
+        if close {
+            // The server closes after this answer (Sockudo's API does after each request): the
+            // next request goes on a new connection, as an SDK's would.
+            self.stream = TcpStream::connect(self.addr).await?;
+            self.stream.set_nodelay(true)?;
+        }
+        Ok(body)
     }
 }
 
@@ -136,8 +143,12 @@ pub async fn run_at_rate(
 }
 
 /// Reads one HTTP/1.1 response with Content-Length; fails on a non-200 status or an error body.
-/// The buffer grows up to 64 MiB (the `devices` API lists every device).
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<String> {
+/// The buffer grows up to 64 MiB (the `devices` API lists every device). Returns the body and
+/// whether the server closes the connection after it (`Connection: close`).
+async fn read_response(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<(String, bool)> {
     let mut filled = 0;
     loop {
         let n = stream.read(&mut buf[filled..]).await?;
@@ -165,12 +176,17 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Res
             })
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let close = text.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.strip_prefix("connection:")
+                .is_some_and(|v| v.trim() == "close")
+        });
         if filled >= end + 4 + length {
             let body = &head[end + 4..end + 4 + length];
             if memchr::memmem::find(body, b"\"error\"").is_some() {
                 bail!("API error: {}", String::from_utf8_lossy(body));
             }
-            return Ok(String::from_utf8_lossy(body).into_owned());
+            return Ok((String::from_utf8_lossy(body).into_owned(), close));
         }
         if filled == buf.len() {
             if buf.len() >= 64 << 20 {

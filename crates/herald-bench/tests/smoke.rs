@@ -127,6 +127,7 @@ async fn broadcast_in(format: Wire) {
         drain: Duration::from_secs(5).into(),
         publish_via: PublishVia::Api,
         in_flight: 8,
+        watcher: false,
     };
     let result = broadcast::run(args).await.expect("broadcast runs");
     assert_eq!(result["subscribers"], 20, "{result}");
@@ -144,6 +145,15 @@ async fn broadcast_in(format: Wire) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_publisher_reaches_every_subscriber_with_a_bounded_window() {
+    client_publisher(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_publisher_paced_by_a_watcher_reaches_every_subscriber() {
+    client_publisher(true).await;
+}
+
+async fn client_publisher(watcher: bool) {
     let (_dir, server) = start().await;
     let args = BroadcastArgs {
         common: common(vec![server.addr]),
@@ -160,10 +170,13 @@ async fn a_client_publisher_reaches_every_subscriber_with_a_bounded_window() {
         drain: Duration::from_secs(5).into(),
         publish_via: PublishVia::Client,
         in_flight: 4,
+        watcher,
     };
     let result = broadcast::run(args)
         .await
         .expect("client-publish broadcast runs");
+    let paced_by = if watcher { "watcher" } else { "publisher" };
+    assert_eq!(result["paced_by"], paced_by, "{result}");
     assert_eq!(result["publish_via"], "client", "{result}");
     assert_eq!(result["in_flight"], 4, "{result}");
     let step = &result["steps"][0];
@@ -195,6 +208,7 @@ async fn pusher_broadcast(via: PublishVia, channel: &str) {
         drain: Duration::from_secs(5).into(),
         publish_via: via,
         in_flight: 4,
+        watcher: false,
     };
     let result = broadcast::run(args).await.expect("Pusher broadcast runs");
     assert_eq!(result["target"], "pusher", "{result}");
@@ -308,6 +322,7 @@ async fn cluster_harness_spreads_subscribers_over_nodes() {
         drain: Duration::from_millis(500).into(),
         publish_via: PublishVia::Api,
         in_flight: 8,
+        watcher: false,
     };
     let result = broadcast::run(args).await.expect("cluster runs");
     assert_eq!(result["scenario"], "cluster");
