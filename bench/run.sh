@@ -26,7 +26,9 @@
 #              (/app/<key>) and to Sockudo (a Rust Pusher server, SOCKUDO_VERSION 5.2.0; skipped
 #              with a message when not installed, SOCKUDO_INSTALL=1 installs it), alternating,
 #              ROUNDS rounds at 5,000 and 15,000 subscribers (PUSHER_SUBS), published by a client
-#              on a WebSocket (Pusher: client events on a private- channel; VIA=api: the server APIs);
+#              on a WebSocket (Pusher: client events on a private- channel), VIA client (Herald's
+#              Centrifugo publisher paced by its own echo) and watched (every publisher paced by
+#              another subscriber's receipts); VIA=api: through the server APIs;
 #              memory per idle subscribed connection; results and summary in $OUT/pusher/
 #   capacity   memory per connection, per subscription and per channel with history on one node
 #              (CAP_CONNS clients three times, SUBS_PER 50 channels each, HIST_CHANNELS × HIST_SIZE retained)
@@ -44,7 +46,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 scenario=${1:-}
-[ -n "$scenario" ] || { sed -n '2,36p' "$0"; exit 2; }
+[ -n "$scenario" ] || { sed -n '2,38p' "$0"; exit 2; }
 
 SMOKE=${SMOKE:-0}
 [ "$scenario" = smoke ] && SMOKE=1
@@ -172,8 +174,13 @@ bench() { "${BENCH_ON[@]}" "$BIN/herald-bench" "$@"; }
 # software clock, since virtual machines often have no hardware counters.
 profile() { # profile PID NAME
     command -v perf >/dev/null || { echo "perf is not installed" >&2; return 0; }
+    # The system calls that write and read sockets too, where the kernel has their tracepoints:
+    # how many deliveries one write carries.
+    local events=task-clock,context-switches,cpu-migrations
+    perf list 2>/dev/null | grep -q 'syscalls:sys_enter_sendto' &&
+        events+=,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait
     (sleep "${PERF_DELAY:-5}"
-     perf stat -e task-clock,context-switches,cpu-migrations -p "$1" -o "$OUT/perf-$2-stat.txt" \
+     perf stat -e "$events" -p "$1" -o "$OUT/perf-$2-stat.txt" \
         -- sleep "$PERF" >/dev/null 2>&1 &
      perf record -q -e cpu-clock -F 499 -g -p "$1" -o "$WORK/perf-$2.data" -- sleep "$PERF" >/dev/null 2>&1 &&
      perf report -i "$WORK/perf-$2.data" --stdio --no-children -g none --percent-limit 0.7 2>/dev/null \
@@ -524,7 +531,7 @@ floor_step() { # floor_step herald|floor SUBS VIA ROUND: one saturating broadcas
     [ -n "${PERF:-}" ] && profile "$TARGET_PID" "$name"
     saturating_broadcast "$subs" "$OUT/$name.json" --target "$target" \
         --server "127.0.0.1:$TARGET_PORT" --server-pid "$TARGET_PID" \
-        --publish-via "$via" --in-flight "${IN_FLIGHT:-8}"
+        "${publish[@]}" --in-flight "${IN_FLIGHT:-8}"
     wait_profiler
     cleanup
 }
@@ -560,7 +567,7 @@ cg_run() { # cg_run herald|floor VIA SECONDS: one broadcast under callgrind; pri
     wait_http "127.0.0.1:$TARGET_PORT" >&2
     bench broadcast --target "$target" --server "127.0.0.1:$TARGET_PORT" --server-pid "$TARGET_PID" \
         --subscribers "${CG_SUBS:-$(pick 200 10)}" --rate "$rate" --batch 20 \
-        --publish-via "$via" --in-flight "${IN_FLIGHT:-8}" --payload 100 --duration "${seconds}s" \
+        "${publish[@]}" --in-flight "${IN_FLIGHT:-8}" --payload 100 --duration "${seconds}s" \
         --drain 60s --json "$WORK/cg.json" >/dev/null 2>&1
     cleanup
     echo "$(awk '/^(summary|totals):/ {print $2; exit}' "$out") $(jq '[.steps[].deliveries] | add' "$WORK/cg.json")"
@@ -678,7 +685,12 @@ EOF
 }
 
 pusher_step() { # pusher_step centrifugo|pusher|sockudo SUBS VIA ROUND: one saturating broadcast
-    local server=$1 subs=$2 via=$3 round=$4 port=$PORT args=()
+    # VIA: client (a client on a WebSocket publishes, the issue's mode: Herald's Centrifugo
+    # publisher counts its own echo, a Pusher one a watcher's, as Pusher does not echo), watched
+    # (the same, every server paced by a watcher connection), api (the server APIs at a fixed rate).
+    local server=$1 subs=$2 via=$3 round=$4 port=$PORT args=() publish=(--publish-via client)
+    [ "$via" = watched ] && publish+=(--watcher)
+    [ "$via" = api ] && publish=(--publish-via api)
     local name="pusher-$via-$server-$subs-$round"
     if [ "$server" = sockudo ]; then
         port=$((PORT + 400))
@@ -697,36 +709,40 @@ pusher_step() { # pusher_step centrifugo|pusher|sockudo SUBS VIA ROUND: one satu
     # for client events, which Pusher allows on private channels only, "private-bench".
     if [ "$server" = centrifugo ]; then
         args=(--target herald --channel bench)
-    elif [ "$via" = client ]; then
-        args=(--target pusher --channel private-bench)
-    else
+    elif [ "$via" = api ]; then
         args=(--target pusher --channel bench)
+    else
+        args=(--target pusher --channel private-bench)
     fi
     [ -n "${PERF:-}" ] && profile "$TARGET_PID" "$name"
     saturating_broadcast "$subs" "$OUT/$name.json" "${args[@]}" \
         --server "127.0.0.1:$port" --server-pid "$TARGET_PID" --settle "${SETTLE:-2s}" \
-        --publish-via "$via" --in-flight "${IN_FLIGHT:-8}"
+        "${publish[@]}" --in-flight "${IN_FLIGHT:-8}"
     wait_profiler
     cleanup
 }
 
 run_pusher() { # Herald (Centrifugo), Herald (Pusher) and Sockudo alternate, ROUNDS times at each size
-    local OUT="$OUT/pusher" subs round server via servers="centrifugo pusher sockudo"
+    local OUT="$OUT/pusher" subs round server via servers=${PUSHER_SERVERS:-centrifugo pusher sockudo}
     mkdir -p "$OUT"
-    if find_sockudo; then
+    if [[ " $servers " != *" sockudo "* ]]; then
+        :
+    elif find_sockudo; then
         echo "Sockudo: $SOCKUDO_BIN ($("$SOCKUDO_BIN" --version 2>/dev/null || echo '?'))" | tee "$OUT/sockudo-version.txt"
     else
         echo "Sockudo is not installed (SOCKUDO=path, or SOCKUDO_INSTALL=1 to run" \
             "cargo install sockudo --version $SOCKUDO_VERSION, which needs protoc): measuring Herald only" >&2
-        servers="centrifugo pusher"
+        servers=${servers//sockudo/}
     fi
-    for via in ${VIA:-client}; do
+    for via in ${VIA:-client watched}; do
         for subs in ${PUSHER_SUBS:-$(pick "5000 15000" "20")}; do
             for round in $(seq 1 "${ROUNDS:-$(pick 3 1)}"); do
                 for server in $servers; do pusher_step "$server" "$subs" "$via" "$round"; done
             done
         done
-        python3 "$ROOT/bench/ratios.py" "$OUT" "pusher-$via" pusher centrifugo "pusher-$via-vs-centrifugo.json"
+        [[ " $servers " == *" pusher "* ]] || continue
+        [[ " $servers " == *" centrifugo "* ]] &&
+            python3 "$ROOT/bench/ratios.py" "$OUT" "pusher-$via" pusher centrifugo "pusher-$via-vs-centrifugo.json"
         if [[ " $servers " == *" sockudo "* ]]; then
             python3 "$ROOT/bench/ratios.py" "$OUT" "pusher-$via" pusher sockudo "pusher-$via-vs-sockudo.json"
         fi
