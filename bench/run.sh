@@ -177,7 +177,7 @@ profile() { # profile PID NAME
     # The system calls that write and read sockets too, where the kernel has their tracepoints:
     # how many deliveries one write carries.
     local events=task-clock,context-switches,cpu-migrations
-    perf list 2>/dev/null | grep -q 'syscalls:sys_enter_sendto' &&
+    [ -n "$(perf list 2>/dev/null | grep 'syscalls:sys_enter_sendto')" ] &&
         events+=,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait
     (sleep "${PERF_DELAY:-5}"
      perf stat -e "$events" -p "$1" -o "$OUT/perf-$2-stat.txt" \
@@ -728,7 +728,8 @@ run_pusher() { # Herald (Centrifugo), Herald (Pusher) and Sockudo alternate, ROU
     if [[ " $servers " != *" sockudo "* ]]; then
         :
     elif find_sockudo; then
-        echo "Sockudo: $SOCKUDO_BIN ($("$SOCKUDO_BIN" --version 2>/dev/null || echo '?'))" | tee "$OUT/sockudo-version.txt"
+        "$SOCKUDO_BIN" --version >"$OUT/sockudo-version.txt" 2>&1 || true
+        echo "Sockudo: $SOCKUDO_BIN ($(cat "$OUT/sockudo-version.txt"))"
     else
         echo "Sockudo is not installed (SOCKUDO=path, or SOCKUDO_INSTALL=1 to run" \
             "cargo install sockudo --version $SOCKUDO_VERSION, which needs protoc): measuring Herald only" >&2
