@@ -716,7 +716,7 @@ pusher_step() { # pusher_step centrifugo|pusher|sockudo SUBS VIA ROUND: one satu
     fi
     [ -n "${PERF:-}" ] && profile "$TARGET_PID" "$name"
     saturating_broadcast "$subs" "$OUT/$name.json" "${args[@]}" \
-        --server "127.0.0.1:$port" --server-pid "$TARGET_PID" --settle "${SETTLE:-2s}" \
+        --server "127.0.0.1:$port" --server-pid "$TARGET_PID" --settle "${SETTLE:-$(pick 2s 200ms)}" \
         "${publish[@]}" --in-flight "${IN_FLIGHT:-8}"
     wait_profiler
     cleanup
