@@ -4,7 +4,7 @@
 Reads OUT/PREFIX-A-SUBS-ROUND.json and OUT/PREFIX-B-SUBS-ROUND.json (written by bench/run.sh floor,
 whose prefixes are floor-api, floor-client and the same with -compete, formats, or cores), pairs the runs of each round, and prints, per subscriber count, the ratio A/B of deliveries/s
 (each pair, the median and the spread) with both medians, the same ratio per second of server CPU (what
-a delivery costs the server, whatever else runs), and each server's RSS per subscriber. Writes
+a delivery costs the server, whatever else runs), and each server's RSS per subscriber (at the end of the step, and idle when the run measured it). Writes
 the same as OUT/NAME (default PREFIX-ratios.json).
 """
 import glob
@@ -30,6 +30,8 @@ def step(path):
         # else (the load generator, a competing process) takes the rest of the machine.
         "deliveries_per_cpu_second": s["deliveries_per_second"] / max(s.get("server_cpu_percent", 0) / 100, 1e-9),
         "rss_kib_per_subscriber": s.get("server_rss_mib", 0) * 1024 / subscribers,
+        # With the subscribers connected and idle, less the RSS before them (newer runs only).
+        "idle_kib_per_subscriber": result.get("server_rss_kib_per_subscriber"),
     }
 
 
@@ -64,6 +66,9 @@ def main():
         for name in (a, b):
             row[f"{name}_deliveries_per_second"] = round(statistics.median(p[name]["deliveries_per_second"] for p in pairs))
             row[f"{name}_rss_kib_per_subscriber"] = round(statistics.median(p[name]["rss_kib_per_subscriber"] for p in pairs), 2)
+            idle = [p[name]["idle_kib_per_subscriber"] for p in pairs if p[name]["idle_kib_per_subscriber"] is not None]
+            if idle:
+                row[f"{name}_idle_kib_per_subscriber"] = round(statistics.median(idle), 2)
         report.append(row)
         print(
             f"{subs:>6} subscribers: {a}/{b} deliveries/s median {row['median_ratio']} "

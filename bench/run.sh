@@ -22,6 +22,14 @@
 #              not disturbed by other load): the difference of a short and a long run, API and
 #              client publishing (VIA), CG_SUBS subscribers; prints the ratios
 #   formats    Herald's broadcast with JSON subscribers against Protobuf ones, ROUNDS alternating runs
+#   pusher     one saturating broadcast over Herald's Centrifugo protocol, over its Pusher protocol
+#              (/app/<key>) and to Sockudo (a Rust Pusher server, SOCKUDO_VERSION 5.2.0; skipped
+#              with a message when not installed, SOCKUDO_INSTALL=1 installs it), alternating,
+#              ROUNDS rounds at 5,000 and 15,000 subscribers (PUSHER_SUBS), published by a client
+#              on a WebSocket (Pusher: client events on a private- channel), VIA client (Herald's
+#              Centrifugo publisher paced by its own echo) and watched (every publisher paced by
+#              another subscriber's receipts); VIA=api: through the server APIs;
+#              memory per idle subscribed connection; results and summary in $OUT/pusher/
 #   capacity   memory per connection, per subscription and per channel with history on one node
 #              (CAP_CONNS clients three times, SUBS_PER 50 channels each, HIST_CHANNELS × HIST_SIZE retained)
 #   hostile    60 s soak: hostile clients of every kind and 5,000 honest subscribers on one node
@@ -38,7 +46,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 scenario=${1:-}
-[ -n "$scenario" ] || { sed -n '2,26p' "$0"; exit 2; }
+[ -n "$scenario" ] || { sed -n '2,38p' "$0"; exit 2; }
 
 SMOKE=${SMOKE:-0}
 [ "$scenario" = smoke ] && SMOKE=1
@@ -166,8 +174,13 @@ bench() { "${BENCH_ON[@]}" "$BIN/herald-bench" "$@"; }
 # software clock, since virtual machines often have no hardware counters.
 profile() { # profile PID NAME
     command -v perf >/dev/null || { echo "perf is not installed" >&2; return 0; }
+    # The system calls that write and read sockets too, where the kernel has their tracepoints:
+    # how many deliveries one write carries.
+    local events=task-clock,context-switches,cpu-migrations
+    [ -n "$(perf list 2>/dev/null | grep 'syscalls:sys_enter_sendto')" ] &&
+        events+=,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait
     (sleep "${PERF_DELAY:-5}"
-     perf stat -e task-clock,context-switches,cpu-migrations -p "$1" -o "$OUT/perf-$2-stat.txt" \
+     perf stat -e "$events" -p "$1" -o "$OUT/perf-$2-stat.txt" \
         -- sleep "$PERF" >/dev/null 2>&1 &
      perf record -q -e cpu-clock -F 499 -g -p "$1" -o "$WORK/perf-$2.data" -- sleep "$PERF" >/dev/null 2>&1 &&
      perf report -i "$WORK/perf-$2.data" --stdio --no-children -g none --percent-limit 0.7 2>/dev/null \
@@ -518,7 +531,7 @@ floor_step() { # floor_step herald|floor SUBS VIA ROUND: one saturating broadcas
     [ -n "${PERF:-}" ] && profile "$TARGET_PID" "$name"
     saturating_broadcast "$subs" "$OUT/$name.json" --target "$target" \
         --server "127.0.0.1:$TARGET_PORT" --server-pid "$TARGET_PID" \
-        --publish-via "$via" --in-flight "${IN_FLIGHT:-8}"
+        "${publish[@]}" --in-flight "${IN_FLIGHT:-8}"
     wait_profiler
     cleanup
 }
@@ -554,7 +567,7 @@ cg_run() { # cg_run herald|floor VIA SECONDS: one broadcast under callgrind; pri
     wait_http "127.0.0.1:$TARGET_PORT" >&2
     bench broadcast --target "$target" --server "127.0.0.1:$TARGET_PORT" --server-pid "$TARGET_PID" \
         --subscribers "${CG_SUBS:-$(pick 200 10)}" --rate "$rate" --batch 20 \
-        --publish-via "$via" --in-flight "${IN_FLIGHT:-8}" --payload 100 --duration "${seconds}s" \
+        "${publish[@]}" --in-flight "${IN_FLIGHT:-8}" --payload 100 --duration "${seconds}s" \
         --drain 60s --json "$WORK/cg.json" >/dev/null 2>&1
     cleanup
     echo "$(awk '/^(summary|totals):/ {print $2; exit}' "$out") $(jq '[.steps[].deliveries] | add' "$WORK/cg.json")"
@@ -592,6 +605,152 @@ run_formats() { # JSON and Protobuf subscribers alternate, ROUNDS times
     python3 "$ROOT/bench/ratios.py" "$OUT" formats protobuf json
 }
 
+# Herald's Pusher app for the pusher step: channel X of the app is Herald channel pusher:X. Rates
+# as high as a publisher needs (the default is 10 client events a second per connection).
+write_pusher_app() { # write_pusher_app FILE
+    cat >"$1" <<EOF
+[[channel.namespaces]]
+name = "pusher"
+[pusher]
+client_event_rate = 1000000
+activity_timeout = "120s"
+[[pusher.apps]]
+id = "bench-app"
+key = "bench-app-key"
+secret = "bench-app-secret"
+namespace = "pusher"
+client_events = true
+max_connections = 0
+EOF
+}
+
+SOCKUDO_VERSION=${SOCKUDO_VERSION:-5.2.0}
+SOCKUDO_BIN=
+find_sockudo() { # sets SOCKUDO_BIN: $SOCKUDO, on PATH or in ~/.cargo/bin; SOCKUDO_INSTALL=1 installs it
+    local candidate
+    for candidate in "${SOCKUDO:-}" "$(command -v sockudo 2>/dev/null || true)" "$HOME/.cargo/bin/sockudo"; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ]; then SOCKUDO_BIN=$candidate; return 0; fi
+    done
+    if [ "${SOCKUDO_INSTALL:-0}" = 1 ]; then
+        command -v protoc >/dev/null ||
+            { echo "installing Sockudo needs protoc (Debian: apt-get install protobuf-compiler)" >&2; return 1; }
+        CARGO_TARGET_DIR=${SOCKUDO_TARGET_DIR:-$ROOT/target/sockudo} \
+            cargo install sockudo --version "$SOCKUDO_VERSION" --locked >&2 || return 1
+        SOCKUDO_BIN=$HOME/.cargo/bin/sockudo
+        return 0
+    fi
+    return 1
+}
+
+# Sockudo with the same app, memory adapter, app manager and cache, no queue (so no webhooks),
+# client events on and every limit off: no per-connection client event limit (0), no IP rate
+# limiter, no connection limits; no metrics listener; warnings only in its log, as Herald's (at
+# info it logs every connection). Run with a clean environment: Sockudo reads PORT, HOST and
+# many more settings from it.
+start_sockudo() { # start_sockudo PORT; sets TARGET_PID
+    local dir="$WORK/sockudo"
+    mkdir -p "$dir"
+    cat >"$dir/bench.toml" <<EOF
+host = "127.0.0.1"
+port = $1
+mode = "production"
+debug = false
+activity_timeout = 120
+max_connections = 0
+[adapter]
+driver = "local"
+[app_manager]
+driver = "memory"
+[[app_manager.array.apps]]
+id = "bench-app"
+key = "bench-app-key"
+secret = "bench-app-secret"
+enabled = true
+enable_client_messages = true
+max_connections = 0
+max_client_events_per_second = 0
+[cache]
+driver = "memory"
+[queue]
+driver = "none"
+[metrics]
+enabled = false
+[rate_limiter]
+enabled = false
+EOF
+    (cd "$dir" && ulimit -n 20000 2>/dev/null; exec env -i PATH="$PATH" HOME="$HOME" RUST_LOG=warn \
+        "${SERVER_ON[@]}" "$SOCKUDO_BIN" --config "$dir/bench.toml") >>"$WORK/sockudo.log" 2>&1 &
+    PIDS+=($!)
+    TARGET_PID=$!
+}
+
+pusher_step() { # pusher_step centrifugo|pusher|sockudo SUBS VIA ROUND: one saturating broadcast
+    # VIA: client (a client on a WebSocket publishes, the issue's mode: Herald's Centrifugo
+    # publisher counts its own echo, a Pusher one a watcher's, as Pusher does not echo), watched
+    # (the same, every server paced by a watcher connection), api (the server APIs at a fixed rate).
+    local server=$1 subs=$2 via=$3 round=$4 port=$PORT args=() publish=(--publish-via client)
+    [ "$via" = watched ] && publish+=(--watcher)
+    [ "$via" = api ] && publish=(--publish-via api)
+    local name="pusher-$via-$server-$subs-$round"
+    if [ "$server" = sockudo ]; then
+        port=$((PORT + 400))
+        start_sockudo "$port"
+        # Sockudo keeps its defaults (port 6001) when it cannot load the file: an answer on this
+        # port is the file loaded.
+        wait_http "127.0.0.1:$port" /up || { tail -n 20 "$WORK/sockudo.log" >&2; return 1; }
+    else
+        write_pusher_app "$WORK/pusher-app.toml"
+        write_config "$WORK/pusher.toml" "127.0.0.1:$PORT" "$WORK/pusher-app.toml" plain
+        start_nodes 1 "$WORK/pusher.toml"
+        TARGET_PID=$(node_pids_csv)
+        wait_http "127.0.0.1:$PORT"
+    fi
+    # The same channel in each protocol: Centrifugo "bench" (no namespace), Pusher "bench" or,
+    # for client events, which Pusher allows on private channels only, "private-bench".
+    if [ "$server" = centrifugo ]; then
+        args=(--target herald --channel bench)
+    elif [ "$via" = api ]; then
+        args=(--target pusher --channel bench)
+    else
+        args=(--target pusher --channel private-bench)
+    fi
+    [ -n "${PERF:-}" ] && profile "$TARGET_PID" "$name"
+    saturating_broadcast "$subs" "$OUT/$name.json" "${args[@]}" \
+        --server "127.0.0.1:$port" --server-pid "$TARGET_PID" --settle "${SETTLE:-$(pick 2s 200ms)}" \
+        "${publish[@]}" --in-flight "${IN_FLIGHT:-8}"
+    wait_profiler
+    cleanup
+}
+
+run_pusher() { # Herald (Centrifugo), Herald (Pusher) and Sockudo alternate, ROUNDS times at each size
+    local OUT="$OUT/pusher" subs round server via servers=${PUSHER_SERVERS:-centrifugo pusher sockudo}
+    mkdir -p "$OUT"
+    if [[ " $servers " != *" sockudo "* ]]; then
+        :
+    elif find_sockudo; then
+        "$SOCKUDO_BIN" --version >"$OUT/sockudo-version.txt" 2>&1 || true
+        echo "Sockudo: $SOCKUDO_BIN ($(cat "$OUT/sockudo-version.txt"))"
+    else
+        echo "Sockudo is not installed (SOCKUDO=path, or SOCKUDO_INSTALL=1 to run" \
+            "cargo install sockudo --version $SOCKUDO_VERSION, which needs protoc): measuring Herald only" >&2
+        servers=${servers//sockudo/}
+    fi
+    for via in ${VIA:-client watched}; do
+        for subs in ${PUSHER_SUBS:-$(pick "5000 15000" "20")}; do
+            for round in $(seq 1 "${ROUNDS:-$(pick 3 1)}"); do
+                for server in $servers; do pusher_step "$server" "$subs" "$via" "$round"; done
+            done
+        done
+        [[ " $servers " == *" pusher "* ]] || continue
+        [[ " $servers " == *" centrifugo "* ]] &&
+            python3 "$ROOT/bench/ratios.py" "$OUT" "pusher-$via" pusher centrifugo "pusher-$via-vs-centrifugo.json"
+        if [[ " $servers " == *" sockudo "* ]]; then
+            python3 "$ROOT/bench/ratios.py" "$OUT" "pusher-$via" pusher sockudo "pusher-$via-vs-sockudo.json"
+        fi
+        python3 "$ROOT/bench/pusher_summary.py" "$OUT" "pusher-$via"
+    done
+}
+
 run_clusters() { # BROKERS (default: redis redis_cluster nats)
     local b
     for b in ${BROKERS:-redis redis_cluster nats}; do run_cluster "$b"; done
@@ -612,11 +771,12 @@ case "$scenario" in
     hostile) run_hostile ;;
     floor) run_floor ;;
     formats) run_formats ;;
+    pusher) run_pusher ;;
     instructions) run_instructions ;;
     capacity) run_capacity ;;
     all | smoke)
         run_idle; run_broadcast; run_peer ws; run_peer socketio
-        run_chat; run_market; run_livemap; run_clusters; run_cores; run_hostile; run_floor; run_formats; run_capacity
+        run_chat; run_market; run_livemap; run_clusters; run_cores; run_hostile; run_floor; run_formats; run_pusher; run_capacity
         run_instructions
         ;;
     *) echo "unknown scenario: $scenario" >&2; exit 2 ;;

@@ -69,6 +69,7 @@ fn spec(args: &CapacityArgs, token: &str, channels: Vec<String>) -> Arc<Spec> {
         // The full client: the lite one subscribes to one channel at most.
         lite: false,
         wire: Wire::Json,
+        pusher: None,
     })
 }
 

@@ -51,6 +51,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Value> {
             handshake_timeout: Duration::from_secs(30),
             lite: false,
             wire: Wire::Json,
+            pusher: None,
         }));
     }
     let ramp_args = RampArgs {

@@ -2,6 +2,10 @@
 //! the channel it is subscribed to, keeping a window of publications in flight. A publication
 //! counts as done when it comes back to the publisher, so Herald (the `publish` command) and the
 //! peers (a `pub:` text frame) are paced the same way, by the server's own fan-out.
+//!
+//! A Pusher server does not send a client event back to its sender, so for Pusher a second
+//! subscribed connection, the watcher, tells when a publication is back: the publisher sends
+//! client events (`client-bench`) on the `private-` channel and counts them at the watcher.
 
 use crate::net::now_micros;
 use crate::publish::payload;
@@ -15,9 +19,13 @@ use tokio_websockets::Message;
 
 /// Source address number for the publisher (subscribers count up from 0).
 const PUBLISHER_SOURCE: usize = 99;
+/// Source address number for the Pusher watcher.
+const WATCHER_SOURCE: usize = 98;
 
 pub struct ClientPublisher {
     ws: Ws,
+    /// Pusher: the connection that sees the publications come back.
+    watcher: Option<Ws>,
     target: Target,
     channel: String,
     next_id: u64,
@@ -26,13 +34,23 @@ pub struct ClientPublisher {
 
 impl ClientPublisher {
     /// Connects and subscribes like a subscriber of `spec` (Herald) or joins the broadcast (peers).
-    pub async fn connect(spec: &Spec) -> anyhow::Result<Self> {
+    /// With `watcher` (always for Pusher), publications count as back when a second subscribed
+    /// connection receives them, not the publisher: a server may serve the publisher's own
+    /// connection first (Herald writes the echo from the publishing task), so its echo says
+    /// little about how far the fan-out is.
+    pub async fn connect(spec: &Spec, watcher: bool) -> anyhow::Result<Self> {
         if spec.target == Target::Socketio {
             bail!("client publishing is not implemented for the socket.io peer");
         }
         let ws = wsclient::open(PUBLISHER_SOURCE, spec).await?;
+        let watcher = if watcher || spec.target == Target::Pusher {
+            Some(wsclient::open(WATCHER_SOURCE, spec).await?)
+        } else {
+            None
+        };
         Ok(ClientPublisher {
             ws,
+            watcher,
             target: spec.target,
             channel: spec.channels.first().cloned().unwrap_or_default(),
             next_id: 1_000,
@@ -64,6 +82,13 @@ impl ClientPublisher {
                 message = self.ws.next() => {
                     let Some(message) = message else { bail!("publisher closed by the server") };
                     let back = self.receive(message?).await?;
+                    if self.watcher.is_none() {
+                        in_flight = in_flight.saturating_sub(back);
+                    }
+                }
+                message = next_of(&mut self.watcher) => {
+                    let Some(message) = message else { bail!("watcher closed by the server") };
+                    let back = self.watched(message?).await?;
                     in_flight = in_flight.saturating_sub(back);
                 }
                 // Nothing came back for a long time: the server lost them; start a new window.
@@ -81,6 +106,7 @@ impl ClientPublisher {
                 json!({"id": self.next_id, "publish": {"channel": self.channel, "data": data}})
                     .to_string()
             }
+            Target::Pusher => crate::pusher::client_event(&self.channel, &data),
             _ => format!("pub:{data}"),
         };
         self.ws.send(Message::text(text)).await?;
@@ -94,6 +120,15 @@ impl ClientPublisher {
             self.ws.send(Message::text("{}")).await?;
             return Ok(0);
         }
+        if self.target == Target::Pusher {
+            if let Some(pong) = crate::pusher::heartbeat_reply(payload) {
+                self.ws.send(pong).await?;
+                return Ok(0);
+            }
+            if let Some(error) = crate::pusher::error(payload) {
+                bail!("client event refused: {error:.200}");
+            }
+        }
         if let Some(text) = message.as_text() {
             if text.contains("\"error\"") {
                 bail!("publish refused: {text:.200}");
@@ -106,5 +141,27 @@ impl ClientPublisher {
             now_micros(),
             &mut self.ages,
         ) as usize)
+    }
+
+    /// The Pusher watcher's frame: answers a ping; returns how many publications it brings.
+    async fn watched(&mut self, message: Message) -> anyhow::Result<usize> {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return Ok(0);
+        };
+        let payload = message.as_payload();
+        if let Some(pong) = crate::pusher::heartbeat_reply(payload) {
+            watcher.send(pong).await?;
+            return Ok(0);
+        }
+        self.ages.clear();
+        Ok(scan(payload, Stamp::Micros, now_micros(), &mut self.ages) as usize)
+    }
+}
+
+/// The next message of an optional connection; never ready without one.
+async fn next_of(ws: &mut Option<Ws>) -> Option<Result<Message, tokio_websockets::Error>> {
+    match ws {
+        Some(ws) => ws.next().await,
+        None => std::future::pending().await,
     }
 }

@@ -59,6 +59,7 @@ fn spec(args: &IdleArgs, server: std::net::SocketAddr) -> anyhow::Result<Arc<Spe
         handshake_timeout: Duration::from_secs(60),
         lite: true,
         wire: Wire::Json,
+        pusher: None,
     }))
 }
 

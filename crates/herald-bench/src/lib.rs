@@ -16,6 +16,7 @@ pub mod market;
 pub mod net;
 pub mod procstat;
 pub mod publish;
+pub mod pusher;
 pub mod ramp;
 pub mod stats;
 pub mod summary;

@@ -141,6 +141,7 @@ pub async fn run(args: LiveMapArgs) -> anyhow::Result<Value> {
         handshake_timeout: Duration::from_secs(30),
         lite: false,
         wire: Wire::Json,
+        pusher: None,
     });
     let ramp_args = RampArgs {
         count: args.viewers,

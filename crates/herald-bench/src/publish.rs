@@ -1,7 +1,9 @@
 //! The publishing side: timestamped publications over one keep-alive HTTP/1.1 connection, to
-//! Herald's server API (`/api/batch`) or a peer's `/publish` (one JSON object per line).
+//! Herald's server API (`/api/batch`), a Pusher server's signed `batch_events`, or a peer's
+//! `/publish` (one JSON object per line).
 
 use crate::net::{now_micros, require_loopback};
+use crate::pusher::PusherArgs;
 use crate::wsclient::Target;
 use anyhow::bail;
 use serde_json::json;
@@ -16,6 +18,8 @@ pub struct Publisher {
     api_key: String,
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Pusher: the app whose secret signs the requests.
+    pusher: Option<PusherArgs>,
 }
 
 impl Publisher {
@@ -29,11 +33,28 @@ impl Publisher {
             api_key: api_key.to_string(),
             stream,
             buf: vec![0u8; 64 * 1024],
+            pusher: None,
         })
+    }
+
+    /// A publisher to a Pusher server's HTTP API (`batch_events`, signed with the app secret).
+    pub async fn connect_pusher(addr: SocketAddr, app: &PusherArgs) -> anyhow::Result<Self> {
+        let mut publisher = Publisher::connect(Target::Pusher, addr, "").await?;
+        publisher.pusher = Some(app.clone());
+        Ok(publisher)
     }
 
     /// Sends `(channel, data)` publications in one request; fails unless all were accepted.
     pub async fn send(&mut self, items: &[(String, serde_json::Value)]) -> anyhow::Result<()> {
+        if let Some(app) = self.pusher.clone() {
+            // Pusher allows 10 events a batch: a larger batch is several requests in a row.
+            for chunk in items.chunks(crate::pusher::MAX_BATCH_EVENTS) {
+                let (path, body) =
+                    crate::pusher::batch_request(&app, chunk, now_micros() / 1_000_000);
+                self.request(&path, &body).await?;
+            }
+            return Ok(());
+        }
         let (path, body) = match self.target {
             Target::Herald => {
                 let commands: Vec<_> = items
@@ -44,7 +65,7 @@ impl Publisher {
                 let body = json!({"commands": commands, "parallel": true});
                 ("/api/batch", body.to_string())
             }
-            Target::Ws | Target::Floor | Target::Socketio => {
+            Target::Ws | Target::Floor | Target::Socketio | Target::Pusher => {
                 let mut body = String::new();
                 for (_, data) in items {
                     body.push_str(&data.to_string());
@@ -69,7 +90,14 @@ impl Publisher {
         request.push_str("\r\n");
         request.push_str(body);
         self.stream.write_all(request.as_bytes()).await?;
-        read_response(&mut self.stream, &mut self.buf).await
+        let (body, close) = read_response(&mut self.stream, &mut self.buf).await?;
+        if close {
+            // The server closes after this answer (Sockudo's API does after each request): the
+            // next request goes on a new connection, as an SDK's would.
+            self.stream = TcpStream::connect(self.addr).await?;
+            self.stream.set_nodelay(true)?;
+        }
+        Ok(body)
     }
 }
 
@@ -115,8 +143,12 @@ pub async fn run_at_rate(
 }
 
 /// Reads one HTTP/1.1 response with Content-Length; fails on a non-200 status or an error body.
-/// The buffer grows up to 64 MiB (the `devices` API lists every device).
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<String> {
+/// The buffer grows up to 64 MiB (the `devices` API lists every device). Returns the body and
+/// whether the server closes the connection after it (`Connection: close`).
+async fn read_response(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<(String, bool)> {
     let mut filled = 0;
     loop {
         let n = stream.read(&mut buf[filled..]).await?;
@@ -144,12 +176,17 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Res
             })
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let close = text.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.strip_prefix("connection:")
+                .is_some_and(|v| v.trim() == "close")
+        });
         if filled >= end + 4 + length {
             let body = &head[end + 4..end + 4 + length];
             if memchr::memmem::find(body, b"\"error\"").is_some() {
                 bail!("API error: {}", String::from_utf8_lossy(body));
             }
-            return Ok(String::from_utf8_lossy(body).into_owned());
+            return Ok((String::from_utf8_lossy(body).into_owned(), close));
         }
         if filled == buf.len() {
             if buf.len() >= 64 << 20 {

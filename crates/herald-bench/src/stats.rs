@@ -15,6 +15,8 @@ const MAX_MICROS: u64 = 60_000_000;
 
 pub struct Stats {
     pub deliveries: AtomicU64,
+    /// WebSocket messages that carried at least one delivery.
+    pub frames: AtomicU64,
     pub errors: AtomicU64,
     pub connected: AtomicU64,
     shards: Vec<Mutex<Histogram<u64>>>,
@@ -28,16 +30,23 @@ impl Stats {
         }
         Ok(Stats {
             deliveries: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             shards,
         })
     }
 
+    /// One received message carried `count` deliveries.
     pub fn delivered(&self, count: u64) {
         if count > 0 {
             self.deliveries.fetch_add(count, Ordering::Relaxed);
+            self.frames.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
     }
 
     pub fn error(&self) {
@@ -104,16 +113,14 @@ pub fn scan(payload: &[u8], stamp: Stamp, now: u64, ages: &mut Vec<u64>) -> u64 
     for line in payload.split(|b| *b == b'\n') {
         match stamp {
             Stamp::Micros => {
-                // One publication per key occurrence (a line may be a batched push).
-                let mut rest = line;
-                while let Some(pos) = memchr::memmem::find(rest, b"\"t\":") {
-                    count += 1;
-                    let (value, tail) = number_at(&rest[pos + 4..]);
-                    if let Some(sent) = value {
-                        ages.push(now.saturating_sub(sent));
-                    }
-                    rest = tail;
-                }
+                // One publication per key occurrence (a line may be a batched push). A Pusher
+                // event carries its data as a string holding the JSON: the key is escaped there.
+                let found = micros_keys(line, b"\"t\":", now, ages);
+                count += if found > 0 {
+                    found
+                } else {
+                    micros_keys(line, b"\\\"t\\\":", now, ages)
+                };
             }
             Stamp::Millis => {
                 // One position per push line; the publication's stamp is its last "time".
@@ -125,6 +132,20 @@ pub fn scan(payload: &[u8], stamp: Stamp, now: u64, ages: &mut Vec<u64>) -> u64 
                 }
             }
         }
+    }
+    count
+}
+
+/// Counts the occurrences of `key` in `line`, pushing the age of the number after each.
+fn micros_keys(line: &[u8], key: &[u8], now: u64, ages: &mut Vec<u64>) -> u64 {
+    let (mut count, mut rest) = (0, line);
+    while let Some(pos) = memchr::memmem::find(rest, key) {
+        count += 1;
+        let (value, tail) = number_at(&rest[pos + key.len()..]);
+        if let Some(sent) = value {
+            ages.push(now.saturating_sub(sent));
+        }
+        rest = tail;
     }
     count
 }
@@ -151,6 +172,20 @@ mod tests {
         let mut ages = Vec::new();
         assert_eq!(scan(frame, Stamp::Micros, 1000, &mut ages), 2);
         assert_eq!(ages, vec![100, 50]);
+    }
+
+    #[test]
+    fn scan_reads_the_stamp_of_a_pusher_event_whose_data_is_a_string() {
+        let frame =
+            br#"{"event":"client-bench","channel":"private-b","data":"{\"t\":900,\"p\":\"x\"}"}"#;
+        let mut ages = Vec::new();
+        assert_eq!(scan(frame, Stamp::Micros, 1000, &mut ages), 1);
+        assert_eq!(ages, vec![100]);
+        // Data sent on as an object, as some servers do.
+        let frame = br#"{"event":"client-bench","channel":"private-b","data":{"t":960}}"#;
+        ages.clear();
+        assert_eq!(scan(frame, Stamp::Micros, 1000, &mut ages), 1);
+        assert_eq!(ages, vec![40]);
     }
 
     #[test]

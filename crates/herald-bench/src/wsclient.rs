@@ -1,7 +1,9 @@
 //! One subscriber connection: Herald's client protocol (v2, JSON or Protobuf), a raw WebSocket that
-//! receives plain text frames (the Node.js `ws` peer), or the Engine.IO/Socket.IO websocket transport.
+//! receives plain text frames (the Node.js `ws` peer), the Engine.IO/Socket.IO websocket transport,
+//! or the Pusher Channels protocol (Herald's Pusher edge, Sockudo).
 
 use crate::net::{connect_from, now_micros, source_ip};
+use crate::pusher::PusherArgs;
 use crate::stats::{scan, Stamp, Stats};
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
@@ -26,6 +28,8 @@ pub enum Target {
     Socketio,
     /// The floor (`herald-floor`): the cheapest broadcast server, same contract as `ws`.
     Floor,
+    /// A Pusher Channels server, protocol 7 at `/app/<key>`: Herald's Pusher edge or Sockudo.
+    Pusher,
 }
 
 impl Target {
@@ -35,14 +39,16 @@ impl Target {
             Target::Ws => "ws",
             Target::Floor => "floor",
             Target::Socketio => "socketio",
+            Target::Pusher => "pusher",
         }
     }
 
-    fn path(self) -> &'static str {
+    fn path(self, pusher: Option<&PusherArgs>) -> String {
         match self {
-            Target::Herald => "/connection/websocket",
-            Target::Ws | Target::Floor => "/",
-            Target::Socketio => "/socket.io/?EIO=4&transport=websocket",
+            Target::Herald => "/connection/websocket".into(),
+            Target::Ws | Target::Floor => "/".into(),
+            Target::Socketio => "/socket.io/?EIO=4&transport=websocket".into(),
+            Target::Pusher => crate::pusher::path(pusher.map_or("", |app| app.key.as_str())),
         }
     }
 }
@@ -74,12 +80,15 @@ pub struct Spec {
     pub lite: bool,
     /// Herald only: the client protocol's wire format.
     pub wire: Wire,
+    /// Pusher only: the app (key, and the secret that signs `private-` subscriptions).
+    pub pusher: Option<Arc<PusherArgs>>,
 }
 
 /// Opens a WebSocket from source address number `i` and performs the target's handshake.
 pub async fn open(i: usize, spec: &Spec) -> anyhow::Result<Ws> {
     let stream = connect_from(spec.server, source_ip(i)).await?;
-    let uri: http::Uri = format!("ws://{}{}", spec.server, spec.target.path()).parse()?;
+    let path = spec.target.path(spec.pusher.as_deref());
+    let uri: http::Uri = format!("ws://{}{path}", spec.server).parse()?;
     let mut builder = ClientBuilder::from_uri(uri);
     if spec.wire == Wire::Protobuf {
         builder = builder.add_header(
@@ -97,6 +106,13 @@ pub async fn open(i: usize, spec: &Spec) -> anyhow::Result<Ws> {
         }
         (Target::Ws | Target::Floor, _) => {}
         (Target::Socketio, _) => socketio_handshake(&mut ws).await?,
+        (Target::Pusher, _) => {
+            let app = spec
+                .pusher
+                .as_deref()
+                .context("a Pusher target needs its app")?;
+            crate::pusher::handshake(&mut ws, app, &spec.channels).await?;
+        }
     }
     Ok(ws)
 }
@@ -207,6 +223,7 @@ fn heartbeat_reply(target: Target, wire: Wire, payload: &[u8]) -> Option<Message
         // An empty Reply (the ping) is answered by an empty Command: both are one length byte 0.
         (Target::Herald, Wire::Protobuf, [0]) => Some(Message::binary(vec![0u8])),
         (Target::Socketio, _, b"2") => Some(Message::text("3")),
+        (Target::Pusher, _, payload) => crate::pusher::heartbeat_reply(payload),
         _ => None,
     }
 }

@@ -52,6 +52,16 @@ history_size = 100
 history_ttl = "1m"
 batch_window = "200ms"
 conflation_key = "/device"
+[[channel.namespaces]]
+name = "pusher"
+[pusher]
+client_event_rate = 100000
+[[pusher.apps]]
+id = "bench-app"
+key = "bench-app-key"
+secret = "bench-app-secret"
+namespace = "pusher"
+client_events = true
 "#,
     );
     if let Some(store) = store {
@@ -105,6 +115,8 @@ async fn broadcast_in(format: Wire) {
     let args = BroadcastArgs {
         common: common(vec![server.addr]),
         target: Target::Herald,
+        pusher: Default::default(),
+        settle: Duration::from_millis(10).into(),
         format,
         channel: "smoke".into(),
         subscribers: 20,
@@ -115,6 +127,7 @@ async fn broadcast_in(format: Wire) {
         drain: Duration::from_secs(5).into(),
         publish_via: PublishVia::Api,
         in_flight: 8,
+        watcher: false,
     };
     let result = broadcast::run(args).await.expect("broadcast runs");
     assert_eq!(result["subscribers"], 20, "{result}");
@@ -132,10 +145,21 @@ async fn broadcast_in(format: Wire) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_publisher_reaches_every_subscriber_with_a_bounded_window() {
+    client_publisher(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_publisher_paced_by_a_watcher_reaches_every_subscriber() {
+    client_publisher(true).await;
+}
+
+async fn client_publisher(watcher: bool) {
     let (_dir, server) = start().await;
     let args = BroadcastArgs {
         common: common(vec![server.addr]),
         target: Target::Herald,
+        pusher: Default::default(),
+        settle: Duration::from_millis(10).into(),
         format: Wire::Json,
         channel: "smoke".into(),
         subscribers: 20,
@@ -146,10 +170,13 @@ async fn a_client_publisher_reaches_every_subscriber_with_a_bounded_window() {
         drain: Duration::from_secs(5).into(),
         publish_via: PublishVia::Client,
         in_flight: 4,
+        watcher,
     };
     let result = broadcast::run(args)
         .await
         .expect("client-publish broadcast runs");
+    let paced_by = if watcher { "watcher" } else { "publisher" };
+    assert_eq!(result["paced_by"], paced_by, "{result}");
     assert_eq!(result["publish_via"], "client", "{result}");
     assert_eq!(result["in_flight"], 4, "{result}");
     let step = &result["steps"][0];
@@ -159,6 +186,51 @@ async fn a_client_publisher_reaches_every_subscriber_with_a_bounded_window() {
     assert_eq!(step["deliveries"].as_u64(), Some(published * 20), "{step}");
     assert!(f(&step["latency_ms"]["p50"]) > 0.0, "{step}");
     server.shutdown().await;
+}
+
+/// The broadcast over the Pusher protocol: subscribers of a `private-` channel (signed with the
+/// app secret), publications as client events from one more connection, or through the Pusher
+/// HTTP API's `batch_events` to a public channel.
+async fn pusher_broadcast(via: PublishVia, channel: &str) {
+    let (_dir, server) = start().await;
+    let args = BroadcastArgs {
+        common: common(vec![server.addr]),
+        target: Target::Pusher,
+        pusher: Default::default(),
+        settle: Duration::from_millis(10).into(),
+        format: Wire::Json,
+        channel: channel.into(),
+        subscribers: 20,
+        rates: vec![200],
+        batch: 20,
+        payload: 100,
+        duration: Duration::from_millis(500).into(),
+        drain: Duration::from_secs(5).into(),
+        publish_via: via,
+        in_flight: 4,
+        watcher: false,
+    };
+    let result = broadcast::run(args).await.expect("Pusher broadcast runs");
+    assert_eq!(result["target"], "pusher", "{result}");
+    assert_eq!(result["subscribers"], 20, "{result}");
+    assert_eq!(result["connect_errors"], 0, "{result}");
+    assert!(f(&result["server_rss_subscribed_mib"]) > 0.0, "{result}");
+    let step = &result["steps"][0];
+    let published = step["publications"].as_u64().expect("publications");
+    assert!(published >= 10, "{step}");
+    assert_eq!(step["deliveries"].as_u64(), Some(published * 20), "{step}");
+    assert!(f(&step["latency_ms"]["p50"]) > 0.0, "{step}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_client_events_reach_every_subscriber_of_a_private_channel() {
+    pusher_broadcast(PublishVia::Client, "private-smoke").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_api_batches_reach_every_subscriber_of_a_public_channel() {
+    pusher_broadcast(PublishVia::Api, "smoke").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,6 +311,8 @@ async fn cluster_harness_spreads_subscribers_over_nodes() {
         format: Wire::Json,
         common: common(vec![first.addr, second.addr]),
         target: Target::Herald,
+        pusher: Default::default(),
+        settle: Duration::from_millis(10).into(),
         channel: "cluster".into(),
         subscribers: 10,
         rates: vec![100],
@@ -248,6 +322,7 @@ async fn cluster_harness_spreads_subscribers_over_nodes() {
         drain: Duration::from_millis(500).into(),
         publish_via: PublishVia::Api,
         in_flight: 8,
+        watcher: false,
     };
     let result = broadcast::run(args).await.expect("cluster runs");
     assert_eq!(result["scenario"], "cluster");

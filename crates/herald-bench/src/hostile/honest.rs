@@ -75,6 +75,7 @@ pub async fn open_fleet(
                 handshake_timeout: Duration::from_secs(30),
                 lite: false,
                 wire: Wire::Json,
+                pusher: None,
             })
         })
         .collect();
