@@ -81,10 +81,7 @@ pub(super) fn checked_upgrade(
 }
 
 /// The key of a valid upgrade request, or the refusal it gets.
-fn upgrade_key(
-    node: &Node,
-    req: &Request<Incoming>,
-) -> Result<HeaderValue, Box<Response<Body>>> {
+fn upgrade_key(node: &Node, req: &Request<Incoming>) -> Result<HeaderValue, Box<Response<Body>>> {
     match crate::edges::http::handshake::validate_upgrade(
         req.method(),
         req.version(),
