@@ -71,7 +71,9 @@ type DueWindows = Vec<(String, Arc<Window>)>;
 pub struct Hub {
     channels: Vec<RwLock<HashMap<String, ChannelEntry>>>,
     sessions: RwLock<HashMap<String, Arc<SessionHandle>>>,
+    /// Connections by user; anonymous connections are in `anonymous`, a count.
     users: RwLock<HashMap<String, Vec<Arc<SessionHandle>>>>,
+    anonymous: std::sync::atomic::AtomicUsize,
     /// Emulated connections by their session secret: where `/emulation` requests go.
     emulated: RwLock<HashMap<String, Arc<Inbox>>>,
     hasher: RandomState,
@@ -93,6 +95,7 @@ impl Hub {
             channels: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             sessions: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
+            anonymous: std::sync::atomic::AtomicUsize::new(0),
             emulated: RwLock::new(HashMap::new()),
             hasher: RandomState::new(),
             metrics,
@@ -129,10 +132,14 @@ impl Hub {
     /// limit); false when refused. The count and the insert happen under one lock, so
     /// connections of one user racing on several threads cannot pass the limit together.
     pub fn try_add_session(&self, handle: Arc<SessionHandle>, per_user: usize) -> bool {
-        {
+        // Anonymous connections are only counted: one list of all of them would make every
+        // disconnect scan it (a flood of anonymous connections, quadratic work).
+        if handle.user.is_empty() {
+            self.anonymous.fetch_add(1, Ordering::Relaxed);
+        } else {
             let mut users = self.users.write();
             let list = users.entry(handle.user.clone()).or_default();
-            if per_user > 0 && !handle.user.is_empty() && list.len() >= per_user {
+            if per_user > 0 && list.len() >= per_user {
                 return false;
             }
             list.push(handle.clone());
@@ -172,6 +179,10 @@ impl Hub {
 
     pub fn remove_session(&self, handle: &SessionHandle) {
         self.sessions.write().remove(&handle.client);
+        if handle.user.is_empty() {
+            self.anonymous.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
         let mut users = self.users.write();
         if let Some(list) = users.get_mut(&handle.user) {
             list.retain(|h| h.seq != handle.seq);
@@ -317,8 +328,10 @@ impl Hub {
         self.sessions.read().len()
     }
 
+    /// Distinct users here; anonymous connections count as one user, as in Centrifugo.
     pub fn num_users(&self) -> usize {
-        self.users.read().len()
+        let anonymous = self.anonymous.load(Ordering::Relaxed) > 0;
+        self.users.read().len() + usize::from(anonymous)
     }
 
     /// This node's subscribers of one channel.
@@ -471,6 +484,50 @@ mod tests {
             "the shed outbox's bytes were released"
         );
         assert_eq!(hub.shed_slowest(100_000), 0, "within budget now");
+    }
+
+    #[test]
+    fn anonymous_connections_are_counted_not_listed() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(
+            metrics.clone(),
+            Arc::new(Namespaces::new(&ChannelConfig::default())),
+        );
+        let handle = |seq: u64, user: &str| {
+            Arc::new(SessionHandle {
+                seq,
+                client: format!("c{seq}"),
+                user: user.into(),
+                wire: Wire::Pusher,
+                transport: "pusher",
+                outbox: Outbox::new(1 << 20, 10_000, metrics.outbox_bytes.clone(), 0),
+            })
+        };
+        let anonymous: Vec<_> = (0..1000).map(|seq| handle(seq, "")).collect();
+        for h in &anonymous {
+            assert!(
+                hub.try_add_session(h.clone(), 1),
+                "no per-user limit for anonymous"
+            );
+        }
+        let alice = handle(5000, "alice");
+        hub.add_session(alice.clone());
+        assert_eq!((hub.num_clients(), hub.num_users()), (1001, 2));
+        assert!(hub.user_sessions("", None).is_empty());
+        // Signed in later (Pusher): listed under the user, and taken out again.
+        assert!(hub.sign_in("bob", &anonymous[0], 1));
+        assert!(
+            !hub.sign_in("bob", &anonymous[1], 1),
+            "bob's one connection is in use"
+        );
+        assert_eq!(hub.user_sessions("bob", None).len(), 1);
+        hub.sign_out("bob", anonymous[0].seq);
+        for h in &anonymous {
+            hub.remove_session(h);
+        }
+        assert_eq!((hub.num_clients(), hub.num_users()), (1, 1));
+        hub.remove_session(&alice);
+        assert_eq!((hub.num_clients(), hub.num_users()), (0, 0));
     }
 
     fn subscriber(hub: &Hub, metrics: &Metrics, seq: u64, format: Format) -> Arc<SessionHandle> {
