@@ -18,10 +18,14 @@ impl BrokerHandler for Hub {
             Some(None) => {
                 let encoded = PerFormat::new();
                 let conflated = key.is_some();
-                let sender = self.pusher_sender(&publication);
+                // Looked up on the first Pusher subscriber, so channels without any pay nothing.
+                let sender = std::cell::OnceCell::new();
                 match self.delta_patch(channel, &publication) {
                     None => self.fan_out(channel, |sub| {
-                        (sender != Some(sub.handle.seq)).then(|| {
+                        let own = sub.wire == Wire::Pusher
+                            && *sender.get_or_init(|| self.pusher_sender(&publication))
+                                == Some(sub.handle.seq);
+                        (!own).then(|| {
                             publication_item(sub, channel, &publication, &encoded, conflated)
                         })
                     }),
@@ -106,7 +110,7 @@ pub(super) fn publication_item(
 impl Hub {
     /// The local Pusher connection a publication names as its sender (`info.client`): Pusher
     /// never echoes an event to the connection that sent it, a client event or an API trigger
-    /// naming its `socket_id`. Looked up once per publication, so the fan-out compares numbers.
+    /// naming its `socket_id`. Looked up once per fan-out, so subscribers compare numbers.
     fn pusher_sender(&self, publication: &Publication) -> Option<u64> {
         let client = &publication.info.as_ref()?.client;
         self.session(client)

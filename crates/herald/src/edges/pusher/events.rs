@@ -6,8 +6,7 @@
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
-/// The tag that carries a Pusher event's name.
-pub const EVENT_TAG: &str = "event";
+pub use crate::core::wire::PUSHER_EVENT_TAG as EVENT_TAG;
 
 /// The publication data of a Pusher event's data string.
 pub fn publication_data(data: &str) -> Box<RawValue> {

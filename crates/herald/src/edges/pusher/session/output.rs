@@ -3,13 +3,13 @@
 //! become `member_added`/`member_removed` once per user; server-side disconnects close.
 
 use super::run::Close;
+use super::subscribe::member;
 use super::PusherSession;
 use crate::core::delivery::Control;
 use crate::core::outbox::OutItem;
 use herald_protocol::ClientInfo;
 use herald_pusher::codes::ErrorCode;
 use herald_pusher::outgoing;
-use herald_pusher::user::PresenceMember;
 
 /// Centrifugo disconnect codes from here up tell a client not to reconnect.
 const NO_RECONNECT_FROM: u16 = 3500;
@@ -72,13 +72,7 @@ impl PusherSession {
         let message = if joined {
             let new_member = presence.join(info) && !presence.is_self(&info.user);
             new_member.then(|| {
-                let member = PresenceMember {
-                    user_id: info.user.clone(),
-                    user_info: info
-                        .chan_info
-                        .as_ref()
-                        .and_then(|raw| serde_json::from_str(raw.get()).ok()),
-                };
+                let member = member(&info.user, info.chan_info.as_deref());
                 outgoing::member_added(&name, &member)
             })
         } else {

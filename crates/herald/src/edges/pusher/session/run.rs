@@ -135,10 +135,7 @@ impl PusherSession {
         if let Some(code) = self.refusal {
             return Close::refused(code, code.message());
         }
-        let handle = match self.register() {
-            Ok(handle) => handle,
-            Err(close) => return close,
-        };
+        let handle = self.register();
         loop {
             if let Err(close) = self.write_some() {
                 return close;
@@ -184,7 +181,7 @@ impl PusherSession {
     }
 
     /// Joins the hub under a fresh socket id and greets the client with it.
-    fn register(&mut self) -> Result<Arc<SessionHandle>, Close> {
+    fn register(&mut self) -> Arc<SessionHandle> {
         let node = self.node.clone();
         let config = node.config();
         let c = &config.client;
@@ -210,7 +207,7 @@ impl PusherSession {
             u32::try_from(timeout).unwrap_or(u32::MAX),
         ));
         self.last_heard = Instant::now();
-        Ok(handle)
+        handle
     }
 
     /// Starts writing pending messages once the previous write is done (each its own WebSocket

@@ -84,14 +84,17 @@ impl Presence {
         let members: Vec<PresenceMember> = self
             .members
             .iter()
-            .map(|(user_id, (info, _))| PresenceMember {
-                user_id: user_id.clone(),
-                user_info: info
-                    .as_ref()
-                    .and_then(|raw| serde_json::from_str(raw.get()).ok()),
-            })
+            .map(|(user_id, (info, _))| member(user_id, info.as_deref()))
             .collect();
         outgoing::presence_subscription_succeeded(channel, members.iter())
+    }
+}
+
+/// A presence entry's user as a Pusher member: its channel info is the member's `user_info`.
+pub(super) fn member(user_id: &str, chan_info: Option<&RawValue>) -> PresenceMember {
+    PresenceMember {
+        user_id: user_id.to_string(),
+        user_info: chan_info.and_then(|raw| serde_json::from_str(raw.get()).ok()),
     }
 }
 
